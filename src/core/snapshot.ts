@@ -1,0 +1,122 @@
+// The wire contract between the control plane and the parts that serve: the versioned snapshot each
+// workload plane long-polls (desired replicas, routes, API-key hashes), the DNS responder's snapshot, and
+// the report a plane sends back. Each plane's snapshot holds only what that plane needs (DESIGN.md §4).
+
+import type { ApiKeyCategory, ReplicaState, StandardEndpointPolicy } from "./domain.ts";
+
+/** A plane as other planes and the DNS see it. */
+export interface PlaneRef {
+  name: string;
+  region: string;
+  /** `host:port` of the plane's HTTP ingress, as registered. */
+  ingress: string[];
+  global_ingress: boolean;
+}
+
+/** An API key as an ingress needs it: its sha256 (hex) and what it may invoke. */
+export interface ApiKeyGrant {
+  /** sha256 of the full plaintext key, lowercase hex. */
+  hash: string;
+  prefix: string;
+  team_id: string;
+  category: ApiKeyCategory;
+  /** For `WORKSPACE_INVOKE` keys scoped to models; null means every model of the team. */
+  model_ids: string[] | null;
+}
+
+/** An environment of a model as the ingress routes it. */
+export interface EnvironmentRoute {
+  name: string;
+  /** The deployment that currently serves the environment (switches only when a candidate is ready). */
+  deployment_id: string | null;
+  /** Region the environment's group is restricted to; null when unrestricted. */
+  region: string | null;
+  standard_endpoint_policy: StandardEndpointPolicy;
+}
+
+/** Where a deployment can be served right now: the planes that report a READY replica of it. */
+export interface DeploymentRoute {
+  id: string;
+  /** Region restriction the deployment's replicas were placed under; null when unrestricted. */
+  region: string | null;
+  /** Names of planes with at least one READY replica of this deployment. */
+  ready_planes: string[];
+}
+
+export interface ModelRoute {
+  id: string;
+  team_id: string;
+  name: string;
+  development_deployment_id: string | null;
+  environments: EnvironmentRoute[];
+  deployments: DeploymentRoute[];
+}
+
+/** A model package in the control plane's artifact store. */
+export interface ArtifactRef {
+  /** Content address (the reference's `s3_key`). */
+  key: string;
+  sha256: string;
+  size: number;
+}
+
+/** A replica the control plane wants on this plane. The plane's driver makes it so. */
+export interface DesiredReplica {
+  id: string;
+  deployment_id: string;
+  model_id: string;
+  /** Environment the deployment serves, passed to the model; null when it serves none. */
+  environment: string | null;
+  artifact: ArtifactRef;
+}
+
+export interface PlaneSnapshot {
+  /** Installation-wide revision; strictly increases with every change that may affect any plane. */
+  revision: number;
+  /** The inference domain, e.g. `meridian.localhost`. */
+  domain: string;
+  /** The plane this snapshot is for. */
+  plane: PlaneRef;
+  /** Every plane (for plane-to-plane forwarding); regional forwarding only ever uses planes of one region. */
+  planes: PlaneRef[];
+  /** Shared secret that authenticates plane-to-plane hops (HMAC-SHA256), rotated by the control plane. */
+  hop_secret: string;
+  api_keys: ApiKeyGrant[];
+  models: ModelRoute[];
+  replicas: DesiredReplica[];
+}
+
+/** What the DNS responder needs to answer for the inference domain. */
+export interface DnsSnapshot {
+  revision: number;
+  domain: string;
+  /** Addresses (IPs) of the global ingress planes: the answer for standard names. */
+  global_ingress: string[];
+  /** Ingress addresses (IPs) of planes, by region slug. */
+  regions: Record<string, string[]>;
+  /** Model ids that exist, and for each the environments that have a region restriction. */
+  models: Array<{ id: string; regional_environments: Array<{ name: string; region: string }> }>;
+}
+
+/** A replica's observed state, reported by the plane that runs it. */
+export interface ReplicaReport {
+  id: string;
+  deployment_id: string;
+  state: ReplicaState;
+  /** Human-readable reason for a non-READY state (a load() error, an exit code). */
+  message: string | null;
+  restarts: number;
+}
+
+export interface PlaneReport {
+  /** The snapshot revision the plane has applied. */
+  revision: number;
+  replicas: ReplicaReport[];
+  /** Per-environment request counts since the previous report (DESIGN.md §2.6: aggregates only). */
+  request_counts: Array<{
+    model_id: string;
+    environment: string | null;
+    status_class: string;
+    count: number;
+  }>;
+}
