@@ -1,0 +1,217 @@
+// The one set of migrations for both stores, applied at start by Kysely's Migrator (which takes a lock on
+// both dialects, so several control replicas on one PostgreSQL may start at once). Never edit a shipped
+// migration: add a new one.
+
+import { type Kysely, type Migration, type MigrationProvider, sql } from "kysely";
+
+export type Dialect = "sqlite" | "postgres";
+
+function migrations(dialect: Dialect): Record<string, Migration> {
+  const autoId = dialect === "postgres" ? "serial" : "integer";
+  return {
+    "0001_initial": {
+      async up(db: Kysely<unknown>) {
+        await db.schema
+          .createTable("meta")
+          .addColumn("key", "text", (c) => c.primaryKey())
+          .addColumn("value", "text", (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createTable("revision")
+          .addColumn("id", "integer", (c) => c.primaryKey())
+          .addColumn("value", "integer", (c) => c.notNull())
+          .execute();
+        await db
+          .insertInto("revision" as never)
+          .values({ id: 1, value: 1 } as never)
+          .execute();
+
+        await db.schema
+          .createTable("teams")
+          .addColumn("id", "text", (c) => c.primaryKey())
+          .addColumn("name", "text", (c) => c.notNull().unique())
+          .addColumn("is_default", "integer", (c) => c.notNull().defaultTo(0))
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createTable("users")
+          .addColumn("id", "text", (c) => c.primaryKey())
+          .addColumn("email", "text", (c) => c.unique())
+          .addColumn("name", "text")
+          .addColumn("is_org_admin", "integer", (c) => c.notNull().defaultTo(0))
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createTable("team_members")
+          .addColumn("team_id", "text", (c) => c.notNull().references("teams.id").onDelete("cascade"))
+          .addColumn("user_id", "text", (c) => c.notNull().references("users.id").onDelete("cascade"))
+          .addColumn("role", "text", (c) => c.notNull())
+          .addPrimaryKeyConstraint("team_members_pk", ["team_id", "user_id"])
+          .execute();
+        await db.schema
+          .createTable("api_keys")
+          .addColumn("prefix", "text", (c) => c.primaryKey())
+          .addColumn("hash", "text", (c) => c.notNull().unique())
+          .addColumn("name", "text")
+          .addColumn("category", "text", (c) => c.notNull())
+          .addColumn("team_id", "text", (c) => c.notNull().references("teams.id").onDelete("cascade"))
+          .addColumn("user_id", "text", (c) => c.references("users.id").onDelete("cascade"))
+          .addColumn("model_ids", "text")
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .execute();
+
+        await db.schema
+          .createTable("regions")
+          .addColumn("slug", "text", (c) => c.primaryKey())
+          .addColumn("display_name", "text", (c) => c.notNull())
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createTable("planes")
+          .addColumn("name", "text", (c) => c.primaryKey())
+          .addColumn("region", "text", (c) => c.notNull().references("regions.slug"))
+          .addColumn("ingress", "text", (c) => c.notNull())
+          .addColumn("capacity", "integer", (c) => c.notNull())
+          .addColumn("global_ingress", "integer", (c) => c.notNull().defaultTo(0))
+          .addColumn("credential_hash", "text", (c) => c.notNull().unique())
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .addColumn("last_seen_at", "text")
+          .addColumn("applied_revision", "integer", (c) => c.notNull().defaultTo(0))
+          .execute();
+
+        await db.schema
+          .createTable("artifacts")
+          .addColumn("key", "text", (c) => c.primaryKey())
+          .addColumn("sha256", "text")
+          .addColumn("size", "integer")
+          .addColumn("state", "text", (c) => c.notNull())
+          .addColumn("team_id", "text", (c) => c.notNull())
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .execute();
+
+        await db.schema
+          .createTable("models")
+          .addColumn("id", "text", (c) => c.primaryKey())
+          .addColumn("team_id", "text", (c) => c.notNull().references("teams.id"))
+          .addColumn("name", "text", (c) => c.notNull())
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .addUniqueConstraint("models_team_name", ["team_id", "name"])
+          .execute();
+        await db.schema
+          .createTable("deployments")
+          .addColumn("id", "text", (c) => c.primaryKey())
+          .addColumn("model_id", "text", (c) => c.notNull().references("models.id").onDelete("cascade"))
+          .addColumn("name", "text", (c) => c.notNull())
+          .addColumn("status", "text", (c) => c.notNull())
+          .addColumn("status_message", "text")
+          .addColumn("is_development", "integer", (c) => c.notNull().defaultTo(0))
+          .addColumn("artifact_key", "text", (c) => c.notNull())
+          .addColumn("config", "text", (c) => c.notNull())
+          .addColumn("region", "text")
+          .addColumn("copied_from", "text")
+          .addColumn("autoscaling", "text", (c) => c.notNull())
+          .addColumn("labels", "text")
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .addColumn("updated_at", "text", (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex("deployments_model").on("deployments").column("model_id").execute();
+        await db.schema
+          .createTable("environments")
+          .addColumn("model_id", "text", (c) => c.notNull().references("models.id").onDelete("cascade"))
+          .addColumn("name", "text", (c) => c.notNull())
+          .addColumn("current_deployment_id", "text")
+          .addColumn("autoscaling", "text", (c) => c.notNull())
+          .addColumn("promotion_settings", "text", (c) => c.notNull())
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .addPrimaryKeyConstraint("environments_pk", ["model_id", "name"])
+          .execute();
+        await db.schema.createIndex("environments_name").on("environments").column("name").execute();
+        await db.schema
+          .createTable("environment_groups")
+          .addColumn("team_id", "text", (c) => c.notNull().references("teams.id").onDelete("cascade"))
+          .addColumn("name", "text", (c) => c.notNull())
+          .addColumn("is_restricted", "integer", (c) => c.notNull().defaultTo(0))
+          .addColumn("manage_users", "text", (c) => c.notNull())
+          .addColumn("region", "text", (c) => c.references("regions.slug"))
+          .addColumn("standard_endpoint_policy", "text", (c) => c.notNull())
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .addColumn("updated_at", "text", (c) => c.notNull())
+          .addPrimaryKeyConstraint("environment_groups_pk", ["team_id", "name"])
+          .execute();
+        await db.schema
+          .createTable("promotions")
+          .addColumn("id", "text", (c) => c.primaryKey())
+          .addColumn("model_id", "text", (c) => c.notNull().references("models.id").onDelete("cascade"))
+          .addColumn("environment", "text", (c) => c.notNull())
+          .addColumn("source_deployment_id", "text", (c) => c.notNull())
+          .addColumn("candidate_deployment_id", "text", (c) => c.notNull())
+          .addColumn("previous_deployment_id", "text")
+          .addColumn("reason", "text", (c) => c.notNull())
+          .addColumn("status", "text", (c) => c.notNull())
+          .addColumn("active", "integer", (c) => c.notNull())
+          .addColumn("error_message", "text")
+          .addColumn("cleanup_strategy", "text", (c) => c.notNull())
+          .addColumn("created_by", "text")
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .addColumn("updated_at", "text", (c) => c.notNull())
+          .execute();
+        // One promotion at a time per environment, enforced by the database itself (DESIGN.md §2.5).
+        await db.schema
+          .createIndex("promotions_one_active")
+          .on("promotions")
+          .columns(["model_id", "environment"])
+          .unique()
+          .where(sql.ref("active"), "=", 1)
+          .execute();
+        await db.schema
+          .createTable("replicas")
+          .addColumn("id", "text", (c) => c.primaryKey())
+          .addColumn("deployment_id", "text", (c) =>
+            c.notNull().references("deployments.id").onDelete("cascade"),
+          )
+          .addColumn("plane", "text", (c) => c.notNull().references("planes.name"))
+          .addColumn("state", "text", (c) => c.notNull())
+          .addColumn("message", "text")
+          .addColumn("restarts", "integer", (c) => c.notNull().defaultTo(0))
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .addColumn("updated_at", "text", (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex("replicas_deployment").on("replicas").column("deployment_id").execute();
+        await db.schema.createIndex("replicas_plane").on("replicas").column("plane").execute();
+        await db.schema
+          .createTable("audit_logs")
+          .addColumn("id", autoId, (c) =>
+            dialect === "sqlite" ? c.primaryKey().autoIncrement() : c.primaryKey(),
+          )
+          .addColumn("at", "text", (c) => c.notNull())
+          .addColumn("team_id", "text")
+          .addColumn("model_id", "text")
+          .addColumn("actor_user_id", "text")
+          .addColumn("actor_key_prefix", "text")
+          .addColumn("action", "text", (c) => c.notNull())
+          .addColumn("target", "text", (c) => c.notNull())
+          .addColumn("before", "text")
+          .addColumn("after", "text")
+          .execute();
+        await db.schema
+          .createIndex("audit_logs_model")
+          .on("audit_logs")
+          .columns(["model_id", "id"])
+          .execute();
+        await db.schema
+          .createTable("request_counts")
+          .addColumn("plane", "text", (c) => c.notNull())
+          .addColumn("model_id", "text", (c) => c.notNull())
+          .addColumn("environment", "text", (c) => c.notNull())
+          .addColumn("status_class", "text", (c) => c.notNull())
+          .addColumn("count", "integer", (c) => c.notNull())
+          .addPrimaryKeyConstraint("request_counts_pk", ["plane", "model_id", "environment", "status_class"])
+          .execute();
+      },
+    },
+  };
+}
+
+export function migrationProvider(dialect: Dialect): MigrationProvider {
+  return { getMigrations: async () => migrations(dialect) };
+}

@@ -1,0 +1,216 @@
+// Table shapes of the control plane's store, shared by SQLite and PostgreSQL. Portable column types only:
+// text for ids, ISO-8601 timestamps and JSON documents; integers for counts and 0/1 flags.
+
+import type { Generated, Insertable, Selectable } from "kysely";
+
+export interface MetaTable {
+  key: string;
+  value: string;
+}
+
+/** A single row (id = 1) whose `value` strictly increases with every change planes or DNS must see. */
+export interface RevisionTable {
+  id: number;
+  value: number;
+}
+
+export interface TeamTable {
+  id: string;
+  name: string;
+  is_default: number;
+  created_at: string;
+}
+
+export interface UserTable {
+  id: string;
+  email: string | null;
+  name: string | null;
+  is_org_admin: number;
+  created_at: string;
+}
+
+export interface TeamMemberTable {
+  team_id: string;
+  user_id: string;
+  role: string;
+}
+
+export interface ApiKeyTable {
+  prefix: string;
+  hash: string;
+  name: string | null;
+  category: string;
+  team_id: string;
+  user_id: string | null;
+  /** JSON array of model ids, or null for every model of the team. */
+  model_ids: string | null;
+  created_at: string;
+}
+
+export interface RegionTable {
+  slug: string;
+  display_name: string;
+  created_at: string;
+}
+
+export interface PlaneTable {
+  name: string;
+  region: string;
+  /** JSON array of `host:port`. */
+  ingress: string;
+  capacity: number;
+  global_ingress: number;
+  credential_hash: string;
+  created_at: string;
+  last_seen_at: string | null;
+  applied_revision: number;
+}
+
+export interface ArtifactTable {
+  key: string;
+  sha256: string | null;
+  size: number | null;
+  /** `PENDING` until the archive's bytes arrive, then `STORED`. */
+  state: string;
+  team_id: string;
+  created_at: string;
+}
+
+export interface ModelTable {
+  id: string;
+  team_id: string;
+  name: string;
+  created_at: string;
+}
+
+export interface DeploymentTable {
+  id: string;
+  model_id: string;
+  name: string;
+  status: string;
+  status_message: string | null;
+  is_development: number;
+  artifact_key: string;
+  /** JSON of the package's parsed config.yaml (model_name, resources, runtime, …). */
+  config: string;
+  /** The region restriction its replicas are placed under; null for unrestricted. */
+  region: string | null;
+  /** The deployment it was copied from on promotion (redeploy), if any. */
+  copied_from: string | null;
+  /** JSON AutoscalingSettingsV1. */
+  autoscaling: string;
+  /** JSON labels object or null. */
+  labels: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface EnvironmentTable {
+  model_id: string;
+  name: string;
+  current_deployment_id: string | null;
+  /** JSON AutoscalingSettingsV1. */
+  autoscaling: string;
+  /** JSON PromotionSettingsV1. */
+  promotion_settings: string;
+  created_at: string;
+}
+
+export interface EnvironmentGroupTable {
+  team_id: string;
+  name: string;
+  is_restricted: number;
+  /** JSON array of user ids allowed to manage while restricted. */
+  manage_users: string;
+  region: string | null;
+  standard_endpoint_policy: string;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface PromotionTable {
+  id: string;
+  model_id: string;
+  environment: string;
+  source_deployment_id: string;
+  candidate_deployment_id: string;
+  previous_deployment_id: string | null;
+  /** Why the candidate is (or is not) a copy: `reuse`, `bound_elsewhere`, `redeploy_on_promotion`, `region`. */
+  reason: string;
+  status: string;
+  /** 1 while the promotion is in flight; a partial unique index allows one per environment. */
+  active: number;
+  error_message: string | null;
+  cleanup_strategy: string;
+  created_by: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface ReplicaTable {
+  id: string;
+  deployment_id: string;
+  plane: string;
+  state: string;
+  message: string | null;
+  restarts: number;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface AuditLogTable {
+  id: Generated<number>;
+  at: string;
+  team_id: string | null;
+  model_id: string | null;
+  actor_user_id: string | null;
+  actor_key_prefix: string | null;
+  action: string;
+  target: string;
+  /** JSON before/after documents, or null. */
+  before: string | null;
+  after: string | null;
+}
+
+export interface RequestCountTable {
+  plane: string;
+  model_id: string;
+  environment: string;
+  status_class: string;
+  count: number;
+}
+
+export interface Schema {
+  meta: MetaTable;
+  revision: RevisionTable;
+  teams: TeamTable;
+  users: UserTable;
+  team_members: TeamMemberTable;
+  api_keys: ApiKeyTable;
+  regions: RegionTable;
+  planes: PlaneTable;
+  artifacts: ArtifactTable;
+  models: ModelTable;
+  deployments: DeploymentTable;
+  environments: EnvironmentTable;
+  environment_groups: EnvironmentGroupTable;
+  promotions: PromotionTable;
+  replicas: ReplicaTable;
+  audit_logs: AuditLogTable;
+  request_counts: RequestCountTable;
+}
+
+export type TeamRow = Selectable<TeamTable>;
+export type UserRow = Selectable<UserTable>;
+export type ApiKeyRow = Selectable<ApiKeyTable>;
+export type RegionRow = Selectable<RegionTable>;
+export type PlaneRow = Selectable<PlaneTable>;
+export type ArtifactRow = Selectable<ArtifactTable>;
+export type ModelRow = Selectable<ModelTable>;
+export type DeploymentRow = Selectable<DeploymentTable>;
+export type EnvironmentRow = Selectable<EnvironmentTable>;
+export type EnvironmentGroupRow = Selectable<EnvironmentGroupTable>;
+export type PromotionRow = Selectable<PromotionTable>;
+export type ReplicaRow = Selectable<ReplicaTable>;
+export type AuditLogRow = Selectable<AuditLogTable>;
+export type NewDeployment = Insertable<DeploymentTable>;

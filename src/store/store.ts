@@ -1,0 +1,110 @@
+// Opens the control plane's store — SQLite (a file, the embedded default) or PostgreSQL (production) —
+// behind one Kysely instance, applies the migrations, and offers transactions and the revision counter.
+
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import SQLite from "better-sqlite3";
+import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql, type Transaction } from "kysely";
+import pg from "pg";
+import { type Dialect, migrationProvider } from "./migrations.ts";
+import type { Schema } from "./schema.ts";
+
+export type StoreConfig =
+  | { kind: "sqlite"; file: string }
+  | { kind: "postgres"; url: string; poolSize?: number };
+
+/** A Kysely handle inside or outside a transaction: query functions accept either. */
+export type Db = Kysely<Schema> | Transaction<Schema>;
+
+export class Store {
+  readonly db: Kysely<Schema>;
+  readonly dialect: Dialect;
+
+  private constructor(db: Kysely<Schema>, dialect: Dialect) {
+    this.db = db;
+    this.dialect = dialect;
+  }
+
+  /** Opens the store and brings its schema up to date. */
+  static async open(config: StoreConfig): Promise<Store> {
+    const store =
+      config.kind === "sqlite"
+        ? new Store(openSqlite(config.file), "sqlite")
+        : new Store(openPostgres(config), "postgres");
+    await store.migrate();
+    return store;
+  }
+
+  private async migrate(): Promise<void> {
+    const migrator = new Migrator({ db: this.db, provider: migrationProvider(this.dialect) });
+    const { error } = await migrator.migrateToLatest();
+    if (error) throw error instanceof Error ? error : new Error(String(error));
+  }
+
+  /**
+   * Runs `fn` in one transaction. PostgreSQL runs it at SERIALIZABLE isolation would cost retries; instead
+   * every writer takes the revision row's lock first (`bumpRevision`), which serializes the writers that
+   * change what planes see, and unique indexes settle the races that remain.
+   */
+  transaction<T>(fn: (trx: Transaction<Schema>) => Promise<T>): Promise<T> {
+    return this.db.transaction().execute(fn);
+  }
+
+  /** Increments and returns the installation-wide revision; call inside the transaction that changed state. */
+  async bumpRevision(trx: Db): Promise<number> {
+    const row = await trx
+      .updateTable("revision")
+      .set({ value: sql<number>`value + 1` })
+      .where("id", "=", 1)
+      .returning("value")
+      .executeTakeFirstOrThrow();
+    return Number(row.value);
+  }
+
+  async revision(db: Db = this.db): Promise<number> {
+    const row = await db.selectFrom("revision").select("value").where("id", "=", 1).executeTakeFirstOrThrow();
+    return Number(row.value);
+  }
+
+  async getMeta(key: string, db: Db = this.db): Promise<string | undefined> {
+    const row = await db.selectFrom("meta").select("value").where("key", "=", key).executeTakeFirst();
+    return row?.value;
+  }
+
+  async setMeta(key: string, value: string, db: Db = this.db): Promise<void> {
+    await db
+      .insertInto("meta")
+      .values({ key, value })
+      .onConflict((oc) => oc.column("key").doUpdateSet({ value }))
+      .execute();
+  }
+
+  async close(): Promise<void> {
+    await this.db.destroy();
+  }
+}
+
+function openSqlite(file: string): Kysely<Schema> {
+  mkdirSync(dirname(file), { recursive: true });
+  const database = new SQLite(file);
+  // WAL keeps readers off writers' backs; a committed transaction survives a SIGKILL of the process.
+  database.pragma("journal_mode = WAL");
+  database.pragma("synchronous = NORMAL");
+  database.pragma("foreign_keys = ON");
+  database.pragma("busy_timeout = 5000");
+  return new Kysely<Schema>({ dialect: new SqliteDialect({ database }) });
+}
+
+function openPostgres(config: { url: string; poolSize?: number }): Kysely<Schema> {
+  const pool = new pg.Pool({ connectionString: config.url, max: config.poolSize ?? 10 });
+  return new Kysely<Schema>({ dialect: new PostgresDialect({ pool }) });
+}
+
+/** True when `err` is a unique-constraint violation on either database. */
+export function isUniqueViolation(err: unknown): boolean {
+  if (typeof err !== "object" || err === null) return false;
+  const e = err as { code?: unknown; message?: unknown };
+  return (
+    e.code === "23505" || e.code === "SQLITE_CONSTRAINT_UNIQUE" || e.code === "SQLITE_CONSTRAINT_PRIMARYKEY"
+  );
+}
