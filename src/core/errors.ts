@@ -64,6 +64,10 @@ export const ERRORS = {
   artifact_missing: { status: 409, message: "The model archive has not been uploaded." },
 
   // Serving (429, 5xx)
+  misdirected_request: {
+    status: 421,
+    message: "This plane does not serve this hostname's region; call an ingress of the environment's region.",
+  },
   rate_limited: { status: 429, message: "Too many requests." },
   internal_error: { status: 500, message: "Internal error." },
   replica_failed: { status: 502, message: "The model replica failed while processing the request." },
