@@ -9,6 +9,21 @@ const program = new Command("meridian")
 
 // @commands: each role registers its commands below this line.
 
+program
+  .command("serve-model")
+  .description("Serve one model package on truss's paths (what a replica runs)")
+  .argument("<dir>", "model package directory (config.yaml and model/model.js or docker_server)")
+  .requiredOption("--listen <host:port>", "address to listen on; port 0 picks a free one")
+  .option("--model-id <id>", "model id (default: $MERIDIAN_MODEL_ID)")
+  .option("--deployment-id <id>", "deployment id (default: $MERIDIAN_DEPLOYMENT_ID)")
+  .option("--environment <name>", "environment served (default: $MERIDIAN_ENVIRONMENT)")
+  .option("--server-port <port>", "port for a custom server, exported to it as PORT (0: a free one)")
+  .option("--max-queued <n>", "predict requests that may wait for a slot before 429 (default 64)")
+  .action(async (dir: string, flags) => {
+    const { runServeModel } = await import("../runtime/command.ts");
+    process.exit(await runServeModel(dir, flags, process.env));
+  });
+
 program.parseAsync(process.argv).catch((err: unknown) => {
   const message = err instanceof Error ? err.message : String(err);
   process.stderr.write(`meridian: ${message}\n`);

@@ -1,0 +1,217 @@
+// `meridian serve-model DIR --listen HOST:PORT`: the entry point of one replica. Parses flags and
+// environment into a frozen options object, composes logger and runtime, drains on SIGTERM/SIGINT.
+
+import pino, { type Logger } from "pino";
+import { MeridianError } from "../core/errors.ts";
+import { checkEnvironmentName, isModelId } from "../core/names.ts";
+import { EXIT_CODES, type ExitCode } from "./exit-codes.ts";
+import { loadModelPackage, modelEnvironment, type ReplicaIdentity } from "./package.ts";
+import { type ModelServer, type ServeOutcome, serveModel } from "./server.ts";
+
+/** Flags as commander hands them over (all strings). */
+export interface ServeModelFlags {
+  listen: string;
+  modelId?: string;
+  deploymentId?: string;
+  environment?: string;
+  serverPort?: string;
+  maxQueued?: string;
+}
+
+export interface ServeModelCommandOptions {
+  readonly dir: string;
+  readonly host: string;
+  readonly port: number;
+  readonly identity: Readonly<ReplicaIdentity>;
+  readonly serverPort: number | null;
+  readonly maxQueued: number;
+}
+
+export type ParseOutcome = { ok: true; options: ServeModelCommandOptions } | { ok: false; message: string };
+
+const DEFAULT_MAX_QUEUED = 64;
+
+/** Flags win over MERIDIAN_MODEL_ID, MERIDIAN_DEPLOYMENT_ID and MERIDIAN_ENVIRONMENT. */
+export function parseServeModelOptions(
+  dir: string,
+  flags: ServeModelFlags,
+  env: Readonly<Record<string, string | undefined>>,
+): ParseOutcome {
+  const listen = parseListen(flags.listen);
+  if (listen === null) return { ok: false, message: `--listen must be HOST:PORT, got ${JSON.stringify(flags.listen)}` };
+
+  const modelId = nonEmpty(flags.modelId ?? env["MERIDIAN_MODEL_ID"]);
+  if (modelId !== null && !isModelId(modelId)) {
+    return { ok: false, message: `the model id ${JSON.stringify(modelId)} is not 8 lowercase letters or digits` };
+  }
+  const deploymentId = nonEmpty(flags.deploymentId ?? env["MERIDIAN_DEPLOYMENT_ID"]);
+  if (deploymentId !== null && !/^[A-Za-z0-9_-]{1,64}$/.test(deploymentId)) {
+    return { ok: false, message: `the deployment id ${JSON.stringify(deploymentId)} is not valid` };
+  }
+  const environment = nonEmpty(flags.environment ?? env["MERIDIAN_ENVIRONMENT"]);
+  if (environment !== null) {
+    const check = checkEnvironmentName(environment);
+    // A reserved name is still a well-formed label; the control plane decides where it may be used.
+    if (!check.ok && check.rule !== "reserved") return { ok: false, message: check.message };
+  }
+
+  let serverPort: number | null = null;
+  if (flags.serverPort !== undefined) {
+    serverPort = parsePort(flags.serverPort);
+    if (serverPort === null) return { ok: false, message: "--server-port must be a port number from 0 to 65535" };
+  }
+  let maxQueued = DEFAULT_MAX_QUEUED;
+  if (flags.maxQueued !== undefined) {
+    if (!/^\d+$/.test(flags.maxQueued)) return { ok: false, message: "--max-queued must be a whole number" };
+    maxQueued = Number(flags.maxQueued);
+  }
+
+  return {
+    ok: true,
+    options: Object.freeze({
+      dir,
+      host: listen.host,
+      port: listen.port,
+      identity: Object.freeze({ modelId, deploymentId, environment }),
+      serverPort,
+      maxQueued,
+    }),
+  };
+}
+
+/** `host:port` or `[v6]:port` (RFC 3986 §3.2.2); port 0 asks the kernel for a free one. */
+export function parseListen(text: string): { host: string; port: number } | null {
+  const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(text);
+  if (match === null) return null;
+  const port = parsePort(match[3]!);
+  if (port === null) return null;
+  return { host: match[1] ?? match[2]!, port };
+}
+
+function parsePort(text: string): number | null {
+  if (!/^\d{1,5}$/.test(text)) return null;
+  const port = Number(text);
+  return port <= 65535 ? port : null;
+}
+
+function nonEmpty(value: string | undefined): string | null {
+  return value === undefined || value === "" ? null : value;
+}
+
+/** Events go to stdout; errors (with stacks) to stderr, where a plane's driver looks for the reason. */
+function createLogger(identity: ReplicaIdentity): Logger {
+  const streams = pino.multistream(
+    [
+      { level: "info", stream: pino.destination({ dest: 1, sync: true }) },
+      { level: "error", stream: pino.destination({ dest: 2, sync: true }) },
+    ],
+    { dedupe: true },
+  );
+  return pino(
+    {
+      base: {
+        pid: process.pid,
+        model_id: identity.modelId,
+        deployment_id: identity.deploymentId,
+        environment: identity.environment,
+      },
+    },
+    streams,
+  );
+}
+
+/**
+ * Runs one replica until it is told to stop or its model fails; returns the exit code. `env` is this
+ * process's environment: read for defaults, and given the model's variables when the model runs in-process.
+ */
+export async function runServeModel(dir: string, flags: ServeModelFlags, env: NodeJS.ProcessEnv): Promise<ExitCode> {
+  const parsed = parseServeModelOptions(dir, flags, env);
+  if (!parsed.ok) {
+    process.stderr.write(`meridian serve-model: ${parsed.message}\n`);
+    return EXIT_CODES.usage;
+  }
+  const options = parsed.options;
+  const logger = createLogger(options.identity);
+
+  let modelPackage: Awaited<ReturnType<typeof loadModelPackage>>;
+  try {
+    modelPackage = await loadModelPackage(options.dir);
+  } catch (err) {
+    if (!(err instanceof MeridianError)) throw err;
+    logger.error({ error_code: err.code, detail: err.detail, error: err.message }, "invalid model package");
+    return EXIT_CODES.invalid_package;
+  }
+  if (modelPackage.kind.type === "javascript") {
+    Object.assign(env, modelEnvironment(modelPackage.config, options.identity));
+  }
+
+  const server = serveModel({
+    modelPackage,
+    host: options.host,
+    port: options.port,
+    identity: options.identity,
+    logger,
+    inheritedEnv: env,
+    serverPort: options.serverPort,
+    maxQueued: options.maxQueued,
+  });
+  const detach = handleSignals(server, logger);
+  try {
+    let address: string;
+    try {
+      address = await server.start();
+    } catch (err) {
+      logger.error({ err, listen: `${options.host}:${options.port}` }, "listen failed");
+      return EXIT_CODES.fault;
+    }
+    logger.info({ address }, "listening");
+    const outcome = await server.finished;
+    await server.stop();
+    return exitCode(outcome);
+  } finally {
+    detach();
+  }
+}
+
+export function exitCode(outcome: ServeOutcome): ExitCode {
+  switch (outcome.kind) {
+    case "stopped":
+      return EXIT_CODES.stopped;
+    case "load_failed":
+      return EXIT_CODES.load_failed;
+    case "model_server_exited":
+      return outcome.wasReady ? EXIT_CODES.model_server_crashed : EXIT_CODES.model_server_failed;
+  }
+}
+
+function handleSignals(server: ModelServer, logger: Logger): () => void {
+  let received = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    received++;
+    if (received > 1) {
+      logger.warn({ signal }, "second signal; exiting without draining");
+      server.kill();
+      process.exit(EXIT_CODES.fault);
+    }
+    logger.info({ signal }, "signal received; draining");
+    void server.stop();
+  };
+  const onExit = () => server.kill();
+  const onFault = (err: unknown) => {
+    logger.fatal({ err }, "uncaught error in the runtime");
+    server.kill();
+    process.exit(EXIT_CODES.fault);
+  };
+  process.on("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+  process.on("exit", onExit);
+  process.on("uncaughtException", onFault);
+  process.on("unhandledRejection", onFault);
+  return () => {
+    process.off("SIGTERM", onSignal);
+    process.off("SIGINT", onSignal);
+    process.off("exit", onExit);
+    process.off("uncaughtException", onFault);
+    process.off("unhandledRejection", onFault);
+  };
+}

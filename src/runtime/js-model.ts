@@ -1,0 +1,102 @@
+// A JavaScript model (`model/model.js` exporting a `Model` class) hosted in this process, and the pure
+// rules that turn what its predict() returns into an HTTP body: JSON, raw bytes, or a chunked stream.
+
+import { pathToFileURL } from "node:url";
+
+/** What the runtime constructs a Model with (truss passes the same `environment`). */
+export interface ModelContext {
+  environment: { name: string } | null;
+}
+
+export interface HostedModel {
+  predict(input: unknown): unknown;
+}
+
+/** An import or shape fault of model.js, told apart from an error thrown by the model's own load(). */
+export class ModelModuleError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ModelModuleError";
+  }
+}
+
+/** Imports model.js, constructs its Model and awaits load(); whatever load() throws propagates as is. */
+export async function loadJavaScriptModel(modulePath: string, context: ModelContext): Promise<HostedModel> {
+  let exports: Record<string, unknown>;
+  try {
+    exports = (await import(pathToFileURL(modulePath).href)) as Record<string, unknown>;
+  } catch (err) {
+    throw new ModelModuleError(`could not import ${modulePath}: ${errorMessage(err)}`, { cause: err });
+  }
+  const Model = exports["Model"];
+  if (typeof Model !== "function") {
+    throw new ModelModuleError(`${modulePath} does not export a Model class`);
+  }
+  const instance = new (Model as new (context: ModelContext) => Record<string, unknown>)(context);
+  const predict = instance["predict"];
+  if (typeof predict !== "function") {
+    throw new ModelModuleError(`the Model class of ${modulePath} has no predict(input) method`);
+  }
+  const load = instance["load"];
+  // truss treats load() as optional; a model with nothing to load may leave it out.
+  if (typeof load === "function") await load.call(instance);
+  return { predict: (input) => predict.call(instance, input) };
+}
+
+export type Prediction =
+  | { kind: "json"; body: string }
+  | { kind: "bytes"; body: Uint8Array }
+  | { kind: "stream"; chunks: AsyncIterator<unknown> | Iterator<unknown> };
+
+/**
+ * Classifies a resolved predict() result. Async iterables and generator objects stream; a Uint8Array is
+ * sent as bytes; anything else is JSON (`undefined` as `null`). Throws when the value has no JSON form.
+ */
+export function classifyPrediction(value: unknown): Prediction {
+  if (value instanceof Uint8Array) return { kind: "bytes", body: value };
+  if (isAsyncIterable(value)) return { kind: "stream", chunks: value[Symbol.asyncIterator]() };
+  if (isGenerator(value)) return { kind: "stream", chunks: value };
+  const body = JSON.stringify(value === undefined ? null : value);
+  if (body === undefined) throw new TypeError("predict() returned a value with no JSON form");
+  return { kind: "json", body };
+}
+
+export type ChunkFormat = "text" | "bytes" | "ndjson";
+
+/** The content type of a stream, chosen by its first chunk. */
+export function chunkFormat(first: unknown): ChunkFormat {
+  if (typeof first === "string") return "text";
+  if (first instanceof Uint8Array) return "bytes";
+  return "ndjson";
+}
+
+export const CONTENT_TYPES: Record<ChunkFormat, string> = {
+  text: "text/plain; charset=utf-8",
+  bytes: "application/octet-stream",
+  ndjson: "application/x-ndjson",
+};
+
+/** Strings and bytes go out as they are; any other chunk is one JSON line. */
+export function encodeChunk(chunk: unknown): Uint8Array {
+  if (typeof chunk === "string") return Buffer.from(chunk, "utf8");
+  if (chunk instanceof Uint8Array) return chunk;
+  const json = JSON.stringify(chunk === undefined ? null : chunk);
+  if (json === undefined) throw new TypeError("predict() yielded a chunk with no JSON form");
+  return Buffer.from(`${json}\n`, "utf8");
+}
+
+function isAsyncIterable(value: unknown): value is AsyncIterable<unknown> {
+  return (
+    typeof value === "object" &&
+    value !== null &&
+    typeof (value as Record<symbol, unknown>)[Symbol.asyncIterator] === "function"
+  );
+}
+
+function isGenerator(value: unknown): value is Generator<unknown> {
+  return Object.prototype.toString.call(value) === "[object Generator]";
+}
+
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
