@@ -1,0 +1,136 @@
+// The replica driver: the one seam between a plane's agent and whatever runs replicas (`process`: child
+// processes on this host; `kubernetes`: a Deployment + Service per replica). Declarative and idempotent,
+// like the Kubernetes API it must fit: the agent says which replicas should exist, the driver converges.
+//
+// Choices that keep a Kubernetes driver possible without changing this file:
+// - Every method is async: a cluster answers over the network (list() may be served from an informer).
+// - ensure() resolves once the replica is accepted, not once it is READY; readiness arrives as events
+//   and in list(). remove() resolves once the replica no longer runs (pods terminated).
+// - The command is argv + env with `{host}` and `{port}` placeholders the driver fills in: the process
+//   driver with 127.0.0.1 and a free port, a Kubernetes driver with 0.0.0.0 and its container port.
+// - The spec carries both the extracted `package_dir` (a local driver runs there) and the `artifact` it
+//   came from (a cluster driver fetches it in an init container instead).
+// - Probes are HTTP GET paths answered 200 (readiness gates routing, liveness failures restart), which
+//   map one to one onto Kubernetes probes; `load_failure_exit_code` maps onto a container's last
+//   terminated exit code.
+
+import type { ReplicaState } from "../core/domain.ts";
+import type { ArtifactRef } from "../core/snapshot.ts";
+
+/** What to run for a replica. `{host}` and `{port}` anywhere in argv or env values are substituted. */
+export interface ReplicaCommand {
+  /** argv[0] is the executable (looked up on PATH of the driver's base environment). */
+  argv: string[];
+  env: Record<string, string>;
+}
+
+/** Resource hints; the process driver ignores them, a Kubernetes driver turns them into requests/limits. */
+export interface ReplicaResources {
+  /** Kubernetes quantity, e.g. `500m`, `2`. */
+  cpu?: string;
+  /** Kubernetes quantity, e.g. `512Mi`. */
+  memory?: string;
+  gpu?: number;
+}
+
+export interface ReplicaSpec {
+  /** Unique on the plane; `[A-Za-z0-9][A-Za-z0-9._-]{0,127}` (it names files and Kubernetes objects). */
+  id: string;
+  deployment_id: string;
+  model_id: string;
+  environment: string | null;
+  /** The extracted model package; the working directory of the command. */
+  package_dir: string;
+  artifact: ArtifactRef | null;
+  command: ReplicaCommand;
+  /** HTTP path answered 200 once the replica can serve (truss: `/v1/models/model`). */
+  readiness_path: string;
+  /** HTTP path answered 200 while the replica is alive (truss: `/`). */
+  liveness_path: string;
+  /**
+   * Exit code by which the command reports that the model failed to load (Meridian's runtime: 3).
+   * Exiting with it before the first READY makes the replica FAILED with no restart; null disables.
+   */
+  load_failure_exit_code?: number | null;
+  resources?: ReplicaResources;
+}
+
+/** A replica as the driver observes it; a superset of the snapshot's ReplicaReport. */
+export interface ReplicaStatus {
+  id: string;
+  deployment_id: string;
+  model_id: string;
+  environment: string | null;
+  state: ReplicaState;
+  /** `host:port` to send requests to; set only while READY. */
+  endpoint: string | null;
+  /** Why the replica is not READY (a probe failure, an exit code with the last log lines); null when READY. */
+  message: string | null;
+  /** How many times the driver restarted the replica's process. */
+  restarts: number;
+  /** ISO-8601 time the current process (container) started; null before the first start. */
+  started_at: string | null;
+}
+
+export interface LogLine {
+  /** ISO-8601 time the line was captured. */
+  ts: string;
+  /** `driver` lines are the driver's own notes on the replica (exits, restarts), like Kubernetes events. */
+  stream: "stdout" | "stderr" | "driver";
+  line: string;
+}
+
+export interface LogQuery {
+  /** Only lines captured at or after this time. */
+  since?: Date;
+  /** At most this many lines, the most recent ones (returned oldest first). */
+  limit?: number;
+}
+
+export type ReplicaEvent =
+  /** Sent whenever a replica's state, message or endpoint changes; `previous` is null for a new replica. */
+  | { type: "state"; replica: ReplicaStatus; previous: ReplicaState | null }
+  /** The replica is gone (remove() finished). */
+  | { type: "removed"; id: string; deployment_id: string };
+
+export type ReplicaEventListener = (event: ReplicaEvent) => void;
+
+export interface ReplicaDriver {
+  /** Prepares the driver (directories, cluster clients). Call before anything else. */
+  start(): Promise<void>;
+  /** Stops every replica this driver runs and releases its resources; later calls to ensure() throw. */
+  stop(): Promise<void>;
+  /**
+   * Makes the replica exist. Idempotent: an identical spec for a running id changes nothing (no restart);
+   * a different spec for the same id replaces the replica. Throws on an invalid spec.
+   */
+  ensure(spec: ReplicaSpec): Promise<void>;
+  /** Stops and forgets the replica; resolves once it no longer runs. Unknown ids are a no-op. */
+  remove(id: string): Promise<void>;
+  list(): Promise<ReplicaStatus[]>;
+  /** The replica's captured output; empty for unknown ids. */
+  logs(id: string, query?: LogQuery): Promise<LogLine[]>;
+  /** Listens to state changes; returns the unsubscribe function. */
+  subscribe(listener: ReplicaEventListener): () => void;
+}
+
+const REPLICA_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+/** The spec problems every driver refuses alike; null when the spec is valid. */
+export function invalidSpecReason(spec: ReplicaSpec): string | null {
+  if (!REPLICA_ID.test(spec.id)) return `replica id ${JSON.stringify(spec.id)} is not valid`;
+  if (spec.command.argv.length === 0 || spec.command.argv[0] === "") return "command.argv is empty";
+  for (const path of [spec.readiness_path, spec.liveness_path]) {
+    if (!path.startsWith("/")) return `probe path ${JSON.stringify(path)} must start with /`;
+  }
+  return null;
+}
+
+/** Fills the `{host}` and `{port}` placeholders of a command. */
+export function renderCommand(command: ReplicaCommand, host: string, port: number): ReplicaCommand {
+  const fill = (value: string) => value.replaceAll("{host}", host).replaceAll("{port}", String(port));
+  return {
+    argv: command.argv.map(fill),
+    env: Object.fromEntries(Object.entries(command.env).map(([k, v]) => [k, fill(v)])),
+  };
+}

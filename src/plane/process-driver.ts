@@ -1,0 +1,750 @@
+// The `process` replica driver: each replica is a child process (its own process group) listening on a
+// free loopback port of this host. Owns spawning, HTTP readiness/liveness probing, crash restarts with
+// capped exponential backoff, per-replica log capture (ring buffer + file) and graceful stops.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { createWriteStream, type WriteStream } from "node:fs";
+import { mkdir, readdir, readFile } from "node:fs/promises";
+import { request } from "node:http";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { StringDecoder } from "node:string_decoder";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { ReplicaState } from "../core/domain.ts";
+import {
+  invalidSpecReason,
+  type LogLine,
+  type LogQuery,
+  type ReplicaDriver,
+  type ReplicaEvent,
+  type ReplicaEventListener,
+  type ReplicaSpec,
+  type ReplicaStatus,
+  renderCommand,
+} from "./driver.ts";
+
+/** pino's Logger fits; the driver logs a fixed message plus fields. */
+export interface DriverLogger {
+  info(fields: object, msg: string): void;
+  warn(fields: object, msg: string): void;
+}
+
+export interface ProcessDriverOptions {
+  /** The plane's data directory; replica logs go to `{dataDir}/logs/{replicaId}.log`. */
+  dataDir: string;
+  /** Address replicas listen on; `{host}` in commands. Default 127.0.0.1. */
+  host?: string;
+  /** Environment every replica starts from (PATH and the like); the spec's env is laid over it. */
+  baseEnv?: Readonly<Record<string, string | undefined>>;
+  /** A replica not READY this long after start becomes UNHEALTHY (and keeps being probed). Default 300 s. */
+  readinessTimeoutMs?: number;
+  /** Readiness polling interval before the first READY. Default 200 ms. */
+  readinessIntervalMs?: number;
+  /** Liveness and readiness probing interval once READY. Default 5 s. */
+  probeIntervalMs?: number;
+  probeTimeoutMs?: number;
+  /** Consecutive liveness failures that restart a replica. Default 3. */
+  livenessFailureThreshold?: number;
+  /** Restart delay after the n-th consecutive crash: min(base * 2^(n-1), max). Defaults 1 s and 60 s. */
+  backoffBaseMs?: number;
+  backoffMaxMs?: number;
+  /** A run shorter than this is a fast crash; a longer one resets the backoff. Default 30 s. */
+  stableAfterMs?: number;
+  /** Consecutive fast crashes after which the replica is FAILED and not restarted. Default 5. */
+  maxFastCrashes?: number;
+  /** Time between SIGTERM and SIGKILL. Default 10 s. */
+  stopGraceMs?: number;
+  /** Lines kept in memory per replica. Default 2000. */
+  logRingSize?: number;
+  /** Finds a free port on `host`; replaceable so tests can hand out a taken one. */
+  allocatePort?: (host: string) => Promise<number>;
+  logger?: DriverLogger;
+}
+
+type Settings = Required<Omit<ProcessDriverOptions, "logger" | "baseEnv">> & {
+  baseEnv: Readonly<Record<string, string | undefined>>;
+  logger: DriverLogger | null;
+};
+
+const MAX_LINE_CHARS = 16 * 1024;
+const TAIL_LINES = 12;
+/** Port clashes retried on a fresh port without counting as crashes, at most this often in a row. */
+const MAX_PORT_RETRIES = 3;
+
+/** Restart delay after the `crashes`-th consecutive crash (1-based). */
+export function backoffDelayMs(crashes: number, baseMs: number, maxMs: number): number {
+  return Math.min(maxMs, baseMs * 2 ** Math.max(0, crashes - 1));
+}
+
+export type ExitDecision =
+  | { kind: "failed"; message: string }
+  | { kind: "retry_port"; message: string }
+  | { kind: "restart"; crashes: number; delayMs: number; message: string };
+
+export interface ExitFacts {
+  code: number | null;
+  signal: string | null;
+  ranMs: number;
+  /** Whether this run ever answered readiness 200. */
+  becameReady: boolean;
+  loadFailureExitCode: number | null;
+  /** This run's output says its port was taken (EADDRINUSE) and it never became ready. */
+  portInUse: boolean;
+  portRetries: number;
+  /** Consecutive crashes before this one. */
+  crashes: number;
+  /** Set when the driver killed the run because liveness failed. */
+  livenessKilled: boolean;
+}
+
+/** What to do when a replica's process ended without being asked to: the driver's policy, pure. */
+export function decideAfterExit(
+  facts: ExitFacts,
+  policy: Pick<Settings, "backoffBaseMs" | "backoffMaxMs" | "stableAfterMs" | "maxFastCrashes">,
+): ExitDecision {
+  const how = describeExit(facts.code, facts.signal);
+  if (!facts.becameReady && facts.loadFailureExitCode !== null && facts.code === facts.loadFailureExitCode) {
+    return { kind: "failed", message: `model load failed: the process ${how} before becoming ready` };
+  }
+  if (!facts.becameReady && facts.portInUse && facts.portRetries < MAX_PORT_RETRIES) {
+    return {
+      kind: "retry_port",
+      message: `port taken (EADDRINUSE); the process ${how}; retrying on another port`,
+    };
+  }
+  const fast = facts.ranMs < policy.stableAfterMs;
+  const crashes = fast ? facts.crashes + 1 : 1;
+  const cause = facts.livenessKilled ? "liveness probe failed; " : "";
+  if (fast && crashes >= policy.maxFastCrashes) {
+    return {
+      kind: "failed",
+      message: `${cause}the process ${how}: ${crashes} crashes in a row, each within ${policy.stableAfterMs} ms of starting; not restarting`,
+    };
+  }
+  const delayMs = backoffDelayMs(crashes, policy.backoffBaseMs, policy.backoffMaxMs);
+  return {
+    kind: "restart",
+    crashes,
+    delayMs,
+    message: `${cause}the process ${how}; restarting in ${delayMs} ms`,
+  };
+}
+
+function describeExit(code: number | null, signal: string | null): string {
+  return signal !== null ? `was killed by ${signal}` : `exited with code ${code}`;
+}
+
+export class ProcessDriver implements ReplicaDriver {
+  readonly #settings: Settings;
+  readonly #replicas = new Map<string, ProcessReplica>();
+  /** Per-replica-id operation chain: ensure/remove of one id never interleave. */
+  readonly #ops = new Map<string, Promise<void>>();
+  readonly #listeners = new Set<ReplicaEventListener>();
+  readonly #reservedPorts = new Set<number>();
+  #phase: "new" | "started" | "stopped" = "new";
+
+  constructor(options: ProcessDriverOptions) {
+    this.#settings = {
+      dataDir: options.dataDir,
+      host: options.host ?? "127.0.0.1",
+      baseEnv: options.baseEnv ?? {},
+      readinessTimeoutMs: options.readinessTimeoutMs ?? 300_000,
+      readinessIntervalMs: options.readinessIntervalMs ?? 200,
+      probeIntervalMs: options.probeIntervalMs ?? 5_000,
+      probeTimeoutMs: options.probeTimeoutMs ?? 2_000,
+      livenessFailureThreshold: options.livenessFailureThreshold ?? 3,
+      backoffBaseMs: options.backoffBaseMs ?? 1_000,
+      backoffMaxMs: options.backoffMaxMs ?? 60_000,
+      stableAfterMs: options.stableAfterMs ?? 30_000,
+      maxFastCrashes: options.maxFastCrashes ?? 5,
+      stopGraceMs: options.stopGraceMs ?? 10_000,
+      logRingSize: options.logRingSize ?? 2_000,
+      allocatePort: options.allocatePort ?? freeLoopbackPort,
+      logger: options.logger ?? null,
+    };
+  }
+
+  async start(): Promise<void> {
+    if (this.#phase !== "new") throw new Error(`process driver cannot start: it is ${this.#phase}`);
+    await mkdir(join(this.#settings.dataDir, "logs"), { recursive: true });
+    this.#phase = "started";
+  }
+
+  async stop(): Promise<void> {
+    if (this.#phase === "stopped") return;
+    this.#phase = "stopped";
+    await Promise.allSettled([...this.#ops.values()]);
+    await Promise.all([...this.#replicas.keys()].map((id) => this.#removeNow(id)));
+  }
+
+  ensure(spec: ReplicaSpec): Promise<void> {
+    const reason = invalidSpecReason(spec);
+    if (reason !== null) return Promise.reject(new Error(`invalid replica spec: ${reason}`));
+    const key = JSON.stringify(spec);
+    return this.#serialized(spec.id, async () => {
+      if (this.#phase !== "started")
+        throw new Error(`process driver is ${this.#phase}; cannot ensure a replica`);
+      const existing = this.#replicas.get(spec.id);
+      if (existing !== undefined && existing.specKey === key) return;
+      if (existing !== undefined) await this.#removeNow(spec.id);
+      const replica = new ProcessReplica(structuredClone(spec), key, this.#settings, {
+        emit: (event) => this.#emit(event),
+        reservePort: () => this.#reservePort(),
+        releasePort: (port) => this.#reservedPorts.delete(port),
+      });
+      this.#replicas.set(spec.id, replica);
+      await replica.open();
+    });
+  }
+
+  remove(id: string): Promise<void> {
+    return this.#serialized(id, () => this.#removeNow(id));
+  }
+
+  async list(): Promise<ReplicaStatus[]> {
+    return [...this.#replicas.values()].map((replica) => replica.snapshot());
+  }
+
+  async logs(id: string, query: LogQuery = {}): Promise<LogLine[]> {
+    return this.#replicas.get(id)?.logs(query) ?? [];
+  }
+
+  subscribe(listener: ReplicaEventListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  async #removeNow(id: string): Promise<void> {
+    const replica = this.#replicas.get(id);
+    if (replica === undefined) return;
+    await replica.close();
+    this.#replicas.delete(id);
+    this.#emit({ type: "removed", id, deployment_id: replica.spec.deployment_id });
+  }
+
+  #serialized(id: string, op: () => Promise<void>): Promise<void> {
+    const previous = this.#ops.get(id) ?? Promise.resolve();
+    const next = previous.then(op, op);
+    const tracked = next.catch(() => {});
+    this.#ops.set(id, tracked);
+    void tracked.then(() => {
+      if (this.#ops.get(id) === tracked) this.#ops.delete(id);
+    });
+    return next;
+  }
+
+  #emit(event: ReplicaEvent): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(event);
+      } catch (err) {
+        this.#settings.logger?.warn({ err }, "replica event listener threw");
+      }
+    }
+  }
+
+  async #reservePort(): Promise<number> {
+    // The OS hands out ports round-robin, so a port one of our replicas holds rarely comes back; when it
+    // does, ask again rather than give two replicas one port.
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const port = await this.#settings.allocatePort(this.#settings.host);
+      if (!this.#reservedPorts.has(port)) {
+        this.#reservedPorts.add(port);
+        return port;
+      }
+    }
+    throw new Error("no free port found");
+  }
+}
+
+/** Binds port 0 on `host` and releases it. Another process may take it before the replica binds it; the
+ * replica then exits with EADDRINUSE and the driver retries on another port (decideAfterExit). */
+export function freeLoopbackPort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.once("error", reject);
+    server.listen(0, host, () => {
+      const address = server.address();
+      server.close(() => {
+        if (address !== null && typeof address === "object") resolve(address.port);
+        else reject(new Error("could not read the bound port"));
+      });
+    });
+  });
+}
+
+interface ReplicaHooks {
+  emit(event: ReplicaEvent): void;
+  reservePort(): Promise<number>;
+  releasePort(port: number): void;
+}
+
+/** One run of a replica's command: one child process and what the driver knows about it. */
+interface Run {
+  child: ChildProcess;
+  port: number;
+  startedAt: number;
+  becameReady: boolean;
+  livenessKilled: boolean;
+  /** Aborted when the run ends or the replica closes: stops its probes. */
+  abort: AbortController;
+  exited: Promise<void>;
+  /** Resolves when stdout and stderr are drained (or a short wait after exit has passed). */
+  drained: Promise<void>;
+  firstLine: number;
+}
+
+class ProcessReplica {
+  readonly spec: ReplicaSpec;
+  readonly specKey: string;
+  readonly #settings: Settings;
+  readonly #hooks: ReplicaHooks;
+  readonly #ring: LogRing;
+  #status: ReplicaStatus;
+  #run: Run | null = null;
+  #closing = false;
+  #crashes = 0;
+  #portRetries = 0;
+  #restartTimer: AbortController | null = null;
+  #logFile: WriteStream | null = null;
+
+  constructor(spec: ReplicaSpec, specKey: string, settings: Settings, hooks: ReplicaHooks) {
+    this.spec = spec;
+    this.specKey = specKey;
+    this.#settings = settings;
+    this.#hooks = hooks;
+    this.#ring = new LogRing(settings.logRingSize);
+    this.#status = {
+      id: spec.id,
+      deployment_id: spec.deployment_id,
+      model_id: spec.model_id,
+      environment: spec.environment,
+      state: "PENDING",
+      endpoint: null,
+      message: null,
+      restarts: 0,
+      started_at: null,
+    };
+  }
+
+  snapshot(): ReplicaStatus {
+    return { ...this.#status };
+  }
+
+  logs(query: LogQuery): LogLine[] {
+    return this.#ring.query(query);
+  }
+
+  async open(): Promise<void> {
+    this.#logFile = createWriteStream(join(this.#settings.dataDir, "logs", `${this.spec.id}.log`), {
+      flags: "a",
+    });
+    this.#logFile.on("error", (err) =>
+      this.#settings.logger?.warn({ err, replica: this.spec.id }, "log file error"),
+    );
+    this.#hooks.emit({ type: "state", replica: this.snapshot(), previous: null });
+    void this.#launch();
+  }
+
+  /** Stops the replica for good: SIGTERM to its process group, SIGKILL after the grace period. */
+  async close(): Promise<void> {
+    this.#closing = true;
+    this.#restartTimer?.abort();
+    const run = this.#run;
+    if (run !== null) {
+      this.#set({ state: "STOPPING", endpoint: null, message: null });
+      run.abort.abort();
+      await terminateGroup(run.child, run.exited, this.#settings.stopGraceMs);
+      this.#note(`stopped (${describeExit(run.child.exitCode, run.child.signalCode)})`);
+      await run.drained;
+    }
+    const file = this.#logFile;
+    this.#logFile = null;
+    if (file !== null) await new Promise<void>((resolve) => file.end(resolve));
+  }
+
+  async #launch(): Promise<void> {
+    if (this.#closing) return;
+    let port: number;
+    try {
+      port = await this.#hooks.reservePort();
+    } catch (err) {
+      this.#fail(`cannot allocate a port: ${errorText(err)}`);
+      return;
+    }
+    if (this.#closing) {
+      this.#hooks.releasePort(port);
+      return;
+    }
+    const command = renderCommand(this.spec.command, this.#settings.host, port);
+    const [file, ...args] = command.argv;
+    const firstLine = this.#ring.total;
+    let child: ChildProcess;
+    try {
+      child = spawn(file!, args, {
+        cwd: this.spec.package_dir,
+        env: { ...this.#settings.baseEnv, ...command.env },
+        // Its own process group, so stop() reaches whatever the command forks.
+        detached: true,
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+    } catch (err) {
+      this.#hooks.releasePort(port);
+      this.#fail(`cannot start ${file}: ${errorText(err)}`);
+      return;
+    }
+    const abort = new AbortController();
+    const exited = new Promise<void>((resolve) => {
+      child.once("exit", () => resolve());
+      child.once("error", () => {
+        if (child.pid === undefined) resolve();
+      });
+    });
+    const drained = Promise.all([
+      this.#capture(child.stdout!, "stdout"),
+      this.#capture(child.stderr!, "stderr"),
+    ]).then(() => {});
+    const run: Run = {
+      child,
+      port,
+      startedAt: Date.now(),
+      becameReady: false,
+      livenessKilled: false,
+      abort,
+      exited,
+      drained,
+      firstLine,
+    };
+    this.#run = run;
+    child.once("error", (err) => {
+      if (child.pid !== undefined || this.#run !== run) return;
+      this.#run = null;
+      abort.abort();
+      this.#hooks.releasePort(port);
+      this.#fail(`cannot start ${file}: ${err.message}`);
+    });
+    child.once("exit", (code, signal) => void this.#onExit(run, code, signal));
+    if (child.pid === undefined) return;
+    this.#note(`started pid ${child.pid} on ${this.#settings.host}:${port}: ${command.argv.join(" ")}`);
+    this.#set({
+      state: "STARTING",
+      endpoint: null,
+      message: null,
+      started_at: new Date(run.startedAt).toISOString(),
+    });
+    void this.#probeUntilReady(run);
+  }
+
+  async #onExit(run: Run, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
+    if (this.#run !== run || this.#closing) return;
+    run.abort.abort();
+    // Whatever the crashed process forked would hold its port and pipes: clear the group.
+    killGroup(run.child, "SIGKILL");
+    await Promise.race([run.drained, sleep(500)]);
+    this.#hooks.releasePort(run.port);
+    if (this.#run !== run || this.#closing) return;
+    this.#run = null;
+    const decision = decideAfterExit(
+      {
+        code,
+        signal,
+        ranMs: Date.now() - run.startedAt,
+        becameReady: run.becameReady,
+        loadFailureExitCode: this.spec.load_failure_exit_code ?? null,
+        portInUse: this.#ring
+          .since(run.firstLine)
+          .some((l) => l.stream !== "driver" && l.line.includes("EADDRINUSE")),
+        portRetries: this.#portRetries,
+        crashes: this.#crashes,
+        livenessKilled: run.livenessKilled,
+      },
+      this.#settings,
+    );
+    this.#note(decision.message);
+    switch (decision.kind) {
+      case "failed":
+        this.#fail(decision.message);
+        return;
+      case "retry_port":
+        this.#portRetries++;
+        void this.#launch();
+        return;
+      case "restart": {
+        this.#portRetries = 0;
+        this.#crashes = decision.crashes;
+        this.#set({ state: "UNHEALTHY", endpoint: null, message: withTail(decision.message, this.#tail()) });
+        this.#settings.logger?.warn(
+          { replica: this.spec.id, code, signal, delay_ms: decision.delayMs },
+          "replica exited; restarting",
+        );
+        const timer = new AbortController();
+        this.#restartTimer = timer;
+        try {
+          await sleep(decision.delayMs, undefined, { signal: timer.signal });
+        } catch {
+          return;
+        }
+        if (this.#closing) return;
+        this.#set({ restarts: this.#status.restarts + 1 });
+        void this.#launch();
+        return;
+      }
+      default: {
+        const unreachable: never = decision;
+        throw new Error(`unhandled exit decision ${JSON.stringify(unreachable)}`);
+      }
+    }
+  }
+
+  async #probeUntilReady(run: Run): Promise<void> {
+    const deadline = run.startedAt + this.#settings.readinessTimeoutMs;
+    const endpoint = `${this.#settings.host}:${run.port}`;
+    while (!run.abort.signal.aborted) {
+      const result = await probe(
+        this.#settings.host,
+        run.port,
+        this.spec.readiness_path,
+        this.#settings.probeTimeoutMs,
+      );
+      if (run.abort.signal.aborted) return;
+      if (result.ok) {
+        run.becameReady = true;
+        this.#set({ state: "READY", endpoint, message: null });
+        this.#note(`ready at ${endpoint}`);
+        void this.#probeWhileRunning(run);
+        return;
+      }
+      if (Date.now() >= deadline && this.#status.state === "STARTING") {
+        const seconds = Math.round(this.#settings.readinessTimeoutMs / 100) / 10;
+        const message = `not ready ${seconds} s after start: GET ${this.spec.readiness_path} answered ${result.detail}`;
+        this.#note(message);
+        this.#set({ state: "UNHEALTHY", endpoint: null, message });
+      }
+      if (!(await pause(this.#settings.readinessIntervalMs, run.abort.signal))) return;
+    }
+  }
+
+  /** Once READY: liveness failures restart the run, readiness failures only take it out of routing. */
+  async #probeWhileRunning(run: Run): Promise<void> {
+    const endpoint = `${this.#settings.host}:${run.port}`;
+    let livenessFailures = 0;
+    while (await pause(this.#settings.probeIntervalMs, run.abort.signal)) {
+      const { host, probeTimeoutMs } = this.#settings;
+      const alive = await probe(host, run.port, this.spec.liveness_path, probeTimeoutMs);
+      if (run.abort.signal.aborted) return;
+      if (!alive.ok) {
+        livenessFailures++;
+        if (livenessFailures >= this.#settings.livenessFailureThreshold) {
+          this.#note(
+            `liveness probe GET ${this.spec.liveness_path} failed ${livenessFailures} times (${alive.detail})`,
+          );
+          run.livenessKilled = true;
+          run.abort.abort();
+          void terminateGroup(run.child, run.exited, this.#settings.stopGraceMs);
+          return;
+        }
+        continue;
+      }
+      livenessFailures = 0;
+      const ready = await probe(host, run.port, this.spec.readiness_path, probeTimeoutMs);
+      if (run.abort.signal.aborted) return;
+      if (ready.ok) this.#set({ state: "READY", endpoint, message: null });
+      else {
+        const message = `readiness probe GET ${this.spec.readiness_path} answered ${ready.detail}`;
+        this.#set({ state: "UNHEALTHY", endpoint: null, message });
+      }
+    }
+  }
+
+  #fail(message: string): void {
+    this.#set({ state: "FAILED", endpoint: null, message: withTail(message, this.#tail()) });
+    this.#settings.logger?.warn({ replica: this.spec.id, message }, "replica failed");
+  }
+
+  #tail(): string[] {
+    return this.#ring
+      .query({})
+      .filter((l) => l.stream !== "driver")
+      .slice(-TAIL_LINES)
+      .map((l) => l.line);
+  }
+
+  #set(patch: Partial<ReplicaStatus>): void {
+    const previous: ReplicaState = this.#status.state;
+    const next = { ...this.#status, ...patch };
+    const changed = (Object.keys(patch) as Array<keyof ReplicaStatus>).some(
+      (k) => next[k] !== this.#status[k],
+    );
+    this.#status = next;
+    if (changed) this.#hooks.emit({ type: "state", replica: this.snapshot(), previous });
+  }
+
+  #note(line: string): void {
+    this.#record("driver", line);
+  }
+
+  #record(stream: LogLine["stream"], text: string): void {
+    const line =
+      text.length > MAX_LINE_CHARS
+        ? `${text.slice(0, MAX_LINE_CHARS)}… [${text.length - MAX_LINE_CHARS} chars cut]`
+        : text;
+    const entry: LogLine = { ts: new Date().toISOString(), stream, line };
+    this.#ring.push(entry);
+    this.#logFile?.write(`${JSON.stringify(entry)}\n`);
+  }
+
+  /** Splits a stream into lines as they arrive; resolves when the stream ends. */
+  #capture(stream: NodeJS.ReadableStream, name: "stdout" | "stderr"): Promise<void> {
+    return new Promise((resolve) => {
+      const decoder = new StringDecoder("utf8");
+      let pending = "";
+      const flushLines = (text: string) => {
+        pending += text;
+        let newline = pending.indexOf("\n");
+        while (newline !== -1) {
+          this.#record(name, pending.slice(0, newline).replace(/\r$/, ""));
+          pending = pending.slice(newline + 1);
+          newline = pending.indexOf("\n");
+        }
+        // A line without end is cut rather than held without bound.
+        if (pending.length > MAX_LINE_CHARS) {
+          this.#record(name, pending);
+          pending = "";
+        }
+      };
+      stream.on("data", (chunk: Buffer) => flushLines(decoder.write(chunk)));
+      stream.on("error", () => {});
+      stream.once("close", () => {
+        flushLines(decoder.end());
+        if (pending !== "") this.#record(name, pending);
+        resolve();
+      });
+    });
+  }
+}
+
+/** Fixed-size buffer of the newest log lines; `total` counts every line ever pushed. */
+class LogRing {
+  readonly #lines: LogLine[] = [];
+  readonly #capacity: number;
+  total = 0;
+
+  constructor(capacity: number) {
+    this.#capacity = Math.max(1, capacity);
+  }
+
+  push(line: LogLine): void {
+    this.#lines.push(line);
+    this.total++;
+    // Trim in batches so each push stays O(1) amortised.
+    if (this.#lines.length >= this.#capacity * 2) this.#lines.splice(0, this.#lines.length - this.#capacity);
+  }
+
+  /** Lines pushed at or after absolute index `first` that are still held. */
+  since(first: number): LogLine[] {
+    const held = this.#held();
+    const firstHeld = this.total - held.length;
+    return held.slice(Math.max(0, first - firstHeld));
+  }
+
+  query({ since, limit }: LogQuery): LogLine[] {
+    let lines = this.#held();
+    if (since !== undefined) {
+      const from = since.toISOString();
+      lines = lines.filter((l) => l.ts >= from);
+    }
+    if (limit !== undefined) lines = limit <= 0 ? [] : lines.slice(-limit);
+    return lines;
+  }
+
+  #held(): LogLine[] {
+    return this.#lines.slice(-this.#capacity);
+  }
+}
+
+function withTail(message: string, tail: string[]): string {
+  return tail.length === 0 ? message : `${message}; last log lines:\n${tail.join("\n")}`;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Waits `ms`; false when `signal` aborted first. */
+async function pause(ms: number, signal: AbortSignal): Promise<boolean> {
+  try {
+    await sleep(ms, undefined, { signal });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function killGroup(child: ChildProcess, signal: NodeJS.Signals): boolean {
+  if (child.pid === undefined) return false;
+  try {
+    process.kill(-child.pid, signal);
+    return true;
+  } catch {
+    // ESRCH: the group is already empty.
+    return false;
+  }
+}
+
+/**
+ * Whether any process of the child's group still runs. A killed member stays a zombie until its parent
+ * (for orphans: init) reaps it, and kill(-pgid, 0) still succeeds for zombies; on Linux /proc tells them
+ * apart, elsewhere a signalable group counts as alive.
+ */
+async function groupAlive(child: ChildProcess): Promise<boolean> {
+  if (!killGroup(child, 0 as unknown as NodeJS.Signals)) return false;
+  if (process.platform !== "linux") return true;
+  try {
+    const pids = (await readdir("/proc")).filter((name) => /^\d+$/.test(name));
+    for (const pid of pids) {
+      const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+      // Fields after the parenthesised command name: state, ppid, pgrp, ... (proc(5)).
+      const [state, , pgrp] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(pgrp) === child.pid && state !== "Z" && state !== "X") return true;
+    }
+    return false;
+  } catch {
+    return true;
+  }
+}
+
+/** SIGTERM to the group; SIGKILL to whatever of it is left after `graceMs`. Resolves when the group is gone. */
+async function terminateGroup(child: ChildProcess, exited: Promise<void>, graceMs: number): Promise<void> {
+  if (child.pid === undefined) return;
+  killGroup(child, "SIGTERM");
+  const deadline = Date.now() + graceMs;
+  const leaderDone = exited.then(() => true);
+  while (Date.now() < deadline) {
+    const done = await Promise.race([leaderDone, sleep(25).then(() => false)]);
+    if (done && !(await groupAlive(child))) return;
+  }
+  killGroup(child, "SIGKILL");
+  await exited;
+  const sweepUntil = Date.now() + 2_000;
+  while ((await groupAlive(child)) && Date.now() < sweepUntil) await sleep(25);
+}
+
+/** One HTTP GET; ok only for 200, which is what truss's probes answer when healthy. */
+function probe(
+  host: string,
+  port: number,
+  path: string,
+  timeoutMs: number,
+): Promise<{ ok: boolean; detail: string }> {
+  return new Promise((resolve) => {
+    const req = request({ host, port, path, method: "GET", agent: false, timeout: timeoutMs }, (res) => {
+      res.resume();
+      res.on("end", () => resolve({ ok: res.statusCode === 200, detail: `HTTP ${res.statusCode}` }));
+      res.on("error", (err) => resolve({ ok: false, detail: err.message }));
+    });
+    req.on("timeout", () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    req.on("error", (err: NodeJS.ErrnoException) => resolve({ ok: false, detail: err.code ?? err.message }));
+    req.end();
+  });
+}
