@@ -38,11 +38,15 @@ export function parseServeModelOptions(
   env: Readonly<Record<string, string | undefined>>,
 ): ParseOutcome {
   const listen = parseListen(flags.listen);
-  if (listen === null) return { ok: false, message: `--listen must be HOST:PORT, got ${JSON.stringify(flags.listen)}` };
+  if (listen === null)
+    return { ok: false, message: `--listen must be HOST:PORT, got ${JSON.stringify(flags.listen)}` };
 
   const modelId = nonEmpty(flags.modelId ?? env["MERIDIAN_MODEL_ID"]);
   if (modelId !== null && !isModelId(modelId)) {
-    return { ok: false, message: `the model id ${JSON.stringify(modelId)} is not 8 lowercase letters or digits` };
+    return {
+      ok: false,
+      message: `the model id ${JSON.stringify(modelId)} is not 8 lowercase letters or digits`,
+    };
   }
   const deploymentId = nonEmpty(flags.deploymentId ?? env["MERIDIAN_DEPLOYMENT_ID"]);
   if (deploymentId !== null && !/^[A-Za-z0-9_-]{1,64}$/.test(deploymentId)) {
@@ -58,7 +62,8 @@ export function parseServeModelOptions(
   let serverPort: number | null = null;
   if (flags.serverPort !== undefined) {
     serverPort = parsePort(flags.serverPort);
-    if (serverPort === null) return { ok: false, message: "--server-port must be a port number from 0 to 65535" };
+    if (serverPort === null)
+      return { ok: false, message: "--server-port must be a port number from 0 to 65535" };
   }
   let maxQueued = DEFAULT_MAX_QUEUED;
   if (flags.maxQueued !== undefined) {
@@ -124,7 +129,11 @@ function createLogger(identity: ReplicaIdentity): Logger {
  * Runs one replica until it is told to stop or its model fails; returns the exit code. `env` is this
  * process's environment: read for defaults, and given the model's variables when the model runs in-process.
  */
-export async function runServeModel(dir: string, flags: ServeModelFlags, env: NodeJS.ProcessEnv): Promise<ExitCode> {
+export async function runServeModel(
+  dir: string,
+  flags: ServeModelFlags,
+  env: NodeJS.ProcessEnv,
+): Promise<ExitCode> {
   const parsed = parseServeModelOptions(dir, flags, env);
   if (!parsed.ok) {
     process.stderr.write(`meridian serve-model: ${parsed.message}\n`);
@@ -185,14 +194,17 @@ export function exitCode(outcome: ServeOutcome): ExitCode {
 }
 
 function handleSignals(server: ModelServer, logger: Logger): () => void {
-  let received = 0;
+  let draining = false;
   const onSignal = (signal: NodeJS.Signals) => {
-    received++;
-    if (received > 1) {
-      logger.warn({ signal }, "second signal; exiting without draining");
+    // A second Ctrl-C means "now"; a repeated SIGTERM (supervisors and `timeout` send one to the whole
+    // process group as well) does not cut the drain short.
+    if (draining && signal === "SIGINT") {
+      logger.warn({ signal }, "second interrupt; exiting without draining");
       server.kill();
       process.exit(EXIT_CODES.fault);
     }
+    if (draining) return;
+    draining = true;
     logger.info({ signal }, "signal received; draining");
     void server.stop();
   };

@@ -96,7 +96,8 @@ function modelName(value: unknown): string | null {
 
 function environmentVariables(value: unknown): Record<string, string> {
   if (value === undefined || value === null) return {};
-  if (!isRecord(value)) fail("environment_variables", `must be a mapping of names to values, got ${describe(value)}`);
+  if (!isRecord(value))
+    fail("environment_variables", `must be a mapping of names to values, got ${describe(value)}`);
   const out: Record<string, string> = {};
   for (const [name, v] of Object.entries(value)) {
     const key = `environment_variables.${name}`;

@@ -81,7 +81,10 @@ export class CustomServer {
     });
     this.#forward(child.stdout, "stdout");
     this.#forward(child.stderr, "stderr");
-    logger.info({ pid: child.pid, command: server.start_command, port: this.port }, "model server started");
+    logger.info(
+      { child_pid: child.pid, command: server.start_command, port: this.port },
+      "model server started",
+    );
     return this.#exited;
   }
 
@@ -89,7 +92,13 @@ export class CustomServer {
   check(endpoint: string): Promise<boolean> {
     return new Promise((resolve) => {
       const req = http.get(
-        { host: UPSTREAM_HOST, port: this.port, path: endpoint, agent: this.#agent, timeout: HEALTH_TIMEOUT_MS },
+        {
+          host: UPSTREAM_HOST,
+          port: this.port,
+          path: endpoint,
+          agent: this.#agent,
+          timeout: HEALTH_TIMEOUT_MS,
+        },
         (res) => {
           res.resume();
           resolve(res.statusCode !== undefined && res.statusCode >= 200 && res.statusCode < 300);

@@ -15,7 +15,12 @@ export function sendJson(res: ServerResponse, status: number, value: unknown): v
 }
 
 /** Answers with the catalog's error body; a response already under way can only be cut off. */
-export function sendError(res: ServerResponse, code: ErrorCode, message?: string, detail: unknown = null): void {
+export function sendError(
+  res: ServerResponse,
+  code: ErrorCode,
+  message?: string,
+  detail: unknown = null,
+): void {
   if (res.headersSent) {
     res.destroy();
     return;

@@ -15,7 +15,9 @@ import {
 export const CONFIG_FILE = "config.yaml";
 export const MODEL_MODULE = path.join("model", "model.js");
 
-export type ModelKind = { type: "javascript"; module: string } | { type: "custom_server"; server: DockerServerConfig };
+export type ModelKind =
+  | { type: "javascript"; module: string }
+  | { type: "custom_server"; server: DockerServerConfig };
 
 export interface ModelPackage {
   /** Absolute path of the package directory. */
@@ -37,7 +39,9 @@ export interface ReplicaIdentity {
 export async function loadModelPackage(dir: string): Promise<ModelPackage> {
   const root = path.resolve(dir);
   if (!(await isDirectory(root))) {
-    throw new MeridianError("invalid_model_package", `${root} is not a model package directory`, { dir: root });
+    throw new MeridianError("invalid_model_package", `${root} is not a model package directory`, {
+      dir: root,
+    });
   }
   const configPath = path.join(root, CONFIG_FILE);
   let text: string;
@@ -59,7 +63,12 @@ export function modelPackageFrom(dir: string, parsed: ConfigOutcome, hasModelMod
   }
   const { config, ignored } = parsed;
   if (config.docker_server !== null) {
-    return { dir, config, kind: { type: "custom_server", server: config.docker_server }, ignoredKeys: ignored };
+    return {
+      dir,
+      config,
+      kind: { type: "custom_server", server: config.docker_server },
+      ignoredKeys: ignored,
+    };
   }
   if (!hasModelModule) {
     throw new MeridianError(
@@ -80,7 +89,10 @@ export function modelPackageFrom(dir: string, parsed: ConfigOutcome, hasModelMod
  * The variables the model's process gets: the package's `environment_variables` plus the replica's
  * identity. Unset identity fields are left out.
  */
-export function modelEnvironment(config: ModelPackageConfig, identity: ReplicaIdentity): Record<string, string> {
+export function modelEnvironment(
+  config: ModelPackageConfig,
+  identity: ReplicaIdentity,
+): Record<string, string> {
   const vars: Record<string, string> = { ...config.environment_variables };
   if (identity.modelId !== null) vars["MERIDIAN_MODEL_ID"] = identity.modelId;
   if (identity.deploymentId !== null) vars["MERIDIAN_DEPLOYMENT_ID"] = identity.deploymentId;

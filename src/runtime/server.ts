@@ -145,7 +145,11 @@ class Runtime implements ModelServer {
     });
     this.#address = formatAddress(this.#server.address() as AddressInfo);
     this.#logger.info(
-      { model_name: modelPackage.config.model_name, kind: modelPackage.kind.type, ignored_keys: modelPackage.ignoredKeys },
+      {
+        model_name: modelPackage.config.model_name,
+        kind: modelPackage.kind.type,
+        ignored_keys: modelPackage.ignoredKeys,
+      },
       "loading model",
     );
     void this.#load();
@@ -263,7 +267,10 @@ class Runtime implements ModelServer {
     const reason = this.#notReadyReason();
     if (reason !== null) return sendError(res, "model_unavailable", reason, { state: this.#state });
     const custom = this.#custom;
-    if (custom !== null && !(await custom.check(this.#options.modelPackage.config.docker_server!.readiness_endpoint))) {
+    if (
+      custom !== null &&
+      !(await custom.check(this.#options.modelPackage.config.docker_server!.readiness_endpoint))
+    ) {
       return sendError(res, "model_unavailable", "The model server is not ready.", { state: this.#state });
     }
     sendJson(res, 200, { name: this.#options.modelPackage.config.model_name ?? "model", ready: true });
@@ -271,7 +278,9 @@ class Runtime implements ModelServer {
 
   async #liveness(res: ServerResponse): Promise<void> {
     if (this.#state === "failed") {
-      return sendError(res, "service_unavailable", `The model failed: ${this.#failure}`, { state: this.#state });
+      return sendError(res, "service_unavailable", `The model failed: ${this.#failure}`, {
+        state: this.#state,
+      });
     }
     // A custom server is asked once it has come up; before that the runtime itself is what is alive.
     const custom = this.#custom;
@@ -339,10 +348,15 @@ class Runtime implements ModelServer {
     try {
       const pending = this.#limiter.acquire(gone.signal);
       if (pending === null) {
-        sendError(res, "rate_limited", "Too many requests: every predict slot is busy and the queue is full.", {
-          predict_concurrency: this.#limiter.limit,
-          max_queued: this.#limiter.maxQueued,
-        });
+        sendError(
+          res,
+          "rate_limited",
+          "Too many requests: every predict slot is busy and the queue is full.",
+          {
+            predict_concurrency: this.#limiter.limit,
+            max_queued: this.#limiter.maxQueued,
+          },
+        );
         return null;
       }
       return await pending.catch(() => null);
