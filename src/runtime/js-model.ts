@@ -1,6 +1,9 @@
 // A JavaScript model (`model/model.js` exporting a `Model` class) hosted in this process, and the pure
 // rules that turn what its predict() returns into an HTTP body: JSON, raw bytes, or a chunked stream.
 
+import { existsSync } from "node:fs";
+import { register } from "node:module";
+import path from "node:path";
 import { pathToFileURL } from "node:url";
 
 /** What the runtime constructs a Model with (truss passes the same `environment`). */
@@ -20,10 +23,42 @@ export class ModelModuleError extends Error {
   }
 }
 
+// A module-loader hook that makes `.js` files under a model directory ES modules. A package carries no
+// package.json, and a loader in the chain (tsx, which runs Meridian from source) would otherwise take such
+// files for CommonJS and fail on their `export`. Source is read as is: model code is plain JavaScript.
+const ESM_HOOK = `
+import { readFile } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+let prefix = "";
+export function initialize(data) { prefix = data.prefix; }
+export async function load(url, context, nextLoad) {
+  const path = url.split(/[?#]/)[0];
+  if (path.startsWith(prefix) && path.endsWith(".js") && !path.includes("/node_modules/")) {
+    return { format: "module", source: await readFile(fileURLToPath(path)), shortCircuit: true };
+  }
+  return nextLoad(url, context);
+}
+`;
+
+// Hooks are process-wide and cannot be removed, so each model directory is registered once.
+const hookedDirectories = new Set<string>();
+
+function treatAsModules(modelDir: string): void {
+  const packageRoot = path.dirname(modelDir);
+  // A package.json that says otherwise is left to Node's own rules.
+  if (existsSync(path.join(modelDir, "package.json")) || existsSync(path.join(packageRoot, "package.json")))
+    return;
+  const prefix = pathToFileURL(modelDir + path.sep).href;
+  if (hookedDirectories.has(prefix)) return;
+  hookedDirectories.add(prefix);
+  register(`data:text/javascript,${encodeURIComponent(ESM_HOOK)}`, { data: { prefix } });
+}
+
 /** Imports model.js, constructs its Model and awaits load(); whatever load() throws propagates as is. */
 export async function loadJavaScriptModel(modulePath: string, context: ModelContext): Promise<HostedModel> {
   let exports: Record<string, unknown>;
   try {
+    treatAsModules(path.dirname(modulePath));
     exports = (await import(pathToFileURL(modulePath).href)) as Record<string, unknown>;
   } catch (err) {
     throw new ModelModuleError(`could not import ${modulePath}: ${errorMessage(err)}`, { cause: err });
