@@ -10,6 +10,23 @@ const program = new Command("meridian")
 // @commands: each role registers its commands below this line.
 
 program
+  .command("dns")
+  .description("Authoritative DNS for the inference domain (UDP and TCP), following the control plane")
+  .requiredOption("--listen <ip:port>", "address for UDP and TCP, e.g. 127.0.0.1:5353 (port 0: a free one)")
+  .requiredOption("--domain <domain>", "the inference domain, e.g. meridian.localhost")
+  .option("--control-url <url>", "control plane base URL; long-polls /v1/internal/dns/snapshot")
+  .option("--token-file <file>", "file holding the bearer token for the control plane")
+  .option("--data-dir <dir>", "directory for the snapshot cache (serves it after a restart)")
+  .option("--ttl <seconds>", "TTL of answers (default 5)")
+  .option("--snapshot-file <file>", "serve a static DNS snapshot (JSON) instead of following a control plane")
+  .option("--ns-name <host>", "this server's host name for SOA and NS (default ns.DOMAIN)")
+  .option("--ns-address <ips>", "comma-separated addresses of the NS host (default: the --listen IP)")
+  .action(async (flags) => {
+    const { runDnsCommand } = await import("../dns/command.ts");
+    process.exit(await runDnsCommand(flags));
+  });
+
+program
   .command("serve-model")
   .description("Serve one model package on truss's paths (what a replica runs)")
   .argument("<dir>", "model package directory (config.yaml and model/model.js or docker_server)")
