@@ -13,7 +13,9 @@ export const ERRORS = {
   unknown_host: { status: 404, message: "No endpoint is served at this hostname." },
   route_not_found: { status: 404, message: "No such route." },
   method_not_allowed: { status: 405, message: "This method is not allowed on this route." },
+  request_timeout: { status: 408, message: "The request was not received in time." },
   payload_too_large: { status: 413, message: "The request body is too large." },
+  headers_too_large: { status: 431, message: "The request header fields are too large." },
   unsupported_media_type: { status: 415, message: "The request body's content type is not supported." },
 
   // Identity (401, 403)
