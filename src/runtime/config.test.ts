@@ -56,7 +56,7 @@ describe("parseModelConfig accepts", () => {
 
 describe("parseModelConfig refuses, naming the key", () => {
   it.each([
-    ["broken YAML", "model_name: [unclosed\n", "(document)", /not valid YAML \(line \d+\)/],
+    ["broken YAML", "model_name: [unclosed\n", "(document)", /is not valid YAML \(line \d+\)/],
     ["duplicate keys", "model_name: a\nmodel_name: b\n", "(document)", /not valid YAML/],
     ["a list document", "- a\n- b\n", "(document)", /must be a mapping of keys, got a list/],
     ["a scalar document", "hello\n", "(document)", /must be a mapping/],

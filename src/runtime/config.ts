@@ -25,6 +25,9 @@ export type ConfigOutcome =
 
 export const DEFAULT_PREDICT_CONCURRENCY = 1;
 
+/** The key named when the fault is the document as a whole (its syntax or its shape). */
+export const DOCUMENT = "(document)";
+
 /** Variables the runtime sets itself; a package may not override them. */
 export const RESERVED_VARIABLE_PREFIX = "MERIDIAN_";
 
@@ -58,7 +61,7 @@ export function parseModelConfig(text: string): ConfigOutcome {
   if (syntax) {
     const line = syntax.linePos?.[0]?.line;
     const where = line === undefined ? "" : ` (line ${line})`;
-    return { ok: false, key: "(document)", message: `not valid YAML${where}: ${firstLine(syntax.message)}` };
+    return { ok: false, key: DOCUMENT, message: `is not valid YAML${where}: ${firstLine(syntax.message)}` };
   }
   try {
     return validate(doc.toJS() as unknown);
@@ -70,7 +73,7 @@ export function parseModelConfig(text: string): ConfigOutcome {
 
 function validate(raw: unknown): ConfigOutcome {
   if (raw === null || raw === undefined) raw = {};
-  if (!isRecord(raw)) fail("(document)", `must be a mapping of keys, got ${describe(raw)}`);
+  if (!isRecord(raw)) fail(DOCUMENT, `must be a mapping of keys, got ${describe(raw)}`);
   const ignored = Object.keys(raw).filter((k) => !TOP_LEVEL_KEYS.has(k));
 
   const runtimeRaw = raw["runtime"] ?? {};

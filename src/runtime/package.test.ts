@@ -41,6 +41,12 @@ describe("modelPackageFrom", () => {
     expect(err.message).toMatch(/neither model\/model\.js nor docker_server\.start_command/);
   });
 
+  it("names the file alone when the document as a whole is broken", () => {
+    const err = refusal(() => modelPackageFrom("/pkg", parseModelConfig("model_name: [\n"), true));
+    expect(err.message).toMatch(/^config\.yaml is not valid YAML \(line \d+\): /);
+    expect(err.detail).toEqual({ file: "config.yaml", key: "(document)" });
+  });
+
   it("refuses a broken config with the file and key in the message and the detail", () => {
     const err = refusal(() =>
       modelPackageFrom("/pkg", parseModelConfig("runtime:\n  predict_concurrency: -1\n"), true),

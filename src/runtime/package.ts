@@ -6,6 +6,7 @@ import path from "node:path";
 import { MeridianError } from "../core/errors.ts";
 import {
   type ConfigOutcome,
+  DOCUMENT,
   type DockerServerConfig,
   type ModelPackageConfig,
   parseModelConfig,
@@ -56,7 +57,8 @@ export async function loadModelPackage(dir: string): Promise<ModelPackage> {
 /** Decides how a package runs from its parsed config; pure so its rules are tested by table. */
 export function modelPackageFrom(dir: string, parsed: ConfigOutcome, hasModelModule: boolean): ModelPackage {
   if (!parsed.ok) {
-    throw new MeridianError("invalid_model_package", `${CONFIG_FILE}: ${parsed.key} ${parsed.message}`, {
+    const where = parsed.key === DOCUMENT ? CONFIG_FILE : `${CONFIG_FILE}: ${parsed.key}`;
+    throw new MeridianError("invalid_model_package", `${where} ${parsed.message}`, {
       file: CONFIG_FILE,
       key: parsed.key,
     });
