@@ -88,7 +88,7 @@ export interface LogQuery {
 }
 
 export type ReplicaEvent =
-  /** Sent whenever a replica's state, message or endpoint changes; `previous` is null for a new replica. */
+  /** Sent whenever any field of a replica's status changes; `previous` is the state before (null: new). */
   | { type: "state"; replica: ReplicaStatus; previous: ReplicaState | null }
   /** The replica is gone (remove() finished). */
   | { type: "removed"; id: string; deployment_id: string };
@@ -101,8 +101,9 @@ export interface ReplicaDriver {
   /** Stops every replica this driver runs and releases its resources; later calls to ensure() throw. */
   stop(): Promise<void>;
   /**
-   * Makes the replica exist. Idempotent: an identical spec for a running id changes nothing (no restart);
-   * a different spec for the same id replaces the replica. Throws on an invalid spec.
+   * Makes the replica exist. Idempotent: an identical spec for a known id changes nothing (no restart; a
+   * FAILED replica stays FAILED until removed); a different spec for the same id replaces the replica.
+   * Throws on an invalid spec.
    */
   ensure(spec: ReplicaSpec): Promise<void>;
   /** Stops and forgets the replica; resolves once it no longer runs. Unknown ids are a no-op. */

@@ -1,5 +1,6 @@
+import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { mkdtemp, readFile, realpath, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, realpath, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -235,6 +236,59 @@ describe("process driver", () => {
     } finally {
       squatter.close();
     }
+  });
+
+  it("start() kills replicas a previous driver left running when its process was SIGKILLed", async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), "meridian-driver-"));
+    const packageDir = await mkdtemp(join(tmpdir(), "meridian-package-"));
+    cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
+    cleanups.push(() => rm(packageDir, { recursive: true, force: true }));
+    const host = spawn(
+      process.execPath,
+      ["--import", "tsx", join(import.meta.dirname, "testdata", "plane-host.ts"), dataDir, packageDir],
+      {
+        stdio: ["ignore", "pipe", "inherit"],
+      },
+    );
+    cleanups.push(async () => void host.kill("SIGKILL"));
+    const endpoint = await new Promise<string>((resolve, reject) => {
+      host.stdout!.setEncoding("utf8");
+      host.stdout!.on("data", (chunk: string) => {
+        const line = chunk.split("\n").find((l) => l.includes("endpoint"));
+        if (line !== undefined) resolve(JSON.parse(line).endpoint);
+      });
+      host.once("exit", (code) => reject(new Error(`plane host exited with ${code}`)));
+    });
+    const { pid } = await fetchInfo(endpoint);
+    host.kill("SIGKILL");
+    await new Promise((r) => host.once("exit", r));
+    expect(alive(pid)).toBe(true);
+
+    const next = new ProcessDriver({ dataDir });
+    await next.start();
+    cleanups.push(() => next.stop());
+    await waitFor("leftover killed", async () => (alive(pid) ? undefined : true), 3_000);
+    expect(await readdir(join(dataDir, "run"))).toEqual([]);
+  });
+
+  it("start() leaves alone a recorded pid that now runs another command", async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), "meridian-driver-"));
+    cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
+    const bystander = spawn(process.execPath, ["-e", "setInterval(() => {}, 1000)"], {
+      detached: true,
+      stdio: "ignore",
+    });
+    cleanups.push(async () => void bystander.kill("SIGKILL"));
+    await mkdir(join(dataDir, "run"), { recursive: true });
+    await writeFile(
+      join(dataDir, "run", "old.json"),
+      JSON.stringify({ pid: bystander.pid, argv: ["node", "other.mjs"] }),
+    );
+    const next = new ProcessDriver({ dataDir });
+    await next.start();
+    cleanups.push(() => next.stop());
+    expect(alive(bystander.pid!)).toBe(true);
+    expect(await readdir(join(dataDir, "run"))).toEqual([]);
   });
 
   it("a command that cannot be spawned is FAILED at once", async () => {

@@ -4,7 +4,7 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { createWriteStream, type WriteStream } from "node:fs";
-import { mkdir, readdir, readFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { createServer } from "node:net";
 import { join } from "node:path";
@@ -167,6 +167,8 @@ export class ProcessDriver implements ReplicaDriver {
   async start(): Promise<void> {
     if (this.#phase !== "new") throw new Error(`process driver cannot start: it is ${this.#phase}`);
     await mkdir(join(this.#settings.dataDir, "logs"), { recursive: true });
+    await mkdir(join(this.#settings.dataDir, "run"), { recursive: true });
+    await this.#killLeftovers();
     this.#phase = "started";
   }
 
@@ -212,6 +214,29 @@ export class ProcessDriver implements ReplicaDriver {
   subscribe(listener: ReplicaEventListener): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * Replicas of a previous driver on this data dir that died without stop() (SIGKILL, power loss) still
+   * run and hold ports; each run leaves `run/{id}.json` until its process is gone. Kill those groups,
+   * but only where /proc shows the recorded command, so a reused pid is never hit (Linux only).
+   */
+  async #killLeftovers(): Promise<void> {
+    const runDir = join(this.#settings.dataDir, "run");
+    for (const name of await readdir(runDir)) {
+      const file = join(runDir, name);
+      try {
+        const { pid, argv } = JSON.parse(await readFile(file, "utf8")) as { pid: number; argv: string[] };
+        const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => null);
+        if (cmdline === `${argv.join("\0")}\0`) {
+          process.kill(-pid, "SIGKILL");
+          this.#settings.logger?.warn({ pid, file: name }, "killed a replica left over by a previous run");
+        }
+      } catch (err) {
+        this.#settings.logger?.warn({ err, file: name }, "could not check a leftover replica");
+      }
+      await rm(file, { force: true });
+    }
   }
 
   async #removeNow(id: string): Promise<void> {
@@ -308,6 +333,8 @@ class ProcessReplica {
   #portRetries = 0;
   #restartTimer: AbortController | null = null;
   #logFile: WriteStream | null = null;
+  /** Writes and deletes of the run file, in order. */
+  #runFileOps: Promise<void> = Promise.resolve();
 
   constructor(spec: ReplicaSpec, specKey: string, settings: Settings, hooks: ReplicaHooks) {
     this.spec = spec;
@@ -357,8 +384,11 @@ class ProcessReplica {
       run.abort.abort();
       await terminateGroup(run.child, run.exited, this.#settings.stopGraceMs);
       this.#note(`stopped (${describeExit(run.child.exitCode, run.child.signalCode)})`);
-      await run.drained;
+      this.#runFile(null);
+      // A process that left the group (setsid) could hold the pipes open for ever.
+      await Promise.race([run.drained, sleep(1_000)]);
     }
+    await this.#runFileOps;
     const file = this.#logFile;
     this.#logFile = null;
     if (file !== null) await new Promise<void>((resolve) => file.end(resolve));
@@ -422,10 +452,11 @@ class ProcessReplica {
       this.#run = null;
       abort.abort();
       this.#hooks.releasePort(port);
-      this.#fail(`cannot start ${file}: ${err.message}`);
+      this.#fail(`cannot start ${file} in ${this.spec.package_dir}: ${err.message}`);
     });
     child.once("exit", (code, signal) => void this.#onExit(run, code, signal));
     if (child.pid === undefined) return;
+    this.#runFile({ pid: child.pid, argv: command.argv });
     this.#note(`started pid ${child.pid} on ${this.#settings.host}:${port}: ${command.argv.join(" ")}`);
     this.#set({
       state: "STARTING",
@@ -441,6 +472,7 @@ class ProcessReplica {
     run.abort.abort();
     // Whatever the crashed process forked would hold its port and pipes: clear the group.
     killGroup(run.child, "SIGKILL");
+    this.#runFile(null);
     await Promise.race([run.drained, sleep(500)]);
     this.#hooks.releasePort(run.port);
     if (this.#run !== run || this.#closing) return;
@@ -555,6 +587,14 @@ class ProcessReplica {
         this.#set({ state: "UNHEALTHY", endpoint: null, message });
       }
     }
+  }
+
+  /** Records (or with null, forgets) the running process, for #killLeftovers after a crash of the plane. */
+  #runFile(content: { pid: number; argv: string[] } | null): void {
+    const path = join(this.#settings.dataDir, "run", `${this.spec.id}.json`);
+    this.#runFileOps = this.#runFileOps
+      .then(() => (content === null ? rm(path, { force: true }) : writeFile(path, JSON.stringify(content))))
+      .catch((err) => this.#settings.logger?.warn({ err, replica: this.spec.id }, "run file not written"));
   }
 
   #fail(message: string): void {
