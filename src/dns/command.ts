@@ -4,7 +4,7 @@ import { readFile } from "node:fs/promises";
 import { isIP } from "node:net";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
-import { checkDnsSnapshot, DEFAULT_DNS_TTL, dnsZone } from "../core/dns-answers.ts";
+import { checkDnsSnapshot, DEFAULT_DNS_TTL, dnsZone, normalizeDnsName } from "../core/dns-answers.ts";
 import type { DnsSnapshot } from "../core/snapshot.ts";
 import { type SnapshotSource, SnapshotWatcher, staticSnapshotSource } from "../lib/watch.ts";
 import { DnsServer } from "./server.ts";
@@ -130,7 +130,13 @@ export async function runDnsCommand(flags: DnsFlags): Promise<number> {
   let watcher: SnapshotWatcher<DnsSnapshot> | null = null;
   try {
     if (config.origin.kind === "file") {
-      source = staticSnapshotSource(await readSnapshotFile(config.origin.file));
+      const snapshot = await readSnapshotFile(config.origin.file);
+      if (normalizeDnsName(snapshot.domain) !== normalizeDnsName(config.domain)) {
+        throw new Error(
+          `the snapshot file ${config.origin.file} is for ${snapshot.domain}, not ${config.domain}`,
+        );
+      }
+      source = staticSnapshotSource(snapshot);
     } else {
       const token = (await readFile(config.origin.tokenFile, "utf8")).trim();
       if (token === "") throw new Error(`the token file ${config.origin.tokenFile} is empty`);
@@ -165,11 +171,6 @@ export async function runDnsCommand(flags: DnsFlags): Promise<number> {
   } catch (err) {
     logger.error({ err }, "dns failed to start");
     await watcher?.stop();
-    return 1;
-  }
-  if (config.origin.kind === "file" && server.snapshot === null) {
-    logger.error({ file: config.origin.file, domain: config.domain }, "snapshot file is for another domain");
-    await server.stop();
     return 1;
   }
 
