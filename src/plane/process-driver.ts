@@ -318,6 +318,7 @@ interface Run {
   /** Resolves when stdout and stderr are drained (or a short wait after exit has passed). */
   drained: Promise<void>;
   firstLine: number;
+  portReleased: boolean;
 }
 
 class ProcessReplica {
@@ -385,6 +386,7 @@ class ProcessReplica {
       await terminateGroup(run.child, run.exited, this.#settings.stopGraceMs);
       this.#note(`stopped (${describeExit(run.child.exitCode, run.child.signalCode)})`);
       this.#runFile(null);
+      this.#releasePort(run);
       // A process that left the group (setsid) could hold the pipes open for ever.
       await Promise.race([run.drained, sleep(1_000)]);
     }
@@ -445,13 +447,14 @@ class ProcessReplica {
       exited,
       drained,
       firstLine,
+      portReleased: false,
     };
     this.#run = run;
     child.once("error", (err) => {
       if (child.pid !== undefined || this.#run !== run) return;
       this.#run = null;
       abort.abort();
-      this.#hooks.releasePort(port);
+      this.#releasePort(run);
       this.#fail(`cannot start ${file} in ${this.spec.package_dir}: ${err.message}`);
     });
     child.once("exit", (code, signal) => void this.#onExit(run, code, signal));
@@ -474,7 +477,7 @@ class ProcessReplica {
     killGroup(run.child, "SIGKILL");
     this.#runFile(null);
     await Promise.race([run.drained, sleep(500)]);
-    this.#hooks.releasePort(run.port);
+    this.#releasePort(run);
     if (this.#run !== run || this.#closing) return;
     this.#run = null;
     const decision = decideAfterExit(
@@ -587,6 +590,13 @@ class ProcessReplica {
         this.#set({ state: "UNHEALTHY", endpoint: null, message });
       }
     }
+  }
+
+  /** Once per run: a later release could drop the reservation of another replica given the same port. */
+  #releasePort(run: Run): void {
+    if (run.portReleased) return;
+    run.portReleased = true;
+    this.#hooks.releasePort(run.port);
   }
 
   /** Records (or with null, forgets) the running process, for #killLeftovers after a crash of the plane. */
