@@ -13,6 +13,7 @@ import {
   normalizeDnsName,
   parseEndpointLabel,
 } from "./dns-answers.ts";
+import { parseHost, regionalHostname, standardHostname } from "./host.ts";
 import type { DnsSnapshot } from "./snapshot.ts";
 
 const zone = dnsZone({ domain: "Meridian.Test.", nsAddresses: ["127.0.0.53", "::53"], ttl: 5 });
@@ -269,6 +270,33 @@ describe("parseEndpointLabel", () => {
           environment,
         });
       }),
+    );
+  });
+});
+
+describe("agreement with the ingress's Host parsing (src/core/host.ts)", () => {
+  it("DNS and the ingress read every label the same way", () => {
+    const label = fc.oneof(
+      fc.stringMatching(/^model-[a-z0-9]{8}(-[a-z0-9-]{0,42})?$/),
+      fc.stringMatching(/^model-[a-z0-9-]{0,20}$/),
+      fc.string({ maxLength: 30 }),
+    );
+    fc.assert(
+      fc.property(label, (l) => {
+        const dns = parseEndpointLabel(l);
+        const host = parseHost(`${l}.meridian.test`, "meridian.test");
+        if (dns === null) {
+          expect(host.ok).toBe(false);
+          return;
+        }
+        expect(host.ok && host.host).toMatchObject(dns);
+        const name =
+          dns.form === "standard"
+            ? standardHostname(dns.modelId, "meridian.test")
+            : regionalHostname(dns.modelId, dns.environment, "meridian.test");
+        expect(name).toBe(`${l}.meridian.test`);
+      }),
+      { numRuns: 3000 },
     );
   });
 });

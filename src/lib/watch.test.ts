@@ -213,7 +213,8 @@ describe("SnapshotWatcher", () => {
     // 40, 80, 160, 320 ms (×0.9995 jitter), give or take the scheduler.
     for (const [i, expected] of [40, 80, 160, 320].entries()) {
       expect(gaps[i + 1]).toBeGreaterThanOrEqual(expected - 5);
-      expect(gaps[i + 1]).toBeLessThan(expected + 150);
+      // Generous: a loaded CI machine may run timers late, never early.
+      expect(gaps[i + 1]).toBeLessThan(expected + 400);
     }
     expect(states).toEqual(["disconnected", "connected"]);
   });
