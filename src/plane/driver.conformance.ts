@@ -16,7 +16,7 @@ export interface ConformanceHarness {
   /**
    * A spec whose command runs testdata/server.mjs with `--listen {host}:{port}` and `flags`, with
    * MERIDIAN_TEST_TOKEN=`token` (default: the id) in its env, readiness `/v1/models/model`, liveness `/`
-   * and load_failure_exit_code 3.
+   * and fatal_exit_codes `{ 3: "model load failed" }`.
    */
   spec(id: string, flags?: string[], token?: string): ReplicaSpec;
   /** Stops the driver (if the test did not) and removes what the harness created. */
@@ -184,7 +184,7 @@ export function describeReplicaDriverConformance(name: string, makeHarness: Make
     it("a load failure (exit code 3 before ready) is FAILED with the reason and is not restarted", async () => {
       await driver.ensure(h.spec("r-load", ["--exit-at-start", "3"]));
       const failed = await waitForState("r-load", "FAILED");
-      expect(failed.message).toMatch(/load/i);
+      expect(failed.message).toMatch(/^model load failed: .*code 3/);
       expect(failed.message).toContain("weights.bin not found");
       expect(failed.endpoint).toBeNull();
       await new Promise((r) => setTimeout(r, 700));

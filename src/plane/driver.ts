@@ -11,8 +11,8 @@
 // - The spec carries both the extracted `package_dir` (a local driver runs there) and the `artifact` it
 //   came from (a cluster driver fetches it in an init container instead).
 // - Probes are HTTP GET paths answered 200 (readiness gates routing, liveness failures restart), which
-//   map one to one onto Kubernetes probes; `load_failure_exit_code` maps onto a container's last
-//   terminated exit code.
+//   map one to one onto Kubernetes probes; `fatal_exit_codes` map onto a container's last terminated
+//   exit code.
 
 import type { ReplicaState } from "../core/domain.ts";
 import type { ArtifactRef } from "../core/snapshot.ts";
@@ -48,10 +48,11 @@ export interface ReplicaSpec {
   /** HTTP path answered 200 while the replica is alive (truss: `/`). */
   liveness_path: string;
   /**
-   * Exit code by which the command reports that the model failed to load (Meridian's runtime: 3).
-   * Exiting with it before the first READY makes the replica FAILED with no restart; null disables.
+   * Exit codes by which the command says retrying is pointless, each with its reason (Meridian's runtime:
+   * 3 = model load() failed, 4 = invalid model package, 5 = custom server exited before ready). Exiting
+   * with one before the first READY makes the replica FAILED, message led by the reason, with no restart.
    */
-  load_failure_exit_code?: number | null;
+  fatal_exit_codes?: Record<number, string>;
   resources?: ReplicaResources;
 }
 

@@ -46,7 +46,7 @@ function serverSpec(packageDir: string, id: string, flags: string[] = [], token 
     },
     readiness_path: "/v1/models/model",
     liveness_path: "/",
-    load_failure_exit_code: 3,
+    fatal_exit_codes: { 3: "model load failed" },
   };
 }
 
@@ -309,7 +309,7 @@ describe("exit policy", () => {
     signal: null,
     ranMs: 500,
     becameReady: false,
-    loadFailureExitCode: 3,
+    fatalReason: null,
     portInUse: false,
     portRetries: 0,
     crashes: 0,
@@ -327,14 +327,14 @@ describe("exit policy", () => {
   });
 
   it.each<[string, Partial<ExitFacts>, ReturnType<typeof decideAfterExit>["kind"], number | null]>([
-    ["load failure before ready", { code: 3 }, "failed", null],
-    ["code 3 after having been ready is a crash", { code: 3, becameReady: true }, "restart", 1_000],
+    ["load failure before ready", { code: 3, fatalReason: "model load failed" }, "failed", null],
     [
-      "code 3 is ordinary when no load failure code is set",
-      { code: 3, loadFailureExitCode: null },
+      "a fatal code after having been ready is a crash",
+      { code: 3, fatalReason: "x", becameReady: true },
       "restart",
       1_000,
     ],
+    ["code 3 is ordinary when the spec does not call it fatal", { code: 3 }, "restart", 1_000],
     ["first fast crash", {}, "restart", 1_000],
     ["third fast crash", { crashes: 2 }, "restart", 4_000],
     ["fifth fast crash gives up", { crashes: 4 }, "failed", null],
@@ -350,8 +350,10 @@ describe("exit policy", () => {
   });
 
   it("messages name the cause", () => {
-    expect(decideAfterExit({ ...base, code: 3 }, policy)).toMatchObject({
-      message: expect.stringMatching(/load failed/),
+    expect(decideAfterExit({ ...base, code: 3, fatalReason: "model load failed" }, policy)).toMatchObject({
+      message: expect.stringMatching(
+        /^model load failed: the process exited with code 3 before becoming ready$/,
+      ),
     });
     expect(decideAfterExit({ ...base, signal: "SIGKILL", code: null }, policy)).toMatchObject({
       message: expect.stringMatching(/killed by SIGKILL; restarting in 1000 ms/),

@@ -87,7 +87,8 @@ export interface ExitFacts {
   ranMs: number;
   /** Whether this run ever answered readiness 200. */
   becameReady: boolean;
-  loadFailureExitCode: number | null;
+  /** The spec's reason for this exit code when it is one of its fatal_exit_codes, else null. */
+  fatalReason: string | null;
   /** This run's output says its port was taken (EADDRINUSE) and it never became ready. */
   portInUse: boolean;
   portRetries: number;
@@ -103,8 +104,8 @@ export function decideAfterExit(
   policy: Pick<Settings, "backoffBaseMs" | "backoffMaxMs" | "stableAfterMs" | "maxFastCrashes">,
 ): ExitDecision {
   const how = describeExit(facts.code, facts.signal);
-  if (!facts.becameReady && facts.loadFailureExitCode !== null && facts.code === facts.loadFailureExitCode) {
-    return { kind: "failed", message: `model load failed: the process ${how} before becoming ready` };
+  if (!facts.becameReady && facts.fatalReason !== null) {
+    return { kind: "failed", message: `${facts.fatalReason}: the process ${how} before becoming ready` };
   }
   if (!facts.becameReady && facts.portInUse && facts.portRetries < MAX_PORT_RETRIES) {
     return {
@@ -486,7 +487,7 @@ class ProcessReplica {
         signal,
         ranMs: Date.now() - run.startedAt,
         becameReady: run.becameReady,
-        loadFailureExitCode: this.spec.load_failure_exit_code ?? null,
+        fatalReason: code === null ? null : (this.spec.fatal_exit_codes?.[code] ?? null),
         portInUse: this.#ring
           .since(run.firstLine)
           .some((l) => l.stream !== "driver" && l.line.includes("EADDRINUSE")),
