@@ -3,7 +3,7 @@
 
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { parseModelConfig } from "./config.ts";
+import { parseModelConfig } from "./model-config.ts";
 
 const DOCKER = `docker_server:
   start_command: python3 server.py

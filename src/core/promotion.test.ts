@@ -129,6 +129,15 @@ describe("decidePromotion", () => {
     });
   });
 
+  it("migrates the serving deployment itself when the environment becomes regional", () => {
+    expect(decidePromotion(env({ region: "eu", current_deployment_id: "new" }), dep(), true)).toMatchObject({
+      kind: "promote",
+      candidate: "copy",
+      reason: "region",
+      candidate_region: "eu",
+    });
+  });
+
   it("never places a regional environment's candidate outside its region", () => {
     const region = fc.constantFrom("us", "eu", "uk", "au");
     fc.assert(

@@ -68,11 +68,14 @@ export function decidePromotion(
       message: `Deployment ${source.id} is ${source.status} and cannot be promoted; push a new deployment or retry it.`,
     };
   }
-  if (target.current_deployment_id === source.id && !source.is_development)
+  const reason = copyReason(target, source);
+  // Re-promoting what already serves is a no-op — unless it runs outside the environment's region, which
+  // is how a new region restriction migrates an environment (DESIGN.md §2.4).
+  if (target.current_deployment_id === source.id && !source.is_development && reason !== "region") {
     return { kind: "already_current" };
+  }
 
   const cleanup: PromotionCleanupStrategy = scaleDownPrevious ? target.promotion_cleanup_strategy : "KEEP";
-  const reason = copyReason(target, source);
   return {
     kind: "promote",
     candidate: reason === "reuse" ? "reuse" : "copy",

@@ -4,7 +4,7 @@
 import pino, { type Logger } from "pino";
 import { MeridianError } from "../core/errors.ts";
 import { checkEnvironmentName, isModelId } from "../core/names.ts";
-import { EXIT_CODES, type ExitCode } from "./exit-codes.ts";
+import { EXIT_CODES, type ExitCode } from "../core/runtime-exit-codes.ts";
 import { loadModelPackage, modelEnvironment, type ReplicaIdentity } from "./package.ts";
 import { type ModelServer, type ServeOutcome, serveModel } from "./server.ts";
 

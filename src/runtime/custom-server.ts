@@ -6,7 +6,7 @@ import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import { createServer } from "node:net";
 import { createInterface } from "node:readline";
 import type { Logger } from "pino";
-import type { DockerServerConfig } from "./config.ts";
+import type { DockerServerConfig } from "../core/model-config.ts";
 import { endToEndHeaders, sendError } from "./http.ts";
 
 export interface CustomServerExit {

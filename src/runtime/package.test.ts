@@ -5,7 +5,7 @@ import { writeFile } from "node:fs/promises";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { MeridianError } from "../core/errors.ts";
-import { parseModelConfig } from "./config.ts";
+import { parseModelConfig } from "../core/model-config.ts";
 import { childEnvironment, loadModelPackage, modelEnvironment, modelPackageFrom } from "./package.ts";
 import { EXAMPLES, writePackage } from "./testing.ts";
 

@@ -11,7 +11,7 @@ import {
   type ModelPackageConfig,
   parseModelConfig,
   RESERVED_VARIABLE_PREFIX,
-} from "./config.ts";
+} from "../core/model-config.ts";
 
 export const CONFIG_FILE = "config.yaml";
 export const MODEL_MODULE = path.join("model", "model.js");

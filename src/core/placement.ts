@@ -1,0 +1,82 @@
+// Placement (DESIGN.md §2.1): which planes run a deployment's replicas. A deployment restricted to region R
+// is placed only on planes of R; no capacity there means it waits — it is never placed elsewhere. Pure.
+
+export interface PlaneCapacity {
+  name: string;
+  region: string;
+  /** Replica slots in all. */
+  capacity: number;
+  /** Slots taken by replicas of other deployments. */
+  used: number;
+  global_ingress: boolean;
+}
+
+export interface PlacementInput {
+  /** Replicas wanted. */
+  want: number;
+  /** Region restriction; null places anywhere. */
+  region: string | null;
+  /** This deployment's current replicas. */
+  existing: ReadonlyArray<{ id: string; plane: string }>;
+  planes: readonly PlaneCapacity[];
+}
+
+export interface PlacementPlan {
+  keep: string[];
+  /** Replicas to remove: beyond `want`, or on a plane that is gone or outside the region. */
+  remove: string[];
+  /** Planes to add one replica each on (a plane may appear more than once). */
+  add: string[];
+  /** Replicas that could not be placed for lack of capacity in the allowed planes. */
+  unplaced: number;
+}
+
+/** Planes a deployment may run on. */
+export function allowedPlanes(planes: readonly PlaneCapacity[], region: string | null): PlaneCapacity[] {
+  return region === null ? [...planes] : planes.filter((p) => p.region === region);
+}
+
+/**
+ * Unrestricted replicas prefer the plane nearest the global ingress: the global ingress plane itself,
+ * then planes of its region, then the rest; within a rank, the plane with most free slots.
+ */
+function preferenceOrder(planes: PlaneCapacity[]): PlaneCapacity[] {
+  const globalRegions = new Set(planes.filter((p) => p.global_ingress).map((p) => p.region));
+  const rank = (p: PlaneCapacity) => (p.global_ingress ? 0 : globalRegions.has(p.region) ? 1 : 2);
+  return planes.sort(
+    (a, b) => rank(a) - rank(b) || b.capacity - b.used - (a.capacity - a.used) || a.name.localeCompare(b.name),
+  );
+}
+
+export function planPlacement(input: PlacementInput): PlacementPlan {
+  const allowed = allowedPlanes(input.planes, input.region);
+  const allowedNames = new Set(allowed.map((p) => p.name));
+  const keep: string[] = [];
+  const remove: string[] = [];
+  for (const r of input.existing) {
+    if (allowedNames.has(r.plane) && keep.length < input.want) keep.push(r.id);
+    else remove.push(r.id);
+  }
+
+  const free = new Map(allowed.map((p) => [p.name, p.capacity - p.used]));
+  for (const r of input.existing) {
+    if (keep.includes(r.id)) free.set(r.plane, (free.get(r.plane) ?? 0) - 1);
+  }
+  const add: string[] = [];
+  const order = preferenceOrder(allowed);
+  let missing = input.want - keep.length;
+  // Spread across planes: one replica per plane per pass, so a region's planes share the load.
+  while (missing > 0) {
+    let placed = false;
+    for (const p of order) {
+      if (missing === 0) break;
+      if ((free.get(p.name) ?? 0) <= 0) continue;
+      free.set(p.name, (free.get(p.name) ?? 0) - 1);
+      add.push(p.name);
+      missing--;
+      placed = true;
+    }
+    if (!placed) break;
+  }
+  return { keep, remove, add, unplaced: missing };
+}
