@@ -10,6 +10,19 @@ const program = new Command("meridian")
 // @commands: each role registers its commands below this line.
 
 program
+  .command("control")
+  .description("Run the control plane: management API, store, scheduler, plane snapshots")
+  .option("--data-dir <dir>", "state directory (SQLite file, artifacts, admin.key)", ".meridian/control")
+  .option("--listen <host:port>", "address of the management API", "127.0.0.1:8700")
+  .option("--database-url <url>", "PostgreSQL URL instead of SQLite (or MERIDIAN_DATABASE_URL)")
+  .option("--domain <domain>", "inference domain: endpoints are model-{id}.{domain}", "meridian.internal")
+  .option("--public-url <url>", "URL clients reach this control plane at (default: the listen address)")
+  .action(async (flags) => {
+    const { runControlCommand } = await import("../control/command.ts");
+    await runControlCommand(flags, process.env);
+  });
+
+program
   .command("dns")
   .description("Authoritative DNS for the inference domain (UDP and TCP), following the control plane")
   .requiredOption("--listen <ip:port>", "address for UDP and TCP, e.g. 127.0.0.1:5353 (port 0: a free one)")

@@ -1,0 +1,48 @@
+// `meridian control`: parses flags and the environment once into a frozen config, starts the control
+// plane, and drains on SIGTERM/SIGINT.
+
+import { resolve } from "node:path";
+import { startControl } from "./main.ts";
+
+export interface ControlFlags {
+  dataDir: string;
+  listen: string;
+  databaseUrl?: string;
+  domain: string;
+  publicUrl?: string;
+}
+
+/** Splits `host:port` (IPv6 in brackets). */
+export function parseListen(value: string): { host: string; port: number } | null {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
+  if (!m) return null;
+  const port = Number(m[3]);
+  if (port > 65535) return null;
+  return { host: (m[1] ?? m[2])!, port };
+}
+
+export async function runControlCommand(flags: ControlFlags, env: NodeJS.ProcessEnv): Promise<void> {
+  const listen = parseListen(flags.listen);
+  if (!listen) throw new Error(`--listen must be HOST:PORT, got '${flags.listen}'`);
+  const config = Object.freeze({
+    dataDir: resolve(flags.dataDir),
+    host: listen.host,
+    port: listen.port,
+    databaseUrl: flags.databaseUrl ?? env["MERIDIAN_DATABASE_URL"] ?? null,
+    domain: flags.domain.toLowerCase().replace(/\.$/, ""),
+    publicUrl: flags.publicUrl ?? null,
+  });
+  const control = await startControl(config);
+  if (control.adminKey) {
+    process.stderr.write(
+      `\nFirst start: created the organization and an admin API key, saved to ${control.adminKeyFile} (mode 0600).\n` +
+        `  export MERIDIAN_API_URL=${control.url}\n  export MERIDIAN_API_KEY=$(cat ${control.adminKeyFile})\n\n`,
+    );
+  }
+  const stop = async () => {
+    await control.stop();
+    process.exit(0);
+  };
+  process.once("SIGTERM", stop);
+  process.once("SIGINT", stop);
+}

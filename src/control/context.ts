@@ -1,0 +1,47 @@
+// What every control-plane operation is given: the store, the artifact store, settings, the clock and the
+// revision notifier. One is built per process in the composition root (`main.ts`) or per test.
+
+import type { Logger } from "pino";
+import type { Principal } from "../core/access.ts";
+import type { Db, Store } from "../store/store.ts";
+import type { ArtifactStore } from "./artifacts.ts";
+import type { RevisionFeed } from "./revision-feed.ts";
+
+export interface ControlContext {
+  store: Store;
+  artifacts: ArtifactStore;
+  /** The inference domain: `model-{id}.{domain}`. */
+  domain: string;
+  /** Base URL clients use to reach this control plane, for upload targets. */
+  publicUrl: string;
+  logger: Logger;
+  feed: RevisionFeed;
+  now(): string;
+}
+
+export interface AuditEntry {
+  team_id: string | null;
+  model_id: string | null;
+  action: string;
+  target: string;
+  before?: unknown;
+  after?: unknown;
+}
+
+/** Records a management action in the same transaction as the change it describes. */
+export async function recordAudit(ctx: ControlContext, db: Db, who: Principal | null, entry: AuditEntry) {
+  await db
+    .insertInto("audit_logs")
+    .values({
+      at: ctx.now(),
+      team_id: entry.team_id,
+      model_id: entry.model_id,
+      actor_user_id: who?.user_id ?? null,
+      actor_key_prefix: who?.key_prefix ?? null,
+      action: entry.action,
+      target: entry.target,
+      before: entry.before === undefined ? null : JSON.stringify(entry.before),
+      after: entry.after === undefined ? null : JSON.stringify(entry.after),
+    })
+    .execute();
+}

@@ -1,0 +1,532 @@
+// Environments and promotions (reference: /v1/models/{model_id}/environments…): named slots on a model that
+// a deployment is promoted into. `production` exists on every model and cannot be deleted. A promotion is
+// persisted with its decision; the scheduler completes it when the candidate is ready.
+
+import type { Transaction } from "kysely";
+import { canManageEnvironment, type Principal } from "../core/access.ts";
+import type { DeploymentStatus, PromotionCleanupStrategy } from "../core/domain.ts";
+import { MeridianError } from "../core/errors.ts";
+import { checkEnvironmentName, PRODUCTION } from "../core/names.ts";
+import { decidePromotion } from "../core/promotion.ts";
+import type { DeploymentRow, EnvironmentRow, ModelRow, Schema } from "../store/schema.ts";
+import { type Db, isUniqueViolation } from "../store/store.ts";
+import { type ControlContext, recordAudit } from "./context.ts";
+import { newId } from "./identity.ts";
+import {
+  activePromotion,
+  loadDeployment,
+  loadDeploymentAlias,
+  loadGroup,
+  loadModel,
+  renderDeployment,
+  requireCapability,
+} from "./lookup.ts";
+import { type ChangeScope, change, completePromotion } from "./scheduler.ts";
+import {
+  type AutoscalingSettings,
+  DEFAULT_AUTOSCALING,
+  DEFAULT_PROMOTION_SETTINGS,
+  environmentView,
+  mergeSettings,
+  type PromotionSettings,
+  restrictionOf,
+} from "./views.ts";
+
+type Trx = Transaction<Schema>;
+
+export interface EnvironmentSettingsUpdate {
+  autoscaling_settings?: Partial<AutoscalingSettings> | null;
+  promotion_settings?: Partial<PromotionSettings> | null;
+}
+
+function requireValidName(name: string, field = "name"): void {
+  const check = checkEnvironmentName(name);
+  if (!check.ok)
+    throw new MeridianError("invalid_environment_name", check.message, { field, rule: check.rule });
+}
+
+function validateAutoscaling(a: AutoscalingSettings): void {
+  if (a.min_replica < 0 || a.max_replica < 1 || a.min_replica > a.max_replica) {
+    throw new MeridianError(
+      "invalid_request",
+      "autoscaling_settings needs 0 ≤ min_replica ≤ max_replica and max_replica ≥ 1.",
+      { field: "autoscaling_settings" },
+    );
+  }
+}
+
+/** Creates the environment if the model does not have it yet (pushes into a new environment, `production`). */
+export async function ensureEnvironment(
+  ctx: ControlContext,
+  trx: Db,
+  model: ModelRow,
+  name: string,
+  settings: EnvironmentSettingsUpdate = {},
+): Promise<EnvironmentRow> {
+  const existing = await trx
+    .selectFrom("environments")
+    .selectAll()
+    .where("model_id", "=", model.id)
+    .where("name", "=", name)
+    .executeTakeFirst();
+  if (existing) return existing;
+  const autoscaling = mergeSettings(DEFAULT_AUTOSCALING, settings.autoscaling_settings);
+  validateAutoscaling(autoscaling);
+  const row: EnvironmentRow = {
+    model_id: model.id,
+    name,
+    current_deployment_id: null,
+    autoscaling: JSON.stringify(autoscaling),
+    promotion_settings: JSON.stringify(
+      mergeSettings(DEFAULT_PROMOTION_SETTINGS, settings.promotion_settings),
+    ),
+    created_at: ctx.now(),
+  };
+  await trx.insertInto("environments").values(row).execute();
+  return row;
+}
+
+async function loadEnvironment(db: Db, model: ModelRow, name: string): Promise<EnvironmentRow> {
+  const env = await db
+    .selectFrom("environments")
+    .selectAll()
+    .where("model_id", "=", model.id)
+    .where("name", "=", name)
+    .executeTakeFirst();
+  if (!env)
+    throw new MeridianError("environment_not_found", `Model ${model.id} has no environment '${name}'.`);
+  return env;
+}
+
+async function requireManage(db: Db, p: Principal, model: ModelRow, envName: string): Promise<void> {
+  requireCapability(p, "manage");
+  const group = await loadGroup(db, model.team_id, envName);
+  const access = {
+    is_restricted: group?.is_restricted === 1,
+    user_ids: group ? (JSON.parse(group.manage_users) as string[]) : [],
+  };
+  if (!canManageEnvironment(p, model.team_id, access)) {
+    throw new MeridianError(
+      "environment_restricted",
+      `Environment '${envName}' is restricted: only its listed users and admins may manage it.`,
+    );
+  }
+}
+
+export async function renderEnvironment(db: Db, model: ModelRow, env: EnvironmentRow) {
+  const [current, promotion, group] = await Promise.all([
+    env.current_deployment_id === null
+      ? Promise.resolve(null)
+      : db
+          .selectFrom("deployments")
+          .selectAll()
+          .where("id", "=", env.current_deployment_id)
+          .executeTakeFirst(),
+    activePromotion(db, model.id, env.name),
+    loadGroup(db, model.team_id, env.name),
+  ]);
+  const candidate = promotion
+    ? await db
+        .selectFrom("deployments")
+        .selectAll()
+        .where("id", "=", promotion.candidate_deployment_id)
+        .executeTakeFirst()
+    : undefined;
+  return environmentView(
+    env,
+    current ? await renderDeployment(db, current) : null,
+    candidate ? await renderDeployment(db, candidate) : null,
+    promotion ?? null,
+    restrictionOf(group),
+  );
+}
+
+export async function createEnvironment(
+  ctx: ControlContext,
+  p: Principal,
+  modelId: string,
+  body: { name: string } & EnvironmentSettingsUpdate,
+) {
+  requireCapability(p, "manage");
+  requireValidName(body.name);
+  const model = await loadModel(ctx.store.db, p, modelId);
+  await requireManage(ctx.store.db, p, model, body.name);
+  try {
+    return await change(ctx, async (trx) => {
+      const exists = await trx
+        .selectFrom("environments")
+        .select("name")
+        .where("model_id", "=", model.id)
+        .where("name", "=", body.name)
+        .executeTakeFirst();
+      if (exists)
+        throw new MeridianError("environment_exists", `Model ${model.id} already has '${body.name}'.`);
+      const env = await ensureEnvironment(ctx, trx, model, body.name, body);
+      await recordAudit(ctx, trx, p, {
+        team_id: model.team_id,
+        model_id: model.id,
+        action: "environment.create",
+        target: `environment:${model.id}/${body.name}`,
+        after: {
+          autoscaling: JSON.parse(env.autoscaling),
+          promotion_settings: JSON.parse(env.promotion_settings),
+        },
+      });
+      return renderEnvironment(trx, model, env);
+    });
+  } catch (err) {
+    if (isUniqueViolation(err)) {
+      throw new MeridianError("environment_exists", `Model ${model.id} already has '${body.name}'.`);
+    }
+    throw err;
+  }
+}
+
+export async function listEnvironments(ctx: ControlContext, p: Principal, modelId: string) {
+  requireCapability(p, "read");
+  const db = ctx.store.db;
+  const model = await loadModel(db, p, modelId);
+  const rows = await db
+    .selectFrom("environments")
+    .selectAll()
+    .where("model_id", "=", model.id)
+    .orderBy("name")
+    .execute();
+  return { environments: await Promise.all(rows.map((e) => renderEnvironment(db, model, e))) };
+}
+
+export async function getEnvironment(ctx: ControlContext, p: Principal, modelId: string, name: string) {
+  requireCapability(p, "read");
+  const db = ctx.store.db;
+  const model = await loadModel(db, p, modelId);
+  return renderEnvironment(db, model, await loadEnvironment(db, model, name));
+}
+
+export async function updateEnvironment(
+  ctx: ControlContext,
+  p: Principal,
+  modelId: string,
+  name: string,
+  body: EnvironmentSettingsUpdate,
+) {
+  const model = await loadModel(ctx.store.db, p, modelId);
+  await requireManage(ctx.store.db, p, model, name);
+  return change(ctx, async (trx, scope) => {
+    const env = await loadEnvironment(trx, model, name);
+    const autoscaling = mergeSettings(
+      JSON.parse(env.autoscaling) as AutoscalingSettings,
+      body.autoscaling_settings,
+    );
+    validateAutoscaling(autoscaling);
+    const promotion = mergeSettings(
+      JSON.parse(env.promotion_settings) as PromotionSettings,
+      body.promotion_settings,
+    );
+    await trx
+      .updateTable("environments")
+      .set({ autoscaling: JSON.stringify(autoscaling), promotion_settings: JSON.stringify(promotion) })
+      .where("model_id", "=", model.id)
+      .where("name", "=", name)
+      .execute();
+    if (env.current_deployment_id) scope.touch(env.current_deployment_id);
+    await recordAudit(ctx, trx, p, {
+      team_id: model.team_id,
+      model_id: model.id,
+      action: "environment.update",
+      target: `environment:${model.id}/${name}`,
+      before: {
+        autoscaling: JSON.parse(env.autoscaling),
+        promotion_settings: JSON.parse(env.promotion_settings),
+      },
+      after: { autoscaling, promotion_settings: promotion },
+    });
+    const updated = await loadEnvironment(trx, model, name);
+    return {
+      environment: await renderEnvironment(trx, model, updated),
+      status: JSON.stringify(autoscaling) === env.autoscaling ? "UNCHANGED" : "ACCEPTED",
+      message: "Environment settings updated.",
+    };
+  });
+}
+
+export async function deleteEnvironment(ctx: ControlContext, p: Principal, modelId: string, name: string) {
+  const model = await loadModel(ctx.store.db, p, modelId);
+  if (name === PRODUCTION) {
+    throw new MeridianError("environment_protected", "The production environment exists on every model.");
+  }
+  await requireManage(ctx.store.db, p, model, name);
+  await change(ctx, async (trx, scope) => {
+    const env = await loadEnvironment(trx, model, name);
+    const promotion = await activePromotion(trx, model.id, name);
+    if (promotion) {
+      throw new MeridianError(
+        "promotion_in_progress",
+        `Cancel the promotion into '${name}' before deleting it.`,
+      );
+    }
+    await trx.deleteFrom("environments").where("model_id", "=", model.id).where("name", "=", name).execute();
+    if (env.current_deployment_id) scope.touch(env.current_deployment_id);
+    await recordAudit(ctx, trx, p, {
+      team_id: model.team_id,
+      model_id: model.id,
+      action: "environment.delete",
+      target: `environment:${model.id}/${name}`,
+      before: { current_deployment_id: env.current_deployment_id },
+    });
+  });
+  return { name, model_id: model.id, deleted: true };
+}
+
+export interface PromoteOptions {
+  scaleDownPrevious: boolean;
+  /** Audit action; `environment.migrate_region` for a restriction's forced redeploy. */
+  action?: string;
+}
+
+/**
+ * Promotes inside an open transaction: decides reuse or copy (DESIGN.md §2.5), records the promotion
+ * (a unique index allows one in flight per environment), and completes it at once when the candidate is
+ * already serving-ready. Returns the candidate deployment.
+ */
+export async function promoteInTransaction(
+  ctx: ControlContext,
+  trx: Trx,
+  p: Principal | null,
+  model: ModelRow,
+  env: EnvironmentRow,
+  source: DeploymentRow,
+  options: PromoteOptions,
+  scope: ChangeScope,
+): Promise<DeploymentRow> {
+  const [group, inFlight, bound] = await Promise.all([
+    loadGroup(trx, model.team_id, env.name),
+    activePromotion(trx, model.id, env.name),
+    trx
+      .selectFrom("environments")
+      .select("name")
+      .where("current_deployment_id", "=", source.id)
+      .where("name", "!=", env.name)
+      .where("model_id", "=", model.id)
+      .execute(),
+  ]);
+  const settings = JSON.parse(env.promotion_settings) as PromotionSettings;
+  const decision = decidePromotion(
+    {
+      name: env.name,
+      region: group?.region ?? null,
+      current_deployment_id: env.current_deployment_id,
+      redeploy_on_promotion: settings.redeploy_on_promotion,
+      promotion_cleanup_strategy: settings.promotion_cleanup_strategy as PromotionCleanupStrategy,
+      promotion_in_progress: inFlight !== undefined,
+    },
+    {
+      id: source.id,
+      status: source.status as DeploymentStatus,
+      is_development: source.is_development === 1,
+      region: source.region,
+      bound_environments: bound.map((b) => b.name),
+    },
+    options.scaleDownPrevious,
+  );
+  if (decision.kind === "refuse") throw new MeridianError(decision.code, decision.message);
+  if (decision.kind === "already_current") return source;
+
+  const now = ctx.now();
+  let candidate = source;
+  if (decision.candidate === "copy") {
+    candidate = {
+      ...source,
+      id: newId(7),
+      name: `${source.name}-${env.name}`.slice(0, 255),
+      status: "DEPLOYING",
+      status_message: null,
+      is_development: 0,
+      region: decision.candidate_region,
+      copied_from: source.id,
+      created_at: now,
+      updated_at: now,
+    };
+    await trx.insertInto("deployments").values(candidate).execute();
+  } else if (
+    !["ACTIVE", "DEPLOYING", "LOADING_MODEL", "UNHEALTHY", "WAKING_UP", "UPDATING"].includes(source.status)
+  ) {
+    // Reusing a scaled-down or inactive deployment wakes it.
+    await trx
+      .updateTable("deployments")
+      .set({ status: "DEPLOYING", status_message: null, region: decision.candidate_region, updated_at: now })
+      .where("id", "=", source.id)
+      .execute();
+    candidate = { ...source, status: "DEPLOYING", region: decision.candidate_region };
+  }
+  const promotionId = newId(12);
+  try {
+    await trx
+      .insertInto("promotions")
+      .values({
+        id: promotionId,
+        model_id: model.id,
+        environment: env.name,
+        source_deployment_id: source.id,
+        candidate_deployment_id: candidate.id,
+        previous_deployment_id: env.current_deployment_id,
+        reason: decision.reason,
+        status: "RELEASING",
+        active: 1,
+        error_message: null,
+        cleanup_strategy: decision.cleanup,
+        created_by: p?.user_id ?? p?.key_prefix ?? null,
+        created_at: now,
+        updated_at: now,
+      })
+      .execute();
+  } catch (err) {
+    if (isUniqueViolation(err)) {
+      throw new MeridianError(
+        "promotion_in_progress",
+        `A promotion into '${env.name}' is already in progress.`,
+      );
+    }
+    throw err;
+  }
+  await recordAudit(ctx, trx, p, {
+    team_id: model.team_id,
+    model_id: model.id,
+    action: options.action ?? "environment.promote",
+    target: `environment:${model.id}/${env.name}`,
+    before: { current_deployment_id: env.current_deployment_id },
+    after: {
+      source_deployment_id: source.id,
+      candidate_deployment_id: candidate.id,
+      reason: decision.reason,
+    },
+  });
+  ctx.logger.info(
+    {
+      model: model.id,
+      environment: env.name,
+      source: source.id,
+      candidate: candidate.id,
+      reason: decision.reason,
+    },
+    "promotion started",
+  );
+  scope.touch(candidate.id);
+  if (candidate.status === "ACTIVE") {
+    for (const id of await completePromotion(ctx, trx, promotionId)) scope.touch(id);
+  }
+  return loadDeployment(trx, model, candidate.id);
+}
+
+export async function promote(
+  ctx: ControlContext,
+  p: Principal,
+  modelId: string,
+  envName: string,
+  deploymentId: string,
+  scaleDownPrevious: boolean,
+) {
+  const model = await loadModel(ctx.store.db, p, modelId);
+  await requireManage(ctx.store.db, p, model, envName);
+  return change(ctx, async (trx, scope) => {
+    const env = await loadEnvironment(trx, model, envName);
+    const source = await loadDeploymentAlias(trx, model, deploymentId);
+    const candidate = await promoteInTransaction(
+      ctx,
+      trx,
+      p,
+      model,
+      env,
+      source,
+      { scaleDownPrevious },
+      scope,
+    );
+    return renderDeployment(trx, await loadDeployment(trx, model, candidate.id));
+  });
+}
+
+export async function cancelPromotion(ctx: ControlContext, p: Principal, modelId: string, envName: string) {
+  const model = await loadModel(ctx.store.db, p, modelId);
+  await requireManage(ctx.store.db, p, model, envName);
+  return change(ctx, async (trx, scope) => {
+    await loadEnvironment(trx, model, envName);
+    const promotion = await activePromotion(trx, model.id, envName);
+    if (!promotion) {
+      throw new MeridianError("no_promotion_in_progress", `No promotion into '${envName}' is in progress.`);
+    }
+    await cancelInTransaction(ctx, trx, promotion.id, scope);
+    await recordAudit(ctx, trx, p, {
+      team_id: model.team_id,
+      model_id: model.id,
+      action: "environment.cancel_promotion",
+      target: `environment:${model.id}/${envName}`,
+      before: { candidate_deployment_id: promotion.candidate_deployment_id },
+    });
+    return {
+      status: "CANCELED",
+      message: `Promotion into '${envName}' canceled; the environment keeps its deployment.`,
+    };
+  });
+}
+
+/** Cancels an in-flight promotion: a candidate made for it is deactivated; the environment is untouched. */
+export async function cancelInTransaction(
+  ctx: ControlContext,
+  trx: Trx,
+  promotionId: string,
+  scope: ChangeScope,
+) {
+  const promotion = await trx
+    .selectFrom("promotions")
+    .selectAll()
+    .where("id", "=", promotionId)
+    .executeTakeFirstOrThrow();
+  const now = ctx.now();
+  await trx
+    .updateTable("promotions")
+    .set({ status: "CANCELED", active: 0, updated_at: now })
+    .where("id", "=", promotion.id)
+    .execute();
+  if (promotion.candidate_deployment_id !== promotion.source_deployment_id) {
+    await trx
+      .updateTable("deployments")
+      .set({ status: "INACTIVE", status_message: "Its promotion was canceled.", updated_at: now })
+      .where("id", "=", promotion.candidate_deployment_id)
+      .execute();
+  }
+  scope.touch(promotion.candidate_deployment_id);
+}
+
+/** Activate or deactivate the deployment an environment currently serves. */
+export async function setEnvironmentActive(
+  ctx: ControlContext,
+  p: Principal,
+  modelId: string,
+  envName: string,
+  active: boolean,
+) {
+  const model = await loadModel(ctx.store.db, p, modelId);
+  await requireManage(ctx.store.db, p, model, envName);
+  const env = await loadEnvironment(ctx.store.db, model, envName);
+  if (env.current_deployment_id === null) {
+    throw new MeridianError("deployment_not_found", `Environment '${envName}' has no deployment yet.`);
+  }
+  const d = await loadDeployment(ctx.store.db, model, env.current_deployment_id);
+  await change(ctx, async (trx, scope) => {
+    const status = active ? (d.status === "ACTIVE" ? "ACTIVE" : "DEPLOYING") : "INACTIVE";
+    await trx
+      .updateTable("deployments")
+      .set({ status, status_message: null, updated_at: ctx.now() })
+      .where("id", "=", d.id)
+      .execute();
+    scope.touch(d.id);
+    await recordAudit(ctx, trx, p, {
+      team_id: model.team_id,
+      model_id: model.id,
+      action: active ? "environment.activate" : "environment.deactivate",
+      target: `environment:${model.id}/${envName}`,
+      before: { status: d.status },
+      after: { status },
+    });
+  });
+  return { success: true };
+}

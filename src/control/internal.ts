@@ -1,0 +1,292 @@
+// The control plane's side of the wire contract (`src/core/snapshot.ts`): each plane's snapshot, the DNS
+// snapshot, plane reports and artifact downloads, all authenticated by plane credentials. A plane's
+// snapshot holds only what it needs: the global ingress sees every model; a regional plane sees the models
+// with an environment restricted to its region or a replica in its region.
+
+import type { ApiKeyCategory, ReplicaState, StandardEndpointPolicy } from "../core/domain.ts";
+import { MeridianError } from "../core/errors.ts";
+import type {
+  ApiKeyGrant,
+  DnsSnapshot,
+  ModelRoute,
+  PlaneRef,
+  PlaneReport,
+  PlaneSnapshot,
+} from "../core/snapshot.ts";
+import type { PlaneRow } from "../store/schema.ts";
+import type { Db } from "../store/store.ts";
+import type { ControlContext } from "./context.ts";
+import { sha256Hex } from "./identity.ts";
+import { change } from "./scheduler.ts";
+
+export async function authenticatePlane(ctx: ControlContext, token: string | null): Promise<PlaneRow> {
+  if (token === null) throw new MeridianError("unauthorized", "A plane credential is required.");
+  const plane = await ctx.store.db
+    .selectFrom("planes")
+    .selectAll()
+    .where("credential_hash", "=", sha256Hex(token))
+    .executeTakeFirst();
+  if (!plane) throw new MeridianError("unauthorized", "Unknown plane credential.");
+  return plane;
+}
+
+/** A plane may read only its own snapshot. */
+export async function authenticatePlaneNamed(
+  ctx: ControlContext,
+  token: string | null,
+  name: string,
+): Promise<PlaneRow> {
+  const plane = await authenticatePlane(ctx, token);
+  if (plane.name !== name)
+    throw new MeridianError("forbidden", "A plane credential gives access to its own plane only.");
+  return plane;
+}
+
+function planeRef(p: PlaneRow): PlaneRef {
+  return {
+    name: p.name,
+    region: p.region,
+    ingress: JSON.parse(p.ingress) as string[],
+    global_ingress: p.global_ingress === 1,
+  };
+}
+
+function hostOf(address: string): string {
+  const bracket = /^\[([^\]]+)\]:\d+$/.exec(address);
+  if (bracket) return bracket[1]!;
+  return address.slice(0, address.lastIndexOf(":"));
+}
+
+const IPV4 = /^(\d{1,3})(\.\d{1,3}){3}$/;
+
+function isIp(host: string): boolean {
+  return IPV4.test(host) || host.includes(":");
+}
+
+export async function buildPlaneSnapshot(
+  ctx: ControlContext,
+  db: Db,
+  plane: PlaneRow,
+): Promise<PlaneSnapshot> {
+  const revision = await ctx.store.revision(db);
+  const [planes, hopSecret, keys, models, envs, groups, deployments, replicas] = await Promise.all([
+    db.selectFrom("planes").selectAll().orderBy("name").execute(),
+    ctx.store.getMeta("hop_secret", db),
+    db.selectFrom("api_keys").select(["hash", "prefix", "team_id", "category", "model_ids"]).execute(),
+    db.selectFrom("models").select(["id", "team_id", "name"]).execute(),
+    db.selectFrom("environments").select(["model_id", "name", "current_deployment_id"]).execute(),
+    db
+      .selectFrom("environment_groups")
+      .select(["team_id", "name", "region", "standard_endpoint_policy"])
+      .execute(),
+    db
+      .selectFrom("deployments")
+      .select(["id", "model_id", "region", "is_development", "status", "artifact_key"])
+      .execute(),
+    db.selectFrom("replicas").select(["id", "deployment_id", "plane", "state"]).execute(),
+  ]);
+  const planeRegion = new Map(planes.map((p) => [p.name, p.region]));
+  const groupOf = new Map(groups.map((g) => [`${g.team_id}/${g.name}`, g]));
+  const modelTeam = new Map(models.map((m) => [m.id, m.team_id]));
+
+  const relevant = new Set<string>();
+  if (plane.global_ingress === 1) {
+    for (const m of models) relevant.add(m.id);
+  } else {
+    for (const e of envs) {
+      if (groupOf.get(`${modelTeam.get(e.model_id)}/${e.name}`)?.region === plane.region)
+        relevant.add(e.model_id);
+    }
+    const depModel = new Map(deployments.map((d) => [d.id, d.model_id]));
+    for (const r of replicas) {
+      if (planeRegion.get(r.plane) === plane.region) {
+        const m = depModel.get(r.deployment_id);
+        if (m) relevant.add(m);
+      }
+    }
+  }
+
+  const readyPlanes = new Map<string, Set<string>>();
+  for (const r of replicas) {
+    if (r.state !== "READY") continue;
+    const s = readyPlanes.get(r.deployment_id) ?? new Set<string>();
+    s.add(r.plane);
+    readyPlanes.set(r.deployment_id, s);
+  }
+  const routes = new Map<string, ModelRoute>();
+  for (const m of models) {
+    if (!relevant.has(m.id)) continue;
+    routes.set(m.id, {
+      id: m.id,
+      team_id: m.team_id,
+      name: m.name,
+      development_deployment_id: null,
+      environments: [],
+      deployments: [],
+    });
+  }
+  for (const e of envs) {
+    const route = routes.get(e.model_id);
+    if (!route) continue;
+    const g = groupOf.get(`${route.team_id}/${e.name}`);
+    route.environments.push({
+      name: e.name,
+      deployment_id: e.current_deployment_id,
+      region: g?.region ?? null,
+      standard_endpoint_policy: (g?.standard_endpoint_policy ?? "allow") as StandardEndpointPolicy,
+    });
+  }
+  const artifacts = new Map(
+    (
+      await db
+        .selectFrom("artifacts")
+        .select(["key", "sha256", "size"])
+        .where("state", "=", "STORED")
+        .execute()
+    ).map((a) => [a.key, a]),
+  );
+  for (const d of deployments) {
+    const route = routes.get(d.model_id);
+    if (!route) continue;
+    if (d.is_development === 1) route.development_deployment_id = d.id;
+    route.deployments.push({
+      id: d.id,
+      region: d.region,
+      ready_planes: [...(readyPlanes.get(d.id) ?? [])].sort(),
+    });
+  }
+
+  const depById = new Map(deployments.map((d) => [d.id, d]));
+  const servingEnv = new Map<string, string>();
+  for (const e of envs) {
+    if (e.current_deployment_id && !servingEnv.has(e.current_deployment_id))
+      servingEnv.set(e.current_deployment_id, e.name);
+  }
+  const desired = replicas
+    .filter((r) => r.plane === plane.name)
+    .flatMap((r) => {
+      const d = depById.get(r.deployment_id);
+      const a = d ? artifacts.get(d.artifact_key) : undefined;
+      if (!d || !a || a.sha256 === null) return [];
+      return [
+        {
+          id: r.id,
+          deployment_id: d.id,
+          model_id: d.model_id,
+          environment: servingEnv.get(d.id) ?? null,
+          artifact: { key: a.sha256, sha256: a.sha256, size: Number(a.size) },
+        },
+      ];
+    });
+
+  const apiKeys: ApiKeyGrant[] = keys.map((k) => ({
+    hash: k.hash,
+    prefix: k.prefix,
+    team_id: k.team_id,
+    category: k.category as ApiKeyCategory,
+    model_ids: k.model_ids === null ? null : (JSON.parse(k.model_ids) as string[]),
+  }));
+
+  return {
+    revision,
+    domain: ctx.domain,
+    plane: planeRef(plane),
+    planes: planes.map(planeRef),
+    hop_secret: hopSecret ?? "",
+    api_keys: apiKeys,
+    models: [...routes.values()],
+    replicas: desired,
+  };
+}
+
+export async function buildDnsSnapshot(ctx: ControlContext, db: Db): Promise<DnsSnapshot> {
+  const revision = await ctx.store.revision(db);
+  const [planes, envs, groups, models] = await Promise.all([
+    db.selectFrom("planes").selectAll().execute(),
+    db.selectFrom("environments").select(["model_id", "name"]).execute(),
+    db
+      .selectFrom("environment_groups")
+      .select(["team_id", "name", "region"])
+      .where("region", "is not", null)
+      .execute(),
+    db.selectFrom("models").select(["id", "team_id"]).execute(),
+  ]);
+  const ips = (p: PlaneRow) => (JSON.parse(p.ingress) as string[]).map(hostOf).filter(isIp);
+  const regions: Record<string, string[]> = {};
+  for (const p of planes) regions[p.region] = [...new Set([...(regions[p.region] ?? []), ...ips(p)])].sort();
+  const restricted = new Map(groups.map((g) => [`${g.team_id}/${g.name}`, g.region!]));
+  const teamOf = new Map(models.map((m) => [m.id, m.team_id]));
+  const byModel = new Map<string, Array<{ name: string; region: string }>>(models.map((m) => [m.id, []]));
+  for (const e of envs) {
+    const region = restricted.get(`${teamOf.get(e.model_id)}/${e.name}`);
+    if (region) byModel.get(e.model_id)?.push({ name: e.name, region });
+  }
+  return {
+    revision,
+    domain: ctx.domain,
+    global_ingress: [...new Set(planes.filter((p) => p.global_ingress === 1).flatMap(ips))].sort(),
+    regions,
+    models: [...byModel].map(([id, regional_environments]) => ({ id, regional_environments })),
+  };
+}
+
+/**
+ * Applies a plane's report: replica states, then — only when a replica's state changed — the scheduler
+ * (deployment status, promotions) and a revision bump so routes follow readiness.
+ */
+export async function applyReport(ctx: ControlContext, plane: PlaneRow, report: PlaneReport): Promise<void> {
+  const now = ctx.now();
+  const current = await ctx.store.db
+    .selectFrom("replicas")
+    .select(["id", "deployment_id", "state", "message", "restarts"])
+    .where("plane", "=", plane.name)
+    .execute();
+  const byId = new Map(current.map((r) => [r.id, r]));
+  const changed = report.replicas.filter((r) => {
+    const c = byId.get(r.id);
+    return c !== undefined && (c.state !== r.state || c.message !== r.message || c.restarts !== r.restarts);
+  });
+  const stateChanged = changed.some((r) => byId.get(r.id)?.state !== r.state);
+
+  const write = async (trx: Db) => {
+    for (const r of changed) {
+      await trx
+        .updateTable("replicas")
+        .set({ state: r.state as ReplicaState, message: r.message, restarts: r.restarts, updated_at: now })
+        .where("id", "=", r.id)
+        .where("plane", "=", plane.name)
+        .execute();
+    }
+    await trx
+      .updateTable("planes")
+      .set({ last_seen_at: now, applied_revision: report.revision })
+      .where("name", "=", plane.name)
+      .execute();
+    for (const c of report.request_counts) {
+      const env = c.environment ?? "";
+      await trx
+        .insertInto("request_counts")
+        .values({
+          plane: plane.name,
+          model_id: c.model_id,
+          environment: env,
+          status_class: c.status_class,
+          count: c.count,
+        })
+        .onConflict((oc) =>
+          oc.columns(["plane", "model_id", "environment", "status_class"]).doUpdateSet((eb) => ({
+            count: eb("request_counts.count", "+", eb.ref("excluded.count")),
+          })),
+        )
+        .execute();
+    }
+  };
+  if (stateChanged) {
+    await change(ctx, async (trx, scope) => {
+      await write(trx);
+      for (const r of changed) scope.touch(r.deployment_id);
+    });
+  } else {
+    await ctx.store.transaction(write);
+  }
+}

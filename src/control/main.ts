@@ -1,0 +1,91 @@
+// Composition root of `meridian control`: opens the store, bootstraps the organization on first start,
+// builds the app and listens. `stop()` drains in reverse order.
+
+import { mkdirSync, renameSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import pino, { type Logger } from "pino";
+import { Store } from "../store/store.ts";
+import { bootstrap } from "./accounts.ts";
+import { buildControlApp } from "./app.ts";
+import { LocalArtifactStore } from "./artifacts.ts";
+import type { ControlContext } from "./context.ts";
+import { RevisionFeed } from "./revision-feed.ts";
+import { reconcileAll } from "./scheduler.ts";
+
+export interface ControlConfig {
+  dataDir: string;
+  host: string;
+  port: number;
+  /** PostgreSQL URL; null uses the SQLite file under the data directory. */
+  databaseUrl: string | null;
+  /** The inference domain (`model-{id}.{domain}`). */
+  domain: string;
+  /** URL clients reach this control plane at; defaults to the listen address. */
+  publicUrl: string | null;
+  logger?: Logger;
+}
+
+export interface RunningControl {
+  url: string;
+  ctx: ControlContext;
+  /** The admin key, only on the start that created it. */
+  adminKey: string | null;
+  adminKeyFile: string;
+  stop(): Promise<void>;
+}
+
+/** Writes a secret file readable by its owner only, atomically. */
+export function writeSecretFile(path: string, content: string): void {
+  const tmp = `${path}.tmp`;
+  writeFileSync(tmp, content, { mode: 0o600 });
+  renameSync(tmp, path);
+}
+
+export async function startControl(config: ControlConfig): Promise<RunningControl> {
+  const logger = config.logger ?? pino({ name: "control" });
+  mkdirSync(config.dataDir, { recursive: true });
+  const store = await Store.open(
+    config.databaseUrl === null
+      ? { kind: "sqlite", file: join(config.dataDir, "meridian.db") }
+      : { kind: "postgres", url: config.databaseUrl },
+  );
+  const adminKeyFile = join(config.dataDir, "admin.key");
+  const boot = await bootstrap(store, new Date().toISOString(), async (key) =>
+    writeSecretFile(adminKeyFile, `${key}\n`),
+  );
+  const feed = new RevisionFeed(store);
+  await feed.start();
+  const ctx: ControlContext = {
+    store,
+    artifacts: new LocalArtifactStore(join(config.dataDir, "artifacts")),
+    domain: config.domain,
+    publicUrl: config.publicUrl ?? "",
+    logger,
+    feed,
+    now: () => new Date().toISOString(),
+  };
+  const app = await buildControlApp(ctx);
+  await app.listen({ host: config.host, port: config.port });
+  const address = app.server.address();
+  const port = typeof address === "object" && address ? address.port : config.port;
+  const host = config.host.includes(":") ? `[${config.host}]` : config.host;
+  const url = `http://${host}:${port}`;
+  if (!config.publicUrl) ctx.publicUrl = url;
+  // Plane capacity or placement rules may have changed while the control plane was down.
+  await reconcileAll(ctx);
+  logger.info(
+    { url, store: store.dialect, domain: config.domain, revision: feed.revision() },
+    "control plane listening",
+  );
+  return {
+    url,
+    ctx,
+    adminKey: boot.admin_key,
+    adminKeyFile,
+    async stop() {
+      feed.stop();
+      await app.close();
+      await store.close();
+    },
+  };
+}

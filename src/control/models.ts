@@ -1,0 +1,491 @@
+// Models, deployments and model-package uploads (reference: /v1/models…, /v1/prepare_model_upload).
+// A push is: prepare an upload target, PUT the gzipped tar there, then create the model or deployment
+// from the `model_archive` source — optionally straight into an environment.
+
+import type { Readable } from "node:stream";
+import type { Principal } from "../core/access.ts";
+import { MeridianError } from "../core/errors.ts";
+import { checkEnvironmentName, PRODUCTION } from "../core/names.ts";
+import type { DeploymentRow, ModelRow, TeamRow } from "../store/schema.ts";
+import { isUniqueViolation } from "../store/store.ts";
+import { BlobTooLargeError } from "./artifacts.ts";
+import { type ControlContext, recordAudit } from "./context.ts";
+import { ensureEnvironment, promoteInTransaction } from "./environments.ts";
+import { newId } from "./identity.ts";
+import {
+  defaultTeam,
+  loadDeployment,
+  loadDeploymentAlias,
+  loadModel,
+  loadTeam,
+  renderDeployment,
+  renderModel,
+  requireCapability,
+} from "./lookup.ts";
+import { checkPackage } from "./package-check.ts";
+import { change } from "./scheduler.ts";
+import { DEFAULT_AUTOSCALING } from "./views.ts";
+
+export interface DeploymentPayload {
+  config: Record<string, unknown>;
+  raw_config?: string | null;
+  environment_name?: string | null;
+  deployment_name?: string | null;
+  labels?: Record<string, unknown> | null;
+  is_development?: boolean;
+}
+
+export async function prepareUpload(ctx: ControlContext, p: Principal, teamId: string | null) {
+  requireCapability(p, "manage");
+  const team = teamId === null ? await defaultTeam(ctx.store.db, p) : await loadTeam(ctx.store.db, p, teamId);
+  const key = `uploads/${team.id}/${newId(20)}.tgz`;
+  await ctx.store.db
+    .insertInto("artifacts")
+    .values({ key, sha256: null, size: null, state: "PENDING", team_id: team.id, created_at: ctx.now() })
+    .execute();
+  return {
+    s3_key: key,
+    // Meridian's extension: the upload target on its own artifact store; PUT the archive with the same key.
+    upload_url: `${ctx.publicUrl}/v1/artifacts/${key}`,
+    upload_method: "PUT",
+  };
+}
+
+export async function receiveUpload(
+  ctx: ControlContext,
+  p: Principal,
+  key: string,
+  body: Readable,
+  maxBytes: number,
+) {
+  requireCapability(p, "manage");
+  const row = await ctx.store.db
+    .selectFrom("artifacts")
+    .selectAll()
+    .where("key", "=", key)
+    .executeTakeFirst();
+  if (!row || !(p.is_org_admin || p.teams.has(row.team_id))) throw new MeridianError("artifact_not_found");
+  if (row.state === "STORED")
+    throw new MeridianError("conflict", "This upload target has been used already.");
+  let blob: { sha256: string; size: number };
+  try {
+    blob = await ctx.artifacts.put(body, maxBytes);
+  } catch (err) {
+    if (err instanceof BlobTooLargeError) throw new MeridianError("payload_too_large", err.message);
+    throw err;
+  }
+  await ctx.store.db
+    .updateTable("artifacts")
+    .set({ sha256: blob.sha256, size: blob.size, state: "STORED" })
+    .where("key", "=", key)
+    .execute();
+  return { s3_key: key, sha256: blob.sha256, size: blob.size };
+}
+
+async function storedArtifact(ctx: ControlContext, team: TeamRow, key: string | null | undefined) {
+  if (!key) {
+    throw new MeridianError("invalid_request", "source.s3_key is required: upload the package first.", {
+      field: "source.s3_key",
+    });
+  }
+  const row = await ctx.store.db
+    .selectFrom("artifacts")
+    .selectAll()
+    .where("key", "=", key)
+    .executeTakeFirst();
+  if (!row || row.team_id !== team.id) throw new MeridianError("artifact_not_found", `No upload '${key}'.`);
+  if (row.state !== "STORED" || row.sha256 === null) {
+    throw new MeridianError("artifact_missing", `Nothing was uploaded to '${key}' yet.`);
+  }
+  return { key: row.key, sha256: row.sha256 };
+}
+
+/** Builds the package: validates its contents so a broken one fails here with its reason. */
+async function build(ctx: ControlContext, sha256: string) {
+  const stream = await ctx.artifacts.open(sha256);
+  if (!stream) throw new MeridianError("artifact_missing", "The uploaded archive is missing from the store.");
+  return checkPackage(stream);
+}
+
+export async function createModel(
+  ctx: ControlContext,
+  p: Principal,
+  teamId: string | null,
+  source: { name: string; s3_key?: string | null; deployment: DeploymentPayload },
+) {
+  requireCapability(p, "manage");
+  const team = teamId === null ? await defaultTeam(ctx.store.db, p) : await loadTeam(ctx.store.db, p, teamId);
+  const name = source.name.trim();
+  if (name.length === 0) throw new MeridianError("invalid_request", "source.name cannot be empty.");
+  validatePayload(source.deployment);
+  const artifact = await storedArtifact(ctx, team, source.s3_key);
+  const built = await build(ctx, artifact.sha256);
+  try {
+    return await change(ctx, async (trx, scope) => {
+      const model: ModelRow = { id: await freeModelId(trx), team_id: team.id, name, created_at: ctx.now() };
+      await trx.insertInto("models").values(model).execute();
+      await ensureEnvironment(ctx, trx, model, PRODUCTION);
+      await recordAudit(ctx, trx, p, {
+        team_id: team.id,
+        model_id: model.id,
+        action: "model.create",
+        target: `model:${model.id}`,
+        after: { name },
+      });
+      const d = await insertDeployment(ctx, trx, p, model, team, artifact, built, source.deployment, scope);
+      return { model: await renderModel(trx, model), deployment: await renderDeployment(trx, d) };
+    });
+  } catch (err) {
+    if (isUniqueViolation(err)) {
+      throw new MeridianError(
+        "model_name_taken",
+        `A model named '${name}' already exists in team ${team.name}.`,
+      );
+    }
+    throw err;
+  }
+}
+
+export async function createDeployment(
+  ctx: ControlContext,
+  p: Principal,
+  modelId: string,
+  source: { s3_key?: string | null; deployment: DeploymentPayload },
+) {
+  requireCapability(p, "manage");
+  const model = await loadModel(ctx.store.db, p, modelId);
+  const team = await loadTeam(ctx.store.db, p, model.team_id);
+  validatePayload(source.deployment);
+  const artifact = await storedArtifact(ctx, team, source.s3_key);
+  const built = await build(ctx, artifact.sha256);
+  return change(ctx, async (trx, scope) => {
+    const d = await insertDeployment(ctx, trx, p, model, team, artifact, built, source.deployment, scope);
+    return { model: await renderModel(trx, model), deployment: await renderDeployment(trx, d) };
+  });
+}
+
+function validatePayload(payload: DeploymentPayload): void {
+  if (payload.is_development && (payload.environment_name || payload.deployment_name)) {
+    throw new MeridianError(
+      "invalid_request",
+      "A development push leaves environment_name and deployment_name unset.",
+      { field: "deployment.is_development" },
+    );
+  }
+  if (payload.environment_name !== undefined && payload.environment_name !== null) {
+    const check = checkEnvironmentName(payload.environment_name);
+    if (!check.ok) {
+      throw new MeridianError("invalid_environment_name", check.message, {
+        field: "deployment.environment_name",
+        rule: check.rule,
+      });
+    }
+  }
+}
+
+async function freeModelId(trx: Parameters<Parameters<typeof change>[1]>[0]): Promise<string> {
+  for (;;) {
+    const id = newId(8);
+    const taken = await trx.selectFrom("models").select("id").where("id", "=", id).executeTakeFirst();
+    if (!taken) return id;
+  }
+}
+
+async function insertDeployment(
+  ctx: ControlContext,
+  trx: Parameters<Parameters<typeof change>[1]>[0],
+  p: Principal,
+  model: ModelRow,
+  team: TeamRow,
+  artifact: { key: string; sha256: string },
+  built: Awaited<ReturnType<typeof checkPackage>>,
+  payload: DeploymentPayload,
+  scope: { touch(id: string): void },
+): Promise<DeploymentRow> {
+  const now = ctx.now();
+  const envName = payload.environment_name ?? null;
+  // A push into an environment runs under that environment's region restriction from the start, so the
+  // promotion that follows reuses it instead of redeploying.
+  const group =
+    envName === null
+      ? undefined
+      : await trx
+          .selectFrom("environment_groups")
+          .select("region")
+          .where("team_id", "=", team.id)
+          .where("name", "=", envName)
+          .executeTakeFirst();
+  const fields = {
+    status: built.ok ? "DEPLOYING" : "BUILD_FAILED",
+    status_message: built.ok ? null : built.message,
+    artifact_key: artifact.key,
+    config: JSON.stringify(built.ok ? built.config : payload.config),
+    labels: payload.labels ? JSON.stringify(payload.labels) : null,
+    updated_at: now,
+  };
+
+  if (payload.is_development) {
+    const existing = await trx
+      .selectFrom("deployments")
+      .selectAll()
+      .where("model_id", "=", model.id)
+      .where("is_development", "=", 1)
+      .executeTakeFirst();
+    if (existing) {
+      // The development slot is mutable: overwritten in place, its replicas replaced.
+      await trx.deleteFrom("replicas").where("deployment_id", "=", existing.id).execute();
+      await trx.updateTable("deployments").set(fields).where("id", "=", existing.id).execute();
+      scope.touch(existing.id);
+      await recordAudit(ctx, trx, p, {
+        team_id: team.id,
+        model_id: model.id,
+        action: "deployment.update_development",
+        target: `deployment:${existing.id}`,
+        before: { artifact_key: existing.artifact_key },
+        after: { artifact_key: artifact.key },
+      });
+      return loadDeployment(trx, model, existing.id);
+    }
+  }
+
+  const count = await trx
+    .selectFrom("deployments")
+    .select((eb) => eb.fn.countAll<string | number>().as("n"))
+    .where("model_id", "=", model.id)
+    .executeTakeFirstOrThrow();
+  const d: DeploymentRow = {
+    id: newId(7),
+    model_id: model.id,
+    name: payload.is_development
+      ? "development"
+      : (payload.deployment_name ?? `deployment-${Number(count.n) + 1}`),
+    is_development: payload.is_development ? 1 : 0,
+    region: group?.region ?? null,
+    copied_from: null,
+    autoscaling: JSON.stringify(DEFAULT_AUTOSCALING),
+    created_at: now,
+    ...fields,
+  };
+  await trx.insertInto("deployments").values(d).execute();
+  scope.touch(d.id);
+  await recordAudit(ctx, trx, p, {
+    team_id: team.id,
+    model_id: model.id,
+    action: "deployment.create",
+    target: `deployment:${d.id}`,
+    after: { name: d.name, status: d.status, artifact_key: artifact.key, environment_name: envName },
+  });
+  if (envName !== null && built.ok) {
+    const env = await ensureEnvironment(ctx, trx, model, envName);
+    await promoteInTransaction(ctx, trx, p, model, env, d, { scaleDownPrevious: true }, scope);
+  }
+  return loadDeployment(trx, model, d.id);
+}
+
+export async function listModels(
+  ctx: ControlContext,
+  p: Principal,
+  teamId: string | null,
+  name: string | null,
+) {
+  requireCapability(p, "read");
+  const db = ctx.store.db;
+  if (teamId !== null) await loadTeam(db, p, teamId);
+  const teamIds = teamId !== null ? [teamId] : [...p.teams.keys()];
+  const rows = await db
+    .selectFrom("models")
+    .selectAll()
+    .$if(teamId !== null || !p.is_org_admin, (q) => q.where("team_id", "in", teamIds.length ? teamIds : [""]))
+    .$if(name !== null, (q) => q.where("name", "=", name!))
+    .$if(p.model_ids !== null, (q) => q.where("id", "in", p.model_ids!.length ? [...p.model_ids!] : [""]))
+    .orderBy("created_at")
+    .orderBy("id")
+    .execute();
+  return { models: await Promise.all(rows.map((m) => renderModel(db, m))) };
+}
+
+export async function getModel(ctx: ControlContext, p: Principal, modelId: string) {
+  requireCapability(p, "read");
+  return renderModel(ctx.store.db, await loadModel(ctx.store.db, p, modelId));
+}
+
+export async function deleteModel(ctx: ControlContext, p: Principal, modelId: string) {
+  requireCapability(p, "manage");
+  const model = await loadModel(ctx.store.db, p, modelId);
+  await change(ctx, async (trx) => {
+    await trx.deleteFrom("promotions").where("model_id", "=", model.id).execute();
+    await trx.deleteFrom("environments").where("model_id", "=", model.id).execute();
+    const deps = trx.selectFrom("deployments").select("id").where("model_id", "=", model.id);
+    await trx.deleteFrom("replicas").where("deployment_id", "in", deps).execute();
+    await trx.deleteFrom("deployments").where("model_id", "=", model.id).execute();
+    await trx.deleteFrom("models").where("id", "=", model.id).execute();
+    await recordAudit(ctx, trx, p, {
+      team_id: model.team_id,
+      model_id: model.id,
+      action: "model.delete",
+      target: `model:${model.id}`,
+      before: { name: model.name },
+    });
+  });
+  return { id: model.id, deleted: true };
+}
+
+export async function listDeployments(ctx: ControlContext, p: Principal, modelId: string) {
+  requireCapability(p, "read");
+  const db = ctx.store.db;
+  const model = await loadModel(db, p, modelId);
+  const rows = await db
+    .selectFrom("deployments")
+    .selectAll()
+    .where("model_id", "=", model.id)
+    .orderBy("created_at")
+    .orderBy("id")
+    .execute();
+  return { deployments: await Promise.all(rows.map((d) => renderDeployment(db, d))) };
+}
+
+export async function getDeployment(ctx: ControlContext, p: Principal, modelId: string, idOrAlias: string) {
+  requireCapability(p, "read");
+  const db = ctx.store.db;
+  const model = await loadModel(db, p, modelId);
+  return renderDeployment(db, await loadDeploymentAlias(db, model, idOrAlias));
+}
+
+export async function getDeploymentConfig(ctx: ControlContext, p: Principal, modelId: string, id: string) {
+  requireCapability(p, "read");
+  const db = ctx.store.db;
+  const d = await loadDeploymentAlias(db, await loadModel(db, p, modelId), id);
+  return { config: JSON.parse(d.config) as Record<string, unknown>, raw_config: null };
+}
+
+export async function renameDeployment(
+  ctx: ControlContext,
+  p: Principal,
+  modelId: string,
+  id: string,
+  name: string,
+) {
+  requireCapability(p, "manage");
+  const model = await loadModel(ctx.store.db, p, modelId);
+  const d = await loadDeploymentAlias(ctx.store.db, model, id);
+  return change(ctx, async (trx) => {
+    const clash = await trx
+      .selectFrom("deployments")
+      .select("id")
+      .where("model_id", "=", model.id)
+      .where("name", "=", name)
+      .where("id", "!=", d.id)
+      .executeTakeFirst();
+    if (clash) throw new MeridianError("conflict", `Another deployment of this model is named '${name}'.`);
+    await trx
+      .updateTable("deployments")
+      .set({ name, updated_at: ctx.now() })
+      .where("id", "=", d.id)
+      .execute();
+    await recordAudit(ctx, trx, p, {
+      team_id: model.team_id,
+      model_id: model.id,
+      action: "deployment.update",
+      target: `deployment:${d.id}`,
+      before: { name: d.name },
+      after: { name },
+    });
+    return renderDeployment(trx, await loadDeployment(trx, model, d.id));
+  });
+}
+
+/** Activate (run replicas again) or deactivate (stop them) a deployment. */
+export async function setDeploymentActive(
+  ctx: ControlContext,
+  p: Principal,
+  modelId: string,
+  id: string,
+  active: boolean,
+) {
+  requireCapability(p, "manage");
+  const model = await loadModel(ctx.store.db, p, modelId);
+  const d = await loadDeploymentAlias(ctx.store.db, model, id);
+  if (d.status === "BUILD_FAILED") {
+    throw new MeridianError(
+      "conflict",
+      `Deployment ${d.id} failed to build: ${d.status_message ?? ""}`.trim(),
+    );
+  }
+  await change(ctx, async (trx, scope) => {
+    const status = active ? (d.status === "ACTIVE" ? "ACTIVE" : "DEPLOYING") : "INACTIVE";
+    if (active && (d.status === "DEPLOY_FAILED" || d.status === "UNHEALTHY")) {
+      await trx.deleteFrom("replicas").where("deployment_id", "=", d.id).execute();
+    }
+    await trx
+      .updateTable("deployments")
+      .set({ status, status_message: null, updated_at: ctx.now() })
+      .where("id", "=", d.id)
+      .execute();
+    scope.touch(d.id);
+    await recordAudit(ctx, trx, p, {
+      team_id: model.team_id,
+      model_id: model.id,
+      action: active ? "deployment.activate" : "deployment.deactivate",
+      target: `deployment:${d.id}`,
+      before: { status: d.status },
+      after: { status },
+    });
+  });
+  return { success: true };
+}
+
+export async function retryDeployment(ctx: ControlContext, p: Principal, modelId: string, id: string) {
+  requireCapability(p, "manage");
+  const model = await loadModel(ctx.store.db, p, modelId);
+  const d = await loadDeploymentAlias(ctx.store.db, model, id);
+  if (!["DEPLOY_FAILED", "UNHEALTHY", "FAILED"].includes(d.status)) {
+    return {
+      retried: false,
+      reason: `Deployment is ${d.status}; only failed deployments are retried.`,
+      deployment: await renderDeployment(ctx.store.db, d),
+    };
+  }
+  await setDeploymentActive(ctx, p, modelId, d.id, true);
+  return {
+    retried: true,
+    reason: null,
+    deployment: await renderDeployment(ctx.store.db, await loadDeployment(ctx.store.db, model, d.id)),
+  };
+}
+
+export async function deleteDeployment(ctx: ControlContext, p: Principal, modelId: string, id: string) {
+  requireCapability(p, "manage");
+  const model = await loadModel(ctx.store.db, p, modelId);
+  const d = await loadDeployment(ctx.store.db, model, id);
+  await change(ctx, async (trx) => {
+    const serving = await trx
+      .selectFrom("environments")
+      .select("name")
+      .where("current_deployment_id", "=", d.id)
+      .execute();
+    if (serving.length > 0) {
+      throw new MeridianError(
+        "deployment_in_use",
+        `Deployment ${d.id} serves ${serving.map((e) => `'${e.name}'`).join(", ")}; promote another deployment first.`,
+      );
+    }
+    const candidate = await trx
+      .selectFrom("promotions")
+      .select("id")
+      .where("candidate_deployment_id", "=", d.id)
+      .where("active", "=", 1)
+      .executeTakeFirst();
+    if (candidate)
+      throw new MeridianError("promotion_in_progress", "The deployment is a promotion's candidate.");
+    await trx.deleteFrom("replicas").where("deployment_id", "=", d.id).execute();
+    await trx.deleteFrom("deployments").where("id", "=", d.id).execute();
+    await recordAudit(ctx, trx, p, {
+      team_id: model.team_id,
+      model_id: model.id,
+      action: "deployment.delete",
+      target: `deployment:${d.id}`,
+      before: { name: d.name, status: d.status },
+    });
+  });
+  return { id: d.id, deleted: true, model_id: model.id };
+}

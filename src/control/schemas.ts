@@ -1,0 +1,312 @@
+// JSON schemas of the management API's request bodies and parameters. Field names follow the reference;
+// unlike it, unknown fields are refused (`additionalProperties: false`) so a typo is an error, not a no-op.
+
+import {
+  API_KEY_CATEGORIES,
+  PROMOTION_CLEANUP_STRATEGIES,
+  STANDARD_ENDPOINT_POLICIES,
+} from "../core/domain.ts";
+
+const nullable = (schema: object) => ({ anyOf: [schema, { type: "null" }] });
+const int = { type: "integer" };
+const str = { type: "string" };
+const bool = { type: "boolean" };
+
+export const autoscalingUpdate = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    min_replica: nullable({ type: "integer", minimum: 0 }),
+    max_replica: nullable({ type: "integer", minimum: 1 }),
+    autoscaling_window: nullable(int),
+    scale_down_delay: nullable(int),
+    concurrency_target: nullable({ type: "integer", minimum: 1 }),
+    target_utilization_percentage: nullable(int),
+    target_in_flight_tokens: nullable(int),
+    max_scale_down_rate: nullable({ type: "integer", minimum: 1, maximum: 50 }),
+  },
+} as const;
+
+export const promotionSettingsUpdate = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    redeploy_on_promotion: nullable(bool),
+    rolling_deploy: nullable(bool),
+    promotion_cleanup_strategy: nullable({ type: "string", enum: PROMOTION_CLEANUP_STRATEGIES }),
+    rolling_deploy_config: { type: "null" },
+    ramp_up_while_promoting: nullable(bool),
+    ramp_up_duration_seconds: nullable(int),
+  },
+} as const;
+
+const backpressureUpdate = {
+  type: "object",
+  additionalProperties: false,
+  properties: { policy: { type: "null" } },
+} as const;
+
+export const createEnvironmentBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["name"],
+  properties: {
+    name: str,
+    autoscaling_settings: nullable(autoscalingUpdate),
+    promotion_settings: nullable(promotionSettingsUpdate),
+    request_backpressure_settings: nullable(backpressureUpdate),
+  },
+} as const;
+
+export const updateEnvironmentBody = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    autoscaling_settings: nullable(autoscalingUpdate),
+    promotion_settings: nullable(promotionSettingsUpdate),
+    request_backpressure_settings: nullable(backpressureUpdate),
+  },
+} as const;
+
+export const promoteToEnvironmentBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["deployment_id"],
+  properties: {
+    deployment_id: { type: "string", minLength: 1 },
+    scale_down_previous_deployment: bool,
+    preserve_env_instance_type: bool,
+  },
+} as const;
+
+export const promoteBody = {
+  type: "object",
+  additionalProperties: false,
+  properties: { scale_down_previous_production: bool, preserve_env_instance_type: bool },
+} as const;
+
+const deploymentPayload = {
+  type: "object",
+  additionalProperties: false,
+  required: ["config"],
+  properties: {
+    config: { type: "object" },
+    raw_config: nullable(str),
+    user_env: nullable({ type: "object" }),
+    environment_name: nullable(str),
+    preserve_env_instance_type: bool,
+    deploy_timeout_minutes: nullable({ type: "integer", minimum: 10, maximum: 1440 }),
+    deployment_name: nullable({ type: "string", minLength: 1, maxLength: 255, pattern: "^[A-Za-z0-9._-]+$" }),
+    labels: nullable({ type: "object" }),
+    is_development: bool,
+  },
+} as const;
+
+export const createModelBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["source"],
+  properties: {
+    source: {
+      type: "object",
+      additionalProperties: false,
+      required: ["kind", "name", "deployment"],
+      properties: {
+        kind: { const: "model_archive" },
+        name: { type: "string", minLength: 1, maxLength: 255 },
+        deployment: deploymentPayload,
+        s3_key: nullable(str),
+        disable_archive_download: bool,
+      },
+    },
+  },
+} as const;
+
+export const createDeploymentBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["source"],
+  properties: {
+    source: {
+      type: "object",
+      additionalProperties: false,
+      required: ["kind", "deployment"],
+      properties: { kind: { const: "model_archive" }, deployment: deploymentPayload, s3_key: nullable(str) },
+    },
+  },
+} as const;
+
+export const updateDeploymentBody = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    name: nullable({ type: "string", minLength: 1, maxLength: 255, pattern: "^[A-Za-z0-9._-]+$" }),
+  },
+} as const;
+
+export const prepareUploadBody = {
+  type: "object",
+  additionalProperties: false,
+  properties: { team_id: nullable(str), deployment: { type: "object" } },
+} as const;
+
+export const updateGroupBody = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    manage_access: nullable({
+      type: "object",
+      additionalProperties: false,
+      required: ["is_restricted"],
+      properties: { is_restricted: bool, user_ids: { type: "array", items: str, maxItems: 1000 } },
+    }),
+    region_restriction: nullable({
+      type: "object",
+      additionalProperties: false,
+      required: ["region"],
+      properties: {
+        region: str,
+        standard_endpoint_policy: { type: "string", enum: STANDARD_ENDPOINT_POLICIES },
+      },
+    }),
+  },
+} as const;
+
+export const createApiKeyBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["type"],
+  properties: {
+    name: nullable({ type: "string", maxLength: 200 }),
+    type: { type: "string", enum: API_KEY_CATEGORIES },
+    model_ids: nullable({ type: "array", items: str, maxItems: 1000 }),
+  },
+} as const;
+
+export const createRegionBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["slug", "display_name"],
+  properties: {
+    slug: { type: "string", maxLength: 32 },
+    display_name: { type: "string", minLength: 1, maxLength: 100 },
+  },
+} as const;
+
+export const registerPlaneBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["name", "region", "ingress", "capacity"],
+  properties: {
+    name: { type: "string", maxLength: 32 },
+    region: str,
+    ingress: { type: "array", items: str, minItems: 1, maxItems: 16 },
+    capacity: { type: "integer", minimum: 0, maximum: 100000 },
+    global_ingress: bool,
+  },
+} as const;
+
+export const updatePlaneBody = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    ingress: { type: "array", items: str, minItems: 1, maxItems: 16 },
+    capacity: { type: "integer", minimum: 0, maximum: 100000 },
+    global_ingress: bool,
+  },
+} as const;
+
+export const createTeamBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["name"],
+  properties: { name: { type: "string", minLength: 1, maxLength: 100 } },
+} as const;
+
+export const createUserBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["email"],
+  properties: {
+    email: { type: "string", minLength: 3, maxLength: 254, pattern: "^[^@\\s]+@[^@\\s]+$" },
+    name: nullable({ type: "string", maxLength: 200 }),
+    is_org_admin: bool,
+    teams: {
+      type: "array",
+      maxItems: 100,
+      items: {
+        type: "object",
+        additionalProperties: false,
+        required: ["team_id", "role"],
+        properties: { team_id: str, role: { type: "string", enum: ["TEAM_ADMIN", "MEMBER"] } },
+      },
+    },
+  },
+} as const;
+
+export const planeReportBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["revision", "replicas", "request_counts"],
+  properties: {
+    revision: { type: "integer", minimum: 0 },
+    replicas: {
+      type: "array",
+      maxItems: 100000,
+      items: {
+        type: "object",
+        additionalProperties: false,
+        required: ["id", "deployment_id", "state", "message", "restarts"],
+        properties: {
+          id: str,
+          deployment_id: str,
+          state: {
+            type: "string",
+            enum: ["PENDING", "STARTING", "READY", "UNHEALTHY", "FAILED", "STOPPING"],
+          },
+          message: nullable({ type: "string", maxLength: 8192 }),
+          restarts: { type: "integer", minimum: 0 },
+        },
+      },
+    },
+    request_counts: {
+      type: "array",
+      maxItems: 100000,
+      items: {
+        type: "object",
+        additionalProperties: false,
+        required: ["model_id", "environment", "status_class", "count"],
+        properties: {
+          model_id: str,
+          environment: nullable(str),
+          status_class: { type: "string", pattern: "^[1-5]xx$" },
+          count: { type: "integer", minimum: 0 },
+        },
+      },
+    },
+  },
+} as const;
+
+export const longPollQuery = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    after: { type: "string", pattern: "^[0-9]{1,15}$" },
+    wait: { type: "string", pattern: "^[0-9]{1,3}$" },
+  },
+} as const;
+
+export const auditQuery = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    limit: { type: "string", pattern: "^[0-9]{1,4}$" },
+    cursor: { type: "string", pattern: "^[0-9]{1,15}$" },
+  },
+} as const;
+
+export const modelsQuery = {
+  type: "object",
+  additionalProperties: false,
+  properties: { name: str },
+} as const;
