@@ -318,6 +318,7 @@ function decideStandard(
   governing: EnvironmentRoute | null,
 ): RouteDecision {
   let warning: string | null = null;
+  if (deploymentId !== null) context.deploymentId = deploymentId;
   if (governing !== null && governing.region !== null) {
     const url = regionalUrl(index, req, model.route.id, governing.name);
     switch (governing.standard_endpoint_policy) {

@@ -1,0 +1,767 @@
+// End-to-end tests of the ingress over real sockets: four planes on their own loopback addresses (us-1,
+// us-2 on 127.0.1.x; eu-1, eu-2 on 127.0.2.x), snapshots built here, real HTTP servers as replicas.
+import { createHash } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import fc from "fast-check";
+import { Registry } from "prom-client";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import type { StandardEndpointPolicy } from "../core/domain.ts";
+import type { PlaneRef, PlaneSnapshot } from "../core/snapshot.ts";
+import { AuditLog } from "./audit.ts";
+import { signHop } from "./hop.ts";
+import { createIngress, type Ingress } from "./ingress.ts";
+import { type CallOptions, call, startReplica, type TestReplica } from "./testing.ts";
+
+const DOMAIN = "meridian.test";
+const M1 = "aaaaaaa1";
+const M2 = "bbbbbbb2";
+const STD = `model-${M1}.${DOMAIN}`;
+const REG = `model-${M1}-prod-eu.${DOMAIN}`;
+const sha = (k: string) => createHash("sha256").update(k).digest("hex");
+const LIMIT = 256 * 1024;
+
+const PLANES = [
+  { name: "us-1", region: "us", ip: "127.0.1.1", global: true },
+  { name: "us-2", region: "us", ip: "127.0.1.2", global: false },
+  { name: "eu-1", region: "eu", ip: "127.0.2.1", global: false },
+  { name: "eu-2", region: "eu", ip: "127.0.2.2", global: false },
+] as const;
+type PlaneName = (typeof PLANES)[number]["name"];
+
+interface Plane {
+  name: PlaneName;
+  ingress: Ingress;
+  audit: AuditLog;
+  registry: Registry;
+  /** deployment id → READY replica endpoints on this plane. */
+  replicas: Map<string, string[]>;
+}
+
+const world = {
+  revision: 1,
+  policy: "allow" as StandardEndpointPolicy,
+  euReady: ["eu-2"] as string[],
+  hopSecret: "hop-secret-1",
+};
+const planes = new Map<PlaneName, Plane>();
+const refs: PlaneRef[] = [];
+const cache = new Map<string, PlaneSnapshot>();
+let repUs: TestReplica;
+let repEu: TestReplica;
+let repUsM2: TestReplica;
+let dataDir: string;
+
+function bump(change: () => void): void {
+  change();
+  world.revision++;
+}
+
+function snapshotFor(name: PlaneName): PlaneSnapshot {
+  const cacheKey = `${name}@${world.revision}`;
+  const hit = cache.get(cacheKey);
+  if (hit) return hit;
+  const snap: PlaneSnapshot = {
+    revision: world.revision,
+    domain: DOMAIN,
+    plane: refs.find((p) => p.name === name)!,
+    planes: refs,
+    hop_secret: world.hopSecret,
+    api_keys: [
+      { hash: sha("k-personal"), prefix: "k-pe", team_id: "t1", category: "PERSONAL", model_ids: null },
+      { hash: sha("k-scoped"), prefix: "k-sc", team_id: "t1", category: "WORKSPACE_INVOKE", model_ids: [M1] },
+      {
+        hash: sha("k-scoped-other"),
+        prefix: "k-so",
+        team_id: "t1",
+        category: "WORKSPACE_INVOKE",
+        model_ids: ["ccccccc3"],
+      },
+      {
+        hash: sha("k-metrics"),
+        prefix: "k-me",
+        team_id: "t1",
+        category: "WORKSPACE_EXPORT_METRICS",
+        model_ids: null,
+      },
+      { hash: sha("k-team2"), prefix: "k-t2", team_id: "t2", category: "PERSONAL", model_ids: null },
+    ],
+    models: [
+      {
+        id: M1,
+        team_id: "t1",
+        name: "m1",
+        development_deployment_id: null,
+        environments: [
+          { name: "production", deployment_id: "d-prod", region: null, standard_endpoint_policy: "allow" },
+          { name: "prod-eu", deployment_id: "d-eu", region: "eu", standard_endpoint_policy: world.policy },
+        ],
+        deployments: [
+          { id: "d-prod", region: null, ready_planes: ["us-1"] },
+          { id: "d-eu", region: "eu", ready_planes: world.euReady },
+        ],
+      },
+      {
+        id: M2,
+        team_id: "t2",
+        name: "m2",
+        development_deployment_id: null,
+        environments: [
+          { name: "production", deployment_id: "d-m2", region: null, standard_endpoint_policy: "allow" },
+        ],
+        deployments: [{ id: "d-m2", region: null, ready_planes: ["us-1"] }],
+      },
+    ],
+    replicas: [],
+  };
+  cache.set(cacheKey, snap);
+  return snap;
+}
+
+function plane(name: PlaneName): Plane {
+  return planes.get(name)!;
+}
+
+function send(name: PlaneName, o: Omit<CallOptions, "address">) {
+  return call({ address: plane(name).ingress.address!, ...o });
+}
+
+beforeAll(async () => {
+  dataDir = await mkdtemp(join(tmpdir(), "meridian-ingress-"));
+  repUs = await startReplica("rep-us", "127.0.1.1");
+  repUsM2 = await startReplica("rep-us-m2", "127.0.1.1");
+  repEu = await startReplica("rep-eu", "127.0.2.2");
+  for (const p of PLANES) {
+    const audit = new AuditLog({ dir: join(dataDir, p.name), flushIntervalMs: 20 });
+    await audit.start();
+    const registry = new Registry();
+    const replicas = new Map<string, string[]>();
+    const ingress = createIngress({
+      plane: { name: p.name, region: p.region },
+      listen: { host: p.ip, port: 0 },
+      snapshot: () => snapshotFor(p.name),
+      localReplicas: (id) => replicas.get(id) ?? [],
+      limits: {
+        maxBodyBytes: LIMIT,
+        predictTimeoutMs: 800,
+        headersTimeoutMs: 1_500,
+        requestTimeoutMs: 4_000,
+        keepAliveTimeoutMs: 4_000,
+        maxHeaderBytes: 8 * 1024,
+        connectTimeoutMs: 1_000,
+      },
+      registry,
+      audit,
+    });
+    await ingress.start();
+    planes.set(p.name, { name: p.name, ingress, audit, registry, replicas });
+    refs.push({
+      name: p.name,
+      region: p.region,
+      ingress: [`${p.ip}:${ingress.address!.port}`],
+      global_ingress: p.global,
+    });
+  }
+  plane("us-1").replicas.set("d-prod", [repUs.endpoint]);
+  plane("us-1").replicas.set("d-m2", [repUsM2.endpoint]);
+  plane("eu-2").replicas.set("d-eu", [repEu.endpoint]);
+});
+
+afterAll(async () => {
+  for (const p of planes.values()) {
+    await p.ingress.stop();
+    await p.audit.stop();
+  }
+  await Promise.all([repUs.close(), repEu.close(), repUsM2.close()]);
+  await rm(dataDir, { recursive: true, force: true });
+});
+
+beforeEach(() => {
+  bump(() => {
+    world.policy = "allow";
+    world.euReady = ["eu-2"];
+  });
+  plane("eu-2").replicas.set("d-eu", [repEu.endpoint]);
+});
+
+function proof(r: { headers: Record<string, unknown> }) {
+  return {
+    region: r.headers["x-meridian-region"],
+    plane: r.headers["x-meridian-plane"],
+    deployment: r.headers["x-meridian-deployment-id"],
+    route: r.headers["x-meridian-route"],
+  };
+}
+
+describe("regional endpoint", () => {
+  it("is served in region, locally", async () => {
+    const r = await send("eu-2", { host: REG, path: "/predict", body: '{"x":1}' });
+    expect(r.status).toBe(200);
+    expect((r.json as { replica: string }).replica).toBe("rep-eu");
+    expect(proof(r)).toEqual({ region: "eu", plane: "eu-2", deployment: "d-eu", route: "eu-2" });
+    expect(r.headers["x-request-id"]).toMatch(/^[0-9a-f-]{36}$/);
+  });
+
+  it("is forwarded to another plane of the same region, with the route showing both", async () => {
+    const before = repEu.seen.length;
+    const r = await send("eu-1", { host: REG, path: "/predict", headers: { "x-request-id": "trace-abc.1" } });
+    expect(r.status).toBe(200);
+    expect((r.json as { replica: string }).replica).toBe("rep-eu");
+    expect(proof(r)).toEqual({ region: "eu", plane: "eu-2", deployment: "d-eu", route: "eu-1, eu-2" });
+    expect(r.headers["x-request-id"]).toBe("trace-abc.1");
+    const seen = repEu.seen[before]!;
+    expect(seen.path).toBe("/v1/models/model:predict");
+    expect(seen.headers["x-request-id"]).toBe("trace-abc.1");
+    expect(seen.headers.authorization).toBeUndefined();
+    expect(seen.headers["x-meridian-hop"]).toBeUndefined();
+  });
+
+  it("fails closed with 503 when every eu replica is down while us replicas are healthy", async () => {
+    bump(() => {
+      world.euReady = [];
+    });
+    plane("eu-2").replicas.set("d-eu", []);
+    const usBefore = repUs.seen.length;
+    for (const p of ["eu-1", "eu-2"] as const) {
+      const r = await send(p, { host: REG, path: "/predict" });
+      expect(r.status).toBe(503);
+      expect(r.json).toMatchObject({ error_code: "model_unavailable", detail: { region: "eu" } });
+      expect(proof(r)).toMatchObject({ region: "eu", plane: p });
+    }
+    const us = await send("us-1", { host: STD, path: "/production/predict" });
+    expect(us.status).toBe(200);
+    expect(repUs.seen.length).toBe(usBefore + 1); // only the production call reached a us replica
+  });
+
+  it("fails closed with 503 when the in-region replica refuses connections (snapshot still says ready)", async () => {
+    const dead = await startReplica("dead", "127.0.2.2");
+    await dead.close();
+    plane("eu-2").replicas.set("d-eu", [dead.endpoint]);
+    const r = await send("eu-1", { host: REG, path: "/predict" });
+    expect(r.status).toBe(503);
+    expect(r.json).toMatchObject({ error_code: "model_unavailable" });
+    expect(proof(r)).toMatchObject({ region: "eu", plane: "eu-2", route: "eu-1, eu-2" });
+  });
+
+  it("retries another local replica when the first refuses the connection", async () => {
+    const dead = await startReplica("dead", "127.0.2.2");
+    await dead.close();
+    plane("eu-2").replicas.set("d-eu", [dead.endpoint, repEu.endpoint]);
+    for (let i = 0; i < 4; i++) {
+      const r = await send("eu-2", { host: REG, path: "/predict" });
+      expect(r.status).toBe(200);
+    }
+  });
+
+  it("is refused (421) at a plane of another region, and the body never reaches a replica", async () => {
+    const before = repUs.seen.length + repEu.seen.length;
+    const r = await send("us-1", { host: REG, path: "/predict" });
+    expect(r.status).toBe(421);
+    expect(r.json).toMatchObject({ error_code: "misdirected_request", detail: { region: "eu" } });
+    expect(proof(r)).toMatchObject({ region: "us", plane: "us-1", route: "us-1" });
+    expect(repUs.seen.length + repEu.seen.length).toBe(before);
+  });
+
+  it.each([
+    "/environments/prod-eu/predict",
+    "/production/predict",
+    "/development/predict",
+    "/deployment/d-eu/predict",
+  ])("refuses the path route %s", async (path) => {
+    const r = await send("eu-2", { host: REG, path });
+    expect(r.status).toBe(404);
+    expect(r.json).toMatchObject({ error_code: "regional_path_not_allowed" });
+  });
+
+  it("answers 404 environment_not_regional for an unrestricted environment's regional host", async () => {
+    const r = await send("eu-2", { host: `model-${M1}-production.${DOMAIN}`, path: "/predict" });
+    expect(r.status).toBe(404);
+    expect(r.json).toMatchObject({ error_code: "environment_not_regional" });
+  });
+});
+
+describe("standard endpoint of a regional environment", () => {
+  it("allow: served (forwarded from the global ingress to the region)", async () => {
+    const r = await send("us-1", { host: STD, path: "/environments/prod-eu/predict" });
+    expect(r.status).toBe(200);
+    expect(proof(r)).toEqual({ region: "eu", plane: "eu-2", deployment: "d-eu", route: "us-1, eu-2" });
+    expect(r.headers.warning).toBeUndefined();
+  });
+
+  it("warn: served with a Warning naming the regional URL", async () => {
+    bump(() => {
+      world.policy = "warn";
+    });
+    const r = await send("us-1", { host: `${STD}:8080`, path: "/environments/prod-eu/predict" });
+    expect(r.status).toBe(200);
+    expect(r.headers.warning).toBe(
+      `299 - "Environment prod-eu is restricted to region eu; only http://${REG}:8080/predict guarantees that"`,
+    );
+  });
+
+  it("deny: 403 naming the regional URL", async () => {
+    bump(() => {
+      world.policy = "deny";
+    });
+    const r = await send("us-1", { host: STD, path: "/environments/prod-eu/predict" });
+    expect(r.status).toBe(403);
+    expect(r.json).toMatchObject({
+      error_code: "standard_endpoint_denied",
+      detail: { regional_url: `http://${REG}/predict`, region: "eu" },
+    });
+    expect(proof(r)).toMatchObject({ plane: "us-1", deployment: "d-eu", route: "us-1" });
+    // the regional endpoint keeps working under deny
+    expect((await send("eu-2", { host: REG, path: "/predict" })).status).toBe(200);
+  });
+
+  it("production of an unrestricted environment is served by the us replica", async () => {
+    const r = await send("us-1", { host: STD, path: "/production/predict", scheme: "Bearer" });
+    expect(r.status).toBe(200);
+    expect((r.json as { replica: string }).replica).toBe("rep-us");
+    expect(proof(r)).toEqual({ region: "us", plane: "us-1", deployment: "d-prod", route: "us-1" });
+  });
+});
+
+describe("authentication", () => {
+  it.each([
+    ["no key", null, 401, "unauthorized"],
+    ["an unknown key", "k-nope", 401, "unauthorized"],
+    ["another team's key", "k-team2", 404, "model_not_found"],
+    ["a key scoped to other models", "k-scoped-other", 404, "model_not_found"],
+    ["a metrics key", "k-metrics", 403, "forbidden"],
+  ])("refuses %s", async (_n, key, status, code) => {
+    const r = await send("us-1", { host: STD, path: "/production/predict", key });
+    expect(r.status).toBe(status);
+    expect(r.json).toMatchObject({ error_code: code });
+    expect(proof(r)).toMatchObject({ region: "us", plane: "us-1", route: "us-1" });
+  });
+
+  it("serves a key scoped to the model, with either scheme", async () => {
+    expect((await send("us-1", { host: STD, path: "/production/predict", key: "k-scoped" })).status).toBe(
+      200,
+    );
+    const b = await send("us-1", {
+      host: STD,
+      path: "/production/predict",
+      key: "k-scoped",
+      scheme: "Bearer",
+    });
+    expect(b.status).toBe(200);
+  });
+
+  it("hides another team's model even from a valid key", async () => {
+    const r = await send("us-1", { host: `model-${M2}.${DOMAIN}`, path: "/production/predict" });
+    expect(r.status).toBe(404);
+    const own = await send("us-1", {
+      host: `model-${M2}.${DOMAIN}`,
+      path: "/production/predict",
+      key: "k-team2",
+    });
+    expect(own.status).toBe(200);
+  });
+});
+
+describe("plane-to-plane hops", () => {
+  const hopCall = (hop: string, requestId = "hop-req-1") =>
+    send("eu-2", {
+      host: REG,
+      path: "/predict",
+      headers: { "x-request-id": requestId, "x-meridian-hop": hop, "x-meridian-route": "evil" },
+    });
+
+  it("accepts a valid hop and rebuilds the route from it", async () => {
+    const r = await hopCall(signHop(world.hopSecret, "eu-1", Date.now(), "hop-req-1"));
+    expect(r.status).toBe(200);
+    expect(r.headers["x-meridian-route"]).toBe("eu-1, eu-2");
+  });
+
+  it.each([
+    ["a bad HMAC", () => signHop("wrong-secret", "eu-1", Date.now(), "hop-req-1")],
+    ["an expired hop", () => signHop(world.hopSecret, "eu-1", Date.now() - 120_000, "hop-req-1")],
+    ["another request id", () => signHop(world.hopSecret, "eu-1", Date.now(), "other")],
+    ["an unknown plane", () => signHop(world.hopSecret, "zz-9", Date.now(), "hop-req-1")],
+    ["itself", () => signHop(world.hopSecret, "eu-2", Date.now(), "hop-req-1")],
+    ["garbage", () => "eu-1;x;y"],
+  ])("refuses %s with 403", async (_n, make) => {
+    const r = await hopCall(make());
+    expect(r.status).toBe(403);
+    expect(r.json).toMatchObject({ error_code: "forbidden" });
+    expect(r.headers["x-meridian-route"]).toBe("eu-2");
+  });
+
+  it("a hop from another region with a regional request is refused (421)", async () => {
+    const r = await hopCall(signHop(world.hopSecret, "us-1", Date.now(), "hop-req-1"));
+    expect(r.status).toBe(421);
+  });
+
+  it("a forwarded request is never forwarded again", async () => {
+    const r = await send("eu-1", {
+      host: REG,
+      path: "/predict",
+      headers: { "x-request-id": "r2", "x-meridian-hop": signHop(world.hopSecret, "eu-2", Date.now(), "r2") },
+    });
+    expect(r.status).toBe(503);
+    expect(r.headers["x-meridian-route"]).toBe("eu-2, eu-1");
+  });
+
+  it("survives a hop secret rotation for hops signed with the previous secret", async () => {
+    const old = world.hopSecret;
+    await send("eu-2", { host: REG, path: "/predict" }); // index built with the old secret
+    bump(() => {
+      world.hopSecret = "hop-secret-2";
+    });
+    const r = await hopCall(signHop(old, "eu-1", Date.now(), "hop-req-1"));
+    expect(r.status).toBe(200);
+  });
+});
+
+describe("proxying", () => {
+  it("strips hop-by-hop headers both ways, sets X-Forwarded-*, and keeps end-to-end ones", async () => {
+    const before = repUs.seen.length;
+    const r = await send("us-1", {
+      host: STD,
+      path: "/production/predict?q=1",
+      headers: {
+        connection: "keep-alive, x-conn-named",
+        "x-conn-named": "1",
+        "keep-alive": "timeout=5",
+        te: "trailers",
+        "proxy-authorization": "Basic eA==",
+        "x-custom": "kept",
+        "x-forwarded-for": "203.0.113.9",
+        "x-forwarded-proto": "https",
+        "x-meridian-route": "spoofed",
+      },
+    });
+    expect(r.status).toBe(200);
+    const seen = repUs.seen[before]!.headers;
+    for (const h of [
+      "x-conn-named",
+      "keep-alive",
+      "te",
+      "proxy-authorization",
+      "authorization",
+      "x-meridian-route",
+    ]) {
+      expect(seen[h], h).toBeUndefined();
+    }
+    expect(seen["x-custom"]).toBe("kept");
+    expect(seen["x-forwarded-for"]).toBe("203.0.113.9, 127.0.0.1");
+    expect(seen["x-forwarded-proto"]).toBe("http");
+    expect(seen["x-forwarded-host"]).toBe(STD);
+    expect(r.headers["x-resp-hop"]).toBeUndefined();
+    expect(r.headers["x-model-header"]).toBe("kept");
+    expect(r.headers["x-meridian-plane"]).toBe("us-1"); // the replica's spoofed value is dropped
+  });
+
+  it("reuses pooled upstream connections", async () => {
+    const before = repUs.sockets.size;
+    for (let i = 0; i < 15; i++) await send("us-1", { host: STD, path: "/production/predict" });
+    expect(repUs.sockets.size - before).toBeLessThanOrEqual(1);
+  });
+
+  it("streams the response: chunks arrive before the upstream ends", async () => {
+    const r = await send("us-1", {
+      host: STD,
+      path: "/production/predict",
+      headers: { "x-test-mode": "stream" },
+    });
+    expect(r.status).toBe(200);
+    expect(r.body).toBe("abc");
+    expect(r.chunkTimes.length).toBeGreaterThanOrEqual(2);
+    expect(r.chunkTimes.at(-1)! - r.chunkTimes[0]!).toBeGreaterThan(400);
+  });
+
+  it("streams a large request body through (chunked, under the limit)", async () => {
+    const before = repUs.seen.length;
+    const body = Buffer.alloc(LIMIT - 10, 97);
+    const r = await send("us-1", { host: STD, path: "/production/predict", body, chunked: true });
+    expect(r.status).toBe(200);
+    expect(repUs.seen[before]!.bodyBytes).toBe(LIMIT - 10);
+  });
+
+  it("answers 413 on a declared Content-Length over the limit, before reading it", async () => {
+    const before = repUs.seen.length;
+    const r = await new Promise<string>((resolve) => {
+      const s = net.connect(plane("us-1").ingress.address!.port, "127.0.1.1", () => {
+        s.write(
+          `POST /production/predict HTTP/1.1\r\nHost: ${STD}\r\nAuthorization: Api-Key k-personal\r\nContent-Length: ${LIMIT + 1}\r\n\r\n`,
+        );
+      });
+      let data = "";
+      s.on("data", (c) => {
+        data += c;
+      });
+      s.on("close", () => resolve(data));
+    });
+    expect(r).toMatch(/^HTTP\/1\.1 413 /);
+    expect(r).toContain('"error_code":"payload_too_large"');
+    expect(r.toLowerCase()).toContain("x-meridian-plane: us-1");
+    expect(repUs.seen.length).toBe(before);
+  });
+
+  it("answers 413 on a chunked body that grows over the limit", async () => {
+    const r = await send("us-1", {
+      host: STD,
+      path: "/production/predict",
+      body: Buffer.alloc(LIMIT + 1024, 97),
+      chunked: true,
+    }).catch((err: Error) => err);
+    // The ingress answers 413 and closes; a client still writing may see the close first.
+    if (r instanceof Error) expect(r.message).toMatch(/EPIPE|ECONNRESET|socket hang up/);
+    else expect(r).toMatchObject({ status: 413, json: { error_code: "payload_too_large" } });
+  });
+
+  it("answers 504 when the model does not answer in time", async () => {
+    const t0 = performance.now();
+    const r = await send("us-1", {
+      host: STD,
+      path: "/production/predict",
+      headers: { "x-test-mode": "slow" },
+    });
+    expect(r.status).toBe(504);
+    expect(r.json).toMatchObject({ error_code: "upstream_timeout" });
+    expect(performance.now() - t0).toBeLessThan(1_900);
+  });
+
+  it("answers 502 when the replica dies before answering", async () => {
+    const r = await send("us-1", {
+      host: STD,
+      path: "/production/predict",
+      headers: { "x-test-mode": "die-before" },
+    });
+    expect(r.status).toBe(502);
+    expect(r.json).toMatchObject({ error_code: "replica_failed" });
+    expect(proof(r)).toMatchObject({ plane: "us-1", deployment: "d-prod" });
+  });
+
+  it("aborts the response when the replica dies after its headers were sent", async () => {
+    const r = await send("us-1", {
+      host: STD,
+      path: "/production/predict",
+      headers: { "x-test-mode": "die-mid" },
+    });
+    expect(r.status).toBe(200);
+    expect(r.aborted).toBe(true);
+    expect(r.body).toBe("partial");
+  });
+
+  it("cancels the upstream request when the client goes away", async () => {
+    const before = repUs.seen.length;
+    const s = net.connect(plane("us-1").ingress.address!.port, "127.0.1.1", () => {
+      s.write(
+        `POST /production/predict HTTP/1.1\r\nHost: ${STD}\r\nAuthorization: Api-Key k-personal\r\nx-request-id: gone-1\r\nx-test-mode: hang\r\nContent-Length: 2\r\n\r\n{}`,
+      );
+    });
+    while (repUs.seen.length === before) await new Promise((r) => setTimeout(r, 10));
+    s.destroy();
+    await repUs.seen[before]!.closedEarly; // resolves only if the ingress dropped the upstream request
+    await new Promise((r) => setTimeout(r, 50));
+    const [rec] = await plane("us-1").audit.query({ request_id: "gone-1" });
+    expect(rec).toMatchObject({ status: 499, aborted: true, model_id: M1 });
+  });
+
+  it("handles Expect: 100-continue, refusing before the body when the key is bad", async () => {
+    const raw = (key: string) =>
+      new Promise<string>((resolve) => {
+        const s = net.connect(plane("us-1").ingress.address!.port, "127.0.1.1", () => {
+          s.write(
+            `POST /production/predict HTTP/1.1\r\nHost: ${STD}\r\nAuthorization: Api-Key ${key}\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\n`,
+          );
+        });
+        let data = "";
+        s.on("data", (c) => {
+          data += c;
+          if (data.startsWith("HTTP/1.1 100")) s.write("{}");
+        });
+        s.on("close", () => resolve(data));
+      });
+    expect(await raw("k-nope")).toMatch(/^HTTP\/1\.1 401 /);
+    const ok = await raw("k-personal");
+    expect(ok).toMatch(/^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 200 /);
+  });
+});
+
+describe("audit and metrics", () => {
+  it("records on every plane what the client saw", async () => {
+    const r = await send("eu-1", { host: REG, path: "/predict", headers: { "x-request-id": "audit-1" } });
+    expect(r.status).toBe(200);
+    await new Promise((res) => setTimeout(res, 60));
+    const [atEntry] = await plane("eu-1").audit.query({ request_id: "audit-1" });
+    const [atServer] = await plane("eu-2").audit.query({ request_id: "audit-1" });
+    expect(atEntry).toMatchObject({
+      model_id: M1,
+      environment: "prod-eu",
+      deployment_id: "d-eu",
+      hostname_form: "regional",
+      route: ["eu-1", "eu-2"],
+      status: 200,
+      plane: "eu-1",
+      region: "eu",
+      processed_by: "eu-2",
+      forwarded_from: null,
+      aborted: false,
+    });
+    expect(atServer).toMatchObject({
+      route: ["eu-1", "eu-2"],
+      status: 200,
+      plane: "eu-2",
+      processed_by: "eu-2",
+      forwarded_from: "eu-1",
+    });
+    const denied = await send("us-1", {
+      host: STD,
+      path: "/environments/nope/predict",
+      headers: { "x-request-id": "audit-2" },
+    });
+    const [rec] = await plane("us-1").audit.query({ request_id: "audit-2" });
+    expect(rec).toMatchObject({
+      status: denied.status,
+      error_code: "environment_not_found",
+      hostname_form: "standard",
+    });
+    // no record anywhere holds a key
+    const all = JSON.stringify(await plane("us-1").audit.query({ limit: 10_000 }));
+    expect(all).not.toContain("k-personal");
+    expect(plane("eu-2").audit.takeRequestCounts()).toContainEqual(
+      expect.objectContaining({ model_id: M1, environment: "prod-eu", status_class: "2xx" }),
+    );
+  });
+
+  it("exposes request counters and latency histograms by environment, region, form and status", async () => {
+    await send("eu-2", { host: REG, path: "/predict" });
+    const text = await plane("eu-2").registry.metrics();
+    expect(text).toMatch(
+      /meridian_ingress_requests_total\{environment="prod-eu",region="eu",hostname_form="regional",status_code="200"\} \d+/,
+    );
+    expect(text).toContain("meridian_ingress_request_duration_seconds_bucket{");
+  });
+});
+
+describe("malformed requests", () => {
+  const port = () => plane("us-1").ingress.address!.port;
+  function raw(payload: string | Buffer, end: boolean): Promise<{ data: string; closed: boolean }> {
+    return new Promise((resolve) => {
+      const s = net.connect(port(), "127.0.1.1");
+      let data = "";
+      const timer = setTimeout(() => {
+        s.destroy();
+        resolve({ data, closed: false });
+      }, 6_000);
+      s.on("data", (c) => {
+        data += c.toString("latin1");
+      });
+      s.on("error", () => {});
+      s.on("close", () => {
+        clearTimeout(timer);
+        resolve({ data, closed: true });
+      });
+      s.write(payload, () => {
+        if (end) s.end();
+      });
+    });
+  }
+  const auth = "Authorization: Api-Key k-personal\r\n";
+  const line = "POST /production/predict HTTP/1.1\r\n";
+  const cases: Array<[string, string, RegExp | null]> = [
+    [
+      "duplicate Host",
+      `${line}Host: ${STD}\r\nHost: model-${M2}.${DOMAIN}\r\n${auth}Content-Length: 0\r\nConnection: close\r\n\r\n`,
+      /^HTTP\/1\.1 400 /,
+    ],
+    ["no Host", `${line}${auth}Content-Length: 0\r\nConnection: close\r\n\r\n`, /^HTTP\/1\.1 400 /],
+    [
+      "empty Host",
+      `${line}Host: \r\n${auth}Content-Length: 0\r\nConnection: close\r\n\r\n`,
+      /^HTTP\/1\.1 400 /,
+    ],
+    [
+      "userinfo Host",
+      `${line}Host: u@${STD}\r\n${auth}Content-Length: 0\r\nConnection: close\r\n\r\n`,
+      /^HTTP\/1\.1 400 /,
+    ],
+    [
+      "IPv6 Host",
+      `${line}Host: [::1]:80\r\n${auth}Content-Length: 0\r\nConnection: close\r\n\r\n`,
+      /^HTTP\/1\.1 404 /,
+    ],
+    [
+      "unknown Host",
+      `${line}Host: example.com\r\n${auth}Content-Length: 0\r\nConnection: close\r\n\r\n`,
+      /^HTTP\/1\.1 404 /,
+    ],
+    ["huge headers", `${line}Host: ${STD}\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`, /^HTTP\/1\.1 431 /],
+    [
+      "CL and TE",
+      `${line}Host: ${STD}\r\n${auth}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`,
+      /^HTTP\/1\.1 400 /,
+    ],
+    [
+      "two Content-Lengths",
+      `${line}Host: ${STD}\r\n${auth}Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd`,
+      /^HTTP\/1\.1 400 /,
+    ],
+    [
+      "bad chunk size",
+      `${line}Host: ${STD}\r\n${auth}Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n`,
+      null,
+    ],
+    ["obs-fold", `${line}Host: ${STD}\r\nX-A: b\r\n c\r\n\r\n`, /^HTTP\/1\.1 400 /],
+    ["NUL in a header", `${line}Host: ${STD}\r\nX-A: b\u0000c\r\n\r\n`, /^HTTP\/1\.1 400 /],
+    [
+      "space before colon",
+      `${line}Host: ${STD}\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n`,
+      /^HTTP\/1\.1 400 /,
+    ],
+    ["bad version", `POST / HTTP/9.9\r\nHost: ${STD}\r\n\r\n`, /^HTTP\/1\.1 (400|505) /],
+    ["garbage", "\u0000\u0001\u0002 nonsense\r\n\r\n", /^HTTP\/1\.1 400 /],
+    ["truncated body", `${line}Host: ${STD}\r\n${auth}Content-Length: 100\r\n\r\nabc`, null],
+    [
+      "truncated chunked body",
+      `${line}Host: ${STD}\r\n${auth}Transfer-Encoding: chunked\r\n\r\n10\r\nabc`,
+      null,
+    ],
+    ["headers never finished", `${line}Host: ${STD}\r\nX-A: b`, null],
+  ];
+
+  it("answers or closes every malformed request, with proof headers on answers, and stays up", async () => {
+    const results = await Promise.all(
+      cases.flatMap(([name, payload, want]) =>
+        [true, false].map(async (end) => ({ name, want, end, ...(await raw(payload, end)) })),
+      ),
+    );
+    for (const r of results) {
+      expect(r.closed || r.data.length > 0, `${r.name} got neither an answer nor a close`).toBe(true);
+      if (r.data.length > 0) {
+        expect(r.data, r.name).toMatch(/^HTTP\/1\.1 \d{3} /);
+        expect(r.data.toLowerCase(), r.name).toContain("x-meridian-plane: us-1");
+      }
+      if (r.want !== null && !(r.end && r.data.length === 0)) expect(r.data, `${r.name}`).toMatch(r.want);
+    }
+    expect((await send("us-1", { host: STD, path: "/production/predict" })).status).toBe(200);
+  });
+
+  it("survives random bytes", async () => {
+    const inputs = fc.sample(
+      fc.oneof(
+        fc.string({ unit: "binary", maxLength: 300 }),
+        fc
+          .tuple(
+            fc.constantFrom("POST", "GET", "XYZ", ""),
+            fc.string({ maxLength: 40 }),
+            fc.string({ maxLength: 200 }),
+          )
+          .map(([m, p, h]) => `${m} /${p} HTTP/1.1\r\nHost: ${STD}\r\n${h}\r\n\r\n`),
+      ),
+      60,
+    );
+    const results = await Promise.all(inputs.map((p) => raw(Buffer.from(p, "latin1"), true)));
+    for (const r of results) {
+      expect(r.closed || r.data.length > 0).toBe(true);
+      if (r.data.length > 0) expect(r.data).toMatch(/^HTTP\/1\.1 \d{3} /);
+    }
+    expect((await send("us-1", { host: STD, path: "/production/predict" })).status).toBe(200);
+  });
+});
