@@ -765,3 +765,75 @@ describe("malformed requests", () => {
     expect((await send("us-1", { host: STD, path: "/production/predict" })).status).toBe(200);
   });
 });
+
+describe("HTTPS", () => {
+  it("serves the same routes over TLS when given a certificate and key", async () => {
+    const { execFileSync } = await import("node:child_process");
+    const { readFileSync } = await import("node:fs");
+    const https = await import("node:https");
+    const dir = await mkdtemp(join(tmpdir(), "meridian-tls-"));
+    try {
+      execFileSync(
+        "openssl",
+        [
+          "req",
+          "-x509",
+          "-newkey",
+          "ec",
+          "-pkeyopt",
+          "ec_paramgen_curve:prime256v1",
+          "-nodes",
+          "-days",
+          "1",
+          "-subj",
+          `/CN=*.${DOMAIN}`,
+          "-addext",
+          `subjectAltName=DNS:*.${DOMAIN}`,
+          "-keyout",
+          join(dir, "key.pem"),
+          "-out",
+          join(dir, "cert.pem"),
+        ],
+        { stdio: "ignore" },
+      );
+      const cert = readFileSync(join(dir, "cert.pem"));
+      const tls = createIngress({
+        plane: { name: "us-1", region: "us" },
+        listen: { host: "127.0.1.1", port: 0 },
+        tls: { cert, key: readFileSync(join(dir, "key.pem")) },
+        snapshot: () => snapshotFor("us-1"),
+        localReplicas: (id) => plane("us-1").replicas.get(id) ?? [],
+      });
+      await tls.start();
+      const r = await new Promise<{ status: number; headers: Record<string, unknown>; body: string }>(
+        (resolve, reject) => {
+          const req = https.request(
+            {
+              host: "127.0.1.1",
+              port: tls.address!.port,
+              method: "POST",
+              path: "/environments/prod-eu/predict",
+              servername: STD,
+              ca: cert,
+              headers: { host: STD, authorization: "Api-Key k-personal", "content-length": "2" },
+            },
+            (res) => {
+              let body = "";
+              res.on("data", (c) => {
+                body += c;
+              });
+              res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+            },
+          );
+          req.on("error", reject);
+          req.end("{}");
+        },
+      );
+      await tls.stop();
+      expect(r.status).toBe(200);
+      expect(r.headers["x-meridian-route"]).toBe("us-1, eu-2");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
