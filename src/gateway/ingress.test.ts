@@ -508,7 +508,11 @@ describe("proxying", () => {
       path: "/production/predict",
       body: Buffer.alloc(LIMIT + 1024, 97),
       chunked: true,
+      headers: { "x-request-id": "too-big-chunked" },
     }).catch((err: Error) => err);
+    await new Promise((res) => setTimeout(res, 50));
+    const [rec] = await plane("us-1").audit.query({ request_id: "too-big-chunked" });
+    expect(rec).toMatchObject({ status: 413, error_code: "payload_too_large" });
     // The ingress answers 413 and closes; a client still writing may see the close first.
     if (r instanceof Error) expect(r.message).toMatch(/EPIPE|ECONNRESET|socket hang up/);
     else expect(r).toMatchObject({ status: 413, json: { error_code: "payload_too_large" } });
