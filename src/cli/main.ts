@@ -10,6 +10,28 @@ const program = new Command("meridian")
 // @commands: each role registers its commands below this line.
 
 program
+  .command("plane")
+  .description("Run a workload plane: replicas through the process driver, and its ingress gateway")
+  .requiredOption("--name <name>", "the plane's name, as registered with `meridian admin planes add`")
+  .requiredOption("--region <slug>", "the region it was registered in")
+  .requiredOption("--control-url <url>", "control plane base URL")
+  .option("--token-file <file>", "file holding the plane's credential (or MERIDIAN_PLANE_TOKEN)")
+  .option(
+    "--data-dir <dir>",
+    "state directory (snapshot cache, audit log, packages, replica logs)",
+    ".meridian/plane",
+  )
+  .option("--ingress <host:port>", "address of the inference ingress", "127.0.0.1:8080")
+  .option("--admin <host:port>", "operator listener: /metrics, /healthz, audit and replica logs")
+  .option("--tls-cert <file>", "serve HTTPS with this certificate for *.DOMAIN")
+  .option("--tls-key <file>", "the certificate's private key")
+  .option("--predict-timeout <seconds>", "how long a model may take to answer (default 1200)")
+  .action(async (flags) => {
+    const { runPlaneCommand } = await import("../plane/command.ts");
+    await runPlaneCommand(flags, process.env);
+  });
+
+program
   .command("control")
   .description("Run the control plane: management API, store, scheduler, plane snapshots")
   .option("--data-dir <dir>", "state directory (SQLite file, artifacts, admin.key)", ".meridian/control")

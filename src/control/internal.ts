@@ -157,10 +157,19 @@ export async function buildPlaneSnapshot(
   }
 
   const depById = new Map(deployments.map((d) => [d.id, d]));
+  // The environment a replica's model is told it serves: the one it serves, or the one it is a promotion
+  // candidate for (so a redeploy on promotion starts with the right name and is never restarted for it).
   const servingEnv = new Map<string, string>();
+  const candidates = await db
+    .selectFrom("promotions")
+    .select(["candidate_deployment_id", "environment"])
+    .where("active", "=", 1)
+    .execute();
+  for (const p of candidates) servingEnv.set(p.candidate_deployment_id, p.environment);
   for (const e of envs) {
-    if (e.current_deployment_id && !servingEnv.has(e.current_deployment_id))
+    if (e.current_deployment_id && !servingEnv.has(e.current_deployment_id)) {
       servingEnv.set(e.current_deployment_id, e.name);
+    }
   }
   const desired = replicas
     .filter((r) => r.plane === plane.name)

@@ -1,0 +1,233 @@
+// The plane agent: makes the replicas of the plane's snapshot exist through the driver (fetching and
+// verifying each package first), keeps an index of READY endpoints for the ingress, and reports replica
+// states and request counts back to the control plane. It keeps running from its last snapshot while the
+// control plane is unreachable (DESIGN.md §2.7).
+
+import { resolve } from "node:path";
+import type { Logger } from "pino";
+import { request } from "undici";
+import { planReconcile } from "../core/reconcile.ts";
+import { EXIT_CODES } from "../core/runtime-exit-codes.ts";
+import type { DesiredReplica, PlaneReport, PlaneSnapshot, ReplicaReport } from "../core/snapshot.ts";
+import type { ArtifactCache } from "./artifacts.ts";
+import type { ReplicaDriver, ReplicaSpec, ReplicaStatus } from "./driver.ts";
+
+/** The `meridian` launcher that replicas run (`serve-model`). */
+const MERIDIAN_BIN = resolve(import.meta.dirname, "../../bin/meridian.js");
+
+export interface PlaneAgentOptions {
+  plane: string;
+  controlUrl: string;
+  token: string;
+  driver: ReplicaDriver;
+  artifacts: ArtifactCache;
+  logger: Logger;
+  /** Takes the request counts to report, and puts them back when a report fails. */
+  counts: { take(): PlaneReport["request_counts"]; restore(c: PlaneReport["request_counts"]): void };
+  /** How often the agent reports even when nothing changed. Default 2 s. */
+  reportIntervalMs?: number;
+}
+
+export class PlaneAgent {
+  readonly #o: PlaneAgentOptions;
+  #snapshot: PlaneSnapshot | null = null;
+  /** READY endpoints by deployment id, rebuilt on every driver event. */
+  #ready = new Map<string, string[]>();
+  #roundRobin = new Map<string, number>();
+  /** Replicas whose package could not be made available, reported as FAILED with the reason. */
+  #artifactFailures = new Map<string, ReplicaReport>();
+  #reconciling: Promise<void> | null = null;
+  #again = false;
+  #reportTimer: NodeJS.Timeout | null = null;
+  #reportSoon: NodeJS.Timeout | null = null;
+  #reporting = false;
+  #stopped = false;
+  #unsubscribe: (() => void) | null = null;
+
+  constructor(options: PlaneAgentOptions) {
+    this.#o = options;
+  }
+
+  start(): void {
+    this.#unsubscribe = this.#o.driver.subscribe(() => {
+      void this.#refreshReady();
+      this.#scheduleReport(100);
+    });
+    this.#reportTimer = setInterval(() => this.#scheduleReport(0), this.#o.reportIntervalMs ?? 2000);
+    this.#reportTimer.unref();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#unsubscribe?.();
+    if (this.#reportTimer) clearInterval(this.#reportTimer);
+    if (this.#reportSoon) clearTimeout(this.#reportSoon);
+    await this.#reconciling;
+  }
+
+  /** Applies a new snapshot: reconcile now (coalescing while one runs). */
+  apply(snapshot: PlaneSnapshot): void {
+    this.#snapshot = snapshot;
+    void this.reconcile();
+  }
+
+  /** One replica endpoint of a READY local replica of the deployment, round-robin. */
+  localReplicas = (deploymentId: string): readonly string[] => this.#ready.get(deploymentId) ?? [];
+
+  reconcile(): Promise<void> {
+    if (this.#reconciling) {
+      this.#again = true;
+      return this.#reconciling;
+    }
+    this.#reconciling = (async () => {
+      do {
+        this.#again = false;
+        try {
+          await this.#reconcileOnce();
+        } catch (err) {
+          this.#o.logger.error({ err }, "reconcile failed");
+        }
+      } while (this.#again && !this.#stopped);
+    })().finally(() => {
+      this.#reconciling = null;
+    });
+    return this.#reconciling;
+  }
+
+  async #reconcileOnce(): Promise<void> {
+    const snapshot = this.#snapshot;
+    if (!snapshot || this.#stopped) return;
+    const actual = await this.#o.driver.list();
+    const plan = planReconcile(snapshot.replicas, actual);
+    for (const s of plan.stop) {
+      this.#o.logger.info({ replica: s.id, reason: s.reason }, "stopping replica");
+      await this.#o.driver.remove(s.id);
+    }
+    const desiredIds = new Set(snapshot.replicas.map((r) => r.id));
+    for (const id of this.#artifactFailures.keys())
+      if (!desiredIds.has(id)) this.#artifactFailures.delete(id);
+    await Promise.all(plan.start.map((s) => this.#startReplica(s.replica)));
+    await this.#refreshReady();
+    this.#scheduleReport(50);
+  }
+
+  async #startReplica(replica: DesiredReplica): Promise<void> {
+    let dir: string;
+    try {
+      dir = await this.#o.artifacts.ensure(replica.artifact);
+    } catch (err) {
+      const message = `The model package could not be fetched: ${(err as Error).message}`;
+      this.#o.logger.warn({ replica: replica.id, err }, "artifact unavailable");
+      this.#artifactFailures.set(replica.id, {
+        id: replica.id,
+        deployment_id: replica.deployment_id,
+        state: "FAILED",
+        message,
+        restarts: 0,
+      });
+      return;
+    }
+    this.#artifactFailures.delete(replica.id);
+    this.#o.logger.info({ replica: replica.id, deployment: replica.deployment_id }, "starting replica");
+    await this.#o.driver.ensure(replicaSpec(replica, dir));
+  }
+
+  async #refreshReady(): Promise<void> {
+    const ready = new Map<string, string[]>();
+    for (const r of await this.#o.driver.list()) {
+      if (r.state !== "READY" || r.endpoint === null) continue;
+      const list = ready.get(r.deployment_id) ?? [];
+      list.push(r.endpoint);
+      ready.set(r.deployment_id, list);
+    }
+    this.#ready = ready;
+  }
+
+  #scheduleReport(delayMs: number): void {
+    if (this.#stopped || this.#reportSoon) return;
+    this.#reportSoon = setTimeout(() => {
+      this.#reportSoon = null;
+      void this.report();
+    }, delayMs);
+    this.#reportSoon.unref();
+  }
+
+  /** Sends one report; on failure the counts are kept for the next one. */
+  async report(): Promise<boolean> {
+    if (this.#reporting || this.#stopped) return false;
+    this.#reporting = true;
+    const counts = this.#o.counts.take();
+    try {
+      const statuses = await this.#o.driver.list();
+      const body: PlaneReport = {
+        revision: this.#snapshot?.revision ?? 0,
+        replicas: [...statuses.map(toReport), ...this.#artifactFailures.values()],
+        request_counts: counts,
+      };
+      const res = await request(
+        `${this.#o.controlUrl}/v1/internal/planes/${encodeURIComponent(this.#o.plane)}/report`,
+        {
+          method: "POST",
+          headers: { authorization: `Bearer ${this.#o.token}`, "content-type": "application/json" },
+          body: JSON.stringify(body),
+          headersTimeout: 10_000,
+          bodyTimeout: 10_000,
+        },
+      );
+      await res.body.dump();
+      if (res.statusCode !== 200) throw new Error(`control plane answered ${res.statusCode}`);
+      return true;
+    } catch (err) {
+      this.#o.counts.restore(counts);
+      this.#o.logger.debug({ err: (err as Error).message }, "report not delivered");
+      return false;
+    } finally {
+      this.#reporting = false;
+    }
+  }
+}
+
+function toReport(r: ReplicaStatus): ReplicaReport {
+  return {
+    id: r.id,
+    deployment_id: r.deployment_id,
+    state: r.state,
+    message: r.message,
+    restarts: r.restarts,
+  };
+}
+
+/** How a replica is run by the process driver: the model runtime on a free loopback port. */
+export function replicaSpec(replica: DesiredReplica, packageDir: string): ReplicaSpec {
+  const argv = [
+    process.execPath,
+    MERIDIAN_BIN,
+    "serve-model",
+    packageDir,
+    "--listen",
+    "{host}:{port}",
+    "--model-id",
+    replica.model_id,
+    "--deployment-id",
+    replica.deployment_id,
+    "--server-port",
+    "0",
+  ];
+  if (replica.environment !== null) argv.push("--environment", replica.environment);
+  return {
+    id: replica.id,
+    deployment_id: replica.deployment_id,
+    model_id: replica.model_id,
+    environment: replica.environment,
+    package_dir: packageDir,
+    artifact: replica.artifact,
+    command: { argv, env: {} },
+    readiness_path: "/v1/models/model",
+    liveness_path: "/",
+    fatal_exit_codes: {
+      [EXIT_CODES.load_failed]: "model load failed",
+      [EXIT_CODES.invalid_package]: "invalid model package",
+      [EXIT_CODES.model_server_failed]: "model server exited before it was ready",
+    },
+  };
+}

@@ -1,0 +1,59 @@
+// `meridian plane`: parses flags once into a frozen config, starts the plane, drains on SIGTERM/SIGINT.
+
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import { startPlane } from "./main.ts";
+
+export interface PlaneFlags {
+  name: string;
+  region: string;
+  controlUrl: string;
+  tokenFile?: string;
+  dataDir: string;
+  ingress: string;
+  admin?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  predictTimeout?: string;
+}
+
+function parseHostPort(flag: string, value: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
+  if (!m || Number(m[3]) > 65535) throw new Error(`${flag} must be HOST:PORT, got '${value}'`);
+  return { host: (m[1] ?? m[2])!, port: Number(m[3]) };
+}
+
+export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv): Promise<void> {
+  const token = flags.tokenFile
+    ? readFileSync(flags.tokenFile, "utf8").trim()
+    : (env["MERIDIAN_PLANE_TOKEN"] ?? "");
+  if (!token)
+    throw new Error("the plane's credential is required: --token-file FILE or MERIDIAN_PLANE_TOKEN");
+  if (Boolean(flags.tlsCert) !== Boolean(flags.tlsKey))
+    throw new Error("--tls-cert and --tls-key go together");
+  const predictTimeout = flags.predictTimeout === undefined ? undefined : Number(flags.predictTimeout);
+  if (predictTimeout !== undefined && !(Number.isInteger(predictTimeout) && predictTimeout > 0)) {
+    throw new Error("--predict-timeout is a whole number of seconds");
+  }
+  const config = Object.freeze({
+    name: flags.name,
+    region: flags.region,
+    controlUrl: flags.controlUrl.replace(/\/$/, ""),
+    token,
+    dataDir: resolve(flags.dataDir),
+    ingress: parseHostPort("--ingress", flags.ingress),
+    admin: flags.admin ? parseHostPort("--admin", flags.admin) : null,
+    tls:
+      flags.tlsCert && flags.tlsKey
+        ? { cert: readFileSync(flags.tlsCert, "utf8"), key: readFileSync(flags.tlsKey, "utf8") }
+        : null,
+    ...(predictTimeout ? { limits: { predictTimeoutMs: predictTimeout * 1000 } } : {}),
+  });
+  const plane = await startPlane(config);
+  const stop = async () => {
+    await plane.stop();
+    process.exit(0);
+  };
+  process.once("SIGTERM", stop);
+  process.once("SIGINT", stop);
+}

@@ -1,0 +1,220 @@
+// Composition root of `meridian plane`: the snapshot watcher (cached on disk for static stability), the
+// process driver, the artifact cache, the agent, the ingress gateway with its audit log and metrics, and a
+// small operator listener (`/metrics`, `/healthz`, audit queries, replica logs). `stop()` drains in
+// reverse order of start.
+
+import http from "node:http";
+import { join } from "node:path";
+import pino, { type Logger } from "pino";
+import { Registry } from "prom-client";
+import { errorBody } from "../core/errors.ts";
+import type { PlaneSnapshot } from "../core/snapshot.ts";
+import { AuditLog } from "../gateway/audit.ts";
+import { createIngress, type Ingress, type IngressLimits } from "../gateway/ingress.ts";
+import { SnapshotWatcher } from "../lib/watch.ts";
+import { PlaneAgent } from "./agent.ts";
+import { ArtifactCache } from "./artifacts.ts";
+import { ProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
+
+export interface PlaneConfig {
+  name: string;
+  /** The region the operator registered this plane in; the snapshot must agree. */
+  region: string;
+  controlUrl: string;
+  token: string;
+  dataDir: string;
+  ingress: { host: string; port: number };
+  /** Operator listener (metrics, health, audit, logs). */
+  admin: { host: string; port: number } | null;
+  tls: { cert: string; key: string } | null;
+  limits?: Partial<IngressLimits>;
+  /** Address replicas listen on. Default 127.0.0.1. */
+  replicaHost?: string;
+  logger?: Logger;
+  /** Driver timings, for tests. */
+  driver?: Partial<ProcessDriverOptions>;
+}
+
+export interface RunningPlane {
+  ingress: Ingress;
+  agent: PlaneAgent;
+  watcher: SnapshotWatcher<PlaneSnapshot>;
+  audit: AuditLog;
+  driver: ProcessDriver;
+  adminAddress: { host: string; port: number } | null;
+  stop(): Promise<void>;
+}
+
+function parseSnapshot(body: unknown): PlaneSnapshot {
+  const s = body as PlaneSnapshot;
+  if (typeof s !== "object" || s === null || typeof s.revision !== "number" || !Array.isArray(s.replicas)) {
+    throw new Error("not a plane snapshot");
+  }
+  return s;
+}
+
+export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
+  const logger = config.logger ?? pino({ name: "plane", base: { plane: config.name } });
+  const registry = new Registry();
+  const audit = new AuditLog({
+    dir: join(config.dataDir, "audit"),
+    onError: (err) => logger.error({ err }, "audit write failed"),
+  });
+  await audit.start();
+  const driver = new ProcessDriver({
+    dataDir: config.dataDir,
+    host: config.replicaHost ?? "127.0.0.1",
+    baseEnv: process.env,
+    logger,
+    ...config.driver,
+  });
+  await driver.start();
+  const artifacts = new ArtifactCache({
+    dir: join(config.dataDir, "artifacts"),
+    controlUrl: config.controlUrl,
+    planeToken: config.token,
+  });
+  await artifacts.start();
+  const agent = new PlaneAgent({
+    plane: config.name,
+    controlUrl: config.controlUrl,
+    token: config.token,
+    driver,
+    artifacts,
+    logger,
+    counts: { take: () => audit.takeRequestCounts(), restore: (c) => audit.restoreRequestCounts(c) },
+  });
+
+  let current: PlaneSnapshot | null = null;
+  const watcher = new SnapshotWatcher<PlaneSnapshot>({
+    url: `${config.controlUrl}/v1/internal/planes/${encodeURIComponent(config.name)}/snapshot`,
+    token: config.token,
+    parse: parseSnapshot,
+    cacheFile: join(config.dataDir, "snapshot.json"),
+    logger,
+    onStateChange: (state, err) => logger.info({ state, err: err?.message }, "control plane connection"),
+  });
+  const accept = (s: PlaneSnapshot) => {
+    if (s.plane.name !== config.name || s.plane.region !== config.region) {
+      logger.error(
+        { snapshot_plane: s.plane, plane: config.name, region: config.region },
+        "snapshot is for another plane; ignored",
+      );
+      return;
+    }
+    current = s;
+    agent.apply(s);
+  };
+  watcher.subscribe(accept);
+
+  const ingress = createIngress({
+    plane: { name: config.name, region: config.region },
+    listen: config.ingress,
+    ...(config.tls ? { tls: config.tls } : {}),
+    snapshot: () => current,
+    localReplicas: agent.localReplicas,
+    ...(config.limits ? { limits: config.limits } : {}),
+    logger,
+    registry,
+    audit,
+  });
+
+  agent.start();
+  await watcher.start();
+  const cached = watcher.current();
+  if (cached) accept(cached);
+  await ingress.start();
+
+  let adminServer: http.Server | null = null;
+  let adminAddress: { host: string; port: number } | null = null;
+  if (config.admin) {
+    adminServer = http.createServer(
+      (req, res) => void serveAdmin(req, res, { registry, audit, driver, token: config.token, watcher }),
+    );
+    await new Promise<void>((ok, fail) => {
+      adminServer!.once("error", fail);
+      adminServer!.listen(config.admin!.port, config.admin!.host, () => ok());
+    });
+    const a = adminServer.address();
+    adminAddress = typeof a === "object" && a ? { host: config.admin.host, port: a.port } : null;
+  }
+  logger.info(
+    { ingress: ingress.address, admin: adminAddress, region: config.region, revision: watcher.revision },
+    "plane started",
+  );
+
+  return {
+    ingress,
+    agent,
+    watcher,
+    audit,
+    driver,
+    adminAddress,
+    async stop() {
+      await new Promise<void>((ok) => (adminServer ? adminServer.close(() => ok()) : ok()));
+      await ingress.stop();
+      await watcher.stop();
+      await agent.report();
+      await agent.stop();
+      await driver.stop();
+      await artifacts.stop();
+      await audit.stop();
+    },
+  };
+}
+
+interface AdminDeps {
+  registry: Registry;
+  audit: AuditLog;
+  driver: ProcessDriver;
+  token: string;
+  watcher: SnapshotWatcher<PlaneSnapshot>;
+}
+
+/**
+ * The operator listener. `/metrics` and `/healthz` are open (bind it to a private address); audit records
+ * and replica logs need the plane's credential, since they name models, environments and request ids.
+ */
+async function serveAdmin(
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  deps: AdminDeps,
+): Promise<void> {
+  const url = new URL(req.url ?? "/", "http://plane");
+  const send = (status: number, body: unknown, type = "application/json") => {
+    res.writeHead(status, { "content-type": type });
+    res.end(type === "application/json" ? JSON.stringify(body) : String(body));
+  };
+  try {
+    if (req.method !== "GET") return send(405, errorBody("method_not_allowed"));
+    if (url.pathname === "/metrics")
+      return send(200, await deps.registry.metrics(), deps.registry.contentType);
+    if (url.pathname === "/healthz") {
+      return send(200, { ok: true, revision: deps.watcher.revision, control_plane: deps.watcher.state });
+    }
+    const auth = req.headers.authorization ?? "";
+    if (auth !== `Bearer ${deps.token}`)
+      return send(401, errorBody("unauthorized", "Send the plane credential as a Bearer token."));
+    if (url.pathname === "/v1/audit") {
+      const q = url.searchParams;
+      const records = await deps.audit.query({
+        ...(q.get("from") ? { from: q.get("from")! } : {}),
+        ...(q.get("to") ? { to: q.get("to")! } : {}),
+        ...(q.get("model_id") ? { model_id: q.get("model_id")! } : {}),
+        ...(q.get("environment") ? { environment: q.get("environment")! } : {}),
+        ...(q.get("request_id") ? { request_id: q.get("request_id")! } : {}),
+        ...(q.get("limit") ? { limit: Number(q.get("limit")) } : {}),
+      });
+      return send(200, { items: records });
+    }
+    if (url.pathname === "/v1/replicas") return send(200, { replicas: await deps.driver.list() });
+    const logs = /^\/v1\/replicas\/([^/]+)\/logs$/.exec(url.pathname);
+    if (logs) {
+      const limit = Number(url.searchParams.get("limit") ?? 500);
+      return send(200, { lines: await deps.driver.logs(decodeURIComponent(logs[1]!), { limit }) });
+    }
+    return send(404, errorBody("route_not_found"));
+  } catch (err) {
+    send(500, errorBody("internal_error", (err as Error).message));
+  }
+}

@@ -1,0 +1,251 @@
+// A whole installation of real processes for end-to-end tests: `meridian control` and one `meridian plane`
+// per region, each plane's ingress on its own loopback address (127.0.N.1), started the way an operator
+// starts them, and stopped (SIGTERM, then SIGKILL) when the test is done.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import { join, resolve } from "node:path";
+import { ApiClient, tempDir } from "./control.ts";
+
+export const BIN = resolve(import.meta.dirname, "../../bin/meridian.js");
+export const DOMAIN = "meridian.test";
+
+export interface ManagedProcess {
+  child: ChildProcess;
+  output: string[];
+  /** Resolves with the first JSON log line whose `msg` matches. */
+  waitForLog(msg: string, timeoutMs?: number): Promise<Record<string, unknown>>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+export function startProcess(args: string[], env: NodeJS.ProcessEnv = {}): ManagedProcess {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const output: string[] = [];
+  const waiters: Array<{ msg: string; resolve: (v: Record<string, unknown>) => void }> = [];
+  const onLine = (line: string) => {
+    output.push(line);
+    if (output.length > 5000) output.shift();
+    if (!line.startsWith("{")) return;
+    try {
+      const parsed = JSON.parse(line) as Record<string, unknown>;
+      for (const w of [...waiters]) {
+        if (parsed["msg"] === w.msg) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(parsed);
+        }
+      }
+    } catch {}
+  };
+  for (const stream of [child.stdout!, child.stderr!]) {
+    let buf = "";
+    stream.setEncoding("utf8");
+    stream.on("data", (chunk: string) => {
+      buf += chunk;
+      let i = buf.indexOf("\n");
+      while (i >= 0) {
+        onLine(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+        i = buf.indexOf("\n");
+      }
+    });
+  }
+  const exited = new Promise<number | null>((ok) => child.once("exit", (code) => ok(code)));
+  return {
+    child,
+    output,
+    waitForLog(msg, timeoutMs = 20_000) {
+      const seen = output.find((l) => l.includes(`"msg":"${msg}"`));
+      if (seen) return Promise.resolve(JSON.parse(seen));
+      return new Promise((ok, fail) => {
+        const timer = setTimeout(
+          () => fail(new Error(`no '${msg}' log within ${timeoutMs} ms:\n${output.slice(-30).join("\n")}`)),
+          timeoutMs,
+        );
+        waiters.push({
+          msg,
+          resolve: (v) => {
+            clearTimeout(timer);
+            ok(v);
+          },
+        });
+        child.once("exit", (code) => {
+          clearTimeout(timer);
+          fail(new Error(`process exited (${code}) before '${msg}':\n${output.slice(-30).join("\n")}`));
+        });
+      });
+    },
+    async stop(signal = "SIGTERM") {
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+      child.kill(signal);
+      const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+}
+
+/** A port that is free on `host` right now. */
+export function freePort(host: string): Promise<number> {
+  return new Promise((ok, fail) => {
+    const server = net.createServer();
+    server.once("error", fail);
+    server.listen(0, host, () => {
+      const port = (server.address() as net.AddressInfo).port;
+      server.close(() => ok(port));
+    });
+  });
+}
+
+export interface PlaneHandle {
+  name: string;
+  region: string;
+  host: string;
+  port: number;
+  admin: number;
+  token: string;
+  dataDir: string;
+  process: ManagedProcess | null;
+  start(): Promise<void>;
+  stop(signal?: NodeJS.Signals): Promise<void>;
+}
+
+export interface Cluster {
+  dir: string;
+  control: ManagedProcess;
+  controlUrl: string;
+  api: ApiClient;
+  planes: Map<string, PlaneHandle>;
+  plane(name: string): PlaneHandle;
+  startControl(): Promise<void>;
+  stopControl(signal?: NodeJS.Signals): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface ClusterOptions {
+  /** Planes to run: name, region, capacity, whether it is the global ingress. */
+  planes: Array<{ name: string; region: string; capacity?: number; global?: boolean }>;
+  databaseUrl?: string;
+}
+
+export async function startCluster(options: ClusterOptions): Promise<Cluster> {
+  const dir = tempDir();
+  const controlPort = await freePort("127.0.0.1");
+  const controlUrl = `http://127.0.0.1:${controlPort}`;
+  const controlDir = join(dir, "control");
+  const controlArgs = [
+    "control",
+    "--data-dir",
+    controlDir,
+    "--listen",
+    `127.0.0.1:${controlPort}`,
+    "--domain",
+    DOMAIN,
+  ];
+  if (options.databaseUrl) controlArgs.push("--database-url", options.databaseUrl);
+
+  const cluster: Cluster = {
+    dir,
+    control: startProcess(controlArgs),
+    controlUrl,
+    api: new ApiClient(controlUrl, null),
+    planes: new Map(),
+    plane(name) {
+      const p = this.planes.get(name);
+      if (!p) throw new Error(`no plane ${name}`);
+      return p;
+    },
+    async startControl() {
+      this.control = startProcess(controlArgs);
+      await this.control.waitForLog("control plane listening");
+    },
+    async stopControl(signal = "SIGTERM") {
+      await this.control.stop(signal);
+    },
+    async stop() {
+      await Promise.all([...this.planes.values()].map((p) => p.stop()));
+      await this.control.stop();
+    },
+  };
+  await cluster.control.waitForLog("control plane listening");
+  const adminKey = readFileSync(join(controlDir, "admin.key"), "utf8").trim();
+  cluster.api = new ApiClient(controlUrl, adminKey);
+
+  let octet = 1;
+  for (const spec of options.planes) {
+    const host = `127.0.${octet++}.1`;
+    const port = await freePort(host);
+    const admin = await freePort(host);
+    const registered = await cluster.api.post("/v1/admin/planes", {
+      name: spec.name,
+      region: spec.region,
+      ingress: [`${host}:${port}`],
+      capacity: spec.capacity ?? 8,
+      global_ingress: spec.global ?? false,
+    });
+    if (registered.status !== 200)
+      throw new Error(`register ${spec.name}: ${JSON.stringify(registered.body)}`);
+    const dataDir = join(dir, "planes", spec.name);
+    mkdirSync(dataDir, { recursive: true });
+    const tokenFile = join(dataDir, "..", `${spec.name}.token`);
+    writeFileSync(tokenFile, registered.body.credential, { mode: 0o600 });
+    const handle: PlaneHandle = {
+      name: spec.name,
+      region: spec.region,
+      host,
+      port,
+      admin,
+      token: registered.body.credential,
+      dataDir,
+      process: null,
+      async start() {
+        this.process = startProcess([
+          "plane",
+          "--name",
+          spec.name,
+          "--region",
+          spec.region,
+          "--control-url",
+          controlUrl,
+          "--token-file",
+          tokenFile,
+          "--data-dir",
+          dataDir,
+          "--ingress",
+          `${host}:${port}`,
+          "--admin",
+          `${host}:${admin}`,
+        ]);
+        await this.process.waitForLog("plane started");
+      },
+      async stop(signal = "SIGTERM") {
+        await this.process?.stop(signal);
+        this.process = null;
+      },
+    };
+    cluster.planes.set(spec.name, handle);
+  }
+  await Promise.all([...cluster.planes.values()].map((p) => p.start()));
+  return cluster;
+}
+
+/** Polls `fn` until it returns a truthy value, or fails with the last value after `timeoutMs`. */
+export async function eventually<T>(
+  fn: () => Promise<T>,
+  timeoutMs = 20_000,
+  intervalMs = 100,
+): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  let last: T | undefined;
+  for (;;) {
+    last = await fn();
+    if (last) return last as NonNullable<T>;
+    if (Date.now() > deadline)
+      throw new Error(`condition not met within ${timeoutMs} ms; last: ${JSON.stringify(last)}`);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
