@@ -88,6 +88,7 @@ function requireOrgAdmin(p: Principal): void {
 }
 
 export async function listTeams(ctx: ControlContext, p: Principal) {
+  requireCapability(p, "read");
   const rows = await ctx.store.db
     .selectFrom("teams")
     .selectAll()
@@ -98,6 +99,7 @@ export async function listTeams(ctx: ControlContext, p: Principal) {
 }
 
 export async function getTeam(ctx: ControlContext, p: Principal, teamId: string) {
+  requireCapability(p, "read");
   return teamView(await loadTeam(ctx.store.db, p, teamId));
 }
 
@@ -369,7 +371,8 @@ export async function deleteApiKey(ctx: ControlContext, p: Principal, prefix: st
     .executeTakeFirst();
   const visible =
     row !== undefined &&
-    (row.user_id === p.user_id ||
+    // Workspace keys have no user: a null user_id on both sides is not "the caller's own key".
+    ((row.user_id !== null && row.user_id === p.user_id) ||
       (row.user_id === null &&
         p.teams.has(row.team_id) &&
         (p.category !== "PERSONAL" || isTeamAdmin(p, row.team_id))) ||

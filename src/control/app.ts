@@ -29,7 +29,8 @@ export interface ControlAppOptions {
   logRequests?: boolean;
 }
 
-type Auth = "key" | "plane" | "none";
+/** `own_plane`: a plane credential for the plane named by the `{name}` path parameter. */
+type Auth = "key" | "plane" | "own_plane";
 type Params = Record<string, string>;
 type Query = Record<string, string | undefined>;
 
@@ -97,6 +98,9 @@ export async function buildControlApp(
   );
 
   const routes = controlRoutes(ctx, uploadLimit, maxWait);
+  // Who is calling is settled in onRequest, before the body is read or validated: an unauthenticated
+  // caller gets 401 and learns nothing about a route's schema.
+  const callers = new WeakMap<FastifyRequest, { principal?: Principal; plane?: PlaneRow }>();
   for (const route of routes) {
     app.route({
       method: route.method,
@@ -106,6 +110,21 @@ export async function buildControlApp(
         ...(route.query ? { querystring: route.query } : {}),
       },
       ...(route.raw ? { bodyLimit: uploadLimit } : {}),
+      onRequest: async (request) => {
+        const token = keyFromAuthorization(request.headers.authorization);
+        if (route.auth === "key") {
+          if (token === null)
+            throw new MeridianError("unauthorized", "Send an API key: 'Authorization: Api-Key <key>'.");
+          const principal = await resolvePrincipal(ctx.store.db, token);
+          if (!principal) throw new MeridianError("unauthorized", "Unknown API key.");
+          callers.set(request, { principal });
+        } else if (route.auth === "plane") {
+          callers.set(request, { plane: await internal.authenticatePlane(ctx, token) });
+        } else {
+          const name = (request.params as Params)["name"]!;
+          callers.set(request, { plane: await internal.authenticatePlaneNamed(ctx, token, name) });
+        }
+      },
       handler: async (request, reply) => {
         const call = {
           params: request.params as Params,
@@ -113,17 +132,8 @@ export async function buildControlApp(
           body: request.body,
           request,
           reply,
+          ...callers.get(request),
         } as Call;
-        const token = keyFromAuthorization(request.headers.authorization);
-        if (route.auth === "key") {
-          if (token === null)
-            throw new MeridianError("unauthorized", "Send an API key: 'Authorization: Api-Key <key>'.");
-          const principal = await resolvePrincipal(ctx.store.db, token);
-          if (!principal) throw new MeridianError("unauthorized", "Unknown API key.");
-          call.principal = principal;
-        } else if (route.auth === "plane") {
-          call.plane = await internal.authenticatePlane(ctx, token);
-        }
         const result = await route.handler(call);
         if (reply.sent) return reply;
         return result ?? {};
@@ -710,7 +720,7 @@ function controlRoutes(ctx: ControlContext, uploadLimit: number, maxWait: number
       method: "GET",
       url: "/v1/internal/planes/{name}/snapshot",
       summary: "Long-polls a plane's snapshot newer than `after`",
-      auth: "none",
+      auth: "own_plane",
       query: s.longPollQuery,
       meridian: true,
       handler: (c) => planeSnapshot(ctx, c, maxWait),
@@ -719,16 +729,11 @@ function controlRoutes(ctx: ControlContext, uploadLimit: number, maxWait: number
       method: "POST",
       url: "/v1/internal/planes/{name}/report",
       summary: "Reports a plane's replica states and request counts",
-      auth: "none",
+      auth: "own_plane",
       body: s.planeReportBody,
       meridian: true,
       handler: async (c) => {
-        const plane = await internal.authenticatePlaneNamed(
-          ctx,
-          keyFromAuthorization(c.request.headers.authorization),
-          c.params["name"]!,
-        );
-        await internal.applyReport(ctx, plane, c.body as PlaneReport);
+        await internal.applyReport(ctx, c.plane, c.body as PlaneReport);
         return { revision: ctx.feed.revision() };
       },
     }),
@@ -771,11 +776,7 @@ async function renameOrGet(ctx: ControlContext, c: Call) {
 }
 
 async function planeSnapshot(ctx: ControlContext, c: Call, maxWait: number) {
-  const plane = await internal.authenticatePlaneNamed(
-    ctx,
-    keyFromAuthorization(c.request.headers.authorization),
-    c.params["name"]!,
-  );
+  const plane = c.plane;
   return longPoll(ctx, c, maxWait, async () => {
     const fresh = await ctx.store.db
       .selectFrom("planes")
