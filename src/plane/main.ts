@@ -6,7 +6,8 @@
 import http from "node:http";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
-import { Registry } from "prom-client";
+import { Gauge, Registry } from "prom-client";
+import { REPLICA_STATES } from "../core/domain.ts";
 import { errorBody } from "../core/errors.ts";
 import type { PlaneSnapshot } from "../core/snapshot.ts";
 import { AuditLog } from "../gateway/audit.ts";
@@ -69,6 +70,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     ...config.driver,
   });
   await driver.start();
+  registerReplicaGauge(registry, driver);
   const artifacts = new ArtifactCache({
     dir: join(config.dataDir, "artifacts"),
     controlUrl: config.controlUrl,
@@ -161,6 +163,21 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
       await audit.stop();
     },
   };
+}
+
+/** `meridian_plane_replicas{state}`: this plane's replicas by state, read from the driver at scrape time. */
+function registerReplicaGauge(registry: Registry, driver: ProcessDriver): void {
+  new Gauge({
+    name: "meridian_plane_replicas",
+    help: "Replicas on this plane by state, as the driver sees them.",
+    labelNames: ["state"],
+    registers: [registry],
+    async collect() {
+      const counts = new Map<string, number>(REPLICA_STATES.map((s) => [s, 0]));
+      for (const r of await driver.list()) counts.set(r.state, (counts.get(r.state) ?? 0) + 1);
+      for (const [state, n] of counts) this.set({ state }, n);
+    },
+  });
 }
 
 interface AdminDeps {
