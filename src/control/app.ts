@@ -15,6 +15,7 @@ import * as environments from "./environments.ts";
 import * as groups from "./groups.ts";
 import { keyFromAuthorization, resolvePrincipal } from "./identity.ts";
 import * as internal from "./internal.ts";
+import * as logs from "./logs.ts";
 import * as models from "./models.ts";
 import { openApiDocument, type RouteDoc } from "./openapi.ts";
 import * as s from "./schemas.ts";
@@ -91,7 +92,9 @@ export async function buildControlApp(
       .send(errorBody("route_not_found", `No route ${request.method} ${request.url.split("?")[0]}.`));
   });
 
-  // Model packages are uploaded raw; every other route takes JSON.
+  // Model packages are uploaded raw; every other route takes JSON. Fastify's default text/plain parser
+  // would hand a string to the schema (a misleading 400); without it, text is a 415 like any other type.
+  app.removeContentTypeParser("text/plain");
   app.addContentTypeParser(
     ["application/octet-stream", "application/gzip", "application/x-gzip", "application/x-tar"],
     (_req, payload, done) => done(null, payload),
@@ -143,6 +146,8 @@ export async function buildControlApp(
   const spec = openApiDocument(routes);
   app.get("/v1/spec", async () => spec);
   app.get("/healthz", async () => ({ ok: true, revision: ctx.feed.revision() }));
+  // What a client needs to build endpoint URLs; public, like the OpenAPI document.
+  app.get("/v1/info", async () => ({ product: "meridian", domain: ctx.domain }));
   return app;
 }
 
@@ -398,6 +403,22 @@ function controlRoutes(ctx: ControlContext, uploadLimit: number, maxWait: number
         models.getDeploymentConfig(ctx, c.principal, c.params["model_id"]!, c.params["deployment_id"]!),
     }),
     r({
+      method: "GET",
+      url: "/v1/models/{model_id}/deployments/{deployment_id}/logs",
+      summary: "Reads a deployment's replica logs from the planes that run them (newest last)",
+      auth: key,
+      query: s.logsQuery,
+      meridian: true,
+      handler: (c) =>
+        logs.deploymentLogs(
+          ctx,
+          c.principal,
+          c.params["model_id"]!,
+          c.params["deployment_id"]!,
+          c.query["limit"],
+        ),
+    }),
+    r({
       method: "POST",
       url: "/v1/models/{model_id}/deployments/{deployment_id}/activate",
       summary: "Activates a deployment",
@@ -531,6 +552,16 @@ function controlRoutes(ctx: ControlContext, uploadLimit: number, maxWait: number
         environments.cancelPromotion(ctx, c.principal, c.params["model_id"]!, c.params["env_name"]!),
     }),
     r({
+      method: "GET",
+      url: "/v1/models/{model_id}/environments/{env_name}/logs",
+      summary: "Reads the replica logs of an environment's deployment (and promotion candidate), newest last",
+      auth: key,
+      query: s.logsQuery,
+      meridian: true,
+      handler: (c) =>
+        logs.environmentLogs(ctx, c.principal, c.params["model_id"]!, c.params["env_name"]!, c.query["limit"]),
+    }),
+    r({
       method: "POST",
       url: "/v1/models/{model_id}/environments/{env_name}/activate",
       summary: "Activates a deployment associated with an environment",
@@ -654,6 +685,14 @@ function controlRoutes(ctx: ControlContext, uploadLimit: number, maxWait: number
       auth: key,
       meridian: true,
       handler: (c) => admin.listPlanes(ctx, c.principal),
+    }),
+    r({
+      method: "GET",
+      url: "/v1/admin/request_counts",
+      summary: "Lists inference request counts reported by the planes (aggregates only; no request records)",
+      auth: key,
+      meridian: true,
+      handler: (c) => admin.requestCounts(ctx, c.principal),
     }),
     r({
       method: "POST",

@@ -1,9 +1,10 @@
 // Composition root of `meridian control`: opens the store, bootstraps the organization on first start,
 // builds the app and listens. `stop()` drains in reverse order.
 
-import { mkdirSync, renameSync, writeFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
+import { writeSecretFile } from "../lib/files.ts";
 import { Store } from "../store/store.ts";
 import { bootstrap } from "./accounts.ts";
 import { buildControlApp } from "./app.ts";
@@ -32,13 +33,6 @@ export interface RunningControl {
   adminKey: string | null;
   adminKeyFile: string;
   stop(): Promise<void>;
-}
-
-/** Writes a secret file readable by its owner only, atomically. */
-export function writeSecretFile(path: string, content: string): void {
-  const tmp = `${path}.tmp`;
-  writeFileSync(tmp, content, { mode: 0o600 });
-  renameSync(tmp, path);
 }
 
 export async function startControl(config: ControlConfig): Promise<RunningControl> {
