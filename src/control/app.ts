@@ -92,20 +92,16 @@ export async function buildControlApp(
       .send(errorBody("route_not_found", `No route ${request.method} ${request.url.split("?")[0]}.`));
   });
 
-  // Model packages are uploaded raw; every other route takes JSON. Fastify's default text/plain parser
-  // would hand a string to the schema (a misleading 400); without it, text is a 415 like any other type.
+  // Every route but the upload takes JSON only. Fastify's default text/plain parser would hand a string to
+  // the schema (a misleading 400); without it, text is a 415 like any other type.
   app.removeContentTypeParser("text/plain");
-  app.addContentTypeParser(
-    ["application/octet-stream", "application/gzip", "application/x-gzip", "application/x-tar"],
-    (_req, payload, done) => done(null, payload),
-  );
 
   const routes = controlRoutes(ctx, uploadLimit, maxWait);
   // Who is calling is settled in onRequest, before the body is read or validated: an unauthenticated
   // caller gets 401 and learns nothing about a route's schema.
   const callers = new WeakMap<FastifyRequest, { principal?: Principal; plane?: PlaneRow }>();
-  for (const route of routes) {
-    app.route({
+  const define = (instance: FastifyInstance, route: Route) =>
+    instance.route({
       method: route.method,
       url: route.url.replace(/\{(\w+)\}/g, ":$1"),
       schema: {
@@ -142,7 +138,17 @@ export async function buildControlApp(
         return result ?? {};
       },
     });
-  }
+  for (const route of routes.filter((r) => !r.raw)) define(app, route);
+  // Model packages are uploaded raw, and only there: in their own context, so a JSON route answers a
+  // gzip body with 415 and the upload route answers JSON with 415.
+  await app.register(async (scope) => {
+    scope.removeAllContentTypeParsers();
+    scope.addContentTypeParser(
+      ["application/octet-stream", "application/gzip", "application/x-gzip", "application/x-tar"],
+      (_req, payload, done) => done(null, payload),
+    );
+    for (const route of routes.filter((r) => r.raw)) define(scope, route);
+  });
   const spec = openApiDocument(routes);
   app.get("/v1/spec", async () => spec);
   app.get("/healthz", async () => ({ ok: true, revision: ctx.feed.revision() }));
@@ -559,7 +565,13 @@ function controlRoutes(ctx: ControlContext, uploadLimit: number, maxWait: number
       query: s.logsQuery,
       meridian: true,
       handler: (c) =>
-        logs.environmentLogs(ctx, c.principal, c.params["model_id"]!, c.params["env_name"]!, c.query["limit"]),
+        logs.environmentLogs(
+          ctx,
+          c.principal,
+          c.params["model_id"]!,
+          c.params["env_name"]!,
+          c.query["limit"],
+        ),
     }),
     r({
       method: "POST",
