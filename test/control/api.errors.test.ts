@@ -10,18 +10,19 @@ import { ENVIRONMENT_NAME_MAX } from "../../src/core/names.ts";
 import {
   type ApiClient,
   packDirectory,
+  type Response,
   startTestControl,
   type TestControl,
   tempDir,
 } from "../support/control.ts";
 import { STORE_KINDS } from "../support/databases.ts";
 
-type Res = Awaited<ReturnType<ApiClient["call"]>>;
+type Res = Response<any>;
 
 /** The error body of every refusal: exactly {error, error_code, detail}, the code from the catalog. */
 function expectRefused(res: Res, status: number, code: keyof typeof ERRORS) {
   expect(res.status, JSON.stringify(res.body)).toBe(status);
-  expect(res.headers["content-type"]).toMatch(/^application\/json/);
+  expect(String(res.headers["content-type"])).toMatch(/^application\/json/);
   expect(Object.keys(res.body).sort()).toEqual(["detail", "error", "error_code"]);
   expect(Object.keys(ERRORS)).toContain(res.body.error_code);
   expect(res.body.error_code).toBe(code);
