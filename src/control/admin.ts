@@ -103,6 +103,32 @@ export async function listPlanes(ctx: ControlContext, p: Principal) {
   };
 }
 
+/**
+ * Inference request counts as the planes reported them (DESIGN.md §2.6): per plane, model, environment
+ * and status class, summed since the installation began. Aggregates only; request ids stay on the planes.
+ */
+export async function requestCounts(ctx: ControlContext, p: Principal) {
+  requireOrgAdmin(p);
+  const rows = await ctx.store.db
+    .selectFrom("request_counts")
+    .selectAll()
+    .orderBy("plane")
+    .orderBy("model_id")
+    .orderBy("environment")
+    .orderBy("status_class")
+    .execute();
+  return {
+    request_counts: rows.map((r) => ({
+      plane: r.plane,
+      model_id: r.model_id,
+      // Stored as "" for requests that named no environment (development, a bare deployment).
+      environment: r.environment === "" ? null : r.environment,
+      status_class: r.status_class,
+      count: Number(r.count),
+    })),
+  };
+}
+
 export interface PlaneRegistration {
   name: string;
   region: string;
