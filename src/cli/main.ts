@@ -1,6 +1,7 @@
 // The `meridian` command: parses the command line and hands each command's typed options to its role.
 // Roles are loaded lazily so `meridian predict` does not pay for the control plane's imports.
 import { Command } from "commander";
+import { registerUserCommands } from "./commands.ts";
 
 const program = new Command("meridian")
   .description("Self-hosted model serving with regional environments")
@@ -25,6 +26,7 @@ program
   .option("--admin <host:port>", "operator listener: /metrics, /healthz, audit and replica logs")
   .option("--tls-cert <file>", "serve HTTPS with this certificate for *.DOMAIN")
   .option("--tls-key <file>", "the certificate's private key")
+  .option("--peer-ca <file>", "CA of the other planes' ingress certificates: plane-to-plane hops use HTTPS")
   .option("--predict-timeout <seconds>", "how long a model may take to answer (default 1200)")
   .action(async (flags) => {
     const { runPlaneCommand } = await import("../plane/command.ts");
@@ -75,6 +77,25 @@ program
     const { runServeModel } = await import("../runtime/command.ts");
     process.exit(await runServeModel(dir, flags, process.env));
   });
+
+program
+  .command("up")
+  .description(
+    "Start the embedded installation: control plane, four regions with a plane each, DNS, local CA",
+  )
+  .option("--data-dir <dir>", "state directory (survives restarts)", ".meridian")
+  .option("--domain <domain>", "inference domain", "meridian.internal")
+  .option("--control-port <port>", "control plane port on 127.0.0.1", "8700")
+  .option("--https-port <port>", "ingress port on each plane's address (127.0.N.1)", "8443")
+  .option("--admin-port <port>", "planes' operator listener port (metrics, health)", "9464")
+  .option("--dns <ip:port>", "DNS responder address", "127.0.0.1:8053")
+  .option("--no-example", "do not push the example model on first start")
+  .action(async (flags) => {
+    const { runUpCommand } = await import("../up/command.ts");
+    await runUpCommand(flags);
+  });
+
+registerUserCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const message = err instanceof Error ? err.message : String(err);

@@ -14,6 +14,7 @@ export interface PlaneFlags {
   admin?: string;
   tlsCert?: string;
   tlsKey?: string;
+  peerCa?: string;
   predictTimeout?: string;
 }
 
@@ -43,6 +44,7 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     dataDir: resolve(flags.dataDir),
     ingress: parseHostPort("--ingress", flags.ingress),
     admin: flags.admin ? parseHostPort("--admin", flags.admin) : null,
+    peerCa: flags.peerCa ? readFileSync(flags.peerCa, "utf8") : null,
     tls:
       flags.tlsCert && flags.tlsKey
         ? { cert: readFileSync(flags.tlsCert, "utf8"), key: readFileSync(flags.tlsKey, "utf8") }

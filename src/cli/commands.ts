@@ -1,0 +1,573 @@
+// The user and operator commands of the CLI: each parses its flags, calls the management API (or the
+// inference endpoints), and prints either a few readable lines or, with --json, one JSON document.
+// Failures print one line on stderr and exit non-zero.
+
+import { readFileSync } from "node:fs";
+import type { Command } from "commander";
+import { checkEnvironmentName } from "../core/names.ts";
+import { CliError, ManagementApi } from "./api.ts";
+import { predict, type Target } from "./predict.ts";
+import { push } from "./push.ts";
+import { readUpManifest, resolveSettings, type Settings, saveProfile } from "./settings.ts";
+
+interface Common {
+  apiUrl?: string;
+  apiKey?: string;
+  dataDir?: string;
+  json?: boolean;
+}
+
+function withCommon(cmd: Command): Command {
+  return cmd
+    .option(
+      "--api-url <url>",
+      "control plane URL (default: MERIDIAN_API_URL, the saved profile, or ./.meridian/up.json)",
+    )
+    .option("--api-key <key>", "API key (default: MERIDIAN_API_KEY or the saved profile)")
+    .option("--data-dir <dir>", "data directory of a local `meridian up` to read up.json from", ".meridian")
+    .option("--json", "print one JSON document instead of text");
+}
+
+/** Runs a command body: JSON or text out, CliError → one line and exit 1. */
+function action<F extends Common>(
+  body: (flags: F, settings: Settings, out: Output, args: string[]) => Promise<unknown>,
+) {
+  // Commander calls an action with the positional arguments, then the options, then the command.
+  return async (...args: unknown[]) => {
+    const cmd = args[args.length - 1] as Command;
+    const flags = cmd.opts<F>();
+    const positional = args.slice(0, -2) as string[];
+    const out = new Output(Boolean(flags.json));
+    try {
+      const result = await body(flags, resolveSettings(flags, process.env), out, positional);
+      if (flags.json && result !== undefined) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      process.stderr.write(`meridian: ${message}\n`);
+      process.exitCode = err instanceof CliError ? err.exitCode : 1;
+    }
+  };
+}
+
+class Output {
+  constructor(readonly json: boolean) {}
+  line(text = ""): void {
+    if (!this.json) process.stdout.write(`${text}\n`);
+  }
+  note(text: string): void {
+    process.stderr.write(`${text}\n`);
+  }
+  table(rows: Array<Record<string, unknown>>, columns: string[]): void {
+    if (this.json) return;
+    const cells = rows.map((r) => columns.map((c) => String(r[c] ?? "-")));
+    const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((row) => row[i]!.length)));
+    const fmt = (row: string[]) =>
+      row
+        .map((v, i) => v.padEnd(widths[i]!))
+        .join("  ")
+        .trimEnd();
+    this.line(fmt(columns.map((c) => c.toUpperCase())));
+    for (const row of cells) this.line(fmt(row));
+  }
+}
+
+async function domainOf(api: ManagementApi): Promise<string> {
+  return (await api.get<{ domain: string }>("/v1/info")).domain;
+}
+
+function envName(value: string): string {
+  const check = checkEnvironmentName(value);
+  if (!check.ok) throw new CliError(`'${value}' is not a valid environment name: ${check.message}`);
+  return value;
+}
+
+function int(flag: string) {
+  return (value: string) => {
+    if (!/^\d+$/.test(value)) throw new CliError(`${flag} takes a whole number, got '${value}'`);
+    return Number(value);
+  };
+}
+
+export function registerUserCommands(program: Command): void {
+  withCommon(
+    program
+      .command("login")
+      .description("Save the control plane URL and API key (and DNS, CA) as your profile")
+      .option("--dns <ip:port>", "Meridian's DNS, for `meridian predict`")
+      .option("--ca <file>", "CA certificate of the ingresses"),
+  ).action(
+    action<Common & { dns?: string; ca?: string }>(async (flags, settings, out) => {
+      const api = new ManagementApi(settings);
+      await api.get("/v1/regions");
+      const path = saveProfile(process.env, {
+        api_url: api.url,
+        api_key: settings.apiKey!,
+        dns: settings.dns,
+        ca_file: settings.caFile,
+      });
+      out.line(`Logged in to ${api.url}; profile saved to ${path}.`);
+      return { api_url: api.url, profile: path };
+    }),
+  );
+
+  withCommon(
+    program
+      .command("push")
+      .description("Upload a model package and create a deployment (optionally into an environment)")
+      .argument("[dir]", "model package directory", ".")
+      .option("-e, --environment <env>", "push straight into this environment (created if missing)")
+      .option("--promote", "push into production")
+      .option("--deployment-name <name>", "name of the new deployment")
+      .option(
+        "--model-name <name>",
+        "model name (default: config.yaml's model_name, else the directory name)",
+      )
+      .option("--wait", "follow the deployment to ACTIVE, or to its failure with its log lines")
+      .option("--timeout <seconds>", "how long --wait waits", int("--timeout"), 600),
+  ).action(
+    action<
+      Common & {
+        environment?: string;
+        promote?: boolean;
+        deploymentName?: string;
+        modelName?: string;
+        wait?: boolean;
+        timeout: number;
+      }
+    >(async (flags, settings, out, [dir = "."]) => {
+      if (flags.environment && flags.promote)
+        throw new CliError("--environment and --promote exclude each other.");
+      const api = new ManagementApi(settings);
+      const domain = await domainOf(api);
+      const up = readUpManifest(flags.dataDir ?? ".meridian");
+      const port = up ? Number(up.planes[0]?.ingress.split(":").pop() ?? 443) : 443;
+      const result = await push(api, domain, {
+        dir,
+        environment: flags.environment ? envName(flags.environment) : null,
+        promote: Boolean(flags.promote),
+        deploymentName: flags.deploymentName ?? null,
+        modelName: flags.modelName ?? null,
+        wait: Boolean(flags.wait),
+        waitTimeoutSeconds: flags.timeout,
+        progress: !flags.json && process.stderr.isTTY === true,
+        log: (l) => (flags.json ? undefined : out.line(l)),
+      });
+      const e = { ...result.endpoints };
+      if (port !== 443) {
+        for (const k of ["standard", "regional", "deployment"] as const) {
+          if (e[k]) e[k] = e[k]!.replace(/^(https:\/\/[^/]+)/, `$1:${port}`);
+        }
+      }
+      out.line(
+        `Deployment ${result.deployment.id} (${result.deployment.name}) of model ${result.model.id}: ${result.deployment.status}`,
+      );
+      if (result.environment)
+        out.line(
+          `Environment: ${result.environment}${e.region ? ` (restricted to region ${e.region})` : ""}`,
+        );
+      if (e.regional) out.line(`Regional endpoint (stays in ${e.region}): POST ${e.regional}`);
+      out.line(`Standard endpoint${e.regional ? " (no regional guarantee)" : ""}: POST ${e.standard}`);
+      out.line(`This deployment: POST ${e.deployment}`);
+      if (!flags.wait)
+        out.line(`Follow it: meridian deployments list --model ${result.model.id}   (or push with --wait)`);
+      return { ...result, endpoints: e };
+    }),
+  );
+
+  withCommon(program.command("models").description("List models")).action(
+    action<Common>(async (_flags, settings, out) => {
+      const res = await new ManagementApi(settings).get<{ models: Array<Record<string, unknown>> }>(
+        "/v1/models",
+      );
+      out.table(res.models, ["id", "name", "production_deployment_id", "deployments_count", "team_name"]);
+      return res;
+    }),
+  );
+
+  const deployments = program.command("deployments").description("Deployments of a model");
+  withCommon(deployments.command("list").requiredOption("--model <id>", "model id")).action(
+    action<Common & { model: string }>(async (flags, settings, out) => {
+      const res = await new ManagementApi(settings).get<{ deployments: Array<Record<string, unknown>> }>(
+        `/v1/models/${flags.model}/deployments`,
+      );
+      out.table(
+        res.deployments.map((d) => ({
+          ...d,
+          region: (d["region"] as { slug?: string } | null)?.slug ?? null,
+        })),
+        ["id", "name", "status", "environment", "region", "active_replica_count", "status_message"],
+      );
+      return res;
+    }),
+  );
+
+  const envs = program.command("environments").description("Environments of a model");
+  withCommon(envs.command("list").requiredOption("--model <id>", "model id")).action(
+    action<Common & { model: string }>(async (flags, settings, out) => {
+      const res = await new ManagementApi(settings).get<{ environments: Array<Record<string, any>> }>(
+        `/v1/models/${flags.model}/environments`,
+      );
+      out.table(
+        res.environments.map((e) => ({
+          name: e["name"],
+          deployment: e["current_deployment"]?.id,
+          status: e["current_deployment"]?.status,
+          region: e["region_restriction"]?.region,
+          promotion: e["in_progress_promotion"]?.status,
+          replicas: `${e["autoscaling_settings"].min_replica}-${e["autoscaling_settings"].max_replica}`,
+        })),
+        ["name", "deployment", "status", "region", "promotion", "replicas"],
+      );
+      return res;
+    }),
+  );
+  const settingsFlags = (cmd: Command) =>
+    cmd
+      .option("--min-replica <n>", "minimum replicas", int("--min-replica"))
+      .option("--max-replica <n>", "maximum replicas", int("--max-replica"))
+      .option("--redeploy-on-promotion <bool>", "copy the deployment on every promotion (true|false)")
+      .option(
+        "--cleanup <strategy>",
+        "previous deployment after a promotion: SCALE_TO_ZERO, KEEP or DEACTIVATE",
+      );
+  type SettingsFlags = {
+    minReplica?: number;
+    maxReplica?: number;
+    redeployOnPromotion?: string;
+    cleanup?: string;
+  };
+  const settingsBody = (f: SettingsFlags) => {
+    if (f.redeployOnPromotion !== undefined && !["true", "false"].includes(f.redeployOnPromotion)) {
+      throw new CliError("--redeploy-on-promotion takes true or false");
+    }
+    if (f.cleanup !== undefined && !["SCALE_TO_ZERO", "KEEP", "DEACTIVATE"].includes(f.cleanup)) {
+      throw new CliError("--cleanup takes SCALE_TO_ZERO, KEEP or DEACTIVATE");
+    }
+    return {
+      ...(f.minReplica !== undefined || f.maxReplica !== undefined
+        ? { autoscaling_settings: { min_replica: f.minReplica ?? null, max_replica: f.maxReplica ?? null } }
+        : {}),
+      ...(f.redeployOnPromotion !== undefined || f.cleanup !== undefined
+        ? {
+            promotion_settings: {
+              redeploy_on_promotion:
+                f.redeployOnPromotion === undefined ? null : f.redeployOnPromotion === "true",
+              promotion_cleanup_strategy: f.cleanup ?? null,
+            },
+          }
+        : {}),
+    };
+  };
+  withCommon(
+    settingsFlags(envs.command("create").argument("<name>").requiredOption("--model <id>", "model id")),
+  ).action(
+    action<Common & SettingsFlags & { model: string }>(async (flags, settings, out, [arg]) => {
+      const name = envName(arg!);
+      const res = await new ManagementApi(settings).post<Record<string, any>>(
+        `/v1/models/${flags.model}/environments`,
+        {
+          name,
+          ...settingsBody(flags),
+        },
+      );
+      out.line(
+        `Created environment ${name} on model ${flags.model}${res["region_restriction"] ? ` (restricted to region ${res["region_restriction"].region})` : ""}.`,
+      );
+      return res;
+    }),
+  );
+  withCommon(
+    settingsFlags(envs.command("update").argument("<name>").requiredOption("--model <id>", "model id")),
+  ).action(
+    action<Common & SettingsFlags & { model: string }>(async (flags, settings, out, [name]) => {
+      const res = await new ManagementApi(settings).patch<Record<string, any>>(
+        `/v1/models/${flags.model}/environments/${name}`,
+        settingsBody(flags),
+      );
+      out.line(`Updated environment ${name} on model ${flags.model}.`);
+      return res;
+    }),
+  );
+  withCommon(envs.command("delete").argument("<name>").requiredOption("--model <id>", "model id")).action(
+    action<Common & { model: string }>(async (flags, settings, out, [name]) => {
+      const res = await new ManagementApi(settings).delete(`/v1/models/${flags.model}/environments/${name}`);
+      out.line(`Deleted environment ${name} of model ${flags.model}.`);
+      return res;
+    }),
+  );
+
+  withCommon(
+    program
+      .command("promote")
+      .description("Promote a deployment into an environment (production by default)")
+      .requiredOption("--model <id>", "model id")
+      .requiredOption("--deployment <id>", "deployment id (or `development`)")
+      .option("-e, --environment <env>", "target environment", "production")
+      .option("--keep-previous", "keep the previous deployment running"),
+  ).action(
+    action<Common & { model: string; deployment: string; environment: string; keepPrevious?: boolean }>(
+      async (flags, settings, out) => {
+        const res = await new ManagementApi(settings).post<Record<string, any>>(
+          `/v1/models/${flags.model}/environments/${envName(flags.environment)}/promote`,
+          { deployment_id: flags.deployment, scale_down_previous_deployment: !flags.keepPrevious },
+        );
+        const copied = res["id"] !== flags.deployment;
+        out.line(
+          `Promoting into ${flags.environment}: deployment ${res["id"]}${copied ? ` (a copy of ${flags.deployment}: redeploy${res["region"] ? ` into region ${res["region"].slug}` : ""})` : ""}, ${res["status"]}.`,
+        );
+        out.line("Traffic switches when it is ready; cancel with `meridian promote cancel`.");
+        return res;
+      },
+    ),
+  );
+  withCommon(
+    program
+      .command("cancel-promotion")
+      .description("Cancel the promotion in progress into an environment")
+      .requiredOption("--model <id>", "model id")
+      .requiredOption("-e, --environment <env>", "environment"),
+  ).action(
+    action<Common & { model: string; environment: string }>(async (flags, settings, out) => {
+      const res = await new ManagementApi(settings).post<{ message: string }>(
+        `/v1/models/${flags.model}/environments/${flags.environment}/cancel_promotion`,
+      );
+      out.line(res.message);
+      return res;
+    }),
+  );
+
+  withCommon(
+    program
+      .command("logs")
+      .description("Replica logs of a deployment or an environment's deployment")
+      .requiredOption("--model <id>", "model id")
+      .option("--deployment <id>", "deployment id")
+      .option("-e, --environment <env>", "environment")
+      .option("--limit <n>", "lines", int("--limit"), 200),
+  ).action(
+    action<Common & { model: string; deployment?: string; environment?: string; limit: number }>(
+      async (flags, settings, out) => {
+        if (Boolean(flags.deployment) === Boolean(flags.environment)) {
+          throw new CliError("Name exactly one of --deployment and --environment.");
+        }
+        const path = flags.deployment
+          ? `/v1/models/${flags.model}/deployments/${flags.deployment}/logs`
+          : `/v1/models/${flags.model}/environments/${flags.environment}/logs`;
+        const res = await new ManagementApi(settings).get<{
+          lines: Array<{ ts: string; plane: string; replica_id: string; line: string }>;
+          unreachable_planes?: string[];
+        }>(`${path}?limit=${flags.limit}`);
+        for (const l of res.lines) out.line(`${l.ts} ${l.plane}/${l.replica_id} ${l.line}`);
+        if (res.unreachable_planes?.length) out.note(`(not reachable: ${res.unreachable_planes.join(", ")})`);
+        return res;
+      },
+    ),
+  );
+
+  withCommon(
+    program
+      .command("predict")
+      .description(
+        "Call a model through its endpoint, resolved by Meridian's DNS; prints where it was processed",
+      )
+      .requiredOption("--model <id>", "model id")
+      .option("-e, --environment <env>", "standard endpoint of an environment")
+      .option("--regional <env>", "regional endpoint of a region-restricted environment")
+      .option("--deployment <id>", "a specific deployment")
+      .option("-d, --data <json>", "request body (JSON)", "{}")
+      .option("--data-file <file>", "read the request body from a file")
+      .option("--dns <ip:port>", "Meridian's DNS (default: MERIDIAN_DNS, the profile, or up.json)")
+      .option("--ca <file>", "CA certificate of the ingresses (default: the profile or up.json)")
+      .option("--port <port>", "ingress port (default: up.json's, else 443)", int("--port"))
+      .option("--http", "plain HTTP instead of HTTPS")
+      .option("--timeout <seconds>", "how long to wait for the answer", int("--timeout"), 1200),
+  ).action(
+    action<
+      Common & {
+        model: string;
+        environment?: string;
+        regional?: string;
+        deployment?: string;
+        data: string;
+        dataFile?: string;
+        dns?: string;
+        ca?: string;
+        port?: number;
+        http?: boolean;
+        timeout: number;
+      }
+    >(async (flags, settings, out) => {
+      const chosen = [flags.environment, flags.regional, flags.deployment].filter(Boolean);
+      if (chosen.length !== 1)
+        throw new CliError("Name exactly one of --environment, --regional and --deployment.");
+      const target: Target = flags.regional
+        ? { form: "regional", environment: envName(flags.regional) }
+        : flags.deployment
+          ? { form: "deployment", deploymentId: flags.deployment }
+          : { form: "standard", environment: flags.environment! };
+      const body = flags.dataFile ? readFileSync(flags.dataFile, "utf8") : flags.data;
+      try {
+        JSON.parse(body);
+      } catch {
+        throw new CliError("The request body is not valid JSON.");
+      }
+      const api = new ManagementApi(settings);
+      const up = readUpManifest(flags.dataDir ?? ".meridian");
+      const upPort = up ? Number(up.planes[0]?.ingress.split(":").pop()) : undefined;
+      const result = await predict({
+        domain: await domainOf(api),
+        modelId: flags.model,
+        target,
+        body,
+        apiKey: settings.apiKey!,
+        dns: settings.dns,
+        caFile: settings.caFile,
+        port: flags.port ?? upPort ?? (flags.http ? 80 : 443),
+        scheme: flags.http ? "http" : "https",
+        timeoutMs: flags.timeout * 1000,
+      });
+      if (!out.json) {
+        out.line(typeof result.body === "string" ? result.body : JSON.stringify(result.body, null, 2));
+        const p = result.processed;
+        out.note(
+          `HTTP ${result.status} from ${result.url} (${result.address}): processed in region ${p.region ?? "?"} by plane ${p.plane ?? "?"}; route ${p.route ?? "?"}; deployment ${p.deployment ?? "?"}; request ${p.request_id ?? "?"}`,
+        );
+        if (result.warning) out.note(`Warning: ${result.warning}`);
+      }
+      if (result.status >= 400) process.exitCode = 1;
+      return result;
+    }),
+  );
+
+  registerAdminCommands(program);
+}
+
+function registerAdminCommands(program: Command): void {
+  const admin = program
+    .command("admin")
+    .description("Operator commands (org admins): regions, planes, restrictions");
+  const regions = admin.command("regions").description("Regions");
+  withCommon(regions.command("list")).action(
+    action<Common>(async (_f, settings, out) => {
+      const res = await new ManagementApi(settings).get<{ regions: Array<Record<string, unknown>> }>(
+        "/v1/regions",
+      );
+      out.table(res.regions, ["slug", "display_name"]);
+      return res;
+    }),
+  );
+  withCommon(
+    regions
+      .command("add")
+      .requiredOption("--slug <slug>", "e.g. ca")
+      .requiredOption("--name <display>", "e.g. Canada"),
+  ).action(
+    action<Common & { slug: string; name: string }>(async (flags, settings, out) => {
+      const res = await new ManagementApi(settings).post("/v1/admin/regions", {
+        slug: flags.slug,
+        display_name: flags.name,
+      });
+      out.line(`Added region ${flags.slug} (${flags.name}).`);
+      return res;
+    }),
+  );
+
+  const planes = admin.command("planes").description("Workload planes");
+  withCommon(planes.command("list")).action(
+    action<Common>(async (_f, settings, out) => {
+      const res = await new ManagementApi(settings).get<{ planes: Array<Record<string, any>> }>(
+        "/v1/admin/planes",
+      );
+      out.table(
+        res.planes.map((p) => ({
+          ...p,
+          ingress: (p["ingress"] as string[]).join(","),
+          replicas: Object.entries(p["replicas"] as Record<string, number>)
+            .map(([s, n]) => `${n} ${s}`)
+            .join(", "),
+        })),
+        ["name", "region", "ingress", "capacity", "global_ingress", "replicas", "last_seen_at"],
+      );
+      return res;
+    }),
+  );
+  withCommon(
+    planes
+      .command("add")
+      .requiredOption("--name <name>", "plane name")
+      .requiredOption("--region <slug>", "its region")
+      .requiredOption("--ingress <host:port...>", "ingress address(es)")
+      .option("--capacity <n>", "replica slots", int("--capacity"), 8)
+      .option("--global-ingress", "this plane is the entry for standard hostnames"),
+  ).action(
+    action<
+      Common & { name: string; region: string; ingress: string[]; capacity: number; globalIngress?: boolean }
+    >(async (flags, settings, out) => {
+      const res = await new ManagementApi(settings).post<{ credential: string }>("/v1/admin/planes", {
+        name: flags.name,
+        region: flags.region,
+        ingress: flags.ingress,
+        capacity: flags.capacity,
+        global_ingress: Boolean(flags.globalIngress),
+      });
+      out.line(`Registered plane ${flags.name} in ${flags.region}. Its credential (shown once):`);
+      out.line(res.credential);
+      out.line(
+        `Start it: meridian plane --name ${flags.name} --region ${flags.region} --control-url ${settings.apiUrl} --token-file FILE --ingress ${flags.ingress[0]}`,
+      );
+      return res;
+    }),
+  );
+  withCommon(planes.command("remove").argument("<name>")).action(
+    action<Common>(async (_f, settings, out, [name]) => {
+      const res = await new ManagementApi(settings).delete(`/v1/admin/planes/${name}`);
+      out.line(`Removed plane ${name}; its replicas are placed again on the planes their regions allow.`);
+      return res;
+    }),
+  );
+
+  withCommon(
+    admin
+      .command("restrict")
+      .description("Restrict an environment group (every model of the team) to a region")
+      .requiredOption("-e, --environment <env>", "environment group name, e.g. prod-eu")
+      .requiredOption("--region <slug>", "region, e.g. eu")
+      .option("--standard-endpoint-policy <policy>", "allow, warn or deny on the standard endpoint", "allow")
+      .option("--team <id>", "team (default: your default team)"),
+  ).action(
+    action<Common & { environment: string; region: string; standardEndpointPolicy: string; team?: string }>(
+      async (flags, settings, out) => {
+        if (!["allow", "warn", "deny"].includes(flags.standardEndpointPolicy)) {
+          throw new CliError("--standard-endpoint-policy takes allow, warn or deny");
+        }
+        const base = flags.team ? `/v1/teams/${flags.team}/environment_groups` : "/v1/environment_groups";
+        const res = await new ManagementApi(settings).patch(`${base}/${envName(flags.environment)}`, {
+          region_restriction: {
+            region: flags.region,
+            standard_endpoint_policy: flags.standardEndpointPolicy,
+          },
+        });
+        out.line(
+          `Environment group ${flags.environment} is restricted to region ${flags.region} (standard endpoint: ${flags.standardEndpointPolicy}). Environments already serving are redeployed into ${flags.region}.`,
+        );
+        return res;
+      },
+    ),
+  );
+  withCommon(
+    admin
+      .command("unrestrict")
+      .description("Remove an environment group's region restriction")
+      .requiredOption("-e, --environment <env>", "environment group name")
+      .option("--team <id>", "team (default: your default team)"),
+  ).action(
+    action<Common & { environment: string; team?: string }>(async (flags, settings, out) => {
+      const base = flags.team ? `/v1/teams/${flags.team}/environment_groups` : "/v1/environment_groups";
+      const res = await new ManagementApi(settings).patch(`${base}/${flags.environment}`, {
+        region_restriction: null,
+      });
+      out.line(`Environment group ${flags.environment} has no region restriction now.`);
+      return res;
+    }),
+  );
+}

@@ -1,0 +1,350 @@
+// `meridian up`: the embedded default installation on one machine. It starts, as child processes, the
+// control plane (SQLite), one workload plane per region (us, eu, uk, au), each with an HTTPS ingress on
+// its own loopback address, and the DNS responder; registers the planes; pushes the example model on
+// first start; prints what to do next and writes it to `{data-dir}/up.json`. It keeps the children
+// running (restarting one that dies) and drains them in reverse order on Ctrl-C or SIGTERM.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import dgram from "node:dgram";
+import {
+  createWriteStream,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  type WriteStream,
+  writeFileSync,
+} from "node:fs";
+import net from "node:net";
+import { join, relative, resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { request } from "undici";
+import { CliError, ManagementApi } from "../cli/api.ts";
+import { push } from "../cli/push.ts";
+import type { UpManifest } from "../cli/settings.ts";
+import { writeSecretFile } from "../lib/files.ts";
+import { ensureLocalTls } from "./tls.ts";
+
+const BIN = resolve(import.meta.dirname, "../../bin/meridian.js");
+const EXAMPLES = resolve(import.meta.dirname, "../../examples");
+
+export interface UpConfig {
+  dataDir: string;
+  domain: string;
+  controlPort: number;
+  httpsPort: number;
+  adminPort: number;
+  dns: { host: string; port: number };
+  /** Push the example model on first start. */
+  example: boolean;
+  out: (line: string) => void;
+}
+
+export const UP_PLANES = [
+  { name: "us-1", region: "us", host: "127.0.1.1", global: true },
+  { name: "eu-1", region: "eu", host: "127.0.2.1", global: false },
+  { name: "uk-1", region: "uk", host: "127.0.3.1", global: false },
+  { name: "au-1", region: "au", host: "127.0.4.1", global: false },
+] as const;
+
+interface Child {
+  name: string;
+  args: string[];
+  process: ChildProcess | null;
+  log: WriteStream;
+  restarts: number;
+  stopping: boolean;
+}
+
+/** Fails with a clear message when an address this installation needs is taken. */
+async function checkFree(host: string, port: number, what: string, udp = false): Promise<void> {
+  const taken = await new Promise<Error | null>((ok) => {
+    if (udp) {
+      const s = dgram.createSocket("udp4");
+      s.once("error", (err) => ok(err));
+      s.bind(port, host, () => s.close(() => ok(null)));
+      return;
+    }
+    const server = net.createServer();
+    server.once("error", (err) => ok(err));
+    server.listen(port, host, () => server.close(() => ok(null)));
+  });
+  if (taken) {
+    const code = (taken as NodeJS.ErrnoException).code;
+    throw new CliError(
+      code === "EADDRINUSE"
+        ? `${host}:${port}${udp ? "/udp" : ""} (${what}) is already in use — is another \`meridian up\` running? Stop it, or choose other ports (see \`meridian up --help\`).`
+        : `Cannot listen on ${host}:${port} (${what}): ${taken.message}`,
+    );
+  }
+}
+
+async function waitHealthy(url: string, child: Child, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.process?.exitCode !== null && child.process?.exitCode !== undefined) {
+      throw new CliError(`${child.name} exited with code ${child.process.exitCode}; see ${child.log.path}`);
+    }
+    try {
+      const res = await request(url, { headersTimeout: 1000, bodyTimeout: 1000 });
+      await res.body.dump();
+      if (res.statusCode === 200) return;
+    } catch {}
+    await sleep(150);
+  }
+  throw new CliError(
+    `${child.name} did not become healthy within ${timeoutMs / 1000} s; see ${child.log.path}`,
+  );
+}
+
+export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; manifest: UpManifest }> {
+  const dir = resolve(config.dataDir);
+  mkdirSync(join(dir, "logs"), { recursive: true });
+  const out = config.out;
+  const controlUrl = `http://127.0.0.1:${config.controlPort}`;
+
+  await checkFree("127.0.0.1", config.controlPort, "control plane");
+  for (const p of UP_PLANES) {
+    await checkFree(p.host, config.httpsPort, `${p.name} ingress`);
+    await checkFree(p.host, config.adminPort, `${p.name} operator listener`);
+  }
+  await checkFree(config.dns.host, config.dns.port, "DNS", true);
+  await checkFree(config.dns.host, config.dns.port, "DNS over TCP");
+
+  const tls = await ensureLocalTls(
+    join(dir, "tls"),
+    config.domain,
+    UP_PLANES.map((p) => p.host),
+  );
+
+  const children: Child[] = [];
+  let shuttingDown = false;
+  const launch = (child: Child) => {
+    const proc = spawn(process.execPath, [BIN, ...child.args], { stdio: ["ignore", "pipe", "pipe"] });
+    proc.stdout!.pipe(child.log, { end: false });
+    proc.stderr!.pipe(child.log, { end: false });
+    child.process = proc;
+    proc.once("exit", (code, signal) => {
+      if (child.stopping || shuttingDown) return;
+      child.restarts++;
+      const delay = Math.min(30_000, 500 * 2 ** Math.min(child.restarts, 6));
+      out(
+        `! ${child.name} exited (${signal ?? code}); restarting in ${delay / 1000} s (log: ${child.log.path})`,
+      );
+      setTimeout(() => !shuttingDown && launch(child), delay).unref();
+    });
+  };
+  const start = (name: string, args: string[]): Child => {
+    const child: Child = {
+      name,
+      args,
+      process: null,
+      log: createWriteStream(join(dir, "logs", `${name}.log`), { flags: "a" }),
+      restarts: 0,
+      stopping: false,
+    };
+    children.push(child);
+    launch(child);
+    return child;
+  };
+  const stop = async () => {
+    shuttingDown = true;
+    for (const child of [...children].reverse()) {
+      child.stopping = true;
+      const proc = child.process;
+      if (!proc || proc.exitCode !== null || proc.signalCode !== null) continue;
+      const exited = new Promise((ok) => proc.once("exit", ok));
+      proc.kill("SIGTERM");
+      const timer = setTimeout(() => proc.kill("SIGKILL"), 20_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    for (const child of children) child.log.end();
+  };
+
+  try {
+    const control = start("control", [
+      "control",
+      "--data-dir",
+      join(dir, "control"),
+      "--listen",
+      `127.0.0.1:${config.controlPort}`,
+      "--domain",
+      config.domain,
+    ]);
+    await waitHealthy(`${controlUrl}/healthz`, control);
+    const keyFile = join(dir, "control", "admin.key");
+    const apiKey = readFileSync(keyFile, "utf8").trim();
+    const api = new ManagementApi({
+      apiUrl: controlUrl,
+      apiKey,
+      dns: null,
+      caFile: tls.caFile,
+      source: "up",
+    });
+
+    const registered = await api.get<{ planes: Array<{ name: string }> }>("/v1/admin/planes");
+    mkdirSync(join(dir, "planes"), { recursive: true });
+    for (const p of UP_PLANES) {
+      const tokenFile = join(dir, "planes", `${p.name}.token`);
+      const ingress = [`${p.host}:${config.httpsPort}`];
+      if (!registered.planes.some((r) => r.name === p.name)) {
+        const res = await api.post<{ credential: string }>("/v1/admin/planes", {
+          name: p.name,
+          region: p.region,
+          ingress,
+          capacity: 16,
+          global_ingress: p.global,
+        });
+        writeSecretFile(tokenFile, `${res.credential}\n`);
+      } else {
+        // Ports may differ from the last run; a lost credential is replaced.
+        await api.patch(`/v1/admin/planes/${p.name}`, { ingress });
+        if (!existsSync(tokenFile)) {
+          const res = await api.post<{ credential: string }>(`/v1/admin/planes/${p.name}/credential`);
+          writeSecretFile(tokenFile, `${res.credential}\n`);
+        }
+      }
+    }
+    const planeChildren = UP_PLANES.map((p) =>
+      start(p.name, [
+        "plane",
+        "--name",
+        p.name,
+        "--region",
+        p.region,
+        "--control-url",
+        controlUrl,
+        "--token-file",
+        join(dir, "planes", `${p.name}.token`),
+        "--data-dir",
+        join(dir, "planes", p.name),
+        "--ingress",
+        `${p.host}:${config.httpsPort}`,
+        "--admin",
+        `${p.host}:${config.adminPort}`,
+        "--tls-cert",
+        tls.certFile,
+        "--tls-key",
+        tls.keyFile,
+        "--peer-ca",
+        tls.caFile,
+      ]),
+    );
+    const dnsChild = start("dns", [
+      "dns",
+      "--listen",
+      `${config.dns.host}:${config.dns.port}`,
+      "--domain",
+      config.domain,
+      "--control-url",
+      controlUrl,
+      "--token-file",
+      join(dir, "planes", `${UP_PLANES[0].name}.token`),
+      "--data-dir",
+      join(dir, "dns"),
+    ]);
+    await Promise.all(
+      UP_PLANES.map((p, i) => waitHealthy(`http://${p.host}:${config.adminPort}/healthz`, planeChildren[i]!)),
+    );
+
+    const manifest: UpManifest = {
+      control_url: controlUrl,
+      api_key_file: keyFile,
+      domain: config.domain,
+      dns: `${config.dns.host}:${config.dns.port}`,
+      ca_file: tls.caFile,
+      planes: UP_PLANES.map((p) => ({
+        name: p.name,
+        region: p.region,
+        ingress: `${p.host}:${config.httpsPort}`,
+        global_ingress: p.global,
+      })),
+    };
+    writeFileSync(join(dir, "up.json"), `${JSON.stringify(manifest, null, 2)}\n`);
+    void dnsChild;
+
+    let example: { id: string } | null = null;
+    const exampleFile = join(dir, "example.json");
+    if (config.example && !existsSync(exampleFile)) {
+      out(
+        "First start: pushing the example model (examples/hello-js) into prod-eu, restricted to region eu…",
+      );
+      await api.patch("/v1/environment_groups/prod-eu", {
+        region_restriction: { region: "eu", standard_endpoint_policy: "warn" },
+      });
+      const pushed = await push(api, config.domain, {
+        dir: join(EXAMPLES, "hello-js"),
+        environment: "prod-eu",
+        promote: false,
+        deploymentName: null,
+        modelName: "hello",
+        wait: true,
+        waitTimeoutSeconds: 120,
+        progress: false,
+        log: (l) => out(`  ${l.trim()}`),
+      });
+      writeFileSync(exampleFile, `${JSON.stringify({ id: pushed.model.id }, null, 2)}\n`);
+    }
+    if (existsSync(exampleFile)) example = JSON.parse(readFileSync(exampleFile, "utf8")) as { id: string };
+
+    printSummary(config, manifest, dir, example, out);
+    return { stop, manifest };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+function printSummary(
+  config: UpConfig,
+  m: UpManifest,
+  dir: string,
+  example: { id: string } | null,
+  out: (line: string) => void,
+) {
+  const rel = (p: string) => {
+    const r = relative(process.cwd(), p);
+    return r.startsWith("..") ? p : r;
+  };
+  const port = config.httpsPort === 443 ? "" : `:${config.httpsPort}`;
+  out("");
+  out("Meridian is up.");
+  out("");
+  out(`  Control API  ${m.control_url}      admin API key: ${rel(m.api_key_file)}`);
+  out(`  DNS          ${m.dns}         authoritative for ${m.domain}`);
+  for (const p of m.planes) {
+    out(
+      `  Plane ${p.name.padEnd(5)}  region ${p.region}   https://${p.ingress}${p.global_ingress ? "   (global ingress: standard endpoints)" : ""}`,
+    );
+  }
+  out(`  Local CA     ${rel(m.ca_file)}   (trust it: curl --cacert, SSL_CERT_FILE, or your OS trust store)`);
+  out(
+    `  Logs         ${rel(join(dir, "logs"))}/     state: ${rel(dir)}/   manifest: ${rel(join(dir, "up.json"))}`,
+  );
+  out("");
+  out("Use it from another terminal (the CLI reads up.json from ./.meridian):");
+  out(`  export MERIDIAN_API_URL=${m.control_url} MERIDIAN_API_KEY=$(cat ${rel(m.api_key_file)})`);
+  if (example) {
+    const host = `model-${example.id}-prod-eu.${m.domain}`;
+    const eu = m.planes.find((p) => p.region === "eu")!;
+    out("");
+    out(
+      `The example model 'hello' (${example.id}) serves prod-eu, restricted to region eu. Call its regional endpoint:`,
+    );
+    out(
+      `  npx meridian predict --model ${example.id} --regional prod-eu --data '{"prompt": "Hello, world!"}'`,
+    );
+    out(
+      "or with curl (resolving the name as Meridian's DNS does: dig @" +
+        m.dns.replace(/:(\d+)$/, " -p $1") +
+        ` ${host}):`,
+    );
+    out(
+      `  curl --cacert ${rel(m.ca_file)} --resolve ${host}${port ? port : ":443"}:${eu.ingress.split(":")[0]} \\\n       -H "Authorization: Api-Key $MERIDIAN_API_KEY" -d '{"prompt": "Hello, world!"}' https://${host}${port}/predict -i`,
+    );
+    out("The response headers x-meridian-region and x-meridian-plane say where it was processed.");
+  }
+  out("");
+  out("Next: push your own model — npx meridian push examples/stream-js --environment prod-eu --wait");
+  out("Stop with Ctrl-C; state survives restarts.");
+}
