@@ -180,6 +180,7 @@ export async function registerPlane(ctx: ControlContext, p: Principal, body: Pla
     created_at: ctx.now(),
     last_seen_at: null,
     applied_revision: 0,
+    admin_url: null,
   };
   try {
     await change(ctx, async (trx, scope) => {

@@ -268,7 +268,12 @@ export async function applyReport(ctx: ControlContext, plane: PlaneRow, report: 
     }
     await trx
       .updateTable("planes")
-      .set({ last_seen_at: now, applied_revision: report.revision })
+      .set({
+        last_seen_at: now,
+        applied_revision: report.revision,
+        // Absent (an older plane) leaves what was reported before.
+        ...(report.admin_url !== undefined ? { admin_url: report.admin_url } : {}),
+      })
       .where("name", "=", plane.name)
       .execute();
     for (const c of report.request_counts) {

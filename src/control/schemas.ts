@@ -250,6 +250,7 @@ export const planeReportBody = {
   required: ["revision", "replicas", "request_counts"],
   properties: {
     revision: { type: "integer", minimum: 0 },
+    admin_url: nullable({ type: "string", maxLength: 2048, pattern: "^https?://[^/?#\\s]+$" }),
     replicas: {
       type: "array",
       maxItems: 100000,
@@ -309,4 +310,10 @@ export const modelsQuery = {
   type: "object",
   additionalProperties: false,
   properties: { name: str },
+} as const;
+
+export const logsQuery = {
+  type: "object",
+  additionalProperties: false,
+  properties: { limit: { type: "string", pattern: "^[0-9]{1,4}$" } },
 } as const;

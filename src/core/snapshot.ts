@@ -111,6 +111,11 @@ export interface ReplicaReport {
 export interface PlaneReport {
   /** The snapshot revision the plane has applied. */
   revision: number;
+  /**
+   * Base URL of the plane's operator listener (`http://host:port`), where the control plane fetches replica
+   * logs on demand (they stay on the plane); null or absent when the plane runs none.
+   */
+  admin_url?: string | null;
   replicas: ReplicaReport[];
   /** Per-environment request counts since the previous report (DESIGN.md §2.6: aggregates only). */
   request_counts: Array<{

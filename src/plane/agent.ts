@@ -26,6 +26,8 @@ export interface PlaneAgentOptions {
   counts: { take(): PlaneReport["request_counts"]; restore(c: PlaneReport["request_counts"]): void };
   /** How often the agent reports even when nothing changed. Default 2 s. */
   reportIntervalMs?: number;
+  /** The operator listener's base URL to report (null: none; undefined: not listening yet, say nothing). */
+  adminUrl?: () => string | null | undefined;
 }
 
 export class PlaneAgent {
@@ -159,8 +161,10 @@ export class PlaneAgent {
     const counts = this.#o.counts.take();
     try {
       const statuses = await this.#o.driver.list();
+      const adminUrl = this.#o.adminUrl?.();
       const body: PlaneReport = {
         revision: this.#snapshot?.revision ?? 0,
+        ...(adminUrl !== undefined ? { admin_url: adminUrl } : {}),
         replicas: [...statuses.map(toReport), ...this.#artifactFailures.values()],
         request_counts: counts,
       };

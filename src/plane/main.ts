@@ -3,6 +3,7 @@
 // small operator listener (`/metrics`, `/healthz`, audit queries, replica logs). `stop()` drains in
 // reverse order of start.
 
+import { timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
@@ -12,6 +13,7 @@ import { errorBody } from "../core/errors.ts";
 import type { PlaneSnapshot } from "../core/snapshot.ts";
 import { AuditLog } from "../gateway/audit.ts";
 import { createIngress, type Ingress, type IngressLimits } from "../gateway/ingress.ts";
+import { CONTROL_ACCESS_HEADER, verifyControlAccess } from "../lib/control-access.ts";
 import { SnapshotWatcher } from "../lib/watch.ts";
 import { PlaneAgent } from "./agent.ts";
 import { ArtifactCache } from "./artifacts.ts";
@@ -77,6 +79,8 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     planeToken: config.token,
   });
   await artifacts.start();
+  // Set once the operator listener is bound; the agent reports it from then on.
+  let adminAddress: { host: string; port: number } | null = null;
   const agent = new PlaneAgent({
     plane: config.name,
     controlUrl: config.controlUrl,
@@ -85,6 +89,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     artifacts,
     logger,
     counts: { take: () => audit.takeRequestCounts(), restore: (c) => audit.restoreRequestCounts(c) },
+    adminUrl: () => (config.admin === null ? null : adminAddress ? httpUrl(adminAddress) : undefined),
   });
 
   let current: PlaneSnapshot | null = null;
@@ -128,10 +133,17 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
   await ingress.start();
 
   let adminServer: http.Server | null = null;
-  let adminAddress: { host: string; port: number } | null = null;
   if (config.admin) {
     adminServer = http.createServer(
-      (req, res) => void serveAdmin(req, res, { registry, audit, driver, token: config.token, watcher }),
+      (req, res) =>
+        void serveAdmin(req, res, {
+          registry,
+          audit,
+          driver,
+          token: config.token,
+          watcher,
+          hopSecret: () => current?.hop_secret ?? "",
+        }),
     );
     await new Promise<void>((ok, fail) => {
       adminServer!.once("error", fail);
@@ -186,6 +198,12 @@ interface AdminDeps {
   driver: ProcessDriver;
   token: string;
   watcher: SnapshotWatcher<PlaneSnapshot>;
+  /** The hop secret of the current snapshot: it verifies the control plane's `x-meridian-control`. */
+  hopSecret(): string;
+}
+
+function httpUrl(a: { host: string; port: number }): string {
+  return `http://${a.host.includes(":") ? `[${a.host}]` : a.host}:${a.port}`;
 }
 
 /**
@@ -209,9 +227,10 @@ async function serveAdmin(
     if (url.pathname === "/healthz") {
       return send(200, { ok: true, revision: deps.watcher.revision, control_plane: deps.watcher.state });
     }
-    const auth = req.headers.authorization ?? "";
-    if (auth !== `Bearer ${deps.token}`)
+    const logs = /^\/v1\/replicas\/([^/]+)\/logs$/.exec(url.pathname);
+    if (!isPlaneCredential(req, deps.token) && !(logs && isControlPlane(req, deps.hopSecret()))) {
       return send(401, errorBody("unauthorized", "Send the plane credential as a Bearer token."));
+    }
     if (url.pathname === "/v1/audit") {
       const q = url.searchParams;
       const records = await deps.audit.query({
@@ -225,7 +244,6 @@ async function serveAdmin(
       return send(200, { items: records });
     }
     if (url.pathname === "/v1/replicas") return send(200, { replicas: await deps.driver.list() });
-    const logs = /^\/v1\/replicas\/([^/]+)\/logs$/.exec(url.pathname);
     if (logs) {
       const limit = Number(url.searchParams.get("limit") ?? 500);
       return send(200, { lines: await deps.driver.logs(decodeURIComponent(logs[1]!), { limit }) });
@@ -234,4 +252,21 @@ async function serveAdmin(
   } catch (err) {
     send(500, errorBody("internal_error", (err as Error).message));
   }
+}
+
+function isPlaneCredential(req: http.IncomingMessage, token: string): boolean {
+  const given = Buffer.from(req.headers.authorization ?? "");
+  const want = Buffer.from(`Bearer ${token}`);
+  return given.length === want.length && timingSafeEqual(given, want);
+}
+
+/**
+ * The control plane reads replica logs on a user's behalf (they are never stored outside the plane); it
+ * signs the request target with the hop secret. Only the logs route accepts this: the audit trail stays
+ * in the region (DESIGN.md §2.6).
+ */
+function isControlPlane(req: http.IncomingMessage, hopSecret: string): boolean {
+  const header = req.headers[CONTROL_ACCESS_HEADER];
+  if (typeof header !== "string") return false;
+  return verifyControlAccess(header, req.url ?? "", hopSecret, Date.now()).ok;
 }

@@ -209,6 +209,12 @@ function migrations(dialect: Dialect): Record<string, Migration> {
           .execute();
       },
     },
+    "0002_plane_admin_url": {
+      async up(db: Kysely<unknown>) {
+        // Where the control plane fetches a plane's replica logs on demand (reported by the plane).
+        await db.schema.alterTable("planes").addColumn("admin_url", "text").execute();
+      },
+    },
   };
 }
 

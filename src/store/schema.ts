@@ -64,6 +64,8 @@ export interface PlaneTable {
   created_at: string;
   last_seen_at: string | null;
   applied_revision: number;
+  /** The plane's operator listener as it last reported it; replica logs are fetched there. */
+  admin_url: string | null;
 }
 
 export interface ArtifactTable {

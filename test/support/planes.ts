@@ -188,7 +188,9 @@ export class Traffic {
   }
 
   failures() {
-    return this.results.filter((r) => r.status !== 200).map((r) => ({ status: r.status, body: r.body }));
+    return this.results
+      .filter((r) => r.status !== 200)
+      .map((r) => ({ status: r.status, body: r.body, at: new Date(r.at).toISOString() }));
   }
 
   header(name: string): string[] {
