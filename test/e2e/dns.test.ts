@@ -6,7 +6,7 @@
 
 import { execFile } from "node:child_process";
 import dgram from "node:dgram";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -185,6 +185,7 @@ describe("meridian dns against a real control plane", () => {
   afterAll(async () => {
     await dns?.stop();
     await cluster?.stop();
+    if (cluster) rmSync(cluster.dir, { recursive: true, force: true });
   }, 60_000);
 
   it("answers each form with the right ingresses, NXDOMAIN for what does not exist (dig, UDP and TCP)", async () => {

@@ -5,7 +5,7 @@
 // only aggregates; serving on with the control plane stopped, also across a plane restart.
 
 import { randomUUID } from "node:crypto";
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -177,7 +177,10 @@ describe("the inference ingress end to end", () => {
     });
   }, 80_000);
 
-  afterAll(async () => cluster?.stop(), 60_000);
+  afterAll(async () => {
+    await cluster?.stop();
+    if (cluster) rmSync(cluster.dir, { recursive: true, force: true });
+  }, 60_000);
 
   it("serves the regional endpoint in eu only: locally, forwarded within eu, refused (421) in us", async () => {
     const local = await call(cluster, euServing, regionalHost(), "/predict");
