@@ -5,7 +5,6 @@
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Cluster, DOMAIN, eventually, startCluster } from "../support/cluster.ts";
-import { packExample } from "../support/control.ts";
 import {
   createModelFrom,
   PlacementWatch,
