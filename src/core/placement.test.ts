@@ -2,14 +2,25 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { type PlaneCapacity, planPlacement } from "./placement.ts";
 
-const plane = (name: string, region: string, capacity = 4, used = 0, global_ingress = false): PlaneCapacity => ({
+const plane = (
+  name: string,
+  region: string,
+  capacity = 4,
+  used = 0,
+  global_ingress = false,
+): PlaneCapacity => ({
   name,
   region,
   capacity,
   used,
   global_ingress,
 });
-const PLANES = [plane("us-1", "us", 4, 0, true), plane("eu-1", "eu"), plane("eu-2", "eu"), plane("uk-1", "uk")];
+const PLANES = [
+  plane("us-1", "us", 4, 0, true),
+  plane("eu-1", "eu"),
+  plane("eu-2", "eu"),
+  plane("uk-1", "uk"),
+];
 
 describe("planPlacement", () => {
   it("places a restricted deployment only in its region", () => {

@@ -44,7 +44,8 @@ function preferenceOrder(planes: PlaneCapacity[]): PlaneCapacity[] {
   const globalRegions = new Set(planes.filter((p) => p.global_ingress).map((p) => p.region));
   const rank = (p: PlaneCapacity) => (p.global_ingress ? 0 : globalRegions.has(p.region) ? 1 : 2);
   return planes.sort(
-    (a, b) => rank(a) - rank(b) || b.capacity - b.used - (a.capacity - a.used) || a.name.localeCompare(b.name),
+    (a, b) =>
+      rank(a) - rank(b) || b.capacity - b.used - (a.capacity - a.used) || a.name.localeCompare(b.name),
   );
 }
 

@@ -30,6 +30,8 @@ export interface PlaneConfig {
   /** Operator listener (metrics, health, audit, logs). */
   admin: { host: string; port: number } | null;
   tls: { cert: string; key: string } | null;
+  /** CA that signs the other planes' ingress certificates: hops to peers then go over HTTPS. */
+  peerCa?: string | null;
   limits?: Partial<IngressLimits>;
   /** Address replicas listen on. Default 127.0.0.1. */
   replicaHost?: string;
@@ -118,6 +120,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     plane: { name: config.name, region: config.region },
     listen: config.ingress,
     ...(config.tls ? { tls: config.tls } : {}),
+    ...(config.peerCa ? { peerScheme: "https" as const, peerConnect: { ca: config.peerCa } } : {}),
     snapshot: () => current,
     localReplicas: agent.localReplicas,
     ...(config.limits ? { limits: config.limits } : {}),
