@@ -251,7 +251,18 @@ export async function applyReport(ctx: ControlContext, plane: PlaneRow, report: 
     .where("plane", "=", plane.name)
     .execute();
   const byId = new Map(current.map((r) => [r.id, r]));
-  const changed = report.replicas.filter((r) => {
+  // A replica the plane no longer runs (stopped plane, lost process) is not routable: back to PENDING.
+  const reported = new Set(report.replicas.map((r) => r.id));
+  const missing: PlaneReport["replicas"] = current
+    .filter((c) => !reported.has(c.id) && c.state !== "PENDING")
+    .map((c) => ({
+      id: c.id,
+      deployment_id: c.deployment_id,
+      state: "PENDING",
+      message: null,
+      restarts: c.restarts,
+    }));
+  const changed = [...report.replicas, ...missing].filter((r) => {
     const c = byId.get(r.id);
     return c !== undefined && (c.state !== r.state || c.message !== r.message || c.restarts !== r.restarts);
   });

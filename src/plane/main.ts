@@ -171,9 +171,10 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
       await new Promise<void>((ok) => (adminServer ? adminServer.close(() => ok()) : ok()));
       await ingress.stop();
       await watcher.stop();
+      // Replicas stop before the last report, so the control plane learns they no longer serve.
+      await driver.stop();
       await agent.report();
       await agent.stop();
-      await driver.stop();
       await artifacts.stop();
       await audit.stop();
     },
