@@ -1,0 +1,64 @@
+// Plane reports drive replica state, deployment status and promotions; a replica a plane stops reporting
+// is no longer routable.
+
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestControl, type TestControl } from "../support/control.ts";
+
+describe("plane reports", () => {
+  let t: TestControl;
+  let token: string;
+
+  beforeAll(async () => {
+    t = await startTestControl("sqlite");
+    const plane = await t.admin.post("/v1/admin/planes", {
+      name: "eu-1",
+      region: "eu",
+      ingress: ["127.0.2.1:8443"],
+      capacity: 4,
+    });
+    token = plane.body.credential;
+  });
+  afterAll(async () => t?.stop());
+
+  const asPlane = () => t.admin.as(null);
+  const snapshot = async () =>
+    (
+      await asPlane().call("GET", "/v1/internal/planes/eu-1/snapshot?wait=0", undefined, {
+        authorization: `Bearer ${token}`,
+      })
+    ).body;
+  const report = (replicas: unknown[]) =>
+    asPlane().call(
+      "POST",
+      "/v1/internal/planes/eu-1/report",
+      { revision: 1, replicas, request_counts: [] },
+      {
+        authorization: `Bearer ${token}`,
+        "content-type": "application/json",
+      },
+    );
+
+  it("marks a deployment ACTIVE when its replica is READY, and routable again only while reported", async () => {
+    await t.admin.patch("/v1/environment_groups/prod-eu", { region_restriction: { region: "eu" } });
+    const { model, deployment } = (
+      await t.admin.createModel("reported", "hello-js", { environment_name: "prod-eu" })
+    ).body;
+    const desired = (await snapshot()).replicas;
+    expect(desired).toHaveLength(1);
+    expect(desired[0]).toMatchObject({ deployment_id: deployment.id, environment: "prod-eu" });
+    const replica = { id: desired[0].id, deployment_id: deployment.id, message: null, restarts: 0 };
+
+    expect((await report([{ ...replica, state: "READY" }])).status).toBe(200);
+    const env = await t.admin.get(`/v1/models/${model.id}/environments/prod-eu`);
+    expect(env.body.current_deployment).toMatchObject({ id: deployment.id, status: "ACTIVE" });
+    const routed = (await snapshot()).models[0].deployments[0];
+    expect(routed.ready_planes).toEqual(["eu-1"]);
+
+    // The plane no longer runs it (stopped, or the process is gone): not routable any more.
+    expect((await report([])).status).toBe(200);
+    const after = (await snapshot()).models[0].deployments[0];
+    expect(after.ready_planes).toEqual([]);
+    const dep = await t.admin.get(`/v1/models/${model.id}/deployments/${deployment.id}`);
+    expect(dep.body.status).not.toBe("ACTIVE");
+  });
+});
