@@ -10,6 +10,7 @@ import { checkEnvironmentName, PRODUCTION } from "../core/names.ts";
 import { decidePromotion } from "../core/promotion.ts";
 import type { DeploymentRow, EnvironmentRow, ModelRow, Schema } from "../store/schema.ts";
 import { type Db, isUniqueViolation } from "../store/store.ts";
+import { setActive } from "./activation.ts";
 import { type ControlContext, recordAudit } from "./context.ts";
 import { newId } from "./identity.ts";
 import {
@@ -511,22 +512,8 @@ export async function setEnvironmentActive(
     throw new MeridianError("deployment_not_found", `Environment '${envName}' has no deployment yet.`);
   }
   const d = await loadDeployment(ctx.store.db, model, env.current_deployment_id);
-  await change(ctx, async (trx, scope) => {
-    const status = active ? (d.status === "ACTIVE" ? "ACTIVE" : "DEPLOYING") : "INACTIVE";
-    await trx
-      .updateTable("deployments")
-      .set({ status, status_message: null, updated_at: ctx.now() })
-      .where("id", "=", d.id)
-      .execute();
-    scope.touch(d.id);
-    await recordAudit(ctx, trx, p, {
-      team_id: model.team_id,
-      model_id: model.id,
-      action: active ? "environment.activate" : "environment.deactivate",
-      target: `environment:${model.id}/${envName}`,
-      before: { status: d.status },
-      after: { status },
-    });
+  return setActive(ctx, p, model, d, active, {
+    action: active ? "environment.activate" : "environment.deactivate",
+    target: `environment:${model.id}/${envName}`,
   });
-  return { success: true };
 }

@@ -8,6 +8,7 @@ import { MeridianError } from "../core/errors.ts";
 import { checkEnvironmentName, PRODUCTION } from "../core/names.ts";
 import type { DeploymentRow, ModelRow, TeamRow } from "../store/schema.ts";
 import { isUniqueViolation } from "../store/store.ts";
+import { setActive } from "./activation.ts";
 import { BlobTooLargeError } from "./artifacts.ts";
 import { type ControlContext, recordAudit } from "./context.ts";
 import { ensureEnvironment, promoteInTransaction } from "./environments.ts";
@@ -405,33 +406,10 @@ export async function setDeploymentActive(
   requireCapability(p, "manage");
   const model = await loadModel(ctx.store.db, p, modelId);
   const d = await loadDeploymentAlias(ctx.store.db, model, id);
-  if (d.status === "BUILD_FAILED") {
-    throw new MeridianError(
-      "conflict",
-      `Deployment ${d.id} failed to build: ${d.status_message ?? ""}`.trim(),
-    );
-  }
-  await change(ctx, async (trx, scope) => {
-    const status = active ? (d.status === "ACTIVE" ? "ACTIVE" : "DEPLOYING") : "INACTIVE";
-    if (active && (d.status === "DEPLOY_FAILED" || d.status === "UNHEALTHY")) {
-      await trx.deleteFrom("replicas").where("deployment_id", "=", d.id).execute();
-    }
-    await trx
-      .updateTable("deployments")
-      .set({ status, status_message: null, updated_at: ctx.now() })
-      .where("id", "=", d.id)
-      .execute();
-    scope.touch(d.id);
-    await recordAudit(ctx, trx, p, {
-      team_id: model.team_id,
-      model_id: model.id,
-      action: active ? "deployment.activate" : "deployment.deactivate",
-      target: `deployment:${d.id}`,
-      before: { status: d.status },
-      after: { status },
-    });
+  return setActive(ctx, p, model, d, active, {
+    action: active ? "deployment.activate" : "deployment.deactivate",
+    target: `deployment:${d.id}`,
   });
-  return { success: true };
 }
 
 export async function retryDeployment(ctx: ControlContext, p: Principal, modelId: string, id: string) {
