@@ -8,7 +8,7 @@ import { checkEnvironmentName } from "../core/names.ts";
 import { CliError, ManagementApi } from "./api.ts";
 import { predict, type Target } from "./predict.ts";
 import { push } from "./push.ts";
-import { readUpManifest, resolveSettings, type Settings, saveProfile } from "./settings.ts";
+import { resolveSettings, type Settings, saveProfile } from "./settings.ts";
 
 interface Common {
   apiUrl?: string;
@@ -24,7 +24,10 @@ function withCommon(cmd: Command): Command {
       "control plane URL (default: MERIDIAN_API_URL, the saved profile, or ./.meridian/up.json)",
     )
     .option("--api-key <key>", "API key (default: MERIDIAN_API_KEY or the saved profile)")
-    .option("--data-dir <dir>", "data directory of a local `meridian up` to read up.json from", ".meridian")
+    .option(
+      "--data-dir <dir>",
+      "data directory of a local `meridian up` to read up.json from (default: MERIDIAN_DATA_DIR or ./.meridian)",
+    )
     .option("--json", "print one JSON document instead of text");
 }
 
@@ -71,8 +74,10 @@ class Output {
   }
 }
 
-async function domainOf(api: ManagementApi): Promise<string> {
-  return (await api.get<{ domain: string }>("/v1/info")).domain;
+/** The inference domain: from the settings, else asked of the control plane. */
+async function domainOf(settings: Settings): Promise<string> {
+  if (settings.domain) return settings.domain;
+  return (await new ManagementApi(settings).get<{ domain: string }>("/v1/info")).domain;
 }
 
 function envName(value: string): string {
@@ -138,9 +143,8 @@ export function registerUserCommands(program: Command): void {
       if (flags.environment && flags.promote)
         throw new CliError("--environment and --promote exclude each other.");
       const api = new ManagementApi(settings);
-      const domain = await domainOf(api);
-      const up = readUpManifest(flags.dataDir ?? ".meridian");
-      const port = up ? Number(up.planes[0]?.ingress.split(":").pop() ?? 443) : 443;
+      const domain = await domainOf(settings);
+      const port = settings.ingressPort ?? 443;
       const result = await push(api, domain, {
         dir,
         environment: flags.environment ? envName(flags.environment) : null,
@@ -315,7 +319,7 @@ export function registerUserCommands(program: Command): void {
         out.line(
           `Promoting into ${flags.environment}: deployment ${res["id"]}${copied ? ` (a copy of ${flags.deployment}: redeploy${res["region"] ? ` into region ${res["region"].slug}` : ""})` : ""}, ${res["status"]}.`,
         );
-        out.line("Traffic switches when it is ready; cancel with `meridian promote cancel`.");
+        out.line("Traffic switches when it is ready; cancel with `meridian cancel-promotion`.");
         return res;
       },
     ),
@@ -377,6 +381,10 @@ export function registerUserCommands(program: Command): void {
       .option("-d, --data <json>", "request body (JSON)", "{}")
       .option("--data-file <file>", "read the request body from a file")
       .option("--dns <ip:port>", "Meridian's DNS (default: MERIDIAN_DNS, the profile, or up.json)")
+      .option(
+        "--domain <domain>",
+        "inference domain (default: MERIDIAN_DOMAIN, the profile, up.json, or the control plane)",
+      )
       .option("--ca <file>", "CA certificate of the ingresses (default: the profile or up.json)")
       .option("--port <port>", "ingress port (default: up.json's, else 443)", int("--port"))
       .option("--http", "plain HTTP instead of HTTPS")
@@ -411,18 +419,16 @@ export function registerUserCommands(program: Command): void {
       } catch {
         throw new CliError("The request body is not valid JSON.");
       }
-      const api = new ManagementApi(settings);
-      const up = readUpManifest(flags.dataDir ?? ".meridian");
-      const upPort = up ? Number(up.planes[0]?.ingress.split(":").pop()) : undefined;
+      if (!settings.apiKey) throw new CliError("No API key: set MERIDIAN_API_KEY or run `meridian login`.");
       const result = await predict({
-        domain: await domainOf(api),
+        domain: await domainOf(settings),
         modelId: flags.model,
         target,
         body,
         apiKey: settings.apiKey!,
         dns: settings.dns,
         caFile: settings.caFile,
-        port: flags.port ?? upPort ?? (flags.http ? 80 : 443),
+        port: flags.port ?? settings.ingressPort ?? (flags.http ? 80 : 443),
         scheme: flags.http ? "http" : "https",
         timeoutMs: flags.timeout * 1000,
       });

@@ -14,6 +14,8 @@ export interface Profile {
   dns?: string | null;
   /** CA certificate (PEM file) that signs the ingress certificates. */
   ca_file?: string | null;
+  /** The inference domain; asked of the control plane when unknown. */
+  domain?: string | null;
 }
 
 /** What `meridian up` writes to `{data-dir}/up.json`. */
@@ -31,6 +33,9 @@ export interface Settings {
   apiKey: string | null;
   dns: string | null;
   caFile: string | null;
+  domain: string | null;
+  /** Ingress port of a local `meridian up`; null means HTTPS's 443. */
+  ingressPort: number | null;
   /** Where the settings came from, for error messages. */
   source: string;
 }
@@ -60,7 +65,7 @@ export function readUpManifest(dataDir: string): UpManifest | null {
 }
 
 export function resolveSettings(
-  flags: { apiUrl?: string; apiKey?: string; dns?: string; ca?: string; dataDir?: string },
+  flags: { apiUrl?: string; apiKey?: string; dns?: string; ca?: string; dataDir?: string; domain?: string },
   env: NodeJS.ProcessEnv,
 ): Settings {
   const profile = readJson<Profile>(profilePath(env));
@@ -91,6 +96,8 @@ export function resolveSettings(
     apiKey: pick(flags.apiKey, env["MERIDIAN_API_KEY"], profile?.api_key, upKey),
     dns: pick(flags.dns, env["MERIDIAN_DNS"], profile?.dns, up?.dns),
     caFile: pick(flags.ca, env["MERIDIAN_CA_FILE"], profile?.ca_file, up?.ca_file),
+    domain: pick(flags.domain, env["MERIDIAN_DOMAIN"], profile?.domain, up?.domain),
+    ingressPort: up?.planes[0] ? Number(up.planes[0].ingress.split(":").pop()) : null,
     source,
   });
 }

@@ -179,6 +179,8 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
       apiKey,
       dns: null,
       caFile: tls.caFile,
+      domain: config.domain,
+      ingressPort: config.httpsPort,
       source: "up",
     });
 
