@@ -795,7 +795,12 @@ function controlRoutes(ctx: ControlContext, uploadLimit: number, maxWait: number
       auth: "plane",
       meridian: true,
       handler: async (c) => {
-        const stream = await ctx.artifacts.open(c.params["sha256"]!);
+        const sha256 = c.params["sha256"]!;
+        // A plane reads only the packages of replicas placed on it (404 otherwise: nothing leaks).
+        if (!(await internal.planeNeedsArtifact(ctx, c.plane.name, sha256))) {
+          throw new MeridianError("artifact_not_found");
+        }
+        const stream = await ctx.artifacts.open(sha256);
         if (!stream) throw new MeridianError("artifact_not_found");
         return c.reply.type("application/gzip").send(stream);
       },

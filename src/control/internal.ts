@@ -208,6 +208,23 @@ export async function buildPlaneSnapshot(
   };
 }
 
+/** Whether a replica placed on `plane` runs a deployment built from the package with this sha256. */
+export async function planeNeedsArtifact(
+  ctx: ControlContext,
+  plane: string,
+  sha256: string,
+): Promise<boolean> {
+  const row = await ctx.store.db
+    .selectFrom("replicas")
+    .innerJoin("deployments", "deployments.id", "replicas.deployment_id")
+    .innerJoin("artifacts", "artifacts.key", "deployments.artifact_key")
+    .select("replicas.id")
+    .where("replicas.plane", "=", plane)
+    .where("artifacts.sha256", "=", sha256)
+    .executeTakeFirst();
+  return row !== undefined;
+}
+
 export async function buildDnsSnapshot(ctx: ControlContext, db: Db): Promise<DnsSnapshot> {
   const revision = await ctx.store.revision(db);
   const [planes, envs, groups, models] = await Promise.all([

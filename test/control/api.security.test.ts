@@ -200,7 +200,8 @@ describe("management API security", () => {
       name: "plane-a",
       region: "us",
       ingress: ["127.0.0.1:1"],
-      capacity: 0,
+      // Room for the models' replicas: a plane may download only the packages placed on it.
+      capacity: 8,
     });
     const planeB = await admin.post("/v1/admin/planes", {
       name: "plane-b",
@@ -475,6 +476,15 @@ describe("management API security", () => {
         const res = await requestInternal(route, `Bearer ${planes.aCredential}`, planes.a);
         expect(res.status, `${label(route)}: ${JSON.stringify(res.body)}`).toBe(200);
       }
+    });
+
+    it("gives a plane only the packages of replicas placed on it (404 for others)", async () => {
+      const route = internalRoutes.find((r) => r.path.includes("artifacts"))!;
+      expectError(
+        await requestInternal(route, `Bearer ${planes.bCredential}`, planes.b),
+        404,
+        "artifact_not_found",
+      );
     });
 
     it("keeps plane A's credential out of plane B's snapshot and reports (403)", async () => {

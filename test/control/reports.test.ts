@@ -61,4 +61,24 @@ describe("plane reports", () => {
     const dep = await t.admin.get(`/v1/models/${model.id}/deployments/${deployment.id}`);
     expect(dep.body.status).not.toBe("ACTIVE");
   });
+
+  it("lets a plane download only the packages of replicas placed on it", async () => {
+    const other = await t.admin.post("/v1/admin/planes", {
+      name: "uk-1",
+      region: "uk",
+      ingress: ["127.0.3.1:8443"],
+      capacity: 4,
+    });
+    const sha256 = (await snapshot()).replicas[0].artifact.sha256 as string;
+    const fetchAs = (credential: string) =>
+      asPlane().call("GET", `/v1/internal/artifacts/${sha256}`, undefined, {
+        authorization: `Bearer ${credential}`,
+      });
+    const own = await fetchAs(token);
+    expect(own.status).toBe(200);
+    expect(own.headers["content-type"]).toContain("gzip");
+    const foreign = await fetchAs(other.body.credential);
+    expect(foreign.status).toBe(404);
+    expect(foreign.body.error_code).toBe("artifact_not_found");
+  });
 });
