@@ -52,6 +52,26 @@ function action<F extends Common>(
   };
 }
 
+/** The parts of the API's answers that the text output reads. */
+interface EnvironmentView {
+  name: string;
+  current_deployment: { id: string; status: string } | null;
+  region_restriction: { region: string } | null;
+  in_progress_promotion: { status: string } | null;
+  autoscaling_settings: { min_replica: number; max_replica: number };
+}
+interface DeploymentView {
+  id: string;
+  status: string;
+  region: { slug: string } | null;
+}
+interface PlaneView {
+  name: string;
+  ingress: string[];
+  replicas: Record<string, number>;
+  [field: string]: unknown;
+}
+
 class Output {
   constructor(readonly json: boolean) {}
   line(text = ""): void {
@@ -101,7 +121,7 @@ export function registerUserCommands(program: Command): void {
       .option("--dns <ip:port>", "Meridian's DNS, for `meridian predict`")
       .option("--ca <file>", "CA certificate of the ingresses"),
   ).action(
-    action<Common & { dns?: string; ca?: string }>(async (flags, settings, out) => {
+    action<Common & { dns?: string; ca?: string }>(async (_flags, settings, out) => {
       const api = new ManagementApi(settings);
       await api.get("/v1/regions");
       const path = saveProfile(process.env, {
@@ -208,17 +228,17 @@ export function registerUserCommands(program: Command): void {
   const envs = program.command("environments").description("Environments of a model");
   withCommon(envs.command("list").requiredOption("--model <id>", "model id")).action(
     action<Common & { model: string }>(async (flags, settings, out) => {
-      const res = await new ManagementApi(settings).get<{ environments: Array<Record<string, any>> }>(
+      const res = await new ManagementApi(settings).get<{ environments: EnvironmentView[] }>(
         `/v1/models/${flags.model}/environments`,
       );
       out.table(
         res.environments.map((e) => ({
-          name: e["name"],
-          deployment: e["current_deployment"]?.id,
-          status: e["current_deployment"]?.status,
-          region: e["region_restriction"]?.region,
-          promotion: e["in_progress_promotion"]?.status,
-          replicas: `${e["autoscaling_settings"].min_replica}-${e["autoscaling_settings"].max_replica}`,
+          name: e.name,
+          deployment: e.current_deployment?.id,
+          status: e.current_deployment?.status,
+          region: e.region_restriction?.region,
+          promotion: e.in_progress_promotion?.status,
+          replicas: `${e.autoscaling_settings.min_replica}-${e.autoscaling_settings.max_replica}`,
         })),
         ["name", "deployment", "status", "region", "promotion", "replicas"],
       );
@@ -267,7 +287,7 @@ export function registerUserCommands(program: Command): void {
   ).action(
     action<Common & SettingsFlags & { model: string }>(async (flags, settings, out, [arg]) => {
       const name = envName(arg!);
-      const res = await new ManagementApi(settings).post<Record<string, any>>(
+      const res = await new ManagementApi(settings).post<EnvironmentView>(
         `/v1/models/${flags.model}/environments`,
         {
           name,
@@ -275,7 +295,7 @@ export function registerUserCommands(program: Command): void {
         },
       );
       out.line(
-        `Created environment ${name} on model ${flags.model}${res["region_restriction"] ? ` (restricted to region ${res["region_restriction"].region})` : ""}.`,
+        `Created environment ${name} on model ${flags.model}${res.region_restriction ? ` (restricted to region ${res.region_restriction.region})` : ""}.`,
       );
       return res;
     }),
@@ -284,7 +304,7 @@ export function registerUserCommands(program: Command): void {
     settingsFlags(envs.command("update").argument("<name>").requiredOption("--model <id>", "model id")),
   ).action(
     action<Common & SettingsFlags & { model: string }>(async (flags, settings, out, [name]) => {
-      const res = await new ManagementApi(settings).patch<Record<string, any>>(
+      const res = await new ManagementApi(settings).patch<{ environment: EnvironmentView }>(
         `/v1/models/${flags.model}/environments/${name}`,
         settingsBody(flags),
       );
@@ -311,13 +331,13 @@ export function registerUserCommands(program: Command): void {
   ).action(
     action<Common & { model: string; deployment: string; environment: string; keepPrevious?: boolean }>(
       async (flags, settings, out) => {
-        const res = await new ManagementApi(settings).post<Record<string, any>>(
+        const res = await new ManagementApi(settings).post<DeploymentView>(
           `/v1/models/${flags.model}/environments/${envName(flags.environment)}/promote`,
           { deployment_id: flags.deployment, scale_down_previous_deployment: !flags.keepPrevious },
         );
-        const copied = res["id"] !== flags.deployment;
+        const copied = res.id !== flags.deployment;
         out.line(
-          `Promoting into ${flags.environment}: deployment ${res["id"]}${copied ? ` (a copy of ${flags.deployment}: redeploy${res["region"] ? ` into region ${res["region"].slug}` : ""})` : ""}, ${res["status"]}.`,
+          `Promoting into ${flags.environment}: deployment ${res.id}${copied ? ` (a copy of ${flags.deployment}: redeploy${res.region ? ` into region ${res.region.slug}` : ""})` : ""}, ${res.status}.`,
         );
         out.line("Traffic switches when it is ready; cancel with `meridian cancel-promotion`.");
         return res;
@@ -481,14 +501,12 @@ function registerAdminCommands(program: Command): void {
   const planes = admin.command("planes").description("Workload planes");
   withCommon(planes.command("list")).action(
     action<Common>(async (_f, settings, out) => {
-      const res = await new ManagementApi(settings).get<{ planes: Array<Record<string, any>> }>(
-        "/v1/admin/planes",
-      );
+      const res = await new ManagementApi(settings).get<{ planes: PlaneView[] }>("/v1/admin/planes");
       out.table(
         res.planes.map((p) => ({
           ...p,
-          ingress: (p["ingress"] as string[]).join(","),
-          replicas: Object.entries(p["replicas"] as Record<string, number>)
+          ingress: p.ingress.join(","),
+          replicas: Object.entries(p.replicas)
             .map(([s, n]) => `${n} ${s}`)
             .join(", "),
         })),

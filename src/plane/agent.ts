@@ -35,7 +35,6 @@ export class PlaneAgent {
   #snapshot: PlaneSnapshot | null = null;
   /** READY endpoints by deployment id, rebuilt on every driver event. */
   #ready = new Map<string, string[]>();
-  #roundRobin = new Map<string, number>();
   /** Replicas whose package could not be made available, reported as FAILED with the reason. */
   #artifactFailures = new Map<string, ReplicaReport>();
   #reconciling: Promise<void> | null = null;

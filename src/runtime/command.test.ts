@@ -4,8 +4,8 @@
 
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { exitCode, parseListen, parseServeModelOptions } from "./command.ts";
 import { EXIT_CODES } from "../core/runtime-exit-codes.ts";
+import { exitCode, parseListen, parseServeModelOptions } from "./command.ts";
 import { PATHS } from "./server.ts";
 import { EXAMPLES, type RuntimeProcess, spawnServeModel, waitFor, writePackage } from "./testing.ts";
 
