@@ -313,7 +313,14 @@ describe("DnsServer over UDP", () => {
     for (const p of packets) socket.send(Buffer.from(p), port, "127.0.0.1");
     await new Promise((r) => setTimeout(r, 200));
     socket.close();
-    expect(addresses(await udp(port, query("model-abc12345.meridian.test")))).toEqual(["127.0.0.10"]);
+    // UDP may drop a query while the server works through the burst (a loaded CI machine): retry as a
+    // resolver would, for a few seconds.
+    let reply: Buffer | null = null;
+    for (let attempt = 0; attempt < 10 && reply === null; attempt++) {
+      reply = await udpRaw(port, query("model-abc12345.meridian.test"));
+    }
+    expect(reply, "the server answers after the fuzz run").not.toBeNull();
+    expect(addresses(dnsPacket.decode(reply!) as Decoded)).toEqual(["127.0.0.10"]);
     expect(errors).toEqual([]);
   });
 });
