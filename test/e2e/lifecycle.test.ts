@@ -4,7 +4,7 @@
 // plane outage the planes ride out (MERIDIAN_E2E_OUTAGE_SECONDS, default 20) without restarting replicas.
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Cluster, DOMAIN, eventually, startCluster } from "../support/cluster.ts";
+import { type Cluster, DOMAIN, eventually, FOUR_REGIONS, startCluster } from "../support/cluster.ts";
 import {
   createModelFrom,
   PlacementWatch,
@@ -60,14 +60,7 @@ describe("deployment lifecycle", () => {
   }
 
   beforeAll(async () => {
-    cluster = await startCluster({
-      planes: [
-        { name: "us-1", region: "us", global: true },
-        { name: "eu-1", region: "eu" },
-        { name: "uk-1", region: "uk" },
-        { name: "au-1", region: "au" },
-      ],
-    });
+    cluster = await startCluster({ planes: FOUR_REGIONS });
     watch = new PlacementWatch(cluster).start();
     const created = await api().createModel("lifecycle", "hello-js", { environment_name: "stage" });
     expect(created.status, JSON.stringify(created.body)).toBe(200);

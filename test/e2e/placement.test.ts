@@ -5,7 +5,7 @@
 // region even for a moment fails the file.
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Cluster, DOMAIN, eventually, startCluster } from "../support/cluster.ts";
+import { type Cluster, DOMAIN, eventually, FOUR_REGIONS, startCluster } from "../support/cluster.ts";
 import {
   deploymentsRestrictedTo,
   PlacementWatch,
@@ -46,14 +46,7 @@ describe("placement of a regional environment", () => {
   }
 
   beforeAll(async () => {
-    cluster = await startCluster({
-      planes: [
-        { name: "us-1", region: "us", global: true },
-        { name: "eu-1", region: "eu" },
-        { name: "uk-1", region: "uk" },
-        { name: "au-1", region: "au" },
-      ],
-    });
+    cluster = await startCluster({ planes: FOUR_REGIONS });
     watch = new PlacementWatch(cluster).start();
     const restricted = await api().patch("/v1/environment_groups/prod-eu", {
       region_restriction: { region: "eu" },

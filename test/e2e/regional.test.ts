@@ -1,30 +1,9 @@
 // End to end with real processes: a control plane and four planes (us, eu, uk, au) on their own loopback
 // addresses. A regional environment only ever has replicas in its region and is served only there.
 
-import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Cluster, DOMAIN, eventually, startCluster } from "../support/cluster.ts";
-
-async function predict(
-  cluster: Cluster,
-  plane: string,
-  host: string,
-  path: string,
-  body: unknown = { x: 1 },
-) {
-  const p = cluster.plane(plane);
-  const res = await request(`http://${p.host}:${p.port}${path}`, {
-    method: "POST",
-    headers: { host, authorization: `Api-Key ${cluster.api.key}`, "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-  const text = await res.body.text();
-  let json: any = text;
-  try {
-    json = JSON.parse(text);
-  } catch {}
-  return { status: res.statusCode, headers: res.headers, body: json };
-}
+import { type Cluster, DOMAIN, eventually, FOUR_REGIONS, startCluster } from "../support/cluster.ts";
+import { predict } from "../support/planes.ts";
 
 async function replicasByPlane(cluster: Cluster) {
   const res = await cluster.api.get("/v1/admin/planes");
@@ -37,14 +16,7 @@ describe("regional environments end to end", () => {
   let cluster: Cluster;
 
   beforeAll(async () => {
-    cluster = await startCluster({
-      planes: [
-        { name: "us-1", region: "us", global: true },
-        { name: "eu-1", region: "eu" },
-        { name: "uk-1", region: "uk" },
-        { name: "au-1", region: "au" },
-      ],
-    });
+    cluster = await startCluster({ planes: FOUR_REGIONS });
   }, 60_000);
   afterAll(async () => cluster?.stop(), 60_000);
 

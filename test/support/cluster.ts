@@ -126,6 +126,14 @@ export interface Cluster {
   stop(): Promise<void>;
 }
 
+/** The four regions of the seed, one plane each; `us-1` is the global ingress. */
+export const FOUR_REGIONS: ClusterOptions["planes"] = [
+  { name: "us-1", region: "us", global: true },
+  { name: "eu-1", region: "eu" },
+  { name: "uk-1", region: "uk" },
+  { name: "au-1", region: "au" },
+];
+
 export interface ClusterOptions {
   /** Planes to run: name, region, capacity, whether it is the global ingress. */
   planes: Array<{ name: string; region: string; capacity?: number; global?: boolean }>;
