@@ -16,6 +16,7 @@ export interface StoredBlob {
 
 /** Where model packages live. Local files by default; an object store can implement the same. */
 export interface ArtifactStore {
+  start(): Promise<void>;
   /** Stores the stream's bytes, refusing more than `maxBytes`; returns their digest and size. */
   put(body: Readable, maxBytes: number): Promise<StoredBlob>;
   open(sha256: string): Promise<Readable | null>;
@@ -28,6 +29,12 @@ export class LocalArtifactStore implements ArtifactStore {
 
   constructor(dir: string) {
     this.dir = dir;
+  }
+
+  /** Removes partial uploads left by a process that was killed mid-upload. */
+  async start(): Promise<void> {
+    await rm(join(this.dir, "tmp"), { recursive: true, force: true });
+    await mkdir(join(this.dir, "tmp"), { recursive: true });
   }
 
   async put(body: Readable, maxBytes: number): Promise<StoredBlob> {

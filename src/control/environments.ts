@@ -252,10 +252,10 @@ export async function updateEnvironment(
 
 export async function deleteEnvironment(ctx: ControlContext, p: Principal, modelId: string, name: string) {
   const model = await loadModel(ctx.store.db, p, modelId);
+  await requireManage(ctx.store.db, p, model, name);
   if (name === PRODUCTION) {
     throw new MeridianError("environment_protected", "The production environment exists on every model.");
   }
-  await requireManage(ctx.store.db, p, model, name);
   await change(ctx, async (trx, scope) => {
     const env = await loadEnvironment(trx, model, name);
     const promotion = await activePromotion(trx, model.id, name);

@@ -112,10 +112,19 @@ export async function updateGroup(
   }
   const userIds = update.manage_access?.user_ids ?? [];
   if (userIds.length > 0) {
-    const found = await ctx.store.db.selectFrom("users").select("id").where("id", "in", userIds).execute();
-    const missing = userIds.filter((id) => !found.some((f) => f.id === id));
-    if (missing.length > 0)
-      throw new MeridianError("user_not_found", `No user ${missing.join(", ")}.`, { user_ids: missing });
+    // Only members of the team may be granted; whether an id exists elsewhere is not revealed.
+    const found = await ctx.store.db
+      .selectFrom("team_members")
+      .select("user_id")
+      .where("team_id", "=", team.id)
+      .where("user_id", "in", userIds)
+      .execute();
+    const missing = userIds.filter((id) => !found.some((f) => f.user_id === id));
+    if (missing.length > 0) {
+      throw new MeridianError("user_not_found", `No member ${missing.join(", ")} in team ${team.name}.`, {
+        user_ids: missing,
+      });
+    }
   }
 
   return change(ctx, async (trx, scope) => {

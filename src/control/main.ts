@@ -47,11 +47,13 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
   const boot = await bootstrap(store, new Date().toISOString(), async (key) =>
     writeSecretFile(adminKeyFile, `${key}\n`),
   );
+  const artifacts = new LocalArtifactStore(join(config.dataDir, "artifacts"));
+  await artifacts.start();
   const feed = new RevisionFeed(store);
   await feed.start();
   const ctx: ControlContext = {
     store,
-    artifacts: new LocalArtifactStore(join(config.dataDir, "artifacts")),
+    artifacts,
     domain: config.domain,
     publicUrl: config.publicUrl ?? "",
     logger,

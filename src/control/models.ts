@@ -66,12 +66,24 @@ export async function receiveUpload(
     .where("key", "=", key)
     .executeTakeFirst();
   if (!row || !(p.is_org_admin || p.teams.has(row.team_id))) throw new MeridianError("artifact_not_found");
-  if (row.state === "STORED")
-    throw new MeridianError("conflict", "This upload target has been used already.");
+  // Claim the target atomically: of two uploads racing to one target, exactly one proceeds.
+  const claimed = await ctx.store.db
+    .updateTable("artifacts")
+    .set({ state: "UPLOADING" })
+    .where("key", "=", key)
+    .where("state", "=", "PENDING")
+    .executeTakeFirst();
+  if (Number(claimed.numUpdatedRows) === 0) {
+    throw new MeridianError(
+      "conflict",
+      "This upload target has been used already, or an upload to it is under way.",
+    );
+  }
   let blob: { sha256: string; size: number };
   try {
     blob = await ctx.artifacts.put(body, maxBytes);
   } catch (err) {
+    await ctx.store.db.updateTable("artifacts").set({ state: "PENDING" }).where("key", "=", key).execute();
     if (err instanceof BlobTooLargeError) throw new MeridianError("payload_too_large", err.message);
     throw err;
   }
