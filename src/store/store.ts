@@ -97,6 +97,10 @@ function openSqlite(file: string): Kysely<Schema> {
 
 function openPostgres(config: { url: string; poolSize?: number }): Kysely<Schema> {
   const pool = new pg.Pool({ connectionString: config.url, max: config.poolSize ?? 10 });
+  // An idle client's connection can end under it (a server restart, a failover, an administrator's
+  // terminate). The pool drops that client and the next query opens a new one; without a listener the
+  // 'error' event would crash the process.
+  pool.on("error", () => {});
   return new Kysely<Schema>({ dialect: new PostgresDialect({ pool }) });
 }
 
