@@ -41,6 +41,10 @@ program
   .option("--database-url <url>", "PostgreSQL URL instead of SQLite (or MERIDIAN_DATABASE_URL)")
   .option("--domain <domain>", "inference domain: endpoints are model-{id}.{domain}", "meridian.internal")
   .option("--public-url <url>", "URL clients reach this control plane at (default: the listen address)")
+  .option(
+    "--artifact-store <kind>",
+    "where model packages are kept: files (under --data-dir) or database (shared by control replicas); default files with SQLite, database with PostgreSQL",
+  )
   .action(async (flags) => {
     const { runControlCommand } = await import("../control/command.ts");
     await runControlCommand(flags, process.env);

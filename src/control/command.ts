@@ -10,6 +10,7 @@ export interface ControlFlags {
   databaseUrl?: string;
   domain: string;
   publicUrl?: string;
+  artifactStore?: string;
 }
 
 /** Splits `host:port` (IPv6 in brackets). */
@@ -19,6 +20,13 @@ export function parseListen(value: string): { host: string; port: number } | nul
   const port = Number(m[3]);
   if (port > 65535) return null;
   return { host: (m[1] ?? m[2])!, port };
+}
+
+function artifactStoreKind(value: string): "files" | "database" {
+  if (value !== "files" && value !== "database") {
+    throw new Error(`--artifact-store takes files or database, got '${value}'`);
+  }
+  return value;
 }
 
 export async function runControlCommand(flags: ControlFlags, env: NodeJS.ProcessEnv): Promise<void> {
@@ -31,6 +39,7 @@ export async function runControlCommand(flags: ControlFlags, env: NodeJS.Process
     databaseUrl: flags.databaseUrl ?? env["MERIDIAN_DATABASE_URL"] ?? null,
     domain: flags.domain.toLowerCase().replace(/\.$/, ""),
     publicUrl: flags.publicUrl ?? null,
+    ...(flags.artifactStore ? { artifactStore: artifactStoreKind(flags.artifactStore) } : {}),
   });
   const control = await startControl(config);
   if (control.adminKey) {

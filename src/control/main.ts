@@ -8,7 +8,7 @@ import { writeSecretFile } from "../lib/files.ts";
 import { Store } from "../store/store.ts";
 import { bootstrap } from "./accounts.ts";
 import { buildControlApp } from "./app.ts";
-import { LocalArtifactStore } from "./artifacts.ts";
+import { DatabaseArtifactStore, LocalArtifactStore } from "./artifacts.ts";
 import type { ControlContext } from "./context.ts";
 import { RevisionFeed } from "./revision-feed.ts";
 import { reconcileAll } from "./scheduler.ts";
@@ -23,6 +23,11 @@ export interface ControlConfig {
   domain: string;
   /** URL clients reach this control plane at; defaults to the listen address. */
   publicUrl: string | null;
+  /**
+   * Where model packages are kept: files under the data directory, or the database (which several control
+   * replicas share). Default: files with SQLite, the database with PostgreSQL.
+   */
+  artifactStore?: "files" | "database";
   logger?: Logger;
 }
 
@@ -47,7 +52,10 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
   const boot = await bootstrap(store, new Date().toISOString(), async (key) =>
     writeSecretFile(adminKeyFile, `${key}\n`),
   );
-  const artifacts = new LocalArtifactStore(join(config.dataDir, "artifacts"));
+  const artifacts =
+    (config.artifactStore ?? (config.databaseUrl === null ? "files" : "database")) === "files"
+      ? new LocalArtifactStore(join(config.dataDir, "artifacts"))
+      : new DatabaseArtifactStore(store);
   await artifacts.start();
   const feed = new RevisionFeed(store);
   await feed.start();

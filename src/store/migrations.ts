@@ -215,6 +215,19 @@ function migrations(dialect: Dialect): Record<string, Migration> {
         await db.schema.alterTable("planes").addColumn("admin_url", "text").execute();
       },
     },
+    "0003_artifact_chunks": {
+      async up(db: Kysely<unknown>) {
+        // Model packages kept in the database itself, so several control replicas share them.
+        await db.schema
+          .createTable("artifact_chunks")
+          .addColumn("blob", "text", (c) => c.notNull())
+          .addColumn("seq", "integer", (c) => c.notNull())
+          .addColumn("data", dialect === "postgres" ? "bytea" : "blob", (c) => c.notNull())
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .addPrimaryKeyConstraint("artifact_chunks_pk", ["blob", "seq"])
+          .execute();
+      },
+    },
   };
 }
 

@@ -182,6 +182,14 @@ export interface RequestCountTable {
   count: number;
 }
 
+/** A model package in the database: 1 MiB chunks under its sha256 (or `tmp:…` while it is uploaded). */
+export interface ArtifactChunkTable {
+  blob: string;
+  seq: number;
+  data: Buffer;
+  created_at: string;
+}
+
 export interface Schema {
   meta: MetaTable;
   revision: RevisionTable;
@@ -200,6 +208,7 @@ export interface Schema {
   replicas: ReplicaTable;
   audit_logs: AuditLogTable;
   request_counts: RequestCountTable;
+  artifact_chunks: ArtifactChunkTable;
 }
 
 export type TeamRow = Selectable<TeamTable>;

@@ -5,11 +5,12 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { describe, expect, it } from "vitest";
+import { DatabaseArtifactStore, LocalArtifactStore } from "../../src/control/artifacts.ts";
 import { Store } from "../../src/store/store.ts";
 import { ApiClient } from "../support/control.ts";
 import { createTestDatabase, STORE_KINDS } from "../support/databases.ts";
@@ -179,10 +180,22 @@ async function checkStore(store: Store, dataDir: string, ack: Acknowledged) {
     const a = byKey.get(d.artifact_key);
     expect(a?.state, `artifact of ${d.id}`).toBe("STORED");
   }
+  // Through the store the control plane used (files with SQLite, the database with PostgreSQL).
+  const blobStore =
+    store.dialect === "sqlite"
+      ? new LocalArtifactStore(join(dataDir, "artifacts"))
+      : new DatabaseArtifactStore(store);
   for (const a of artifacts.filter((x) => x.state === "STORED")) {
-    const path = join(dataDir, "artifacts", "sha256", a.sha256!.slice(0, 2), a.sha256!);
-    expect(existsSync(path), `blob of ${a.key}`).toBe(true);
-    expect(statSync(path).size).toBe(Number(a.size));
+    const blob = await blobStore.open(a.sha256!);
+    expect(blob, `blob of ${a.key}`).not.toBeNull();
+    const hash = createHash("sha256");
+    let size = 0;
+    for await (const chunk of blob! as AsyncIterable<Buffer>) {
+      hash.update(chunk);
+      size += chunk.length;
+    }
+    expect(hash.digest("hex"), `digest of ${a.key}`).toBe(a.sha256);
+    expect(size).toBe(Number(a.size));
   }
   const blobs = join(dataDir, "artifacts", "sha256");
   for (const prefix of existsSync(blobs) ? readdirSync(blobs) : []) {

@@ -1,9 +1,12 @@
 // Upload targets: used once, claimed atomically, and partial uploads cleaned at start.
 
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { packExample, startTestControl, type TestControl } from "../support/control.ts";
+import { startControl } from "../../src/control/main.ts";
+import { ApiClient, packExample, startTestControl, type TestControl } from "../support/control.ts";
+import { createTestDatabase } from "../support/databases.ts";
 
 describe("model package uploads", () => {
   let t: TestControl;
@@ -37,5 +40,38 @@ describe("model package uploads", () => {
     });
     expect(res.status).toBe(404);
     expect(res.body.error_code).toBe("user_not_found");
+  });
+});
+
+describe("several control replicas on one PostgreSQL", () => {
+  it("share model packages: uploaded through one, built and served to planes by the other", async () => {
+    const db = await createTestDatabase("postgres");
+    const start = (name: string) =>
+      startControl({
+        dataDir: join(db.dir, name),
+        host: "127.0.0.1",
+        port: 0,
+        databaseUrl: db.url,
+        domain: "meridian.test",
+        publicUrl: null,
+        logger: pino({ level: "silent" }),
+      });
+    const a = await start("a");
+    const b = await start("b");
+    try {
+      const key = readFileSync(join(db.dir, "a", "admin.key"), "utf8").trim();
+      const viaA = new ApiClient(a.url, key);
+      const viaB = new ApiClient(b.url, key);
+      const s3Key = await viaA.upload(await packExample("hello-js"));
+      const created = await viaB.post("/v1/models", {
+        source: { kind: "model_archive", name: "shared", s3_key: s3Key, deployment: { config: {} } },
+      });
+      expect(created.status, JSON.stringify(created.body)).toBe(200);
+      expect(created.body.deployment.status).toBe("DEPLOYING");
+    } finally {
+      await a.stop();
+      await b.stop();
+      await db.drop();
+    }
   });
 });
