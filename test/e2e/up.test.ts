@@ -6,6 +6,7 @@ import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
+import { Agent, request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BIN, freePort } from "../support/cluster.ts";
 import { tempDir } from "../support/control.ts";
@@ -224,6 +225,65 @@ describe("meridian up and the seed's walkthrough", () => {
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain("NXDOMAIN");
   }, 180_000);
+
+  it("pushes and calls every example: a streaming model streams through the ingress, a Python custom server answers", async () => {
+    const stream = await json("push", join(EXAMPLES, "stream-js"), "--environment", "prod-eu", "--wait");
+    expect(stream.deployment.status).toBe("ACTIVE");
+    const streamed = await json(
+      "predict",
+      "--model",
+      stream.model.id,
+      "--regional",
+      "prod-eu",
+      "--data",
+      '{"prompt":"one two three"}',
+    );
+    expect(streamed.status).toBe(200);
+    expect(streamed.body).toBe("one\ntwo\nthree\n[done in prod-eu]\n");
+
+    // Chunks reach the client as the model yields them, through the eu ingress over HTTPS.
+    const manifest = JSON.parse(readFileSync(join(dataDir, "up.json"), "utf8"));
+    const host = `model-${stream.model.id}-prod-eu.${manifest.domain}`;
+    const dispatcher = new Agent({
+      connect: {
+        ca: readFileSync(manifest.ca_file),
+        servername: host,
+        lookup: (_h, o, cb) =>
+          (o as { all?: boolean }).all
+            ? cb(null, [{ address: "127.0.2.1", family: 4 }] as never)
+            : cb(null, "127.0.2.1", 4),
+      },
+    });
+    try {
+      const started = Date.now();
+      const res = await request(`https://${host}:${httpsPort}/predict`, {
+        method: "POST",
+        dispatcher,
+        headers: { authorization: `Api-Key ${readFileSync(manifest.api_key_file, "utf8").trim()}` },
+        body: JSON.stringify({ prompt: "a b c", delay_ms: 400 }),
+      });
+      const arrivals: number[] = [];
+      for await (const _chunk of res.body) arrivals.push(Date.now() - started);
+      expect(res.headers["x-meridian-region"]).toBe("eu");
+      expect(arrivals[0]!).toBeLessThan(arrivals.at(-1)! - 600);
+    } finally {
+      await dispatcher.close();
+    }
+
+    const custom = await json("push", join(EXAMPLES, "custom-python"), "--environment", "prod-eu", "--wait");
+    const answer = await json(
+      "predict",
+      "--model",
+      custom.model.id,
+      "--regional",
+      "prod-eu",
+      "--data",
+      '{"q":1}',
+    );
+    expect(answer.status).toBe(200);
+    expect(answer.body).toMatchObject({ server: "python", message: "Bonjour from prod-eu", echo: { q: 1 } });
+    expect(answer.processed.plane).toBe("eu-1");
+  }, 120_000);
 
   it("refuses reserved and invalid environment names with the rule they break", async () => {
     const example = JSON.parse(readFileSync(join(dataDir, "example.json"), "utf8"));
