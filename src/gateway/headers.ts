@@ -37,6 +37,13 @@ export interface RequestHeaders {
   forwardedHost: string | undefined;
   /** `Expect` is answered by the ingress itself (100-continue), never forwarded. */
   expect: string | undefined;
+  /**
+   * The first Content-Length (still passed on) and whether Transfer-Encoding was sent: read here so the hot
+   * path never touches `req.headers`, which Node builds lazily from the raw array on first access.
+   * Node's strict parser has already refused CL+TE and conflicting Content-Lengths.
+   */
+  contentLength: string | undefined;
+  transferEncoding: boolean;
   /** End-to-end fields other than those above, flat `[name, value, …]`, names lowercased. */
   passthrough: string[];
 }
@@ -64,6 +71,8 @@ export function scanRequestHeaders(raw: readonly string[]): RequestHeaders {
     forwardedProto: undefined,
     forwardedHost: undefined,
     expect: undefined,
+    contentLength: undefined,
+    transferEncoding: false,
     passthrough: [],
   };
   let connection: string[] | null = null;
@@ -101,6 +110,12 @@ export function scanRequestHeaders(raw: readonly string[]): RequestHeaders {
       case "connection":
         connection = connection === null ? [value] : [...connection, value];
         continue;
+      case "content-length":
+        out.contentLength ??= value;
+        break;
+      case "transfer-encoding":
+        out.transferEncoding = true;
+        continue;
     }
     if (HOP_BY_HOP.has(name)) continue;
     out.passthrough.push(name, value);
@@ -117,6 +132,9 @@ function dropNamed(flat: string[], names: Set<string>): string[] {
   return kept;
 }
 
+/** Shared, never written: a replica's response carries no proof worth keeping. */
+const NO_PROOF: Map<string, string> = new Map();
+
 /**
  * Response headers from a replica or a peer plane, as a flat `[name, value, …]` array for
  * `res.writeHead`. Hop-by-hop fields are dropped. From a replica, the proof headers are dropped too:
@@ -127,7 +145,7 @@ export function scanResponseHeaders(
   keepProof: boolean,
 ): { headers: string[]; proof: Map<string, string> } {
   const headers: string[] = [];
-  const proof = new Map<string, string>();
+  const proof = keepProof ? new Map<string, string>() : NO_PROOF;
   let connection: string[] | null = null;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toString("latin1").toLowerCase();

@@ -17,14 +17,7 @@ import { parseHost } from "../core/host.ts";
 import { decideRoute, indexSnapshot, type RouteContext, type RouteIndex } from "../core/routing.ts";
 import type { PlaneRef, PlaneSnapshot } from "../core/snapshot.ts";
 import type { AuditSink } from "./audit.ts";
-import {
-  acceptableRequestId,
-  apiKeyOf,
-  PROOF,
-  type RequestHeaders,
-  scanRequestHeaders,
-  scanResponseHeaders,
-} from "./headers.ts";
+import { acceptableRequestId, apiKeyOf, PROOF, scanRequestHeaders, scanResponseHeaders } from "./headers.ts";
 import { HOP_HEADER, HOP_MAX_AGE_MS, signHop, verifyHop } from "./hop.ts";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics.ts";
 
@@ -122,6 +115,8 @@ interface Exchange {
   /** Aborts the upstream call in progress. */
   cancel: ((err: Error) => void) | null;
   clientGone: boolean;
+  /** Whether the request declared a body (Content-Length > 0 or Transfer-Encoding); null until scanned. */
+  bodyDeclared: boolean | null;
 }
 
 interface Target {
@@ -137,6 +132,24 @@ type Body =
   | { kind: "none" }
   | { kind: "buffer"; data: Buffer }
   | { kind: "stream"; state: { started: boolean; bytes: number } };
+
+/** One request on its way upstream: the candidates in order and what every attempt sends. */
+interface Forward {
+  ex: Exchange;
+  targets: Target[];
+  /** Headers for the upstream; hops to a peer plane add a fresh signed hop header per attempt. */
+  headers: string[];
+  hop: { secret: string } | null;
+  body: Body;
+  warning: string | null;
+}
+
+/** What an upstream call reports back to its ingress (one object per ingress, not per request). */
+interface CallHooks {
+  /** The call no longer occupies its replica (for least-busy ordering). */
+  release(target: Target): void;
+  failed(forward: Forward, attempt: number, err: Error, connected: boolean): void;
+}
 
 const CONNECT_ERRORS = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "EADDRNOTAVAIL", "ENOTFOUND"]);
 
@@ -239,8 +252,10 @@ export function createIngress(options: IngressOptions): Ingress {
     ];
   }
 
-  function hasUnreadBody(req: IncomingMessage): boolean {
+  function hasUnreadBody(ex: Exchange): boolean {
+    const { req } = ex;
     if (req.complete) return false;
+    if (ex.bodyDeclared !== null) return ex.bodyDeclared;
     const cl = req.headers["content-length"];
     return (cl !== undefined && cl !== "0") || req.headers["transfer-encoding"] !== undefined;
   }
@@ -252,7 +267,7 @@ export function createIngress(options: IngressOptions): Ingress {
     detail: unknown = null,
     extra: string[] = [],
   ): void {
-    const { req, res } = ex;
+    const { res } = ex;
     ex.errorCode = code;
     if (res.headersSent) {
       // The status line is out; the only honest signal left is an aborted response.
@@ -270,7 +285,7 @@ export function createIngress(options: IngressOptions): Ingress {
       ...extra,
     ];
     // An unread body would have to be drained to reuse the connection; closing is cheaper and safer.
-    if (hasUnreadBody(req)) headers.push("connection", "close");
+    if (hasUnreadBody(ex)) headers.push("connection", "close");
     res.writeHead(errorStatus(code), headers);
     res.end(body);
   }
@@ -286,7 +301,7 @@ export function createIngress(options: IngressOptions): Ingress {
     const latency = performance.now() - ex.startedAt;
     const ctx = ex.context;
     audit?.record({
-      time: new Date(ex.time).toISOString(),
+      time: isoTime(ex.time),
       request_id: ex.requestId,
       model_id: ctx?.modelId ?? null,
       environment: ctx?.environment ?? null,
@@ -332,6 +347,7 @@ export function createIngress(options: IngressOptions): Ingress {
       errorCode: null,
       cancel: null,
       clientGone: false,
+      bodyDeclared: null,
     };
     res.once("close", () => finish(ex));
     try {
@@ -345,6 +361,8 @@ export function createIngress(options: IngressOptions): Ingress {
   function route(ex: Exchange, expectContinue: boolean): void {
     const { req, res } = ex;
     const scan = scanRequestHeaders(req.rawHeaders);
+    ex.bodyDeclared =
+      (scan.contentLength !== undefined && scan.contentLength !== "0") || scan.transferEncoding;
     ex.requestId = acceptableRequestId(scan.requestId) ? scan.requestId : randomUUID();
     const idx = currentIndex();
     if (idx === null) {
@@ -422,7 +440,7 @@ export function createIngress(options: IngressOptions): Ingress {
       return;
     }
 
-    const cl = req.headers["content-length"];
+    const cl = scan.contentLength;
     const contentLength = cl === undefined ? null : Number(cl);
     if (contentLength !== null && contentLength > limits.maxBodyBytes) {
       fail(ex, "payload_too_large", null, { limit_bytes: limits.maxBodyBytes });
@@ -444,7 +462,8 @@ export function createIngress(options: IngressOptions): Ingress {
     ];
 
     let targets: Target[];
-    let headersFor: (t: Target) => string[];
+    let headers: string[];
+    let hop: Forward["hop"] = null;
     if (decision.kind === "serve") {
       const endpoints = options.localReplicas(decision.context.deploymentId);
       if (endpoints.length === 0) {
@@ -459,8 +478,7 @@ export function createIngress(options: IngressOptions): Ingress {
         plane: null,
       }));
       // The API key stops at the ingress: model code never sees it.
-      const base = scan.passthrough.concat(forwarding);
-      headersFor = () => base;
+      headers = scan.passthrough.concat(forwarding);
     } else {
       targets = orderPlanes(decision.planes).map((p) => ({
         kind: "plane",
@@ -470,36 +488,28 @@ export function createIngress(options: IngressOptions): Ingress {
         plane: p,
       }));
       // Host and Authorization pass unchanged: the receiving plane routes and authenticates by itself.
-      const base = scan.passthrough.concat(forwarding, ["host", hostValue ?? "", PROOF.route, self.name]);
-      if (scan.authorization !== undefined) base.push("authorization", scan.authorization);
-      headersFor = () => base.concat([HOP_HEADER, signHop(idx.hopSecret, self.name, now(), ex.requestId)]);
+      headers = scan.passthrough.concat(forwarding, ["host", hostValue ?? "", PROOF.route, self.name]);
+      if (scan.authorization !== undefined) headers.push("authorization", scan.authorization);
+      hop = { secret: idx.hopSecret };
     }
-    const warning = decision.warning;
+    const forward: Forward = { ex, targets, headers, hop, body: NO_BODY, warning: decision.warning };
 
-    const hasBody =
-      contentLength !== null ? contentLength > 0 : req.headers["transfer-encoding"] !== undefined;
+    const hasBody = contentLength !== null ? contentLength > 0 : scan.transferEncoding;
     if (!hasBody) {
-      dispatch(ex, targets, 0, headersFor, { kind: "none" }, warning, scan);
+      dispatch(forward, 0);
     } else if (contentLength !== null && contentLength <= limits.bufferBodyBytes) {
-      readWhole(req).then(
-        (data) => {
-          if (!ex.clientGone) dispatch(ex, targets, 0, headersFor, { kind: "buffer", data }, warning, scan);
-        },
-        () => {
-          /* the client went away mid-body; finish() records it */
-        },
-      );
+      // A client that goes away mid-body gets no dispatch; finish() records it.
+      readWhole(req, forward, dispatchBuffered);
     } else {
-      dispatch(
-        ex,
-        targets,
-        0,
-        headersFor,
-        { kind: "stream", state: { started: false, bytes: 0 } },
-        warning,
-        scan,
-      );
+      forward.body = { kind: "stream", state: { started: false, bytes: 0 } };
+      dispatch(forward, 0);
     }
+  }
+
+  function dispatchBuffered(forward: Forward, data: Buffer): void {
+    if (forward.ex.clientGone) return;
+    forward.body = { kind: "buffer", data };
+    dispatch(forward, 0);
   }
 
   function bodyFor(ex: Exchange, body: Body): Dispatcher.DispatchOptions["body"] {
@@ -514,65 +524,42 @@ export function createIngress(options: IngressOptions): Ingress {
     }
   }
 
-  function dispatch(
-    ex: Exchange,
-    targets: Target[],
-    i: number,
-    headersFor: (t: Target) => string[],
-    body: Body,
-    warning: string | null,
-    scan: RequestHeaders,
-  ): void {
+  const hooks: CallHooks = {
+    release(t) {
+      if (t.kind !== "replica") return;
+      const b = (busy.get(t.name) ?? 1) - 1;
+      if (b <= 0) busy.delete(t.name);
+      else busy.set(t.name, b);
+    },
+    failed: onUpstreamError,
+  };
+
+  function dispatch(forward: Forward, i: number): void {
+    const { ex, targets } = forward;
     const t = targets[i]!;
     const replica = t.kind === "replica";
     if (replica) busy.set(t.name, (busy.get(t.name) ?? 0) + 1);
-    let settled = false;
-    const settle = () => {
-      if (settled) return;
-      settled = true;
-      if (replica) {
-        const b = (busy.get(t.name) ?? 1) - 1;
-        if (b <= 0) busy.delete(t.name);
-        else busy.set(t.name, b);
-      }
-    };
     const timeout = replica ? limits.predictTimeoutMs : limits.predictTimeoutMs + 1_000;
-    const call = new UpstreamCall(
-      ex,
-      t,
-      warning,
-      self,
-      (err, connected) => {
-        settle();
-        onUpstreamError(ex, targets, i, headersFor, body, warning, scan, err, connected);
-      },
-      settle,
-    );
+    const headers =
+      forward.hop === null
+        ? forward.headers
+        : forward.headers.concat([HOP_HEADER, signHop(forward.hop.secret, self.name, now(), ex.requestId)]);
     agent.dispatch(
       {
         origin: t.origin,
         path: t.path,
         method: "POST",
-        headers: headersFor(t),
-        body: bodyFor(ex, body),
+        headers,
+        body: bodyFor(ex, forward.body),
         headersTimeout: timeout,
         bodyTimeout: timeout,
       },
-      call,
+      new UpstreamCall(forward, i, self, hooks),
     );
   }
 
-  function onUpstreamError(
-    ex: Exchange,
-    targets: Target[],
-    i: number,
-    headersFor: (t: Target) => string[],
-    body: Body,
-    warning: string | null,
-    scan: RequestHeaders,
-    err: Error,
-    connected: boolean,
-  ): void {
+  function onUpstreamError(forward: Forward, i: number, err: Error, connected: boolean): void {
+    const { ex, targets, body } = forward;
     if (ex.clientGone || err instanceof ClientGone) return;
     const t = targets[i]!;
     if (err instanceof BodyTooLarge) {
@@ -590,7 +577,7 @@ export function createIngress(options: IngressOptions): Ingress {
       metrics?.upstreamFailure(t.kind === "plane" ? "peer_unreachable" : "connect");
       log.warn({ request_id: ex.requestId, target: t.name, code }, "upstream unreachable");
       if (i + 1 < targets.length) {
-        dispatch(ex, targets, i + 1, headersFor, body, warning, scan);
+        dispatch(forward, i + 1);
         return;
       }
       fail(ex, "model_unavailable", "No replica accepted the request.", {
@@ -698,15 +685,28 @@ export function createIngress(options: IngressOptions): Ingress {
  */
 class UpstreamCall implements Dispatcher.DispatchHandler {
   connected = false;
+  private readonly ex: Exchange;
+  private readonly target: Target;
+  private readonly warning: string | null;
+  private released = false;
+  private resume: (() => void) | null = null;
 
   constructor(
-    private readonly ex: Exchange,
-    private readonly target: Target,
-    private readonly warning: string | null,
+    private readonly forward: Forward,
+    private readonly attempt: number,
     private readonly self: { name: string; region: string },
-    private readonly failed: (err: Error, connected: boolean) => void,
-    private readonly settled: () => void,
-  ) {}
+    private readonly hooks: CallHooks,
+  ) {
+    this.ex = forward.ex;
+    this.target = forward.targets[attempt]!;
+    this.warning = forward.warning;
+  }
+
+  private release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.hooks.release(this.target);
+  }
 
   onConnect(abort: (err?: Error) => void): void {
     this.connected = true;
@@ -761,40 +761,66 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
       this.ex.cancel?.(err as Error);
       return false;
     }
-    ex.res.on("drain", resume);
+    this.resume = resume;
     return true;
   }
 
   onData(chunk: Buffer): boolean {
-    return this.ex.res.write(chunk);
+    if (this.ex.res.write(chunk)) return true;
+    // Backpressure: undici pauses until resumed. Listening only now spares most responses a listener.
+    if (this.resume !== null) this.ex.res.once("drain", this.resume);
+    return false;
   }
 
   onComplete(): void {
-    this.settled();
+    this.release();
     this.ex.res.end();
   }
 
   onError(err: Error): void {
-    this.failed(err, this.connected);
+    this.release();
+    this.hooks.failed(this.forward, this.attempt, err, this.connected);
   }
 }
 
-/** Reads a small body whole (its length is known and bounded by `bufferBodyBytes`). */
-function readWhole(req: IncomingMessage): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on("data", (c: Buffer) => {
-      chunks.push(c);
-      size += c.length;
-    });
-    req.once("end", () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)));
-    req.once("error", reject);
-    req.once("close", () => {
-      if (!req.complete) reject(new ClientGone("client went away"));
-    });
-  });
+const NO_BODY: Body = { kind: "none" };
+
+// Requests arriving in the same millisecond share one ISO string (audit records).
+let isoMs = Number.NaN;
+let isoText = "";
+function isoTime(ms: number): string {
+  if (ms !== isoMs) {
+    isoMs = ms;
+    isoText = new Date(ms).toISOString();
+  }
+  return isoText;
 }
+
+/**
+ * Reads a small body whole (its length is known and bounded by `bufferBodyBytes`), then calls `done`; never
+ * calls it when the client goes away first. Callbacks rather than a Promise: this runs on most requests.
+ */
+function readWhole<T>(req: IncomingMessage, arg: T, done: (arg: T, data: Buffer) => void): void {
+  let first: Buffer | null = null;
+  let chunks: Buffer[] | null = null;
+  let size = 0;
+  req.on("data", (c: Buffer) => {
+    size += c.length;
+    if (first === null) {
+      first = c;
+    } else {
+      if (chunks === null) chunks = [first];
+      chunks.push(c);
+    }
+  });
+  req.once("end", () =>
+    done(arg, chunks === null ? (first ?? Buffer.alloc(0)) : Buffer.concat(chunks, size)),
+  );
+  // "error" and "close" before "end" mean the client went away: finish() records it.
+  req.once("error", noop);
+}
+
+function noop(): void {}
 
 /** The request body as undici reads it: counted against the limit, never destroying the client stream. */
 async function* streamBody(
