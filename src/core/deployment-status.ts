@@ -61,10 +61,10 @@ export function deriveStatus(input: StatusInput): DerivedStatus {
   const unhealthy = input.replicas.find((r) => r.state === "UNHEALTHY");
   if (unhealthy) return { status: "UNHEALTHY", message: unhealthy.message };
   if (input.replicas.length === 0 && input.unplaced > 0) {
-    const where = input.region === null ? "any workload plane" : `region '${input.region}'`;
+    const where = input.region === null ? "" : ` in region '${input.region}'`;
     return {
       status: "DEPLOYING",
-      message: `Waiting for capacity: no workload plane in ${where} has a free replica slot.`,
+      message: `Waiting for capacity: no workload plane${where} has a free replica slot.`,
     };
   }
   if (input.replicas.some((r) => r.state === "STARTING")) return { status: "LOADING_MODEL", message: null };
