@@ -120,8 +120,21 @@ export function scanRequestHeaders(raw: readonly string[]): RequestHeaders {
     if (HOP_BY_HOP.has(name)) continue;
     out.passthrough.push(name, value);
   }
-  if (connection !== null) out.passthrough = dropNamed(out.passthrough, connectionTokens(connection));
+  if (namesFields(connection)) out.passthrough = dropNamed(out.passthrough, connectionTokens(connection!));
   return out;
+}
+
+/**
+ * Whether `Connection` may name fields still to drop. The common `Connection: keep-alive` (sent with nearly
+ * every response by Node-based replicas) names only `Keep-Alive`, which the hop-by-hop filter already
+ * dropped, so the re-filtering pass is skipped for it. (`close` still takes it: a field named `close`
+ * must go too.)
+ */
+function namesFields(connection: string[] | null): boolean {
+  if (connection === null) return false;
+  if (connection.length !== 1) return true;
+  const v = connection[0]!;
+  return !(v.length === 10 && v.toLowerCase() === "keep-alive");
 }
 
 function dropNamed(flat: string[], names: Set<string>): string[] {
@@ -162,7 +175,7 @@ export function scanResponseHeaders(
     headers.push(name, value);
   }
   return {
-    headers: connection === null ? headers : dropNamed(headers, connectionTokens(connection)),
+    headers: namesFields(connection) ? dropNamed(headers, connectionTokens(connection!)) : headers,
     proof,
   };
 }
