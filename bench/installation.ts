@@ -3,7 +3,7 @@
 // takes to reach every plane and the DNS responder, and the lifecycle times a user waits for.
 
 import dgram from "node:dgram";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import dnsPacket from "dns-packet";
 import { Pool } from "undici";
@@ -447,5 +447,6 @@ export async function runInstallation(
     await ingress.close();
     await dns?.stop();
     await cluster.stop();
+    rmSync(cluster.dir, { recursive: true, force: true });
   }
 }

@@ -2,7 +2,7 @@
 // throughput and latency percentiles, CPU and memory read from /proc, and small statistics helpers.
 
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -11,8 +11,17 @@ export const ROOT = resolve(import.meta.dirname, "..");
 export const BIN = join(ROOT, "bin/meridian.js");
 export const CLK_TCK = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
 
+const tempDirs: string[] = [];
+
 export function tempDir(prefix = "meridian-bench-"): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  tempDirs.push(dir);
+  return dir;
+}
+
+/** Removes every directory tempDir() made (snapshots, SQLite files, audit logs, nginx's files). */
+export function removeTempDirs(): void {
+  for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { type ControlApiOptions, runControlApi } from "./control-api.ts";
 import { type GatewayFigures, type GatewayOptions, runGateway } from "./gateway.ts";
 import { type InstallationFigures, type InstallationOptions, runInstallation } from "./installation.ts";
-import { fmt, loadAverage, ROOT, stopAllChildren, tempDir } from "./lib.ts";
+import { fmt, loadAverage, ROOT, removeTempDirs, stopAllChildren, tempDir } from "./lib.ts";
 import { nginxVersion } from "./nginx.ts";
 import { renderProfile, summarizeProfile } from "./profile.ts";
 import { type RoutingOptions, runRouting } from "./routing.ts";
@@ -116,6 +116,7 @@ try {
   }
 } finally {
   await stopAllChildren();
+  removeTempDirs();
 }
 const elapsed = (Date.now() - began) / 1000;
 log(`done in ${elapsed.toFixed(0)} s`);
