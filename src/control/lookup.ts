@@ -113,53 +113,100 @@ export async function activePromotion(
     .executeTakeFirst();
 }
 
-export async function renderDeployment(db: Db, d: DeploymentRow): Promise<DeploymentView> {
-  const [envs, ready, region] = await Promise.all([
-    db
-      .selectFrom("environments")
-      .select("name")
-      .where("current_deployment_id", "=", d.id)
-      .orderBy("name")
-      .execute(),
-    db
-      .selectFrom("replicas")
-      .select((eb) => eb.fn.countAll<string | number>().as("n"))
-      .where("deployment_id", "=", d.id)
-      .where("state", "=", "READY")
-      .executeTakeFirstOrThrow(),
-    d.region === null
-      ? Promise.resolve(undefined)
-      : db.selectFrom("regions").selectAll().where("slug", "=", d.region).executeTakeFirst(),
+/** Runs `query` over `ids` in slices, so a long list never exceeds a database's parameter limit. */
+async function bySlices<T>(ids: readonly string[], query: (slice: string[]) => Promise<T[]>): Promise<T[]> {
+  const out: T[] = [];
+  for (let i = 0; i < ids.length; i += 500) out.push(...(await query(ids.slice(i, i + 500))));
+  return out;
+}
+
+/** Renders deployments with a fixed number of queries, however many there are. */
+export async function renderDeployments(db: Db, list: readonly DeploymentRow[]): Promise<DeploymentView[]> {
+  const ids = list.map((d) => d.id);
+  const [envs, ready, regions] = await Promise.all([
+    bySlices(ids, (slice) =>
+      db
+        .selectFrom("environments")
+        .select(["name", "current_deployment_id"])
+        .where("current_deployment_id", "in", slice)
+        .orderBy("name")
+        .execute(),
+    ),
+    bySlices(ids, (slice) =>
+      db
+        .selectFrom("replicas")
+        .select(["deployment_id", (eb) => eb.fn.countAll<string | number>().as("n")])
+        .where("deployment_id", "in", slice)
+        .where("state", "=", "READY")
+        .groupBy("deployment_id")
+        .execute(),
+    ),
+    db.selectFrom("regions").selectAll().execute(),
   ]);
-  const environment = envs.some((e) => e.name === "production") ? "production" : (envs[0]?.name ?? null);
-  return deploymentView(d, { environment, active_replica_count: Number(ready.n), region: region ?? null });
+  const readyBy = new Map(ready.map((r) => [r.deployment_id, Number(r.n)]));
+  const regionBy = new Map(regions.map((r) => [r.slug, r]));
+  const envsBy = new Map<string, string[]>();
+  for (const e of envs)
+    envsBy.set(e.current_deployment_id!, [...(envsBy.get(e.current_deployment_id!) ?? []), e.name]);
+  return list.map((d) => {
+    const names = envsBy.get(d.id) ?? [];
+    const environment = names.includes("production") ? "production" : (names[0] ?? null);
+    return deploymentView(d, {
+      environment,
+      active_replica_count: readyBy.get(d.id) ?? 0,
+      region: d.region === null ? null : (regionBy.get(d.region) ?? null),
+    });
+  });
+}
+
+export async function renderDeployment(db: Db, d: DeploymentRow): Promise<DeploymentView> {
+  return (await renderDeployments(db, [d]))[0]!;
+}
+
+/** Renders models with a fixed number of queries, however many there are. */
+export async function renderModels(db: Db, models: readonly ModelRow[]) {
+  const ids = models.map((m) => m.id);
+  const [teams, counts, prods, devs] = await Promise.all([
+    db.selectFrom("teams").select(["id", "name"]).execute(),
+    bySlices(ids, (slice) =>
+      db
+        .selectFrom("deployments")
+        .select(["model_id", (eb) => eb.fn.countAll<string | number>().as("n")])
+        .where("model_id", "in", slice)
+        .groupBy("model_id")
+        .execute(),
+    ),
+    bySlices(ids, (slice) =>
+      db
+        .selectFrom("environments")
+        .select(["model_id", "current_deployment_id"])
+        .where("model_id", "in", slice)
+        .where("name", "=", "production")
+        .execute(),
+    ),
+    bySlices(ids, (slice) =>
+      db
+        .selectFrom("deployments")
+        .select(["model_id", "id"])
+        .where("model_id", "in", slice)
+        .where("is_development", "=", 1)
+        .execute(),
+    ),
+  ]);
+  const teamName = new Map(teams.map((t) => [t.id, t.name]));
+  const count = new Map(counts.map((c) => [c.model_id, Number(c.n)]));
+  const prod = new Map(prods.map((p) => [p.model_id, p.current_deployment_id]));
+  const dev = new Map(devs.map((d) => [d.model_id, d.id]));
+  return models.map((m) =>
+    modelView(m, {
+      team_name: teamName.get(m.team_id) ?? "",
+      deployments_count: count.get(m.id) ?? 0,
+      production_deployment_id: prod.get(m.id) ?? null,
+      development_deployment_id: dev.get(m.id) ?? null,
+    }),
+  );
 }
 
 export async function renderModel(db: Db, m: ModelRow) {
-  const [team, count, prod, dev] = await Promise.all([
-    db.selectFrom("teams").select("name").where("id", "=", m.team_id).executeTakeFirstOrThrow(),
-    db
-      .selectFrom("deployments")
-      .select((eb) => eb.fn.countAll<string | number>().as("n"))
-      .where("model_id", "=", m.id)
-      .executeTakeFirstOrThrow(),
-    db
-      .selectFrom("environments")
-      .select("current_deployment_id")
-      .where("model_id", "=", m.id)
-      .where("name", "=", "production")
-      .executeTakeFirst(),
-    db
-      .selectFrom("deployments")
-      .select("id")
-      .where("model_id", "=", m.id)
-      .where("is_development", "=", 1)
-      .executeTakeFirst(),
-  ]);
-  return modelView(m, {
-    team_name: team.name,
-    deployments_count: Number(count.n),
-    production_deployment_id: prod?.current_deployment_id ?? null,
-    development_deployment_id: dev?.id ?? null,
-  });
+  return (await renderModels(db, [m]))[0]!;
 }

@@ -20,7 +20,9 @@ import {
   loadModel,
   loadTeam,
   renderDeployment,
+  renderDeployments,
   renderModel,
+  renderModels,
   requireCapability,
 } from "./lookup.ts";
 import { checkPackage } from "./package-check.ts";
@@ -314,7 +316,7 @@ export async function listModels(
     .orderBy("created_at")
     .orderBy("id")
     .execute();
-  return { models: await Promise.all(rows.map((m) => renderModel(db, m))) };
+  return { models: await renderModels(db, rows) };
 }
 
 export async function getModel(ctx: ControlContext, p: Principal, modelId: string) {
@@ -354,7 +356,7 @@ export async function listDeployments(ctx: ControlContext, p: Principal, modelId
     .orderBy("created_at")
     .orderBy("id")
     .execute();
-  return { deployments: await Promise.all(rows.map((d) => renderDeployment(db, d))) };
+  return { deployments: await renderDeployments(db, rows) };
 }
 
 export async function getDeployment(ctx: ControlContext, p: Principal, modelId: string, idOrAlias: string) {
