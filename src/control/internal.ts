@@ -63,28 +63,85 @@ function isIp(host: string): boolean {
   return IPV4.test(host) || host.includes(":");
 }
 
+/** Everything plane snapshots are built from, read once per revision and shared by every plane's build. */
+async function readSnapshotState(ctx: ControlContext, db: Db) {
+  const revision = await ctx.store.revision(db);
+  const [planes, hopSecret, keys, models, envs, groups, deployments, replicas, stored, candidates] =
+    await Promise.all([
+      db.selectFrom("planes").selectAll().orderBy("name").execute(),
+      ctx.store.getMeta("hop_secret", db),
+      db.selectFrom("api_keys").select(["hash", "prefix", "team_id", "category", "model_ids"]).execute(),
+      db.selectFrom("models").select(["id", "team_id", "name"]).execute(),
+      db.selectFrom("environments").select(["model_id", "name", "current_deployment_id"]).execute(),
+      db
+        .selectFrom("environment_groups")
+        .select(["team_id", "name", "region", "standard_endpoint_policy"])
+        .execute(),
+      db
+        .selectFrom("deployments")
+        .select(["id", "model_id", "region", "is_development", "status", "artifact_key"])
+        .execute(),
+      db.selectFrom("replicas").select(["id", "deployment_id", "plane", "state"]).execute(),
+      db.selectFrom("artifacts").select(["key", "sha256", "size"]).where("state", "=", "STORED").execute(),
+      db
+        .selectFrom("promotions")
+        .select(["candidate_deployment_id", "environment"])
+        .where("active", "=", 1)
+        .execute(),
+    ]);
+  return {
+    revision,
+    planes,
+    hopSecret,
+    keys,
+    models,
+    envs,
+    groups,
+    deployments,
+    replicas,
+    stored,
+    candidates,
+  };
+}
+
+type SnapshotState = Awaited<ReturnType<typeof readSnapshotState>>;
+const stateCache = new WeakMap<ControlContext, { revision: number; state: Promise<SnapshotState> }>();
+
+/**
+ * The state at the current revision. When a change wakes every plane's long-poll, the first build reads it
+ * and the others reuse it: one read per revision instead of one per plane. The state may be newer than the
+ * revision it is filed under (a write landed in between), never older, so a plane never moves backwards.
+ */
+async function snapshotState(ctx: ControlContext, db: Db): Promise<SnapshotState> {
+  const revision = await ctx.store.revision(db);
+  const cached = stateCache.get(ctx);
+  if (cached && cached.revision === revision) return cached.state;
+  const state = readSnapshotState(ctx, db);
+  stateCache.set(ctx, { revision, state });
+  state.catch(() => {
+    if (stateCache.get(ctx)?.state === state) stateCache.delete(ctx);
+  });
+  return state;
+}
+
 export async function buildPlaneSnapshot(
   ctx: ControlContext,
   db: Db,
   plane: PlaneRow,
 ): Promise<PlaneSnapshot> {
-  const revision = await ctx.store.revision(db);
-  const [planes, hopSecret, keys, models, envs, groups, deployments, replicas] = await Promise.all([
-    db.selectFrom("planes").selectAll().orderBy("name").execute(),
-    ctx.store.getMeta("hop_secret", db),
-    db.selectFrom("api_keys").select(["hash", "prefix", "team_id", "category", "model_ids"]).execute(),
-    db.selectFrom("models").select(["id", "team_id", "name"]).execute(),
-    db.selectFrom("environments").select(["model_id", "name", "current_deployment_id"]).execute(),
-    db
-      .selectFrom("environment_groups")
-      .select(["team_id", "name", "region", "standard_endpoint_policy"])
-      .execute(),
-    db
-      .selectFrom("deployments")
-      .select(["id", "model_id", "region", "is_development", "status", "artifact_key"])
-      .execute(),
-    db.selectFrom("replicas").select(["id", "deployment_id", "plane", "state"]).execute(),
-  ]);
+  const {
+    revision,
+    planes,
+    hopSecret,
+    keys,
+    models,
+    envs,
+    groups,
+    deployments,
+    replicas,
+    stored,
+    candidates,
+  } = await snapshotState(ctx, db);
   const planeRegion = new Map(planes.map((p) => [p.name, p.region]));
   const groupOf = new Map(groups.map((g) => [`${g.team_id}/${g.name}`, g]));
   const modelTeam = new Map(models.map((m) => [m.id, m.team_id]));
@@ -136,15 +193,7 @@ export async function buildPlaneSnapshot(
       standard_endpoint_policy: (g?.standard_endpoint_policy ?? "allow") as StandardEndpointPolicy,
     });
   }
-  const artifacts = new Map(
-    (
-      await db
-        .selectFrom("artifacts")
-        .select(["key", "sha256", "size"])
-        .where("state", "=", "STORED")
-        .execute()
-    ).map((a) => [a.key, a]),
-  );
+  const artifacts = new Map(stored.map((a) => [a.key, a]));
   for (const d of deployments) {
     const route = routes.get(d.model_id);
     if (!route) continue;
@@ -160,11 +209,7 @@ export async function buildPlaneSnapshot(
   // The environment a replica's model is told it serves: the one it serves, or the one it is a promotion
   // candidate for (so a redeploy on promotion starts with the right name and is never restarted for it).
   const servingEnv = new Map<string, string>();
-  const candidates = await db
-    .selectFrom("promotions")
-    .select(["candidate_deployment_id", "environment"])
-    .where("active", "=", 1)
-    .execute();
+
   for (const p of candidates) servingEnv.set(p.candidate_deployment_id, p.environment);
   for (const e of envs) {
     if (e.current_deployment_id && !servingEnv.has(e.current_deployment_id)) {
