@@ -8,7 +8,7 @@ import { mkdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import type { Store } from "../store/store.ts";
+import { isUniqueViolation, type Store } from "../store/store.ts";
 import { newId } from "./identity.ts";
 
 export interface StoredBlob {
@@ -149,16 +149,23 @@ export class DatabaseArtifactStore implements ArtifactStore {
           .execute();
       }
       const sha256 = hash.digest("hex");
-      await this.store.transaction(async (trx) => {
-        const exists = await trx
-          .selectFrom("artifact_chunks")
-          .select("seq")
-          .where("blob", "=", sha256)
-          .limit(1)
-          .executeTakeFirst();
-        if (exists) await trx.deleteFrom("artifact_chunks").where("blob", "=", tmp).execute();
-        else await trx.updateTable("artifact_chunks").set({ blob: sha256 }).where("blob", "=", tmp).execute();
-      });
+      try {
+        await this.store.transaction(async (trx) => {
+          const exists = await trx
+            .selectFrom("artifact_chunks")
+            .select("seq")
+            .where("blob", "=", sha256)
+            .limit(1)
+            .executeTakeFirst();
+          if (exists) await trx.deleteFrom("artifact_chunks").where("blob", "=", tmp).execute();
+          else
+            await trx.updateTable("artifact_chunks").set({ blob: sha256 }).where("blob", "=", tmp).execute();
+        });
+      } catch (err) {
+        // An identical upload renamed its chunks first: that copy stands, this one's chunks go.
+        if (!isUniqueViolation(err)) throw err;
+        await db.deleteFrom("artifact_chunks").where("blob", "=", tmp).execute();
+      }
       return { sha256, size };
     } catch (err) {
       await db.deleteFrom("artifact_chunks").where("blob", "=", tmp).execute();

@@ -2,6 +2,7 @@
 // plane, and drains on SIGTERM/SIGINT.
 
 import { resolve } from "node:path";
+import { drainOnSignal } from "../lib/shutdown.ts";
 import { startControl } from "./main.ts";
 
 export interface ControlFlags {
@@ -48,10 +49,5 @@ export async function runControlCommand(flags: ControlFlags, env: NodeJS.Process
         `  export MERIDIAN_API_URL=${control.url}\n  export MERIDIAN_API_KEY=$(cat ${control.adminKeyFile})\n\n`,
     );
   }
-  const stop = async () => {
-    await control.stop();
-    process.exit(0);
-  };
-  process.once("SIGTERM", stop);
-  process.once("SIGINT", stop);
+  drainOnSignal(() => control.stop());
 }

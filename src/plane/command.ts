@@ -2,6 +2,7 @@
 
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import { drainOnSignal } from "../lib/shutdown.ts";
 import { startPlane } from "./main.ts";
 
 export interface PlaneFlags {
@@ -52,10 +53,5 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     ...(predictTimeout ? { limits: { predictTimeoutMs: predictTimeout * 1000 } } : {}),
   });
   const plane = await startPlane(config);
-  const stop = async () => {
-    await plane.stop();
-    process.exit(0);
-  };
-  process.once("SIGTERM", stop);
-  process.once("SIGINT", stop);
+  drainOnSignal(() => plane.stop());
 }

@@ -119,7 +119,12 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
   const children: Child[] = [];
   let shuttingDown = false;
   const launch = (child: Child) => {
-    const proc = spawn(process.execPath, [BIN, ...child.args], { stdio: ["ignore", "pipe", "pipe"] });
+    // Its own process group: a Ctrl-C in the terminal reaches `up` alone, which then stops the children in
+    // order (DNS, planes, control plane) instead of all of them at once.
+    const proc = spawn(process.execPath, [BIN, ...child.args], {
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    });
     proc.stdout!.pipe(child.log, { end: false });
     proc.stderr!.pipe(child.log, { end: false });
     child.process = proc;
