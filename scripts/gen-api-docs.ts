@@ -56,6 +56,8 @@ export async function fetchSpec(): Promise<OpenApiDocument> {
       logger: pino({ level: "silent" }),
       feed: new RevisionFeed(store),
       now: () => new Date(0).toISOString(),
+      startedAtMs: 0,
+      planeTimeoutMs: 15_000,
     };
     const app = await buildControlApp(ctx);
     try {

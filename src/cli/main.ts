@@ -45,6 +45,10 @@ program
     "--artifact-store <kind>",
     "where model packages are kept: files (under --data-dir) or database (shared by control replicas); default files with SQLite, database with PostgreSQL",
   )
+  .option(
+    "--plane-timeout <seconds>",
+    "a plane silent this long is down; its replicas are placed again in their region (default 15)",
+  )
   .action(async (flags) => {
     const { runControlCommand } = await import("../control/command.ts");
     await runControlCommand(flags, process.env);

@@ -12,6 +12,7 @@ export interface ControlFlags {
   domain: string;
   publicUrl?: string;
   artifactStore?: string;
+  planeTimeout?: string;
 }
 
 /** Splits `host:port` (IPv6 in brackets). */
@@ -21,6 +22,12 @@ export function parseListen(value: string): { host: string; port: number } | nul
   const port = Number(m[3]);
   if (port > 65535) return null;
   return { host: (m[1] ?? m[2])!, port };
+}
+
+function seconds(flag: string, value: string): number {
+  if (!/^\d{1,6}$/.test(value) || Number(value) < 1)
+    throw new Error(`${flag} takes a whole number of seconds, got '${value}'`);
+  return Number(value);
 }
 
 function artifactStoreKind(value: string): "files" | "database" {
@@ -41,6 +48,7 @@ export async function runControlCommand(flags: ControlFlags, env: NodeJS.Process
     domain: flags.domain.toLowerCase().replace(/\.$/, ""),
     publicUrl: flags.publicUrl ?? null,
     ...(flags.artifactStore ? { artifactStore: artifactStoreKind(flags.artifactStore) } : {}),
+    ...(flags.planeTimeout ? { planeTimeoutMs: seconds("--plane-timeout", flags.planeTimeout) * 1000 } : {}),
   });
   const control = await startControl(config);
   if (control.adminKey) {

@@ -17,6 +17,10 @@ export interface ControlContext {
   logger: Logger;
   feed: RevisionFeed;
   now(): string;
+  /** When this control process started (ms): planes are not judged down before it has run a while. */
+  startedAtMs: number;
+  /** A plane silent this long is down, and its replicas are placed again in their region. */
+  planeTimeoutMs: number;
 }
 
 export interface AuditEntry {

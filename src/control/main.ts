@@ -4,6 +4,7 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
+import { planeIsDown } from "../core/placement.ts";
 import { writeSecretFile } from "../lib/files.ts";
 import { Store } from "../store/store.ts";
 import { bootstrap } from "./accounts.ts";
@@ -28,6 +29,8 @@ export interface ControlConfig {
    * replicas share). Default: files with SQLite, the database with PostgreSQL.
    */
   artifactStore?: "files" | "database";
+  /** A plane silent this long is down and its replicas are placed again in their region. Default 15 s. */
+  planeTimeoutMs?: number;
   logger?: Logger;
 }
 
@@ -67,6 +70,8 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
     logger,
     feed,
     now: () => new Date().toISOString(),
+    startedAtMs: Date.now(),
+    planeTimeoutMs: config.planeTimeoutMs ?? 15_000,
   };
   const app = await buildControlApp(ctx);
   await app.listen({ host: config.host, port: config.port });
@@ -77,6 +82,7 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
   if (!config.publicUrl) ctx.publicUrl = url;
   // Plane capacity or placement rules may have changed while the control plane was down.
   await reconcileAll(ctx);
+  const health = watchPlaneHealth(ctx);
   logger.info(
     { url, store: store.dialect, domain: config.domain, revision: feed.revision() },
     "control plane listening",
@@ -87,9 +93,62 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
     adminKey: boot.admin_key,
     adminKeyFile,
     async stop() {
+      clearInterval(health);
       feed.stop();
       await app.close();
       await store.close();
     },
   };
+}
+
+/**
+ * Re-places replicas when a plane goes silent or comes back: each time the set of down planes changes,
+ * every deployment is reconciled (placement never leaves a replica's region, so failover stays in-region).
+ */
+function watchPlaneHealth(ctx: ControlContext): NodeJS.Timeout {
+  let down = "";
+  let running = false;
+  const timer = setInterval(
+    async () => {
+      if (running) return;
+      running = true;
+      try {
+        const now = Date.now();
+        const planes = await ctx.store.db
+          .selectFrom("planes")
+          .select(["name", "last_seen_at", "created_at"])
+          .execute();
+        const names = planes
+          .filter((p) =>
+            planeIsDown(
+              {
+                lastSeenMs: p.last_seen_at ? Date.parse(p.last_seen_at) : null,
+                createdMs: Date.parse(p.created_at),
+              },
+              now,
+              ctx.startedAtMs,
+              ctx.planeTimeoutMs,
+            ),
+          )
+          .map((p) => p.name)
+          .sort()
+          .join(",");
+        if (names !== down) {
+          ctx.logger.warn(
+            { down: names === "" ? [] : names.split(","), was: down === "" ? [] : down.split(",") },
+            "plane health changed",
+          );
+          down = names;
+          await reconcileAll(ctx);
+        }
+      } catch (err) {
+        ctx.logger.error({ err }, "plane health check failed");
+      } finally {
+        running = false;
+      }
+    },
+    Math.max(250, Math.floor(ctx.planeTimeoutMs / 5)),
+  );
+  timer.unref();
+  return timer;
 }

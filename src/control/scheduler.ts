@@ -6,7 +6,7 @@
 import type { Transaction } from "kysely";
 import { deriveStatus, wantedReplicas } from "../core/deployment-status.ts";
 import type { DeploymentStatus, PromotionCleanupStrategy, ReplicaState } from "../core/domain.ts";
-import { planPlacement } from "../core/placement.ts";
+import { planeIsDown, planPlacement } from "../core/placement.ts";
 import { previousDeploymentFate } from "../core/promotion.ts";
 import type { Schema } from "../store/schema.ts";
 import type { ControlContext } from "./context.ts";
@@ -67,10 +67,21 @@ async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): P
     envs.map((e) => JSON.parse(e.autoscaling) as AutoscalingSettings),
   );
 
-  const planes = await trx
-    .selectFrom("planes")
-    .select(["name", "region", "capacity", "global_ingress"])
-    .execute();
+  const nowMs = Date.parse(ctx.now());
+  const planes = (
+    await trx
+      .selectFrom("planes")
+      .select(["name", "region", "capacity", "global_ingress", "last_seen_at", "created_at"])
+      .execute()
+  ).filter(
+    (p) =>
+      !planeIsDown(
+        { lastSeenMs: p.last_seen_at ? Date.parse(p.last_seen_at) : null, createdMs: Date.parse(p.created_at) },
+        nowMs,
+        ctx.startedAtMs,
+        ctx.planeTimeoutMs,
+      ),
+  );
   const usage = await trx
     .selectFrom("replicas")
     .select(["plane", (eb) => eb.fn.countAll<string | number>().as("n")])

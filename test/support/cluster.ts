@@ -138,6 +138,8 @@ export interface ClusterOptions {
   /** Planes to run: name, region, capacity, whether it is the global ingress. */
   planes: Array<{ name: string; region: string; capacity?: number; global?: boolean }>;
   databaseUrl?: string;
+  /** Extra flags for `meridian control`. */
+  controlArgs?: string[];
 }
 
 export async function startCluster(options: ClusterOptions): Promise<Cluster> {
@@ -155,6 +157,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     DOMAIN,
   ];
   if (options.databaseUrl) controlArgs.push("--database-url", options.databaseUrl);
+  controlArgs.push(...(options.controlArgs ?? []));
 
   const cluster: Cluster = {
     dir,
