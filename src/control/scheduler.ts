@@ -76,7 +76,10 @@ async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): P
   ).filter(
     (p) =>
       !planeIsDown(
-        { lastSeenMs: p.last_seen_at ? Date.parse(p.last_seen_at) : null, createdMs: Date.parse(p.created_at) },
+        {
+          lastSeenMs: p.last_seen_at ? Date.parse(p.last_seen_at) : null,
+          createdMs: Date.parse(p.created_at),
+        },
         nowMs,
         ctx.startedAtMs,
         ctx.planeTimeoutMs,
