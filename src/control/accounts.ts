@@ -8,7 +8,7 @@ import type { TeamRow } from "../store/schema.ts";
 import { type Db, isUniqueViolation, type Store } from "../store/store.ts";
 import { type ControlContext, recordAudit } from "./context.ts";
 import { newApiKey, newCredential, newId } from "./identity.ts";
-import { defaultTeam, loadTeam, requireCapability } from "./lookup.ts";
+import { defaultTeam, loadTeam, requireCapability, requireOrgAdmin } from "./lookup.ts";
 import { apiKeyView, teamView, userView } from "./views.ts";
 
 export const SEED_REGIONS = [
@@ -79,12 +79,6 @@ export async function bootstrap(
     await saveAdminKey(key.key);
     return { admin_key: key.key };
   });
-}
-
-function requireOrgAdmin(p: Principal): void {
-  if (!(p.category === "PERSONAL" && p.is_org_admin)) {
-    throw new MeridianError("forbidden", "Only org admins may do this.");
-  }
 }
 
 export async function listTeams(ctx: ControlContext, p: Principal) {
@@ -264,7 +258,7 @@ export async function listApiKeys(ctx: ControlContext, p: Principal) {
             eb("user_id", "=", p.user_id),
             eb.and([
               eb("user_id", "is", null),
-              eb("team_id", "in", teamIds.filter((t) => isTeamAdmin(p, t) || p.is_org_admin).concat("")),
+              eb("team_id", "in", teamIds.filter((t) => isTeamAdmin(p, t)).concat("")),
             ]),
           ])
         : eb.and([eb("user_id", "is", null), eb("team_id", "in", teamIds.length ? teamIds : [""])]),

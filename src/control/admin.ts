@@ -8,15 +8,11 @@ import type { PlaneRow } from "../store/schema.ts";
 import { isUniqueViolation } from "../store/store.ts";
 import { type ControlContext, recordAudit } from "./context.ts";
 import { newCredential } from "./identity.ts";
-import { loadModel, loadTeam, requireCapability } from "./lookup.ts";
+import { loadModel, loadTeam, requireCapability, requireOrgAdmin } from "./lookup.ts";
 import { change } from "./scheduler.ts";
 import { regionView } from "./views.ts";
 
-function requireOrgAdmin(p: Principal): void {
-  if (!(p.category === "PERSONAL" && p.is_org_admin)) {
-    throw new MeridianError("forbidden", "Only org admins (operators) may use the admin API.");
-  }
-}
+const ADMIN_ONLY = "Only org admins (operators) may use the admin API.";
 
 export async function listRegions(ctx: ControlContext, p: Principal, teamId: string | null) {
   requireCapability(p, "read");
@@ -35,7 +31,7 @@ export async function createRegion(
   p: Principal,
   body: { slug: string; display_name: string },
 ) {
-  requireOrgAdmin(p);
+  requireOrgAdmin(p, ADMIN_ONLY);
   if (!isSlug(body.slug)) {
     throw new MeridianError(
       "invalid_request",
@@ -81,7 +77,7 @@ function planeView(row: PlaneRow) {
 }
 
 export async function listPlanes(ctx: ControlContext, p: Principal) {
-  requireOrgAdmin(p);
+  requireOrgAdmin(p, ADMIN_ONLY);
   const rows = await ctx.store.db
     .selectFrom("planes")
     .selectAll()
@@ -108,7 +104,7 @@ export async function listPlanes(ctx: ControlContext, p: Principal) {
  * and status class, summed since the installation began. Aggregates only; request ids stay on the planes.
  */
 export async function requestCounts(ctx: ControlContext, p: Principal) {
-  requireOrgAdmin(p);
+  requireOrgAdmin(p, ADMIN_ONLY);
   const rows = await ctx.store.db
     .selectFrom("request_counts")
     .selectAll()
@@ -152,7 +148,7 @@ function checkIngress(ingress: string[]): void {
 
 /** Registers a plane and issues its credential (shown once). Its region must exist. */
 export async function registerPlane(ctx: ControlContext, p: Principal, body: PlaneRegistration) {
-  requireOrgAdmin(p);
+  requireOrgAdmin(p, ADMIN_ONLY);
   if (!isSlug(body.name)) {
     throw new MeridianError(
       "invalid_request",
@@ -218,7 +214,7 @@ export async function updatePlane(
   name: string,
   body: { ingress?: string[]; capacity?: number; global_ingress?: boolean },
 ) {
-  requireOrgAdmin(p);
+  requireOrgAdmin(p, ADMIN_ONLY);
   if (body.ingress) checkIngress(body.ingress);
   return change(ctx, async (trx, scope) => {
     const before = await trx.selectFrom("planes").selectAll().where("name", "=", name).executeTakeFirst();
@@ -244,7 +240,7 @@ export async function updatePlane(
 }
 
 export async function rotatePlaneCredential(ctx: ControlContext, p: Principal, name: string) {
-  requireOrgAdmin(p);
+  requireOrgAdmin(p, ADMIN_ONLY);
   const credential = newCredential(`plane-${name}`);
   await ctx.store.transaction(async (trx) => {
     const res = await trx
@@ -265,7 +261,7 @@ export async function rotatePlaneCredential(ctx: ControlContext, p: Principal, n
 
 /** Removes a plane; its replicas are placed again on the planes that remain allowed. */
 export async function deletePlane(ctx: ControlContext, p: Principal, name: string) {
-  requireOrgAdmin(p);
+  requireOrgAdmin(p, ADMIN_ONLY);
   await change(ctx, async (trx, scope) => {
     const before = await trx.selectFrom("planes").selectAll().where("name", "=", name).executeTakeFirst();
     if (!before) throw new MeridianError("plane_not_found", `No plane '${name}'.`);

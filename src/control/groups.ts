@@ -2,7 +2,7 @@
 // access and — Meridian's extension, org admins only — the region restriction live here and apply
 // team-wide by name, also to environments created later (DESIGN.md §2.4).
 
-import type { Principal } from "../core/access.ts";
+import { isTeamAdmin, type Principal } from "../core/access.ts";
 import type { RegionRestriction } from "../core/domain.ts";
 import { MeridianError } from "../core/errors.ts";
 import { checkEnvironmentName } from "../core/names.ts";
@@ -10,7 +10,7 @@ import type { EnvironmentGroupRow, TeamRow } from "../store/schema.ts";
 import type { Db } from "../store/store.ts";
 import { type ControlContext, recordAudit } from "./context.ts";
 import { cancelInTransaction, promoteInTransaction } from "./environments.ts";
-import { activePromotion, defaultTeam, loadTeam, requireCapability } from "./lookup.ts";
+import { activePromotion, defaultTeam, loadTeam, requireCapability, requireOrgAdmin } from "./lookup.ts";
 import { change } from "./scheduler.ts";
 import { environmentGroupView, restrictionOf } from "./views.ts";
 
@@ -94,12 +94,11 @@ export async function updateGroup(
   const check = checkEnvironmentName(name);
   if (!check.ok) throw new MeridianError("invalid_environment_name", check.message, { rule: check.rule });
   const team = await teamFor(ctx, p, teamId);
-  const isTeamAdmin = p.category === "PERSONAL" && (p.is_org_admin || p.teams.get(team.id) === "TEAM_ADMIN");
-  if (update.manage_access !== undefined && update.manage_access !== null && !isTeamAdmin) {
+  if (update.manage_access !== undefined && update.manage_access !== null && !isTeamAdmin(p, team.id)) {
     throw new MeridianError("forbidden", "Only team admins may change who manages an environment group.");
   }
-  if (update.region_restriction !== undefined && !(p.category === "PERSONAL" && p.is_org_admin)) {
-    throw new MeridianError("forbidden", "Only org admins (the operator) may set a region restriction.");
+  if (update.region_restriction !== undefined) {
+    requireOrgAdmin(p, "Only org admins (the operator) may set a region restriction.");
   }
   const restriction = update.region_restriction;
   if (restriction) {

@@ -26,7 +26,7 @@ export function newApiKey(): { key: string; prefix: string; hash: string } {
   return { key, prefix, hash: sha256Hex(key) };
 }
 
-/** A plane or DNS credential: `mpc_{name}.{secret}`. */
+/** A plane credential: `{kind}.{secret}`, e.g. `plane-eu-1.…`; stored only as its sha256. */
 export function newCredential(kind: string): { token: string; hash: string } {
   const token = `${kind}.${randomBytes(32).toString("base64url")}`;
   return { token, hash: sha256Hex(token) };

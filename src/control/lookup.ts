@@ -13,6 +13,11 @@ export function requireCapability(p: Principal, capability: Parameters<typeof ha
   }
 }
 
+/** Operators: org admins' personal keys (the principal marks only personal keys as org admin). */
+export function requireOrgAdmin(p: Principal, message = "Only org admins may do this."): void {
+  if (!p.is_org_admin) throw new MeridianError("forbidden", message);
+}
+
 export async function loadTeam(db: Db, p: Principal, teamId: string): Promise<TeamRow> {
   const team = await db.selectFrom("teams").selectAll().where("id", "=", teamId).executeTakeFirst();
   if (!team || !canSeeTeam(p, team.id)) throw new MeridianError("team_not_found");
