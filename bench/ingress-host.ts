@@ -26,6 +26,8 @@ export interface IngressHostConfig {
   models?: number;
   environments?: string[];
   readyPlanes?: string[];
+  /** The ingress transport (default: the ingress's own default, `wire`). */
+  transport?: "wire" | "http";
 }
 
 const config = JSON.parse(process.env["BENCH_INGRESS"] ?? "{}") as IngressHostConfig;
@@ -67,10 +69,11 @@ const ingress = createIngress({
   logger,
   registry,
   audit,
+  ...(config.transport ? { transport: config.transport } : {}),
 });
 await ingress.start();
 process.stdout.write(
-  `${JSON.stringify({ msg: "bench ingress ready", ...ingress.address, load_ms: loadMs })}\n`,
+  `${JSON.stringify({ msg: "bench ingress ready", ...ingress.address, transport: ingress.transport, load_ms: loadMs })}\n`,
 );
 
 process.on("SIGTERM", () => {

@@ -3,7 +3,7 @@
 // The wire shape is the inference reference's ErrorResponse: {"error", "error_code", "detail"}.
 
 export const ERRORS = {
-  // Request shape (400, 404, 405, 413, 415)
+  // Request shape (400, 404, 405, 408, 413, 415, 417, 431)
   invalid_request: { status: 400, message: "The request is not valid." },
   invalid_json: { status: 400, message: "The request body is not valid JSON." },
   invalid_environment_name: { status: 400, message: "The environment name is not valid." },
@@ -15,6 +15,10 @@ export const ERRORS = {
   method_not_allowed: { status: 405, message: "This method is not allowed on this route." },
   request_timeout: { status: 408, message: "The request was not received in time." },
   payload_too_large: { status: 413, message: "The request body is too large." },
+  expectation_failed: {
+    status: 417,
+    message: "The request's Expect header names an unsupported expectation.",
+  },
   headers_too_large: { status: 431, message: "The request header fields are too large." },
   unsupported_media_type: { status: 415, message: "The request body's content type is not supported." },
 

@@ -154,15 +154,17 @@ const NO_PROOF: Map<string, string> = new Map();
  * model code must not be able to claim where it ran. From a peer plane they are kept and returned.
  */
 export function scanResponseHeaders(
-  raw: readonly Buffer[],
+  raw: readonly (Buffer | string)[],
   keepProof: boolean,
 ): { headers: string[]; proof: Map<string, string> } {
   const headers: string[] = [];
   const proof = keepProof ? new Map<string, string>() : NO_PROOF;
   let connection: string[] | null = null;
   for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!.toString("latin1").toLowerCase();
-    const value = raw[i + 1]!.toString("latin1");
+    const n = raw[i]!;
+    const v = raw[i + 1]!;
+    const name = (typeof n === "string" ? n : n.toString("latin1")).toLowerCase();
+    const value = typeof v === "string" ? v : v.toString("latin1");
     if (name === "connection") {
       connection = connection === null ? [value] : [...connection, value];
       continue;

@@ -1,5 +1,6 @@
 // End-to-end tests of the ingress over real sockets: four planes on their own loopback addresses (us-1,
 // us-2 on 127.0.1.x; eu-1, eu-2 on 127.0.2.x), snapshots built here, real HTTP servers as replicas.
+// The suite runs on the wire transport here and on the node:http fallback in ingress.http.test.ts.
 import { createHash } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import net from "node:net";
@@ -12,7 +13,7 @@ import type { StandardEndpointPolicy } from "../core/domain.ts";
 import type { PlaneRef, PlaneSnapshot } from "../core/snapshot.ts";
 import { AuditLog } from "./audit.ts";
 import { signHop } from "./hop.ts";
-import { createIngress, type Ingress } from "./ingress.ts";
+import { createIngress, type Ingress, type IngressTransport } from "./ingress.ts";
 import { type CallOptions, call, startReplica, type TestReplica } from "./testing.ts";
 
 const DOMAIN = "meridian.test";
@@ -22,6 +23,8 @@ const STD = `model-${M1}.${DOMAIN}`;
 const REG = `model-${M1}-prod-eu.${DOMAIN}`;
 const sha = (k: string) => createHash("sha256").update(k).digest("hex");
 const LIMIT = 256 * 1024;
+const TRANSPORT: IngressTransport =
+  (globalThis as { ingressTransportUnderTest?: IngressTransport }).ingressTransportUnderTest ?? "wire";
 
 const PLANES = [
   { name: "us-1", region: "us", ip: "127.0.1.1", global: true },
@@ -154,8 +157,10 @@ beforeAll(async () => {
       },
       registry,
       audit,
+      transport: TRANSPORT,
     });
     await ingress.start();
+    expect(ingress.transport).toBe(TRANSPORT);
     planes.set(p.name, { name: p.name, ingress, audit, registry, replicas });
     refs.push({
       name: p.name,
@@ -807,6 +812,7 @@ describe("HTTPS", () => {
         tls: { cert, key: readFileSync(join(dir, "key.pem")) },
         snapshot: () => snapshotFor("us-1"),
         localReplicas: (id) => plane("us-1").replicas.get(id) ?? [],
+        transport: TRANSPORT,
       });
       await tls.start();
       const r = await new Promise<{ status: number; headers: Record<string, unknown>; body: string }>(

@@ -1,0 +1,545 @@
+// What every ingress transport shares (src/gateway/ingress.ts picks one): the routing index that follows
+// the plane's snapshot, the per-request plan (authenticate, route, choose targets, build the upstream
+// headers), the proof headers, the retry rule, and the audit record and metrics. A transport owns only
+// the bytes: reading requests, writing responses, calling upstreams.
+
+import { hash, randomUUID } from "node:crypto";
+import { performance } from "node:perf_hooks";
+import { type Logger, pino } from "pino";
+import type { Registry } from "prom-client";
+import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
+import { parseHost } from "../core/host.ts";
+import { decideRoute, indexSnapshot, type RouteContext, type RouteIndex } from "../core/routing.ts";
+import type { PlaneRef } from "../core/snapshot.ts";
+import type { AuditSink } from "./audit.ts";
+import { acceptableRequestId, apiKeyOf, PROOF, scanRequestHeaders, scanResponseHeaders } from "./headers.ts";
+import { HOP_HEADER, signHop, verifyHop } from "./hop.ts";
+import type { IngressLimits, IngressOptions } from "./ingress.ts";
+import { createGatewayMetrics, type GatewayMetrics } from "./metrics.ts";
+
+/** The truss model server's predict route (what a replica serves). */
+export const REPLICA_PREDICT_PATH = "/v1/models/model:predict";
+
+/** One request through the ingress, whatever the transport. */
+export interface Exchange {
+  startedAt: number;
+  time: number;
+  requestId: string;
+  route: string[];
+  forwardedFrom: string | null;
+  context: RouteContext | null;
+  processedBy: string | null;
+  errorCode: string | null;
+}
+
+/** A request as the transport parsed it. */
+export interface RequestHead {
+  method: string;
+  /** The request target as sent (origin-form or absolute-form). */
+  target: string;
+  /** Flat `[name, value, …]` as received. */
+  rawHeaders: readonly string[];
+  remoteAddress: string;
+}
+
+export interface Target {
+  kind: "replica" | "plane";
+  /** Endpoint `host:port` (replica) or plane name. */
+  name: string;
+  /** `host:port` to connect to. */
+  endpoint: string;
+  origin: string;
+  path: string;
+  plane: PlaneRef | null;
+}
+
+export interface Refusal {
+  kind: "refuse";
+  code: ErrorCode;
+  message: string | null;
+  detail: unknown;
+  /** Extra response headers (e.g. `allow`), flat. */
+  extra: string[];
+}
+
+/** A request on its way upstream: the candidates in order and what every attempt sends. */
+export interface Forward {
+  kind: "forward";
+  targets: Target[];
+  /** Headers for the upstream without framing fields; hops add a fresh signed hop header per attempt. */
+  headers: string[];
+  hop: { secret: string } | null;
+  warning: string | null;
+  /** The declared Content-Length, or null (chunked or no body). */
+  contentLength: number | null;
+  chunked: boolean;
+}
+
+export type Plan = Refusal | Forward;
+
+/** How an upstream attempt ended without a response the client could be given. */
+export interface UpstreamFailure {
+  /** A Node or undici error code (`ECONNREFUSED`, `UND_ERR_HEADERS_TIMEOUT`, …), or a wire-transport code. */
+  code: string;
+  message: string;
+  /** Whether any byte may have reached the upstream (then the call is never retried). */
+  touched: boolean;
+  timeout: boolean;
+  bodyTooLarge: boolean;
+}
+
+const CONNECT_ERRORS = new Set([
+  "ECONNREFUSED",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EADDRNOTAVAIL",
+  "ENOTFOUND",
+  "CONNECT_TIMEOUT",
+]);
+
+export function refuse(
+  code: ErrorCode,
+  message: string | null = null,
+  detail: unknown = null,
+  extra: string[] = [],
+): Refusal {
+  return { kind: "refuse", code, message, detail, extra };
+}
+
+export type Gateway = ReturnType<typeof createGateway>;
+
+export function createGateway(options: IngressOptions, limits: IngressLimits) {
+  const self = options.plane;
+  const log: Logger = options.logger ?? pino({ level: "silent" });
+  const metrics: GatewayMetrics | null = options.registry ? createGatewayMetrics(options.registry) : null;
+  const audit: AuditSink | null = options.audit ?? null;
+  const now = options.now ?? Date.now;
+  const scheme: "http" | "https" = options.tls ? "https" : "http";
+  const peerScheme = options.peerScheme ?? "http";
+
+  // The index follows the snapshot object: rebuilt only when the plane swaps in a new one.
+  let lastSnapshot: ReturnType<IngressOptions["snapshot"]> | undefined;
+  let index: RouteIndex | null = null;
+  let previousSecret: { secret: string; until: number } | null = null;
+
+  function currentIndex(): RouteIndex | null {
+    const snap = options.snapshot();
+    if (snap === lastSnapshot) return index;
+    lastSnapshot = snap;
+    const before = index;
+    if (snap === null) {
+      index = null;
+    } else if (snap.plane.name !== self.name || snap.plane.region !== self.region) {
+      log.error({ plane: self.name, snapshot_plane: snap.plane.name }, "snapshot is for another plane");
+      index = null;
+    } else {
+      index = indexSnapshot(snap);
+    }
+    if (before !== null && index !== null && before.hopSecret !== index.hopSecret) {
+      previousSecret = { secret: before.hopSecret, until: now() + limits.hopMaxAgeMs };
+    }
+    return index;
+  }
+
+  function hopSecrets(current: RouteIndex): string[] {
+    if (previousSecret !== null && previousSecret.until >= now()) {
+      return [current.hopSecret, previousSecret.secret];
+    }
+    return [current.hopSecret];
+  }
+
+  // Least-busy replica first (ties broken round-robin); the others follow as retry candidates.
+  const busy = new Map<string, number>();
+  let turn = 0;
+  function orderReplicas(endpoints: readonly string[]): string[] {
+    const n = endpoints.length;
+    const start = turn++ % n;
+    let best = start;
+    let bestBusy = Number.POSITIVE_INFINITY;
+    for (let k = 0; k < n; k++) {
+      const i = (start + k) % n;
+      const b = busy.get(endpoints[i]!) ?? 0;
+      if (b < bestBusy) {
+        best = i;
+        bestBusy = b;
+      }
+    }
+    const out = [endpoints[best]!];
+    for (let k = 1; k < n; k++) out.push(endpoints[(best + k) % n]!);
+    return out;
+  }
+
+  function orderPlanes(planes: readonly PlaneRef[]): PlaneRef[] {
+    // Planes arrive best first; rotate among the leading group of one region to spread load.
+    const lead = planes[0]!.region;
+    let group = 0;
+    while (group < planes.length && planes[group]!.region === lead) group++;
+    const start = turn++ % group;
+    const out: PlaneRef[] = [];
+    for (let k = 0; k < group; k++) out.push(planes[(start + k) % group]!);
+    for (let k = group; k < planes.length; k++) out.push(planes[k]!);
+    return out;
+  }
+
+  let inflight = 0;
+  let drained: (() => void) | null = null;
+
+  /**
+   * Authenticates and routes one request: either a refusal, or the upstream targets and headers. Sets the
+   * exchange's request id, context and route as it learns them (the audit record uses them either way).
+   */
+  function plan(ex: Exchange, head: RequestHead): Plan {
+    const scan = scanRequestHeaders(head.rawHeaders);
+    ex.requestId = acceptableRequestId(scan.requestId) ? scan.requestId : randomUUID();
+    const idx = currentIndex();
+    if (idx === null) return refuse("service_unavailable", "This plane has no routing configuration yet.");
+
+    // RFC 9112 §3.2.2–3.2.3: absolute-form targets carry the authority and override Host.
+    let target = head.target;
+    let hostValue = scan.host;
+    if (!target.startsWith("/")) {
+      const m = /^https?:\/\/([^/?#]*)([^#]*)$/i.exec(target);
+      if (m === null) return refuse("route_not_found");
+      hostValue = m[1];
+      target = m[2] || "/";
+    } else if (scan.hostCount !== 1) {
+      // RFC 9112 §3.2: a request with no Host, or more than one, is answered 400.
+      return refuse(
+        "invalid_host",
+        `The request has ${scan.hostCount} Host header fields; exactly one is required.`,
+      );
+    }
+    const parsed = parseHost(hostValue, idx.domain);
+    if (!parsed.ok) return refuse(parsed.code, parsed.reason);
+    ex.context = {
+      form: parsed.host.form,
+      modelId: parsed.host.modelId,
+      environment: parsed.host.form === "regional" ? parsed.host.environment : null,
+      deploymentId: null,
+      region: null,
+    };
+
+    if (scan.hop !== undefined) {
+      const check = verifyHop(scan.hop, ex.requestId, hopSecrets(idx), now(), limits.hopMaxAgeMs);
+      const from = check.ok ? idx.planes.get(check.from) : undefined;
+      if (!check.ok || from === undefined || from.name === self.name) {
+        return refuse("forbidden", "The plane-to-plane hop is not valid.", {
+          reason: check.ok ? "unknown_plane" : check.reason,
+        });
+      }
+      ex.forwardedFrom = from.name;
+      ex.route = [from.name, self.name];
+    }
+
+    const q = target.indexOf("?");
+    const path = q < 0 ? target : target.slice(0, q);
+    const key = apiKeyOf(scan.authorization);
+    const decision = decideRoute(idx, {
+      host: parsed.host,
+      method: head.method,
+      path,
+      keyHash: key === null ? null : hash("sha256", key),
+      forwardedFrom: ex.forwardedFrom,
+      localReady: { has: (id) => options.localReplicas(id).length > 0 },
+      scheme: ex.forwardedFrom !== null && scan.forwardedProto === "https" ? "https" : scheme,
+    });
+    ex.context = decision.context;
+    if (decision.kind === "refuse") {
+      return refuse(
+        decision.code,
+        decision.message,
+        decision.detail,
+        decision.allow ? ["allow", decision.allow] : [],
+      );
+    }
+
+    const cl = scan.contentLength;
+    const contentLength = cl === undefined ? null : Number(cl);
+    if (contentLength !== null && contentLength > limits.maxBodyBytes) {
+      return refuse("payload_too_large", null, { limit_bytes: limits.maxBodyBytes });
+    }
+    if (scan.expect !== undefined && scan.expect.toLowerCase() !== "100-continue") {
+      return refuse("expectation_failed", null, { expect: scan.expect });
+    }
+
+    const remote = head.remoteAddress;
+    const trusted = ex.forwardedFrom !== null;
+    const forwarding = [
+      PROOF.requestId,
+      ex.requestId,
+      "x-forwarded-for",
+      scan.forwardedFor === undefined ? remote : `${scan.forwardedFor}, ${remote}`,
+      "x-forwarded-proto",
+      trusted && scan.forwardedProto !== undefined ? scan.forwardedProto : scheme,
+      "x-forwarded-host",
+      trusted && scan.forwardedHost !== undefined ? scan.forwardedHost : (hostValue ?? ""),
+    ];
+    // Framing is the transport's: the Content-Length passed through is dropped and set again.
+    const passthrough = cl === undefined ? scan.passthrough : withoutContentLength(scan.passthrough);
+
+    const forward: Forward = {
+      kind: "forward",
+      targets: [],
+      headers: [],
+      hop: null,
+      warning: decision.warning,
+      contentLength,
+      chunked: contentLength === null && scan.transferEncoding,
+    };
+    if (decision.kind === "serve") {
+      const endpoints = options.localReplicas(decision.context.deploymentId);
+      if (endpoints.length === 0) return refuse("model_unavailable", null, { region: self.region });
+      forward.targets = orderReplicas(endpoints).map((ep) => ({
+        kind: "replica",
+        name: ep,
+        endpoint: ep,
+        origin: `http://${ep}`,
+        path: REPLICA_PREDICT_PATH,
+        plane: null,
+      }));
+      // The API key stops at the ingress: model code never sees it.
+      forward.headers = passthrough.concat(forwarding);
+    } else {
+      forward.targets = orderPlanes(decision.planes).map((p) => ({
+        kind: "plane",
+        name: p.name,
+        endpoint: p.ingress[0]!,
+        origin: `${peerScheme}://${p.ingress[0]}`,
+        path: target,
+        plane: p,
+      }));
+      // Host and Authorization pass unchanged: the receiving plane routes and authenticates by itself.
+      forward.headers = passthrough.concat(forwarding, ["host", hostValue ?? "", PROOF.route, self.name]);
+      if (scan.authorization !== undefined) forward.headers.push("authorization", scan.authorization);
+      forward.hop = { secret: idx.hopSecret };
+    }
+    return forward;
+  }
+
+  function proofHeaders(ex: Exchange): string[] {
+    return [
+      PROOF.requestId,
+      ex.requestId,
+      PROOF.region,
+      self.region,
+      PROOF.plane,
+      self.name,
+      PROOF.deploymentId,
+      ex.context?.deploymentId ?? "-",
+      PROOF.route,
+      ex.route.join(", "),
+    ];
+  }
+
+  return {
+    self,
+    limits,
+    log,
+    metrics,
+    scheme,
+    plan,
+    proofHeaders,
+
+    now,
+
+    /**
+     * A request has started. The transport builds its exchange as one object literal (a fixed shape is
+     * cheaper than fields added later), starting from these values.
+     */
+    begin(): Exchange {
+      inflight++;
+      metrics?.inflight(1);
+      return {
+        startedAt: performance.now(),
+        time: now(),
+        requestId: "",
+        route: [self.name],
+        forwardedFrom: null,
+        context: null,
+        processedBy: null,
+        errorCode: null,
+      };
+    },
+
+    /** The JSON error answer of a refusal: status, headers (with proof) and body. */
+    errorResponse(ex: Exchange, r: Refusal): { status: number; headers: string[]; body: string } {
+      ex.errorCode = r.code;
+      const body = JSON.stringify(errorBody(r.code, r.message ?? undefined, r.detail));
+      const headers = [
+        "content-type",
+        "application/json",
+        "content-length",
+        String(Buffer.byteLength(body)),
+        ...proofHeaders(ex),
+        ...r.extra,
+      ];
+      return { status: errorStatus(r.code), headers, body };
+    },
+
+    /** The upstream headers of one attempt (a hop to a peer plane is signed afresh each time). */
+    attemptHeaders(ex: Exchange, forward: Forward): string[] {
+      return forward.hop === null
+        ? forward.headers
+        : forward.headers.concat([HOP_HEADER, signHop(forward.hop.secret, self.name, now(), ex.requestId)]);
+    },
+
+    acquire(t: Target): void {
+      if (t.kind === "replica") busy.set(t.name, (busy.get(t.name) ?? 0) + 1);
+    },
+    release(t: Target): void {
+      if (t.kind !== "replica") return;
+      const b = (busy.get(t.name) ?? 1) - 1;
+      if (b <= 0) busy.delete(t.name);
+      else busy.set(t.name, b);
+    },
+
+    /**
+     * The response headers for the client: the upstream's end-to-end fields plus the proof. From a replica,
+     * this plane is the proof; from a peer plane, its proof is kept and the route extended.
+     */
+    responseHeaders(
+      ex: Exchange,
+      t: Target,
+      warning: string | null,
+      raw: readonly (string | Buffer)[],
+    ): string[] {
+      const { headers, proof } = scanResponseHeaders(raw, t.kind === "plane");
+      const ctx = ex.context;
+      if (t.kind === "replica") {
+        ex.processedBy = self.name;
+        headers.push(
+          PROOF.requestId,
+          ex.requestId,
+          PROOF.region,
+          self.region,
+          PROOF.plane,
+          self.name,
+          PROOF.deploymentId,
+          ctx?.deploymentId ?? "-",
+          PROOF.route,
+          ex.route.join(", "),
+        );
+      } else {
+        // The peer plane stamped its own proof; the route it returns already includes this plane.
+        const plane = t.plane!;
+        const processedBy = proof.get(PROOF.plane) ?? plane.name;
+        const route = proof.get(PROOF.route) ?? `${self.name}, ${plane.name}`;
+        ex.processedBy = processedBy;
+        ex.route = route.split(",").map((s) => s.trim());
+        headers.push(
+          PROOF.requestId,
+          ex.requestId,
+          PROOF.region,
+          proof.get(PROOF.region) ?? plane.region,
+          PROOF.plane,
+          processedBy,
+          PROOF.deploymentId,
+          proof.get(PROOF.deploymentId) ?? ctx?.deploymentId ?? "-",
+          PROOF.route,
+          route,
+        );
+      }
+      if (warning !== null && !headers.includes("warning")) headers.push("warning", warning);
+      return headers;
+    },
+
+    /**
+     * What to do after a failed attempt: `"retry"` on the next target (only when no byte reached the
+     * upstream and there is one), or the refusal to answer with.
+     */
+    afterFailure(ex: Exchange, forward: Forward, attempt: number, f: UpstreamFailure): "retry" | Refusal {
+      const t = forward.targets[attempt]!;
+      if (f.bodyTooLarge) return refuse("payload_too_large", null, { limit_bytes: limits.maxBodyBytes });
+      if (!f.touched && (CONNECT_ERRORS.has(f.code) || f.code === "UND_ERR_CONNECT_TIMEOUT")) {
+        metrics?.upstreamFailure(t.kind === "plane" ? "peer_unreachable" : "connect");
+        log.warn({ request_id: ex.requestId, target: t.name, code: f.code }, "upstream unreachable");
+        if (attempt + 1 < forward.targets.length) return "retry";
+        return refuse("model_unavailable", "No replica accepted the request.", {
+          region: t.plane?.region ?? self.region,
+        });
+      }
+      if (f.timeout) {
+        metrics?.upstreamFailure("timeout");
+        return refuse("upstream_timeout", null, { timeout_ms: limits.predictTimeoutMs });
+      }
+      metrics?.upstreamFailure("reset");
+      log.warn({ request_id: ex.requestId, target: t.name, err: f.message, code: f.code }, "upstream failed");
+      return refuse("replica_failed");
+    },
+
+    /** The exchange is over: one audit record, the metrics, and the drain bookkeeping. */
+    end(ex: Exchange, status: number, aborted: boolean): void {
+      const latency = performance.now() - ex.startedAt;
+      const ctx = ex.context;
+      audit?.record({
+        time: isoTime(ex.time),
+        request_id: ex.requestId,
+        model_id: ctx?.modelId ?? null,
+        environment: ctx?.environment ?? null,
+        deployment_id: ctx?.deploymentId ?? null,
+        hostname_form: ctx?.form ?? null,
+        route: ex.route,
+        status,
+        latency_ms: Math.round(latency * 1000) / 1000,
+        plane: self.name,
+        region: self.region,
+        processed_by: ex.processedBy,
+        forwarded_from: ex.forwardedFrom,
+        error_code: ex.errorCode,
+        aborted,
+      });
+      metrics?.observe(
+        {
+          environment: ctx?.environment ?? "",
+          region: self.region,
+          hostname_form: ctx?.form ?? "unknown",
+          status_code: String(status),
+        },
+        latency / 1000,
+      );
+      metrics?.inflight(-1);
+      inflight--;
+      if (inflight === 0) drained?.();
+    },
+
+    /** Resolves when no request is in flight, or after `limits.drainTimeoutMs`. */
+    async drain(): Promise<void> {
+      if (inflight === 0) return;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, limits.drainTimeoutMs);
+        drained = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    },
+
+    /** The answer to a request the parser refused, for a transport to write before closing. */
+    parseErrorCode(code: string | undefined): ErrorCode {
+      return code === "HPE_HEADER_OVERFLOW"
+        ? "headers_too_large"
+        : code === "ERR_HTTP_REQUEST_TIMEOUT"
+          ? "request_timeout"
+          : "invalid_request";
+    },
+  };
+}
+
+function withoutContentLength(flat: string[]): string[] {
+  const kept: string[] = [];
+  for (let i = 0; i < flat.length; i += 2) {
+    if (flat[i] !== "content-length") kept.push(flat[i]!, flat[i + 1]!);
+  }
+  return kept;
+}
+
+// Requests arriving in the same millisecond share one ISO string (audit records).
+let isoMs = Number.NaN;
+let isoText = "";
+function isoTime(ms: number): string {
+  if (ms !== isoMs) {
+    isoMs = ms;
+    isoText = new Date(ms).toISOString();
+  }
+  return isoText;
+}

@@ -1,0 +1,362 @@
+// The node:http transport of the ingress (the fallback; see ingress.ts): node:http in front, undici
+// `dispatch` with raw header arrays behind (PERFORMANCE-NOTES.md). The decisions are the gateway's.
+
+import { randomUUID } from "node:crypto";
+import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import https from "node:https";
+import type { AddressInfo, Socket } from "node:net";
+import type { Readable } from "node:stream";
+import { Agent, type Dispatcher } from "undici";
+import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
+import { createGateway, type Exchange, type Forward, type Gateway, type Refusal, refuse } from "./gateway.ts";
+import { PROOF } from "./headers.ts";
+import type { Ingress, IngressLimits, IngressOptions } from "./ingress.ts";
+
+class ClientGone extends Error {
+  override name = "ClientGone";
+}
+class BodyTooLarge extends Error {
+  override name = "BodyTooLarge";
+}
+
+interface HttpExchange extends Exchange {
+  req: IncomingMessage;
+  res: ServerResponse;
+  /** Aborts the upstream call in progress. */
+  cancel: ((err: Error) => void) | null;
+  clientGone: boolean;
+  /** Whether the request declared a body (Content-Length > 0 or Transfer-Encoding); null until planned. */
+  bodyDeclared: boolean | null;
+}
+
+type Body =
+  | { kind: "none" }
+  | { kind: "buffer"; data: Buffer }
+  | { kind: "stream"; state: { started: boolean; bytes: number } };
+
+interface Call {
+  ex: HttpExchange;
+  forward: Forward;
+  body: Body;
+}
+
+const NO_BODY: Body = { kind: "none" };
+
+export function createHttpIngress(options: IngressOptions, limits: IngressLimits): Ingress {
+  const gw = createGateway(options, limits);
+  const { metrics, log, self } = gw;
+  const agent = new Agent({
+    connections: null,
+    pipelining: 1,
+    keepAliveTimeout: 30_000,
+    keepAliveMaxTimeout: 600_000,
+    connect: { timeout: limits.connectTimeoutMs, ...options.peerConnect },
+  });
+
+  function hasUnreadBody(ex: HttpExchange): boolean {
+    const { req } = ex;
+    if (req.complete) return false;
+    if (ex.bodyDeclared !== null) return ex.bodyDeclared;
+    const cl = req.headers["content-length"];
+    return (cl !== undefined && cl !== "0") || req.headers["transfer-encoding"] !== undefined;
+  }
+
+  function fail(ex: HttpExchange, r: Refusal): void {
+    const { res } = ex;
+    ex.errorCode = r.code;
+    if (res.headersSent) {
+      // The status line is out; the only honest signal left is an aborted response.
+      res.destroy();
+      return;
+    }
+    if (res.destroyed) return;
+    const answer = gw.errorResponse(ex, r);
+    // An unread body would have to be drained to reuse the connection; closing is cheaper and safer.
+    if (hasUnreadBody(ex)) answer.headers.push("connection", "close");
+    res.writeHead(answer.status, answer.headers);
+    res.end(answer.body);
+  }
+
+  function finish(ex: HttpExchange): void {
+    const { res } = ex;
+    const aborted = !res.writableFinished;
+    if (aborted) {
+      ex.clientGone = true;
+      ex.cancel?.(new ClientGone("client went away"));
+    }
+    gw.end(ex, res.headersSent ? res.statusCode : 499, aborted);
+  }
+
+  function handle(req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
+    const ex: HttpExchange = { ...gw.begin(), req, res, cancel: null, clientGone: false, bodyDeclared: null };
+    res.once("close", () => finish(ex));
+    try {
+      route(ex, expectContinue);
+    } catch (err) {
+      log.error({ err, request_id: ex.requestId }, "ingress handler failed");
+      fail(ex, refuse("internal_error"));
+    }
+  }
+
+  function route(ex: HttpExchange, expectContinue: boolean): void {
+    const { req, res } = ex;
+    const plan = gw.plan(ex, {
+      method: req.method ?? "",
+      target: req.url ?? "/",
+      rawHeaders: req.rawHeaders,
+      remoteAddress: req.socket.remoteAddress ?? "",
+    });
+    if (plan.kind === "refuse") {
+      fail(ex, plan);
+      return;
+    }
+    ex.bodyDeclared = (plan.contentLength !== null && plan.contentLength > 0) || plan.chunked;
+    if (plan.contentLength !== null) plan.headers.push("content-length", String(plan.contentLength));
+    if (expectContinue) res.writeContinue();
+    const call: Call = { ex, forward: plan, body: NO_BODY };
+    if (!ex.bodyDeclared) {
+      dispatch(call, 0);
+    } else if (plan.contentLength !== null && plan.contentLength <= limits.bufferBodyBytes) {
+      // A client that goes away mid-body gets no dispatch; finish() records it.
+      readWhole(req, call, dispatchBuffered);
+    } else {
+      call.body = { kind: "stream", state: { started: false, bytes: 0 } };
+      dispatch(call, 0);
+    }
+  }
+
+  function dispatchBuffered(call: Call, data: Buffer): void {
+    if (call.ex.clientGone) return;
+    call.body = { kind: "buffer", data };
+    dispatch(call, 0);
+  }
+
+  function bodyFor(ex: HttpExchange, body: Body): Dispatcher.DispatchOptions["body"] {
+    switch (body.kind) {
+      case "none":
+        return null;
+      case "buffer":
+        return body.data;
+      case "stream":
+        // undici reads async iterables (documented), though its DispatchOptions type omits them.
+        return streamBody(ex.req, limits.maxBodyBytes, body.state) as unknown as Readable;
+    }
+  }
+
+  function dispatch(call: Call, i: number): void {
+    const { ex, forward } = call;
+    const t = forward.targets[i]!;
+    gw.acquire(t);
+    const timeout = t.kind === "replica" ? limits.predictTimeoutMs : limits.predictTimeoutMs + 1_000;
+    agent.dispatch(
+      {
+        origin: t.origin,
+        path: t.path,
+        method: "POST",
+        headers: gw.attemptHeaders(ex, forward),
+        body: bodyFor(ex, call.body),
+        headersTimeout: timeout,
+        bodyTimeout: timeout,
+      },
+      new UpstreamCall(call, i, gw, onUpstreamError),
+    );
+  }
+
+  function onUpstreamError(call: Call, i: number, err: Error, connected: boolean): void {
+    const { ex, body } = call;
+    if (ex.clientGone || err instanceof ClientGone) return;
+    const code = (err as { code?: string }).code ?? "";
+    const next = gw.afterFailure(ex, call.forward, i, {
+      code,
+      message: err.message,
+      // No byte reached the upstream: the connection never got to the request, and a streamed body was
+      // never read.
+      touched: connected || (body.kind === "stream" && body.state.started),
+      timeout: code === "UND_ERR_HEADERS_TIMEOUT" || code === "UND_ERR_BODY_TIMEOUT",
+      bodyTooLarge: err instanceof BodyTooLarge,
+    });
+    if (next === "retry") dispatch(call, i + 1);
+    else fail(ex, next);
+  }
+
+  const handler = (req: IncomingMessage, res: ServerResponse) => handle(req, res, false);
+
+  const serverOptions: http.ServerOptions = {
+    keepAlive: true,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    maxHeaderSize: limits.maxHeaderBytes,
+    // Timeouts are enforced on this tick; Node's 30 s default lets a slow client linger too long.
+    connectionsCheckingInterval: Math.min(1_000, limits.headersTimeoutMs),
+    // The ingress answers a missing Host itself, with the error body and proof headers.
+    requireHostHeader: false,
+    joinDuplicateHeaders: false,
+  };
+  const server = options.tls
+    ? https.createServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key }, handler)
+    : http.createServer(serverOptions, handler);
+  server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => handle(req, res, true));
+  server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
+    metrics?.malformed(err.code ?? "unknown");
+    const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (err.code === "ECONNRESET" || !socket.writable || pending?.headersSent === true) {
+      socket.destroy();
+      return;
+    }
+    const code: ErrorCode = gw.parseErrorCode(err.code);
+    const body = JSON.stringify(errorBody(code));
+    const status = errorStatus(code);
+    socket.end(
+      `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ""}\r\n` +
+        `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n` +
+        `${PROOF.requestId}: ${randomUUID()}\r\n${PROOF.region}: ${self.region}\r\n${PROOF.plane}: ${self.name}\r\n` +
+        `${PROOF.deploymentId}: -\r\n${PROOF.route}: ${self.name}\r\n\r\n${body}`,
+    );
+    socket.destroySoon();
+  });
+
+  let address: { host: string; port: number } | null = null;
+
+  return {
+    transport: "http",
+    metrics,
+    get address() {
+      return address;
+    },
+    async start() {
+      const listen = options.listen ?? { host: "127.0.0.1", port: 0 };
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(listen.port, listen.host, () => {
+          server.off("error", reject);
+          resolve();
+        });
+      });
+      const a = server.address() as AddressInfo;
+      address = { host: a.address, port: a.port };
+      log.info(
+        { plane: self.name, region: self.region, ...address, scheme: gw.scheme, transport: "http" },
+        "ingress listening",
+      );
+    },
+    async stop() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      await gw.drain();
+      server.closeAllConnections();
+      await closed;
+      await agent.destroy();
+      address = null;
+    },
+  };
+}
+
+/**
+ * One upstream exchange, on undici's dispatch handler interface with raw header arrays (the cheapest
+ * path measured). Streams the response to the client with backpressure both ways.
+ */
+class UpstreamCall implements Dispatcher.DispatchHandler {
+  connected = false;
+  private readonly ex: HttpExchange;
+  private released = false;
+  private resume: (() => void) | null = null;
+
+  constructor(
+    private readonly call: Call,
+    private readonly attempt: number,
+    private readonly gw: Gateway,
+    private readonly failed: (call: Call, attempt: number, err: Error, connected: boolean) => void,
+  ) {
+    this.ex = call.ex;
+  }
+
+  private release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.gw.release(this.call.forward.targets[this.attempt]!);
+  }
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.connected = true;
+    this.ex.cancel = abort;
+    if (this.ex.clientGone) abort(new ClientGone("client went away"));
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    if (statusCode < 200) return true; // interim responses are not relayed
+    const { ex, call } = this;
+    const headers = this.gw.responseHeaders(
+      ex,
+      call.forward.targets[this.attempt]!,
+      call.forward.warning,
+      rawHeaders,
+    );
+    try {
+      ex.res.writeHead(statusCode, headers);
+    } catch (err) {
+      // An upstream header Node refuses to send (invalid characters): the response cannot be relayed.
+      ex.cancel?.(err as Error);
+      return false;
+    }
+    this.resume = resume;
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.ex.res.write(chunk)) return true;
+    // Backpressure: undici pauses until resumed. Listening only now spares most responses a listener.
+    if (this.resume !== null) this.ex.res.once("drain", this.resume);
+    return false;
+  }
+
+  onComplete(): void {
+    this.release();
+    this.ex.res.end();
+  }
+
+  onError(err: Error): void {
+    this.release();
+    this.failed(this.call, this.attempt, err, this.connected);
+  }
+}
+
+/**
+ * Reads a small body whole (its length is known and bounded by `bufferBodyBytes`), then calls `done`; never
+ * calls it when the client goes away first. Callbacks rather than a Promise: this runs on most requests.
+ */
+function readWhole<T>(req: IncomingMessage, arg: T, done: (arg: T, data: Buffer) => void): void {
+  let first: Buffer | null = null;
+  let chunks: Buffer[] | null = null;
+  let size = 0;
+  req.on("data", (c: Buffer) => {
+    size += c.length;
+    if (first === null) {
+      first = c;
+    } else {
+      if (chunks === null) chunks = [first];
+      chunks.push(c);
+    }
+  });
+  req.once("end", () =>
+    done(arg, chunks === null ? (first ?? Buffer.alloc(0)) : Buffer.concat(chunks, size)),
+  );
+  // "error" and "close" before "end" mean the client went away: finish() records it.
+  req.once("error", noop);
+}
+
+function noop(): void {}
+
+/** The request body as undici reads it: counted against the limit, never destroying the client stream. */
+async function* streamBody(
+  req: IncomingMessage,
+  limit: number,
+  state: { started: boolean; bytes: number },
+): AsyncGenerator<Buffer> {
+  state.started = true;
+  for await (const chunk of req.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
+    state.bytes += chunk.length;
+    if (state.bytes > limit) throw new BodyTooLarge("request body exceeds the limit");
+    yield chunk;
+  }
+}

@@ -1,0 +1,927 @@
+// The wire transport of the ingress (the default; see ../ingress.ts): a node:net (or node:tls) server whose
+// connections are parsed by Node's own llhttp in strict mode, and an own upstream socket pool
+// (upstream.ts). It owns HTTP/1.1 framing in both directions, so the rules are written down here and
+// tested byte by byte in ../framing.test.ts:
+// - requests are parsed strictly (no lenient flag): CL+TE, duplicate or bad Content-Length, bare LF,
+//   obs-fold, CR/NUL in fields and bad chunk framing are refused with 400 and the connection is closed;
+// - the upstream request is framed afresh: Content-Length for bodies of known length, chunked otherwise,
+//   never the client's framing fields; the response is framed afresh for the client the same way;
+// - pipelined requests are answered in order, one at a time; reading pauses while one waits;
+// - an answer given before the request body was read whole closes the connection;
+// - header-read, request and keep-alive timeouts, and the body limit, are enforced here.
+
+import { randomUUID } from "node:crypto";
+import { STATUS_CODES } from "node:http";
+import net, { type AddressInfo } from "node:net";
+import tls from "node:tls";
+import { errorBody, errorStatus } from "../../core/errors.ts";
+import {
+  createGateway,
+  type Exchange,
+  type Forward,
+  type Gateway,
+  type Refusal,
+  refuse,
+} from "../gateway.ts";
+import { PROOF } from "../headers.ts";
+import type { Ingress, IngressLimits, IngressOptions } from "../ingress.ts";
+import {
+  K_ON_BODY,
+  K_ON_EXECUTE,
+  K_ON_HEADERS,
+  K_ON_HEADERS_COMPLETE,
+  K_ON_MESSAGE_BEGIN,
+  K_ON_MESSAGE_COMPLETE,
+  type ParseError,
+  type Parser,
+  type ParserModule,
+} from "./llhttp.ts";
+import { Call, type CallSink, UpstreamPool } from "./upstream.ts";
+
+/** Up to this many body bytes go out in one write together with the head. */
+const SINGLE_WRITE_BYTES = 64 * 1024;
+
+/** Bytes of request body held for a request that is not yet being sent upstream, before reading pauses. */
+const HOLD_BYTES = 256 * 1024;
+
+const CONTINUE = "HTTP/1.1 100 Continue\r\n\r\n";
+
+interface WireExchange extends Exchange {
+  conn: ClientConn;
+  method: string;
+  target: string;
+  rawHeaders: string[];
+  /** The client wants the connection kept (HTTP/1.1 default, or 1.0 with keep-alive). */
+  keepAlive: boolean;
+  http10: boolean;
+  expectContinue: boolean;
+  upgrade: boolean;
+  /** The request message was read whole. */
+  complete: boolean;
+  /** The request declared a body (Content-Length > 0 or chunked). */
+  bodyDeclared: boolean;
+  bodyBytes: number;
+  /** Body chunks held until the request goes upstream. */
+  held: Buffer[];
+  heldBytes: number;
+  /** Body chunks are dropped (the request was refused). */
+  discard: boolean;
+  forward: Forward | null;
+  attempt: number;
+  call: Call | null;
+  /** The upstream takes the body as it arrives (set once its request head is written). */
+  streaming: boolean;
+  /** The upstream request head said `Transfer-Encoding: chunked`. */
+  sentChunked: boolean;
+  /** The target's busy count was raised (released once). */
+  acquired: boolean;
+  /** Dispatch waits for the whole (small) body. */
+  waitWhole: boolean;
+  /** Response state. */
+  headSent: boolean;
+  /** The response head, held back to go out in one write with the first body bytes. */
+  pendingHead: string | null;
+  status: number;
+  chunkedOut: boolean;
+  closeAfter: boolean;
+  done: boolean;
+}
+
+export function createWireIngress(options: IngressOptions, limits: IngressLimits, P: ParserModule): Ingress {
+  const gw = createGateway(options, limits);
+  const { metrics, log, self } = gw;
+  const pool = new UpstreamPool(P, limits.connectTimeoutMs, options.peerConnect);
+  const conns = new Set<ClientConn>();
+  const ctx: Context = { gw, limits, P, pool, conns };
+
+  const onSocket = (socket: net.Socket) => {
+    const conn = new ClientConn(socket, ctx);
+    conns.add(conn);
+  };
+  const server = options.tls
+    ? tls.createServer(
+        {
+          cert: options.tls.cert,
+          key: options.tls.key,
+          ALPNProtocols: ["http/1.1"],
+          allowHalfOpen: true,
+          handshakeTimeout: limits.headersTimeoutMs,
+        },
+        onSocket,
+      )
+    : net.createServer({ allowHalfOpen: true, noDelay: true }, onSocket);
+  server.on("tlsClientError", (_err: Error, socket: net.Socket) => socket.destroy());
+  server.on("error", (err) => log.error({ err }, "ingress server error"));
+
+  // Client timeouts are checked on one tick for all connections.
+  let timer: NodeJS.Timeout | null = null;
+  const tick = () => {
+    const now = Date.now();
+    for (const c of conns) c.checkTimeouts(now);
+  };
+
+  let address: { host: string; port: number } | null = null;
+  return {
+    transport: "wire",
+    metrics,
+    get address() {
+      return address;
+    },
+    async start() {
+      const listen = options.listen ?? { host: "127.0.0.1", port: 0 };
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(listen.port, listen.host, () => {
+          server.off("error", reject);
+          resolve();
+        });
+      });
+      timer = setInterval(tick, Math.min(1_000, limits.headersTimeoutMs, limits.keepAliveTimeoutMs) / 2);
+      timer.unref();
+      const a = server.address() as AddressInfo;
+      address = { host: a.address, port: a.port };
+      log.info(
+        { plane: self.name, region: self.region, ...address, scheme: gw.scheme, transport: "wire" },
+        "ingress listening",
+      );
+    },
+    async stop() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const c of conns) c.stopping();
+      await gw.drain();
+      for (const c of conns) c.destroy();
+      await closed;
+      if (timer !== null) clearInterval(timer);
+      pool.close();
+      address = null;
+    },
+  };
+}
+
+interface Context {
+  gw: Gateway;
+  limits: IngressLimits;
+  P: ParserModule;
+  pool: UpstreamPool;
+  conns: Set<ClientConn>;
+}
+
+/** One client connection: its parser, its queue of pipelined requests, its timeouts. */
+class ClientConn {
+  private readonly parser: Parser;
+  private readonly remoteAddress: string;
+  /** Requests in order; the first is the one being answered. */
+  private readonly queue: WireExchange[] = [];
+  /** The request whose message is being read (the last in the queue), or null between messages. */
+  private reading: WireExchange | null = null;
+  private pieces: string[] = [];
+  private piecesUrl = "";
+  /** Start of the current request head (headers timeout), of its message (request timeout). */
+  private headStart: number;
+  private messageStart = 0;
+  private idleSince = 0;
+  /** No more requests are read: after an error, `Connection: close`, an upgrade, or a shutdown. */
+  private noMore = false;
+  /** A parse error to answer once the requests before it are answered. */
+  private pendingError: Refusal | null = null;
+  private paused = false;
+  /** The libuv handle the parser reads from directly (plain TCP), or null (TLS: `data` events). */
+  private readonly handle: StreamHandle | null;
+  private corked = false;
+  private closed = false;
+  private drainWaiter: WireExchange | null = null;
+
+  constructor(
+    readonly socket: net.Socket,
+    readonly ctx: Context,
+  ) {
+    this.remoteAddress = socket.remoteAddress ?? "";
+    this.headStart = Date.now();
+    const { P, limits } = ctx;
+    const parser = P.create();
+    parser.initialize(P.REQUEST, {}, limits.maxHeaderBytes, P.STRICT);
+    parser[K_ON_MESSAGE_BEGIN] = () => this.onMessageBegin();
+    parser[K_ON_HEADERS] = (h, url) => {
+      for (const x of h) this.pieces.push(x);
+      this.piecesUrl += url;
+    };
+    parser[K_ON_HEADERS_COMPLETE] = (major, minor, headers, method, url, _s, _sm, upgrade, keepAlive) =>
+      this.onHeadersComplete(major, minor, headers, method ?? -1, url, upgrade, keepAlive);
+    parser[K_ON_BODY] = (chunk) => this.onBody(chunk);
+    parser[K_ON_MESSAGE_COMPLETE] = () => this.onMessageComplete();
+    this.parser = parser;
+    this.handle = consumable(socket);
+    if (this.handle !== null) {
+      // As node:http's server does: the parser reads the socket in C++, with no stream in between.
+      this.handle._consumed = true;
+      parser.consume(this.handle);
+      parser[K_ON_EXECUTE] = (r) => this.afterExecute(r);
+    } else {
+      socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    }
+    socket.on("end", () => this.onEnd());
+    socket.on("error", () => this.onClose());
+    socket.on("close", () => this.onClose());
+    socket.on("drain", () => this.onDrain());
+  }
+
+  // —— reading ——
+
+  private onData(chunk: Buffer): void {
+    // After the last request (an error, `Connection: close`), only its own body is still read.
+    if (this.noMore && this.reading === null) return;
+    this.socket.cork();
+    const r = this.parser.execute(chunk);
+    if (typeof r !== "number") this.parseError(r.code);
+    else if (r < chunk.length && !this.noMore) this.stopReading(); // an upgrade: the rest is not HTTP/1.1
+    this.socket.uncork();
+    this.updateReading();
+  }
+
+  /** After the parser read from the handle by itself (see `consume`). */
+  private afterExecute(r: number | ParseError): void {
+    if (typeof r !== "number") this.parseError(r.code);
+    if (this.corked) {
+      this.corked = false;
+      this.socket.uncork();
+    }
+    this.updateReading();
+  }
+
+  private onMessageBegin(): void {
+    if (this.handle !== null) {
+      if (!this.corked) {
+        this.corked = true;
+        this.socket.cork();
+      }
+    }
+    if (this.noMore) return;
+    const now = Date.now();
+    this.headStart = now;
+    this.messageStart = now;
+    this.idleSince = 0;
+  }
+
+  private onHeadersComplete(
+    major: number,
+    minor: number,
+    headers: string[] | undefined,
+    method: number,
+    url: string | undefined,
+    upgrade: boolean,
+    keepAlive: boolean,
+  ): number {
+    const h = headers ?? this.pieces;
+    const target = url ?? this.piecesUrl;
+    this.pieces = [];
+    this.piecesUrl = "";
+    this.headStart = 0;
+    if (this.noMore) return 0;
+    const { gw } = this.ctx;
+    const base = gw.begin();
+    const ex: WireExchange = {
+      startedAt: base.startedAt,
+      time: base.time,
+      requestId: base.requestId,
+      route: base.route,
+      forwardedFrom: null,
+      context: null,
+      processedBy: null,
+      errorCode: null,
+      conn: this,
+      method: this.ctx.P.methods[method] ?? "",
+      target,
+      rawHeaders: h,
+      keepAlive,
+      http10: major === 1 && minor === 0,
+      expectContinue: false,
+      upgrade,
+      complete: false,
+      bodyDeclared: false,
+      bodyBytes: 0,
+      held: [],
+      heldBytes: 0,
+      discard: false,
+      forward: null,
+      attempt: 0,
+      call: null,
+      streaming: false,
+      sentChunked: false,
+      acquired: false,
+      waitWhole: false,
+      headSent: false,
+      pendingHead: null,
+      status: 0,
+      chunkedOut: false,
+      closeAfter: !keepAlive || upgrade,
+      done: false,
+    };
+    if (ex.closeAfter) this.noMore = true;
+    this.reading = ex;
+    this.queue.push(ex);
+    if (this.queue.length === 1) this.startExchange(ex);
+    return 0;
+  }
+
+  private onBody(chunk: Buffer): void {
+    const ex = this.reading;
+    if (ex === null || ex.done || ex.discard) return;
+    ex.bodyBytes += chunk.length;
+    if (ex.bodyBytes > this.ctx.limits.maxBodyBytes) {
+      this.bodyTooLarge(ex);
+      return;
+    }
+    if (ex.streaming) {
+      this.sendBody(ex, chunk);
+      return;
+    }
+    ex.held.push(chunk);
+    ex.heldBytes += chunk.length;
+  }
+
+  private onMessageComplete(): void {
+    const ex = this.reading;
+    this.reading = null;
+    if (ex === null) return;
+    ex.complete = true;
+    this.messageStart = 0;
+    if (ex.done || ex.discard) return;
+    if (ex.streaming) {
+      this.endBody(ex);
+    } else if (ex.waitWhole) {
+      ex.waitWhole = false;
+      this.dispatch(ex);
+    }
+  }
+
+  private parseError(code: string): void {
+    // Bytes after the last request are not read as requests: what they contain does not matter.
+    if (this.noMore && this.reading === null) return;
+    const { gw } = this.ctx;
+    gw.metrics?.malformed(code);
+    this.noMore = true;
+    const ex = this.reading;
+    this.reading = null;
+    if (ex !== null) {
+      // The request being read is broken (its body's framing): it is not sent on, or is cut off.
+      this.failExchange(ex, code === "HPE_HEADER_OVERFLOW" ? "headers_too_large" : "invalid_request");
+    }
+    if (this.queue.length === 0) this.writeBareError(refuse(gw.parseErrorCode(code)));
+    else this.pendingError = refuse(gw.parseErrorCode(code));
+  }
+
+  /**
+   * The client closed its side. As node:http and nginx do, that is taken as the client going away: what it
+   * asked for and is not yet answered is abandoned (499), and the upstream calls are cancelled.
+   */
+  private onEnd(): void {
+    this.noMore = true;
+    if (this.queue.length === 0 && this.reading === null) this.endConnection();
+    else this.destroy();
+  }
+
+  private onClose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.ctx.conns.delete(this);
+    for (const ex of this.queue.splice(0)) {
+      ex.call?.abort();
+      this.finish(ex, true);
+    }
+    this.reading = null;
+    // Not inside a callback of the parser itself: it is freed once the current call stack is done.
+    const parser = this.parser;
+    setImmediate(() => parser.close());
+  }
+
+  /** Pause reading while a pipelined request waits, or while a body cannot be passed on fast enough. */
+  updateReading(): void {
+    if (this.closed) return;
+    const head = this.queue[0];
+    const reading = this.reading;
+    const hold =
+      this.queue.length > 1 ||
+      (reading !== null && !reading.streaming && reading.heldBytes > HOLD_BYTES) ||
+      this.drainWaiter !== null ||
+      (head?.streaming && head.call?.conn?.socket.writableNeedDrain === true);
+    if (hold && !this.paused) {
+      this.pause();
+    } else if (!hold && this.paused) {
+      this.paused = false;
+      if (this.handle !== null) {
+        if (!this.socket.destroyed) this.handle.readStart();
+      } else {
+        this.socket.resume();
+      }
+    }
+  }
+
+  private pause(): void {
+    this.paused = true;
+    if (this.handle !== null) this.handle.readStop();
+    else this.socket.pause();
+  }
+
+  private stopReading(): void {
+    this.noMore = true;
+    this.pause();
+  }
+
+  // —— one request ——
+
+  private startExchange(ex: WireExchange): void {
+    const { gw, limits } = this.ctx;
+    let plan: ReturnType<Gateway["plan"]>;
+    try {
+      plan = gw.plan(ex, {
+        method: ex.method,
+        target: ex.target,
+        rawHeaders: ex.rawHeaders,
+        remoteAddress: this.remoteAddress,
+      });
+    } catch (err) {
+      gw.log.error({ err, request_id: ex.requestId }, "ingress handler failed");
+      plan = refuse("internal_error");
+    }
+    const declared = declaredBody(ex.rawHeaders);
+    ex.bodyDeclared = declared;
+    if (plan.kind === "refuse") {
+      this.respondError(ex, plan);
+      return;
+    }
+    ex.forward = plan;
+    ex.expectContinue = hasExpectContinue(ex.rawHeaders);
+    if (ex.expectContinue && !ex.complete) this.socket.write(CONTINUE, "latin1");
+    const hasBody = plan.contentLength !== null ? plan.contentLength > 0 : plan.chunked;
+    if (
+      !hasBody ||
+      ex.complete ||
+      plan.contentLength === null ||
+      plan.contentLength > limits.bufferBodyBytes
+    ) {
+      this.dispatch(ex);
+    } else {
+      ex.waitWhole = true;
+    }
+  }
+
+  /** Sends the request to `forward.targets[ex.attempt]`. */
+  private dispatch(ex: WireExchange): void {
+    const { gw, limits, pool } = this.ctx;
+    const forward = ex.forward!;
+    const t = forward.targets[ex.attempt]!;
+    gw.acquire(t);
+    ex.acquired = true;
+    const timeout = t.kind === "replica" ? limits.predictTimeoutMs : limits.predictTimeoutMs + 1_000;
+    const call = new Call(pool, new Sink(this, ex), this.socket, timeout);
+    ex.call = call;
+    pool.open(call, { endpoint: t.endpoint, tls: t.origin.startsWith("https:") }, timeout, () =>
+      this.writeRequest(ex, call),
+    );
+  }
+
+  private writeRequest(ex: WireExchange, call: Call): void {
+    const { gw } = this.ctx;
+    const forward = ex.forward!;
+    const t = forward.targets[ex.attempt]!;
+    const headers = gw.attemptHeaders(ex, forward);
+    let head = `POST ${t.path} HTTP/1.1\r\n`;
+    if (t.kind === "replica") head += `host: ${t.endpoint}\r\n`;
+    for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
+    const known = ex.complete ? ex.bodyBytes : forward.contentLength;
+    if (known !== null) {
+      head += `content-length: ${known}\r\n\r\n`;
+    } else {
+      head += "transfer-encoding: chunked\r\n\r\n";
+      ex.sentChunked = true;
+    }
+    ex.streaming = true;
+    const held = ex.held;
+    const heldBytes = ex.heldBytes;
+    ex.held = [];
+    ex.heldBytes = 0;
+    if (ex.complete && !ex.sentChunked && heldBytes <= SINGLE_WRITE_BYTES) {
+      // The common case, a small body read whole: head and body leave in one write.
+      call.write(joinLatin1(head, held, heldBytes));
+      call.end();
+      return;
+    }
+    call.corkUpstream();
+    call.write(head);
+    for (const chunk of held) this.sendBody(ex, chunk);
+    if (ex.complete) this.endBody(ex);
+    call.uncorkUpstream();
+    this.updateReading();
+  }
+
+  private sendBody(ex: WireExchange, chunk: Buffer): void {
+    const call = ex.call!;
+    let ok: boolean;
+    if (ex.sentChunked) {
+      call.write(`${chunk.length.toString(16)}\r\n`);
+      call.write(chunk);
+      ok = call.write("\r\n");
+    } else {
+      ok = call.write(chunk);
+    }
+    if (!ok) this.updateReading();
+  }
+
+  private endBody(ex: WireExchange): void {
+    const call = ex.call!;
+    if (ex.sentChunked) call.write("0\r\n\r\n");
+    call.end();
+  }
+
+  private bodyTooLarge(ex: WireExchange): void {
+    const { limits } = this.ctx;
+    ex.discard = true;
+    ex.call?.abort();
+    this.noMore = true;
+    this.reading = null;
+    if (this.queue[0] === ex) {
+      this.respondError(ex, refuse("payload_too_large", null, { limit_bytes: limits.maxBodyBytes }));
+    } else {
+      this.failExchange(ex, "payload_too_large");
+    }
+  }
+
+  /** The request cannot go on: answer it if nothing was sent yet, otherwise cut the response. */
+  private failExchange(
+    ex: WireExchange,
+    code: "invalid_request" | "payload_too_large" | "headers_too_large",
+  ) {
+    ex.discard = true;
+    ex.call?.abort();
+    if (this.queue[0] !== ex) {
+      // Not being answered yet: it never will be (everything after it is dropped with the connection).
+      const i = this.queue.indexOf(ex);
+      if (i >= 0) this.queue.splice(i, 1);
+      this.finish(ex, true);
+      return;
+    }
+    if (ex.headSent) {
+      this.destroy();
+      return;
+    }
+    const { limits } = this.ctx;
+    this.respondError(
+      ex,
+      refuse(code, null, code === "payload_too_large" ? { limit_bytes: limits.maxBodyBytes } : null),
+    );
+  }
+
+  // —— responses ——
+
+  /** A refusal with the JSON error body; the connection closes when the body was not read whole. */
+  respondError(ex: WireExchange, r: Refusal): void {
+    if (ex.done) return;
+    if (ex.headSent) {
+      // The status line is out; the only honest signal left is an aborted response.
+      ex.errorCode = r.code;
+      this.destroy();
+      return;
+    }
+    const answer = this.ctx.gw.errorResponse(ex, r);
+    if ((!ex.complete && ex.bodyDeclared) || ex.upgrade) {
+      ex.closeAfter = true;
+      ex.discard = true;
+      this.noMore = true;
+    }
+    this.writeHead(ex, answer.status, answer.headers, true);
+    this.socket.write(answer.body, "utf8");
+    this.responseDone(ex);
+  }
+
+  /**
+   * Writes the status line and headers, or holds them for the first body bytes (`hold`); picks the response
+   * framing (`hasLength`: a Content-Length is in).
+   */
+  writeHead(ex: WireExchange, status: number, headers: string[], hasLength: boolean, hold = false): void {
+    ex.headSent = true;
+    ex.status = status;
+    let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Unknown"}\r\n`;
+    let date = false;
+    for (let i = 0; i < headers.length; i += 2) {
+      const name = headers[i]!;
+      if (name.length === 4 && name === "date") date = true;
+      head += `${name}: ${headers[i + 1]}\r\n`;
+    }
+    if (!date) head += `date: ${httpDate()}\r\n`;
+    const bodyless = status === 204 || status === 304;
+    if (!hasLength && !bodyless) {
+      if (ex.http10) ex.closeAfter = true;
+      else {
+        ex.chunkedOut = true;
+        head += "transfer-encoding: chunked\r\n";
+      }
+    }
+    if (ex.closeAfter || this.noMore) {
+      ex.closeAfter = true;
+      head += "connection: close\r\n\r\n";
+    } else {
+      head += ex.http10 ? "connection: keep-alive\r\n\r\n" : "\r\n";
+    }
+    if (hold) ex.pendingHead = head;
+    else this.socket.write(head, "latin1");
+  }
+
+  /** Writes a held response head, if any. */
+  flushHead(ex: WireExchange): void {
+    const head = ex.pendingHead;
+    if (head === null) return;
+    ex.pendingHead = null;
+    this.socket.write(head, "latin1");
+  }
+
+  writeBody(ex: WireExchange, chunk: Buffer): boolean {
+    const head = ex.pendingHead;
+    if (head !== null && chunk.length <= SINGLE_WRITE_BYTES) {
+      ex.pendingHead = null;
+      const framed = ex.chunkedOut ? `${head}${chunk.length.toString(16)}\r\n` : head;
+      const out = joinLatin1(framed, [chunk], chunk.length, ex.chunkedOut ? 2 : 0);
+      if (ex.chunkedOut) out.write("\r\n", out.length - 2, "latin1");
+      return this.socket.write(out);
+    }
+    this.flushHead(ex);
+    if (ex.chunkedOut) {
+      this.socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
+      this.socket.write(chunk);
+      return this.socket.write("\r\n", "latin1");
+    }
+    return this.socket.write(chunk);
+  }
+
+  /** Waits for the client socket to drain before the upstream is read again. */
+  waitDrain(ex: WireExchange): void {
+    this.drainWaiter = ex;
+  }
+
+  private onDrain(): void {
+    const ex = this.drainWaiter;
+    this.drainWaiter = null;
+    if (ex !== null) ex.call?.resume();
+    this.updateReading();
+  }
+
+  /** The response was written whole. */
+  responseDone(ex: WireExchange): void {
+    const head = ex.pendingHead;
+    if (head !== null) {
+      ex.pendingHead = null;
+      this.socket.write(ex.chunkedOut ? `${head}0\r\n\r\n` : head, "latin1");
+    } else if (ex.chunkedOut) {
+      this.socket.write("0\r\n\r\n", "latin1");
+    }
+    if (!ex.complete && !ex.discard) {
+      // Answered before the request body was read: the rest of it is dropped, with the connection.
+      ex.discard = true;
+      ex.closeAfter = true;
+      this.noMore = true;
+      ex.call?.abort();
+    }
+    this.finish(ex, false);
+    this.queue.shift();
+    if (ex.closeAfter || (this.noMore && this.queue.length === 0 && this.pendingError === null)) {
+      this.endConnection();
+      return;
+    }
+    this.idleSince = Date.now();
+    const next = this.queue[0];
+    if (next !== undefined) {
+      this.startExchange(next);
+    } else if (this.pendingError !== null) {
+      this.writeBareError(this.pendingError);
+      return;
+    }
+    this.updateReading();
+  }
+
+  private finish(ex: WireExchange, aborted: boolean): void {
+    if (ex.done) return;
+    ex.done = true;
+    if (this.drainWaiter === ex) this.drainWaiter = null;
+    this.release(ex);
+    this.ctx.gw.end(ex, ex.headSent ? ex.status : 499, aborted);
+  }
+
+  private release(ex: WireExchange): void {
+    if (!ex.acquired) return;
+    ex.acquired = false;
+    this.ctx.gw.release(ex.forward!.targets[ex.attempt]!);
+  }
+
+  /** An upstream attempt failed: retry it, answer with an error, or cut a response already started. */
+  upstreamFailed(ex: WireExchange, code: string, message: string, touched: boolean): void {
+    if (ex.done) return;
+    const { gw } = this.ctx;
+    const forward = ex.forward!;
+    this.release(ex);
+    ex.call = null;
+    if (ex.headSent) {
+      // The status line is out; the only honest signal left is an aborted response.
+      ex.errorCode = "replica_failed";
+      this.destroy();
+      return;
+    }
+    const next = gw.afterFailure(ex, forward, ex.attempt, {
+      code,
+      message,
+      touched,
+      timeout: code === "UPSTREAM_TIMEOUT",
+      bodyTooLarge: false,
+    });
+    if (next === "retry") {
+      ex.attempt++;
+      ex.streaming = false;
+      this.dispatch(ex);
+      return;
+    }
+    this.respondError(ex, next);
+  }
+
+  /** A parse error after everything before it was answered, then close. */
+  private writeBareError(r: Refusal): void {
+    this.pendingError = null;
+    if (this.closed || !this.socket.writable) {
+      this.destroy();
+      return;
+    }
+    const { gw } = this.ctx;
+    const body = JSON.stringify(errorBody(r.code));
+    const status = errorStatus(r.code);
+    this.socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\n` +
+        `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n` +
+        `date: ${httpDate()}\r\n${PROOF.requestId}: ${randomUUID()}\r\n${PROOF.region}: ${gw.self.region}\r\n` +
+        `${PROOF.plane}: ${gw.self.name}\r\n${PROOF.deploymentId}: -\r\n${PROOF.route}: ${gw.self.name}\r\n\r\n${body}`,
+      "latin1",
+    );
+    this.endConnection();
+  }
+
+  private endConnection(): void {
+    this.noMore = true;
+    if (this.closed) return;
+    this.socket.end();
+    // A client that never reads its answer does not hold the connection open.
+    this.socket.setTimeout(this.ctx.limits.headersTimeoutMs, () => this.destroy());
+  }
+
+  destroy(): void {
+    if (!this.socket.destroyed) this.socket.destroy();
+    this.onClose();
+  }
+
+  /** The ingress is stopping: idle connections close now, busy ones after their current response. */
+  stopping(): void {
+    this.noMore = true;
+    if (this.queue.length === 0) this.destroy();
+    else for (const ex of this.queue) ex.closeAfter = true;
+  }
+
+  checkTimeouts(now: number): void {
+    const { limits } = this.ctx;
+    const head = this.queue[0];
+    if (this.reading === null && this.queue.length === 0) {
+      if (this.headStart !== 0 && now - this.headStart > limits.headersTimeoutMs && this.idleSince === 0) {
+        this.timeout();
+      } else if (this.idleSince !== 0 && now - this.idleSince > limits.keepAliveTimeoutMs) {
+        this.destroy();
+      }
+      return;
+    }
+    if (this.headStart !== 0 && now - this.headStart > limits.headersTimeoutMs) {
+      this.timeout();
+      return;
+    }
+    if (this.messageStart !== 0 && now - this.messageStart > limits.requestTimeoutMs && head !== undefined) {
+      this.timeout();
+    }
+  }
+
+  private timeout(): void {
+    const { gw } = this.ctx;
+    gw.metrics?.malformed("ERR_HTTP_REQUEST_TIMEOUT");
+    this.noMore = true;
+    const ex = this.reading;
+    this.reading = null;
+    this.messageStart = 0;
+    this.headStart = 0;
+    if (ex !== null) {
+      if (this.queue[0] === ex && !ex.headSent) {
+        ex.discard = true;
+        ex.call?.abort();
+        this.respondError(ex, refuse("request_timeout"));
+        return;
+      }
+      this.failExchange(ex, "invalid_request");
+      return;
+    }
+    if (this.queue.length === 0) this.writeBareError(refuse("request_timeout"));
+  }
+}
+
+/** Relays one upstream response to the client. */
+class Sink implements CallSink {
+  constructor(
+    private readonly conn: ClientConn,
+    private readonly ex: WireExchange,
+  ) {}
+
+  head(status: number, rawHeaders: string[]): boolean {
+    const { ex, conn } = this;
+    if (ex.done) return false;
+    const gw = conn.ctx.gw;
+    const forward = ex.forward!;
+    const headers = gw.responseHeaders(ex, forward.targets[ex.attempt]!, forward.warning, rawHeaders);
+    conn.writeHead(ex, status, headers, hasContentLength(headers), true);
+    return true;
+  }
+
+  data(chunk: Buffer): boolean {
+    const { ex, conn } = this;
+    if (ex.done) return true;
+    if (conn.writeBody(ex, chunk)) return true;
+    conn.waitDrain(ex);
+    return false;
+  }
+
+  complete(): void {
+    const { ex, conn } = this;
+    if (ex.done) return;
+    conn.responseDone(ex);
+  }
+
+  failed(code: string, message: string, touched: boolean): void {
+    this.conn.upstreamFailed(this.ex, code, message, touched);
+  }
+
+  drained(): void {
+    this.conn.updateReading();
+  }
+
+  flush(): void {
+    if (!this.ex.done) this.conn.flushHead(this.ex);
+  }
+}
+
+/** A libuv stream handle (node:net's `socket._handle`), as far as the parser's `consume` needs it. */
+interface StreamHandle {
+  isStreamBase?: boolean;
+  _consumed?: boolean;
+  readStart(): number;
+  readStop(): number;
+}
+
+/** The handle the parser may read from directly: plain TCP sockets only, never one already consumed. */
+function consumable(socket: net.Socket): StreamHandle | null {
+  if (socket instanceof tls.TLSSocket) return null;
+  const handle = (socket as unknown as { _handle?: StreamHandle | null })._handle;
+  if (handle == null || handle.isStreamBase !== true || handle._consumed === true) return null;
+  if (typeof handle.readStart !== "function" || typeof handle.readStop !== "function") return null;
+  return handle;
+}
+
+/** `head` (latin1: one byte per character) followed by `chunks`, and `spare` bytes left at the end. */
+function joinLatin1(head: string, chunks: readonly Buffer[], bytes: number, spare = 0): Buffer {
+  const out = Buffer.allocUnsafe(head.length + bytes + spare);
+  let at = out.write(head, 0, "latin1");
+  for (const c of chunks) at += c.copy(out, at);
+  return out;
+}
+
+function declaredBody(raw: readonly string[]): boolean {
+  for (let i = 0; i < raw.length; i += 2) {
+    const n = raw[i]!;
+    if (n.length === 14 && n.toLowerCase() === "content-length") return raw[i + 1]!.trim() !== "0";
+    if (n.length === 17 && n.toLowerCase() === "transfer-encoding") return true;
+  }
+  return false;
+}
+
+function hasExpectContinue(raw: readonly string[]): boolean {
+  for (let i = 0; i < raw.length; i += 2) {
+    const n = raw[i]!;
+    if (n.length === 6 && n.toLowerCase() === "expect") return raw[i + 1]!.toLowerCase() === "100-continue";
+  }
+  return false;
+}
+
+function hasContentLength(headers: readonly string[]): boolean {
+  for (let i = 0; i < headers.length; i += 2) if (headers[i] === "content-length") return true;
+  return false;
+}
+
+// The Date header, computed once per second.
+let dateSecond = 0;
+let dateText = "";
+function httpDate(): string {
+  const now = Date.now();
+  const s = Math.floor(now / 1000);
+  if (s !== dateSecond) {
+    dateSecond = s;
+    dateText = new Date(now).toUTCString();
+  }
+  return dateText;
+}

@@ -1,0 +1,423 @@
+// The wire transport's upstream side: keep-alive sockets to replicas and peer planes, one request at a
+// time per socket, responses read with Node's llhttp in strict mode. A socket goes back to the pool only
+// when its request was written whole and its response was read whole with nothing after it; anything
+// else (an error, an early response, bytes after the response, an abandoned response) destroys it.
+
+import net from "node:net";
+import tls from "node:tls";
+import type { IngressOptions } from "../ingress.ts";
+import {
+  K_ON_BODY,
+  K_ON_HEADERS,
+  K_ON_HEADERS_COMPLETE,
+  K_ON_MESSAGE_BEGIN,
+  K_ON_MESSAGE_COMPLETE,
+  type Parser,
+  type ParserModule,
+} from "./llhttp.ts";
+
+/** Largest response header section accepted from an upstream. */
+const MAX_RESPONSE_HEADER_BYTES = 64 * 1024;
+/** Idle upstream sockets are closed after this unless the upstream's `Keep-Alive: timeout=` says less. */
+const IDLE_MS = 4_000;
+/** Margin kept before an upstream's advertised keep-alive timeout, to avoid reusing a closing socket. */
+const IDLE_MARGIN_MS = 1_000;
+
+/** What the call reports to the request it serves. */
+export interface CallSink {
+  /** Interim (1xx) responses are not relayed. Returns false when the response cannot be relayed. */
+  head(status: number, rawHeaders: string[], keepAlive: boolean): boolean;
+  /** A body chunk; returns false when the client pushes back (the upstream is paused until `resume`). */
+  data(chunk: Buffer): boolean;
+  /** The response was read whole. */
+  complete(): void;
+  /** The end of one read from the upstream: what was held back for it goes out now. */
+  flush(): void;
+  /** The call failed; `touched` says whether any byte may have reached the upstream. */
+  failed(code: string, message: string, touched: boolean, afterHead: boolean): void;
+  /** The upstream socket can take more request body. */
+  drained(): void;
+}
+
+export interface UpstreamTarget {
+  /** `host:port`. */
+  endpoint: string;
+  tls: boolean;
+}
+
+/** One upstream socket with its response parser. */
+class Conn {
+  readonly parser: Parser;
+  call: Call | null = null;
+  /** Set while a `data` chunk is being parsed; the pool return and destruction wait for it. */
+  parsing = false;
+  idleUntil = 0;
+  idleMs = IDLE_MS;
+  dead = false;
+  pieces: string[] = [];
+  piecesUrl = "";
+
+  constructor(
+    readonly socket: net.Socket,
+    readonly key: string,
+    readonly pool: UpstreamPool,
+    P: ParserModule,
+  ) {
+    const parser = P.create();
+    parser.initialize(P.RESPONSE, {}, MAX_RESPONSE_HEADER_BYTES, P.STRICT);
+    parser[K_ON_MESSAGE_BEGIN] = () => this.onMessageBegin();
+    parser[K_ON_HEADERS] = (h, url) => {
+      for (const x of h) this.pieces.push(x);
+      this.piecesUrl += url;
+    };
+    parser[K_ON_HEADERS_COMPLETE] = (_ma, _mi, headers, _m, _u, status, _sm, upgrade, keepAlive) =>
+      this.onHeadersComplete(headers, status ?? 0, upgrade, keepAlive);
+    parser[K_ON_BODY] = (chunk) => this.call?.onBody(chunk);
+    parser[K_ON_MESSAGE_COMPLETE] = () => this.call?.onMessageComplete();
+    this.parser = parser;
+    socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    socket.on("end", () => this.onEnd());
+    socket.on("error", (err: NodeJS.ErrnoException) => this.onClose(err.code ?? "ECONNRESET", err.message));
+    socket.on("close", () => this.onClose("ECONNRESET", "upstream closed the connection"));
+    socket.on("drain", () => this.call?.onUpstreamDrain());
+  }
+
+  private onMessageBegin(): void {
+    const c = this.call;
+    // A message with no request waiting for it: bytes after a response (smuggling or a broken upstream).
+    if (c === null || c.completed) this.poison("bytes after the response");
+  }
+
+  private onHeadersComplete(
+    headers: string[] | undefined,
+    status: number,
+    upgrade: boolean,
+    keepAlive: boolean,
+  ): number {
+    const h = headers ?? this.pieces;
+    this.pieces = [];
+    this.piecesUrl = "";
+    const c = this.call;
+    if (c === null || c.completed) return 0;
+    if (upgrade || status === 101) {
+      c.fail("UPSTREAM_UPGRADE", "the upstream switched protocols", true);
+      return 0;
+    }
+    if (status >= 200) this.learnKeepAlive(h);
+    c.onHead(status, h, keepAlive);
+    return 0;
+  }
+
+  /** `Keep-Alive: timeout=N` (seconds): how long the upstream keeps an idle connection. */
+  private learnKeepAlive(h: string[]): void {
+    for (let i = 0; i < h.length; i += 2) {
+      const name = h[i]!;
+      if (name.length !== 10 || name.toLowerCase() !== "keep-alive") continue;
+      const m = /timeout\s*=\s*(\d+)/i.exec(h[i + 1]!);
+      if (m !== null) this.idleMs = Math.max(0, Math.min(IDLE_MS, Number(m[1]) * 1000 - IDLE_MARGIN_MS));
+    }
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.dead) return;
+    if (this.call === null) {
+      this.poison("bytes on an idle connection");
+      return;
+    }
+    const call = this.call;
+    this.parsing = true;
+    call.cork();
+    const r = this.parser.execute(chunk);
+    call.uncork();
+    this.parsing = false;
+    if (typeof r !== "number") {
+      call.fail("UPSTREAM_PARSE_ERROR", `${r.code}: ${r.reason}`, true);
+      this.destroy();
+      return;
+    }
+    this.afterParse();
+  }
+
+  private onEnd(): void {
+    if (this.dead) return;
+    const call = this.call;
+    if (call !== null && !call.completed) {
+      // A close-delimited body ends here; anything else cut short is a failure.
+      this.parsing = true;
+      call.cork();
+      const r = this.parser.finish();
+      call.uncork();
+      this.parsing = false;
+      if (r !== undefined && !call.completed)
+        call.fail("UPSTREAM_PARSE_ERROR", `${r.code}: ${r.reason}`, true);
+      if (!call.completed) call.fail("ECONNRESET", "the upstream closed the connection", true);
+    }
+    this.destroy();
+    this.afterParse();
+  }
+
+  private onClose(code: string, message: string): void {
+    if (this.dead && this.call === null) return;
+    const call = this.call;
+    if (call !== null && !call.completed) call.fail(code, message, call.touched);
+    this.destroy();
+  }
+
+  /** After a chunk: a completed call releases the socket (to the pool, or destroyed). */
+  afterParse(): void {
+    const call = this.call;
+    if (call === null || !call.completed) return;
+    this.call = null;
+    if (this.dead || !call.reusable()) {
+      this.destroy();
+      return;
+    }
+    this.idleUntil = Date.now() + this.idleMs;
+    this.pool.putIdle(this);
+  }
+
+  poison(_why: string): void {
+    this.dead = true;
+    if (!this.parsing) this.destroy();
+  }
+
+  destroy(): void {
+    this.dead = true;
+    if (this.parsing) return; // destroyed by afterParse/onData once execute() returns
+    const call = this.call;
+    if (call !== null && !call.completed) call.fail("ECONNRESET", "the upstream connection was closed", true);
+    this.pool.forget(this);
+    if (!this.socket.destroyed) this.socket.destroy();
+    this.socket.removeAllListeners("data");
+    this.call = null;
+  }
+}
+
+/** One request on one upstream socket. */
+export class Call {
+  conn: Conn | null = null;
+  /** Some byte of the request was handed to a connected socket. */
+  touched = false;
+  /** The final response was read whole (or the call failed): nothing more goes to the sink. */
+  completed = false;
+  /** The request (head and body) was written whole. */
+  requestDone = false;
+  private upstreamKeepAlive = false;
+  private headSeen = false;
+  private failedOnce = false;
+  /** Timeout bookkeeping: the deadline of the current wait (headers, or the next body chunk). */
+  deadline = 0;
+  private corked: net.Socket | null = null;
+
+  constructor(
+    readonly pool: UpstreamPool,
+    readonly sink: CallSink,
+    /** The client's socket (corked while a chunk of the response is relayed). */
+    readonly client: net.Socket,
+    private readonly timeoutMs: number,
+  ) {}
+
+  cork(): void {
+    if (!this.client.destroyed) {
+      this.client.cork();
+      this.corked = this.client;
+    }
+  }
+  uncork(): void {
+    this.sink.flush();
+    if (this.corked !== null) {
+      this.corked.uncork();
+      this.corked = null;
+    }
+  }
+
+  /** Writes request bytes (the caller frames them); false when the upstream pushes back. */
+  write(data: string | Buffer): boolean {
+    const conn = this.conn;
+    if (conn === null || conn.dead || this.completed) return true;
+    this.touched = true;
+    return typeof data === "string" ? conn.socket.write(data, "latin1") : conn.socket.write(data);
+  }
+
+  corkUpstream(): void {
+    this.conn?.socket.cork();
+  }
+  uncorkUpstream(): void {
+    this.conn?.socket.uncork();
+  }
+
+  /** The whole request is written. */
+  end(): void {
+    this.requestDone = true;
+    this.deadline = Date.now() + this.timeoutMs;
+  }
+
+  onHead(status: number, headers: string[], keepAlive: boolean): void {
+    if (status < 200) return; // 100 Continue, 103 Early Hints: not relayed
+    this.headSeen = true;
+    this.upstreamKeepAlive = keepAlive;
+    this.deadline = Date.now() + this.timeoutMs;
+    if (!this.sink.head(status, headers, keepAlive)) this.fail("UPSTREAM_HEADERS", "unrelayable", true);
+  }
+
+  onBody(chunk: Buffer): void {
+    if (this.completed || !this.headSeen) return;
+    this.deadline = Date.now() + this.timeoutMs;
+    if (!this.sink.data(chunk)) this.conn?.socket.pause();
+  }
+
+  onMessageComplete(): void {
+    if (this.completed || !this.headSeen) return; // an interim response ended
+    this.completed = true;
+    this.pool.active.delete(this);
+    this.sink.complete();
+  }
+
+  /** The client drained: read from the upstream again. */
+  resume(): void {
+    this.conn?.socket.resume();
+  }
+
+  onUpstreamDrain(): void {
+    if (!this.completed) this.sink.drained();
+  }
+
+  reusable(): boolean {
+    return this.upstreamKeepAlive && this.requestDone && !this.failedOnce;
+  }
+
+  /** Ends the call as failed (once) and destroys its socket. */
+  fail(code: string, message: string, touched: boolean): void {
+    if (this.completed) return;
+    this.completed = true;
+    this.failedOnce = true;
+    this.pool.active.delete(this);
+    const conn = this.conn;
+    if (conn !== null) conn.poison(code);
+    this.sink.failed(code, message, touched, this.headSeen);
+  }
+
+  /** The client went away, or the request cannot go on: drop the upstream socket without a report. */
+  abort(): void {
+    if (this.completed) return;
+    this.completed = true;
+    this.failedOnce = true;
+    this.pool.active.delete(this);
+    this.conn?.poison("aborted");
+  }
+}
+
+/** Keep-alive sockets per upstream, and the timeouts of calls in flight. */
+export class UpstreamPool {
+  private readonly idle = new Map<string, Conn[]>();
+  private readonly all = new Set<Conn>();
+  readonly active = new Set<Call>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly P: ParserModule,
+    private readonly connectTimeoutMs: number,
+    private readonly peerConnect: IngressOptions["peerConnect"],
+  ) {
+    this.timer = setInterval(() => this.tick(), 500);
+    this.timer.unref();
+  }
+
+  /**
+   * Starts a call: an idle socket when there is one, otherwise a new connection. `ready` runs once the
+   * socket can take the request; connection failures go to the sink with `touched: false`.
+   */
+  open(call: Call, target: UpstreamTarget, timeoutMs: number, ready: (call: Call) => void): void {
+    const key = target.tls ? `tls:${target.endpoint}` : target.endpoint;
+    call.deadline = Date.now() + timeoutMs;
+    this.active.add(call);
+    const list = this.idle.get(key);
+    const now = Date.now();
+    while (list !== undefined && list.length > 0) {
+      const conn = list.pop()!;
+      if (conn.dead || conn.socket.destroyed || conn.idleUntil < now) {
+        conn.destroy();
+        continue;
+      }
+      conn.call = call;
+      call.conn = conn;
+      ready(call);
+      return;
+    }
+    this.connect(call, key, target, ready);
+  }
+
+  private connect(call: Call, key: string, target: UpstreamTarget, ready: (call: Call) => void): void {
+    const colon = target.endpoint.lastIndexOf(":");
+    const host = target.endpoint.slice(0, colon).replace(/^\[|\]$/g, "");
+    const port = Number(target.endpoint.slice(colon + 1));
+    const socket = target.tls
+      ? tls.connect({ host, port, ALPNProtocols: ["http/1.1"], ...this.peerConnect })
+      : net.connect({ host, port, noDelay: true });
+    if (target.tls) socket.setNoDelay(true);
+    let connected = false;
+    const timer = setTimeout(() => {
+      socket.destroy();
+      fail("CONNECT_TIMEOUT", `no connection to ${target.endpoint} within ${this.connectTimeoutMs} ms`);
+    }, this.connectTimeoutMs);
+    const fail = (code: string, message: string) => {
+      if (connected) return;
+      connected = true; // report once
+      clearTimeout(timer);
+      if (call.completed) return;
+      call.completed = true;
+      this.active.delete(call);
+      call.sink.failed(code, message, false, false);
+    };
+    socket.once("error", (err: NodeJS.ErrnoException) => fail(err.code ?? "ECONNREFUSED", err.message));
+    socket.once(target.tls ? "secureConnect" : "connect", () => {
+      if (connected) return;
+      connected = true;
+      clearTimeout(timer);
+      socket.removeAllListeners("error");
+      const conn = new Conn(socket, key, this, this.P);
+      this.all.add(conn);
+      if (call.completed) {
+        // The client left while connecting: keep the fresh socket for the next call.
+        conn.idleUntil = Date.now() + conn.idleMs;
+        this.putIdle(conn);
+        return;
+      }
+      conn.call = call;
+      call.conn = conn;
+      ready(call);
+    });
+  }
+
+  putIdle(conn: Conn): void {
+    let list = this.idle.get(conn.key);
+    if (list === undefined) {
+      list = [];
+      this.idle.set(conn.key, list);
+    }
+    list.push(conn);
+  }
+
+  forget(conn: Conn): void {
+    this.all.delete(conn);
+    const list = this.idle.get(conn.key);
+    if (list === undefined) return;
+    const i = list.indexOf(conn);
+    if (i >= 0) list.splice(i, 1);
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    for (const call of this.active) {
+      if (call.deadline < now) call.fail("UPSTREAM_TIMEOUT", "the upstream did not answer in time", true);
+    }
+    for (const list of this.idle.values()) {
+      for (const conn of [...list]) if (conn.idleUntil < now) conn.destroy();
+    }
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    for (const conn of [...this.all]) conn.destroy();
+  }
+}
