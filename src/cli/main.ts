@@ -28,6 +28,10 @@ program
   .option("--tls-key <file>", "the certificate's private key")
   .option("--peer-ca <file>", "CA of the other planes' ingress certificates: plane-to-plane hops use HTTPS")
   .option("--predict-timeout <seconds>", "how long a model may take to answer (default 1200)")
+  .option(
+    "--ingress-transport <wire|http>",
+    "the ingress's HTTP implementation: wire (Node's llhttp on node:net, default) or http (node:http + undici)",
+  )
   .action(async (flags) => {
     const { runPlaneCommand } = await import("../plane/command.ts");
     await runPlaneCommand(flags, process.env);

@@ -95,11 +95,14 @@ export interface Ingress {
   readonly metrics: GatewayMetrics | null;
 }
 
-export function createIngress(options: IngressOptions): Ingress {
+/** `parser` is for tests of the fallback; by default Node's own, checked by its self-test. */
+export function createIngress(
+  options: IngressOptions,
+  parser: ReturnType<typeof loadParser> = loadParser(),
+): Ingress {
   const limits: IngressLimits = { ...DEFAULT_LIMITS, ...options.limits };
   const wanted = options.transport ?? "wire";
   if (wanted === "wire") {
-    const parser = loadParser();
     if (parser.ok) return createWireIngress(options, limits, parser.parser);
     options.logger?.warn(
       { reason: parser.reason },

@@ -17,6 +17,7 @@ export interface PlaneFlags {
   tlsKey?: string;
   peerCa?: string;
   predictTimeout?: string;
+  ingressTransport?: string;
 }
 
 function parseHostPort(flag: string, value: string): { host: string; port: number } {
@@ -37,6 +38,10 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
   if (predictTimeout !== undefined && !(Number.isInteger(predictTimeout) && predictTimeout > 0)) {
     throw new Error("--predict-timeout is a whole number of seconds");
   }
+  const transport = flags.ingressTransport;
+  if (transport !== undefined && transport !== "wire" && transport !== "http") {
+    throw new Error(`--ingress-transport is wire or http, got '${transport}'`);
+  }
   const config = Object.freeze({
     name: flags.name,
     region: flags.region,
@@ -51,6 +56,7 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
         ? { cert: readFileSync(flags.tlsCert, "utf8"), key: readFileSync(flags.tlsKey, "utf8") }
         : null,
     ...(predictTimeout ? { limits: { predictTimeoutMs: predictTimeout * 1000 } } : {}),
+    ...(transport ? { ingressTransport: transport } : {}),
   });
   const plane = await startPlane(config);
   drainOnSignal(() => plane.stop());

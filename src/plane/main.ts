@@ -12,7 +12,12 @@ import { REPLICA_STATES } from "../core/domain.ts";
 import { errorBody } from "../core/errors.ts";
 import type { PlaneSnapshot } from "../core/snapshot.ts";
 import { AuditLog } from "../gateway/audit.ts";
-import { createIngress, type Ingress, type IngressLimits } from "../gateway/ingress.ts";
+import {
+  createIngress,
+  type Ingress,
+  type IngressLimits,
+  type IngressTransport,
+} from "../gateway/ingress.ts";
 import { CONTROL_ACCESS_HEADER, verifyControlAccess } from "../lib/control-access.ts";
 import { SnapshotWatcher } from "../lib/watch.ts";
 import { PlaneAgent } from "./agent.ts";
@@ -33,6 +38,8 @@ export interface PlaneConfig {
   /** CA that signs the other planes' ingress certificates: hops to peers then go over HTTPS. */
   peerCa?: string | null;
   limits?: Partial<IngressLimits>;
+  /** The ingress's HTTP implementation (default `wire`; see src/gateway/ingress.ts). */
+  ingressTransport?: IngressTransport;
   /** Address replicas listen on. Default 127.0.0.1. */
   replicaHost?: string;
   logger?: Logger;
@@ -124,6 +131,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     snapshot: () => current,
     localReplicas: agent.localReplicas,
     ...(config.limits ? { limits: config.limits } : {}),
+    ...(config.ingressTransport ? { transport: config.ingressTransport } : {}),
     logger,
     registry,
     audit,
