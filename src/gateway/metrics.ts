@@ -1,8 +1,9 @@
 // The ingress's Prometheus metrics: requests and latency by environment, region, hostname form and status
-// code; malformed requests and upstream failures by kind. Label children are cached, so recording a
-// request is two Map lookups rather than prom-client's per-call label hashing.
+// code; malformed requests and upstream failures by kind. The per-request series are kept in plain
+// counters and handed to prom-client's registry only at scrape time: recording a request is one Map
+// lookup and a few additions, where prom-client's own `observe` validates and hashes labels every call.
 
-import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+import { Counter, Gauge, type Metric, type Registry } from "prom-client";
 
 export interface RequestLabels {
   environment: string;
@@ -23,20 +24,8 @@ export interface GatewayMetrics {
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1200];
 
 export function createGatewayMetrics(registry: Registry): GatewayMetrics {
-  const names = ["environment", "region", "hostname_form", "status_code"] as const;
-  const requests = new Counter({
-    name: "meridian_ingress_requests_total",
-    help: "Inference requests answered by this plane's ingress.",
-    labelNames: names,
-    registers: [registry],
-  });
-  const duration = new Histogram({
-    name: "meridian_ingress_request_duration_seconds",
-    help: "Time from request headers to the end of the response, as the ingress saw it.",
-    labelNames: names,
-    buckets: BUCKETS,
-    registers: [registry],
-  });
+  const series = new Map<string, Series>();
+  registerRequestSeries(registry, series);
   const malformed = new Counter({
     name: "meridian_ingress_malformed_requests_total",
     help: "Requests refused by the HTTP parser or its timeouts before routing.",
@@ -49,7 +38,7 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     labelNames: ["kind"],
     registers: [registry],
   });
-  // Counted here and read at scrape time: a prom-client call per request start and end would cost more.
+  // Counted here and read at scrape time, like the request series.
   let inflightNow = 0;
   new Gauge({
     name: "meridian_ingress_inflight_requests",
@@ -59,17 +48,22 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
       this.set(inflightNow);
     },
   });
-  const children = new Map<string, { c: Counter.Internal; h: Histogram.Internal<(typeof names)[number]> }>();
   return {
     observe(labels, seconds) {
       const key = `${labels.environment}\0${labels.region}\0${labels.hostname_form}\0${labels.status_code}`;
-      let child = children.get(key);
-      if (child === undefined) {
-        child = { c: requests.labels(labels), h: duration.labels(labels) };
-        children.set(key, child);
+      let s = series.get(key);
+      if (s === undefined) {
+        s = { labels: { ...labels }, count: 0, sum: 0, buckets: new Array<number>(BUCKETS.length).fill(0) };
+        series.set(key, s);
       }
-      child.c.inc();
-      child.h.observe(seconds);
+      s.count++;
+      s.sum += seconds;
+      for (let i = 0; i < BUCKETS.length; i++) {
+        if (seconds <= BUCKETS[i]!) {
+          s.buckets[i]!++;
+          break;
+        }
+      }
     },
     malformed(reason) {
       malformed.inc({ reason });
@@ -81,4 +75,67 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
       inflightNow += delta;
     },
   };
+}
+
+/** One label set of the request counter and latency histogram; `buckets` are per bucket, not cumulative. */
+interface Series {
+  labels: RequestLabels;
+  count: number;
+  sum: number;
+  buckets: number[];
+}
+
+interface Value {
+  value: number;
+  labels: Record<string, string>;
+  metricName?: string;
+  sharedLabels?: Record<string, string>;
+}
+
+/**
+ * `meridian_ingress_requests_total` and `meridian_ingress_request_duration_seconds`, rendered from the series
+ * in the shape prom-client's own Counter and Histogram produce (metric objects with `get()`).
+ */
+function registerRequestSeries(registry: Registry, series: Map<string, Series>): void {
+  const counter = "meridian_ingress_requests_total";
+  const histogram = "meridian_ingress_request_duration_seconds";
+  const counterHelp = "Inference requests answered by this plane's ingress.";
+  const histogramHelp = "Time from request headers to the end of the response, as the ingress saw it.";
+  const metric = (name: string, help: string, type: string, values: () => Value[]) =>
+    ({
+      name,
+      help,
+      type,
+      aggregator: "sum",
+      get: async () => ({ name, help, type, aggregator: "sum", values: values() }),
+      reset: () => series.clear(),
+    }) as unknown as Metric;
+  registry.registerMetric(
+    metric(counter, counterHelp, "counter", () =>
+      [...series.values()].map((s) => ({ value: s.count, labels: { ...s.labels } })),
+    ),
+  );
+  registry.registerMetric(
+    metric(histogram, histogramHelp, "histogram", () => {
+      const out: Value[] = [];
+      for (const s of series.values()) {
+        const labels = { ...s.labels };
+        let acc = 0;
+        for (let i = 0; i < BUCKETS.length; i++) {
+          acc += s.buckets[i]!;
+          const le = String(BUCKETS[i]);
+          out.push({ value: acc, labels: { le }, metricName: `${histogram}_bucket`, sharedLabels: labels });
+        }
+        out.push({
+          value: s.count,
+          labels: { le: "+Inf" },
+          metricName: `${histogram}_bucket`,
+          sharedLabels: labels,
+        });
+        out.push({ value: s.sum, labels: {}, metricName: `${histogram}_sum`, sharedLabels: labels });
+        out.push({ value: s.count, labels: {}, metricName: `${histogram}_count`, sharedLabels: labels });
+      }
+      return out;
+    }),
+  );
 }

@@ -4,6 +4,8 @@
 // when either fails the ingress falls back to node:http (docs/gateway.md, "Transports").
 
 import { createRequire } from "node:module";
+import type net from "node:net";
+import tls from "node:tls";
 
 /** One parser: a request parser for a client connection, a response parser for an upstream socket. */
 export interface Parser {
@@ -214,4 +216,21 @@ export function selfTest(m: ParserModule): string | null {
   if (rn !== resp.length || fin !== undefined) return "response parse failed";
   if (seen.join("|") !== "100:0:true|end|200:0:false|to-eof|end") return `response events ${seen.join("|")}`;
   return null;
+}
+
+/** A libuv stream handle (node:net's `socket._handle`), as far as the parser's `consume` needs it. */
+export interface StreamHandle {
+  isStreamBase?: boolean;
+  _consumed?: boolean;
+  readStart(): number;
+  readStop(): number;
+}
+
+/** The handle the parser may read from directly: plain TCP sockets only, never one already consumed. */
+export function consumable(socket: net.Socket): StreamHandle | null {
+  if (socket instanceof tls.TLSSocket) return null;
+  const handle = (socket as unknown as { _handle?: StreamHandle | null })._handle;
+  if (handle == null || handle.isStreamBase !== true || handle._consumed === true) return null;
+  if (typeof handle.readStart !== "function" || typeof handle.readStop !== "function") return null;
+  return handle;
 }

@@ -26,6 +26,7 @@ import {
 import { PROOF } from "../headers.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "../ingress.ts";
 import {
+  consumable,
   K_ON_BODY,
   K_ON_EXECUTE,
   K_ON_HEADERS,
@@ -35,6 +36,7 @@ import {
   type ParseError,
   type Parser,
   type ParserModule,
+  type StreamHandle,
 } from "./llhttp.ts";
 import { Call, type CallSink, UpstreamPool } from "./upstream.ts";
 
@@ -190,6 +192,8 @@ class ClientConn {
   private corked = false;
   private closed = false;
   private drainWaiter: WireExchange | null = null;
+  /** A request parsed in the current read, to start once the read is parsed whole. */
+  private pendingStart: WireExchange | null = null;
 
   constructor(
     readonly socket: net.Socket,
@@ -234,13 +238,27 @@ class ClientConn {
     const r = this.parser.execute(chunk);
     if (typeof r !== "number") this.parseError(r.code);
     else if (r < chunk.length && !this.noMore) this.stopReading(); // an upgrade: the rest is not HTTP/1.1
+    this.startPending();
     this.socket.uncork();
     this.updateReading();
+  }
+
+  /**
+   * A request whose head was parsed in the read just done starts only now, once the parser is through the
+   * read: llhttp checks some framing (a Transfer-Encoding that is not chunked) just after the head
+   * callback, and a refused request must not have gone upstream in the meantime.
+   */
+  private startPending(): void {
+    const ex = this.pendingStart;
+    if (ex === null) return;
+    this.pendingStart = null;
+    if (!ex.done && this.queue[0] === ex) this.startExchange(ex);
   }
 
   /** After the parser read from the handle by itself (see `consume`). */
   private afterExecute(r: number | ParseError): void {
     if (typeof r !== "number") this.parseError(r.code);
+    this.startPending();
     if (this.corked) {
       this.corked = false;
       this.socket.uncork();
@@ -277,6 +295,11 @@ class ClientConn {
     this.piecesUrl = "";
     this.headStart = 0;
     if (this.noMore) return 0;
+    if (major !== 1) {
+      // HTTP/0.9 (a request line without a version) and any other major version: not HTTP/1.x.
+      this.refuseConnection("HPE_INVALID_VERSION");
+      return 0;
+    }
     const { gw } = this.ctx;
     const base = gw.begin();
     const ex: WireExchange = {
@@ -319,7 +342,7 @@ class ClientConn {
     if (ex.closeAfter) this.noMore = true;
     this.reading = ex;
     this.queue.push(ex);
-    if (this.queue.length === 1) this.startExchange(ex);
+    if (this.queue.length === 1) this.pendingStart = ex;
     return 0;
   }
 
@@ -363,9 +386,19 @@ class ClientConn {
     const ex = this.reading;
     this.reading = null;
     if (ex !== null) {
-      // The request being read is broken (its body's framing): it is not sent on, or is cut off.
+      // The request being read is broken (its body's framing): it is not sent on, or is cut off. When it
+      // is the one being answered and nothing was sent yet, its error answer is the connection's last.
+      const answered = this.queue[0] === ex && !ex.headSent;
       this.failExchange(ex, code === "HPE_HEADER_OVERFLOW" ? "headers_too_large" : "invalid_request");
+      if (answered) return;
     }
+    this.refuseConnection(code);
+  }
+
+  /** No more requests on this connection: answer the error once those before it are answered, and close. */
+  private refuseConnection(code: string): void {
+    const { gw } = this.ctx;
+    this.noMore = true;
     if (this.queue.length === 0) this.writeBareError(refuse(gw.parseErrorCode(code)));
     else this.pendingError = refuse(gw.parseErrorCode(code));
   }
@@ -582,6 +615,7 @@ class ClientConn {
       this.destroy();
       return;
     }
+    if (ex.requestId === "") ex.requestId = randomUUID(); // refused before it was planned
     const answer = this.ctx.gw.errorResponse(ex, r);
     if ((!ex.complete && ex.bodyDeclared) || ex.upgrade) {
       ex.closeAfter = true;
@@ -643,13 +677,18 @@ class ClientConn {
       if (ex.chunkedOut) out.write("\r\n", out.length - 2, "latin1");
       return this.socket.write(out);
     }
+    this.socket.cork();
     this.flushHead(ex);
+    let ok: boolean;
     if (ex.chunkedOut) {
       this.socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
       this.socket.write(chunk);
-      return this.socket.write("\r\n", "latin1");
+      ok = this.socket.write("\r\n", "latin1");
+    } else {
+      ok = this.socket.write(chunk);
     }
-    return this.socket.write(chunk);
+    this.socket.uncork();
+    return ok;
   }
 
   /** Waits for the client socket to drain before the upstream is read again. */
@@ -864,23 +903,6 @@ class Sink implements CallSink {
   flush(): void {
     if (!this.ex.done) this.conn.flushHead(this.ex);
   }
-}
-
-/** A libuv stream handle (node:net's `socket._handle`), as far as the parser's `consume` needs it. */
-interface StreamHandle {
-  isStreamBase?: boolean;
-  _consumed?: boolean;
-  readStart(): number;
-  readStop(): number;
-}
-
-/** The handle the parser may read from directly: plain TCP sockets only, never one already consumed. */
-function consumable(socket: net.Socket): StreamHandle | null {
-  if (socket instanceof tls.TLSSocket) return null;
-  const handle = (socket as unknown as { _handle?: StreamHandle | null })._handle;
-  if (handle == null || handle.isStreamBase !== true || handle._consumed === true) return null;
-  if (typeof handle.readStart !== "function" || typeof handle.readStop !== "function") return null;
-  return handle;
 }
 
 /** `head` (latin1: one byte per character) followed by `chunks`, and `spare` bytes left at the end. */

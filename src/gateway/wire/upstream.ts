@@ -7,13 +7,17 @@ import net from "node:net";
 import tls from "node:tls";
 import type { IngressOptions } from "../ingress.ts";
 import {
+  consumable,
   K_ON_BODY,
+  K_ON_EXECUTE,
   K_ON_HEADERS,
   K_ON_HEADERS_COMPLETE,
   K_ON_MESSAGE_BEGIN,
   K_ON_MESSAGE_COMPLETE,
+  type ParseError,
   type Parser,
   type ParserModule,
+  type StreamHandle,
 } from "./llhttp.ts";
 
 /** Largest response header section accepted from an upstream. */
@@ -56,6 +60,9 @@ class Conn {
   dead = false;
   pieces: string[] = [];
   piecesUrl = "";
+  paused = false;
+  /** The libuv handle the parser reads from directly (plain TCP), or null (TLS: `data` events). */
+  private readonly handle: StreamHandle | null;
 
   constructor(
     readonly socket: net.Socket,
@@ -65,17 +72,37 @@ class Conn {
   ) {
     const parser = P.create();
     parser.initialize(P.RESPONSE, {}, MAX_RESPONSE_HEADER_BYTES, P.STRICT);
-    parser[K_ON_MESSAGE_BEGIN] = () => this.onMessageBegin();
+    // Every callback runs inside the parser's execute: `parsing` defers destroying the socket until after.
+    parser[K_ON_MESSAGE_BEGIN] = () => {
+      this.parsing = true;
+      this.onMessageBegin();
+    };
     parser[K_ON_HEADERS] = (h, url) => {
       for (const x of h) this.pieces.push(x);
       this.piecesUrl += url;
     };
-    parser[K_ON_HEADERS_COMPLETE] = (_ma, _mi, headers, _m, _u, status, _sm, upgrade, keepAlive) =>
-      this.onHeadersComplete(headers, status ?? 0, upgrade, keepAlive);
-    parser[K_ON_BODY] = (chunk) => this.call?.onBody(chunk);
-    parser[K_ON_MESSAGE_COMPLETE] = () => this.call?.onMessageComplete();
+    parser[K_ON_HEADERS_COMPLETE] = (_ma, _mi, headers, _m, _u, status, _sm, upgrade, keepAlive) => {
+      this.parsing = true;
+      return this.onHeadersComplete(headers, status ?? 0, upgrade, keepAlive);
+    };
+    parser[K_ON_BODY] = (chunk) => {
+      this.parsing = true;
+      this.call?.onBody(chunk);
+    };
+    parser[K_ON_MESSAGE_COMPLETE] = () => {
+      this.parsing = true;
+      this.call?.onMessageComplete();
+    };
     this.parser = parser;
-    socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    this.handle = consumable(socket);
+    if (this.handle !== null) {
+      // The parser reads the socket in C++ (as node:http's server reads its own), no stream in between.
+      this.handle._consumed = true;
+      parser.consume(this.handle);
+      parser[K_ON_EXECUTE] = (r) => this.afterExecute(r);
+    } else {
+      socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    }
     socket.on("end", () => this.onEnd());
     socket.on("error", (err: NodeJS.ErrnoException) => this.onClose(err.code ?? "ECONNRESET", err.message));
     socket.on("close", () => this.onClose("ECONNRESET", "upstream closed the connection"));
@@ -116,6 +143,36 @@ class Conn {
       const m = /timeout\s*=\s*(\d+)/i.exec(h[i + 1]!);
       if (m !== null) this.idleMs = Math.max(0, Math.min(IDLE_MS, Number(m[1]) * 1000 - IDLE_MARGIN_MS));
     }
+  }
+
+  /** After the parser read from the handle by itself (`consume`). */
+  private afterExecute(r: number | ParseError): void {
+    this.parsing = false;
+    const call = this.call;
+    if (this.dead || call === null) {
+      if (this.dead || typeof r !== "number") this.destroy();
+      return;
+    }
+    call.sink.flush();
+    if (typeof r !== "number") {
+      call.fail("UPSTREAM_PARSE_ERROR", `${r.code}: ${r.reason}`, true);
+      this.destroy();
+      return;
+    }
+    this.afterParse();
+  }
+
+  pause(): void {
+    if (this.handle !== null) this.handle.readStop();
+    else this.socket.pause();
+    this.paused = true;
+  }
+
+  resume(): void {
+    if (!this.paused || this.socket.destroyed) return;
+    this.paused = false;
+    if (this.handle !== null) this.handle.readStart();
+    else this.socket.resume();
   }
 
   private onData(chunk: Buffer): void {
@@ -172,6 +229,9 @@ class Conn {
       this.destroy();
       return;
     }
+    // Paused for a slow client on the response's last chunk: an idle socket must be read again, or the
+    // next response on it would wait forever (and bytes arriving while idle would go unnoticed).
+    this.resume();
     this.idleUntil = Date.now() + this.idleMs;
     this.pool.putIdle(this);
   }
@@ -263,7 +323,7 @@ export class Call {
   onBody(chunk: Buffer): void {
     if (this.completed || !this.headSeen) return;
     this.deadline = Date.now() + this.timeoutMs;
-    if (!this.sink.data(chunk)) this.conn?.socket.pause();
+    if (!this.sink.data(chunk)) this.conn?.pause();
   }
 
   onMessageComplete(): void {
@@ -275,7 +335,7 @@ export class Call {
 
   /** The client drained: read from the upstream again. */
   resume(): void {
-    this.conn?.socket.resume();
+    this.conn?.resume();
   }
 
   onUpstreamDrain(): void {
