@@ -116,6 +116,12 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
 
   function route(ex: HttpExchange, expectContinue: boolean): void {
     const { req, res } = ex;
+    if (req.httpVersionMajor !== 1) {
+      // llhttp takes a request line without a version as HTTP/0.9: not HTTP/1.x, and never proxied.
+      res.shouldKeepAlive = false;
+      fail(ex, refuse("invalid_request", "Only HTTP/1.0 and HTTP/1.1 are served."));
+      return;
+    }
     const plan = gw.plan(ex, {
       method: req.method ?? "",
       target: req.url ?? "/",
@@ -213,6 +219,8 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
     ? https.createServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key }, handler)
     : http.createServer(serverOptions, handler);
   server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => handle(req, res, true));
+  // Any other expectation: the plan refuses it with 417 and the JSON body (node:http's own 417 has neither).
+  server.on("checkExpectation", handler);
   server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
     metrics?.malformed(err.code ?? "unknown");
     const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;

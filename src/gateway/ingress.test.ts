@@ -752,6 +752,16 @@ describe("malformed requests", () => {
     expect((await send("us-1", { host: STD, path: "/production/predict" })).status).toBe(200);
   });
 
+  it("answers HEAD without a body, so the next response on the connection is read right", async () => {
+    const r = await raw(
+      `HEAD /production/predict HTTP/1.1\r\nHost: ${STD}\r\n${auth}\r\n` +
+        `${line}Host: ${STD}\r\n${auth}Content-Length: 0\r\nConnection: close\r\n\r\n`,
+      false,
+    );
+    expect(r.data).toMatch(/^HTTP\/1\.1 405 [^]*?\r\n\r\nHTTP\/1\.1 200 /);
+    expect(r.data.toLowerCase()).toContain("allow: post");
+  });
+
   it("survives random bytes", async () => {
     const inputs = fc.sample(
       fc.oneof(

@@ -623,7 +623,8 @@ class ClientConn {
       this.noMore = true;
     }
     this.writeHead(ex, answer.status, answer.headers, true);
-    this.socket.write(answer.body, "utf8");
+    // A response to HEAD has no body (RFC 9110 §9.3.2), though it says how long the body would be.
+    if (ex.method !== "HEAD") this.socket.write(answer.body, "utf8");
     this.responseDone(ex);
   }
 
@@ -650,7 +651,10 @@ class ClientConn {
         head += "transfer-encoding: chunked\r\n";
       }
     }
-    if (ex.closeAfter || this.noMore) {
+    // The connection closes after this response when the request asked for it, or when it is the last
+    // one this connection will answer (requests queued behind it are still answered first).
+    const last = this.noMore && this.queue.at(-1) === ex && this.pendingError === null;
+    if (ex.closeAfter || last) {
       ex.closeAfter = true;
       head += "connection: close\r\n\r\n";
     } else {

@@ -1,0 +1,1408 @@
+// The raw-socket smuggling and framing suite: the gate for every ingress transport (PERFORMANCE-NOTES.md,
+// "What a faster design must carry"). Clients are raw sockets writing crafted bytes; replicas are raw
+// `node:net` servers (framing-peers.ts) that record every byte they receive and answer with crafted bytes,
+// so each case asserts exactly what crossed the wire on both sides of the ingress. The suite runs once per
+// transport; a case either transport gets wrong is a bug in that transport, not in the case.
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import type { PlaneSnapshot } from "../core/snapshot.ts";
+import {
+  closedPort,
+  type EchoBody,
+  echo,
+  field,
+  fieldValues,
+  type Message,
+  RawClient,
+  RawUpstream,
+  type Responder,
+  sha256,
+  sleep,
+  type UpConn,
+  type UpRequest,
+} from "./framing-peers.ts";
+import { createIngress, type Ingress, type IngressTransport } from "./ingress.ts";
+
+const DOMAIN = "meridian.test";
+const MODEL = "aaaaaaa1";
+const HOST = `model-${MODEL}-prod-eu.${DOMAIN}`;
+const KEY = "k-framing";
+const PLANE = { name: "eu-1", region: "eu" };
+/** 1.25 MiB: a 1 MB body is below it; the chunked overflow case stays cheap. */
+const LIMIT = 1_310_720;
+const LIMITS = {
+  maxBodyBytes: LIMIT,
+  headersTimeoutMs: 1_000,
+  requestTimeoutMs: 2_500,
+  keepAliveTimeoutMs: 1_500,
+  maxHeaderBytes: 8 * 1024,
+  predictTimeoutMs: 4_000,
+  connectTimeoutMs: 1_000,
+};
+/** How long a case waits for an answer the ingress owes at once. */
+const PROMPT_MS = 3_000;
+
+const SNAPSHOT: PlaneSnapshot = {
+  revision: 1,
+  domain: DOMAIN,
+  plane: { ...PLANE, ingress: ["127.0.0.1:9"], global_ingress: false },
+  planes: [{ ...PLANE, ingress: ["127.0.0.1:9"], global_ingress: false }],
+  hop_secret: "framing-hop-secret",
+  api_keys: [{ hash: sha256(KEY), prefix: "k-fr", team_id: "t1", category: "PERSONAL", model_ids: null }],
+  models: [
+    {
+      id: MODEL,
+      team_id: "t1",
+      name: "m1",
+      development_deployment_id: null,
+      environments: [
+        { name: "prod-eu", deployment_id: "d-eu", region: "eu", standard_endpoint_policy: "deny" },
+      ],
+      deployments: [{ id: "d-eu", region: "eu", ready_planes: ["eu-1"] }],
+    },
+  ],
+  replicas: [],
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// Request bytes
+
+interface Req {
+  tag?: string;
+  /** Extra header lines, verbatim. */
+  headers?: string[];
+  body?: string | Buffer;
+  /** Send the body chunked, one chunk per element. */
+  chunks?: Array<string | Buffer>;
+  /** Leave out Content-Length (for a body-less request without any framing header). */
+  noLength?: boolean;
+  key?: string | null;
+  version?: "1.0" | "1.1";
+}
+
+function chunkedBody(parts: Array<string | Buffer>): Buffer {
+  const out: Buffer[] = [];
+  for (const p of parts) {
+    const b = Buffer.from(p);
+    if (b.length === 0) continue;
+    out.push(Buffer.from(`${b.length.toString(16)}\r\n`), b, Buffer.from("\r\n"));
+  }
+  out.push(Buffer.from("0\r\n\r\n"));
+  return Buffer.concat(out);
+}
+
+function request(r: Req = {}): Buffer {
+  const lines = [`POST /predict HTTP/${r.version ?? "1.1"}`, `Host: ${HOST}`];
+  if (r.key !== null) lines.push(`Authorization: Api-Key ${r.key ?? KEY}`);
+  if (r.tag !== undefined) lines.push(`x-tag: ${r.tag}`);
+  lines.push(...(r.headers ?? []));
+  let body: Buffer;
+  if (r.chunks !== undefined) {
+    lines.push("Transfer-Encoding: chunked");
+    body = chunkedBody(r.chunks);
+  } else {
+    body = Buffer.from(r.body ?? "");
+    if (!r.noLength) lines.push(`Content-Length: ${body.length}`);
+  }
+  return Buffer.concat([Buffer.from(`${lines.join("\r\n")}\r\n\r\n`, "latin1"), body]);
+}
+
+/** A legitimate request queued behind an attack: it must never reach a replica. */
+const SMUGGLED = request({ tag: "SMUGGLED", headers: ["x-smuggled: SMUGGLED"] });
+const AUTH = `Authorization: Api-Key ${KEY}`;
+const PRE = `POST /predict HTTP/1.1\r\nHost: ${HOST}\r\n${AUTH}\r\n`;
+
+const HOP_BY_HOP = [
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "upgrade",
+  "x-conn-named",
+  "authorization",
+  "expect",
+];
+
+/**
+ * Cases a transport is known to get wrong: each runs as `it.fails`, so the suite stays green while the bug is
+ * open and turns red the day it is fixed (a listed case that passes fails), so the list cannot go stale.
+ * Both are in the node:http + undici fallback, whose machinery is not ours to change; the wire transport
+ * (the default) has neither.
+ * - `close-then-pipelined`: node:http keeps parsing and dispatching pipelined requests after a response that
+ *   carries `Connection: close`; the replica runs a request whose answer is never sent (RFC 9112 §9.6:
+ *   MUST NOT process further requests).
+ * - `unsolicited-100`: undici refuses a `100 Continue` it did not ask for ("bad response"), so the client
+ *   gets 502 for a valid reply (RFC 9110 §15.2: a client MUST parse 1xx responses it did not expect).
+ */
+const KNOWN_BUGS: Record<IngressTransport, ReadonlySet<string>> = {
+  http: new Set(["close-then-pipelined", "unsolicited-100"]),
+  wire: new Set([]),
+};
+
+/** Behaviour differences worth reporting (printed once at the end). */
+const observed: string[] = [];
+
+function expectIngressAnswer(m: Message | null | undefined, status: number, code?: string): void {
+  expect(m, `a ${status} from the ingress`).toBeTruthy();
+  expect(m!.startLine).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
+  expect(field(m!.headers, "x-meridian-plane")).toBe("eu-1");
+  if (code !== undefined) expect(JSON.parse(m!.body.toString("utf8")).error_code).toBe(code);
+}
+
+function echoOf(m: Message | null | undefined): EchoBody {
+  expect(m, "a response").toBeTruthy();
+  expect(m!.status, m!.body.toString("latin1").slice(0, 200)).toBe(200);
+  return JSON.parse(m!.body.toString("utf8")) as EchoBody;
+}
+
+function closedWithin(conn: UpConn, ms: number): Promise<boolean> {
+  return Promise.race([conn.whenClosed.then(() => true), sleep(ms).then(() => false)]);
+}
+
+/** What the replica received is framed by exactly one of Content-Length / chunked, and nothing hop-by-hop. */
+function expectCleanUpstreamRequest(r: UpRequest, body: Buffer): void {
+  const cl = fieldValues(r.headers, "content-length");
+  const te = fieldValues(r.headers, "transfer-encoding");
+  expect(cl.length + te.length, r.rawHead).toBe(1);
+  if (te.length === 1) expect(te[0]!.toLowerCase()).toBe("chunked");
+  else expect(cl[0]).toBe(String(body.length));
+  for (const h of HOP_BY_HOP) expect(fieldValues(r.headers, h), `${h} at the replica`).toEqual([]);
+  // The ingress may manage its own hop (keep-alive / close); it never relays the client's options.
+  for (const v of fieldValues(r.headers, "connection")) {
+    for (const t of v.split(","))
+      expect(["keep-alive", "close"], r.rawHead).toContain(t.trim().toLowerCase());
+  }
+  expect(fieldValues(r.headers, "x-meridian-hop")).toEqual([]);
+  expect(fieldValues(r.headers, "x-meridian-route")).toEqual([]);
+  expect(r.method).toBe("POST");
+  expect(r.target).toBe("/v1/models/model:predict");
+  expect(r.body.length).toBe(body.length);
+  expect(sha256(r.body)).toBe(sha256(body));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Smuggling cases. `head`: the parser must refuse before routing (nothing reaches a replica). `body`: the
+// head is valid and may already stream upstream; the replica must never receive a complete request.
+
+interface Attack {
+  name: string;
+  bytes: string;
+  at: "head" | "body";
+}
+
+const ATTACKS: Attack[] = [
+  {
+    name: "CL+TE",
+    at: "head",
+    bytes: `${PRE}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`,
+  },
+  {
+    name: "TE+CL",
+    at: "head",
+    bytes: `${PRE}Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n`,
+  },
+  {
+    name: "two different Content-Lengths",
+    at: "head",
+    bytes: `${PRE}Content-Length: 3\r\nContent-Length: 5\r\n\r\nabcde`,
+  },
+  { name: "a Content-Length list", at: "head", bytes: `${PRE}Content-Length: 3, 5\r\n\r\nabcde` },
+  { name: "Content-Length with a plus sign", at: "head", bytes: `${PRE}Content-Length: +3\r\n\r\nabc` },
+  { name: "Content-Length with a minus sign", at: "head", bytes: `${PRE}Content-Length: -3\r\n\r\nabc` },
+  {
+    name: "Content-Length with a space inside",
+    at: "head",
+    bytes: `${PRE}Content-Length: 1 0\r\n\r\n0123456789`,
+  },
+  { name: "Content-Length with non-digits", at: "head", bytes: `${PRE}Content-Length: 3a\r\n\r\nabc` },
+  { name: "Content-Length in hex", at: "head", bytes: `${PRE}Content-Length: 0x3\r\n\r\nabc` },
+  { name: "an empty Content-Length", at: "head", bytes: `${PRE}Content-Length: \r\n\r\n` },
+  {
+    name: "Content-Length past 2^53",
+    at: "head",
+    bytes: `${PRE}Content-Length: 99999999999999999999999\r\n\r\nabc`,
+  },
+  {
+    name: "TE: chunked, identity",
+    at: "head",
+    bytes: `${PRE}Transfer-Encoding: chunked, identity\r\n\r\n3\r\nabc\r\n0\r\n\r\n`,
+  },
+  {
+    name: "TE: identity",
+    at: "head",
+    bytes: `${PRE}Transfer-Encoding: identity\r\n\r\n3\r\nabc\r\n0\r\n\r\n`,
+  },
+  {
+    name: "TE: xchunked",
+    at: "head",
+    bytes: `${PRE}Transfer-Encoding: xchunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n`,
+  },
+  {
+    name: "TE: chunked with trailing garbage",
+    at: "head",
+    bytes: `${PRE}Transfer-Encoding: chunked garbage\r\n\r\n3\r\nabc\r\n0\r\n\r\n`,
+  },
+  {
+    name: "TE: chunked then a second TE: identity",
+    at: "head",
+    bytes: `${PRE}Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n3\r\nabc\r\n0\r\n\r\n`,
+  },
+  {
+    name: "'Transfer-Encoding : chunked' (space before the colon)",
+    at: "head",
+    bytes: `${PRE}Transfer-Encoding : chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n`,
+  },
+  {
+    name: "TE with a vertical tab",
+    at: "head",
+    bytes: `${PRE}Transfer-Encoding:\x0bchunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n`,
+  },
+  {
+    name: "bare LF line endings",
+    at: "head",
+    bytes: `POST /predict HTTP/1.1\nHost: ${HOST}\n${AUTH}\nContent-Length: 3\n\nabc`,
+  },
+  { name: "a bare LF after one header", at: "head", bytes: `${PRE}X-A: 1\nContent-Length: 3\r\n\r\nabc` },
+  { name: "a bare LF ending the head", at: "head", bytes: `${PRE}Content-Length: 3\r\n\nabc` },
+  { name: "a bare CR inside a header line", at: "head", bytes: `${PRE}X-A: 1\rContent-Length: 3\r\n\r\nabc` },
+  {
+    name: "a bare CR in the request line",
+    at: "head",
+    bytes: `POST /predict\rHTTP/1.1\r\nHost: ${HOST}\r\n${AUTH}\r\n\r\n`,
+  },
+  { name: "obs-fold", at: "head", bytes: `${PRE}X-A: 1\r\n  folded\r\nContent-Length: 0\r\n\r\n` },
+  {
+    name: "obs-fold continuing Content-Length",
+    at: "head",
+    bytes: `${PRE}Content-Length: 0\r\n 3\r\n\r\nabc`,
+  },
+  { name: "obs-fold with a tab", at: "head", bytes: `${PRE}X-A: 1\r\n\tfolded\r\nContent-Length: 0\r\n\r\n` },
+  { name: "NUL in a header value", at: "head", bytes: `${PRE}X-A: a\0b\r\nContent-Length: 0\r\n\r\n` },
+  { name: "a space in a header name", at: "head", bytes: `${PRE}X A: 1\r\nContent-Length: 0\r\n\r\n` },
+  { name: "parentheses in a header name", at: "head", bytes: `${PRE}X(A): 1\r\nContent-Length: 0\r\n\r\n` },
+  { name: "DEL in a header name", at: "head", bytes: `${PRE}X-A\x7f: 1\r\nContent-Length: 0\r\n\r\n` },
+  { name: "an empty header name", at: "head", bytes: `${PRE}: 1\r\nContent-Length: 0\r\n\r\n` },
+  {
+    name: "a header line without a colon",
+    at: "head",
+    bytes: `${PRE}Content-Length 3\r\nContent-Length: 0\r\n\r\n`,
+  },
+  {
+    name: "chunk-size overflow",
+    at: "body",
+    bytes: `${PRE}Transfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFFFFFF3\r\nabc\r\n0\r\n\r\n`,
+  },
+  {
+    name: "chunk data longer than its size",
+    at: "body",
+    bytes: `${PRE}Transfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n`,
+  },
+  {
+    name: "chunk data without its CRLF",
+    at: "body",
+    bytes: `${PRE}Transfer-Encoding: chunked\r\n\r\n3\r\nabc0\r\n\r\n`,
+  },
+  {
+    name: "a chunk size with a bare LF",
+    at: "body",
+    bytes: `${PRE}Transfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n`,
+  },
+  {
+    name: "a non-hex chunk size",
+    at: "body",
+    bytes: `${PRE}Transfer-Encoding: chunked\r\n\r\n3g\r\nabc\r\n0\r\n\r\n`,
+  },
+  {
+    name: "an invalid chunk extension (NUL)",
+    at: "body",
+    bytes: `${PRE}Transfer-Encoding: chunked\r\n\r\n3;a\0b\r\nabc\r\n0\r\n\r\n`,
+  },
+  {
+    name: "an invalid chunk extension (unterminated quote)",
+    at: "body",
+    bytes: `${PRE}Transfer-Encoding: chunked\r\n\r\n3;a="b\r\nabc\r\n0\r\n\r\n`,
+  },
+  {
+    name: "an invalid chunk extension (bare CR)",
+    at: "body",
+    bytes: `${PRE}Transfer-Encoding: chunked\r\n\r\n3;a\rb\r\nabc\r\n0\r\n\r\n`,
+  },
+  {
+    name: "an invalid trailer field",
+    at: "body",
+    bytes: `${PRE}Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX A: 1\r\n\r\n`,
+  },
+];
+
+// ---------------------------------------------------------------------------------------------------------
+
+afterAll(() => {
+  if (observed.length > 0) console.info(`framing suite observations:\n  ${observed.join("\n  ")}`);
+});
+
+describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTransport) => {
+  /** `it`, or `it.fails` for a case this transport is known to get wrong (see KNOWN_BUGS). */
+  const itBug = (bug: string) => (KNOWN_BUGS[transport].has(bug) ? it.fails : it);
+  let up: RawUpstream;
+  let up2: RawUpstream;
+  let ingress: Ingress;
+  let endpoints: string[] = [];
+  let port = 0;
+  const note = (s: string) => observed.push(`[${transport}] ${s}`);
+  const open = () => RawClient.connect(port);
+
+  beforeAll(async () => {
+    up = await RawUpstream.start("up-a");
+    up2 = await RawUpstream.start("up-b");
+    ingress = createIngress({
+      transport,
+      plane: PLANE,
+      listen: { host: "127.0.0.1", port: 0 },
+      snapshot: () => SNAPSHOT,
+      localReplicas: () => endpoints,
+      limits: LIMITS,
+    });
+    // A transport that silently fell back to another would make this run test the wrong thing.
+    expect(ingress.transport).toBe(transport);
+    await ingress.start();
+    port = ingress.address!.port;
+  });
+
+  afterAll(async () => {
+    await ingress.stop();
+    await up.close();
+    await up2.close();
+  });
+
+  beforeEach(() => {
+    endpoints = [up.endpoint];
+    up.resetResponder();
+    up2.resetResponder();
+  });
+
+  /** One request answered, so the pool holds an idle replica socket. */
+  async function warmPool(): Promise<void> {
+    const c = await open();
+    c.write(request({ tag: "warm-up" }));
+    expect(echoOf(await c.next(PROMPT_MS)).tag).toBe("warm-up");
+    c.destroy();
+  }
+
+  afterEach(() => {
+    // Whatever a case did, the ingress never sent a replica a malformed message.
+    expect(up.errors()).toEqual([]);
+    expect(up2.errors()).toEqual([]);
+  });
+
+  // -------------------------------------------------------------------------------------------------------
+  describe("request smuggling", () => {
+    // An idle pooled replica socket is waiting, so a transport that writes upstream synchronously is caught.
+    beforeEach(warmPool);
+
+    for (const { name, bytes, at } of ATTACKS) {
+      itBug(`attack: ${name}`)(`${name}: refused (400 or close), nothing smuggled`, async () => {
+        const mark = up.mark();
+        const c = await open();
+        c.write(Buffer.concat([Buffer.from(bytes, "latin1"), SMUGGLED]));
+        const closed = await c.waitClosed(PROMPT_MS);
+        c.destroy();
+        await sleep(30);
+        const { messages, rest } = c.parsed();
+        expect(closed, "the connection is closed after the error").toBe(true);
+        expect(rest, "no partial or malformed answer").toBeNull();
+        expect(messages.length).toBeLessThanOrEqual(1);
+        if (messages.length === 1) expectIngressAnswer(messages[0], 400, "invalid_request");
+        else note(`${name}: closed without a 400`);
+        const got = up.since(mark);
+        expect(got.bytes.includes("SMUGGLED"), "smuggled bytes at the replica").toBe(false);
+        expect(got.requests, "a complete request at the replica").toEqual([]);
+        if (at === "head") {
+          expect(got.bytes.length, "bytes at the replica").toBe(0);
+        } else {
+          // A streamed head may have gone out; its connection must be dropped, never completed.
+          for (const conn of got.conns) expect(await closedWithin(conn, 2_000)).toBe(true);
+          if (got.bytes.length > 0) note(`${name}: the request head reached the replica, then was aborted`);
+        }
+      });
+    }
+
+    it("duplicate identical Content-Lengths: 400, or one request of that length; nothing smuggled", async () => {
+      const mark = up.mark();
+      const c = await open();
+      // Two equal lengths are not ambiguous: no request is queued behind, only the framing is checked.
+      c.write(`${PRE}x-tag: dup\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabcSMUGGLED`);
+      await c.until(() => c.closed || c.finals().length >= 1, PROMPT_MS);
+      await sleep(100);
+      const finals = c.finals();
+      c.destroy();
+      const got = up.since(mark);
+      expect(got.bytes.includes("SMUGGLED")).toBe(false);
+      if (finals[0]?.status === 400) {
+        note("duplicate identical Content-Length: 400");
+        expectIngressAnswer(finals[0], 400, "invalid_request");
+        expect(finals.length).toBe(1);
+        expect(c.closed).toBe(true);
+        expect(got.bytes.length).toBe(0);
+      } else {
+        note("duplicate identical Content-Length: accepted as one request");
+        expect(finals.length).toBe(1);
+        expect(echoOf(finals[0]).tag).toBe("dup");
+        expect(got.requests.length).toBe(1);
+        expectCleanUpstreamRequest(got.requests[0]!, Buffer.from("abc"));
+      }
+    });
+
+    it("a body that contains a complete request reaches the replica only as body bytes", async () => {
+      const inner = request({ tag: "INNER", headers: ["x-inner: INNER"], body: "{}" });
+      const mark = up.mark();
+      const c = await open();
+      c.write(request({ tag: "outer", body: inner }));
+      const r = await c.next(PROMPT_MS);
+      expect(echoOf(r).tag).toBe("outer");
+      await sleep(150);
+      expect(c.data.length, "no second response").toBe(0);
+      const got = up.since(mark);
+      expect(got.requests.length).toBe(1);
+      expectCleanUpstreamRequest(got.requests[0]!, inner);
+      expect(got.requests.some((q) => q.tag === "INNER")).toBe(false);
+      c.destroy();
+    });
+
+    itBug("http09-request-line")("a request line without a version (HTTP/0.9 form) is refused", async () => {
+      const mark = up.mark();
+      const c = await open();
+      c.write(`POST /predict\r\nHost: ${HOST}\r\n${AUTH}\r\nx-tag: no-version\r\nContent-Length: 0\r\n\r\n`);
+      c.write(SMUGGLED);
+      expect(await c.waitClosed(PROMPT_MS)).toBe(true);
+      const { messages, rest } = c.parsed();
+      expect(rest).toBeNull();
+      expect(messages.length).toBeLessThanOrEqual(1);
+      if (messages.length > 0) expectIngressAnswer(messages[0], 400);
+      expect(up.since(mark).bytes.length).toBe(0);
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------------------
+  describe("pipelining", () => {
+    it("three requests in one write: answered in order, each one framed request upstream", async () => {
+      const bodies = { a: Buffer.from("alpha"), b: Buffer.from("beta-XY"), c: Buffer.alloc(0) };
+      // The first answer is the slowest, so in-order delivery cannot be luck.
+      const base = echo("up-a");
+      up.respond = (req, conn) => {
+        if (req.tag === "p-a") setTimeout(() => base(req, conn), 200);
+        else base(req, conn);
+      };
+      const mark = up.mark();
+      const c = await open();
+      c.write(
+        Buffer.concat([
+          request({ tag: "p-a", body: bodies.a }),
+          request({ tag: "p-b", chunks: ["beta", "-XY"] }),
+          request({ tag: "p-c" }),
+        ]),
+      );
+      const got: EchoBody[] = [];
+      for (let i = 0; i < 3; i++) got.push(echoOf(await c.next(PROMPT_MS)));
+      expect(got.map((g) => g.tag)).toEqual(["p-a", "p-b", "p-c"]);
+      expect(got.map((g) => g.sha)).toEqual([sha256(bodies.a), sha256(bodies.b), sha256(bodies.c)]);
+      const seen = up.since(mark).requests;
+      expect(seen.map((r) => r.tag).sort()).toEqual(["p-a", "p-b", "p-c"]);
+      for (const r of seen) {
+        expectCleanUpstreamRequest(r, bodies[r.tag!.slice(2) as "a" | "b" | "c"]);
+      }
+      c.destroy();
+    });
+
+    it("pipelined requests with larger bodies, mixed framing", async () => {
+      const big = Buffer.alloc(100_000, "q");
+      const mid = Buffer.alloc(5_000, "m");
+      const mark = up.mark();
+      const c = await open();
+      c.write(
+        Buffer.concat([
+          request({ tag: "pl-1", body: big }),
+          request({ tag: "pl-2", chunks: [mid, mid, "z"] }),
+          request({ tag: "pl-3", body: mid }),
+        ]),
+      );
+      const tags: string[] = [];
+      for (let i = 0; i < 3; i++) tags.push(echoOf(await c.next(PROMPT_MS)).tag!);
+      expect(tags).toEqual(["pl-1", "pl-2", "pl-3"]);
+      const seen = new Map(up.since(mark).requests.map((r) => [r.tag, r]));
+      expectCleanUpstreamRequest(seen.get("pl-1")!, big);
+      expectCleanUpstreamRequest(seen.get("pl-2")!, Buffer.concat([mid, mid, Buffer.from("z")]));
+      expectCleanUpstreamRequest(seen.get("pl-3")!, mid);
+      c.destroy();
+    });
+
+    /** A refused request declaring a body that holds a complete request, then a pipelined legitimate one. */
+    async function refusedThenSecond() {
+      const mark = up.mark();
+      const c = await open();
+      c.write(
+        Buffer.concat([
+          request({ tag: "refused", key: "k-wrong", body: SMUGGLED }),
+          request({ tag: "second", body: "{}" }),
+        ]),
+      );
+      const first = await c.next(PROMPT_MS);
+      expectIngressAnswer(first, 401, "unauthorized");
+      const close = field(first!.headers, "connection")?.toLowerCase() === "close";
+      if (close) await c.waitClosed(1_000);
+      else await c.until(() => c.finals().length >= 1, PROMPT_MS);
+      await sleep(150);
+      c.destroy();
+      return { c, close, got: up.since(mark) };
+    }
+
+    it("a refused first request with a body: its body is never parsed as a request", async () => {
+      const { c, close, got } = await refusedThenSecond();
+      expect(got.bytes.includes("SMUGGLED")).toBe(false);
+      expect(got.requests.filter((r) => r.tag !== "second")).toEqual([]);
+      note(
+        `refused request with a body: ${close ? "401 with connection: close" : "body drained, connection kept"}`,
+      );
+      if (close) {
+        expect(c.closed).toBe(true);
+        expect(c.finals()).toEqual([]);
+      } else {
+        const finals = c.finals();
+        expect(finals.length).toBe(1);
+        expect(echoOf(finals[0]).tag).toBe("second");
+      }
+    });
+
+    itBug("close-then-pipelined")(
+      "after an answer with connection: close, later pipelined requests are not processed (RFC 9112 §9.6)",
+      async () => {
+        const { close, got } = await refusedThenSecond();
+        const second = got.requests.filter((r) => r.tag === "second").length;
+        // With close, the second request gets no answer, so it must not run either; without, it runs once.
+        expect(second).toBe(close ? 0 : 1);
+      },
+    );
+  });
+
+  // -------------------------------------------------------------------------------------------------------
+  describe("upstream request framing", () => {
+    const hopHeaders = [
+      "Connection: keep-alive, X-Conn-Named",
+      "X-Conn-Named: 1",
+      "Keep-Alive: timeout=5",
+      "TE: trailers",
+      "Trailer: X-Trailer",
+      "Upgrade: h2c",
+      "Proxy-Connection: keep-alive",
+      "Proxy-Authorization: Basic eA==",
+      "Proxy-Authenticate: Basic",
+      "x-meridian-route: forged",
+      "x-meridian-plane: forged",
+      "X-End-To-End: kept",
+    ];
+    const MB = Buffer.alloc(1_000_000);
+    for (let i = 0; i < MB.length; i++) MB[i] = (i * 7919) & 0xff;
+
+    it.each([
+      { name: "an empty body (Content-Length: 0)", req: { body: "" }, body: Buffer.alloc(0) },
+      { name: "no body and no framing header", req: { noLength: true }, body: Buffer.alloc(0) },
+      { name: "a small Content-Length body", req: { body: '{"x":1}' }, body: Buffer.from('{"x":1}') },
+      {
+        name: "a chunked body",
+        req: { chunks: ["ab", "cdef", Buffer.alloc(3000, 1)] },
+        body: Buffer.concat([Buffer.from("abcdef"), Buffer.alloc(3000, 1)]),
+      },
+      { name: "a 1 MB body", req: { body: MB }, body: MB },
+      {
+        name: "a 1 MB chunked body",
+        req: { chunks: [MB.subarray(0, 400_000), MB.subarray(400_000)] },
+        body: MB,
+      },
+    ])("$name: one framing, no hop-by-hop fields, no key, exact bytes", async ({ req, body }) => {
+      const mark = up.mark();
+      const c = await open();
+      c.write(request({ tag: "frame", headers: hopHeaders, ...req }));
+      const r = await c.next(PROMPT_MS + 2_000);
+      const e = echoOf(r);
+      expect(e.sha).toBe(sha256(body));
+      const seen = up.since(mark).requests;
+      expect(seen.length).toBe(1);
+      expectCleanUpstreamRequest(seen[0]!, body);
+      expect(field(seen[0]!.headers, "x-end-to-end")).toBe("kept");
+      c.destroy();
+    });
+
+    it("Connection: Upgrade on a POST with a body is a plain request upstream", async () => {
+      const mark = up.mark();
+      const c = await open();
+      c.write(request({ tag: "upg", headers: ["Connection: Upgrade", "Upgrade: websocket"], body: "hello" }));
+      const r = await c.next(PROMPT_MS);
+      expect(echoOf(r).sha).toBe(sha256("hello"));
+      const seen = up.since(mark).requests;
+      expect(seen.length).toBe(1);
+      expectCleanUpstreamRequest(seen[0]!, Buffer.from("hello"));
+      c.destroy();
+    });
+
+    it("hop-by-hop response fields are stripped towards the client", async () => {
+      up.respond = (_req, conn) =>
+        conn.socket.write(
+          "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Resp-Named\r\nX-Resp-Named: 1\r\nKeep-Alive: timeout=5\r\n" +
+            "Proxy-Authenticate: Basic\r\nTrailer: X-T\r\nUpgrade: h2c\r\nx-meridian-plane: forged\r\n" +
+            "X-Model: kept\r\nContent-Length: 2\r\n\r\nok",
+        );
+      const c = await open();
+      c.write(request({ tag: "resp-hop" }));
+      const r = await c.next(PROMPT_MS);
+      expect(r?.status).toBe(200);
+      expect(r!.body.toString()).toBe("ok");
+      for (const h of ["x-resp-named", "proxy-authenticate", "trailer", "upgrade"]) {
+        expect(fieldValues(r!.headers, h), h).toEqual([]);
+      }
+      // The ingress may state its own keep-alive terms for the client hop, never the replica's.
+      expect(fieldValues(r!.headers, "keep-alive")).not.toContain("timeout=5");
+      for (const v of fieldValues(r!.headers, "connection")) expect(v.toLowerCase()).not.toContain("x-resp");
+      expect(field(r!.headers, "x-meridian-plane")).toBe("eu-1");
+      expect(field(r!.headers, "x-model")).toBe("kept");
+      c.destroy();
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------------------
+  describe("response framing from a malicious or buggy replica", () => {
+    const BAD: Array<{ name: string; bytes: string }> = [
+      {
+        name: "CL+TE",
+        bytes:
+          "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+      },
+      {
+        name: "TE+CL",
+        bytes:
+          "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+      },
+      {
+        name: "two different Content-Lengths",
+        bytes: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello!!",
+      },
+      { name: "Content-Length with a sign", bytes: "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello" },
+      { name: "bare LF line endings", bytes: "HTTP/1.1 200 OK\nContent-Length: 5\n\nhello" },
+      {
+        name: "a bare LF after one header",
+        bytes: "HTTP/1.1 200 OK\r\nX-A: 1\nContent-Length: 5\r\n\r\nhello",
+      },
+      {
+        name: "NUL in a header value",
+        bytes: "HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 5\r\n\r\nhello",
+      },
+      {
+        name: "a bare CR in a header value",
+        bytes: "HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 5\r\n\r\nhello",
+      },
+      {
+        name: "a space in a header name",
+        bytes: "HTTP/1.1 200 OK\r\nX A: 1\r\nContent-Length: 5\r\n\r\nhello",
+      },
+      { name: "a four-digit status", bytes: "HTTP/1.1 2000 OK\r\nContent-Length: 5\r\n\r\nhello" },
+      { name: "a protocol that is not HTTP", bytes: "HTTX/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" },
+      { name: "a status line of garbage", bytes: "hello world\r\n\r\n" },
+      { name: "a status line without a status", bytes: "HTTP/1.1 OK\r\nContent-Length: 5\r\n\r\nhello" },
+    ];
+
+    it.each(BAD)("$name → 502 replica_failed, the replica's socket is dropped", async ({ bytes }) => {
+      up.respond = (_req, conn) => conn.socket.write(bytes);
+      const mark = up.mark();
+      const c = await open();
+      c.write(request({ tag: "bad" }));
+      const r = await c.next(PROMPT_MS);
+      expectIngressAnswer(r, 502, "replica_failed");
+      const seen = up.since(mark).requests;
+      expect(seen.length).toBe(1);
+      expect(await closedWithin(seen[0]!.conn, 2_000), "the replica's socket is closed").toBe(true);
+      up.resetResponder();
+      c.write(request({ tag: "after-bad" }));
+      const e = echoOf(await c.next(PROMPT_MS));
+      expect(e.tag).toBe("after-bad");
+      expect(e.conn).not.toBe(seen[0]!.conn.id);
+      c.destroy();
+    });
+
+    it("obs-fold in a response: 502, or relayed with the fold replaced by spaces", async () => {
+      up.respond = (_req, conn) =>
+        conn.socket.write("HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 5\r\n\r\nhello");
+      const mark = up.mark();
+      const c = await open();
+      c.write(request({ tag: "fold" }));
+      const r = await c.next(PROMPT_MS);
+      expect(r, "a response").toBeTruthy();
+      if (r!.status === 502) {
+        note("obs-fold response: 502");
+        expectIngressAnswer(r, 502, "replica_failed");
+        expect(await closedWithin(up.since(mark).requests[0]!.conn, 2_000)).toBe(true);
+      } else {
+        note("obs-fold response: relayed with the fold unfolded");
+        expect(r!.status).toBe(200);
+        expect(r!.body.toString()).toBe("hello");
+        expect(field(r!.headers, "x-folded")).toMatch(/^a[ \t]+b$/);
+      }
+      c.destroy();
+    });
+
+    it.each([
+      { name: "in the same write", delayMs: 0 },
+      { name: "after the response, on the idle socket", delayMs: 40 },
+    ])("bytes beyond Content-Length ($name) never reach the client", async ({ delayMs }) => {
+      const extra = "EXTRA-HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED";
+      up.respond = (_req, conn) => {
+        if (delayMs === 0) {
+          conn.socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello${extra}`);
+        } else {
+          conn.socket.write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+          setTimeout(() => {
+            if (!conn.socket.destroyed) conn.socket.write(extra);
+          }, delayMs);
+        }
+      };
+      const c = await open();
+      c.write(request({ tag: "overlong" }));
+      const r = await c.next(PROMPT_MS);
+      expect(r?.status).toBe(200);
+      expect(r!.body.toString()).toBe("hello");
+      up.resetResponder();
+      await sleep(delayMs + 60);
+      // Follow-ups on this connection and on fresh ones: none may carry the leftover bytes.
+      const clients = [c, await open(), await open(), await open()];
+      for (const [i, k] of clients.entries()) {
+        k.write(request({ tag: `follow-${i}` }));
+        const f = await k.next(PROMPT_MS);
+        expect(echoOf(f).tag).toBe(`follow-${i}`);
+      }
+      await sleep(100);
+      for (const k of clients) {
+        expect(k.data.includes("INJECTED")).toBe(false);
+        expect(k.data.includes("EXTRA")).toBe(false);
+        expect(k.data.length).toBe(0);
+        k.destroy();
+      }
+    });
+
+    it("a close-delimited response is relayed complete", async () => {
+      const body = Buffer.alloc(70_000, "c");
+      up.respond = (_req, conn) => {
+        conn.socket.write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n");
+        conn.socket.write(body.subarray(0, 30_000));
+        setTimeout(() => conn.socket.end(body.subarray(30_000)), 50);
+      };
+      const c = await open();
+      c.write(request({ tag: "close-delimited" }));
+      const r = await c.next(PROMPT_MS);
+      expect(r?.status).toBe(200);
+      expect(sha256(r!.body)).toBe(sha256(body));
+      note(`close-delimited response relayed as ${r!.framing}`);
+      c.destroy();
+    });
+
+    it("a chunked response (extensions, trailers) is relayed with the right body", async () => {
+      up.respond = (_req, conn) => {
+        conn.socket.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nwiki\r\n");
+        setTimeout(() => conn.socket.write('5;a="b c"\r\npedia\r\n'), 30);
+        setTimeout(() => conn.socket.write("E\r\n in\r\n\r\nchunks.\r\n0\r\nX-Trailer: t\r\n\r\n"), 60);
+      };
+      const c = await open();
+      c.write(request({ tag: "chunked-resp" }));
+      const r = await c.next(PROMPT_MS);
+      expect(r?.status).toBe(200);
+      expect(r!.body.toString()).toBe("wikipedia in\r\n\r\nchunks.");
+      // The connection stays usable: the next answer is framed right.
+      c.write(request({ tag: "after-chunked" }));
+      up.resetResponder();
+      expect(echoOf(await c.next(PROMPT_MS)).tag).toBe("after-chunked");
+      c.destroy();
+    });
+
+    // RFC 9110 §15.2: a client MUST be able to parse 1xx responses it did not expect.
+    const EARLY_HINTS = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n";
+    it("a 103 interim response before the 200: the client gets the final 200", () =>
+      interimThenFinal("103", EARLY_HINTS));
+    itBug("unsolicited-100")("interim 100 and 103 before the 200: the client gets the final 200", () =>
+      interimThenFinal("100 then 103", `HTTP/1.1 100 Continue\r\n\r\n${EARLY_HINTS}`),
+    );
+
+    async function interimThenFinal(name: string, interim: string): Promise<void> {
+      up.respond = (_req, conn) =>
+        conn.socket.write(`${interim}HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok`);
+      const c = await open();
+      c.write(request({ tag: "interim" }));
+      const all: Message[] = [];
+      for (;;) {
+        const m = await c.next(PROMPT_MS);
+        expect(m, "a response").toBeTruthy();
+        all.push(m!);
+        if (m!.status >= 200) break;
+      }
+      const final = all.at(-1)!;
+      expect(final.status).toBe(200);
+      expect(final.body.toString()).toBe("ok");
+      expect(field(final.headers, "x-meridian-plane")).toBe("eu-1");
+      note(
+        `interim ${name}: relayed ${
+          all
+            .slice(0, -1)
+            .map((m) => m.status)
+            .join(",") || "none"
+        }`,
+      );
+      for (const m of all.slice(0, -1)) expect(m.body.length).toBe(0);
+      c.destroy();
+    }
+
+    it("204 with no body: relayed without a body, the connection stays in sync", async () => {
+      up.respond = (_req, conn) => conn.socket.write("HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n");
+      const c = await open();
+      c.write(request({ tag: "no-content" }));
+      const r = await c.next(PROMPT_MS);
+      expect(r?.status).toBe(204);
+      expect(r!.body.length).toBe(0);
+      expect(fieldValues(r!.headers, "transfer-encoding")).toEqual([]);
+      up.resetResponder();
+      c.write(request({ tag: "after-204" }));
+      expect(echoOf(await c.next(PROMPT_MS)).tag).toBe("after-204");
+      c.destroy();
+    });
+
+    it.each([
+      {
+        name: "Content-Length",
+        head: "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+        part: "partial-",
+      },
+      {
+        name: "chunked",
+        head: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        part: "8\r\npartial-\r\n",
+      },
+      {
+        name: "chunked, cut inside a chunk",
+        head: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        part: "20\r\npartial-",
+      },
+    ])(
+      "the replica closing mid-body ($name): the client's response is visibly aborted",
+      async ({ head, part }) => {
+        up.respond = (_req, conn) => {
+          conn.socket.write(head + part);
+          setTimeout(() => conn.socket.destroy(), 80);
+        };
+        const c = await open();
+        c.write(request({ tag: "mid-body" }));
+        expect(await c.waitClosed(PROMPT_MS), "the client connection is closed").toBe(true);
+        const { messages, rest } = c.parsed();
+        expect(messages, "no complete response").toEqual([]);
+        // Either the status line went out and the body is cut short, or nothing went out at all.
+        if (c.data.length > 0) {
+          expect(rest?.kind).toBe("incomplete");
+          expect(c.data.toString("latin1")).toMatch(/^HTTP\/1\.1 200 /);
+        }
+      },
+    );
+  });
+
+  // -------------------------------------------------------------------------------------------------------
+  describe("pool hygiene", () => {
+    /** Streams `count` chunks `gapMs` apart, stopping when the socket goes. */
+    const slowStream =
+      (count: number, gapMs: number): Responder =>
+      (req, conn) => {
+        conn.socket.write(`HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n`);
+        let i = 0;
+        const tick = () => {
+          if (conn.socket.destroyed || conn.closed) return;
+          if (++i >= count) {
+            conn.socket.write(`0\r\n\r\n`);
+            return;
+          }
+          const chunk = `LEFTOVER-${req.tag}-${i};`;
+          conn.socket.write(`${chunk.length.toString(16)}\r\n${chunk}\r\n`);
+          setTimeout(tick, gapMs);
+        };
+        setTimeout(tick, gapMs);
+      };
+
+    it("a client leaving mid-response: that replica socket is closed, never reused", async () => {
+      // Long gaps: a socket wrongly pooled would be taken by the next request before the next leftover chunk.
+      up.respond = slowStream(15, 200);
+      const mark = up.mark();
+      const c = await open();
+      c.write(request({ tag: "leaver" }));
+      expect(await c.until(() => c.data.includes("first"), PROMPT_MS)).toBe(true);
+      c.destroy();
+      const seen = up.since(mark).requests;
+      expect(seen.length).toBe(1);
+      up.resetResponder();
+      await sleep(20);
+      for (let i = 0; i < 3; i++) {
+        const k = await open();
+        k.write(request({ tag: `next-${i}` }));
+        const e = echoOf(await k.next(PROMPT_MS));
+        expect(e.tag).toBe(`next-${i}`);
+        expect(e.conn).not.toBe(seen[0]!.conn.id);
+        await sleep(50);
+        expect(k.data.includes("LEFTOVER")).toBe(false);
+        k.destroy();
+      }
+      expect(await closedWithin(seen[0]!.conn, 2_000), "the replica's socket is dropped").toBe(true);
+      expect(seen[0]!.conn.requests.length, "nothing else was sent on it").toBe(1);
+    });
+
+    it("a response relayed to a slow reader: its replica socket is pooled readable (next request answered)", async () => {
+      // The client reads slowly, so the ingress meets backpressure on the last chunks of the response too.
+      // A socket paused for backpressure must not go back to the pool paused: the next request on it would
+      // hang until predictTimeout (the 1-in-200 hang of PERFORMANCE-NOTES.md).
+      const big = Buffer.alloc(1_500_000, "s");
+      up.respond = (_req, conn) => {
+        conn.socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${big.length}\r\n\r\n`);
+        conn.socket.write(big);
+      };
+      const mark = up.mark();
+      const slow = await open();
+      slow.throttleMs = 8;
+      slow.write(request({ tag: "slow-reader" }));
+      const r = await slow.next(10_000);
+      expect(r?.status).toBe(200);
+      expect(r!.body.length).toBe(big.length);
+      slow.destroy();
+      const first = up.since(mark).requests[0]!;
+      up.resetResponder();
+      for (let i = 0; i < 3; i++) {
+        const c = await open();
+        const t0 = performance.now();
+        c.write(request({ tag: `after-slow-${i}` }));
+        const e = await c.next(2_500);
+        expect(e, `answered promptly (${Math.round(performance.now() - t0)} ms)`).toBeTruthy();
+        const body = echoOf(e);
+        expect(body.tag).toBe(`after-slow-${i}`);
+        if (body.conn === first.conn.id) note(`slow reader: replica socket ${first.conn.id} reused`);
+        c.destroy();
+      }
+    }, 20_000);
+
+    it("a burst: 300 requests over 20 keep-alive clients, 10% leaving mid-response; none hangs", async () => {
+      const BIG = 150_000;
+      const base = echo("up-a");
+      const slow = slowStream(12, 25);
+      up.respond = (req, conn) => {
+        switch (field(req.headers, "x-resp")) {
+          case "slow":
+            slow(req, conn);
+            return;
+          case "chunked": {
+            const body = JSON.stringify({
+              up: "up-a",
+              conn: conn.id,
+              seq: req.seq,
+              tag: req.tag ?? null,
+              len: req.body.length,
+              sha: sha256(req.body),
+            });
+            const half = body.length >> 1;
+            conn.socket.write(
+              `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${half.toString(16)}\r\n${body.slice(0, half)}\r\n`,
+            );
+            setTimeout(() => {
+              if (!conn.socket.destroyed)
+                conn.socket.write(`${(body.length - half).toString(16)}\r\n${body.slice(half)}\r\n0\r\n\r\n`);
+            }, 5);
+            return;
+          }
+          case "big": {
+            const body = Buffer.concat([
+              Buffer.from(
+                `${JSON.stringify({ up: "up-a", conn: conn.id, seq: req.seq, tag: req.tag ?? null, len: req.body.length, sha: sha256(req.body) })}\n`,
+              ),
+              Buffer.alloc(BIG, "b"),
+            ]);
+            conn.socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`);
+            conn.socket.write(body);
+            return;
+          }
+          default:
+            base(req, conn);
+        }
+      };
+      const mark = up.mark();
+      const CLIENTS = 20;
+      const PER = 15;
+      const expected = new Map<string, string>();
+      const aborted = new Set<string>();
+      let worst = 0;
+      const started = performance.now();
+      /** Where a request went upstream, for the failure message of a hang. */
+      const trace = (tag: string): string => {
+        const rs = up.since(mark).requests.filter((r) => r.tag === tag);
+        if (rs.length === 0) {
+          const partial = up.conns.filter((k) => k.received.includes(`x-tag: ${tag}\r\n`));
+          return `no complete request upstream; partial on conns ${partial.map((k) => `${k.id}(closed=${k.closed}, ${k.received.length} B)`).join(" ")}`;
+        }
+        return rs
+          .map(
+            (r) =>
+              `upstream conn ${r.conn.id} seq ${r.seq} (closed=${r.conn.closed}; conn carried ${r.conn.requests.map((q) => q.tag).join(",")})`,
+          )
+          .join("; ");
+      };
+      const runClient = async (ci: number): Promise<void> => {
+        const leaver = ci % 10 === 3; // 2 of 20 clients leave mid-response on some requests
+        let c = await open();
+        for (let k = 0; k < PER; k++) {
+          if (c.closed) c = await open();
+          const tag = `b${ci}-${k}`;
+          const kind = (ci + k) % 4;
+          let body: Buffer;
+          let bytes: Buffer;
+          const resp = leaver && k % 3 === 1 ? "slow" : ["cl", "chunked", "big", "cl"][(ci * 3 + k) % 4]!;
+          const headers = [`x-resp: ${resp}`];
+          if (kind === 0) {
+            body = Buffer.alloc(0);
+            bytes = request({ tag, headers });
+          } else if (kind === 1) {
+            body = Buffer.from(`small-${tag}-${"s".repeat((ci * 31 + k * 17) % 500)}`);
+            bytes = request({ tag, headers, body });
+          } else if (kind === 2) {
+            body = Buffer.alloc(100_000, tag.charCodeAt(1));
+            bytes = request({ tag, headers, body });
+          } else {
+            const p = Buffer.from(`chunk-${tag}-`.repeat(50));
+            body = Buffer.concat([p, p, p]);
+            bytes = request({ tag, headers, chunks: [p, p, p] });
+          }
+          expected.set(tag, sha256(body));
+          const t0 = performance.now();
+          c.write(bytes);
+          if (resp === "slow") {
+            const ok = await c.until(() => c.data.includes("first"), 5_000);
+            expect(ok, `${tag}: the slow response started`).toBe(true);
+            c.destroy();
+            aborted.add(tag);
+            c = await open();
+            continue;
+          }
+          const r = await c.next(5_000);
+          worst = Math.max(worst, performance.now() - t0);
+          expect(r, `${tag}: answered within 5 s; ${trace(tag)}`).toBeTruthy();
+          expect(r!.status, `${tag}: ${r!.body.toString("latin1").slice(0, 120)}; ${trace(tag)}`).toBe(200);
+          const text = r!.body.toString("latin1");
+          const nl = text.indexOf("\n");
+          const e = JSON.parse(nl < 0 ? text : text.slice(0, nl)) as EchoBody;
+          expect(e.tag).toBe(tag);
+          expect(e.sha).toBe(expected.get(tag));
+          if (resp === "big") expect(r!.body.length - nl - 1).toBe(BIG);
+        }
+        c.destroy();
+      };
+      await Promise.all(Array.from({ length: CLIENTS }, (_, ci) => runClient(ci)));
+      const elapsed = performance.now() - started;
+      note(`burst: ${CLIENTS * PER} requests in ${Math.round(elapsed)} ms, slowest ${Math.round(worst)} ms`);
+      expect(elapsed).toBeLessThan(20_000);
+      const seen = up.since(mark).requests;
+      const byTag = new Map<string, UpRequest[]>();
+      for (const r of seen) byTag.set(r.tag!, [...(byTag.get(r.tag!) ?? []), r]);
+      expect(aborted.size).toBeGreaterThan(0);
+      for (const [tag, sha] of expected) {
+        const rs = byTag.get(tag) ?? [];
+        expect(rs.length, `${tag} reached the replica once`).toBe(1);
+        expect(sha256(rs[0]!.body)).toBe(sha);
+      }
+      // Every socket that carried an abandoned response was dropped, never reused.
+      for (const tag of aborted) {
+        const conn = byTag.get(tag)![0]!.conn;
+        expect(await closedWithin(conn, 2_000), `${tag}'s replica socket closed`).toBe(true);
+        expect(conn.requests.at(-1)!.tag, `${tag}'s socket carried nothing after it`).toBe(tag);
+      }
+    }, 40_000);
+  });
+
+  // -------------------------------------------------------------------------------------------------------
+  describe("timeouts and limits", () => {
+    it("slowloris (headers trickled in): 408 and close, after headersTimeout", async () => {
+      const mark = up.mark();
+      const c = await open();
+      const t0 = performance.now();
+      c.write(`POST /predict HTTP/1.1\r\nHost: ${HOST}\r\n`);
+      const trickle = setInterval(() => c.write("X-Slow: a\r\n"), 150);
+      try {
+        expect(await c.waitClosed(LIMITS.headersTimeoutMs + 3_000)).toBe(true);
+      } finally {
+        clearInterval(trickle);
+      }
+      const dt = performance.now() - t0;
+      expect(dt).toBeGreaterThanOrEqual(LIMITS.headersTimeoutMs - 100);
+      const { messages } = c.parsed();
+      expect(messages.length).toBe(1);
+      expectIngressAnswer(messages[0], 408, "request_timeout");
+      expect(up.since(mark).bytes.length).toBe(0);
+    });
+
+    it("a body never finished: 408 or close within requestTimeout, nothing complete upstream", async () => {
+      const mark = up.mark();
+      const c = await open();
+      const t0 = performance.now();
+      c.write(`${PRE}x-tag: unfinished\r\nContent-Length: 100\r\n\r\n0123456789`);
+      expect(await c.waitClosed(LIMITS.requestTimeoutMs + 3_000)).toBe(true);
+      const dt = performance.now() - t0;
+      expect(dt).toBeGreaterThanOrEqual(LIMITS.requestTimeoutMs - 100);
+      const { messages } = c.parsed();
+      expect(messages.length).toBeLessThanOrEqual(1);
+      if (messages.length === 1) expectIngressAnswer(messages[0], 408, "request_timeout");
+      else note("unfinished body: closed without a 408");
+      expect(up.since(mark).requests).toEqual([]);
+    });
+
+    it("a streamed body never finished: closed within requestTimeout, the replica never gets it whole", async () => {
+      const mark = up.mark();
+      const c = await open();
+      const t0 = performance.now();
+      c.write(`${PRE}x-tag: unfinished-big\r\nContent-Length: 200000\r\n\r\n`);
+      c.write(Buffer.alloc(100_000, "u"));
+      expect(await c.waitClosed(LIMITS.requestTimeoutMs + 3_000)).toBe(true);
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(LIMITS.requestTimeoutMs - 100);
+      const { messages } = c.parsed();
+      if (messages.length === 1) expectIngressAnswer(messages[0], 408, "request_timeout");
+      const got = up.since(mark);
+      expect(got.requests).toEqual([]);
+      for (const conn of got.conns) expect(await closedWithin(conn, 2_000)).toBe(true);
+    });
+
+    it("an idle keep-alive connection is closed after keepAliveTimeout", async () => {
+      const c = await open();
+      c.write(request({ tag: "idle" }));
+      expect(echoOf(await c.next(PROMPT_MS)).tag).toBe("idle");
+      const t0 = performance.now();
+      expect(await c.waitClosed(LIMITS.keepAliveTimeoutMs + 3_000)).toBe(true);
+      const dt = performance.now() - t0;
+      expect(dt).toBeGreaterThanOrEqual(LIMITS.keepAliveTimeoutMs - 300);
+      expect(c.data.length, "nothing sent on an idle close").toBe(0);
+    });
+
+    it("a declared Content-Length over the limit: 413 before the body is sent, nothing upstream", async () => {
+      const mark = up.mark();
+      const c = await open();
+      c.write(`${PRE}x-tag: too-big\r\nContent-Length: ${LIMIT + 1}\r\n\r\n`);
+      const r = await c.next(PROMPT_MS);
+      expectIngressAnswer(r, 413, "payload_too_large");
+      expect(field(r!.headers, "connection")?.toLowerCase()).toBe("close");
+      expect(await c.waitClosed(PROMPT_MS)).toBe(true);
+      expect(up.since(mark).bytes.length).toBe(0);
+    });
+
+    it("a chunked body growing past the limit: 413 with connection: close; the replica gets at most ~limit", async () => {
+      const mark = up.mark();
+      const c = await open();
+      c.write(`${PRE}x-tag: chunked-too-big\r\nTransfer-Encoding: chunked\r\n\r\n`);
+      const piece = Buffer.alloc(64 * 1024, "g");
+      const frame = Buffer.concat([
+        Buffer.from(`${piece.length.toString(16)}\r\n`),
+        piece,
+        Buffer.from("\r\n"),
+      ]);
+      let sent = 0;
+      while (c.data.length === 0 && !c.closed && sent < LIMIT * 3) {
+        await c.writeAsync(frame);
+        sent += piece.length;
+      }
+      await c.until(() => c.closed || c.finals().length > 0, PROMPT_MS);
+      const [r] = c.finals();
+      expectIngressAnswer(r, 413, "payload_too_large");
+      expect(field(r!.headers, "connection")?.toLowerCase()).toBe("close");
+      expect(await c.waitClosed(PROMPT_MS)).toBe(true);
+      const got = up.since(mark);
+      expect(got.requests, "no complete request upstream").toEqual([]);
+      expect(got.bytes.length).toBeLessThanOrEqual(LIMIT + 128 * 1024);
+      for (const conn of got.conns) expect(await closedWithin(conn, 2_000)).toBe(true);
+    });
+
+    it("headers over maxHeaderBytes: 431 and close", async () => {
+      const mark = up.mark();
+      const c = await open();
+      c.write(`${PRE}X-Big: ${"h".repeat(LIMITS.maxHeaderBytes + 1024)}\r\nContent-Length: 0\r\n\r\n`);
+      expect(await c.waitClosed(PROMPT_MS)).toBe(true);
+      const { messages } = c.parsed();
+      expect(messages.length).toBe(1);
+      expectIngressAnswer(messages[0], 431, "headers_too_large");
+      expect(up.since(mark).bytes.length).toBe(0);
+    });
+
+    it("many small headers over maxHeaderBytes: 431", async () => {
+      const c = await open();
+      const lines = Array.from({ length: 400 }, (_, i) => `X-H${i}: ${"v".repeat(20)}`).join("\r\n");
+      c.write(`${PRE}${lines}\r\nContent-Length: 0\r\n\r\n`);
+      expect(await c.waitClosed(PROMPT_MS)).toBe(true);
+      expectIngressAnswer(c.parsed().messages[0], 431, "headers_too_large");
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------------------
+  describe("retries", () => {
+    it("a replica refusing connections: served by the next one", async () => {
+      const dead = `127.0.0.1:${await closedPort()}`;
+      endpoints = [dead, up.endpoint];
+      for (let i = 0; i < 4; i++) {
+        const mark = up.mark();
+        const c = await open();
+        c.write(request({ tag: `retry-${i}`, body: `body-${i}` }));
+        const e = echoOf(await c.next(PROMPT_MS));
+        expect(e.tag).toBe(`retry-${i}`);
+        const seen = up.since(mark).requests;
+        expect(seen.length).toBe(1);
+        expectCleanUpstreamRequest(seen[0]!, Buffer.from(`body-${i}`));
+        c.destroy();
+      }
+    });
+
+    it("a replica that reads the request then resets: 502, never retried elsewhere", async () => {
+      up2.respond = (_req, conn) => conn.socket.resetAndDestroy();
+      endpoints = [up2.endpoint, up.endpoint];
+      let resets = 0;
+      for (let i = 0; i < 4; i++) {
+        const tag = `reset-${i}`;
+        const m1 = up.mark();
+        const m2 = up2.mark();
+        const c = await open();
+        c.write(request({ tag, body: "{}" }));
+        const r = await c.next(PROMPT_MS);
+        const atA = up.since(m1).requests.filter((q) => q.tag === tag).length;
+        const atB = up2.since(m2).requests.filter((q) => q.tag === tag).length;
+        if (atB > 0) {
+          resets++;
+          expectIngressAnswer(r, 502, "replica_failed");
+          expect(atA, "the request went to a second replica").toBe(0);
+        } else {
+          expect(echoOf(r).tag).toBe(tag);
+          expect(atA).toBe(1);
+        }
+        c.destroy();
+      }
+      expect(resets).toBeGreaterThan(0);
+    });
+
+    it("a replica that reads a streamed body then resets: 502, never retried elsewhere", async () => {
+      up2.respond = (_req, conn) => conn.socket.resetAndDestroy();
+      endpoints = [up2.endpoint];
+      const m1 = up.mark();
+      const c = await open();
+      c.write(request({ tag: "reset-streamed", chunks: [Buffer.alloc(80_000, "r")] }));
+      expectIngressAnswer(await c.next(PROMPT_MS), 502, "replica_failed");
+      expect(up.since(m1).requests.length).toBe(0);
+      c.destroy();
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------------------
+  describe("connection management", () => {
+    it("a client that half-closes after its request: the whole response, or a clean abort (499)", async () => {
+      // RFC 9112 leaves it open: a FIN may be a half-close (answer, then close) or the client leaving, as
+      // node:http and nginx take it (docs/gateway.md, "Client close"). Either way nothing half-done.
+      const base = echo("up-a");
+      up.respond = (req, conn) => setTimeout(() => base(req, conn), 150);
+      const mark = up.mark();
+      const c = await open();
+      c.write(request({ tag: "half-close", body: "payload" }));
+      c.end();
+      expect(await c.waitClosed(PROMPT_MS)).toBe(true);
+      const { messages, rest } = c.parsed();
+      expect(rest, "no partial answer").toBeNull();
+      if (messages.length === 1) {
+        note("half-close: answered in full");
+        expect(echoOf(messages[0]).sha).toBe(sha256("payload"));
+      } else {
+        expect(c.data.length).toBe(0);
+        // The upstream call was cancelled: if the request went out at all, its socket is dropped, never
+        // returned to the pool (the replica answers 150 ms late, so a socket in use is still in use).
+        await sleep(300);
+        const seen = up.since(mark).requests.filter((r) => r.tag === "half-close");
+        note(
+          `half-close: taken as the client leaving (the request ${seen.length > 0 ? "still reached" : "never reached"} the replica)`,
+        );
+        for (const r of seen) expect(await closedWithin(r.conn, 2_000)).toBe(true);
+      }
+    });
+
+    it("HTTP/1.0 without keep-alive: answered (never chunked), then closed", async () => {
+      up.respond = (req, conn) => {
+        const body = `{"tag":"${req.tag}"}`;
+        conn.socket.write(
+          `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`,
+        );
+      };
+      const mark = up.mark();
+      const c = await open();
+      c.write(request({ tag: "http10", version: "1.0", body: "ten" }));
+      expect(await c.waitClosed(PROMPT_MS), "closed after the answer").toBe(true);
+      const { messages, rest } = c.parsed();
+      expect(rest).toBeNull();
+      expect(messages.length).toBe(1);
+      const r = messages[0]!;
+      expect(r.startLine).toMatch(/^HTTP\/1\.[01] 200 /);
+      expect(fieldValues(r.headers, "transfer-encoding"), "no chunked coding to a 1.0 client").toEqual([]);
+      expect(r.body.toString()).toBe('{"tag":"http10"}');
+      const seen = up.since(mark).requests.filter((q) => q.tag === "http10");
+      expect(seen.length).toBe(1);
+      expectCleanUpstreamRequest(seen[0]!, Buffer.from("ten"));
+    });
+
+    it("Expect: 100-continue with a bad key: 401, no 100, the body never reaches a replica", async () => {
+      const mark = up.mark();
+      const c = await open();
+      c.write(
+        `POST /predict HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Api-Key k-wrong\r\nx-tag: expect-bad\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n`,
+      );
+      const r = await c.next(PROMPT_MS);
+      expectIngressAnswer(r, 401, "unauthorized");
+      c.write("hello");
+      await sleep(100);
+      expect(up.since(mark).bytes.length).toBe(0);
+      c.destroy();
+    });
+
+    it("Expect: 100-continue over the body limit: 413, no 100, nothing upstream", async () => {
+      const mark = up.mark();
+      const c = await open();
+      c.write(`${PRE}x-tag: expect-big\r\nExpect: 100-continue\r\nContent-Length: ${LIMIT + 1}\r\n\r\n`);
+      const r = await c.next(PROMPT_MS);
+      expectIngressAnswer(r, 413, "payload_too_large");
+      expect(await c.waitClosed(PROMPT_MS)).toBe(true);
+      expect(up.since(mark).bytes.length).toBe(0);
+    });
+
+    itBug("expect-417-proof")(
+      "an unsupported Expect: 417 from the ingress (with its proof headers), nothing upstream",
+      async () => {
+        const mark = up.mark();
+        const c = await open();
+        c.write(`${PRE}x-tag: expect-odd\r\nExpect: something-else\r\nContent-Length: 5\r\n\r\nhello`);
+        const r = await c.next(PROMPT_MS);
+        expectIngressAnswer(r, 417);
+        await sleep(50);
+        expect(up.since(mark).bytes.length).toBe(0);
+        c.destroy();
+      },
+    );
+
+    it("Expect: 100-continue with a good key: 100 Continue, then the body, then 200", async () => {
+      const mark = up.mark();
+      const c = await open();
+      c.write(
+        `POST /predict HTTP/1.1\r\nHost: ${HOST}\r\n${AUTH}\r\nx-tag: expect-good\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n`,
+      );
+      const interim = await c.next(PROMPT_MS);
+      expect(interim?.startLine).toMatch(/^HTTP\/1\.1 100 /);
+      expect(up.since(mark).requests).toEqual([]);
+      c.write("hello");
+      const r = await c.next(PROMPT_MS);
+      expect(echoOf(r).sha).toBe(sha256("hello"));
+      const seen = up.since(mark).requests;
+      expect(seen.length).toBe(1);
+      expectCleanUpstreamRequest(seen[0]!, Buffer.from("hello"));
+      c.destroy();
+    });
+  });
+});
