@@ -32,7 +32,7 @@ export interface GatewayOptions {
   profileDir: string | null;
 }
 
-type Path = "direct" | "ingress" | "nginx" | "forwarded";
+type Path = "direct" | "ingress" | "ingress-http" | "nginx" | "forwarded";
 type Upstream = "minimal" | "serve-model";
 
 interface Cell {
@@ -117,8 +117,19 @@ export async function runGateway(o: GatewayOptions, log: (m: string) => void): P
       BENCH_INGRESS: JSON.stringify(hostConfig(us, usPort, null)),
     });
     started.push(usHost);
+    // The same eu-1 ingress on the node:http + undici fallback transport, for comparison.
+    const euHttpPort = await freePort();
+    const euHttpHost = startTs("ingress eu-1 (http transport)", "bench/ingress-host.ts", {
+      BENCH_INGRESS: JSON.stringify({
+        ...hostConfig(eu, euHttpPort, minimalEp),
+        auditDir: join(dir, "audit-eu-1-http"),
+        transport: "http",
+      }),
+    });
+    started.push(euHttpHost);
     await euHost.waitFor((l) => l.includes("bench ingress ready"));
     await usHost.waitFor((l) => l.includes("bench ingress ready"));
+    await euHttpHost.waitFor((l) => l.includes("bench ingress ready"));
 
     const nginxPort = await freePort();
     const nginx = await startNginx(nginxPort, [
@@ -139,6 +150,12 @@ export async function runGateway(o: GatewayOptions, log: (m: string) => void): P
             url: `http://127.0.0.1:${euPort}/predict`,
             host: regional(model),
             pids: [euHost.proc.pid!],
+          };
+        case "ingress-http":
+          return {
+            url: `http://127.0.0.1:${euHttpPort}/predict`,
+            host: regional(model),
+            pids: [euHttpHost.proc.pid!],
           };
         case "nginx":
           return {
@@ -161,7 +178,10 @@ export async function runGateway(o: GatewayOptions, log: (m: string) => void): P
         for (const path of ["direct", "ingress", "nginx"] as const) {
           cells.push({ upstream: "minimal", path, connections, body });
         }
-        if (body === "small") cells.push({ upstream: "minimal", path: "forwarded", connections, body });
+        if (body === "small") {
+          cells.push({ upstream: "minimal", path: "forwarded", connections, body });
+          cells.push({ upstream: "minimal", path: "ingress-http", connections, body });
+        }
       }
     }
     for (const connections of [1, 64]) {
@@ -278,7 +298,7 @@ function render(
       const direct = { ...base, path: "direct" as const };
       const nginx = { ...base, path: "nginx" as const };
       const paths: Path[] = ["direct", "ingress", "nginx"];
-      if (g.upstream === "minimal" && g.body === "small") paths.push("forwarded");
+      if (g.upstream === "minimal" && g.body === "small") paths.push("ingress-http", "forwarded");
       for (const path of paths) {
         const c = { ...base, path };
         const rps = med(c, (s) => s.rps);
@@ -288,9 +308,11 @@ function render(
             ? "(a) direct"
             : path === "ingress"
               ? "(b) Meridian ingress, regional"
-              : path === "nginx"
-                ? "(c) nginx"
-                : "Meridian standard endpoint, us-1 → eu-1 hop";
+              : path === "ingress-http"
+                ? "(b′) the same, on the node:http + undici fallback transport"
+                : path === "nginx"
+                  ? "(c) nginx"
+                  : "Meridian standard endpoint, us-1 → eu-1 hop";
         lines.push(
           `| ${connections} | ${label} | ${fmt(rps)} | ${fmt(p50)} | ${fmt(med(c, (s) => s.p99us))} | ${fmt(
             med(c, (s) => s.cpuPerReq),

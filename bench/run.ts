@@ -35,7 +35,7 @@ if (args.includes("--reassemble")) {
 
 const gatewayOptions: Omit<GatewayOptions, "profileDir"> = quick
   ? { runs: 1, durationS: 1 }
-  : { runs: 3, durationS: 3 };
+  : { runs: 5, durationS: 3 };
 const routingOptions: RoutingOptions = quick
   ? { models: 10_000, runs: 1, durationS: 1 }
   : { models: 100_000, runs: 3, durationS: 3 };
@@ -156,7 +156,7 @@ const generated = [
     ? [
         "## 1. Gateway overhead",
         "",
-        `Each cell: \`wrk -t1 -c{1|64} -d${gatewayOptions.durationS}s\` with a Lua script that POSTs the body with \`Host\` and \`Authorization: Api-Key …\` (keep-alive); ${gatewayOptions.runs} runs, interleaved (every cell once per round), the **median** reported; ratios are to the baseline of the same run. (a) is the upstream called directly; (b) is a Meridian ingress on the regional endpoint \`model-{id}-prod-eu.{domain}/predict\` doing everything it does per request (API-key hash lookup, Host parse and routing, x-request-id, proof headers, X-Forwarded-*, hop-by-hop stripping, one audit line, Prometheus metrics); (c) is nginx, one worker, \`proxy_pass\` to an upstream block with \`keepalive\`, routing by \`server_name\`, buffered access log. The standard endpoint row enters at us-1 (global ingress, no local replica), which forwards over a signed hop to eu-1. **The proxy baseline is the minimal node:http upstream**: it does almost nothing, so the difference is what the proxy costs; the \`serve-model\` rows show the same proxies in front of a real replica. CPU per request is utime+stime of the proxy process (both ingresses for the hop; nginx's worker) from /proc, divided by the requests wrk completed.`,
+        `Each cell: \`wrk -t1 -c{1|64} -d${gatewayOptions.durationS}s\` with a Lua script that POSTs the body with \`Host\` and \`Authorization: Api-Key …\` (keep-alive); ${gatewayOptions.runs} runs, interleaved (every cell once per round), the **median** reported; ratios are to the baseline of the same run. (a) is the upstream called directly; (b) is a Meridian ingress on the regional endpoint \`model-{id}-prod-eu.{domain}/predict\` doing everything it does per request (API-key hash lookup, Host parse and routing, x-request-id, proof headers, X-Forwarded-*, hop-by-hop stripping, one audit line, Prometheus metrics), on its default \`wire\` transport (node:net on Node's own llhttp, own upstream pool); (b′) is the same ingress on the node:http + undici fallback transport; (c) is nginx, one worker, \`proxy_pass\` to an upstream block with \`keepalive\`, routing by \`server_name\`, buffered access log. The standard endpoint row enters at us-1 (global ingress, no local replica), which forwards over a signed hop to eu-1. **The proxy baseline is the minimal node:http upstream**: it does almost nothing, so the difference is what the proxy costs; the \`serve-model\` rows show the same proxies in front of a real replica. CPU per request is utime+stime of the proxy process (both ingresses for the hop; nginx's worker) from /proc, divided by the requests wrk completed.`,
         gateway.markdown,
       ].join("\n")
     : "",

@@ -111,7 +111,9 @@ export type Gateway = ReturnType<typeof createGateway>;
 export function createGateway(options: IngressOptions, limits: IngressLimits) {
   const self = options.plane;
   const log: Logger = options.logger ?? pino({ level: "silent" });
-  const metrics: GatewayMetrics | null = options.registry ? createGatewayMetrics(options.registry) : null;
+  const metrics: GatewayMetrics | null = options.registry
+    ? createGatewayMetrics(options.registry, self.region)
+    : null;
   const audit: AuditSink | null = options.audit ?? null;
   const now = options.now ?? Date.now;
   const scheme: "http" | "https" = options.tls ? "https" : "http";
@@ -488,15 +490,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         error_code: ex.errorCode,
         aborted,
       });
-      metrics?.observe(
-        {
-          environment: ctx?.environment ?? "",
-          region: self.region,
-          hostname_form: ctx?.form ?? "unknown",
-          status_code: String(status),
-        },
-        latency / 1000,
-      );
+      metrics?.observe(ctx?.environment ?? "", ctx?.form ?? "unknown", status, latency / 1000);
       metrics?.inflight(-1);
       inflight--;
       if (inflight === 0) drained?.();

@@ -15,7 +15,8 @@ export interface RequestLabels {
 export type UpstreamFailure = "connect" | "reset" | "timeout" | "peer_unreachable";
 
 export interface GatewayMetrics {
-  observe(labels: RequestLabels, seconds: number): void;
+  /** One request answered (its environment, hostname form and status), and how long it took. */
+  observe(environment: string, form: string, status: number, seconds: number): void;
   malformed(reason: string): void;
   upstreamFailure(kind: UpstreamFailure): void;
   inflight(delta: number): void;
@@ -23,9 +24,16 @@ export interface GatewayMetrics {
 
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1200];
 
-export function createGatewayMetrics(registry: Registry): GatewayMetrics {
+/** `region` is the recording plane's: one ingress records one region. */
+export function createGatewayMetrics(registry: Registry, region: string): GatewayMetrics {
+  // environment → hostname form → status code → series: lookups by the strings and number at hand, with no
+  // key built per request.
+  const byEnvironment = new Map<string, Map<string, Map<number, Series>>>();
   const series = new Map<string, Series>();
-  registerRequestSeries(registry, series);
+  registerRequestSeries(registry, series, () => {
+    series.clear();
+    byEnvironment.clear();
+  });
   const malformed = new Counter({
     name: "meridian_ingress_malformed_requests_total",
     help: "Requests refused by the HTTP parser or its timeouts before routing.",
@@ -49,12 +57,23 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     },
   });
   return {
-    observe(labels, seconds) {
-      const key = `${labels.environment}\0${labels.region}\0${labels.hostname_form}\0${labels.status_code}`;
-      let s = series.get(key);
+    observe(environment, form, status, seconds) {
+      let byForm = byEnvironment.get(environment);
+      if (byForm === undefined) {
+        byForm = new Map();
+        byEnvironment.set(environment, byForm);
+      }
+      let byStatus = byForm.get(form);
+      if (byStatus === undefined) {
+        byStatus = new Map();
+        byForm.set(form, byStatus);
+      }
+      let s = byStatus.get(status);
       if (s === undefined) {
-        s = { labels: { ...labels }, count: 0, sum: 0, buckets: new Array<number>(BUCKETS.length).fill(0) };
-        series.set(key, s);
+        const labels = { environment, region, hostname_form: form, status_code: String(status) };
+        s = { labels, count: 0, sum: 0, buckets: new Array<number>(BUCKETS.length).fill(0) };
+        byStatus.set(status, s);
+        series.set(`${environment}\0${form}\0${status}`, s);
       }
       s.count++;
       s.sum += seconds;
@@ -96,7 +115,7 @@ interface Value {
  * `meridian_ingress_requests_total` and `meridian_ingress_request_duration_seconds`, rendered from the series
  * in the shape prom-client's own Counter and Histogram produce (metric objects with `get()`).
  */
-function registerRequestSeries(registry: Registry, series: Map<string, Series>): void {
+function registerRequestSeries(registry: Registry, series: Map<string, Series>, reset: () => void): void {
   const counter = "meridian_ingress_requests_total";
   const histogram = "meridian_ingress_request_duration_seconds";
   const counterHelp = "Inference requests answered by this plane's ingress.";
@@ -108,7 +127,7 @@ function registerRequestSeries(registry: Registry, series: Map<string, Series>):
       type,
       aggregator: "sum",
       get: async () => ({ name, help, type, aggregator: "sum", values: values() }),
-      reset: () => series.clear(),
+      reset,
     }) as unknown as Metric;
   registry.registerMetric(
     metric(counter, counterHelp, "counter", () =>
