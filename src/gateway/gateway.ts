@@ -6,7 +6,6 @@
 import { hash, randomUUID } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { type Logger, pino } from "pino";
-import type { Registry } from "prom-client";
 import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
 import { parseHost } from "../core/host.ts";
 import { decideRoute, indexSnapshot, type RouteContext, type RouteIndex } from "../core/routing.ts";
@@ -153,7 +152,26 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
   // Least-busy replica first (ties broken round-robin); the others follow as retry candidates.
   const busy = new Map<string, number>();
   let turn = 0;
-  function orderReplicas(endpoints: readonly string[]): string[] {
+  // A replica's target never changes: one object per endpoint, not one per request.
+  const replicaTargets = new Map<string, Target>();
+  function replicaTarget(endpoint: string): Target {
+    let t = replicaTargets.get(endpoint);
+    if (t === undefined) {
+      if (replicaTargets.size >= 10_000) replicaTargets.clear(); // replicas come and go; bound the cache
+      t = {
+        kind: "replica",
+        name: endpoint,
+        endpoint,
+        origin: `http://${endpoint}`,
+        path: REPLICA_PREDICT_PATH,
+        plane: null,
+      };
+      replicaTargets.set(endpoint, t);
+    }
+    return t;
+  }
+
+  function orderReplicas(endpoints: readonly string[]): Target[] {
     const n = endpoints.length;
     const start = turn++ % n;
     let best = start;
@@ -166,8 +184,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         bestBusy = b;
       }
     }
-    const out = [endpoints[best]!];
-    for (let k = 1; k < n; k++) out.push(endpoints[(best + k) % n]!);
+    const out = [replicaTarget(endpoints[best]!)];
+    for (let k = 1; k < n; k++) out.push(replicaTarget(endpoints[(best + k) % n]!));
     return out;
   }
 
@@ -266,7 +284,10 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
 
     const remote = head.remoteAddress;
     const trusted = ex.forwardedFrom !== null;
-    const forwarding = [
+    // The upstream headers: the end-to-end fields (the scan's own array; framing fields are never among
+    // them, the transport frames the body itself), then the forwarding fields.
+    const headers = scan.passthrough;
+    headers.push(
       PROOF.requestId,
       ex.requestId,
       "x-forwarded-for",
@@ -275,9 +296,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       trusted && scan.forwardedProto !== undefined ? scan.forwardedProto : scheme,
       "x-forwarded-host",
       trusted && scan.forwardedHost !== undefined ? scan.forwardedHost : (hostValue ?? ""),
-    ];
-    // Framing is the transport's: the Content-Length passed through is dropped and set again.
-    const passthrough = cl === undefined ? scan.passthrough : withoutContentLength(scan.passthrough);
+    );
 
     const forward: Forward = {
       kind: "forward",
@@ -291,16 +310,9 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     if (decision.kind === "serve") {
       const endpoints = options.localReplicas(decision.context.deploymentId);
       if (endpoints.length === 0) return refuse("model_unavailable", null, { region: self.region });
-      forward.targets = orderReplicas(endpoints).map((ep) => ({
-        kind: "replica",
-        name: ep,
-        endpoint: ep,
-        origin: `http://${ep}`,
-        path: REPLICA_PREDICT_PATH,
-        plane: null,
-      }));
+      forward.targets = orderReplicas(endpoints);
       // The API key stops at the ingress: model code never sees it.
-      forward.headers = passthrough.concat(forwarding);
+      forward.headers = headers;
     } else {
       forward.targets = orderPlanes(decision.planes).map((p) => ({
         kind: "plane",
@@ -311,8 +323,9 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         plane: p,
       }));
       // Host and Authorization pass unchanged: the receiving plane routes and authenticates by itself.
-      forward.headers = passthrough.concat(forwarding, ["host", hostValue ?? "", PROOF.route, self.name]);
-      if (scan.authorization !== undefined) forward.headers.push("authorization", scan.authorization);
+      headers.push("host", hostValue ?? "", PROOF.route, self.name);
+      if (scan.authorization !== undefined) headers.push("authorization", scan.authorization);
+      forward.headers = headers;
       forward.hop = { secret: idx.hopSecret };
     }
     return forward;
@@ -517,14 +530,6 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
           : "invalid_request";
     },
   };
-}
-
-function withoutContentLength(flat: string[]): string[] {
-  const kept: string[] = [];
-  for (let i = 0; i < flat.length; i += 2) {
-    if (flat[i] !== "content-length") kept.push(flat[i]!, flat[i + 1]!);
-  }
-  return kept;
 }
 
 // Requests arriving in the same millisecond share one ISO string (audit records).

@@ -38,9 +38,10 @@ export interface RequestHeaders {
   /** `Expect` is answered by the ingress itself (100-continue), never forwarded. */
   expect: string | undefined;
   /**
-   * The first Content-Length (still passed on) and whether Transfer-Encoding was sent: read here so the hot
-   * path never touches `req.headers`, which Node builds lazily from the raw array on first access.
-   * Node's strict parser has already refused CL+TE and conflicting Content-Lengths.
+   * The first Content-Length and whether Transfer-Encoding was sent, neither passed on (the transport frames
+   * the upstream body itself): read here so the hot path never touches `req.headers`, which Node builds
+   * lazily from the raw array on first access. llhttp has already refused CL+TE and conflicting
+   * Content-Lengths.
    */
   contentLength: string | undefined;
   transferEncoding: boolean;
@@ -112,7 +113,7 @@ export function scanRequestHeaders(raw: readonly string[]): RequestHeaders {
         continue;
       case "content-length":
         out.contentLength ??= value;
-        break;
+        continue;
       case "transfer-encoding":
         out.transferEncoding = true;
         continue;
