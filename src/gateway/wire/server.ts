@@ -31,7 +31,6 @@ import {
   K_ON_EXECUTE,
   K_ON_HEADERS,
   K_ON_HEADERS_COMPLETE,
-  K_ON_MESSAGE_BEGIN,
   K_ON_MESSAGE_COMPLETE,
   type ParseError,
   type Parser,
@@ -189,7 +188,9 @@ class ClientConn {
   private paused = false;
   /** The libuv handle the parser reads from directly (plain TCP), or null (TLS: `data` events). */
   private readonly handle: StreamHandle | null;
-  private corked = false;
+  /** Whether the read being parsed completed a request head, or ended a message. */
+  private sawHead = false;
+  private sawEnd = false;
   private closed = false;
   private drainWaiter: WireExchange | null = null;
   /** A request parsed in the current read, to start once the read is parsed whole. */
@@ -204,7 +205,6 @@ class ClientConn {
     const { P, limits } = ctx;
     const parser = P.create();
     parser.initialize(P.REQUEST, {}, limits.maxHeaderBytes, P.STRICT);
-    parser[K_ON_MESSAGE_BEGIN] = () => this.onMessageBegin();
     parser[K_ON_HEADERS] = (h, url) => {
       for (const x of h) this.pieces.push(x);
       this.piecesUrl += url;
@@ -238,6 +238,7 @@ class ClientConn {
     const r = this.parser.execute(chunk);
     if (typeof r !== "number") this.parseError(r.code);
     else if (r < chunk.length && !this.noMore) this.stopReading(); // an upgrade: the rest is not HTTP/1.1
+    this.noteRead();
     this.startPending();
     this.socket.uncork();
     this.updateReading();
@@ -257,27 +258,27 @@ class ClientConn {
 
   /** After the parser read from the handle by itself (see `consume`). */
   private afterExecute(r: number | ParseError): void {
+    this.socket.cork();
     if (typeof r !== "number") this.parseError(r.code);
+    this.noteRead();
     this.startPending();
-    if (this.corked) {
-      this.corked = false;
-      this.socket.uncork();
-    }
+    this.socket.uncork();
     this.updateReading();
   }
 
-  private onMessageBegin(): void {
-    if (this.handle !== null) {
-      if (!this.corked) {
-        this.corked = true;
-        this.socket.cork();
-      }
+  /**
+   * The headers timeout runs from the first read of a new request head. There is no parser callback per
+   * message begin (one C++ to JS call less per request): a read that neither completed a head nor ended a
+   * message, with no message being read, can only be the start of a head. Bytes of a new head that arrive
+   * in the same read as the end of the previous message are covered by the keep-alive timeout instead.
+   */
+  private noteRead(): void {
+    if (!this.sawHead && !this.sawEnd && this.reading === null && this.headStart === 0 && !this.noMore) {
+      this.headStart = Date.now();
+      this.idleSince = 0;
     }
-    if (this.noMore) return;
-    const now = Date.now();
-    this.headStart = now;
-    this.messageStart = now;
-    this.idleSince = 0;
+    this.sawHead = false;
+    this.sawEnd = false;
   }
 
   private onHeadersComplete(
@@ -293,7 +294,10 @@ class ClientConn {
     const target = url ?? this.piecesUrl;
     this.pieces = [];
     this.piecesUrl = "";
+    this.sawHead = true;
     this.headStart = 0;
+    this.idleSince = 0;
+    this.messageStart = Date.now();
     if (this.noMore) return 0;
     if (major !== 1) {
       // HTTP/0.9 (a request line without a version) and any other major version: not HTTP/1.x.
@@ -363,6 +367,7 @@ class ClientConn {
   }
 
   private onMessageComplete(): void {
+    this.sawEnd = true;
     const ex = this.reading;
     this.reading = null;
     if (ex === null) return;
