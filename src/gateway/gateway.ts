@@ -4,6 +4,8 @@
 // the bytes: reading requests, writing responses, calling upstreams.
 
 import { hash, randomUUID } from "node:crypto";
+import { STATUS_CODES } from "node:http";
+import type { AddressInfo, Server } from "node:net";
 import { performance } from "node:perf_hooks";
 import { type Logger, pino } from "pino";
 import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
@@ -521,15 +523,58 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       });
     },
 
-    /** The answer to a request the parser refused, for a transport to write before closing. */
-    parseErrorCode(code: string | undefined): ErrorCode {
-      return code === "HPE_HEADER_OVERFLOW"
-        ? "headers_too_large"
-        : code === "ERR_HTTP_REQUEST_TIMEOUT"
-          ? "request_timeout"
-          : "invalid_request";
+    /** The answer to a request the parser refused (by its `HPE_*` or timeout code), whole, then close. */
+    parseErrorAnswer(parserCode: string | undefined): string {
+      const code: ErrorCode =
+        parserCode === "HPE_HEADER_OVERFLOW"
+          ? "headers_too_large"
+          : parserCode === "ERR_HTTP_REQUEST_TIMEOUT"
+            ? "request_timeout"
+            : "invalid_request";
+      return bareErrorAnswer(code, self);
     },
   };
+}
+
+/** An error answer outside any request (no route, no deployment), with the proof headers; closes. */
+export function bareErrorAnswer(code: ErrorCode, self: { name: string; region: string }): string {
+  const body = JSON.stringify(errorBody(code));
+  const status = errorStatus(code);
+  return (
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\n` +
+    `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n` +
+    `date: ${httpDate()}\r\n${PROOF.requestId}: ${randomUUID()}\r\n${PROOF.region}: ${self.region}\r\n` +
+    `${PROOF.plane}: ${self.name}\r\n${PROOF.deploymentId}: -\r\n${PROOF.route}: ${self.name}\r\n\r\n${body}`
+  );
+}
+
+/** Starts listening; resolves with the bound address, rejects if the address is taken. */
+export async function listenOn(
+  server: Server,
+  listen: { host: string; port: number },
+): Promise<{ host: string; port: number }> {
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(listen.port, listen.host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const a = server.address() as AddressInfo;
+  return { host: a.address, port: a.port };
+}
+
+// The Date header, computed once per second.
+let dateSecond = 0;
+let dateText = "";
+export function httpDate(): string {
+  const now = Date.now();
+  const s = Math.floor(now / 1000);
+  if (s !== dateSecond) {
+    dateSecond = s;
+    dateText = new Date(now).toUTCString();
+  }
+  return dateText;
 }
 
 // Requests arriving in the same millisecond share one ISO string (audit records).

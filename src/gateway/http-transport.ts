@@ -1,15 +1,20 @@
 // The node:http transport of the ingress (the fallback; see ingress.ts): node:http in front, undici
 // `dispatch` with raw header arrays behind (PERFORMANCE-NOTES.md). The decisions are the gateway's.
 
-import { randomUUID } from "node:crypto";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
-import type { AddressInfo, Socket } from "node:net";
+import type { Socket } from "node:net";
 import type { Readable } from "node:stream";
 import { Agent, type Dispatcher } from "undici";
-import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
-import { createGateway, type Exchange, type Forward, type Gateway, type Refusal, refuse } from "./gateway.ts";
-import { PROOF } from "./headers.ts";
+import {
+  createGateway,
+  type Exchange,
+  type Forward,
+  type Gateway,
+  listenOn,
+  type Refusal,
+  refuse,
+} from "./gateway.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "./ingress.ts";
 
 class ClientGone extends Error {
@@ -228,15 +233,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       socket.destroy();
       return;
     }
-    const code: ErrorCode = gw.parseErrorCode(err.code);
-    const body = JSON.stringify(errorBody(code));
-    const status = errorStatus(code);
-    socket.end(
-      `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ""}\r\n` +
-        `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n` +
-        `${PROOF.requestId}: ${randomUUID()}\r\n${PROOF.region}: ${self.region}\r\n${PROOF.plane}: ${self.name}\r\n` +
-        `${PROOF.deploymentId}: -\r\n${PROOF.route}: ${self.name}\r\n\r\n${body}`,
-    );
+    socket.end(gw.parseErrorAnswer(err.code));
     socket.destroySoon();
   });
 
@@ -249,16 +246,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       return address;
     },
     async start() {
-      const listen = options.listen ?? { host: "127.0.0.1", port: 0 };
-      await new Promise<void>((resolve, reject) => {
-        server.once("error", reject);
-        server.listen(listen.port, listen.host, () => {
-          server.off("error", reject);
-          resolve();
-        });
-      });
-      const a = server.address() as AddressInfo;
-      address = { host: a.address, port: a.port };
+      address = await listenOn(server, options.listen ?? { host: "127.0.0.1", port: 0 });
       log.info(
         { plane: self.name, region: self.region, ...address, scheme: gw.scheme, transport: "http" },
         "ingress listening",

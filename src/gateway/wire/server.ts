@@ -12,18 +12,19 @@
 
 import { randomUUID } from "node:crypto";
 import { STATUS_CODES } from "node:http";
-import net, { type AddressInfo } from "node:net";
+import net from "node:net";
 import tls from "node:tls";
-import { errorBody, errorStatus } from "../../core/errors.ts";
 import {
+  bareErrorAnswer,
   createGateway,
   type Exchange,
   type Forward,
   type Gateway,
+  httpDate,
+  listenOn,
   type Refusal,
   refuse,
 } from "../gateway.ts";
-import { PROOF } from "../headers.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "../ingress.ts";
 import {
   consumable,
@@ -129,18 +130,9 @@ export function createWireIngress(options: IngressOptions, limits: IngressLimits
       return address;
     },
     async start() {
-      const listen = options.listen ?? { host: "127.0.0.1", port: 0 };
-      await new Promise<void>((resolve, reject) => {
-        server.once("error", reject);
-        server.listen(listen.port, listen.host, () => {
-          server.off("error", reject);
-          resolve();
-        });
-      });
+      address = await listenOn(server, options.listen ?? { host: "127.0.0.1", port: 0 });
       timer = setInterval(tick, Math.min(1_000, limits.headersTimeoutMs, limits.keepAliveTimeoutMs) / 2);
       timer.unref();
-      const a = server.address() as AddressInfo;
-      address = { host: a.address, port: a.port };
       log.info(
         { plane: self.name, region: self.region, ...address, scheme: gw.scheme, transport: "wire" },
         "ingress listening",
@@ -183,8 +175,8 @@ class ClientConn {
   private idleSince = 0;
   /** No more requests are read: after an error, `Connection: close`, an upgrade, or a shutdown. */
   private noMore = false;
-  /** A parse error to answer once the requests before it are answered. */
-  private pendingError: Refusal | null = null;
+  /** A parse error's answer, written once the requests before it are answered. */
+  private pendingError: string | null = null;
   private paused = false;
   /** The libuv handle the parser reads from directly (plain TCP), or null (TLS: `data` events). */
   private readonly handle: StreamHandle | null;
@@ -404,8 +396,8 @@ class ClientConn {
   private refuseConnection(code: string): void {
     const { gw } = this.ctx;
     this.noMore = true;
-    if (this.queue.length === 0) this.writeBareError(refuse(gw.parseErrorCode(code)));
-    else this.pendingError = refuse(gw.parseErrorCode(code));
+    if (this.queue.length === 0) this.writeBareError(gw.parseErrorAnswer(code));
+    else this.pendingError = gw.parseErrorAnswer(code);
   }
 
   /**
@@ -789,22 +781,13 @@ class ClientConn {
   }
 
   /** A parse error after everything before it was answered, then close. */
-  private writeBareError(r: Refusal): void {
+  private writeBareError(answer: string): void {
     this.pendingError = null;
     if (this.closed || !this.socket.writable) {
       this.destroy();
       return;
     }
-    const { gw } = this.ctx;
-    const body = JSON.stringify(errorBody(r.code));
-    const status = errorStatus(r.code);
-    this.socket.write(
-      `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\n` +
-        `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n` +
-        `date: ${httpDate()}\r\n${PROOF.requestId}: ${randomUUID()}\r\n${PROOF.region}: ${gw.self.region}\r\n` +
-        `${PROOF.plane}: ${gw.self.name}\r\n${PROOF.deploymentId}: -\r\n${PROOF.route}: ${gw.self.name}\r\n\r\n${body}`,
-      "latin1",
-    );
+    this.socket.write(answer, "latin1");
     this.endConnection();
   }
 
@@ -866,7 +849,7 @@ class ClientConn {
       this.failExchange(ex, "invalid_request");
       return;
     }
-    if (this.queue.length === 0) this.writeBareError(refuse("request_timeout"));
+    if (this.queue.length === 0) this.writeBareError(bareErrorAnswer("request_timeout", this.ctx.gw.self));
   }
 }
 
@@ -942,17 +925,4 @@ function hasExpectContinue(raw: readonly string[]): boolean {
 function hasContentLength(headers: readonly string[]): boolean {
   for (let i = 0; i < headers.length; i += 2) if (headers[i] === "content-length") return true;
   return false;
-}
-
-// The Date header, computed once per second.
-let dateSecond = 0;
-let dateText = "";
-function httpDate(): string {
-  const now = Date.now();
-  const s = Math.floor(now / 1000);
-  if (s !== dateSecond) {
-    dateSecond = s;
-    dateText = new Date(now).toUTCString();
-  }
-  return dateText;
 }
