@@ -234,3 +234,25 @@ export function consumable(socket: net.Socket): StreamHandle | null {
   if (typeof handle.readStart !== "function" || typeof handle.readStop !== "function") return null;
   return handle;
 }
+
+/**
+ * Feeds a socket to its parser: on plain TCP the parser reads the libuv handle itself (`consume`, as
+ * node:http's server does: no stream in between) and `afterExecute` follows each read; otherwise (TLS)
+ * `data` events go to `onData`. Returns the consumed handle, for `readStop`/`readStart`, or null.
+ */
+export function feedParser(
+  socket: net.Socket,
+  parser: Parser,
+  afterExecute: (result: number | ParseError) => void,
+  onData: (chunk: Buffer) => void,
+): StreamHandle | null {
+  const handle = consumable(socket);
+  if (handle === null) {
+    socket.on("data", onData);
+    return null;
+  }
+  handle._consumed = true;
+  parser.consume(handle);
+  parser[K_ON_EXECUTE] = afterExecute;
+  return handle;
+}

@@ -27,9 +27,8 @@ import {
 } from "../gateway.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "../ingress.ts";
 import {
-  consumable,
+  feedParser,
   K_ON_BODY,
-  K_ON_EXECUTE,
   K_ON_HEADERS,
   K_ON_HEADERS_COMPLETE,
   K_ON_MESSAGE_COMPLETE,
@@ -206,15 +205,12 @@ class ClientConn {
     parser[K_ON_BODY] = (chunk) => this.onBody(chunk);
     parser[K_ON_MESSAGE_COMPLETE] = () => this.onMessageComplete();
     this.parser = parser;
-    this.handle = consumable(socket);
-    if (this.handle !== null) {
-      // As node:http's server does: the parser reads the socket in C++, with no stream in between.
-      this.handle._consumed = true;
-      parser.consume(this.handle);
-      parser[K_ON_EXECUTE] = (r) => this.afterExecute(r);
-    } else {
-      socket.on("data", (chunk: Buffer) => this.onData(chunk));
-    }
+    this.handle = feedParser(
+      socket,
+      parser,
+      (r) => this.afterExecute(r),
+      (chunk) => this.onData(chunk),
+    );
     socket.on("end", () => this.onEnd());
     socket.on("error", () => this.onClose());
     socket.on("close", () => this.onClose());

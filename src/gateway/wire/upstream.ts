@@ -7,9 +7,8 @@ import net from "node:net";
 import tls from "node:tls";
 import type { IngressOptions } from "../ingress.ts";
 import {
-  consumable,
+  feedParser,
   K_ON_BODY,
-  K_ON_EXECUTE,
   K_ON_HEADERS,
   K_ON_HEADERS_COMPLETE,
   K_ON_MESSAGE_BEGIN,
@@ -94,15 +93,12 @@ class Conn {
       this.call?.onMessageComplete();
     };
     this.parser = parser;
-    this.handle = consumable(socket);
-    if (this.handle !== null) {
-      // The parser reads the socket in C++ (as node:http's server reads its own), no stream in between.
-      this.handle._consumed = true;
-      parser.consume(this.handle);
-      parser[K_ON_EXECUTE] = (r) => this.afterExecute(r);
-    } else {
-      socket.on("data", (chunk: Buffer) => this.onData(chunk));
-    }
+    this.handle = feedParser(
+      socket,
+      parser,
+      (r) => this.afterExecute(r),
+      (chunk) => this.onData(chunk),
+    );
     socket.on("end", () => this.onEnd());
     socket.on("error", (err: NodeJS.ErrnoException) => this.onClose(err.code ?? "ECONNRESET", err.message));
     socket.on("close", () => this.onClose("ECONNRESET", "upstream closed the connection"));
