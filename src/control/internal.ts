@@ -229,6 +229,8 @@ export async function buildPlaneSnapshot(
           model_id: d.model_id,
           environment: servingEnv.get(d.id) ?? null,
           artifact: { key: a.sha256, sha256: a.sha256, size: Number(a.size) },
+          // Until environment groups carry an egress policy, every replica may reach the network.
+          egress: "allow" as const,
         },
       ];
     });

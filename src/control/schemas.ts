@@ -251,6 +251,15 @@ export const planeReportBody = {
   properties: {
     revision: { type: "integer", minimum: 0 },
     admin_url: nullable({ type: "string", maxLength: 2048, pattern: "^https?://[^/?#\\s]+$" }),
+    sandbox: {
+      type: "object",
+      additionalProperties: false,
+      required: ["mode", "detail"],
+      properties: {
+        mode: { type: "string", enum: ["bwrap", "none", "unavailable"] },
+        detail: nullable({ type: "string", maxLength: 4096 }),
+      },
+    },
     replicas: {
       type: "array",
       maxItems: 100000,

@@ -46,6 +46,19 @@ export const STANDARD_ENDPOINT_POLICIES = ["allow", "warn", "deny"] as const;
 /** What the standard endpoint does for an environment whose group is region-restricted (DESIGN.md §2.3). */
 export type StandardEndpointPolicy = (typeof STANDARD_ENDPOINT_POLICIES)[number];
 
+export const EGRESS_POLICIES = ["allow", "deny"] as const;
+/**
+ * Whether an environment group's replicas may open network connections (Meridian's extension, set next
+ * to the region restriction). Under `deny` a replica has its own network namespace with loopback only and
+ * serves its plane over a Unix socket, so a request's data leaves it only as the answer (DESIGN.md §2.8).
+ */
+export type EgressPolicy = (typeof EGRESS_POLICIES)[number];
+
+/** How a plane runs its replicas: in a bubblewrap sandbox, without one (operator's explicit choice), or
+ * not at all (bwrap is missing or failed its start-up self-test). */
+export const SANDBOX_MODES = ["bwrap", "none", "unavailable"] as const;
+export type SandboxMode = (typeof SANDBOX_MODES)[number];
+
 export type TeamRole = "TEAM_ADMIN" | "MEMBER";
 
 /** A region restriction on an environment group (Meridian's extension to EnvironmentGroupV1). */

@@ -11,6 +11,7 @@ function desired(id: string, deployment_id = "dep1"): DesiredReplica {
     model_id: "abcd1234",
     environment: "production",
     artifact: { key: `k-${deployment_id}`, sha256: "0".repeat(64), size: 10 },
+    egress: "allow",
   };
 }
 

@@ -2,7 +2,13 @@
 // workload plane long-polls (desired replicas, routes, API-key hashes), the DNS responder's snapshot, and
 // the report a plane sends back. Each plane's snapshot holds only what that plane needs (DESIGN.md §4).
 
-import type { ApiKeyCategory, ReplicaState, StandardEndpointPolicy } from "./domain.ts";
+import type {
+  ApiKeyCategory,
+  EgressPolicy,
+  ReplicaState,
+  SandboxMode,
+  StandardEndpointPolicy,
+} from "./domain.ts";
 
 /** A plane as other planes and the DNS see it. */
 export interface PlaneRef {
@@ -68,6 +74,8 @@ export interface DesiredReplica {
   /** Environment the deployment serves, passed to the model; null when it serves none. */
   environment: string | null;
   artifact: ArtifactRef;
+  /** The egress policy the deployment was placed under; `deny`: no network but loopback, a Unix socket. */
+  egress: EgressPolicy;
 }
 
 export interface PlaneSnapshot {
@@ -108,6 +116,12 @@ export interface ReplicaReport {
   restarts: number;
 }
 
+export interface SandboxReport {
+  mode: SandboxMode;
+  /** Why the sandbox is unavailable, or the operator's `--sandbox none` warning; null when `bwrap` runs. */
+  detail: string | null;
+}
+
 export interface PlaneReport {
   /** The snapshot revision the plane has applied. */
   revision: number;
@@ -117,6 +131,8 @@ export interface PlaneReport {
    */
   admin_url?: string | null;
   replicas: ReplicaReport[];
+  /** How the plane runs replicas; absent from planes older than the sandbox. */
+  sandbox?: SandboxReport;
   /** Per-environment request counts since the previous report (DESIGN.md §2.6: aggregates only). */
   request_counts: Array<{
     model_id: string;
