@@ -5,6 +5,7 @@
 
 import type { ApiKeyCategory, ReplicaState, StandardEndpointPolicy } from "../core/domain.ts";
 import { MeridianError } from "../core/errors.ts";
+import { resolveRequestCounts } from "../core/request-counts.ts";
 import type {
   ApiKeyGrant,
   DnsSnapshot,
@@ -331,6 +332,7 @@ export async function applyReport(ctx: ControlContext, plane: PlaneRow, report: 
     return c !== undefined && (c.state !== r.state || c.message !== r.message || c.restarts !== r.restarts);
   });
   const stateChanged = changed.some((r) => byId.get(r.id)?.state !== r.state);
+  const counts = await knownRequestCounts(ctx, report.request_counts);
 
   const write = async (trx: Db) => {
     for (const r of changed) {
@@ -351,7 +353,7 @@ export async function applyReport(ctx: ControlContext, plane: PlaneRow, report: 
       })
       .where("name", "=", plane.name)
       .execute();
-    for (const c of report.request_counts) {
+    for (const c of counts) {
       const env = c.environment ?? "";
       await trx
         .insertInto("request_counts")
@@ -378,4 +380,29 @@ export async function applyReport(ctx: ControlContext, plane: PlaneRow, report: 
   } else {
     await ctx.store.transaction(write);
   }
+}
+
+/** The report's counts under names that exist (a model and environment the store knows) or fixed ones. */
+async function knownRequestCounts(
+  ctx: ControlContext,
+  counts: PlaneReport["request_counts"],
+): Promise<PlaneReport["request_counts"]> {
+  if (counts.length === 0) return counts;
+  const ids = [...new Set(counts.map((c) => c.model_id))];
+  const environments = new Map<string, Set<string>>();
+  // Bounded by the report schema's item limit; chunked to stay within either database's parameter limit.
+  for (let i = 0; i < ids.length; i += 500) {
+    const chunk = ids.slice(i, i + 500);
+    const [models, envs] = await Promise.all([
+      ctx.store.db.selectFrom("models").select("id").where("id", "in", chunk).execute(),
+      ctx.store.db
+        .selectFrom("environments")
+        .select(["model_id", "name"])
+        .where("model_id", "in", chunk)
+        .execute(),
+    ]);
+    for (const m of models) environments.set(m.id, new Set());
+    for (const e of envs) environments.get(e.model_id)?.add(e.name);
+  }
+  return resolveRequestCounts(counts, (id) => environments.get(id));
 }

@@ -527,6 +527,60 @@ describe("decideRoute", () => {
     const s = decide({ name: "", host: M1, path: "/deployment/d-eu/predict" });
     expect(s.context).toMatchObject({ environment: "prod-eu", deploymentId: "d-eu", region: "eu" });
   });
+
+  // DESIGN.md §2.8: what a caller invents never becomes a name in the context (audit, metrics, counts).
+  const unresolved: Array<[string, Case, { modelId: string | null; environment: string | null }]> = [
+    [
+      "no key, a guessed environment",
+      { name: "", host: M1, path: "/environments/guess-1/predict", key: null },
+      { modelId: null, environment: null },
+    ],
+    [
+      "a bad key, a real environment",
+      { name: "", host: M1, path: "/environments/prod-eu/predict", key: "nope" },
+      { modelId: null, environment: null },
+    ],
+    [
+      "no key, a regional host",
+      { name: "", host: `${M1}-guess-2`, path: "/predict", key: null },
+      { modelId: null, environment: null },
+    ],
+    [
+      "a key of another team",
+      { name: "", host: "model-bbbbbbb2", path: "/production/predict" },
+      { modelId: null, environment: null },
+    ],
+    [
+      "a key that cannot invoke",
+      { name: "", host: M1, path: "/production/predict", key: "metrics1" },
+      { modelId: null, environment: null },
+    ],
+    [
+      "a model that does not exist",
+      { name: "", host: "model-zzzzzzz9", path: "/environments/x/predict" },
+      { modelId: null, environment: null },
+    ],
+    [
+      "an environment that does not exist",
+      { name: "", host: M1, path: "/environments/guess-3/predict" },
+      { modelId: "aaaaaaa1", environment: null },
+    ],
+    [
+      "a regional environment that does not exist",
+      { name: "", host: `${M1}-guess-4`, path: "/predict" },
+      { modelId: "aaaaaaa1", environment: null },
+    ],
+    [
+      "a wrong method",
+      { name: "", host: M1, path: "/environments/guess-5/predict", method: "GET" },
+      { modelId: null, environment: null },
+    ],
+  ];
+  it.each(unresolved)("names nothing it did not resolve: %s", (_, c, want) => {
+    const d = decide(c);
+    expect(d.kind).toBe("refuse");
+    expect(d.context).toMatchObject(want);
+  });
 });
 
 describe("decideRoute properties", () => {

@@ -87,10 +87,17 @@ export interface RouteRequest {
   scheme: "http" | "https";
 }
 
-/** What is known about a request's target, for proof headers, audit and metrics, even on refusals. */
+/**
+ * What is known about a request's target, for proof headers, audit and metrics, even on refusals. A name
+ * enters the context only once it is **resolved**: the caller authenticated, and the model (visible to
+ * the key) or the environment (of that model) exists. A caller's guesses never reach a metric label, an
+ * audit field or a request count (DESIGN.md §2.8), so nobody can grow them by inventing names.
+ */
 export interface RouteContext {
   form: HostnameForm;
-  modelId: string;
+  /** The model, once the key authenticated and the model exists and is visible to it; else null. */
+  modelId: string | null;
+  /** The environment, once it exists on the resolved model; else null. */
   environment: string | null;
   deploymentId: string | null;
   /** Region the environment (or deployment) is restricted to; null when unrestricted. */
@@ -165,8 +172,8 @@ export function regionalUrl(index: RouteIndex, req: RouteRequest, modelId: strin
 export function decideRoute(index: RouteIndex, req: RouteRequest): RouteDecision {
   const context: RouteContext = {
     form: req.host.form,
-    modelId: req.host.modelId,
-    environment: req.host.form === "regional" ? req.host.environment : null,
+    modelId: null,
+    environment: null,
     deploymentId: null,
     region: null,
   };
@@ -182,8 +189,6 @@ export function decideRoute(index: RouteIndex, req: RouteRequest): RouteDecision
       allow: "POST",
     };
   }
-  if (path.route.kind === "environment") context.environment = path.route.environment;
-
   // Authentication before any lookup, so an unauthenticated caller learns nothing about models.
   if (req.keyHash === null) return refuse(context, "unauthorized", null);
   const grant = index.keys.get(req.keyHash);
@@ -200,6 +205,7 @@ export function decideRoute(index: RouteIndex, req: RouteRequest): RouteDecision
   ) {
     return refuse(context, "model_not_found", null);
   }
+  context.modelId = model.route.id;
 
   switch (path.route.kind) {
     case "regional":
@@ -219,8 +225,9 @@ function decideRegional(
   model: IndexedModel,
   context: RouteContext,
 ): RouteDecision {
-  const env = context.environment === null ? undefined : model.environments.get(context.environment);
+  const env = req.host.form === "regional" ? model.environments.get(req.host.environment) : undefined;
   if (env === undefined) return refuse(context, "environment_not_found", null);
+  context.environment = env.name;
   if (env.region === null) return refuse(context, "environment_not_regional", null);
   context.region = env.region;
   // The request is already on this plane: if this plane (or the plane that handed it over) is outside the
@@ -248,6 +255,7 @@ function decideStandardEnvironment(
 ): RouteDecision {
   const env = model.environments.get(name);
   if (env === undefined) return refuse(context, "environment_not_found", null);
+  context.environment = env.name;
   context.region = env.region;
   return decideStandard(index, req, model, context, env.deployment_id, env);
 }

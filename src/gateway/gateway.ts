@@ -18,6 +18,9 @@ import { HOP_HEADER, signHop, verifyHop } from "./hop.ts";
 import type { IngressLimits, IngressOptions } from "./ingress.ts";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics.ts";
 
+/** The metric label of a request whose model (and so environment) did not resolve. */
+const UNRESOLVED = "unknown";
+
 /** The truss model server's predict route (what a replica serves). */
 export const REPLICA_PREDICT_PATH = "/v1/models/model:predict";
 
@@ -233,10 +236,11 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     }
     const parsed = parseHost(hostValue, idx.domain);
     if (!parsed.ok) return refuse(parsed.code, parsed.reason);
+    // Names enter the context only once resolved (decideRoute): a hop refused here names nothing.
     ex.context = {
       form: parsed.host.form,
-      modelId: parsed.host.modelId,
-      environment: parsed.host.form === "regional" ? parsed.host.environment : null,
+      modelId: null,
+      environment: null,
       deploymentId: null,
       region: null,
     };
@@ -505,7 +509,9 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         error_code: ex.errorCode,
         aborted,
       });
-      metrics?.observe(ctx?.environment ?? "", ctx?.form ?? "unknown", status, latency / 1000);
+      // Fixed labels for whatever did not resolve to a model: a stranger's guesses add no series.
+      const environment = ctx === null || ctx.modelId === null ? UNRESOLVED : (ctx.environment ?? "");
+      metrics?.observe(environment, ctx?.form ?? UNRESOLVED, status, latency / 1000);
       metrics?.inflight(-1);
       inflight--;
       if (inflight === 0) drained?.();
