@@ -103,7 +103,7 @@ export async function listPlanes(ctx: ControlContext, p: Principal) {
       replicas: Object.fromEntries(
         counts.filter((c) => c.plane === r.name).map((c) => [c.state, Number(c.n)]),
       ),
-      // Meridian's operator view of each plane's sandbox (`--sandbox none` or a failed bwrap shows here).
+      // An operator must see a plane that runs replicas without bwrap (`--sandbox none`) or cannot run any.
       sandbox: sandboxView(r),
     })),
   };
