@@ -63,6 +63,7 @@ export async function seedModels(db: Kysely<Schema>, o: SeedOptions): Promise<st
             artifact_key: artifactKey,
             config: JSON.stringify({ model_name: `${o.name ?? "bench"}-${i}` }),
             region: env === "prod-eu" ? "eu" : null,
+            egress: "allow",
             copied_from: null,
             autoscaling: JSON.stringify(DEFAULT_AUTOSCALING),
             labels: null,

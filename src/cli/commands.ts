@@ -69,6 +69,7 @@ interface PlaneView {
   name: string;
   ingress: string[];
   replicas: Record<string, number>;
+  sandbox: { mode: string; detail: string | null } | null;
   [field: string]: unknown;
 }
 
@@ -509,9 +510,14 @@ function registerAdminCommands(program: Command): void {
           replicas: Object.entries(p.replicas)
             .map(([s, n]) => `${n} ${s}`)
             .join(", "),
+          sandbox: p.sandbox?.mode,
         })),
-        ["name", "region", "ingress", "capacity", "global_ingress", "replicas", "last_seen_at"],
+        ["name", "region", "ingress", "capacity", "global_ingress", "replicas", "sandbox", "last_seen_at"],
       );
+      // A plane without its sandbox is what an operator must not miss: say why under the table.
+      for (const p of res.planes) {
+        if (p.sandbox?.detail) out.line(`${p.name}: sandbox ${p.sandbox.mode}: ${p.sandbox.detail}`);
+      }
       return res;
     }),
   );
@@ -553,30 +559,64 @@ function registerAdminCommands(program: Command): void {
   withCommon(
     admin
       .command("restrict")
-      .description("Restrict an environment group (every model of the team) to a region")
+      .description(
+        "Restrict an environment group (every model of the team) to a region, and/or set its replicas' egress",
+      )
       .requiredOption("-e, --environment <env>", "environment group name, e.g. prod-eu")
-      .requiredOption("--region <slug>", "region, e.g. eu")
-      .option("--standard-endpoint-policy <policy>", "allow, warn or deny on the standard endpoint", "allow")
+      .option("--region <slug>", "region, e.g. eu")
+      .option(
+        "--standard-endpoint-policy <policy>",
+        "allow, warn or deny on the standard endpoint (with --region; default allow)",
+      )
+      .option(
+        "--egress <policy>",
+        "allow (default) or deny: whether the group's replicas may reach the network",
+      )
       .option("--team <id>", "team (default: your default team)"),
   ).action(
-    action<Common & { environment: string; region: string; standardEndpointPolicy: string; team?: string }>(
-      async (flags, settings, out) => {
-        if (!["allow", "warn", "deny"].includes(flags.standardEndpointPolicy)) {
-          throw new CliError("--standard-endpoint-policy takes allow, warn or deny");
-        }
-        const base = flags.team ? `/v1/teams/${flags.team}/environment_groups` : "/v1/environment_groups";
-        const res = await new ManagementApi(settings).patch(`${base}/${envName(flags.environment)}`, {
-          region_restriction: {
-            region: flags.region,
-            standard_endpoint_policy: flags.standardEndpointPolicy,
-          },
-        });
+    action<
+      Common & {
+        environment: string;
+        region?: string;
+        standardEndpointPolicy?: string;
+        egress?: string;
+        team?: string;
+      }
+    >(async (flags, settings, out) => {
+      if (flags.region === undefined && flags.egress === undefined) {
+        throw new CliError("give --region, --egress or both");
+      }
+      if (flags.region === undefined && flags.standardEndpointPolicy !== undefined) {
+        throw new CliError("--standard-endpoint-policy goes with --region");
+      }
+      const policy = flags.standardEndpointPolicy ?? "allow";
+      if (!["allow", "warn", "deny"].includes(policy)) {
+        throw new CliError("--standard-endpoint-policy takes allow, warn or deny");
+      }
+      if (flags.egress !== undefined && !["allow", "deny"].includes(flags.egress)) {
+        throw new CliError("--egress takes allow or deny");
+      }
+      const base = flags.team ? `/v1/teams/${flags.team}/environment_groups` : "/v1/environment_groups";
+      // Only what was asked for is sent, so `--egress` alone leaves the region restriction as it is.
+      const res = await new ManagementApi(settings).patch(`${base}/${envName(flags.environment)}`, {
+        ...(flags.region !== undefined
+          ? { region_restriction: { region: flags.region, standard_endpoint_policy: policy } }
+          : {}),
+        ...(flags.egress !== undefined ? { egress: flags.egress } : {}),
+      });
+      if (flags.region !== undefined) {
         out.line(
-          `Environment group ${flags.environment} is restricted to region ${flags.region} (standard endpoint: ${flags.standardEndpointPolicy}). Environments already serving are redeployed into ${flags.region}.`,
+          `Environment group ${flags.environment} is restricted to region ${flags.region} (standard endpoint: ${policy}). Environments already serving are redeployed into ${flags.region}.`,
         );
-        return res;
-      },
-    ),
+      }
+      if (flags.egress !== undefined) {
+        const what = flags.egress === "deny" ? "have no network but loopback" : "may reach the network";
+        out.line(
+          `Environment group ${flags.environment}'s replicas ${what} (egress ${flags.egress}). Environments already serving under the other policy are redeployed under it.`,
+        );
+      }
+      return res;
+    }),
   );
   withCommon(
     admin

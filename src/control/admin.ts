@@ -2,8 +2,10 @@
 // planes, each plane with its own credential. Plus the public region list and the audit log query.
 
 import type { Principal } from "../core/access.ts";
+import type { SandboxMode } from "../core/domain.ts";
 import { MeridianError } from "../core/errors.ts";
 import { isSlug } from "../core/names.ts";
+import type { SandboxReport } from "../core/snapshot.ts";
 import type { PlaneRow } from "../store/schema.ts";
 import { isUniqueViolation } from "../store/store.ts";
 import { type ControlContext, recordAudit } from "./context.ts";
@@ -63,6 +65,12 @@ export async function createRegion(
   return regionView(body);
 }
 
+/** How the plane runs its replicas, as it last reported; null for a plane that never said. */
+function sandboxView(row: PlaneRow): SandboxReport | null {
+  if (row.sandbox_mode === null) return null;
+  return { mode: row.sandbox_mode as SandboxMode, detail: row.sandbox_detail };
+}
+
 function planeView(row: PlaneRow) {
   return {
     name: row.name,
@@ -95,6 +103,8 @@ export async function listPlanes(ctx: ControlContext, p: Principal) {
       replicas: Object.fromEntries(
         counts.filter((c) => c.plane === r.name).map((c) => [c.state, Number(c.n)]),
       ),
+      // An operator must see a plane that runs replicas without bwrap (`--sandbox none`) or cannot run any.
+      sandbox: sandboxView(r),
     })),
   };
 }
@@ -177,6 +187,8 @@ export async function registerPlane(ctx: ControlContext, p: Principal, body: Pla
     last_seen_at: null,
     applied_revision: 0,
     admin_url: null,
+    sandbox_mode: null,
+    sandbox_detail: null,
   };
   try {
     await change(ctx, async (trx, scope) => {

@@ -4,7 +4,7 @@
 
 import type { Transaction } from "kysely";
 import { canManageEnvironment, type Principal } from "../core/access.ts";
-import type { DeploymentStatus, PromotionCleanupStrategy } from "../core/domain.ts";
+import type { DeploymentStatus, EgressPolicy, PromotionCleanupStrategy } from "../core/domain.ts";
 import { MeridianError } from "../core/errors.ts";
 import { checkEnvironmentName, PRODUCTION } from "../core/names.ts";
 import { decidePromotion } from "../core/promotion.ts";
@@ -27,6 +27,7 @@ import {
   type AutoscalingSettings,
   DEFAULT_AUTOSCALING,
   DEFAULT_PROMOTION_SETTINGS,
+  egressOf,
   environmentView,
   mergeSettings,
   type PromotionSettings,
@@ -280,7 +281,10 @@ export async function deleteEnvironment(ctx: ControlContext, p: Principal, model
 
 export interface PromoteOptions {
   scaleDownPrevious: boolean;
-  /** Audit action; `environment.migrate_region` for a restriction's forced redeploy. */
+  /**
+   * Audit action; `environment.migrate_region` or `environment.migrate_egress` for a group's forced
+   * redeploy.
+   */
   action?: string;
 }
 
@@ -315,6 +319,7 @@ export async function promoteInTransaction(
     {
       name: env.name,
       region: group?.region ?? null,
+      egress: egressOf(group),
       current_deployment_id: env.current_deployment_id,
       redeploy_on_promotion: settings.redeploy_on_promotion,
       promotion_cleanup_strategy: settings.promotion_cleanup_strategy as PromotionCleanupStrategy,
@@ -325,6 +330,7 @@ export async function promoteInTransaction(
       status: source.status as DeploymentStatus,
       is_development: source.is_development === 1,
       region: source.region,
+      egress: source.egress as EgressPolicy,
       bound_environments: bound.map((b) => b.name),
     },
     options.scaleDownPrevious,
@@ -343,6 +349,7 @@ export async function promoteInTransaction(
       status_message: null,
       is_development: 0,
       region: decision.candidate_region,
+      egress: decision.candidate_egress,
       copied_from: source.id,
       created_at: now,
       updated_at: now,

@@ -1,9 +1,9 @@
 // Environment groups (reference: /v1/environment_groups…): every same-named environment of a team. Manage
-// access and — Meridian's extension, org admins only — the region restriction live here and apply
-// team-wide by name, also to environments created later (DESIGN.md §2.4).
+// access and — Meridian's extensions, org admins only — the region restriction and the replicas' egress
+// policy live here and apply team-wide by name, also to environments created later (DESIGN.md §2.4, §2.8).
 
 import { isTeamAdmin, type Principal } from "../core/access.ts";
-import type { RegionRestriction } from "../core/domain.ts";
+import type { EgressPolicy, RegionRestriction } from "../core/domain.ts";
 import { MeridianError } from "../core/errors.ts";
 import { checkEnvironmentName } from "../core/names.ts";
 import type { EnvironmentGroupRow, TeamRow } from "../store/schema.ts";
@@ -12,11 +12,12 @@ import { type ControlContext, recordAudit } from "./context.ts";
 import { cancelInTransaction, promoteInTransaction } from "./environments.ts";
 import { activePromotion, defaultTeam, loadTeam, requireCapability, requireOrgAdmin } from "./lookup.ts";
 import { change } from "./scheduler.ts";
-import { environmentGroupView, restrictionOf } from "./views.ts";
+import { egressOf, environmentGroupView, restrictionOf } from "./views.ts";
 
 export interface GroupUpdate {
   manage_access?: { is_restricted: boolean; user_ids?: string[] } | null;
   region_restriction?: RegionRestriction | null;
+  egress?: EgressPolicy;
 }
 
 async function teamFor(ctx: ControlContext, p: Principal, teamId: string | null): Promise<TeamRow> {
@@ -79,9 +80,10 @@ export async function getGroup(ctx: ControlContext, p: Principal, teamId: string
 }
 
 /**
- * Updates a group. Restricting manage access takes a team admin; the region restriction takes an org admin.
- * A new or changed region restriction forces a redeploy of every environment of that name in the team whose
- * deployment does not already run in the region; each keeps serving from its old replicas until the switch.
+ * Updates a group. Restricting manage access takes a team admin; the region restriction and the egress
+ * policy take an org admin. A new or changed region restriction or egress policy forces a redeploy of every
+ * environment of that name in the team whose deployment does not already run in the region under that
+ * policy; each keeps serving from its old replicas until the switch.
  */
 export async function updateGroup(
   ctx: ControlContext,
@@ -99,6 +101,9 @@ export async function updateGroup(
   }
   if (update.region_restriction !== undefined) {
     requireOrgAdmin(p, "Only org admins (the operator) may set a region restriction.");
+  }
+  if (update.egress !== undefined) {
+    requireOrgAdmin(p, "Only org admins (the operator) may set an environment group's egress policy.");
   }
   const restriction = update.region_restriction;
   if (restriction) {
@@ -141,6 +146,7 @@ export async function updateGroup(
       manage_users: before?.manage_users ?? "[]",
       region: before?.region ?? null,
       standard_endpoint_policy: before?.standard_endpoint_policy ?? "allow",
+      egress: before?.egress ?? "allow",
       created_at: before?.created_at ?? now,
       updated_at: now,
     };
@@ -152,6 +158,7 @@ export async function updateGroup(
       next.region = restriction?.region ?? null;
       next.standard_endpoint_policy = restriction?.standard_endpoint_policy ?? "allow";
     }
+    if (update.egress !== undefined) next.egress = update.egress;
     if (before) {
       await trx
         .updateTable("environment_groups")
@@ -170,8 +177,9 @@ export async function updateGroup(
       before: before ? groupAudit(before) : null,
       after: groupAudit(next),
     });
-    if (next.region !== null && next.region !== (before?.region ?? null)) {
-      await migrateGroup(ctx, trx, p, team, name, next.region, scope);
+    const regionSet = next.region !== null && next.region !== (before?.region ?? null);
+    if (regionSet || next.egress !== (before?.egress ?? "allow")) {
+      await migrateGroup(ctx, trx, p, team, name, next, scope);
     }
     return render(trx, team, name, next);
   });
@@ -182,17 +190,22 @@ function groupAudit(g: EnvironmentGroupRow) {
     is_restricted: g.is_restricted === 1,
     user_ids: JSON.parse(g.manage_users) as string[],
     region_restriction: restrictionOf(g),
+    egress: egressOf(g),
   };
 }
 
-/** Forced redeploy into `region` of every environment named `name` in the team that serves traffic. */
+/**
+ * Forced redeploy of every environment named `name` in the team whose deployment runs outside the group's
+ * region or under the other egress policy. A replica's region and network namespace are fixed for its life,
+ * so the environment moves by a promotion of a copy, switched to only when the copy is ready.
+ */
 async function migrateGroup(
   ctx: ControlContext,
   trx: Parameters<Parameters<typeof change>[1]>[0],
   p: Principal,
   team: TeamRow,
   name: string,
-  region: string,
+  group: Pick<EnvironmentGroupRow, "region" | "egress">,
   scope: { touch(id: string): void },
 ) {
   const envs = await trx
@@ -204,7 +217,8 @@ async function migrateGroup(
     .execute();
   for (const env of envs) {
     const inFlight = await activePromotion(trx, env.model_id, name);
-    // A promotion started under the old restriction would place its candidate in the wrong region.
+    // A promotion started under the old restriction or policy would start its candidate in the wrong
+    // region or with the wrong network.
     if (inFlight) await cancelInTransaction(ctx, trx, inFlight.id, scope);
     if (env.current_deployment_id === null) continue;
     const current = await trx
@@ -212,7 +226,8 @@ async function migrateGroup(
       .selectAll()
       .where("id", "=", env.current_deployment_id)
       .executeTakeFirstOrThrow();
-    if (current.region === region) continue;
+    const outsideRegion = group.region !== null && current.region !== group.region;
+    if (!outsideRegion && current.egress === group.egress) continue;
     const model = await trx
       .selectFrom("models")
       .selectAll()
@@ -231,7 +246,10 @@ async function migrateGroup(
       model,
       fresh,
       current,
-      { scaleDownPrevious: true, action: "environment.migrate_region" },
+      {
+        scaleDownPrevious: true,
+        action: outsideRegion ? "environment.migrate_region" : "environment.migrate_egress",
+      },
       scope,
     );
   }

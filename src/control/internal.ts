@@ -3,7 +3,7 @@
 // snapshot holds only what it needs: the global ingress sees every model; a regional plane sees the models
 // with an environment restricted to its region or a replica in its region.
 
-import type { ApiKeyCategory, ReplicaState, StandardEndpointPolicy } from "../core/domain.ts";
+import type { ApiKeyCategory, EgressPolicy, ReplicaState, StandardEndpointPolicy } from "../core/domain.ts";
 import { MeridianError } from "../core/errors.ts";
 import { resolveRequestCounts } from "../core/request-counts.ts";
 import type {
@@ -80,7 +80,7 @@ async function readSnapshotState(ctx: ControlContext, db: Db) {
         .execute(),
       db
         .selectFrom("deployments")
-        .select(["id", "model_id", "region", "is_development", "status", "artifact_key"])
+        .select(["id", "model_id", "region", "egress", "is_development", "status", "artifact_key"])
         .execute(),
       db.selectFrom("replicas").select(["id", "deployment_id", "plane", "state"]).execute(),
       db.selectFrom("artifacts").select(["key", "sha256", "size"]).where("state", "=", "STORED").execute(),
@@ -230,8 +230,9 @@ export async function buildPlaneSnapshot(
           model_id: d.model_id,
           environment: servingEnv.get(d.id) ?? null,
           artifact: { key: a.sha256, sha256: a.sha256, size: Number(a.size) },
-          // Until environment groups carry an egress policy, every replica may reach the network.
-          egress: "allow" as const,
+          // The policy the deployment was started under, not its group's current one: a changed group
+          // moves its environments to copies started under the new policy (src/control/groups.ts).
+          egress: d.egress as EgressPolicy,
         },
       ];
     });
@@ -350,6 +351,9 @@ export async function applyReport(ctx: ControlContext, plane: PlaneRow, report: 
         applied_revision: report.revision,
         // Absent (an older plane) leaves what was reported before.
         ...(report.admin_url !== undefined ? { admin_url: report.admin_url } : {}),
+        ...(report.sandbox !== undefined
+          ? { sandbox_mode: report.sandbox.mode, sandbox_detail: report.sandbox.detail }
+          : {}),
       })
       .where("name", "=", plane.name)
       .execute();

@@ -219,14 +219,14 @@ async function insertDeployment(
 ): Promise<DeploymentRow> {
   const now = ctx.now();
   const envName = payload.environment_name ?? null;
-  // A push into an environment runs under that environment's region restriction from the start, so the
-  // promotion that follows reuses it instead of redeploying.
+  // A push into an environment runs under that environment's region restriction and egress policy from the
+  // start, so the promotion that follows reuses it instead of redeploying.
   const group =
     envName === null
       ? undefined
       : await trx
           .selectFrom("environment_groups")
-          .select("region")
+          .select(["region", "egress"])
           .where("team_id", "=", team.id)
           .where("name", "=", envName)
           .executeTakeFirst();
@@ -276,6 +276,7 @@ async function insertDeployment(
       : (payload.deployment_name ?? `deployment-${Number(count.n) + 1}`),
     is_development: payload.is_development ? 1 : 0,
     region: group?.region ?? null,
+    egress: group?.egress ?? "allow",
     copied_from: null,
     autoscaling: JSON.stringify(DEFAULT_AUTOSCALING),
     created_at: now,

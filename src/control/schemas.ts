@@ -3,6 +3,7 @@
 
 import {
   API_KEY_CATEGORIES,
+  EGRESS_POLICIES,
   PROMOTION_CLEANUP_STRATEGIES,
   STANDARD_ENDPOINT_POLICIES,
 } from "../core/domain.ts";
@@ -169,6 +170,8 @@ export const updateGroupBody = {
         standard_endpoint_policy: { type: "string", enum: STANDARD_ENDPOINT_POLICIES },
       },
     }),
+    // Meridian's extension: `deny` seals the group's replicas off the network (DESIGN.md §2.8).
+    egress: { type: "string", enum: EGRESS_POLICIES },
   },
 } as const;
 

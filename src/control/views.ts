@@ -1,7 +1,12 @@
 // Rows to the management API's JSON shapes (the reference's ModelV1, DeploymentV1, EnvironmentV1, …),
 // plus the defaults for settings a request leaves out. Meridian's additions are marked where they appear.
 
-import type { DeploymentStatus, RegionRestriction, StandardEndpointPolicy } from "../core/domain.ts";
+import type {
+  DeploymentStatus,
+  EgressPolicy,
+  RegionRestriction,
+  StandardEndpointPolicy,
+} from "../core/domain.ts";
 import type {
   ApiKeyRow,
   DeploymentRow,
@@ -145,6 +150,8 @@ export function deploymentView(d: DeploymentRow, facts: DeploymentFacts) {
     request_backpressure_settings: { policy: null },
     // Meridian's addition: why the deployment is in its status (a load() error, waiting for capacity).
     status_message: d.status_message,
+    // Meridian's addition: the egress policy its replicas run under, fixed when it was created.
+    egress: d.egress as EgressPolicy,
   };
 }
 
@@ -191,6 +198,11 @@ export function restrictionOf(
   return { region: g.region, standard_endpoint_policy: g.standard_endpoint_policy as StandardEndpointPolicy };
 }
 
+/** A group's egress policy; a group never configured has the default, `allow`. */
+export function egressOf(g: Pick<EnvironmentGroupRow, "egress"> | undefined): EgressPolicy {
+  return (g?.egress ?? "allow") as EgressPolicy;
+}
+
 export function environmentGroupView(
   teamId: string,
   teamName: string,
@@ -209,5 +221,8 @@ export function environmentGroupView(
     },
     // Meridian's extension: the region restriction (DESIGN.md §2.2–2.4), set by org admins.
     region_restriction: restrictionOf(g),
+    // Meridian's extension: whether the group's replicas may reach the network (DESIGN.md §2.8), set by
+    // org admins.
+    egress: egressOf(g),
   };
 }

@@ -10,6 +10,7 @@ import {
 const env = (over: Partial<PromotionTarget> = {}): PromotionTarget => ({
   name: "prod-eu",
   region: null,
+  egress: "allow",
   current_deployment_id: "old",
   redeploy_on_promotion: false,
   promotion_cleanup_strategy: "SCALE_TO_ZERO",
@@ -21,6 +22,7 @@ const dep = (over: Partial<PromotionSource> = {}): PromotionSource => ({
   status: "ACTIVE",
   is_development: false,
   region: null,
+  egress: "allow",
   bound_environments: [],
   ...over,
 });
@@ -97,6 +99,69 @@ describe("decidePromotion", () => {
       true,
       { candidate: "reuse", candidate_region: "eu" },
     ],
+    [
+      "deny group, deployment that may reach the network: forced redeploy even with redeploy off",
+      env({ egress: "deny" }),
+      dep(),
+      true,
+      { candidate: "copy", reason: "egress", candidate_egress: "deny", candidate_region: null },
+    ],
+    [
+      "allow group, deployment sealed under deny: forced redeploy, the copy may reach the network",
+      env(),
+      dep({ egress: "deny" }),
+      true,
+      { candidate: "copy", reason: "egress", candidate_egress: "allow" },
+    ],
+    [
+      "deny group, deployment already under deny: reused",
+      env({ egress: "deny" }),
+      dep({ egress: "deny" }),
+      true,
+      { candidate: "reuse", reason: "reuse", candidate_egress: "deny" },
+    ],
+    [
+      "region wins over egress, and the copy gets both",
+      env({ region: "eu", egress: "deny" }),
+      dep(),
+      true,
+      { candidate: "copy", reason: "region", candidate_region: "eu", candidate_egress: "deny" },
+    ],
+    [
+      "deployment in the region under the other policy: egress",
+      env({ region: "eu", egress: "deny" }),
+      dep({ region: "eu" }),
+      true,
+      { candidate: "copy", reason: "egress", candidate_region: "eu", candidate_egress: "deny" },
+    ],
+    [
+      "egress wins over bound elsewhere",
+      env({ egress: "deny" }),
+      dep({ bound_environments: ["staging"] }),
+      true,
+      { candidate: "copy", reason: "egress" },
+    ],
+    [
+      "egress wins over redeploy_on_promotion",
+      env({ egress: "deny", redeploy_on_promotion: true }),
+      dep(),
+      true,
+      { candidate: "copy", reason: "egress" },
+    ],
+    [
+      "egress wins over development",
+      env({ egress: "deny" }),
+      dep({ is_development: true }),
+      true,
+      { candidate: "copy", reason: "egress" },
+    ],
+    [
+      "same policy, bound elsewhere: copied under that policy",
+      env({ egress: "deny" }),
+      dep({ egress: "deny", bound_environments: ["staging"] }),
+      true,
+      { candidate: "copy", reason: "bound_elsewhere", candidate_egress: "deny" },
+    ],
     ["scale_down_previous false keeps the previous", env(), dep(), false, { cleanup: "KEEP" }],
     [
       "cleanup strategy from the environment",
@@ -136,6 +201,61 @@ describe("decidePromotion", () => {
       reason: "region",
       candidate_region: "eu",
     });
+  });
+
+  it("migrates the serving deployment itself when the group's egress policy changes", () => {
+    for (const [group, deployment] of [
+      ["deny", "allow"],
+      ["allow", "deny"],
+    ] as const) {
+      expect(
+        decidePromotion(
+          env({ egress: group, current_deployment_id: "new" }),
+          dep({ egress: deployment }),
+          true,
+        ),
+      ).toMatchObject({ kind: "promote", candidate: "copy", reason: "egress", candidate_egress: group });
+    }
+  });
+
+  it("leaves the serving deployment alone when its policy already matches", () => {
+    expect(
+      decidePromotion(env({ egress: "deny", current_deployment_id: "new" }), dep({ egress: "deny" }), true),
+    ).toEqual({ kind: "already_current" });
+  });
+
+  it("never runs a candidate under another policy than its group's", () => {
+    const policy = fc.constantFrom("allow" as const, "deny" as const);
+    const region = fc.option(fc.constantFrom("us", "eu"), { nil: null });
+    fc.assert(
+      fc.property(
+        policy,
+        policy,
+        region,
+        region,
+        fc.boolean(),
+        fc.boolean(),
+        fc.boolean(),
+        fc.array(fc.constantFrom("staging", "prod"), { maxLength: 2 }),
+        (envEgress, depEgress, envRegion, depRegion, current, redeploy, isDev, bound) => {
+          const d = decidePromotion(
+            env({
+              egress: envEgress,
+              region: envRegion,
+              redeploy_on_promotion: redeploy,
+              current_deployment_id: current ? "new" : "old",
+            }),
+            dep({ egress: depEgress, region: depRegion, is_development: isDev, bound_environments: bound }),
+            true,
+          );
+          if (depEgress !== envEgress) expect(d).toMatchObject({ kind: "promote", candidate: "copy" });
+          if (d.kind !== "promote") return;
+          expect(d.candidate_egress).toBe(envEgress);
+          // A reused deployment keeps running as it is, so it must already be under the group's policy.
+          if (d.candidate === "reuse") expect(depEgress).toBe(envEgress);
+        },
+      ),
+    );
   });
 
   it("never places a regional environment's candidate outside its region", () => {

@@ -1,15 +1,23 @@
 // Promotion decisions (DESIGN.md §2.5): whether a promotion reuses the deployment or copies it (a forced
-// redeploy), where the candidate's replicas may run, and what happens to the previous deployment. Pure.
+// redeploy), where the candidate's replicas may run and under which egress policy, and what happens to the
+// previous deployment. Pure.
 
-import type { DeploymentStatus, PromotionCleanupStrategy } from "./domain.ts";
+import type { DeploymentStatus, EgressPolicy, PromotionCleanupStrategy } from "./domain.ts";
 
-export type CopyReason = "region" | "bound_elsewhere" | "redeploy_on_promotion" | "development";
+/**
+ * Why a promotion copies its source. `region`: it ran outside the environment's region restriction;
+ * `egress`: it ran under the other egress policy (a replica's network namespace cannot change while it
+ * runs). Both are guarantees, so they hold even with `redeploy_on_promotion` off.
+ */
+export type CopyReason = "region" | "egress" | "bound_elsewhere" | "redeploy_on_promotion" | "development";
 export type PromotionReason = "reuse" | CopyReason;
 
 export interface PromotionTarget {
   name: string;
   /** Region the environment's group is restricted to; null when unrestricted. */
   region: string | null;
+  /** The egress policy of the environment's group. */
+  egress: EgressPolicy;
   current_deployment_id: string | null;
   redeploy_on_promotion: boolean;
   promotion_cleanup_strategy: PromotionCleanupStrategy;
@@ -22,6 +30,8 @@ export interface PromotionSource {
   is_development: boolean;
   /** Region restriction the deployment's replicas run under; null when it ran unrestricted. */
   region: string | null;
+  /** The egress policy the deployment's replicas run under. */
+  egress: EgressPolicy;
   /** Other environments this deployment currently serves (not counting the target). */
   bound_environments: string[];
 }
@@ -35,6 +45,8 @@ export type PromotionDecision =
       reason: PromotionReason;
       /** Region restriction the candidate's replicas are placed under. */
       candidate_region: string | null;
+      /** Egress policy the candidate's replicas run under: always the environment's group's. */
+      candidate_egress: EgressPolicy;
       cleanup: PromotionCleanupStrategy;
     };
 
@@ -47,7 +59,8 @@ const UNPROMOTABLE: readonly DeploymentStatus[] = [
 
 /**
  * Decides a promotion of `source` into `target`. Copy reasons are checked in order of importance: the
- * region restriction first, because it is a guarantee and holds even with `redeploy_on_promotion` off.
+ * region restriction first, then the egress policy, because both are guarantees and hold even with
+ * `redeploy_on_promotion` off.
  */
 export function decidePromotion(
   target: PromotionTarget,
@@ -69,9 +82,9 @@ export function decidePromotion(
     };
   }
   const reason = copyReason(target, source);
-  // Re-promoting what already serves is a no-op — unless it runs outside the environment's region, which
-  // is how a new region restriction migrates an environment (DESIGN.md §2.4).
-  if (target.current_deployment_id === source.id && !source.is_development && reason !== "region") {
+  // Re-promoting what already serves is a no-op — unless it runs outside the environment's region or under
+  // the other egress policy, which is how a changed group migrates an environment (DESIGN.md §2.4).
+  if (target.current_deployment_id === source.id && !source.is_development && !isGuarantee(reason)) {
     return { kind: "already_current" };
   }
 
@@ -81,12 +94,19 @@ export function decidePromotion(
     candidate: reason === "reuse" ? "reuse" : "copy",
     reason,
     candidate_region: target.region ?? (reason === "reuse" ? source.region : null),
+    // A reused source already runs under the target's policy (else the reason would be `egress`).
+    candidate_egress: target.egress,
     cleanup,
   };
 }
 
+function isGuarantee(reason: PromotionReason): boolean {
+  return reason === "region" || reason === "egress";
+}
+
 function copyReason(target: PromotionTarget, source: PromotionSource): PromotionReason {
   if (target.region !== null && source.region !== target.region) return "region";
+  if (source.egress !== target.egress) return "egress";
   if (source.bound_environments.length > 0) return "bound_elsewhere";
   if (target.redeploy_on_promotion) return "redeploy_on_promotion";
   if (source.is_development) return "development";

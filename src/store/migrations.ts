@@ -228,6 +228,24 @@ function migrations(dialect: Dialect): Record<string, Migration> {
           .execute();
       },
     },
+    "0003_egress_sandbox": {
+      async up(db: Kysely<unknown>) {
+        // The egress policy of an environment group, and the one a deployment's replicas were started
+        // under (a replica's network namespace is fixed for its life). Everything before ran with network.
+        // SQLite adds one column per ALTER TABLE.
+        await db.schema
+          .alterTable("environment_groups")
+          .addColumn("egress", "text", (c) => c.notNull().defaultTo("allow"))
+          .execute();
+        await db.schema
+          .alterTable("deployments")
+          .addColumn("egress", "text", (c) => c.notNull().defaultTo("allow"))
+          .execute();
+        // How each plane runs its replicas, as it last reported it; null until it reports one.
+        await db.schema.alterTable("planes").addColumn("sandbox_mode", "text").execute();
+        await db.schema.alterTable("planes").addColumn("sandbox_detail", "text").execute();
+      },
+    },
   };
 }
 

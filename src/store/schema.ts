@@ -66,6 +66,10 @@ export interface PlaneTable {
   applied_revision: number;
   /** The plane's operator listener as it last reported it; replica logs are fetched there. */
   admin_url: string | null;
+  /** How the plane runs replicas (`bwrap`, `none`, `unavailable`) as it last reported; null until then. */
+  sandbox_mode: string | null;
+  /** Why the sandbox is unavailable or off, as the plane reported it; null when `bwrap` runs. */
+  sandbox_detail: string | null;
 }
 
 export interface ArtifactTable {
@@ -97,6 +101,8 @@ export interface DeploymentTable {
   config: string;
   /** The region restriction its replicas are placed under; null for unrestricted. */
   region: string | null;
+  /** The egress policy its replicas run under (`allow`, `deny`), fixed when it is created. */
+  egress: string;
   /** The deployment it was copied from on promotion (redeploy), if any. */
   copied_from: string | null;
   /** JSON AutoscalingSettingsV1. */
@@ -126,6 +132,8 @@ export interface EnvironmentGroupTable {
   manage_users: string;
   region: string | null;
   standard_endpoint_policy: string;
+  /** Whether the group's replicas may reach the network (`allow`, the default) or not (`deny`). */
+  egress: string;
   created_at: string;
   updated_at: string;
 }
@@ -137,7 +145,7 @@ export interface PromotionTable {
   source_deployment_id: string;
   candidate_deployment_id: string;
   previous_deployment_id: string | null;
-  /** Why the candidate is (or is not) a copy: `reuse`, `bound_elsewhere`, `redeploy_on_promotion`, `region`. */
+  /** Why the candidate is (or is not) a copy: a `PromotionReason` of `src/core/promotion.ts`. */
   reason: string;
   status: string;
   /** 1 while the promotion is in flight; a partial unique index allows one per environment. */

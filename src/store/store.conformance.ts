@@ -300,6 +300,7 @@ export function storeConformance(name: string, options: ConformanceOptions): voi
           artifact_key: "uploads/none.tgz",
           config: text,
           region: null,
+          egress: "allow",
           copied_from: null,
           autoscaling: JSON.stringify({ min_replica: 0, max_replica: 1 }),
           labels: JSON.stringify({ "team/owner": "ünïcode" }),
