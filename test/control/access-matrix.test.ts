@@ -1031,4 +1031,173 @@ describe("security matrix: every route of /v1/spec × principal × restricted/un
       }
     }
   });
+
+  // Each hole the matrix found (or that its cells cannot reach: state a fixture does not have), as the
+  // attacker tries it: an unlisted member of team R, or R's WORKSPACE_MANAGE_ALL key.
+  describe("the holes, as an attacker tries them", () => {
+    const R = () => sides.restricted;
+    const member = () => R().clients.member;
+
+    async function pushAs(client: ApiClient, model: string, env: string | null, extra = {}) {
+      return client.post(`/v1/models/${model}/deployments`, {
+        source: {
+          kind: "model_archive",
+          s3_key: R().s3Key,
+          deployment: { config: {}, ...(env === null ? {} : { environment_name: env }), ...extra },
+        },
+      });
+    }
+
+    /** Runs `attempt` and asserts it is refused for `environments` with nothing anywhere changed. */
+    async function refused(attempt: () => Promise<Response>, environments: string[]) {
+      const before = await dump(store(), tables);
+      const res = await attempt();
+      expect(res.status, JSON.stringify(res.body)).toBe(403);
+      expect(res.body).toMatchObject({ error_code: "environment_restricted", detail: { environments } });
+      const d = diff(tables, before, await dump(store(), tables));
+      expect(d.empty, d.describe()).toBe(true);
+      return res;
+    }
+
+    it("refuses an unlisted member's push into prod-eu (the issue's hole): prod-eu keeps serving E", async () => {
+      const f = await build(R(), [], true);
+      await refused(() => pushAs(member(), f.model, SUBJECT), [SUBJECT]);
+      // Pushing a new model straight into the restricted environment is the same push.
+      await refused(
+        () =>
+          member().post("/v1/models", {
+            source: {
+              ...source({ side: R() } as Cell, "sneaky"),
+              deployment: { config: {}, environment_name: SUBJECT },
+            },
+          }),
+        [SUBJECT],
+      );
+      await refused(() => pushAs(R().clients.workspace, f.model, "production"), ["production"]);
+      // The listed user's push is the candidate, and serves once ready.
+      const listed = await pushAs(R().clients.listed, f.model, SUBJECT);
+      expect(listed.status).toBe(200);
+      await ready();
+      expect((await envRow(store(), f.model, SUBJECT))?.current_deployment_id).toBe(
+        listed.body.deployment.id,
+      );
+    });
+
+    it("still lets a member push without an environment, a development deployment, and rename", async () => {
+      const f = await build(R(), [], true);
+      expect((await pushAs(member(), f.model, null)).status).toBe(200);
+      expect((await pushAs(member(), f.model, null, { is_development: true })).status).toBe(200);
+      expect((await pushAs(member(), f.model, null, { is_development: true })).status).toBe(200);
+      const renamed = await member().patch(`/v1/models/${f.model}/deployments/${f.E}`, { name: "mine-now" });
+      expect(renamed.status).toBe(200);
+      // A copy of what prod-eu serves into an unrestricted environment leaves prod-eu as it was.
+      expect((await member().post(`/v1/models/${f.model}/environments`, { name: "staging" })).status).toBe(
+        200,
+      );
+      const copied = await member().post(`/v1/models/${f.model}/environments/staging/promote`, {
+        deployment_id: f.E,
+      });
+      expect(copied.status, JSON.stringify(copied.body)).toBe(200);
+      expect(copied.body.id).not.toBe(f.E);
+      expect((await envRow(store(), f.model, SUBJECT))?.current_deployment_id).toBe(f.E);
+    });
+
+    it("refuses stopping, starting, retrying or deleting prod-eu's deployment through the deployment routes", async () => {
+      const f = await build(R(), [], true);
+      const base = `/v1/models/${f.model}/deployments/${f.E}`;
+      await refused(() => member().post(`${base}/deactivate`), [SUBJECT]);
+      await refused(() => R().clients.workspace.post(`${base}/deactivate`), [SUBJECT]);
+      await refused(() => member().post(`${base}/activate`), [SUBJECT]);
+      await refused(() => member().delete(base), [SUBJECT]);
+      // Retry is refused whatever the deployment's state: the answer does not depend on it.
+      await refused(() => member().post(`${base}/retry`), [SUBJECT]);
+      forced.set(f.E, "FAILED");
+      await ready();
+      expect(await deploymentStatus(store(), f.E)).toBe("DEPLOY_FAILED");
+      await refused(() => member().post(`${base}/retry`), [SUBJECT]);
+      forced.delete(f.E);
+    });
+
+    it("refuses deleting a model that has restricted environments, naming each", async () => {
+      const f = await build(R(), [], true);
+      await refused(() => member().delete(`/v1/models/${f.model}`), ["prod-eu", "production"]);
+      const res = await refused(
+        () => R().clients.workspace.delete(`/v1/models/${f.model}`),
+        ["prod-eu", "production"],
+      );
+      expect(res.body.error).toMatch(/workspace API key acts for no person/);
+      expect((await R().clients.listed.delete(`/v1/models/${f.model}`)).status).toBe(200);
+    });
+
+    it("refuses deleting prod-eu's promotion candidate (403 before the 409 everyone gets)", async () => {
+      const f = await build(R(), ["in_flight"], true);
+      await refused(() => member().delete(`/v1/models/${f.model}/deployments/${f.C}`), [SUBJECT]);
+      const admin = await R().clients.team_admin.delete(`/v1/models/${f.model}/deployments/${f.C}`);
+      expect(admin.status).toBe(409);
+      expect(admin.body.error_code).toBe("promotion_in_progress");
+    });
+
+    it("refuses waking prod-eu's stalled candidate, by activating it or by promoting it elsewhere", async () => {
+      const f = await build(R(), ["in_flight"], true);
+      // The listed user stops the candidate; the promotion stays in flight with nothing running.
+      expect(
+        (await R().clients.listed.post(`/v1/models/${f.model}/deployments/${f.C}/deactivate`)).status,
+      ).toBe(200);
+      expect(await deploymentStatus(store(), f.C!)).toBe("INACTIVE");
+      await refused(() => member().post(`/v1/models/${f.model}/deployments/${f.C}/activate`), [SUBJECT]);
+      expect((await member().post(`/v1/models/${f.model}/environments`, { name: "staging" })).status).toBe(
+        200,
+      );
+      // Promoting it into staging would reuse it, wake it, and so complete prod-eu's promotion.
+      await refused(
+        () => member().post(`/v1/models/${f.model}/environments/staging/promote`, { deployment_id: f.C }),
+        [SUBJECT],
+      );
+      expect((await envRow(store(), f.model, SUBJECT))?.current_deployment_id).toBe(f.E);
+    });
+
+    it("treats an environment that shares prod-eu's deployment as prod-eu while they share it", async () => {
+      const f = await build(R(), [], true);
+      const admin = R().clients.team_admin;
+      expect((await admin.post(`/v1/models/${f.model}/environments`, { name: "staging" })).status).toBe(200);
+      // G is the candidate of both (held starting), then serves both.
+      const G = (await pushAs(admin, f.model, null)).body.deployment.id as string;
+      forced.set(G, "STARTING");
+      await ready();
+      for (const env of [SUBJECT, "staging"]) {
+        const res = await admin.post(`/v1/models/${f.model}/environments/${env}/promote`, {
+          deployment_id: G,
+        });
+        expect(res.status, JSON.stringify(res.body)).toBe(200);
+        expect(res.body.id).toBe(G);
+      }
+      const staging = `/v1/models/${f.model}/environments/staging`;
+      const settings = { autoscaling_settings: { min_replica: 3, max_replica: 3 } };
+      await refused(() => member().patch(staging, settings), [SUBJECT]);
+      forced.delete(G);
+      await ready();
+      expect((await envRow(store(), f.model, "staging"))?.current_deployment_id).toBe(G);
+      expect((await envRow(store(), f.model, SUBJECT))?.current_deployment_id).toBe(G);
+      // More replicas for staging would be more replicas of what prod-eu serves; stopping it, none.
+      await refused(() => member().patch(staging, settings), [SUBJECT]);
+      await refused(() => member().post(`${staging}/deactivate`), [SUBJECT]);
+      await refused(() => member().delete(staging), [SUBJECT]);
+      expect((await R().clients.listed.patch(staging, settings)).status).toBe(200);
+    });
+
+    it("refuses a change of a restricted group by an unlisted member, whatever the fields", async () => {
+      const path = `/v1/teams/${R().team}/environment_groups/${SUBJECT}`;
+      await refused(() => member().patch(path, {}), [SUBJECT]);
+      await refused(() => R().clients.workspace.patch(path, {}), [SUBJECT]);
+      // Who manages it stays the team admins' to say, listed or not.
+      const listed = await R().clients.listed.patch(path, {
+        manage_access: { is_restricted: false },
+      });
+      expect(listed.status).toBe(403);
+      expect(listed.body.error_code).toBe("forbidden");
+      expect((await R().clients.listed.patch(path, {})).status).toBe(200);
+      const group = await R().clients.listed.get(path);
+      expect(group.body).toMatchObject({ manage_access: { is_restricted: true } });
+    });
+  });
 });
