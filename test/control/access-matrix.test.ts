@@ -1067,7 +1067,9 @@ describe("security matrix: every route of /v1/spec × principal × restricted/un
         () =>
           member().post("/v1/models", {
             source: {
-              ...source({ side: R() } as Cell, "sneaky"),
+              kind: "model_archive",
+              name: "sneaky",
+              s3_key: R().s3Key,
               deployment: { config: {}, environment_name: SUBJECT },
             },
           }),
