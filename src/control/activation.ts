@@ -5,6 +5,7 @@ import type { Principal } from "../core/access.ts";
 import { MeridianError } from "../core/errors.ts";
 import type { DeploymentRow, ModelRow } from "../store/schema.ts";
 import { type ControlContext, recordAudit } from "./context.ts";
+import { requireManageAccess } from "./lookup.ts";
 import { change } from "./scheduler.ts";
 
 export async function setActive(
@@ -22,6 +23,8 @@ export async function setActive(
     );
   }
   await change(ctx, async (trx, scope) => {
+    // What the deployment serves or is a candidate for: every environment that starts or stops with it.
+    await requireManageAccess(trx, p, { kind: "deployment", model, deployment_id: d.id });
     const status = active ? (d.status === "ACTIVE" ? "ACTIVE" : "DEPLOYING") : "INACTIVE";
     if (active && (d.status === "DEPLOY_FAILED" || d.status === "UNHEALTHY")) {
       await trx.deleteFrom("replicas").where("deployment_id", "=", d.id).execute();

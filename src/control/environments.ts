@@ -3,7 +3,7 @@
 // persisted with its decision; the scheduler completes it when the candidate is ready.
 
 import type { Transaction } from "kysely";
-import { canManageEnvironment, type Principal } from "../core/access.ts";
+import type { Principal } from "../core/access.ts";
 import type { DeploymentStatus, EgressPolicy, PromotionCleanupStrategy } from "../core/domain.ts";
 import { MeridianError } from "../core/errors.ts";
 import { checkEnvironmentName, PRODUCTION } from "../core/names.ts";
@@ -21,6 +21,7 @@ import {
   loadModel,
   renderDeployment,
   requireCapability,
+  requireManageAccess,
 } from "./lookup.ts";
 import { type ChangeScope, change, completePromotion } from "./scheduler.ts";
 import {
@@ -100,21 +101,6 @@ async function loadEnvironment(db: Db, model: ModelRow, name: string): Promise<E
   return env;
 }
 
-async function requireManage(db: Db, p: Principal, model: ModelRow, envName: string): Promise<void> {
-  requireCapability(p, "manage");
-  const group = await loadGroup(db, model.team_id, envName);
-  const access = {
-    is_restricted: group?.is_restricted === 1,
-    user_ids: group ? (JSON.parse(group.manage_users) as string[]) : [],
-  };
-  if (!canManageEnvironment(p, model.team_id, access)) {
-    throw new MeridianError(
-      "environment_restricted",
-      `Environment '${envName}' is restricted: only its listed users and admins may manage it.`,
-    );
-  }
-}
-
 export async function renderEnvironment(db: Db, model: ModelRow, env: EnvironmentRow) {
   const [current, promotion, group] = await Promise.all([
     env.current_deployment_id === null
@@ -152,9 +138,9 @@ export async function createEnvironment(
   requireCapability(p, "manage");
   requireValidName(body.name);
   const model = await loadModel(ctx.store.db, p, modelId);
-  await requireManage(ctx.store.db, p, model, body.name);
   try {
     return await change(ctx, async (trx) => {
+      await requireManageAccess(trx, p, { kind: "environment", model, name: body.name });
       const exists = await trx
         .selectFrom("environments")
         .select("name")
@@ -212,8 +198,9 @@ export async function updateEnvironment(
   body: EnvironmentSettingsUpdate,
 ) {
   const model = await loadModel(ctx.store.db, p, modelId);
-  await requireManage(ctx.store.db, p, model, name);
+  requireCapability(p, "manage");
   return change(ctx, async (trx, scope) => {
+    await requireManageAccess(trx, p, { kind: "environment", model, name });
     const env = await loadEnvironment(trx, model, name);
     const autoscaling = mergeSettings(
       JSON.parse(env.autoscaling) as AutoscalingSettings,
@@ -253,11 +240,12 @@ export async function updateEnvironment(
 
 export async function deleteEnvironment(ctx: ControlContext, p: Principal, modelId: string, name: string) {
   const model = await loadModel(ctx.store.db, p, modelId);
-  await requireManage(ctx.store.db, p, model, name);
-  if (name === PRODUCTION) {
-    throw new MeridianError("environment_protected", "The production environment exists on every model.");
-  }
+  requireCapability(p, "manage");
   await change(ctx, async (trx, scope) => {
+    await requireManageAccess(trx, p, { kind: "environment", model, name });
+    if (name === PRODUCTION) {
+      throw new MeridianError("environment_protected", "The production environment exists on every model.");
+    }
     const env = await loadEnvironment(trx, model, name);
     const promotion = await activePromotion(trx, model.id, name);
     if (promotion) {
@@ -434,10 +422,16 @@ export async function promote(
   scaleDownPrevious: boolean,
 ) {
   const model = await loadModel(ctx.store.db, p, modelId);
-  await requireManage(ctx.store.db, p, model, envName);
+  requireCapability(p, "manage");
   return change(ctx, async (trx, scope) => {
     const env = await loadEnvironment(trx, model, envName);
     const source = await loadDeploymentAlias(trx, model, deploymentId);
+    await requireManageAccess(trx, p, {
+      kind: "promotion",
+      model,
+      name: envName,
+      source_deployment_id: source.id,
+    });
     const candidate = await promoteInTransaction(
       ctx,
       trx,
@@ -454,8 +448,9 @@ export async function promote(
 
 export async function cancelPromotion(ctx: ControlContext, p: Principal, modelId: string, envName: string) {
   const model = await loadModel(ctx.store.db, p, modelId);
-  await requireManage(ctx.store.db, p, model, envName);
+  requireCapability(p, "manage");
   return change(ctx, async (trx, scope) => {
+    await requireManageAccess(trx, p, { kind: "environment", model, name: envName });
     await loadEnvironment(trx, model, envName);
     const promotion = await activePromotion(trx, model.id, envName);
     if (!promotion) {
@@ -513,7 +508,8 @@ export async function setEnvironmentActive(
   active: boolean,
 ) {
   const model = await loadModel(ctx.store.db, p, modelId);
-  await requireManage(ctx.store.db, p, model, envName);
+  // setActive asks, in its transaction, for every environment the deployment serves (this one included).
+  requireCapability(p, "manage");
   const env = await loadEnvironment(ctx.store.db, model, envName);
   if (env.current_deployment_id === null) {
     throw new MeridianError("deployment_not_found", `Environment '${envName}' has no deployment yet.`);

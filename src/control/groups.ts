@@ -10,7 +10,14 @@ import type { EnvironmentGroupRow, TeamRow } from "../store/schema.ts";
 import type { Db } from "../store/store.ts";
 import { type ControlContext, recordAudit } from "./context.ts";
 import { cancelInTransaction, promoteInTransaction } from "./environments.ts";
-import { activePromotion, defaultTeam, loadTeam, requireCapability, requireOrgAdmin } from "./lookup.ts";
+import {
+  activePromotion,
+  defaultTeam,
+  loadTeam,
+  requireCapability,
+  requireManageAccess,
+  requireOrgAdmin,
+} from "./lookup.ts";
 import { change } from "./scheduler.ts";
 import { egressOf, environmentGroupView, restrictionOf } from "./views.ts";
 
@@ -132,6 +139,8 @@ export async function updateGroup(
   }
 
   return change(ctx, async (trx, scope) => {
+    // Whatever the fields (and whoever else they need), changing a restricted group is managing it.
+    await requireManageAccess(trx, p, { kind: "group", team_id: team.id, name });
     const before = await trx
       .selectFrom("environment_groups")
       .selectAll()

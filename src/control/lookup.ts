@@ -1,7 +1,14 @@
 // Loading resources the way every route needs them: visible to the principal or "not found" (existence
 // never leaks across teams), and rendered into the reference's shapes with the facts they carry.
 
-import { canSeeModel, canSeeTeam, hasCapability, type Principal } from "../core/access.ts";
+import {
+  canSeeModel,
+  canSeeTeam,
+  decideManage,
+  hasCapability,
+  type Principal,
+  type TouchedEnvironment,
+} from "../core/access.ts";
 import { MeridianError } from "../core/errors.ts";
 import type { DeploymentRow, EnvironmentGroupRow, ModelRow, PromotionRow, TeamRow } from "../store/schema.ts";
 import type { Db } from "../store/store.ts";
@@ -116,6 +123,173 @@ export async function activePromotion(
     .where("environment", "=", env)
     .where("active", "=", 1)
     .executeTakeFirst();
+}
+
+/**
+ * A change to what environments serve or how, as the routes that make one name it. Which environments it
+ * touches is worked out here from the store, never by a route, so the same class of hole (a route that
+ * changes a restricted environment without asking) has one place to be closed.
+ */
+export type ManagedChange =
+  /** Create, change the settings of, delete or cancel the promotion of one environment (it may not exist yet). */
+  | { kind: "environment"; model: ModelRow; name: string }
+  /** Promote `source_deployment_id` into `name`. */
+  | { kind: "promotion"; model: ModelRow; name: string; source_deployment_id: string }
+  /** Push a deployment of `model`: into `environment_name` when given; `development` overwrites the dev slot. */
+  | { kind: "push"; model: ModelRow; environment_name: string | null; development: boolean }
+  /** Activate, deactivate, retry or delete one deployment. */
+  | { kind: "deployment"; model: ModelRow; deployment_id: string }
+  /** Delete a model with everything it has. */
+  | { kind: "model"; model: ModelRow }
+  /** Change an environment group: every environment of that name in the team. */
+  | { kind: "group"; team_id: string; name: string };
+
+/** Environments of a model that serve one of `ids`, or whose promotion in flight has one as candidate. */
+async function stakesOf(
+  db: Db,
+  modelId: string,
+  ids: readonly string[],
+  only: "serving_or_candidate" | "candidate" = "serving_or_candidate",
+): Promise<string[]> {
+  if (ids.length === 0) return [];
+  const [serving, candidate] = await Promise.all([
+    only === "candidate"
+      ? Promise.resolve([])
+      : db
+          .selectFrom("environments")
+          .select("name")
+          .where("model_id", "=", modelId)
+          .where("current_deployment_id", "in", [...ids])
+          .execute(),
+    db
+      .selectFrom("promotions")
+      .select("environment as name")
+      .where("model_id", "=", modelId)
+      .where("active", "=", 1)
+      .where("candidate_deployment_id", "in", [...ids])
+      .execute(),
+  ]);
+  return [...serving, ...candidate].map((e) => e.name);
+}
+
+/**
+ * An environment and every environment that shares a deployment with it (what it serves, or its candidate):
+ * changing its settings changes how many replicas that shared deployment runs.
+ */
+async function environmentStakes(db: Db, model: ModelRow, name: string): Promise<string[]> {
+  const [env, promotion] = await Promise.all([
+    db
+      .selectFrom("environments")
+      .select("current_deployment_id")
+      .where("model_id", "=", model.id)
+      .where("name", "=", name)
+      .executeTakeFirst(),
+    activePromotion(db, model.id, name),
+  ]);
+  const ids = [env?.current_deployment_id, promotion?.candidate_deployment_id].filter(
+    (id): id is string => typeof id === "string",
+  );
+  return [name, ...(await stakesOf(db, model.id, ids))];
+}
+
+/** The team a change belongs to and the names of the environments it touches. */
+export async function touchedEnvironments(
+  db: Db,
+  change: ManagedChange,
+): Promise<{ team_id: string; names: string[] }> {
+  const of = (team_id: string, names: readonly string[]) => ({ team_id, names: [...new Set(names)].sort() });
+  switch (change.kind) {
+    case "environment":
+      return of(change.model.team_id, await environmentStakes(db, change.model, change.name));
+    case "promotion":
+      // A source that is another environment's candidate is reused, not copied: waking it (or not) is
+      // that environment's promotion too. A source that serves elsewhere is always copied, so untouched.
+      return of(change.model.team_id, [
+        ...(await environmentStakes(db, change.model, change.name)),
+        ...(await stakesOf(db, change.model.id, [change.source_deployment_id], "candidate")),
+      ]);
+    case "push": {
+      const names =
+        change.environment_name === null
+          ? []
+          : await environmentStakes(db, change.model, change.environment_name);
+      if (change.development) {
+        // The development slot is overwritten in place: whatever it is a stake in changes with it.
+        const dev = await db
+          .selectFrom("deployments")
+          .select("id")
+          .where("model_id", "=", change.model.id)
+          .where("is_development", "=", 1)
+          .executeTakeFirst();
+        if (dev) names.push(...(await stakesOf(db, change.model.id, [dev.id])));
+      }
+      return of(change.model.team_id, names);
+    }
+    case "deployment":
+      return of(change.model.team_id, await stakesOf(db, change.model.id, [change.deployment_id]));
+    case "model": {
+      const envs = await db
+        .selectFrom("environments")
+        .select("name")
+        .where("model_id", "=", change.model.id)
+        .execute();
+      return of(
+        change.model.team_id,
+        envs.map((e) => e.name),
+      );
+    }
+    case "group":
+      return of(change.team_id, [change.name]);
+  }
+}
+
+/**
+ * The manage check of every route that changes what an environment serves or how: the principal must be
+ * allowed to manage every restricted environment the change touches (`decideManage`). Call it inside the
+ * change's transaction, so what it read is what the change acts on.
+ */
+export async function requireManageAccess(db: Db, p: Principal, change: ManagedChange): Promise<void> {
+  const { team_id, names } = await touchedEnvironments(db, change);
+  const groups =
+    names.length === 0
+      ? []
+      : await db
+          .selectFrom("environment_groups")
+          .select(["name", "is_restricted", "manage_users"])
+          .where("team_id", "=", team_id)
+          .where("name", "in", names)
+          .execute();
+  const byName = new Map(groups.map((g) => [g.name, g]));
+  const touched: TouchedEnvironment[] = names.map((name) => {
+    const g = byName.get(name);
+    return {
+      name,
+      access: {
+        is_restricted: g?.is_restricted === 1,
+        user_ids: g ? (JSON.parse(g.manage_users) as string[]) : [],
+      },
+    };
+  });
+  const decision = decideManage(p, team_id, touched);
+  switch (decision.kind) {
+    case "allowed":
+      return;
+    case "forbidden":
+      throw new MeridianError("forbidden", `An API key of type ${p.category} may not do this.`);
+    case "restricted": {
+      const list = decision.environments.map((n) => `'${n}'`).join(", ");
+      const which =
+        decision.environments.length === 1 ? `Environment ${list} is` : `Environments ${list} are`;
+      const why = decision.workspace_key
+        ? " A workspace API key acts for no person: use the personal API key of a listed user or an admin."
+        : "";
+      throw new MeridianError(
+        "environment_restricted",
+        `${which} restricted: only its listed users and admins may manage ${decision.environments.length === 1 ? "it" : "them"}.${why}`,
+        { environments: decision.environments },
+      );
+    }
+  }
 }
 
 /** Runs `query` over `ids` in slices, so a long list never exceeds a database's parameter limit. */

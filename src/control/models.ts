@@ -24,6 +24,7 @@ import {
   renderModel,
   renderModels,
   requireCapability,
+  requireManageAccess,
 } from "./lookup.ts";
 import { checkPackage } from "./package-check.ts";
 import { change } from "./scheduler.ts";
@@ -219,6 +220,13 @@ async function insertDeployment(
 ): Promise<DeploymentRow> {
   const now = ctx.now();
   const envName = payload.environment_name ?? null;
+  // Both create routes (and their team forms) push through here: one check, in the push's transaction.
+  await requireManageAccess(trx, p, {
+    kind: "push",
+    model,
+    environment_name: envName,
+    development: payload.is_development === true,
+  });
   // A push into an environment runs under that environment's region restriction and egress policy from the
   // start, so the promotion that follows reuses it instead of redeploying.
   const group =
@@ -329,6 +337,7 @@ export async function deleteModel(ctx: ControlContext, p: Principal, modelId: st
   requireCapability(p, "manage");
   const model = await loadModel(ctx.store.db, p, modelId);
   await change(ctx, async (trx) => {
+    await requireManageAccess(trx, p, { kind: "model", model });
     await trx.deleteFrom("promotions").where("model_id", "=", model.id).execute();
     await trx.deleteFrom("environments").where("model_id", "=", model.id).execute();
     const deps = trx.selectFrom("deployments").select("id").where("model_id", "=", model.id);
@@ -381,6 +390,7 @@ export async function renameDeployment(
   id: string,
   name: string,
 ) {
+  // Not a managed change: a name changes neither what an environment serves nor how (docs/decisions.md).
   requireCapability(p, "manage");
   const model = await loadModel(ctx.store.db, p, modelId);
   const d = await loadDeploymentAlias(ctx.store.db, model, id);
@@ -431,6 +441,8 @@ export async function retryDeployment(ctx: ControlContext, p: Principal, modelId
   requireCapability(p, "manage");
   const model = await loadModel(ctx.store.db, p, modelId);
   const d = await loadDeploymentAlias(ctx.store.db, model, id);
+  // Asked before the status, so the answer to a caller who may not retry it never depends on its state.
+  await requireManageAccess(ctx.store.db, p, { kind: "deployment", model, deployment_id: d.id });
   if (!["DEPLOY_FAILED", "UNHEALTHY", "FAILED"].includes(d.status)) {
     return {
       retried: false,
@@ -451,6 +463,7 @@ export async function deleteDeployment(ctx: ControlContext, p: Principal, modelI
   const model = await loadModel(ctx.store.db, p, modelId);
   const d = await loadDeployment(ctx.store.db, model, id);
   await change(ctx, async (trx) => {
+    await requireManageAccess(trx, p, { kind: "deployment", model, deployment_id: d.id });
     const serving = await trx
       .selectFrom("environments")
       .select("name")

@@ -72,3 +72,36 @@ export function canManageEnvironment(p: Principal, teamId: string, access: Manag
   if (isTeamAdmin(p, teamId)) return true;
   return p.user_id !== null && access.user_ids.includes(p.user_id);
 }
+
+/** An environment (by name: its group is the team's same-named group) that a change would touch. */
+export interface TouchedEnvironment {
+  name: string;
+  access: ManageAccess;
+}
+
+export type ManageDecision =
+  | { kind: "allowed" }
+  /** The key's category may not manage anything (e.g. WORKSPACE_INVOKE). */
+  | { kind: "forbidden" }
+  /** Restricted environments among those touched that the principal may not manage, sorted. */
+  | { kind: "restricted"; environments: string[]; workspace_key: boolean };
+
+/**
+ * The one rule for every change to what an environment serves or how (issue 10, item 5): the principal
+ * must hold the manage capability and be allowed to manage **every** restricted environment the change
+ * touches. Which environments a change touches is the caller's to compute from the store; a change that
+ * touches none needs only the capability. Visibility (another team's resource is "not found") is settled
+ * before this is asked.
+ */
+export function decideManage(
+  p: Principal,
+  teamId: string,
+  touched: readonly TouchedEnvironment[],
+): ManageDecision {
+  if (!hasCapability(p, "manage")) return { kind: "forbidden" };
+  const denied = [
+    ...new Set(touched.filter((t) => !canManageEnvironment(p, teamId, t.access)).map((t) => t.name)),
+  ].sort();
+  if (denied.length === 0) return { kind: "allowed" };
+  return { kind: "restricted", environments: denied, workspace_key: p.category !== "PERSONAL" };
+}
