@@ -6,7 +6,7 @@
 
 import { execFile, spawn } from "node:child_process";
 import { chmodSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -14,6 +14,7 @@ import { BIN, freePort } from "../support/cluster.ts";
 import { tempDir } from "../support/control.ts";
 
 const run = promisify(execFile);
+const EXAMPLES = resolve(import.meta.dirname, "../../examples");
 const PLANES = ["us-1", "eu-1", "uk-1", "au-1"];
 /** What the guarantee promises: every process `up` started is gone this long after its death. */
 const WITHIN_MS = 5_000;
@@ -274,10 +275,22 @@ describe("nothing outlives meridian up", () => {
     expect(pushed.deployment.status).toBe("ACTIVE");
     const answer = await meridian("predict", "--model", pushed.model.id, "--regional", "prod-eu");
     expect(answer.status).toBe(200);
+    // A custom server too: a process the replica's runtime starts in a process group of its own.
+    const custom = await meridian(
+      "push",
+      join(EXAMPLES, "custom-python"),
+      "--environment",
+      "prod-eu",
+      "--wait",
+    );
+    expect(custom.deployment.status).toBe("ACTIVE");
 
     const tree = processTree(up!.pid);
     const replicas = tree.filter((p) => isRole(p, "serve-model"));
-    expect(replicas.length).toBeGreaterThanOrEqual(2);
+    expect(replicas.length).toBeGreaterThanOrEqual(3);
+    expect(tree.some((p) => p.argv.some((a) => a.endsWith("python3")) && p.argv.includes("server.py"))).toBe(
+      true,
+    );
     expect(tree.map((p) => p.pid)).toContain(answer.body.pid);
     expect(tree.map((p) => p.pid)).toContain(answer.body.helper);
     for (const role of ["control", "dns"]) expect(tree.some((p) => isRole(p, role))).toBe(true);
@@ -308,7 +321,7 @@ describe("nothing outlives meridian up", () => {
 
     const models = await meridian("models");
     expect(new Set(models.models.map((m: { name: string }) => m.name))).toEqual(
-      new Set(["hello", "stubborn"]),
+      new Set(["hello", "stubborn", "custom-python"]),
     );
     const example = JSON.parse(readFileSync(join(dataDir, "example.json"), "utf8"));
     const deadline = Date.now() + 60_000;
