@@ -1,8 +1,8 @@
 // `meridian control`: parses flags and the environment once into a frozen config, starts the control
-// plane, and drains on SIGTERM/SIGINT.
+// plane, and drains on SIGTERM/SIGINT; stops at once when the process that started it (`meridian up`) is gone.
 
 import { resolve } from "node:path";
-import { drainOnSignal } from "../lib/shutdown.ts";
+import { runUntilStopped, watchParent } from "../lib/shutdown.ts";
 import { startControl } from "./main.ts";
 
 export interface ControlFlags {
@@ -38,6 +38,7 @@ function artifactStoreKind(value: string): "files" | "database" {
 }
 
 export async function runControlCommand(flags: ControlFlags, env: NodeJS.ProcessEnv): Promise<void> {
+  const parent = watchParent(env, "control");
   const listen = parseListen(flags.listen);
   if (!listen) throw new Error(`--listen must be HOST:PORT, got '${flags.listen}'`);
   const config = Object.freeze({
@@ -57,5 +58,6 @@ export async function runControlCommand(flags: ControlFlags, env: NodeJS.Process
         `  export MERIDIAN_API_URL=${control.url}\n  export MERIDIAN_API_KEY=$(cat ${control.adminKeyFile})\n\n`,
     );
   }
-  drainOnSignal(() => control.stop());
+  // Without its parent the same stop, cut short by the limit: nothing the control plane runs outlives it.
+  runUntilStopped(parent, { drain: () => control.stop() });
 }

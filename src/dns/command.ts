@@ -1,11 +1,13 @@
 // `meridian dns`: the entry point of the authoritative DNS responder. Parses flags once into a frozen
-// config, composes snapshot source (control-plane watcher or a static file) and server, drains on SIGTERM.
+// config, composes snapshot source (control-plane watcher or a static file) and server, drains on SIGTERM,
+// and stops when the process that started it (`meridian up`) is gone.
 import { readFile } from "node:fs/promises";
 import { isIP } from "node:net";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
 import { checkDnsSnapshot, DEFAULT_DNS_TTL, dnsZone, normalizeDnsName } from "../core/dns-answers.ts";
 import type { DnsSnapshot } from "../core/snapshot.ts";
+import { watchParent } from "../lib/shutdown.ts";
 import { type SnapshotSource, SnapshotWatcher, staticSnapshotSource } from "../lib/watch.ts";
 import { DnsServer } from "./server.ts";
 
@@ -115,8 +117,12 @@ export function parseDnsConfig(flags: DnsFlags): DnsConfigOutcome {
   };
 }
 
-/** Runs until SIGTERM or SIGINT; returns the process exit code. */
-export async function runDnsCommand(flags: DnsFlags): Promise<number> {
+/**
+ * Runs until SIGTERM or SIGINT, or until the process that started it is gone (then the caller's exit is due
+ * within ORPHAN_STOP_LIMIT_MS, src/lib/shutdown.ts); returns the process exit code.
+ */
+export async function runDnsCommand(flags: DnsFlags, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const parent = watchParent(env, "dns");
   const parsed = parseDnsConfig(flags);
   if (!parsed.ok) {
     process.stderr.write(`meridian dns: ${parsed.message}\n`);
@@ -174,8 +180,8 @@ export async function runDnsCommand(flags: DnsFlags): Promise<number> {
     return 1;
   }
 
-  const received = await signal;
-  logger.info({ signal: received }, "dns draining");
+  const received = await Promise.race([signal, parent.gone.then(() => null)]);
+  logger.info(received === null ? { reason: "parent gone" } : { signal: received }, "dns draining");
   // Reverse order of start: stop answering, then stop following the control plane.
   await server.stop();
   await watcher?.stop();

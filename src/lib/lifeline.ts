@@ -9,19 +9,18 @@ export const LIFELINE_ENV = "MERIDIAN_LIFELINE_FD";
 /** The descriptor the lifeline is passed on (the first one after stdin, stdout and stderr). */
 export const LIFELINE_FD = 3;
 
+/** What `spawn()` takes for stdin, stdout and stderr; a number is an open file descriptor (a log file). */
+export type StdioOption = "ignore" | "pipe" | "inherit" | number;
+
 /**
  * What to add to `spawn()` options so the child gets a lifeline: stdio with the pipe at fd 3, and the
  * variable that names it. Keep the returned child's `stdio[3]` open for as long as the child should live
  * (it closes with this process, which is the point).
  */
 export function lifelineSpawn(
-  stdio: readonly [
-    "ignore" | "pipe" | "inherit",
-    "ignore" | "pipe" | "inherit",
-    "ignore" | "pipe" | "inherit",
-  ],
+  stdio: readonly [StdioOption, StdioOption, StdioOption],
   env: NodeJS.ProcessEnv,
-): { stdio: Array<"ignore" | "pipe" | "inherit">; env: NodeJS.ProcessEnv } {
+): { stdio: StdioOption[]; env: NodeJS.ProcessEnv } {
   return { stdio: [...stdio, "pipe"], env: { ...env, [LIFELINE_ENV]: String(LIFELINE_FD) } };
 }
 

@@ -1,8 +1,9 @@
-// `meridian plane`: parses flags once into a frozen config, starts the plane, drains on SIGTERM/SIGINT.
+// `meridian plane`: parses flags once into a frozen config, starts the plane, drains on SIGTERM/SIGINT, and
+// stops briefly (replicas included) when the process that started it (`meridian up`) is gone.
 
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
-import { drainOnSignal } from "../lib/shutdown.ts";
+import { runUntilStopped, watchParent } from "../lib/shutdown.ts";
 import { startPlane } from "./main.ts";
 
 export interface PlaneFlags {
@@ -27,6 +28,7 @@ function parseHostPort(flag: string, value: string): { host: string; port: numbe
 }
 
 export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv): Promise<void> {
+  const parent = watchParent(env, "plane");
   const token = flags.tokenFile
     ? readFileSync(flags.tokenFile, "utf8").trim()
     : (env["MERIDIAN_PLANE_TOKEN"] ?? "");
@@ -59,5 +61,5 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     ...(transport ? { ingressTransport: transport } : {}),
   });
   const plane = await startPlane(config);
-  drainOnSignal(() => plane.stop());
+  runUntilStopped(parent, { drain: () => plane.stop(), brief: () => plane.stop({ brief: true }) });
 }

@@ -54,8 +54,12 @@ export interface RunningPlane {
   audit: AuditLog;
   driver: ProcessDriver;
   adminAddress: { host: string; port: number } | null;
-  stop(): Promise<void>;
+  /** Drains in reverse order of start; `brief` stops the replicas fast and writes the audit, nothing else. */
+  stop(options?: { brief?: boolean }): Promise<void>;
 }
+
+/** SIGTERM-to-SIGKILL grace of replicas in a brief stop: well inside ORPHAN_STOP_LIMIT_MS. */
+const BRIEF_REPLICA_GRACE_MS = 1_000;
 
 function parseSnapshot(body: unknown): PlaneSnapshot {
   const s = body as PlaneSnapshot;
@@ -175,7 +179,16 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     audit,
     driver,
     adminAddress,
-    async stop() {
+    async stop(options: { brief?: boolean } = {}) {
+      if (options.brief) {
+        // The process that started this plane is gone (src/lib/shutdown.ts), and with it most likely the
+        // control plane: no ingress drain and no last report, only what must not be left behind or lost.
+        // Replicas get a short grace, then SIGKILL of their process groups; buffered audit records are
+        // written. The process exits next, which closes the listeners.
+        await driver.stop({ graceMs: BRIEF_REPLICA_GRACE_MS });
+        await audit.stop();
+        return;
+      }
       await new Promise<void>((ok) => (adminServer ? adminServer.close(() => ok()) : ok()));
       await ingress.stop();
       await watcher.stop();

@@ -173,11 +173,12 @@ export class ProcessDriver implements ReplicaDriver {
     this.#phase = "started";
   }
 
-  async stop(): Promise<void> {
+  /** Stops every replica; `graceMs` overrides `stopGraceMs` (a plane whose parent is gone hurries). */
+  async stop(options: { graceMs?: number } = {}): Promise<void> {
     if (this.#phase === "stopped") return;
     this.#phase = "stopped";
     await Promise.allSettled([...this.#ops.values()]);
-    await Promise.all([...this.#replicas.keys()].map((id) => this.#removeNow(id)));
+    await Promise.all([...this.#replicas.keys()].map((id) => this.#removeNow(id, options.graceMs)));
   }
 
   ensure(spec: ReplicaSpec): Promise<void> {
@@ -240,10 +241,10 @@ export class ProcessDriver implements ReplicaDriver {
     }
   }
 
-  async #removeNow(id: string): Promise<void> {
+  async #removeNow(id: string, graceMs?: number): Promise<void> {
     const replica = this.#replicas.get(id);
     if (replica === undefined) return;
-    await replica.close();
+    await replica.close(graceMs);
     this.#replicas.delete(id);
     this.#emit({ type: "removed", id, deployment_id: replica.spec.deployment_id });
   }
@@ -377,14 +378,14 @@ class ProcessReplica {
   }
 
   /** Stops the replica for good: SIGTERM to its process group, SIGKILL after the grace period. */
-  async close(): Promise<void> {
+  async close(graceMs = this.#settings.stopGraceMs): Promise<void> {
     this.#closing = true;
     this.#restartTimer?.abort();
     const run = this.#run;
     if (run !== null) {
       this.#set({ state: "STOPPING", endpoint: null, message: null });
       run.abort.abort();
-      await terminateGroup(run.child, run.exited, this.#settings.stopGraceMs);
+      await terminateGroup(run.child, run.exited, graceMs);
       this.#note(`stopped (${describeExit(run.child.exitCode, run.child.signalCode)})`);
       this.#runFile(null);
       this.#releasePort(run);

@@ -2,18 +2,13 @@
 // control plane (SQLite), one workload plane per region (us, eu, uk, au), each with an HTTPS ingress on
 // its own loopback address, and the DNS responder; registers the planes; pushes the example model on
 // first start; prints what to do next and writes it to `{data-dir}/up.json`. It keeps the children
-// running (restarting one that dies) and drains them in reverse order on Ctrl-C or SIGTERM.
+// running (restarting one that dies) and drains them in reverse order on Ctrl-C or SIGTERM. Each child
+// holds a lifeline to `up` (src/lib/lifeline.ts): if `up` dies without draining them (SIGKILL, an OOM
+// kill), they stop on their own within seconds, replicas included, and free the ports for the next `up`.
 
 import { type ChildProcess, spawn } from "node:child_process";
 import dgram from "node:dgram";
-import {
-  createWriteStream,
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  type WriteStream,
-  writeFileSync,
-} from "node:fs";
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { join, relative, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -22,6 +17,7 @@ import { CliError, ManagementApi } from "../cli/api.ts";
 import { push } from "../cli/push.ts";
 import type { UpManifest } from "../cli/settings.ts";
 import { writeSecretFile } from "../lib/files.ts";
+import { lifelineSpawn } from "../lib/lifeline.ts";
 import { ensureLocalTls } from "./tls.ts";
 
 const BIN = resolve(import.meta.dirname, "../../bin/meridian.js");
@@ -50,9 +46,19 @@ interface Child {
   name: string;
   args: string[];
   process: ChildProcess | null;
-  log: WriteStream;
+  /** The child writes its stdout and stderr here itself, so its last lines survive `up`'s death. */
+  logFile: string;
   restarts: number;
   stopping: boolean;
+}
+
+/**
+ * A directory only this user may enter, tightened if it exists (made by an older version, or by hand):
+ * the control plane's holds the admin key and the database, a plane's its snapshot and audit log.
+ */
+function privateDir(path: string): void {
+  mkdirSync(path, { recursive: true, mode: 0o700 });
+  chmodSync(path, 0o700);
 }
 
 /** Fails with a clear message when an address this installation needs is taken. */
@@ -82,7 +88,7 @@ async function waitHealthy(url: string, child: Child, timeoutMs = 30_000): Promi
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (child.process?.exitCode !== null && child.process?.exitCode !== undefined) {
-      throw new CliError(`${child.name} exited with code ${child.process.exitCode}; see ${child.log.path}`);
+      throw new CliError(`${child.name} exited with code ${child.process.exitCode}; see ${child.logFile}`);
     }
     try {
       const res = await request(url, { headersTimeout: 1000, bodyTimeout: 1000 });
@@ -92,7 +98,7 @@ async function waitHealthy(url: string, child: Child, timeoutMs = 30_000): Promi
     await sleep(150);
   }
   throw new CliError(
-    `${child.name} did not become healthy within ${timeoutMs / 1000} s; see ${child.log.path}`,
+    `${child.name} did not become healthy within ${timeoutMs / 1000} s; see ${child.logFile}`,
   );
 }
 
@@ -119,21 +125,28 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
   const children: Child[] = [];
   let shuttingDown = false;
   const launch = (child: Child) => {
-    // Its own process group: a Ctrl-C in the terminal reaches `up` alone, which then stops the children in
-    // order (DNS, planes, control plane) instead of all of them at once.
-    const proc = spawn(process.execPath, [BIN, ...child.args], {
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true,
-    });
-    proc.stdout!.pipe(child.log, { end: false });
-    proc.stderr!.pipe(child.log, { end: false });
+    if (shuttingDown) return;
+    const log = openSync(child.logFile, "a");
+    let proc: ChildProcess;
+    try {
+      // Its own process group: a Ctrl-C in the terminal reaches `up` alone, which then stops the children
+      // in order (DNS, planes, control plane) instead of all of them at once. The lifeline is what stops
+      // them when `up` cannot: the child's process object keeps its end open as long as `up` lives.
+      proc = spawn(process.execPath, [BIN, ...child.args], {
+        ...lifelineSpawn(["ignore", log, log], process.env),
+        detached: true,
+      });
+    } finally {
+      closeSync(log);
+    }
     child.process = proc;
     proc.once("exit", (code, signal) => {
+      // A child whose lifeline broke exits because `up` is gone, so no one is left here to restart it.
       if (child.stopping || shuttingDown) return;
       child.restarts++;
       const delay = Math.min(30_000, 500 * 2 ** Math.min(child.restarts, 6));
       out(
-        `! ${child.name} exited (${signal ?? code}); restarting in ${delay / 1000} s (log: ${child.log.path})`,
+        `! ${child.name} exited (${signal ?? code}); restarting in ${delay / 1000} s (log: ${child.logFile})`,
       );
       setTimeout(() => !shuttingDown && launch(child), delay).unref();
     });
@@ -143,7 +156,7 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
       name,
       args,
       process: null,
-      log: createWriteStream(join(dir, "logs", `${name}.log`), { flags: "a" }),
+      logFile: join(dir, "logs", `${name}.log`),
       restarts: 0,
       stopping: false,
     };
@@ -162,11 +175,12 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
       const timer = setTimeout(() => proc.kill("SIGKILL"), 20_000);
       await exited;
       clearTimeout(timer);
+      out(`  ${child.name} stopped`);
     }
-    for (const child of children) child.log.end();
   };
 
   try {
+    privateDir(join(dir, "control"));
     const control = start("control", [
       "control",
       "--data-dir",
@@ -190,8 +204,11 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
     });
 
     const registered = await api.get<{ planes: Array<{ name: string }> }>("/v1/admin/planes");
-    mkdirSync(join(dir, "planes"), { recursive: true });
+    // The credentials are each readable by their plane alone (the same user here): 0600 files in a 0700
+    // directory, next to the planes' own 0700 data directories.
+    privateDir(join(dir, "planes"));
     for (const p of UP_PLANES) {
+      privateDir(join(dir, "planes", p.name));
       const tokenFile = join(dir, "planes", `${p.name}.token`);
       const ingress = [`${p.host}:${config.httpsPort}`];
       if (!registered.planes.some((r) => r.name === p.name)) {
@@ -209,6 +226,8 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
         if (!existsSync(tokenFile)) {
           const res = await api.post<{ credential: string }>(`/v1/admin/planes/${p.name}/credential`);
           writeSecretFile(tokenFile, `${res.credential}\n`);
+        } else {
+          chmodSync(tokenFile, 0o600);
         }
       }
     }
