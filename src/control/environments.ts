@@ -23,7 +23,9 @@ import {
   requireCapability,
   requireManageAccess,
 } from "./lookup.ts";
+import type { Infer } from "./routes/infer.ts";
 import { type ChangeScope, change, completePromotion } from "./scheduler.ts";
+import type { createEnvironmentBody, updateEnvironmentBody } from "./schemas.ts";
 import {
   type AutoscalingSettings,
   DEFAULT_AUTOSCALING,
@@ -37,10 +39,10 @@ import {
 
 type Trx = Transaction<Schema>;
 
-export interface EnvironmentSettingsUpdate {
-  autoscaling_settings?: Partial<AutoscalingSettings> | null;
-  promotion_settings?: Partial<PromotionSettings> | null;
-}
+/** A PATCH of an environment's settings, as its schema validates it (null: leave as it is). */
+export type EnvironmentSettingsUpdate = Infer<typeof updateEnvironmentBody>;
+/** A new environment, as its schema validates it. */
+export type NewEnvironment = Infer<typeof createEnvironmentBody>;
 
 function requireValidName(name: string, field = "name"): void {
   const check = checkEnvironmentName(name);
@@ -133,7 +135,7 @@ export async function createEnvironment(
   ctx: ControlContext,
   p: Principal,
   modelId: string,
-  body: { name: string } & EnvironmentSettingsUpdate,
+  body: NewEnvironment,
 ) {
   requireCapability(p, "manage");
   requireValidName(body.name);

@@ -3,7 +3,6 @@
 // policy live here and apply team-wide by name, also to environments created later (DESIGN.md §2.4, §2.8).
 
 import { isTeamAdmin, type Principal } from "../core/access.ts";
-import type { EgressPolicy, RegionRestriction } from "../core/domain.ts";
 import { MeridianError } from "../core/errors.ts";
 import { checkEnvironmentName } from "../core/names.ts";
 import type { EnvironmentGroupRow, TeamRow } from "../store/schema.ts";
@@ -18,14 +17,13 @@ import {
   requireManageAccess,
   requireOrgAdmin,
 } from "./lookup.ts";
+import type { Infer } from "./routes/infer.ts";
 import { change } from "./scheduler.ts";
+import type { updateGroupBody } from "./schemas.ts";
 import { egressOf, environmentGroupView, restrictionOf } from "./views.ts";
 
-export interface GroupUpdate {
-  manage_access?: { is_restricted: boolean; user_ids?: string[] } | null;
-  region_restriction?: RegionRestriction | null;
-  egress?: EgressPolicy;
-}
+/** A PATCH of an environment group, as its schema validates it. */
+export type GroupUpdate = Infer<typeof updateGroupBody>;
 
 async function teamFor(ctx: ControlContext, p: Principal, teamId: string | null): Promise<TeamRow> {
   return teamId === null ? defaultTeam(ctx.store.db, p) : loadTeam(ctx.store.db, p, teamId);

@@ -8,10 +8,11 @@ import {
   STANDARD_ENDPOINT_POLICIES,
 } from "../core/domain.ts";
 
-const nullable = (schema: object) => ({ anyOf: [schema, { type: "null" }] });
-const int = { type: "integer" };
-const str = { type: "string" };
-const bool = { type: "boolean" };
+/** `schema` or null; generic so the types derived from a schema (json-schema-to-ts) keep its shape. */
+const nullable = <const S extends object>(schema: S) => ({ anyOf: [schema, { type: "null" }] }) as const;
+const int = { type: "integer" } as const;
+const str = { type: "string" } as const;
+const bool = { type: "boolean" } as const;
 
 export const autoscalingUpdate = {
   type: "object",

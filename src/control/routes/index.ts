@@ -1,0 +1,31 @@
+// The management API's route table: one file per resource, each a list of routes whose bodies, queries
+// and path parameters are typed from the schemas that validate them (./route.ts). The app (../app.ts)
+// registers them and builds the OpenAPI document at /v1/spec from the same list.
+
+import type { ControlContext } from "../context.ts";
+import { adminRoutes } from "./admin.ts";
+import { auditRoutes } from "./audit.ts";
+import { deploymentsRoutes } from "./deployments.ts";
+import { environmentsRoutes } from "./environments.ts";
+import { groupsRoutes } from "./groups.ts";
+import { identityRoutes } from "./identity.ts";
+import { internalRoutes } from "./internal.ts";
+import { modelsRoutes } from "./models.ts";
+import { regionsRoutes } from "./regions.ts";
+import type { Route, RouteOptions } from "./route.ts";
+import { uploadsRoutes } from "./uploads.ts";
+
+export function controlRoutes(ctx: ControlContext, options: RouteOptions): Route[] {
+  return [
+    ...identityRoutes(ctx),
+    ...regionsRoutes(ctx),
+    ...uploadsRoutes(ctx, options),
+    ...modelsRoutes(ctx),
+    ...deploymentsRoutes(ctx),
+    ...environmentsRoutes(ctx),
+    ...groupsRoutes(ctx),
+    ...auditRoutes(ctx),
+    ...adminRoutes(ctx),
+    ...internalRoutes(ctx, options),
+  ];
+}
