@@ -174,24 +174,25 @@ describe("autoscaling settings: a partial update merged over the current setting
   });
 
   // The oracle is the rule list of issue 12 written out once more, independently of the validator.
-  const intOrJunk = fc.oneof(
-    fc.integer({ min: -5, max: 4000 }),
-    // The edges of every range, which uniform integers rarely hit.
-    fc.constantFrom(-1, 0, 1, 2, 9, 10, 11, 49, 50, 51, 99, 100, 101, 3599, 3600, 3601),
-    fc.constant(null),
-    fc.double({ noInteger: true, noDefaultInfinity: true }),
-    fc.string({ maxLength: 3 }),
-    fc.boolean(),
-  );
+  // Mostly values near a field's own range (its edges included, which uniform integers rarely hit), so
+  // that many generated bodies are valid and a rule moved by one is caught; some junk of every JSON type.
+  const field = (lo: number, hi: number) =>
+    fc.oneof(
+      { arbitrary: fc.integer({ min: lo, max: hi }), weight: 6 },
+      { arbitrary: fc.constantFrom(lo - 1, lo, lo + 1, hi - 1, hi, hi + 1), weight: 4 },
+      { arbitrary: fc.constant(null), weight: 1 },
+      { arbitrary: fc.double({ noInteger: true, noDefaultInfinity: true }), weight: 1 },
+      { arbitrary: fc.oneof(fc.string({ maxLength: 3 }), fc.boolean()), weight: 1 },
+    );
   const updateArb = fc.record(
     {
-      min_replica: intOrJunk,
-      max_replica: intOrJunk,
-      autoscaling_window: intOrJunk,
-      scale_down_delay: intOrJunk,
-      concurrency_target: intOrJunk,
-      target_utilization_percentage: intOrJunk,
-      max_scale_down_rate: intOrJunk,
+      min_replica: field(0, 6),
+      max_replica: field(1, 6),
+      autoscaling_window: field(10, 3600),
+      scale_down_delay: field(0, 3600),
+      concurrency_target: field(1, 64),
+      target_utilization_percentage: field(1, 100),
+      max_scale_down_rate: field(1, 50),
     },
     { requiredKeys: [] },
   );
