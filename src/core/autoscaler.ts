@@ -3,17 +3,17 @@
 // load its region's ingresses reported and applies the count through placement (docs/autoscaling.md).
 //
 // The shape follows Knative's Pod Autoscaler (KPA): a stable window (`autoscaling_window`) and a panic
-// window of 10 % of it, entered when the panic window's desire reaches twice the current count; in panic
-// the count only grows, and panic ends once a whole stable window passed without reaching the threshold.
+// window of 10 % of it (at least 6 s), entered when the panic window's desire reaches twice the ready
+// count; in panic the count only grows, and panic ends once a whole stable window passed below the threshold.
 // Sources: knative.dev/docs/serving/autoscaling/kpa-specific ("Modes", "Stable window", "Panic window
 // percentage", "Panic mode threshold") and knative/serving pkg/autoscaler/scaling/autoscaler.go `Scale`
 // (`isOverPanicThreshold := dppc/readyPodsCount >= spec.PanicThreshold`, `maxPanicPods`, un-panicking after
-// `panicTime.Add(spec.StableWindow)`). Meridian compares with the current count rather than the ready one,
-// so replicas already starting for a burst do not re-trigger it.
+// `panicTime.Add(spec.StableWindow)`). Comparing with the ready count, as KPA does, matters: the stable
+// window's first reaction to a burst adds one replica that is not serving yet, and must not hide the burst.
 
 import { type AutoscalingSettings, checkAutoscalingSettings } from "./autoscaling-settings.ts";
 
-/** KPA's panic threshold: the panic window must desire at least this many times the current count. */
+/** KPA's panic threshold: the panic window must desire at least this many times the ready count. */
 export const PANIC_THRESHOLD = 2;
 /** KPA's default panic window is 10 % of the stable window… */
 export const PANIC_WINDOW_PERCENT = 10;
@@ -292,7 +292,7 @@ function warmLoad(
         );
   const panicUp = short === null ? 0 : toCount(ceilBig(short.requestMs * 100n, short.spanMs * target));
 
-  const over = panicUp >= PANIC_THRESHOLD * Math.max(1, current);
+  const over = panicUp >= PANIC_THRESHOLD * Math.max(1, input.replicas.ready);
   let panicState = prev?.panic ?? null;
   if (over) panicState = { over_at_ms: now, max_desired: panicState?.max_desired ?? 0 };
   else if (panicState && now - panicState.over_at_ms >= s.autoscaling_window * 1000) panicState = null;
