@@ -169,6 +169,15 @@ describe("the formula: ceil(mean in flight / (concurrency_target × utilization)
     expect(d.desired).toBe(3);
   });
 
+  it("stays exact when the summed load passes 2^53 request·ms", () => {
+    // Three reports of 2^52 request·ms over 20 s each: a mean of 3 × 2^52 / 60 000 in flight.
+    const big = 2 ** 52;
+    const samples = [0, 1, 2].map((i) => ({ from_ms: i * 20_000, to_ms: (i + 1) * 20_000, request_ms: big }));
+    const d = one({ settings: settings({ max_replica: 7 }), samples });
+    expect(d.observed.stable).toBeCloseTo((3 * big) / 60_000, -3);
+    expect(d).toMatchObject({ desired: 7, reason: "max" });
+  });
+
   it("the panic window is 10 % of the stable window, at least 6 s", () => {
     expect(panicWindowSeconds(10)).toBe(6);
     expect(panicWindowSeconds(60)).toBe(6);

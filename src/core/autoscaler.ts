@@ -136,7 +136,6 @@ export function decideScale(input: AutoscalerInput): ScaleDecision {
   const current = ready + starting;
   const lo = s.min_replica;
   const hi = s.max_replica;
-  const windowMs = s.autoscaling_window * 1000;
   const delayMs = s.scale_down_delay * 1000;
   const cold = ready === 0;
   const activity = latest(prev?.last_activity_ms ?? null, input.last_request_at_ms, input.wake ? now : null);
@@ -172,33 +171,15 @@ export function decideScale(input: AutoscalerInput): ScaleDecision {
   } else if (downB >= current) {
     reason = load.up > hi ? "max" : "steady";
   } else {
-    belowSince = prev?.below_since_ms ?? now;
-    // Never below what the requests in flight right now need, whatever the windows say.
-    let floor = Math.max(
-      maxOf(recent ?? []),
+    ({ target, reason, belowSince, lastScaleDown } = stepDown(
+      input,
+      now,
+      current,
       downB,
-      clamp(ceilDiv(input.in_flight, s.concurrency_target), lo, hi),
-    );
-    const idle = activity === null || now - activity >= delayMs;
-    if (floor === 0 && !idle) floor = 1;
-    if (now - belowSince < delayMs || floor >= current) {
-      reason = "scale_down_delay";
-    } else if (lastScaleDown !== null && now - lastScaleDown < windowMs) {
-      // The reference's rate is "per autoscaling window": one step per window.
-      reason = "rate_limited";
-    } else {
-      const step = Math.max(1, Math.floor((current * s.max_scale_down_rate) / 100));
-      target = Math.max(floor, current - step);
-      reason =
-        target > floor
-          ? "rate_limited"
-          : target === 0
-            ? "idle_to_zero"
-            : floor === lo && load.down < lo
-              ? "min"
-              : "load";
-      lastScaleDown = now;
-    }
+      load.down,
+      recent,
+      activity,
+    ));
   }
 
   const capped = target > input.capacity;
@@ -222,6 +203,45 @@ export function decideScale(input: AutoscalerInput): ScaleDecision {
       recent: recent ?? [],
     },
   };
+}
+
+/**
+ * The load asks for fewer replicas than run. A step is due once it has asked for fewer for the whole
+ * `scale_down_delay` and a window has passed since the last step; it goes to the most the load asked for
+ * in the delay window, by at most `max_scale_down_rate` % of the count (at least one), and never below what
+ * the requests in flight now need. The last replica goes only after `scale_down_delay` without a request.
+ */
+function stepDown(
+  input: AutoscalerInput,
+  now: number,
+  current: number,
+  downB: number,
+  down: number,
+  recent: AutoscalerState["recent"] | undefined,
+  activity: number | null,
+): { target: number; reason: ScaleReason; belowSince: number; lastScaleDown: number | null } {
+  const s = input.settings;
+  const belowSince = input.state?.below_since_ms ?? now;
+  const lastScaleDown = input.state?.last_scale_down_ms ?? null;
+  const hold = (reason: ScaleReason) => ({ target: current, reason, belowSince, lastScaleDown });
+  let floor = Math.max(
+    maxOf(recent ?? []),
+    downB,
+    clamp(ceilDiv(input.in_flight, s.concurrency_target), s.min_replica, s.max_replica),
+  );
+  const idle = activity === null || now - activity >= s.scale_down_delay * 1000;
+  if (floor === 0 && !idle) floor = 1;
+  if (now - belowSince < s.scale_down_delay * 1000 || floor >= current) return hold("scale_down_delay");
+  // The reference's rate is "per autoscaling window": one step per window.
+  if (lastScaleDown !== null && now - lastScaleDown < s.autoscaling_window * 1000)
+    return hold("rate_limited");
+  const step = Math.max(1, Math.floor((current * s.max_scale_down_rate) / 100));
+  const target = Math.max(floor, current - step);
+  let reason: ScaleReason = "load";
+  if (target > floor) reason = "rate_limited";
+  else if (target === 0) reason = "idle_to_zero";
+  else if (floor === s.min_replica && down < s.min_replica) reason = "min";
+  return { target, reason, belowSince, lastScaleDown: now };
 }
 
 interface Load {
@@ -323,14 +343,27 @@ function meanLoad(
   from: number,
   to: number,
 ): { requestMs: bigint; spanMs: bigint } | null {
-  let requestMs = 0n;
-  let spanMs = 0n;
+  // Sums of safe integers stay exact in a double up to 2^53 (hours of millions in flight); past that the
+  // slower exact path takes over.
+  let requestMs = 0;
+  let spanMs = 0;
   for (const x of samples) {
     if (x.from_ms < from || x.to_ms > to) continue;
-    requestMs += BigInt(x.request_ms);
-    spanMs += BigInt(x.to_ms - x.from_ms);
+    requestMs += x.request_ms;
+    spanMs += x.to_ms - x.from_ms;
   }
-  return spanMs === 0n ? null : { requestMs, spanMs };
+  if (spanMs === 0) return null;
+  if (Number.isSafeInteger(requestMs) && Number.isSafeInteger(spanMs)) {
+    return { requestMs: BigInt(requestMs), spanMs: BigInt(spanMs) };
+  }
+  let big = 0n;
+  let span = 0n;
+  for (const x of samples) {
+    if (x.from_ms < from || x.to_ms > to) continue;
+    big += BigInt(x.request_ms);
+    span += BigInt(x.to_ms - x.from_ms);
+  }
+  return { requestMs: big, spanMs: span };
 }
 
 /** Appends a desire to the delay window's decreasing maxima and drops what fell out of the window. */
