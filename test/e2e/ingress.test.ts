@@ -57,6 +57,17 @@ async function call(
   return exchange;
 }
 
+/** Refusals decided before the request's model resolved (routing order: path, method, key, model). */
+const UNRESOLVED_REFUSALS = new Set([
+  "route_not_found",
+  "regional_path_not_allowed",
+  "method_not_allowed",
+  "unauthorized",
+  "forbidden",
+  "model_not_found",
+  "invalid_host",
+]);
+
 const route = (e: Exchange) => String(e.headers["x-meridian-route"] ?? "").split(/,\s*/);
 
 async function audit(p: PlaneHandle, query: string): Promise<any[]> {
@@ -321,7 +332,6 @@ describe("the inference ingress end to end", () => {
           route: passed,
           plane: name,
           region: cluster.plane(name).region,
-          model_id: expect.any(String),
           forwarded_from: name === e.entry ? null : e.entry,
           error_code: e.status === 200 ? null : e.body.error_code,
           aborted: false,
@@ -329,9 +339,12 @@ describe("the inference ingress end to end", () => {
         expect(r.processed_by).toBe(e.status === 200 ? e.headers["x-meridian-plane"] : null);
         expect(r.deployment_id ?? "-").toBe(e.headers["x-meridian-deployment-id"]);
         const [, modelId, env] = /^model-([a-z0-9]{8})(?:-([a-z0-9-]+))?\./.exec(e.host)!;
-        expect(r.model_id).toBe(modelId);
+        // A name is recorded only once it resolved: the key authenticated and the model exists for it
+        // (DESIGN.md §2.8). Refusals before that record none.
+        const resolved = e.status === 200 || !UNRESOLVED_REFUSALS.has(e.body.error_code);
+        expect(r.model_id).toBe(resolved ? modelId : null);
         expect(r.hostname_form).toBe(env === undefined ? "standard" : "regional");
-        if (env !== undefined) expect(r.environment).toBe(env);
+        if (env !== undefined) expect(r.environment).toBe(resolved ? env : null);
         // Metadata only: no bodies, no keys.
         expect(JSON.stringify(r)).not.toContain(cluster.api.key!);
         expect(Object.keys(r)).not.toContain("body");
@@ -388,7 +401,8 @@ describe("the inference ingress end to end", () => {
       const seen = new Map<string, Record<string, string>>();
       for (const r of records) {
         const labels = {
-          environment: r.environment ?? "",
+          // What did not resolve to a model is counted under a fixed label.
+          environment: r.model_id === null ? "unknown" : (r.environment ?? ""),
           region: p.region,
           hostname_form: r.hostname_form ?? "unknown",
           status_code: String(r.status),
@@ -399,7 +413,7 @@ describe("the inference ingress end to end", () => {
       for (const labels of seen.values()) {
         const inAudit = records.filter(
           (r) =>
-            (r.environment ?? "") === labels.environment &&
+            (r.model_id === null ? "unknown" : (r.environment ?? "")) === labels.environment &&
             (r.hostname_form ?? "unknown") === labels.hostname_form &&
             String(r.status) === labels.status_code,
         ).length;

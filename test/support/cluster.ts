@@ -172,7 +172,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     },
     async startControl() {
       this.control = startProcess(controlArgs);
-      await this.control.waitForLog("control plane listening");
+      await this.control.waitForLog("control plane listening", 60_000);
     },
     async stopControl(signal = "SIGTERM") {
       await this.control.stop(signal);
@@ -182,7 +182,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       await this.control.stop();
     },
   };
-  await cluster.control.waitForLog("control plane listening");
+  await cluster.control.waitForLog("control plane listening", 60_000);
   const adminKey = readFileSync(join(controlDir, "admin.key"), "utf8").trim();
   cluster.api = new ApiClient(controlUrl, adminKey);
 
@@ -231,7 +231,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
           "--admin",
           `${host}:${admin}`,
         ]);
-        await this.process.waitForLog("plane started");
+        await this.process.waitForLog("plane started", 60_000);
       },
       async stop(signal = "SIGTERM") {
         await this.process?.stop(signal);
