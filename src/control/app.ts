@@ -261,16 +261,10 @@ function controlRoutes(ctx: ControlContext, uploadLimit: number, maxWait: number
     r({
       method: "POST",
       url: "/v1/prepare_model_upload",
-      summary: "Issues an upload target for a model package",
+      summary: "Validates a model push payload and issues upload credentials",
       auth: key,
       body: s.prepareUploadBody,
-      meridian: true,
-      handler: (c) =>
-        models.prepareUpload(
-          ctx,
-          c.principal,
-          ((c.body ?? {}) as { team_id?: string | null }).team_id ?? null,
-        ),
+      handler: (c) => models.prepareUpload(ctx, c.principal, c.body as models.PrepareUploadRequest),
     }),
     r({
       method: "PUT",
