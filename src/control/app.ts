@@ -18,6 +18,7 @@ import * as internal from "./internal.ts";
 import * as logs from "./logs.ts";
 import * as models from "./models.ts";
 import { openApiDocument, type RouteDoc } from "./openapi.ts";
+import { registerS3Endpoint } from "./s3/endpoint.ts";
 import * as s from "./schemas.ts";
 
 export interface ControlAppOptions {
@@ -149,6 +150,9 @@ export async function buildControlApp(
     );
     for (const route of routes.filter((r) => r.raw)) define(scope, route);
   });
+  // The S3-compatible upload endpoint for the credentials prepare_model_upload issues: `/{bucket}/{key}`
+  // signed with SigV4; any other request under such a path falls through to the not-found answer.
+  await registerS3Endpoint(app, ctx, { uploadLimit });
   const spec = openApiDocument(routes);
   app.get("/v1/spec", async () => spec);
   app.get("/healthz", async () => ({ ok: true, revision: ctx.feed.revision() }));

@@ -15,6 +15,8 @@ export interface PartStaging {
   /** Writes the stream's bytes under `ref` (`{uploadId}/…`); on failure nothing of it remains. */
   write(ref: string, body: Readable): Promise<number>;
   open(ref: string): Readable;
+  /** Removes one staged part (a part uploaded again replaces the earlier bytes). */
+  remove(ref: string): Promise<void>;
   /** Removes everything staged for an upload. */
   removeUpload(uploadId: string): Promise<void>;
   /** Upload ids with anything staged, for the sweep of leftovers. */
@@ -65,6 +67,10 @@ export class FilePartStaging implements PartStaging {
 
   open(ref: string): Readable {
     return createReadStream(join(this.dir, checkRef(ref)));
+  }
+
+  async remove(ref: string): Promise<void> {
+    await rm(join(this.dir, checkRef(ref)), { force: true });
   }
 
   async removeUpload(uploadId: string): Promise<void> {
@@ -152,6 +158,10 @@ export class DatabasePartStaging implements PartStaging {
         }
       })(),
     );
+  }
+
+  async remove(ref: string): Promise<void> {
+    await this.store.db.deleteFrom("s3_part_chunks").where("ref", "=", checkRef(ref)).execute();
   }
 
   async removeUpload(uploadId: string): Promise<void> {
