@@ -160,7 +160,7 @@ const BOTO_AT = Date.UTC(2026, 0, 15, 9, 30, 5);
 
 /** Signs each case with botocore's S3SigV4Auth at BOTO_AT and returns the headers it sent. */
 function botocoreSign(cases: BotocoreCase[]): Array<Array<[string, string]>> {
-  const script = String.raw`
+  const script = `
 import datetime, json, sys
 import botocore.auth
 from botocore.auth import S3SigV4Auth
