@@ -40,7 +40,9 @@ def tamper(request, **_):
     # After signing: the bytes on the wire are no longer the bytes the signature and checksums cover.
     body = request.body
     data = body.read() if hasattr(body, "read") else bytes(body or b"")
-    request.body = data[:-1] + bytes([data[-1] ^ 1]) if data else b"x"
+    # The middle byte: inside the payload, also when it is framed as aws-chunked.
+    mid = len(data) // 2
+    request.body = data[:mid] + bytes([data[mid] ^ 1]) + data[mid + 1:] if data else b"x"
 
 if spec.get("tamper"):
     client.meta.events.register_last("before-send.s3.*", tamper)

@@ -276,6 +276,9 @@ export class S3UploadEndpoint {
       from.on("error", (err) => to.destroy(err));
       from.pipe(to);
     };
+    // The consumer may attach only after an await (a directory made, a row read) while a small body has
+    // already failed; it then reads the error from the stream's errored state, so none is lost here.
+    verifier.on("error", () => {});
     body.on("aborted", () => verifier.destroy(refusal("IncompleteBody")));
     if (decoder) {
       forward(body, decoder);
