@@ -171,7 +171,9 @@ export async function receiveUpload(
     if (err instanceof BlobTooLargeError) throw new MeridianError("payload_too_large", err.message);
     throw err;
   }
-  await storeUploadTarget(ctx.store.db, key, blob);
+  if (!(await storeUploadTarget(ctx.store.db, key, blob))) {
+    throw new MeridianError("conflict", "This upload target was released while the archive arrived.");
+  }
   return { s3_key: key, sha256: blob.sha256, size: blob.size };
 }
 
@@ -204,13 +206,19 @@ export async function releaseUploadTarget(db: Db, key: string): Promise<void> {
     .execute();
 }
 
-export async function storeUploadTarget(db: Db, key: string, blob: { sha256: string; size: number }) {
-  await db
+/** Records the stored blob; false when the target was no longer this upload's to fill. */
+export async function storeUploadTarget(
+  db: Db,
+  key: string,
+  blob: { sha256: string; size: number },
+): Promise<boolean> {
+  const stored = await db
     .updateTable("artifacts")
     .set({ sha256: blob.sha256, size: blob.size, state: "STORED" })
     .where("key", "=", key)
     .where("state", "=", "UPLOADING")
-    .execute();
+    .executeTakeFirst();
+  return Number(stored.numUpdatedRows) === 1;
 }
 
 async function storedArtifact(ctx: ControlContext, team: TeamRow, key: string | null | undefined) {

@@ -62,6 +62,13 @@ interface Authenticated {
 const refusal = (code: S3Failure["code"], message?: string, extra?: Record<string, string>) =>
   new S3Refusal(s3Failure(code, message, extra));
 
+/** The target was released under the upload (its credentials expired and the sweep freed it). */
+const targetLost = (key: string) =>
+  refusal(
+    "AccessDenied",
+    `The upload target s3://${UPLOAD_BUCKET}/${key} is no longer waiting for this upload.`,
+  );
+
 const etagOf = (md5: Buffer | string) => `"${typeof md5 === "string" ? md5 : md5.toString("hex")}"`;
 
 /** Parts of aws-chunked and multipart uploads are staged beside the packages: on disk or in the database. */
@@ -300,7 +307,7 @@ export class S3UploadEndpoint {
       await releaseUploadTarget(this.ctx.store.db, key);
       throw err;
     }
-    await storeUploadTarget(this.ctx.store.db, key, blob);
+    if (!(await storeUploadTarget(this.ctx.store.db, key, blob))) throw targetLost(key);
     const payload = verifier.result();
     this.ctx.logger.info({ key, size: blob.size, sha256: blob.sha256 }, "s3 object stored");
     return { status: 200, headers: { etag: etagOf(payload.md5), ...checksumEcho(payload.checksum) } };
@@ -527,7 +534,7 @@ export class S3UploadEndpoint {
       );
       const blob = await this.ctx.artifacts.put(assembled, this.uploadLimit);
       await this.ctx.store.transaction(async (trx) => {
-        await storeUploadTarget(trx, a.cred.artifact_key, blob);
+        if (!(await storeUploadTarget(trx, a.cred.artifact_key, blob))) throw targetLost(a.cred.artifact_key);
         await trx.deleteFrom("s3_parts").where("upload_id", "=", upload.upload_id).execute();
         await trx.deleteFrom("s3_multipart_uploads").where("upload_id", "=", upload.upload_id).execute();
       });
