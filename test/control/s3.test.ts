@@ -15,6 +15,7 @@ import pino from "pino";
 import { create as createTar } from "tar";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { buildControlApp } from "../../src/control/app.ts";
 import { LocalArtifactStore } from "../../src/control/artifacts.ts";
 import { type RunningControl, startControl } from "../../src/control/main.ts";
 import { ensureLocalTls } from "../../src/up/tls.ts";
@@ -414,12 +415,15 @@ describe.each(STORE_KINDS)("the S3 upload flow on %s", (kind) => {
       const p = await prepare(t.admin);
       const put = [{ op: "put_object", file: small }];
       const creds = p.creds;
+      const wrongSecret = { ...creds, aws_secret_access_key: `${creds.aws_secret_access_key.slice(0, -1)}A` };
+      await attempt(p, put, { code: "SignatureDoesNotMatch", status: 403 }, { creds: wrongSecret });
+      // Refused before its 11 MiB body is read; the answer still reaches the client whole.
       await attempt(
         p,
-        put,
+        [{ op: "put_object", file: large }],
         { code: "SignatureDoesNotMatch", status: 403 },
         {
-          creds: { ...creds, aws_secret_access_key: `${creds.aws_secret_access_key.slice(0, -1)}A` },
+          creds: wrongSecret,
         },
       );
       await attempt(
@@ -773,6 +777,51 @@ describe("boto3 over HTTPS (a TLS-terminating proxy in front of the control plan
     expect(tampered, JSON.stringify(tampered)).toMatchObject({ ok: false, code: "BadDigest", status: 400 });
     expect(await storage(t.control)).toEqual(before);
     expect((await targetState(t.control, p.s3_key)).state).toBe("PENDING");
+  });
+});
+
+describe("the upload limit", () => {
+  it("refuses an object, or parts that together exceed it, and keeps none of it", async () => {
+    const t = await startTestControl("sqlite");
+    const dir = tempDir();
+    const MiB = 1024 * 1024;
+    // A second app on the same control plane's state, with a 7 MiB limit.
+    const app = await buildControlApp(t.control.ctx, { uploadLimit: 7 * MiB });
+    await app.listen({ host: "127.0.0.1", port: 0 });
+    const endpoint = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`;
+    try {
+      const large = await plainTarPackage(dir, "large", 11 * MiB);
+      const before = await storage(t.control);
+      const p = await prepare(t.admin);
+      const [put] = await runBoto3(
+        dir,
+        spec(p, [{ op: "put_object", file: large }], { endpoint_url: endpoint }),
+      );
+      expect(put, JSON.stringify(put)).toMatchObject({ ok: false, code: "EntityTooLarge", status: 400 });
+      writeFileSync(join(dir, "five"), randomBytes(5 * MiB));
+      const [created] = await runBoto3(dir, spec(p, [{ op: "create" }], { endpoint_url: endpoint }));
+      const upload_id = created!.upload_id!;
+      const parts = await runBoto3(
+        dir,
+        spec(
+          p,
+          [
+            { op: "upload_part", upload_id, part: 1, file: join(dir, "five") },
+            { op: "upload_part", upload_id, part: 2, file: join(dir, "five") },
+            // Sent again, part 1 replaces itself and does not count twice.
+            { op: "upload_part", upload_id, part: 1, file: join(dir, "five") },
+          ],
+          { endpoint_url: endpoint },
+        ),
+      );
+      expect(parts.map((x) => x.ok && "ok")).toEqual(["ok", false, "ok"]);
+      expect(parts[1]).toMatchObject({ code: "EntityTooLarge", status: 400 });
+      expect(await storage(t.control)).toMatchObject({ uploads: 1, parts: 1, blobs: before.blobs });
+      expect((await storage(t.control)).stagedFiles).toBe(1);
+    } finally {
+      await app.close();
+      await t.stop();
+    }
   });
 });
 
