@@ -80,7 +80,18 @@ export async function push(api: ManagementApi, domain: string, o: PushOptions): 
     const existing = await api.get<{ models: Array<ModelLike & { name: string }> }>(
       `/v1/models?name=${encodeURIComponent(name)}`,
     );
-    const target = await api.post<{ s3_key: string; upload_url: string }>("/v1/prepare_model_upload", {});
+    const deployment = {
+      config: parsed.config,
+      raw_config: rawConfig,
+      ...(environment ? { environment_name: environment } : {}),
+      ...(o.deploymentName ? { deployment_name: o.deploymentName } : {}),
+    };
+    const model = existing.models[0];
+    // The server validates the push as the commit will before it issues the upload target.
+    const target = await api.post<{ s3_key: string; upload_url: string }>("/v1/prepare_model_upload", {
+      deployment,
+      ...(model ? { model_id: model.id } : { name }),
+    });
     const bar = o.progress
       ? new cliProgress.SingleBar(
           {
@@ -105,13 +116,6 @@ export async function push(api: ManagementApi, domain: string, o: PushOptions): 
     } finally {
       bar?.stop();
     }
-    const deployment = {
-      config: parsed.config,
-      raw_config: rawConfig,
-      ...(environment ? { environment_name: environment } : {}),
-      ...(o.deploymentName ? { deployment_name: o.deploymentName } : {}),
-    };
-    const model = existing.models[0];
     const created = model
       ? await api.post<{ model: PushResult["model"]; deployment: Deployment }>(
           `/v1/models/${model.id}/deployments`,

@@ -12,6 +12,7 @@ import * as internal from "./internal.ts";
 import { openApiDocument } from "./openapi.ts";
 import { controlRoutes } from "./routes/index.ts";
 import type { ErasedCall, Route } from "./routes/route.ts";
+import { registerS3Endpoint } from "./s3/endpoint.ts";
 
 export interface ControlAppOptions {
   /** Largest management request body (JSON). */
@@ -123,6 +124,9 @@ export async function buildControlApp(
     );
     for (const route of routes.filter((r) => r.raw)) define(scope, route);
   });
+  // The S3-compatible upload endpoint for the credentials prepare_model_upload issues: `/{bucket}/{key}`
+  // signed with SigV4; any other request under such a path falls through to the not-found answer.
+  await registerS3Endpoint(app, ctx, { uploadLimit });
   const spec = openApiDocument(routes);
   app.get("/v1/spec", async () => spec);
   app.get("/healthz", async () => ({ ok: true, revision: ctx.feed.revision() }));

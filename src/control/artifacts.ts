@@ -27,7 +27,8 @@ export interface ArtifactStore {
 export class BlobTooLargeError extends Error {}
 
 export class LocalArtifactStore implements ArtifactStore {
-  private readonly dir: string;
+  /** Also where the S3 endpoint stages multipart parts (`s3-parts/`), on the same disk as the blobs. */
+  readonly dir: string;
 
   constructor(dir: string) {
     this.dir = dir;

@@ -1,13 +1,14 @@
 // Models, deployments and model-package uploads (reference: /v1/models…, /v1/prepare_model_upload).
-// A push is: prepare an upload target, PUT the gzipped tar there, then create the model or deployment
-// from the `model_archive` source — optionally straight into an environment.
+// A push is: prepare an upload target, upload the tar (gzipped or plain) there — with the API key to
+// `upload_url`, or with the issued credentials to the S3-compatible endpoint — then create the model or
+// deployment from the `model_archive` source, optionally straight into an environment.
 
 import type { Readable } from "node:stream";
 import type { Principal } from "../core/access.ts";
 import { MeridianError } from "../core/errors.ts";
 import { checkEnvironmentName, PRODUCTION } from "../core/names.ts";
 import type { DeploymentRow, ModelRow, TeamRow } from "../store/schema.ts";
-import { isUniqueViolation } from "../store/store.ts";
+import { type Db, isUniqueViolation } from "../store/store.ts";
 import { setActive } from "./activation.ts";
 import { BlobTooLargeError } from "./artifacts.ts";
 import { type ControlContext, recordAudit } from "./context.ts";
@@ -27,6 +28,7 @@ import {
   requireManageAccess,
 } from "./lookup.ts";
 import { checkPackage } from "./package-check.ts";
+import { issueCredentials, UPLOAD_BUCKET, UPLOAD_REGION } from "./s3/credentials.ts";
 import { change } from "./scheduler.ts";
 import { DEFAULT_AUTOSCALING } from "./views.ts";
 
@@ -39,17 +41,103 @@ export interface DeploymentPayload {
   is_development?: boolean;
 }
 
-export async function prepareUpload(ctx: ControlContext, p: Principal, teamId: string | null) {
+/** The body of `POST /v1/prepare_model_upload` (PrepareModelUploadRequestV1). */
+export interface PrepareUploadRequest {
+  deployment: DeploymentPayload;
+  name?: string | null;
+  team_id?: string | null;
+  model_id?: string | null;
+  dry_run?: boolean;
+}
+
+/**
+ * Validates a push as the commit (`POST /v1/models` or `…/deployments`) will, then issues an upload target
+ * and credentials for it, unless `dry_run`, which issues and stores nothing.
+ */
+export async function prepareUpload(ctx: ControlContext, p: Principal, body: PrepareUploadRequest) {
   requireCapability(p, "manage");
-  const team = teamId === null ? await defaultTeam(ctx.store.db, p) : await loadTeam(ctx.store.db, p, teamId);
+  const db = ctx.store.db;
+  const name = body.name ?? null;
+  const modelId = body.model_id ?? null;
+  const teamId = body.team_id ?? null;
+  if ((name === null) === (modelId === null)) {
+    throw new MeridianError(
+      "invalid_request",
+      "Send exactly one of name (to push a new model) or model_id (to add a deployment to a model).",
+      { rule: "exactly_one_of_name_or_model_id", fields: ["name", "model_id"] },
+    );
+  }
+  let team: TeamRow;
+  if (modelId !== null) {
+    if (teamId !== null) {
+      throw new MeridianError(
+        "invalid_request",
+        "team_id is only valid with name: an existing model already has its team.",
+        { rule: "team_id_only_with_name", field: "team_id" },
+      );
+    }
+    const model = await loadModel(db, p, modelId);
+    team = await loadTeam(db, p, model.team_id);
+  } else {
+    team = teamId === null ? await defaultTeam(db, p) : await loadTeam(db, p, teamId);
+    const trimmed = name!.trim();
+    if (trimmed.length === 0) {
+      throw new MeridianError("invalid_request", "name cannot be empty.", { field: "name", rule: "empty" });
+    }
+    const taken = await db
+      .selectFrom("models")
+      .select("id")
+      .where("team_id", "=", team.id)
+      .where("name", "=", trimmed)
+      .executeTakeFirst();
+    if (taken) {
+      throw new MeridianError(
+        "model_name_taken",
+        `A model named '${trimmed}' already exists in team ${team.name}; push with model_id ${taken.id} to add a deployment.`,
+      );
+    }
+  }
+  validatePayload(body.deployment);
+  if (body.dry_run) {
+    return {
+      creds: null,
+      s3_bucket: null,
+      s3_key: null,
+      s3_region: null,
+      s3_endpoint_url: null,
+      upload_url: null,
+    };
+  }
+  return issueUploadTarget(ctx, team);
+}
+
+/**
+ * A new upload target of `team` and the credentials for it: S3's (bucket, key, region, temporary keys,
+ * and Meridian's endpoint) and Meridian's own `upload_url` (a PUT with the API key). Either fills it once.
+ */
+export async function issueUploadTarget(ctx: ControlContext, team: TeamRow) {
   const key = `uploads/${team.id}/${newId(20)}.tgz`;
-  await ctx.store.db
-    .insertInto("artifacts")
-    .values({ key, sha256: null, size: null, state: "PENDING", team_id: team.id, created_at: ctx.now() })
-    .execute();
+  const now = ctx.now();
+  const creds = await ctx.store.transaction(async (trx) => {
+    await trx
+      .insertInto("artifacts")
+      .values({ key, sha256: null, size: null, state: "PENDING", team_id: team.id, created_at: now })
+      .execute();
+    return issueCredentials(trx, { artifactKey: key, teamId: team.id }, now);
+  });
   return {
+    creds: {
+      aws_access_key_id: creds.aws_access_key_id,
+      aws_secret_access_key: creds.aws_secret_access_key,
+      aws_session_token: creds.aws_session_token,
+    },
+    s3_bucket: UPLOAD_BUCKET,
     s3_key: key,
-    // Meridian's extension: the upload target on its own artifact store; PUT the archive with the same key.
+    s3_region: UPLOAD_REGION,
+    // Meridian's extensions: the S3-compatible endpoint (path-style, on this listener), when the credentials
+    // stop working, and the upload target on the management API (PUT the archive with the API key).
+    s3_endpoint_url: ctx.publicUrl,
+    expires_at: creds.expires_at,
     upload_url: `${ctx.publicUrl}/v1/artifacts/${key}`,
     upload_method: "PUT",
   };
@@ -70,13 +158,7 @@ export async function receiveUpload(
     .executeTakeFirst();
   if (!row || !(p.is_org_admin || p.teams.has(row.team_id))) throw new MeridianError("artifact_not_found");
   // Claim the target atomically: of two uploads racing to one target, exactly one proceeds.
-  const claimed = await ctx.store.db
-    .updateTable("artifacts")
-    .set({ state: "UPLOADING" })
-    .where("key", "=", key)
-    .where("state", "=", "PENDING")
-    .executeTakeFirst();
-  if (Number(claimed.numUpdatedRows) === 0) {
+  if ((await claimUploadTarget(ctx.store.db, key)) !== "claimed") {
     throw new MeridianError(
       "conflict",
       "This upload target has been used already, or an upload to it is under way.",
@@ -86,16 +168,58 @@ export async function receiveUpload(
   try {
     blob = await ctx.artifacts.put(body, maxBytes);
   } catch (err) {
-    await ctx.store.db.updateTable("artifacts").set({ state: "PENDING" }).where("key", "=", key).execute();
+    await releaseUploadTarget(ctx.store.db, key);
     if (err instanceof BlobTooLargeError) throw new MeridianError("payload_too_large", err.message);
     throw err;
   }
-  await ctx.store.db
+  if (!(await storeUploadTarget(ctx.store.db, key, blob))) {
+    throw new MeridianError("conflict", "This upload target was released while the archive arrived.");
+  }
+  return { s3_key: key, sha256: blob.sha256, size: blob.size };
+}
+
+/**
+ * The upload target's state machine, shared by `PUT /v1/artifacts/{key}` and the S3 endpoint:
+ * `PENDING` → `UPLOADING` (claimed by exactly one upload) → `STORED`, or back to `PENDING` if it fails.
+ */
+export async function claimUploadTarget(
+  db: Db,
+  key: string,
+): Promise<"claimed" | "in_progress" | "used" | "missing"> {
+  const claimed = await db
+    .updateTable("artifacts")
+    .set({ state: "UPLOADING" })
+    .where("key", "=", key)
+    .where("state", "=", "PENDING")
+    .executeTakeFirst();
+  if (Number(claimed.numUpdatedRows) === 1) return "claimed";
+  const row = await db.selectFrom("artifacts").select("state").where("key", "=", key).executeTakeFirst();
+  if (!row) return "missing";
+  return row.state === "STORED" ? "used" : "in_progress";
+}
+
+export async function releaseUploadTarget(db: Db, key: string): Promise<void> {
+  await db
+    .updateTable("artifacts")
+    .set({ state: "PENDING" })
+    .where("key", "=", key)
+    .where("state", "=", "UPLOADING")
+    .execute();
+}
+
+/** Records the stored blob; false when the target was no longer this upload's to fill. */
+export async function storeUploadTarget(
+  db: Db,
+  key: string,
+  blob: { sha256: string; size: number },
+): Promise<boolean> {
+  const stored = await db
     .updateTable("artifacts")
     .set({ sha256: blob.sha256, size: blob.size, state: "STORED" })
     .where("key", "=", key)
-    .execute();
-  return { s3_key: key, sha256: blob.sha256, size: blob.size };
+    .where("state", "=", "UPLOADING")
+    .executeTakeFirst();
+  return Number(stored.numUpdatedRows) === 1;
 }
 
 async function storedArtifact(ctx: ControlContext, team: TeamRow, key: string | null | undefined) {

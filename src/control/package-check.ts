@@ -1,6 +1,7 @@
-// The control plane's build step for an uploaded model package: read the gzipped tar, find `config.yaml`
-// and the model's entry point, and validate the config, so a broken package fails at push with a clear
-// message (BUILD_FAILED) instead of on every plane.
+// The control plane's build step for an uploaded model package: read the tar (gzipped, or plain as truss
+// sends it; the parser tells them apart by their first bytes), find `config.yaml` and the model's entry
+// point, and validate the config, so a broken package fails at push with a clear message (BUILD_FAILED)
+// instead of on every plane.
 
 import type { Readable } from "node:stream";
 import { Parser, type ReadEntry } from "tar";
@@ -51,7 +52,7 @@ export async function checkPackage(archive: Readable): Promise<PackageCheck> {
   } catch (err) {
     return {
       ok: false,
-      message: `The model archive is not a readable gzipped tar: ${(err as Error).message}`,
+      message: `The model archive is not a readable tar (gzipped or plain): ${(err as Error).message}`,
     };
   }
   if (tooLarge) return { ok: false, message: "config.yaml is larger than 1 MiB." };

@@ -146,10 +146,22 @@ export const updateDeploymentBody = {
   },
 } as const;
 
+/**
+ * PrepareModelUploadRequestV1: `deployment` as at commit, and exactly one of `name` (a new model, in
+ * `team_id` or the default team) or `model_id` (a new deployment); that rule is checked by the handler, so
+ * its refusal can name it.
+ */
 export const prepareUploadBody = {
   type: "object",
   additionalProperties: false,
-  properties: { team_id: nullable(str), deployment: { type: "object" } },
+  required: ["deployment"],
+  properties: {
+    deployment: deploymentPayload,
+    name: nullable({ type: "string", minLength: 1, maxLength: 255 }),
+    team_id: nullable(str),
+    model_id: nullable(str),
+    dry_run: bool,
+  },
 } as const;
 
 export const updateGroupBody = {

@@ -155,6 +155,25 @@ describe("ArtifactCache", () => {
     });
   });
 
+  it("extracts a plain (uncompressed) tar as well, as the truss CLI uploads it under a .tgz name", async () => {
+    const src = await mkdtemp(join(work, "plain-"));
+    await writeFile(join(src, "config.yaml"), "model_name: plain\n");
+    await mkdir(join(src, "model"));
+    await writeFile(
+      join(src, "model", "model.py"),
+      "class Model:\n    def predict(self, x):\n        return x\n",
+    );
+    const file = join(work, "plain.tgz");
+    await tar.c({ gzip: false, file, cwd: src, portable: true }, ["config.yaml", "model"]);
+    const plain = await readFile(file);
+    expect(plain.subarray(257, 262).toString()).toBe("ustar");
+    const ref = refFor("uploads/t/plain.tgz", plain);
+    peer.artifacts.set(ref.key, { bytes: plain });
+    const dir = await (await cache()).ensure(ref);
+    expect(await readFile(join(dir, "config.yaml"), "utf8")).toBe("model_name: plain\n");
+    expect(await readFile(join(dir, "model", "model.py"), "utf8")).toContain("class Model");
+  });
+
   it("reuses a cached package without fetching again, also after a restart", async () => {
     const ref = refFor("k1", pkg);
     peer.artifacts.set(ref.key, { bytes: pkg });

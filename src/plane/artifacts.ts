@@ -233,7 +233,7 @@ async function extractSafely(file: string, dest: string): Promise<void> {
   } catch (err) {
     throw new ArtifactFetchError(
       "invalid_archive",
-      `the package is not a readable tar.gz: ${errorText(err)}`,
+      `the package is not a readable tar (gzipped or plain): ${errorText(err)}`,
     );
   }
   if (problems.length > 0) {

@@ -246,6 +246,63 @@ function migrations(dialect: Dialect): Record<string, Migration> {
         await db.schema.alterTable("planes").addColumn("sandbox_detail", "text").execute();
       },
     },
+    "0005_s3_uploads": {
+      async up(db: Kysely<unknown>) {
+        // Upload credentials issued by prepare_model_upload for the S3-compatible endpoint: one key each.
+        await db.schema
+          .createTable("s3_credentials")
+          .addColumn("access_key_id", "text", (c) => c.primaryKey())
+          .addColumn("secret_access_key", "text", (c) => c.notNull())
+          .addColumn("session_token_hash", "text", (c) => c.notNull())
+          .addColumn("artifact_key", "text", (c) =>
+            c.notNull().references("artifacts.key").onDelete("cascade"),
+          )
+          .addColumn("team_id", "text", (c) => c.notNull())
+          .addColumn("region", "text", (c) => c.notNull())
+          .addColumn("expires_at", "text", (c) => c.notNull())
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createTable("s3_multipart_uploads")
+          .addColumn("upload_id", "text", (c) => c.primaryKey())
+          .addColumn("access_key_id", "text", (c) => c.notNull())
+          .addColumn("artifact_key", "text", (c) => c.notNull().unique())
+          .addColumn("state", "text", (c) => c.notNull())
+          .addColumn("checksum_algorithm", "text")
+          .addColumn("expires_at", "text", (c) => c.notNull())
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .addColumn("updated_at", "text", (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createTable("s3_parts")
+          .addColumn("upload_id", "text", (c) =>
+            c.notNull().references("s3_multipart_uploads.upload_id").onDelete("cascade"),
+          )
+          .addColumn("part_number", "integer", (c) => c.notNull())
+          .addColumn("ref", "text", (c) => c.notNull())
+          .addColumn("size", "integer", (c) => c.notNull())
+          .addColumn("md5", "text", (c) => c.notNull())
+          .addColumn("checksums", "text", (c) => c.notNull())
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .addPrimaryKeyConstraint("s3_parts_pk", ["upload_id", "part_number"])
+          .execute();
+        // Staged part bytes when model packages live in the database, so every control replica reads them.
+        await db.schema
+          .createTable("s3_part_chunks")
+          .addColumn("ref", "text", (c) => c.notNull())
+          .addColumn("seq", "integer", (c) => c.notNull())
+          .addColumn("upload_id", "text", (c) => c.notNull())
+          .addColumn("data", dialect === "postgres" ? "bytea" : "blob", (c) => c.notNull())
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .addPrimaryKeyConstraint("s3_part_chunks_pk", ["ref", "seq"])
+          .execute();
+        await db.schema
+          .createIndex("s3_part_chunks_upload")
+          .on("s3_part_chunks")
+          .column("upload_id")
+          .execute();
+      },
+    },
   };
 }
 

@@ -76,7 +76,7 @@ export interface ArtifactTable {
   key: string;
   sha256: string | null;
   size: number | null;
-  /** `PENDING` until the archive's bytes arrive, then `STORED`. */
+  /** `PENDING` until an upload claims it, `UPLOADING` while its bytes arrive, then `STORED`. */
   state: string;
   team_id: string;
   created_at: string;
@@ -198,6 +198,53 @@ export interface ArtifactChunkTable {
   created_at: string;
 }
 
+/** Upload credentials for the S3-compatible endpoint, scoped to one upload target and expiring. */
+export interface S3CredentialTable {
+  access_key_id: string;
+  /** Kept to verify SigV4 signatures (an HMAC needs the key); short-lived and good for one key only. */
+  secret_access_key: string;
+  session_token_hash: string;
+  artifact_key: string;
+  team_id: string;
+  region: string;
+  expires_at: string;
+  created_at: string;
+}
+
+/** A multipart upload in progress: `ACTIVE` while parts arrive, `COMPLETING` while they are assembled. */
+export interface S3MultipartUploadTable {
+  upload_id: string;
+  access_key_id: string;
+  artifact_key: string;
+  state: string;
+  /** The algorithm named at CreateMultipartUpload (`crc32`, …), which every part must then carry. */
+  checksum_algorithm: string | null;
+  expires_at: string;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface S3PartTable {
+  upload_id: string;
+  part_number: number;
+  /** Where the part's bytes are staged (a file name or `s3_part_chunks.ref`). */
+  ref: string;
+  size: number;
+  /** Hex MD5 of the part: its ETag. */
+  md5: string;
+  /** JSON object of the base64 checksums the part was sent with, by algorithm. */
+  checksums: string;
+  created_at: string;
+}
+
+export interface S3PartChunkTable {
+  ref: string;
+  seq: number;
+  upload_id: string;
+  data: Buffer;
+  created_at: string;
+}
+
 export interface Schema {
   meta: MetaTable;
   revision: RevisionTable;
@@ -217,6 +264,10 @@ export interface Schema {
   audit_logs: AuditLogTable;
   request_counts: RequestCountTable;
   artifact_chunks: ArtifactChunkTable;
+  s3_credentials: S3CredentialTable;
+  s3_multipart_uploads: S3MultipartUploadTable;
+  s3_parts: S3PartTable;
+  s3_part_chunks: S3PartChunkTable;
 }
 
 export type TeamRow = Selectable<TeamTable>;
@@ -225,6 +276,9 @@ export type ApiKeyRow = Selectable<ApiKeyTable>;
 export type RegionRow = Selectable<RegionTable>;
 export type PlaneRow = Selectable<PlaneTable>;
 export type ArtifactRow = Selectable<ArtifactTable>;
+export type S3CredentialRow = Selectable<S3CredentialTable>;
+export type S3MultipartUploadRow = Selectable<S3MultipartUploadTable>;
+export type S3PartRow = Selectable<S3PartTable>;
 export type ModelRow = Selectable<ModelTable>;
 export type DeploymentRow = Selectable<DeploymentTable>;
 export type EnvironmentRow = Selectable<EnvironmentTable>;

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningControl, startControl } from "../../src/control/main.ts";
 import type { ErrorCode } from "../../src/core/errors.ts";
 import type { Db } from "../../src/store/store.ts";
-import { ApiClient, packExample, type Response } from "../support/control.ts";
+import { ApiClient, NEW_MODEL_PUSH, packExample, type Response } from "../support/control.ts";
 import { createTestDatabase, type TestDatabase } from "../support/databases.ts";
 
 // —— principals and variants ——
@@ -258,7 +258,7 @@ const ROWS: Record<string, Row> = {
     model: false,
     policy: "manage",
     scope: "own",
-    body: () => ({}),
+    body: () => ({ ...NEW_MODEL_PUSH }),
     keepsFixture: true,
     effect: (e) => {
       expect(e.diff.added("artifacts")).toEqual([
@@ -752,7 +752,7 @@ describe("security matrix: every route of /v1/spec × principal × restricted/un
     const f: Fixture = { model: "", P: "", E: "", F: "" };
     if (withModel) Object.assign(f, await buildModel(side, needs, n));
     if (needs.includes("pending_upload")) {
-      f.pendingKey = (await admin.post("/v1/prepare_model_upload", {})).body.s3_key;
+      f.pendingKey = (await admin.post("/v1/prepare_model_upload", NEW_MODEL_PUSH)).body.s3_key;
     }
     if (needs.includes("key_target")) {
       const key = await admin.post(`/v1/teams/${side.team}/api_keys`, {

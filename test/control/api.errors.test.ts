@@ -9,6 +9,7 @@ import { ERRORS } from "../../src/core/errors.ts";
 import { ENVIRONMENT_NAME_MAX } from "../../src/core/names.ts";
 import {
   type ApiClient,
+  NEW_MODEL_PUSH,
   packDirectory,
   type Response,
   startTestControl,
@@ -258,7 +259,7 @@ describe.each(STORE_KINDS)("bad input on %s", (kind) => {
       415,
       "unsupported_media_type",
     );
-    const target = (await admin.post("/v1/prepare_model_upload", {})).body.s3_key as string;
+    const target = (await admin.post("/v1/prepare_model_upload", NEW_MODEL_PUSH)).body.s3_key as string;
     for (const contentType of ["application/json", "text/plain"]) {
       await refused(
         () => raw("PUT", `/v1/artifacts/${target}`, '{"config":{}}', contentType),
@@ -447,7 +448,7 @@ describe.each(STORE_KINDS)("bad input on %s", (kind) => {
       404,
       "artifact_not_found",
     );
-    const prepared = await admin.post("/v1/prepare_model_upload", {});
+    const prepared = await admin.post("/v1/prepare_model_upload", NEW_MODEL_PUSH);
     await refused(
       () => admin.post("/v1/models", source({ s3_key: prepared.body.s3_key })),
       409,

@@ -4,7 +4,13 @@
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ERRORS } from "../../src/core/errors.ts";
-import { type ApiClient, packExample, startTestControl, type TestControl } from "../support/control.ts";
+import {
+  type ApiClient,
+  NEW_MODEL_PUSH,
+  packExample,
+  startTestControl,
+  type TestControl,
+} from "../support/control.ts";
 import { expectError } from "../support/reference.ts";
 
 interface SpecRoute {
@@ -36,7 +42,7 @@ function validBodies(ids: Ids): Record<string, unknown> {
   return {
     "POST /v1/api_keys": { type: "WORKSPACE_INVOKE", name: "probe" },
     "POST /v1/teams/{team_id}/api_keys": { type: "WORKSPACE_INVOKE", name: "probe" },
-    "POST /v1/prepare_model_upload": {},
+    "POST /v1/prepare_model_upload": NEW_MODEL_PUSH,
     "POST /v1/models": { source },
     "POST /v1/teams/{team_id}/models": { source },
     "POST /v1/models/{model_id}/deployments": {
@@ -158,7 +164,7 @@ describe("management API security", () => {
       expect(res.status, JSON.stringify(res.body)).toBe(200);
       category[type] = admin.as(res.body.api_key);
     }
-    const prepared = await admin.post("/v1/prepare_model_upload", {});
+    const prepared = await admin.post("/v1/prepare_model_upload", NEW_MODEL_PUSH);
     const artifacts = await t.control.ctx.store.db
       .selectFrom("artifacts")
       .select("sha256")

@@ -5,7 +5,13 @@ import { join } from "node:path";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startControl } from "../../src/control/main.ts";
-import { ApiClient, packExample, startTestControl, type TestControl } from "../support/control.ts";
+import {
+  ApiClient,
+  NEW_MODEL_PUSH,
+  packExample,
+  startTestControl,
+  type TestControl,
+} from "../support/control.ts";
 import { createTestDatabase } from "../support/databases.ts";
 
 describe("model package uploads", () => {
@@ -18,7 +24,7 @@ describe("model package uploads", () => {
 
   it("stores exactly one of two uploads racing to the same target", async () => {
     const archive = await packExample("hello-js");
-    const { s3_key } = (await t.admin.post("/v1/prepare_model_upload", {})).body;
+    const { s3_key } = (await t.admin.post("/v1/prepare_model_upload", NEW_MODEL_PUSH)).body;
     const put = () =>
       t.admin.call("PUT", `/v1/artifacts/${s3_key}`, archive, { "content-type": "application/gzip" });
     const results = await Promise.all([put(), put(), put()]);

@@ -18,6 +18,9 @@ export interface Response<T = any> {
   headers: Record<string, string | string[] | undefined>;
 }
 
+/** A prepare_model_upload body that validates anywhere: a new model under a name no test uses. */
+export const NEW_MODEL_PUSH = { name: "upload-target-probe", deployment: { config: {} } } as const;
+
 export class ApiClient {
   constructor(
     readonly url: string,
@@ -56,9 +59,12 @@ export class ApiClient {
   patch = <T = any>(path: string, body: unknown) => this.call<T>("PATCH", path, body);
   delete = <T = any>(path: string) => this.call<T>("DELETE", path);
 
-  /** Uploads a packed model package and returns its s3_key. */
-  async upload(archive: Buffer): Promise<string> {
-    const prepared = await this.post("/v1/prepare_model_upload", {});
+  /**
+   * Uploads a packed model package and returns its s3_key. `prepare` is the prepare_model_upload body; by
+   * default a push of a new model under a name no test uses.
+   */
+  async upload(archive: Buffer, prepare: Record<string, unknown> = NEW_MODEL_PUSH): Promise<string> {
+    const prepared = await this.post("/v1/prepare_model_upload", prepare);
     if (prepared.status !== 200)
       throw new Error(`prepare_model_upload: ${prepared.status} ${JSON.stringify(prepared.body)}`);
     const put = await this.call("PUT", `/v1/artifacts/${prepared.body.s3_key}`, archive, {
@@ -70,7 +76,7 @@ export class ApiClient {
 
   /** Creates a model from an example package; returns {model, deployment}. */
   async createModel(name: string, example = "hello-js", deployment: Record<string, unknown> = {}) {
-    const s3_key = await this.upload(await packExample(example));
+    const s3_key = await this.upload(await packExample(example), { name, deployment: { config: {} } });
     return this.post("/v1/models", {
       source: {
         kind: "model_archive",
@@ -82,7 +88,10 @@ export class ApiClient {
   }
 
   async createDeployment(modelId: string, example = "hello-js", deployment: Record<string, unknown> = {}) {
-    const s3_key = await this.upload(await packExample(example));
+    const s3_key = await this.upload(await packExample(example), {
+      model_id: modelId,
+      deployment: { config: {} },
+    });
     return this.post(`/v1/models/${modelId}/deployments`, {
       source: { kind: "model_archive", s3_key, deployment: { config: {}, ...deployment } },
     });

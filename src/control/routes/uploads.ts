@@ -10,11 +10,10 @@ export function uploadsRoutes(ctx: ControlContext, options: RouteOptions): Route
     route({
       method: "POST",
       url: "/v1/prepare_model_upload",
-      summary: "Issues an upload target for a model package",
+      summary: "Validates a model push payload and issues upload credentials",
       auth: "key",
       body: s.prepareUploadBody,
-      meridian: true,
-      handler: (c) => models.prepareUpload(ctx, c.principal, c.body?.team_id ?? null),
+      handler: (c) => models.prepareUpload(ctx, c.principal, c.body),
     }),
     route({
       method: "PUT",
