@@ -429,7 +429,7 @@ describe.each(STORE_KINDS)("the S3 upload flow on %s", (kind) => {
       await attempt(
         p,
         put,
-        { code: "InvalidToken", status: 400 },
+        { code: "InvalidToken", status: 403 },
         {
           creds: { ...creds, aws_session_token: `${creds.aws_session_token}x` },
         },
@@ -483,8 +483,8 @@ describe.each(STORE_KINDS)("the S3 upload flow on %s", (kind) => {
         .set({ expires_at: new Date(Date.now() - 1000).toISOString() })
         .where("access_key_id", "=", p.creds.aws_access_key_id)
         .execute();
-      await attempt(p, [{ op: "put_object", file: small }], { code: "ExpiredToken", status: 400 });
-      await attempt(p, [{ op: "create" }], { code: "ExpiredToken", status: 400 });
+      await attempt(p, [{ op: "put_object", file: small }], { code: "ExpiredToken", status: 403 });
+      await attempt(p, [{ op: "create" }], { code: "ExpiredToken", status: 403 });
     });
 
     it("reused credentials: a second PutObject, a second multipart upload, a second Complete", async () => {

@@ -14,7 +14,9 @@ export const S3_ERRORS = {
     status: 400,
     message: "Your proposed upload is smaller than the minimum allowed object size.",
   },
-  ExpiredToken: { status: 400, message: "The provided token has expired." },
+  // S3 itself answers these two with 400; Meridian refuses every credential it will not honour with 403,
+  // as the upload contract says (issue 11), so a client can treat "not allowed" one way. boto3 reads the code.
+  ExpiredToken: { status: 403, message: "The provided token has expired." },
   IncompleteBody: {
     status: 400,
     message: "You did not provide the number of bytes specified by the Content-Length HTTP header.",
@@ -36,7 +38,7 @@ export const S3_ERRORS = {
     message: "The list of parts was not in ascending order. Parts must be ordered by part number.",
   },
   InvalidRequest: { status: 400, message: "Invalid Request" },
-  InvalidToken: { status: 400, message: "The provided token is malformed or otherwise invalid." },
+  InvalidToken: { status: 403, message: "The provided token is malformed or otherwise invalid." },
   InvalidURI: { status: 400, message: "Couldn't parse the specified URI." },
   MalformedXML: {
     status: 400,
