@@ -270,6 +270,18 @@ describe.each(STORE_KINDS)("every answer validates against Baseten's full spec (
     expect(future.body.logs).toEqual([]);
     const env = await api.get(`/v1/models/${modelId}/environments/prod-eu/logs?limit=2`);
     expect(env.body.logs).toHaveLength(2);
+    // Repeated query keys are lists: every `includes` must appear.
+    const started = await api.get(`${base}?includes=started&includes=pid&component=driver`);
+    expect(started.body.logs.length).toBeGreaterThan(0);
+    for (const l of started.body.logs) expect(l.message).toMatch(/started.*pid|pid.*started/);
+
+    // The replica filter narrows the deployment's own replicas: naming another deployment's replica (here
+    // the spare's, on us-1) reads nothing of it, and asks no plane.
+    const other = (await api.get(`/v1/models/${modelId}/deployments/${spare}/logs`)).body.logs[0].replica;
+    const foreign = await api.get(`${base}?replica=${other}`);
+    expect(foreign.body).toEqual({ logs: [], unreachable_planes: [] });
+    const own = await api.get(`${base}?replica=${logs[0]!.replica}`);
+    expect(own.body.logs.every((l: { replica: string }) => l.replica === logs[0]!.replica)).toBe(true);
 
     expectError(await api.get(`${base}?limit=0`), 400, "invalid_request");
     expectError(await api.post(base, { limit: 1001 }), 400, "invalid_request");
