@@ -1,7 +1,7 @@
 // The OpenAPI document served at /v1/spec, generated from the route table: request bodies are the schemas
-// the routes validate with; responses name component schemas of Baseten's published management API (a
-// verbatim copy ships in ./reference/baseten-management-api.json), with the fields Meridian adds to them
-// marked `x-meridian`. A route Baseten's API does not have is Meridian's own and is tagged `meridian`.
+// the routes validate with; responses name component schemas of Baseten's published management API (the
+// published document, reformatted, ships in ./reference/baseten-management-api.json), with the fields
+// Meridian adds to them marked `x-meridian`. A route Baseten's API lacks is Meridian's, tagged `meridian`.
 
 import { readFileSync } from "node:fs";
 import { EGRESS_POLICIES, STANDARD_ENDPOINT_POLICIES } from "../core/domain.ts";

@@ -127,17 +127,18 @@ class CheckedClient extends ApiClient {
   }
 }
 
-it("the control plane ships Baseten's published management API verbatim", () => {
+it("the control plane ships Baseten's published management API, the same document", () => {
   let published: string;
   try {
     published = readFileSync(PUBLISHED_SPEC, "utf8");
   } catch {
     return; // Outside the workspace there is nothing to compare with: the shipped copy is the reference.
   }
+  // Formatted by the repository's formatter, so compared as JSON.
   expect(
-    readFileSync(BASETEN_SPEC, "utf8") === published,
-    "src/control/reference is not the published file",
-  ).toBe(true);
+    JSON.parse(readFileSync(BASETEN_SPEC, "utf8")),
+    "src/control/reference differs from the published spec",
+  ).toEqual(JSON.parse(published));
 });
 
 describe.each(STORE_KINDS)("every answer validates against Baseten's full spec (%s)", (kind) => {

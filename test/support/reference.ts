@@ -17,7 +17,7 @@ import {
 } from "../../src/control/openapi.ts";
 
 const SHARED = resolve(import.meta.dirname, "../../../shared/reference");
-/** The published files when this checkout sits beside them; else the verbatim copies the control plane ships. */
+/** The published files when this checkout sits beside them; else the copies the control plane ships. */
 export const PUBLISHED_SPEC = resolve(SHARED, "baseten-management-api.json");
 const PUBLISHED_SUBSET = resolve(SHARED, "baseten-management-api.subset.json");
 
