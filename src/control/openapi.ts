@@ -12,7 +12,7 @@ export interface RouteDoc {
   summary: string;
   body?: object;
   query?: { properties: Record<string, object> };
-  /** The reference component schema of the 200 response. */
+  /** The component schema of the 200 response; a route of Baseten's API defaults to Baseten's. */
   response?: string;
   /** A route Meridian adds to the reference's API (also implied when Baseten's API has no such route). */
   meridian?: boolean;

@@ -275,6 +275,7 @@ describe.each(STORE_KINDS)("every answer validates against Baseten's full spec (
     const started = await api.get(`${base}?includes=started&includes=pid&component=driver`);
     expect(started.body.logs.length).toBeGreaterThan(0);
     for (const l of started.body.logs) expect(l.message).toMatch(/started.*pid|pid.*started/);
+    expect((await api.get(`${base}?includes=started&includes=no-such-text`)).body.logs).toEqual([]);
 
     // The replica filter narrows the deployment's own replicas: naming another deployment's replica (here
     // the spare's, on us-1) reads nothing of it, and asks no plane.
