@@ -27,6 +27,7 @@ type Schema = {
   required?: string[];
   $ref?: string;
   format?: string;
+  "x-meridian"?: boolean;
 };
 
 interface Operation {
@@ -152,6 +153,15 @@ function table(rows: Row[]): string[] {
   return out;
 }
 
+/** One line per schema of the document that has Meridian's fields (`x-meridian` properties). */
+function meridianFields(spec: OpenApiDocument): string[] {
+  return Object.entries(spec.components.schemas).flatMap(([name, schema]) => {
+    const own = Object.entries(schema.properties ?? {}).filter(([, p]) => p["x-meridian"] === true);
+    if (own.length === 0) return [];
+    return [`- ${name}: ${own.map(([field, p]) => `\`${field}\` (${typeOf(p)})`).join(", ")}`];
+  });
+}
+
 /** Renders the OpenAPI document as Markdown: a table per tag, then the response schemas they name. */
 export function renderApiDocs(spec: OpenApiDocument): string {
   const rows: Row[] = Object.entries(spec.paths).flatMap(([path, ops]) =>
@@ -181,11 +191,12 @@ export function renderApiDocs(spec: OpenApiDocument): string {
     "request schemas. Also public: `GET /healthz` (`{ok, revision}`) and `GET /v1/info`",
     "(`{product, domain}`: what clients need to build endpoint URLs). Errors on every route are",
     '`{"error", "error_code", "detail"}` with the codes of [errors.md](errors.md). Request bodies refuse',
-    "unknown fields; `?` marks a nullable field. Meridian adds fields the reference schemas below do not",
-    "list: `region_restriction` (`{region, standard_endpoint_policy}` or null) on EnvironmentV1 and",
-    "EnvironmentGroupV1, `egress` (`allow` or `deny`: the group's policy, or the one a deployment runs",
-    "under) on EnvironmentGroupV1 and DeploymentV1, `status_message` on DeploymentV1 (see",
-    "src/control/views.ts), and `sandbox` (`{mode, detail}` or null) on each plane of `GET /v1/admin/planes`.",
+    "unknown fields; `?` marks a nullable field. Response schemas are Baseten's published ones; the fields",
+    "Meridian adds to them are marked `x-meridian` in `/v1/spec` (src/control/openapi.ts `MERIDIAN_FIELDS`):",
+    "",
+    ...meridianFields(spec),
+    "",
+    "Each plane of `GET /v1/admin/planes` also has `sandbox` (`{mode, detail}` or null).",
     "",
     `## Reference routes (${reference.length})`,
     "",
@@ -196,7 +207,8 @@ export function renderApiDocs(spec: OpenApiDocument): string {
     "",
     `## Meridian's routes, tag \`meridian\` (${meridian.length})`,
     "",
-    "Uploads, replica logs, audit logs, and the operator API (`/v1/admin/…`, org admins' personal keys only).",
+    "Routes Baseten's published API does not have: uploads, regions, audit logs, deleting an environment,",
+    "renaming a deployment, and the operator API (`/v1/admin/…`, org admins' personal keys only).",
     "",
     ...table(meridian),
     "",

@@ -378,11 +378,17 @@ export function registerUserCommands(program: Command): void {
         const path = flags.deployment
           ? `/v1/models/${flags.model}/deployments/${flags.deployment}/logs`
           : `/v1/models/${flags.model}/environments/${flags.environment}/logs`;
+        // Six days back: all a plane keeps, inside the API's 7-day window whatever the clocks' skew.
+        const start = Date.now() - 6 * 24 * 60 * 60 * 1000;
         const res = await new ManagementApi(settings).get<{
-          lines: Array<{ ts: string; plane: string; replica_id: string; line: string }>;
+          logs: Array<{ timestamp: string; plane: string; replica: string; message: string }>;
           unreachable_planes?: string[];
-        }>(`${path}?limit=${flags.limit}`);
-        for (const l of res.lines) out.line(`${l.ts} ${l.plane}/${l.replica_id} ${l.line}`);
+        }>(`${path}?limit=${flags.limit}&start_epoch_millis=${start}`);
+        // The API answers newest first; a terminal reads oldest first.
+        for (const l of [...res.logs].reverse()) {
+          const ts = new Date(Number(BigInt(l.timestamp) / 1_000_000n)).toISOString();
+          out.line(`${ts} ${l.plane}/${l.replica} ${l.message}`);
+        }
         if (res.unreachable_planes?.length) out.note(`(not reachable: ${res.unreachable_planes.join(", ")})`);
         return res;
       },

@@ -201,10 +201,14 @@ async function waitForDeployment(
 
 async function recentLogs(api: ManagementApi, modelId: string, deploymentId: string): Promise<string> {
   try {
-    const res = await api.get<{ lines: Array<{ line: string }> }>(
+    const res = await api.get<{ logs: Array<{ message: string }> }>(
       `/v1/models/${modelId}/deployments/${deploymentId}/logs?limit=20`,
     );
-    return res.lines.map((l) => `  | ${l.line}`).join("\n");
+    // Newest first from the API, printed oldest first.
+    return [...res.logs]
+      .reverse()
+      .map((l) => `  | ${l.message}`)
+      .join("\n");
   } catch {
     return "";
   }

@@ -1,43 +1,77 @@
-// Replica logs through the management API (issue 3): fetched on demand from the planes that run a
-// deployment's replicas and merged, never stored by the control plane — a replica's output stays in its
-// plane's region. A plane that cannot be asked is named in `unreachable_planes` and its lines are missing.
+// Replica logs through the management API (issue 3), shaped as Baseten's logs routes (GetLogsResponseV1):
+// fetched on demand from the planes that run a deployment's replicas, then windowed, filtered and ordered
+// (src/core/log-query.ts), never stored by the control plane — a replica's output stays in its plane's
+// region. A plane that cannot be asked is named in `unreachable_planes` and its lines are missing.
 
 import { request } from "undici";
 import type { Principal } from "../core/access.ts";
 import { MeridianError } from "../core/errors.ts";
+import {
+  type CapturedLine,
+  type LogEntry,
+  type LogQuery,
+  type LogQueryInput,
+  resolveLogQuery,
+  selectLogs,
+} from "../core/log-query.ts";
 import { CONTROL_ACCESS_HEADER, signControlAccess } from "../lib/control-access.ts";
 import type { ControlContext } from "./context.ts";
 import { activePromotion, loadDeploymentAlias, loadModel, requireCapability } from "./lookup.ts";
 
-export const DEFAULT_LOG_LIMIT = 500;
-export const MAX_LOG_LIMIT = 5000;
 /** How long one plane may take to answer before it counts as unreachable. */
 const PLANE_TIMEOUT_MS = 3_000;
-
-export interface ReplicaLogLine {
-  ts: string;
-  replica_id: string;
-  plane: string;
-  stream: string;
-  line: string;
-}
+/**
+ * Lines asked of a plane per replica: more than a plane holds (its ring keeps the newest 2000 by default),
+ * so the window and filters apply to everything it has. The plane's route takes no time range.
+ */
+const PLANE_LINES_PER_REPLICA = 5_000;
 
 export interface LogsResponse {
-  /** Oldest first, so the newest line is last. */
-  lines: ReplicaLogLine[];
+  logs: LogEntry[];
   /** Planes running replicas of the deployment that did not answer; their lines are missing. */
   unreachable_planes: string[];
 }
 
-function limitOf(raw: string | undefined): number {
-  if (raw === undefined) return DEFAULT_LOG_LIMIT;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1 || n > MAX_LOG_LIMIT) {
-    throw new MeridianError("invalid_request", `limit is a whole number from 1 to ${MAX_LOG_LIMIT}.`, {
-      field: "limit",
-    });
-  }
-  return n;
+/**
+ * The GET routes' query: every value is a string (the app coerces nothing), repeated keys are arrays.
+ * Numbers are checked as digit strings by the schema (src/control/schemas.ts `logsQuery`).
+ */
+export interface LogsQueryString {
+  start_epoch_millis?: string;
+  end_epoch_millis?: string;
+  direction?: "asc" | "desc";
+  limit?: string;
+  min_level?: "DEBUG" | "INFO" | "WARNING" | "ERROR";
+  replica?: string;
+  request_id?: string;
+  component?: string;
+  search_pattern?: string;
+  includes?: string | string[];
+  excludes?: string | string[];
+}
+
+export function fromQueryString(q: LogsQueryString): LogQueryInput {
+  const list = (v: string | string[] | undefined) => (v === undefined ? undefined : [v].flat());
+  const num = (v: string | undefined) => (v === undefined ? undefined : Number(v));
+  return {
+    start_epoch_millis: num(q.start_epoch_millis),
+    end_epoch_millis: num(q.end_epoch_millis),
+    limit: num(q.limit),
+    direction: q.direction,
+    min_level: q.min_level,
+    replica: q.replica,
+    request_id: q.request_id,
+    component: q.component,
+    search_pattern: q.search_pattern,
+    includes: list(q.includes),
+    excludes: list(q.excludes),
+  };
+}
+
+function resolve(ctx: ControlContext, input: LogQueryInput): LogQuery {
+  const outcome = resolveLogQuery(input, Date.parse(ctx.now()));
+  if (!outcome.ok) throw new MeridianError("invalid_request", outcome.message, { field: outcome.field });
+  return outcome.query;
 }
 
 export async function deploymentLogs(
@@ -45,13 +79,12 @@ export async function deploymentLogs(
   p: Principal,
   modelId: string,
   deploymentId: string,
-  limit: string | undefined,
+  input: LogQueryInput,
 ): Promise<LogsResponse> {
   requireCapability(p, "read");
-  const n = limitOf(limit);
   const model = await loadModel(ctx.store.db, p, modelId);
   const d = await loadDeploymentAlias(ctx.store.db, model, deploymentId);
-  return collectLogs(ctx, [d.id], n);
+  return collectLogs(ctx, [d.id], resolve(ctx, input));
 }
 
 /** The environment's current deployment and, while a promotion is in flight, its candidate. */
@@ -60,10 +93,9 @@ export async function environmentLogs(
   p: Principal,
   modelId: string,
   envName: string,
-  limit: string | undefined,
+  input: LogQueryInput,
 ): Promise<LogsResponse> {
   requireCapability(p, "read");
-  const n = limitOf(limit);
   const db = ctx.store.db;
   const model = await loadModel(db, p, modelId);
   const env = await db
@@ -74,19 +106,20 @@ export async function environmentLogs(
     .executeTakeFirst();
   if (!env)
     throw new MeridianError("environment_not_found", `Model ${model.id} has no environment '${envName}'.`);
+  const query = resolve(ctx, input);
   const promotion = await activePromotion(db, model.id, envName);
   const ids = [env.current_deployment_id, promotion?.candidate_deployment_id].filter(
     (id): id is string => typeof id === "string",
   );
-  return collectLogs(ctx, [...new Set(ids)], n);
+  return collectLogs(ctx, [...new Set(ids)], query);
 }
 
 async function collectLogs(
   ctx: ControlContext,
   deploymentIds: string[],
-  limit: number,
+  query: LogQuery,
 ): Promise<LogsResponse> {
-  if (deploymentIds.length === 0) return { lines: [], unreachable_planes: [] };
+  if (deploymentIds.length === 0) return { logs: [], unreachable_planes: [] };
   const db = ctx.store.db;
   const [replicas, secret] = await Promise.all([
     db
@@ -98,30 +131,22 @@ async function collectLogs(
       .execute(),
     ctx.store.getMeta("hop_secret", db),
   ]);
+  // A replica filter asks only the plane that runs it.
+  const wanted = query.replica === null ? replicas : replicas.filter((r) => r.id === query.replica);
   const byPlane = new Map<string, { admin_url: string | null; ids: string[] }>();
-  for (const r of replicas) {
+  for (const r of wanted) {
     const entry = byPlane.get(r.plane) ?? { admin_url: r.admin_url, ids: [] };
     entry.ids.push(r.id);
     byPlane.set(r.plane, entry);
   }
   const unreachable: string[] = [];
-  const lines: ReplicaLogLine[] = [];
+  const lines: CapturedLine[] = [];
   await Promise.all(
     [...byPlane].map(async ([plane, { admin_url, ids }]) => {
       try {
         if (admin_url === null || !secret) throw new Error("the plane has not reported an admin_url");
-        for (const got of await Promise.all(
-          ids.map((id) => fetchReplicaLogs(admin_url, secret, id, limit)),
-        )) {
-          lines.push(
-            ...got.map((l) => ({
-              ts: l.ts,
-              replica_id: l.replica_id,
-              plane,
-              stream: l.stream,
-              line: l.line,
-            })),
-          );
+        for (const got of await Promise.all(ids.map((id) => fetchReplicaLogs(admin_url, secret, id)))) {
+          lines.push(...got.map((l) => ({ ...l, plane })));
         }
       } catch (err) {
         ctx.logger.warn({ plane, err: (err as Error).message }, "replica logs unavailable");
@@ -129,18 +154,17 @@ async function collectLogs(
       }
     }),
   );
-  // ISO-8601 timestamps of one format sort as strings; the sort is stable, so a replica's order holds.
-  lines.sort((a, b) => (a.ts < b.ts ? -1 : a.ts > b.ts ? 1 : 0));
-  return { lines: lines.slice(-limit), unreachable_planes: unreachable.sort() };
+  // Replicas in id order, each oldest first: the order selectLogs keeps for lines of one millisecond.
+  lines.sort((a, b) => (a.replica_id < b.replica_id ? -1 : a.replica_id > b.replica_id ? 1 : 0));
+  return { logs: selectLogs(lines, query), unreachable_planes: unreachable.sort() };
 }
 
 async function fetchReplicaLogs(
   adminUrl: string,
   secret: string,
   replicaId: string,
-  limit: number,
-): Promise<Array<{ ts: string; replica_id: string; stream: string; line: string }>> {
-  const path = `/v1/replicas/${encodeURIComponent(replicaId)}/logs?limit=${limit}`;
+): Promise<Array<Omit<CapturedLine, "plane">>> {
+  const path = `/v1/replicas/${encodeURIComponent(replicaId)}/logs?limit=${PLANE_LINES_PER_REPLICA}`;
   const res = await request(`${adminUrl}${path}`, {
     method: "GET",
     headers: { [CONTROL_ACCESS_HEADER]: signControlAccess(secret, Date.now(), path) },

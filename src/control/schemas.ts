@@ -1,12 +1,20 @@
 // JSON schemas of the management API's request bodies and parameters. Field names follow the reference;
 // unlike it, unknown fields are refused (`additionalProperties: false`) so a typo is an error, not a no-op.
 
+import { METRIC_MODES } from "../core/deployment-metrics.ts";
 import {
   API_KEY_CATEGORIES,
   EGRESS_POLICIES,
   PROMOTION_CLEANUP_STRATEGIES,
   STANDARD_ENDPOINT_POLICIES,
 } from "../core/domain.ts";
+import {
+  LOG_LEVELS,
+  MAX_LOG_FILTER_LENGTH,
+  MAX_LOG_LIMIT,
+  MAX_LOG_SUBSTRINGS,
+  SORT_ORDERS,
+} from "../core/log-query.ts";
 
 /** `schema` or null; generic so the types derived from a schema (json-schema-to-ts) keep its shape. */
 const nullable = <const S extends object>(schema: S) => ({ anyOf: [schema, { type: "null" }] }) as const;
@@ -337,8 +345,62 @@ export const modelsQuery = {
   properties: { name: str },
 } as const;
 
+// —— replica logs and deployment metrics (Baseten's GetDeploymentLogsRequestV1 and the routes' queries) ——
+
+/** Epoch milliseconds in a query string: digits only (the app coerces nothing). */
+const epochDigits = { type: "string", pattern: "^[0-9]{1,15}$" } as const;
+const logFilter = { type: "string", maxLength: MAX_LOG_FILTER_LENGTH } as const;
+const substrings = { type: "array", maxItems: MAX_LOG_SUBSTRINGS, items: str } as const;
+/** A query key given once is a string, given several times an array. */
+const oneOrMany = <const S extends object, const A extends object>(one: S, many: A) =>
+  ({ anyOf: [one, many] }) as const;
+
 export const logsQuery = {
   type: "object",
   additionalProperties: false,
-  properties: { limit: { type: "string", pattern: "^[0-9]{1,4}$" } },
+  properties: {
+    start_epoch_millis: epochDigits,
+    end_epoch_millis: epochDigits,
+    direction: { type: "string", enum: SORT_ORDERS },
+    limit: { type: "string", pattern: "^[0-9]{1,4}$" },
+    min_level: { type: "string", enum: LOG_LEVELS },
+    replica: logFilter,
+    request_id: logFilter,
+    component: logFilter,
+    search_pattern: logFilter,
+    includes: oneOrMany(str, substrings),
+    excludes: oneOrMany(str, substrings),
+  },
+} as const;
+
+/** The POST form's body: the same fields as JSON, null meaning absent. */
+export const deploymentLogsBody = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    start_epoch_millis: nullable({ type: "integer", minimum: 0, maximum: 8_640_000_000_000_000 }),
+    end_epoch_millis: nullable({ type: "integer", minimum: 0, maximum: 8_640_000_000_000_000 }),
+    direction: nullable({ type: "string", enum: SORT_ORDERS }),
+    limit: nullable({ type: "integer", minimum: 1, maximum: MAX_LOG_LIMIT }),
+    min_level: nullable({ type: "string", enum: LOG_LEVELS }),
+    replica: nullable(logFilter),
+    request_id: nullable(logFilter),
+    component: nullable(logFilter),
+    search_pattern: nullable(logFilter),
+    includes: substrings,
+    excludes: substrings,
+  },
+} as const;
+
+const metricName = { type: "string", minLength: 1, maxLength: 128 } as const;
+
+export const metricsQuery = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    mode: { type: "string", enum: METRIC_MODES },
+    start_epoch_millis: epochDigits,
+    end_epoch_millis: epochDigits,
+    metrics: oneOrMany(metricName, { type: "array", maxItems: 16, items: metricName }),
+  },
 } as const;

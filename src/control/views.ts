@@ -1,5 +1,6 @@
-// Rows to the management API's JSON shapes (the reference's ModelV1, DeploymentV1, EnvironmentV1, …),
-// plus the defaults for settings a request leaves out. Meridian's additions are marked where they appear.
+// Rows to the management API's JSON shapes (Baseten's ModelV1, DeploymentV1, EnvironmentV1, …), plus the
+// defaults for settings a request leaves out. Meridian's additions are marked where they appear and listed,
+// with their schemas, in ./openapi.ts `MERIDIAN_FIELDS` (the conformance test allows no others).
 
 import type {
   DeploymentStatus,
@@ -19,7 +20,10 @@ import type {
   UserRow,
 } from "../store/schema.ts";
 
-/** This installation runs every replica on CPU capacity of its planes: one instance type. */
+/**
+ * The one instance type: a replica slot of a plane (every slot is alike). The CPU and memory are a slot's
+ * nominal size; the process driver enforces neither (docs/decisions.md).
+ */
 export const INSTANCE_TYPE = {
   id: "meridian-cpu",
   name: "meridian-cpu",
@@ -146,6 +150,7 @@ export function deploymentView(d: DeploymentRow, facts: DeploymentFacts) {
     instance_type_name: INSTANCE_TYPE.name,
     environment: facts.environment,
     labels: d.labels === null ? null : (JSON.parse(d.labels) as Record<string, unknown>),
+    // Meridian's additions: the region its replicas are restricted to, and backpressure settings.
     region: facts.region ? regionView(facts.region) : null,
     request_backpressure_settings: { policy: null },
     // Meridian's addition: why the deployment is in its status (a load() error, waiting for capacity).
@@ -184,8 +189,8 @@ export function environmentView(
     autoscaling_settings: JSON.parse(e.autoscaling) as AutoscalingSettings,
     promotion_settings: JSON.parse(e.promotion_settings) as PromotionSettings,
     instance_type: INSTANCE_TYPE,
+    // Meridian's addition (from Baseten's earlier published API): backpressure settings.
     request_backpressure_settings: { policy: null },
-    autoscaling_schedules: null,
     // Meridian's addition: the region restriction inherited from the environment group.
     region_restriction: restriction,
   };

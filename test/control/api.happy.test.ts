@@ -120,7 +120,7 @@ describe.each(STORE_KINDS)("management API on %s", (kind) => {
       promotion_settings: { redeploy_on_promotion: true },
     });
     expect(updated.status).toBe(200);
-    expectReferenceShape("UpdateEnvironmentResponseV1", updated.body);
+    expectReferenceShape("UpdateAutoscalingSettingsResponseV1", updated.body);
     expect(updated.body.environment.promotion_settings).toMatchObject({
       redeploy_on_promotion: true,
       promotion_cleanup_strategy: "KEEP",

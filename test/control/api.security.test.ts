@@ -50,6 +50,7 @@ function validBodies(ids: Ids): Record<string, unknown> {
     },
     "PATCH /v1/models/{model_id}/deployments/{deployment_id}": { name: "renamed" },
     "POST /v1/models/{model_id}/deployments/{deployment_id}/promote": {},
+    "POST /v1/models/{model_id}/deployments/{deployment_id}/logs": { limit: 10 },
     "POST /v1/models/{model_id}/environments": { name: "intruder" },
     "PATCH /v1/models/{model_id}/environments/{env_name}": {
       autoscaling_settings: { max_replica: 3 },

@@ -16,6 +16,7 @@ import {
   slowModel,
   Traffic,
 } from "../support/planes.ts";
+import { expectReferenceShape } from "../support/reference.ts";
 
 const OUTAGE_SECONDS = Number(process.env["MERIDIAN_E2E_OUTAGE_SECONDS"] ?? 60);
 
@@ -252,12 +253,13 @@ describe("deployment lifecycle", () => {
       `/v1/models/${throws.body.model.id}/deployments/${throws.body.deployment.id}/logs`,
     );
     expect(logs.status, JSON.stringify(logs.body)).toBe(200);
+    expectReferenceShape("GetLogsResponseV1", logs.body);
     expect(logs.body.unreachable_planes).toEqual([]);
-    const errorLine = logs.body.lines.find((l: { line: string }) => l.line.includes("weights missing"));
+    const errorLine = logs.body.logs.find((l: { message: string }) => l.message.includes("weights missing"));
     expect(errorLine).toMatchObject({
       plane: "us-1",
       stream: expect.any(String),
-      replica_id: expect.any(String),
+      replica: expect.any(String),
     });
 
     // Nothing else was affected: the bystander answered every request, and `lifecycle` still serves.
@@ -266,7 +268,7 @@ describe("deployment lifecycle", () => {
     expect((await stage()).status).toBe(200);
   }, 60_000);
 
-  it("replica logs: deployment and environment routes, newest last, limit, and planes that cannot be reached", async () => {
+  it("replica logs: deployment and environment routes, newest first, limit, and planes that cannot be reached", async () => {
     const created = await api().createModel("talkative", "hello-js", { environment_name: "prod-eu" });
     const id = created.body.model.id as string;
     talkative = id;
@@ -275,22 +277,23 @@ describe("deployment lifecycle", () => {
 
     const byDeployment = await api().get(`/v1/models/${id}/deployments/${dep}/logs`);
     expect(byDeployment.status, JSON.stringify(byDeployment.body)).toBe(200);
-    const lines = byDeployment.body.lines as Array<{ ts: string; replica_id: string; plane: string }>;
+    expectReferenceShape("GetLogsResponseV1", byDeployment.body);
+    const lines = byDeployment.body.logs as Array<{ timestamp: string; replica: string; plane: string }>;
     expect(lines.length).toBeGreaterThan(0);
     expect(new Set(lines.map((l) => l.plane))).toEqual(new Set(["eu-1"]));
-    const ts = lines.map((l) => l.ts);
-    expect([...ts].sort()).toEqual(ts);
+    const ns = lines.map((l) => BigInt(l.timestamp));
+    expect(ns).toEqual([...ns].sort((a, b) => (a > b ? -1 : a < b ? 1 : 0)));
 
     const byEnv = await api().get(`/v1/models/${id}/environments/prod-eu/logs?limit=2`);
     expect(byEnv.status, JSON.stringify(byEnv.body)).toBe(200);
-    expect(byEnv.body.lines).toEqual(lines.slice(-2));
+    expect(byEnv.body.logs).toEqual(lines.slice(0, 2));
     expect((await api().get(`/v1/models/${id}/environments/nope/logs`)).status).toBe(404);
     expect((await api().get(`/v1/models/${id}/deployments/${dep}/logs?limit=0`)).status).toBe(400);
     expect((await api().as(null).get(`/v1/models/${id}/deployments/${dep}/logs`)).status).toBe(401);
 
     // The plane's operator listener refuses a forged or absent control signature.
     const eu = cluster.plane("eu-1");
-    const replica = lines[0]!.replica_id;
+    const replica = lines[0]!.replica;
     const direct = await fetch(`http://${eu.host}:${eu.admin}/v1/replicas/${replica}/logs`, {
       headers: { "x-meridian-control": `${Date.now()};${"0".repeat(64)}` },
     });
@@ -300,7 +303,7 @@ describe("deployment lifecycle", () => {
     try {
       const down = await api().get(`/v1/models/${id}/deployments/${dep}/logs`);
       expect(down.status).toBe(200);
-      expect(down.body).toEqual({ lines: [], unreachable_planes: ["eu-1"] });
+      expect(down.body).toEqual({ logs: [], unreachable_planes: ["eu-1"] });
     } finally {
       await eu.start();
     }

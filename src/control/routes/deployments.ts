@@ -3,6 +3,7 @@
 import type { ControlContext } from "../context.ts";
 import * as environments from "../environments.ts";
 import * as logs from "../logs.ts";
+import * as metrics from "../metrics.ts";
 import * as models from "../models.ts";
 import * as s from "../schemas.ts";
 import { type Route, route } from "./route.ts";
@@ -66,12 +67,39 @@ export function deploymentsRoutes(ctx: ControlContext): Route[] {
     route({
       method: "GET",
       url: "/v1/models/{model_id}/deployments/{deployment_id}/logs",
-      summary: "Reads a deployment's replica logs from the planes that run them (newest last)",
+      summary: "Gets a deployment's replica logs, read from the planes that run them (newest first)",
       auth: "key",
       query: s.logsQuery,
-      meridian: true,
+      response: "GetLogsResponseV1",
       handler: (c) =>
-        logs.deploymentLogs(ctx, c.principal, c.params.model_id, c.params.deployment_id, c.query.limit),
+        logs.deploymentLogs(
+          ctx,
+          c.principal,
+          c.params.model_id,
+          c.params.deployment_id,
+          logs.fromQueryString(c.query),
+        ),
+    }),
+    // Baseten keeps the POST form (deprecated there) because truss's `push --tail` and `model-logs` send it.
+    route({
+      method: "POST",
+      url: "/v1/models/{model_id}/deployments/{deployment_id}/logs",
+      summary: "Gets a deployment's replica logs for the time range in the body (the form truss sends)",
+      auth: "key",
+      body: s.deploymentLogsBody,
+      response: "GetLogsResponseV1",
+      handler: (c) =>
+        logs.deploymentLogs(ctx, c.principal, c.params.model_id, c.params.deployment_id, c.body ?? {}),
+    }),
+    route({
+      method: "GET",
+      url: "/v1/models/{model_id}/deployments/{deployment_id}/metrics",
+      summary: "Gets a deployment's metrics: replica counts and its environments' request counts",
+      auth: "key",
+      query: s.metricsQuery,
+      response: "GetDeploymentMetricsResponseV1",
+      handler: (c) =>
+        metrics.getDeploymentMetrics(ctx, c.principal, c.params.model_id, c.params.deployment_id, c.query),
     }),
     route({
       method: "POST",

@@ -39,7 +39,7 @@ export function environmentsRoutes(ctx: ControlContext): Route[] {
       summary: "Updates an environment's settings",
       auth: "key",
       body: s.updateEnvironmentBody,
-      response: "UpdateEnvironmentResponseV1",
+      response: "UpdateAutoscalingSettingsResponseV1",
       handler: (c) =>
         environments.updateEnvironment(ctx, c.principal, c.params.model_id, c.params.env_name, c.body),
     }),
@@ -81,12 +81,18 @@ export function environmentsRoutes(ctx: ControlContext): Route[] {
     route({
       method: "GET",
       url: "/v1/models/{model_id}/environments/{env_name}/logs",
-      summary: "Reads the replica logs of an environment's deployment (and promotion candidate), newest last",
+      summary: "Gets the replica logs of an environment's deployment (and promotion candidate), newest first",
       auth: "key",
       query: s.logsQuery,
-      meridian: true,
+      response: "GetLogsResponseV1",
       handler: (c) =>
-        logs.environmentLogs(ctx, c.principal, c.params.model_id, c.params.env_name, c.query.limit),
+        logs.environmentLogs(
+          ctx,
+          c.principal,
+          c.params.model_id,
+          c.params.env_name,
+          logs.fromQueryString(c.query),
+        ),
     }),
     route({
       method: "POST",

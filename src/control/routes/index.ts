@@ -9,6 +9,7 @@ import { deploymentsRoutes } from "./deployments.ts";
 import { environmentsRoutes } from "./environments.ts";
 import { groupsRoutes } from "./groups.ts";
 import { identityRoutes } from "./identity.ts";
+import { instanceTypesRoutes } from "./instance-types.ts";
 import { internalRoutes } from "./internal.ts";
 import { modelsRoutes } from "./models.ts";
 import { regionsRoutes } from "./regions.ts";
@@ -19,6 +20,7 @@ export function controlRoutes(ctx: ControlContext, options: RouteOptions): Route
   return [
     ...identityRoutes(ctx),
     ...regionsRoutes(ctx),
+    ...instanceTypesRoutes(),
     ...uploadsRoutes(ctx, options),
     ...modelsRoutes(ctx),
     ...deploymentsRoutes(ctx),
