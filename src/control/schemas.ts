@@ -330,3 +330,14 @@ export const logsQuery = {
   additionalProperties: false,
   properties: { limit: { type: "string", pattern: "^[0-9]{1,4}$" } },
 } as const;
+
+/**
+ * UpsertSecretRequestV1. The name's rule and the value's size are checked by the handler
+ * (src/core/secrets.ts), so each gets its own error code and message.
+ */
+export const upsertSecretBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["name", "value"],
+  properties: { name: str, value: str },
+} as const;

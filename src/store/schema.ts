@@ -198,6 +198,19 @@ export interface ArtifactChunkTable {
   created_at: string;
 }
 
+/** A team secret, sealed (AES-256-GCM) under the key `key_id` of the control plane's key file. */
+export interface SecretTable {
+  id: string;
+  team_id: string;
+  /** truss's secret name rule (src/core/secrets.ts); unique in its team. */
+  name: string;
+  key_id: string;
+  /** base64 of nonce ‖ ciphertext ‖ tag; the associated data is the team id and the name. */
+  sealed: string;
+  created_at: string;
+  updated_at: string;
+}
+
 export interface Schema {
   meta: MetaTable;
   revision: RevisionTable;
@@ -217,6 +230,7 @@ export interface Schema {
   audit_logs: AuditLogTable;
   request_counts: RequestCountTable;
   artifact_chunks: ArtifactChunkTable;
+  secrets: SecretTable;
 }
 
 export type TeamRow = Selectable<TeamTable>;
@@ -232,4 +246,5 @@ export type EnvironmentGroupRow = Selectable<EnvironmentGroupTable>;
 export type PromotionRow = Selectable<PromotionTable>;
 export type ReplicaRow = Selectable<ReplicaTable>;
 export type AuditLogRow = Selectable<AuditLogTable>;
+export type SecretRow = Selectable<SecretTable>;
 export type NewDeployment = Insertable<DeploymentTable>;
