@@ -62,8 +62,9 @@ const MAX_ANSWER_BYTES = MAX_SECRETS_PER_DEPLOYMENT * (SECRET_VALUE_MAX_BYTES * 
 
 /**
  * Fetches the replica's secrets and writes them into `dir`; returns the names written (sorted). A replica
- * whose deployment names no secret gets an empty directory. Throws ReplicaSecretsError, and then leaves no
- * value in `dir`.
+ * whose deployment names no secret gets an empty directory. Throws ReplicaSecretsError: when the fetch
+ * fails, `dir` is left as it was (a replica restarted in place may keep what it was started with while the
+ * control plane is away); when writing fails, `dir` is removed, so no replica starts with half its secrets.
  */
 export async function fetchReplicaSecrets(req: ReplicaSecretsRequest): Promise<string[]> {
   const values = await fetchValues(req);
