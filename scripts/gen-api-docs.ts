@@ -12,6 +12,7 @@ import { buildControlApp } from "../src/control/app.ts";
 import { LocalArtifactStore } from "../src/control/artifacts.ts";
 import type { ControlContext } from "../src/control/context.ts";
 import { RevisionFeed } from "../src/control/revision-feed.ts";
+import { newKeyFileText, SecretBox } from "../src/lib/secret-box.ts";
 import { Store } from "../src/store/store.ts";
 
 export const API_DOC = resolve(import.meta.dirname, "../docs/api.md");
@@ -59,6 +60,7 @@ export async function fetchSpec(): Promise<OpenApiDocument> {
       now: () => new Date(0).toISOString(),
       startedAtMs: 0,
       planeTimeoutMs: 15_000,
+      secrets: SecretBox.parse(newKeyFileText(), "a throwaway key"),
     };
     const app = await buildControlApp(ctx);
     try {

@@ -53,6 +53,10 @@ program
     "--plane-timeout <seconds>",
     "a plane silent this long is down; its replicas are placed again in their region (default 15)",
   )
+  .option(
+    "--secrets-key-file <path>",
+    "the key file that encrypts team secrets (mode 0600; default secrets.key under --data-dir, created on first start); every control replica needs the same file",
+  )
   .action(async (flags) => {
     const { runControlCommand } = await import("../control/command.ts");
     await runControlCommand(flags, process.env);

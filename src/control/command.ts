@@ -13,6 +13,7 @@ export interface ControlFlags {
   publicUrl?: string;
   artifactStore?: string;
   planeTimeout?: string;
+  secretsKeyFile?: string;
 }
 
 /** Splits `host:port` (IPv6 in brackets). */
@@ -50,6 +51,7 @@ export async function runControlCommand(flags: ControlFlags, env: NodeJS.Process
     publicUrl: flags.publicUrl ?? null,
     ...(flags.artifactStore ? { artifactStore: artifactStoreKind(flags.artifactStore) } : {}),
     ...(flags.planeTimeout ? { planeTimeoutMs: seconds("--plane-timeout", flags.planeTimeout) * 1000 } : {}),
+    ...(flags.secretsKeyFile ? { secretsKeyFile: resolve(flags.secretsKeyFile) } : {}),
   });
   const control = await startControl(config);
   if (control.adminKey) {

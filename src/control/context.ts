@@ -3,6 +3,7 @@
 
 import type { Logger } from "pino";
 import type { Principal } from "../core/access.ts";
+import type { SecretBox } from "../lib/secret-box.ts";
 import type { Db, Store } from "../store/store.ts";
 import type { ArtifactStore } from "./artifacts.ts";
 import type { RevisionFeed } from "./revision-feed.ts";
@@ -21,6 +22,8 @@ export interface ControlContext {
   startedAtMs: number;
   /** A plane silent this long is down, and its replicas are placed again in their region. */
   planeTimeoutMs: number;
+  /** Seals and opens team secrets; its keys come from a file apart from the database. */
+  secrets: SecretBox;
 }
 
 export interface AuditEntry {

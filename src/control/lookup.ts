@@ -10,6 +10,7 @@ import {
   type TouchedEnvironment,
 } from "../core/access.ts";
 import { MeridianError } from "../core/errors.ts";
+import { secretNamesOf } from "../core/secrets.ts";
 import type { DeploymentRow, EnvironmentGroupRow, ModelRow, PromotionRow, TeamRow } from "../store/schema.ts";
 import type { Db } from "../store/store.ts";
 import { type DeploymentView, deploymentView, modelView } from "./views.ts";
@@ -142,7 +143,9 @@ export type ManagedChange =
   /** Delete a model with everything it has. */
   | { kind: "model"; model: ModelRow }
   /** Change an environment group: every environment of that name in the team. */
-  | { kind: "group"; team_id: string; name: string };
+  | { kind: "group"; team_id: string; name: string }
+  /** Create, change or delete a team secret: every environment whose deployment (or candidate) names it. */
+  | { kind: "secret"; team_id: string; name: string };
 
 /** Environments of a model that serve one of `ids`, or whose promotion in flight has one as candidate. */
 async function stakesOf(
@@ -240,7 +243,36 @@ export async function touchedEnvironments(
     }
     case "group":
       return of(change.team_id, [change.name]);
+    case "secret":
+      return of(change.team_id, await secretStakes(db, change.team_id, change.name));
   }
+}
+
+/**
+ * Environments of a team that serve, or are promoting to, a deployment whose config names the secret: its
+ * value is what their replicas are given at their next start.
+ */
+async function secretStakes(db: Db, teamId: string, name: string): Promise<string[]> {
+  const [serving, candidates] = await Promise.all([
+    db
+      .selectFrom("environments")
+      .innerJoin("models", "models.id", "environments.model_id")
+      .innerJoin("deployments", "deployments.id", "environments.current_deployment_id")
+      .select(["environments.name", "deployments.config"])
+      .where("models.team_id", "=", teamId)
+      .execute(),
+    db
+      .selectFrom("promotions")
+      .innerJoin("models", "models.id", "promotions.model_id")
+      .innerJoin("deployments", "deployments.id", "promotions.candidate_deployment_id")
+      .select(["promotions.environment as name", "deployments.config"])
+      .where("models.team_id", "=", teamId)
+      .where("promotions.active", "=", 1)
+      .execute(),
+  ]);
+  return [...serving, ...candidates]
+    .filter((e) => secretNamesOf(JSON.parse(e.config)).includes(name))
+    .map((e) => e.name);
 }
 
 /**

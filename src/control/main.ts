@@ -6,6 +6,7 @@ import { join } from "node:path";
 import pino, { type Logger } from "pino";
 import { planeIsDown } from "../core/placement.ts";
 import { writeSecretFile } from "../lib/files.ts";
+import { loadSecretsKeyFile } from "../lib/secret-box.ts";
 import { Store } from "../store/store.ts";
 import { bootstrap } from "./accounts.ts";
 import { buildControlApp } from "./app.ts";
@@ -13,6 +14,7 @@ import { DatabaseArtifactStore, LocalArtifactStore } from "./artifacts.ts";
 import type { ControlContext } from "./context.ts";
 import { RevisionFeed } from "./revision-feed.ts";
 import { reconcileAll } from "./scheduler.ts";
+import { verifySecretsKey } from "./secrets.ts";
 
 export interface ControlConfig {
   dataDir: string;
@@ -31,6 +33,11 @@ export interface ControlConfig {
   artifactStore?: "files" | "database";
   /** A plane silent this long is down and its replicas are placed again in their region. Default 15 s. */
   planeTimeoutMs?: number;
+  /**
+   * The key file that seals team secrets. Default: `secrets.key` under the data directory, created (mode
+   * 0600) on first start. Control replicas sharing one PostgreSQL must all be given the same file.
+   */
+  secretsKeyFile?: string;
   logger?: Logger;
 }
 
@@ -46,11 +53,21 @@ export interface RunningControl {
 export async function startControl(config: ControlConfig): Promise<RunningControl> {
   const logger = config.logger ?? pino({ name: "control" });
   mkdirSync(config.dataDir, { recursive: true });
+  // Read before the database is opened: a key file that cannot be used stops the start, naming why.
+  const secrets = loadSecretsKeyFile(config.secretsKeyFile ?? join(config.dataDir, "secrets.key"), {
+    create: config.secretsKeyFile === undefined,
+  });
   const store = await Store.open(
     config.databaseUrl === null
       ? { kind: "sqlite", file: join(config.dataDir, "meridian.db") }
       : { kind: "postgres", url: config.databaseUrl },
   );
+  try {
+    await verifySecretsKey(store, secrets, logger);
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
   const adminKeyFile = join(config.dataDir, "admin.key");
   const boot = await bootstrap(store, new Date().toISOString(), async (key) =>
     writeSecretFile(adminKeyFile, `${key}\n`),
@@ -72,6 +89,7 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
     now: () => new Date().toISOString(),
     startedAtMs: Date.now(),
     planeTimeoutMs: config.planeTimeoutMs ?? 15_000,
+    secrets,
   };
   const app = await buildControlApp(ctx);
   await app.listen({ host: config.host, port: config.port });

@@ -30,6 +30,7 @@ import {
 import { checkPackage } from "./package-check.ts";
 import { issueCredentials, UPLOAD_BUCKET, UPLOAD_REGION } from "./s3/credentials.ts";
 import { change } from "./scheduler.ts";
+import { missingSecretsReason } from "./secrets.ts";
 import { DEFAULT_AUTOSCALING } from "./views.ts";
 
 export interface DeploymentPayload {
@@ -573,6 +574,11 @@ export async function retryDeployment(ctx: ControlContext, p: Principal, modelId
       reason: `Deployment is ${d.status}; only failed deployments are retried.`,
       deployment: await renderDeployment(ctx.store.db, d),
     };
+  }
+  // Restarting replicas that would fail again for the same missing secret helps no one: say so instead.
+  const missing = await missingSecretsReason(ctx.store.db, model.team_id, d.config);
+  if (missing !== null) {
+    return { retried: false, reason: missing, deployment: await renderDeployment(ctx.store.db, d) };
   }
   await setDeploymentActive(ctx, p, modelId, d.id, true);
   return {

@@ -5,7 +5,9 @@
 
 import type { Readable } from "node:stream";
 import { Parser, type ReadEntry } from "tar";
+import { parseDocument } from "yaml";
 import { parseModelConfig } from "../core/model-config.ts";
+import { parseSecretsConfig, secretsEntry } from "../core/secrets.ts";
 
 export type PackageCheck =
   | { ok: true; raw_config: string; config: Record<string, unknown> }
@@ -65,5 +67,20 @@ export async function checkPackage(archive: Readable): Promise<PackageCheck> {
       message: "The model package has neither model/model.js nor docker_server.start_command in config.yaml.",
     };
   }
-  return { ok: true, raw_config: rawConfig, config: parsed.config as unknown as Record<string, unknown> };
+  const secrets = secretsOf(rawConfig);
+  if (!secrets.ok) return { ok: false, message: `config.yaml: ${secrets.key}: ${secrets.message}` };
+  const config = parsed.config as unknown as Record<string, unknown>;
+  return {
+    ok: true,
+    raw_config: rawConfig,
+    // Only the names are kept (with null placeholders): a value written into config.yaml is never stored.
+    config: secrets.names.length > 0 ? { ...config, secrets: secretsEntry(secrets.names) } : config,
+  };
+}
+
+/** The `secrets:` names of a config.yaml that parseModelConfig has accepted (so it is valid YAML). */
+function secretsOf(rawConfig: string) {
+  const raw = parseDocument(rawConfig, { uniqueKeys: true }).toJS() as unknown;
+  const value = typeof raw === "object" && raw !== null ? (raw as Record<string, unknown>)["secrets"] : null;
+  return parseSecretsConfig(value);
 }

@@ -404,3 +404,14 @@ export const metricsQuery = {
     metrics: oneOrMany(metricName, { type: "array", maxItems: 16, items: metricName }),
   },
 } as const;
+
+/**
+ * UpsertSecretRequestV1. The name's rule and the value's size are checked by the handler
+ * (src/core/secrets.ts), so each gets its own error code and message.
+ */
+export const upsertSecretBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["name", "value"],
+  properties: { name: str, value: str },
+} as const;

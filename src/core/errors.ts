@@ -9,6 +9,8 @@ export const ERRORS = {
   invalid_environment_name: { status: 400, message: "The environment name is not valid." },
   invalid_model_id: { status: 400, message: "The model id is not valid." },
   invalid_model_package: { status: 400, message: "The model package is not valid." },
+  invalid_secret_name: { status: 400, message: "The secret name is not valid." },
+  invalid_secret_value: { status: 400, message: "The secret's value is empty or too large." },
   invalid_host: { status: 400, message: "The Host header does not name a Meridian endpoint." },
   unknown_host: { status: 404, message: "No endpoint is served at this hostname." },
   route_not_found: { status: 404, message: "No such route." },
@@ -46,6 +48,8 @@ export const ERRORS = {
   plane_not_found: { status: 404, message: "Workload plane not found." },
   api_key_not_found: { status: 404, message: "API key not found." },
   artifact_not_found: { status: 404, message: "Artifact not found." },
+  secret_not_found: { status: 404, message: "Secret not found." },
+  replica_not_found: { status: 404, message: "Replica not found on this plane." },
   regional_path_not_allowed: {
     status: 404,
     message: "A regional hostname serves only POST /predict; path-based routes are refused here.",
@@ -68,6 +72,11 @@ export const ERRORS = {
   deployment_in_use: { status: 409, message: "The deployment is serving an environment." },
   artifact_checksum_mismatch: { status: 409, message: "The uploaded artifact does not match its checksum." },
   artifact_missing: { status: 409, message: "The model archive has not been uploaded." },
+  secret_in_use: { status: 409, message: "Deployments that run or may wake use this secret." },
+  secret_missing: {
+    status: 409,
+    message: "The deployment names a secret its team does not have.",
+  },
 
   // Serving (429, 5xx)
   misdirected_request: {

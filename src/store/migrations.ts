@@ -303,6 +303,24 @@ function migrations(dialect: Dialect): Record<string, Migration> {
           .execute();
       },
     },
+    "0006_secrets": {
+      async up(db: Kysely<unknown>) {
+        // Team secrets, sealed with a key kept outside the database (src/lib/secret-box.ts): `key_id` names
+        // the key, `sealed` is nonce ‖ ciphertext ‖ tag in base64. A value is never stored in the clear.
+        await db.schema
+          .createTable("secrets")
+          .addColumn("id", "text", (c) => c.primaryKey())
+          .addColumn("team_id", "text", (c) => c.notNull().references("teams.id").onDelete("cascade"))
+          .addColumn("name", "text", (c) => c.notNull())
+          .addColumn("key_id", "text", (c) => c.notNull())
+          .addColumn("sealed", "text", (c) => c.notNull())
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .addColumn("updated_at", "text", (c) => c.notNull())
+          .addUniqueConstraint("secrets_team_name", ["team_id", "name"])
+          .execute();
+        await db.schema.createIndex("secrets_key_id").on("secrets").column("key_id").execute();
+      },
+    },
   };
 }
 

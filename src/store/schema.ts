@@ -224,6 +224,19 @@ export interface S3MultipartUploadTable {
   updated_at: string;
 }
 
+/** A team secret, sealed (AES-256-GCM) under the key `key_id` of the control plane's key file. */
+export interface SecretTable {
+  id: string;
+  team_id: string;
+  /** truss's secret name rule (src/core/secrets.ts); unique in its team. */
+  name: string;
+  key_id: string;
+  /** base64 of nonce ‖ ciphertext ‖ tag; the associated data is the team id and the name. */
+  sealed: string;
+  created_at: string;
+  updated_at: string;
+}
+
 export interface S3PartTable {
   upload_id: string;
   part_number: number;
@@ -268,6 +281,7 @@ export interface Schema {
   s3_multipart_uploads: S3MultipartUploadTable;
   s3_parts: S3PartTable;
   s3_part_chunks: S3PartChunkTable;
+  secrets: SecretTable;
 }
 
 export type TeamRow = Selectable<TeamTable>;
@@ -286,4 +300,5 @@ export type EnvironmentGroupRow = Selectable<EnvironmentGroupTable>;
 export type PromotionRow = Selectable<PromotionTable>;
 export type ReplicaRow = Selectable<ReplicaTable>;
 export type AuditLogRow = Selectable<AuditLogTable>;
+export type SecretRow = Selectable<SecretTable>;
 export type NewDeployment = Insertable<DeploymentTable>;

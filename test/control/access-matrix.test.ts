@@ -73,7 +73,14 @@ type Policy =
   /** Org admins only (the operator). */
   | "org-admin";
 
-type Need = "in_flight" | "failed" | "inactive" | "pending_upload" | "key_target" | "scratch_plane";
+type Need =
+  | "in_flight"
+  | "failed"
+  | "inactive"
+  | "pending_upload"
+  | "key_target"
+  | "scratch_plane"
+  | "secret_target";
 
 /** A model with its deployments (unless the row says `model: false`), and the row's targets. */
 interface Fixture {
@@ -92,6 +99,8 @@ interface Fixture {
   keyPrefix?: string;
   /** A plane registered for this cell to change or remove (`scratch_plane`). */
   plane?: string;
+  /** A secret of the team, named by no deployment (`secret_target`). */
+  secretName?: string;
 }
 
 interface Side {
@@ -162,6 +171,8 @@ interface Ids {
   key: string;
   name: string;
   sha256: string;
+  secret_name: string;
+  replica_id: string;
 }
 
 const source = (c: Cell, name?: string) => ({
@@ -566,12 +577,66 @@ const ROWS: Record<string, Row> = {
   },
   "GET /v1/internal/artifacts/{sha256}": { model: false, policy: "plane-only" },
   "GET /v1/internal/dns/snapshot": { model: false, policy: "plane-only" },
+  "GET /v1/internal/planes/{name}/replicas/{replica_id}/secrets": {
+    model: false,
+    policy: "plane-only",
+    ids: () => ({ replica_id: "zzzzzzzzzzzz" }),
+  },
+
+  // —— secrets (the fixtures' deployments name none; restricted ones are tried in test/control/secrets.test.ts) ——
+  "GET /v1/secrets": { model: false, policy: "read", scope: "own" },
+  "POST /v1/secrets": {
+    model: false,
+    policy: "manage",
+    scope: "own",
+    body: (c) => ({ name: `probe_${c.n}`, value: "probe-value" }),
+    keepsFixture: true,
+    effect: (e) => secretUpserted(e, e.ownTeam),
+  },
+  // Acts in the caller's team: another team, and the org admin's default team, have no such secret.
+  "DELETE /v1/secrets/{secret_name}": {
+    model: false,
+    policy: "manage",
+    notFound: "secret_not_found",
+    except: { org_admin: ORG_ADMIN_ELSEWHERE("secret_not_found") },
+    needs: ["secret_target"],
+    effect: (e) => secretDeleted(e),
+  },
+  "GET /v1/teams/{team_id}/secrets": { model: false, policy: "read", notFound: "team_not_found" },
+  "POST /v1/teams/{team_id}/secrets": {
+    model: false,
+    policy: "manage",
+    notFound: "team_not_found",
+    body: (c) => ({ name: `probe_${c.n}`, value: "probe-value" }),
+    keepsFixture: true,
+    effect: (e) => secretUpserted(e, e.side.team),
+  },
+  "DELETE /v1/teams/{team_id}/secrets/{secret_name}": {
+    model: false,
+    policy: "manage",
+    notFound: "team_not_found",
+    needs: ["secret_target"],
+    effect: (e) => secretDeleted(e),
+  },
 
   // —— public documents (served outside the route table, so not in the spec) ——
   "GET /v1/spec": { model: false, policy: "public", notInSpec: true },
   "GET /healthz": { model: false, policy: "public", notInSpec: true },
   "GET /v1/info": { model: false, policy: "public", notInSpec: true },
 };
+
+function secretUpserted(e: EffectContext, team: string) {
+  expect(e.diff.added("secrets")).toEqual([expect.objectContaining({ team_id: team, name: `probe_${e.n}` })]);
+  const [entry] = e.diff.added("audit_logs");
+  expect(entry).toMatchObject({ action: "secret.create", target: `secret:${team}/probe_${e.n}` });
+  expect(JSON.stringify(e.diff.added("audit_logs"))).not.toContain("probe-value");
+  expect(JSON.stringify(e.diff.added("secrets"))).not.toContain("probe-value");
+}
+
+function secretDeleted(e: EffectContext) {
+  expect(e.diff.removed("secrets").map((r) => r["name"])).toEqual([e.f.secretName]);
+  expect(e.diff.added("audit_logs")).toEqual([expect.objectContaining({ action: "secret.delete" })]);
+}
 
 /** A value of its own per cell, so an allowed PATCH always changes the setting. */
 const maxReplica = (c: Cell) => 2 + (c.n % 50);
@@ -779,6 +844,11 @@ describe("security matrix: every route of /v1/spec × principal × restricted/un
       });
       expect(key.status).toBe(200);
       f.keyPrefix = (key.body.api_key as string).split(".")[0]!;
+    }
+    if (needs.includes("secret_target")) {
+      f.secretName = `target_${n}`;
+      const res = await admin.post(`/v1/teams/${side.team}/secrets`, { name: f.secretName, value: "target" });
+      expect(res.status, JSON.stringify(res.body)).toBe(200);
     }
     if (needs.includes("scratch_plane")) {
       f.plane = `scratch-${n}`;
@@ -1005,6 +1075,8 @@ describe("security matrix: every route of /v1/spec × principal × restricted/un
           key: f.pendingKey ?? "",
           name: f.plane ?? planeName,
           sha256,
+          secret_name: f.secretName ?? "",
+          replica_id: "",
           ...row.ids?.(cell),
         };
         const client = side.clients[who];

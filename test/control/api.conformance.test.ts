@@ -209,6 +209,21 @@ describe.each(STORE_KINDS)("every answer validates against Baseten's full spec (
     expectError(await api.get("/v1/teams/nope"), 404, "team_not_found");
   });
 
+  it("secrets: upsert, list (names only), delete, in the caller's team and a given one", async () => {
+    const made = await api.post("/v1/secrets", { name: "conform_token", value: "s3cr3t-value" });
+    expect(made.status, JSON.stringify(made.body)).toBe(200);
+    const again = await api.post(`/v1/teams/${teamId}/secrets`, { name: "conform_token", value: "other" });
+    expect(again.body.id).toBe(made.body.id);
+    const listed = await api.get("/v1/secrets");
+    expect(listed.body.secrets.map((x: { name: string }) => x.name)).toContain("conform_token");
+    await api.get(`/v1/teams/${teamId}/secrets`);
+    expect(JSON.stringify(listed.body)).not.toContain("s3cr3t-value");
+    await api.post(`/v1/teams/${teamId}/secrets`, { name: "conform_team", value: "v" });
+    expect((await api.delete(`/v1/teams/${teamId}/secrets/conform_team`)).status).toBe(200);
+    expect((await api.delete("/v1/secrets/conform_token")).status).toBe(200);
+    expectError(await api.delete("/v1/secrets/conform_token"), 404, "secret_not_found");
+  });
+
   it("models and deployments, pushed into a regional environment that eu-1 serves", async () => {
     const group = await api.patch("/v1/environment_groups/prod-eu", { region_restriction: { region: "eu" } });
     expect(group.status, JSON.stringify(group.body)).toBe(200);

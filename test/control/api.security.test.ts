@@ -66,6 +66,8 @@ function validBodies(ids: Ids): Record<string, unknown> {
     "POST /v1/admin/teams": { name: "Intruders" },
     "POST /v1/admin/users": { email: "intruder@example.com" },
     "POST /v1/internal/planes/{name}/report": { revision: 0, replicas: [], request_counts: [] },
+    "POST /v1/secrets": { name: "probe", value: "probe-value" },
+    "POST /v1/teams/{team_id}/secrets": { name: "probe", value: "probe-value" },
   };
 }
 
@@ -80,6 +82,10 @@ interface Ids {
   key: string;
   name: string;
   sha256: string;
+  /** A secret of team A. */
+  secret_name: string;
+  /** A replica placed on plane A. */
+  replica_id: string;
 }
 
 /** Ids that name nothing: a request with them must not change anything. */
@@ -93,6 +99,8 @@ const NOWHERE: Ids = {
   key: "uploads/zzzzzzzz/nothing.tgz",
   name: "nowhere",
   sha256: "0".repeat(64),
+  secret_name: "nowhere",
+  replica_id: "nowhere",
 };
 
 describe("management API security", () => {
@@ -181,7 +189,10 @@ describe("management API security", () => {
       key: prepared.body.s3_key,
       name: "plane-a",
       sha256: artifacts.sha256!,
+      secret_name: "a-secret",
+      replica_id: "",
     };
+    expect((await admin.post("/v1/secrets", { name: "a-secret", value: "a-value" })).status).toBe(200);
 
     // Team B, with its own admin, workspace key and model.
     const team = await admin.post("/v1/admin/teams", { name: "Team B" });
@@ -222,6 +233,13 @@ describe("management API security", () => {
       aCredential: planeA.body.credential,
       bCredential: planeB.body.credential,
     };
+    a.replica_id = (
+      await t.control.ctx.store.db
+        .selectFrom("replicas")
+        .select("id")
+        .where("plane", "=", planes.a)
+        .executeTakeFirstOrThrow()
+    ).id;
   });
   afterAll(async () => t?.stop());
 
@@ -509,9 +527,9 @@ describe("management API security", () => {
           401,
           "unauthorized",
         );
-        expect((await requestInternal(route, `Bearer ${rotated.body.credential}`, planes.b)).status).toBe(
-          200,
-        );
+        // Plane B runs no replica: its new credential is let in and finds none to give secrets for.
+        const res = await requestInternal(route, `Bearer ${rotated.body.credential}`, planes.b);
+        expect(res.status, label(route)).toBe(route.path.includes("{replica_id}") ? 404 : 200);
       }
     });
   });

@@ -60,6 +60,8 @@ describe("several control replicas on one PostgreSQL", () => {
         databaseUrl: db.url,
         domain: "meridian.test",
         publicUrl: null,
+        // Every replica is given the same secrets key file (docs/operator-guide.md): a's, made on its start.
+        ...(name === "a" ? {} : { secretsKeyFile: join(db.dir, "a", "secrets.key") }),
         logger: pino({ level: "silent" }),
       });
     const a = await start("a");

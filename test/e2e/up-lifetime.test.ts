@@ -226,6 +226,7 @@ describe("nothing outlives meridian up", () => {
 
     expect(mode(join(dataDir, "control"))).toBe(0o700);
     expect(mode(join(dataDir, "control", "admin.key"))).toBe(0o600);
+    expect(mode(join(dataDir, "control", "secrets.key"))).toBe(0o600);
     expect(mode(join(dataDir, "planes"))).toBe(0o700);
     for (const name of PLANES) {
       expect(mode(join(dataDir, "planes", name))).toBe(0o700);
@@ -237,6 +238,7 @@ describe("nothing outlives meridian up", () => {
       ".meridian/planes/eu-1.token",
       ".meridian/planes/eu-1/snapshot.json",
       ".meridian/control/admin.key",
+      ".meridian/control/secrets.key",
       ".meridian/control/meridian.db",
     ]) {
       const attempt = await asNobody("cat", target);

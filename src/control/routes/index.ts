@@ -14,6 +14,7 @@ import { internalRoutes } from "./internal.ts";
 import { modelsRoutes } from "./models.ts";
 import { regionsRoutes } from "./regions.ts";
 import type { Route, RouteOptions } from "./route.ts";
+import { secretsRoutes } from "./secrets.ts";
 import { uploadsRoutes } from "./uploads.ts";
 
 export function controlRoutes(ctx: ControlContext, options: RouteOptions): Route[] {
@@ -26,6 +27,7 @@ export function controlRoutes(ctx: ControlContext, options: RouteOptions): Route
     ...deploymentsRoutes(ctx),
     ...environmentsRoutes(ctx),
     ...groupsRoutes(ctx),
+    ...secretsRoutes(ctx),
     ...auditRoutes(ctx),
     ...adminRoutes(ctx),
     ...internalRoutes(ctx, options),

@@ -5,6 +5,7 @@ import { MeridianError } from "../../core/errors.ts";
 import type { ControlContext } from "../context.ts";
 import * as internal from "../internal.ts";
 import * as s from "../schemas.ts";
+import { replicaSecrets } from "../secrets.ts";
 import type { Infer } from "./infer.ts";
 import { type Route, type RouteOptions, route } from "./route.ts";
 
@@ -55,6 +56,19 @@ export function internalRoutes(ctx: ControlContext, options: RouteOptions): Rout
         const stream = await ctx.artifacts.open(sha256);
         if (!stream) throw new MeridianError("artifact_not_found");
         return c.reply.type("application/gzip").send(stream);
+      },
+    }),
+    route({
+      method: "GET",
+      url: "/v1/internal/planes/{name}/replicas/{replica_id}/secrets",
+      summary: "The secret values a replica placed on the plane is started with (never in a snapshot)",
+      auth: "own_plane",
+      meridian: true,
+      handler: async (c) => {
+        const answer = await replicaSecrets(ctx, c.plane, c.params.replica_id);
+        // Values: no cache on the way may keep them (RFC 9111 §5.2.2.5).
+        c.reply.header("cache-control", "no-store");
+        return answer;
       },
     }),
     route({
