@@ -6,7 +6,9 @@ import { request } from "undici";
 import type { Principal } from "../core/access.ts";
 import { MeridianError } from "../core/errors.ts";
 import { CONTROL_ACCESS_HEADER, signControlAccess } from "../lib/control-access.ts";
+import type { SigningKey } from "../lib/keys.ts";
 import type { ControlContext } from "./context.ts";
+import { controlSigningKey } from "./keys.ts";
 import { activePromotion, loadDeploymentAlias, loadModel, requireCapability } from "./lookup.ts";
 
 export const DEFAULT_LOG_LIMIT = 500;
@@ -88,7 +90,7 @@ async function collectLogs(
 ): Promise<LogsResponse> {
   if (deploymentIds.length === 0) return { lines: [], unreachable_planes: [] };
   const db = ctx.store.db;
-  const [replicas, secret] = await Promise.all([
+  const [replicas, key] = await Promise.all([
     db
       .selectFrom("replicas")
       .innerJoin("planes", "planes.name", "replicas.plane")
@@ -96,7 +98,7 @@ async function collectLogs(
       .where("replicas.deployment_id", "in", deploymentIds)
       .orderBy("replicas.id")
       .execute(),
-    ctx.store.getMeta("hop_secret", db),
+    controlSigningKey(ctx),
   ]);
   const byPlane = new Map<string, { admin_url: string | null; ids: string[] }>();
   for (const r of replicas) {
@@ -109,9 +111,9 @@ async function collectLogs(
   await Promise.all(
     [...byPlane].map(async ([plane, { admin_url, ids }]) => {
       try {
-        if (admin_url === null || !secret) throw new Error("the plane has not reported an admin_url");
+        if (admin_url === null) throw new Error("the plane has not reported an admin_url");
         for (const got of await Promise.all(
-          ids.map((id) => fetchReplicaLogs(admin_url, secret, id, limit)),
+          ids.map((id) => fetchReplicaLogs(admin_url, key, plane, id, limit)),
         )) {
           lines.push(
             ...got.map((l) => ({
@@ -134,16 +136,19 @@ async function collectLogs(
   return { lines: lines.slice(-limit), unreachable_planes: unreachable.sort() };
 }
 
+/** One replica's lines, asked of its plane with the control plane's signature (bound to plane and path). */
 async function fetchReplicaLogs(
   adminUrl: string,
-  secret: string,
+  key: SigningKey,
+  plane: string,
   replicaId: string,
   limit: number,
 ): Promise<Array<{ ts: string; replica_id: string; stream: string; line: string }>> {
   const path = `/v1/replicas/${encodeURIComponent(replicaId)}/logs?limit=${limit}`;
+  const signature = signControlAccess(key, { plane, method: "GET", target: path }, Date.now());
   const res = await request(`${adminUrl}${path}`, {
     method: "GET",
-    headers: { [CONTROL_ACCESS_HEADER]: signControlAccess(secret, Date.now(), path) },
+    headers: { [CONTROL_ACCESS_HEADER]: signature },
     headersTimeout: PLANE_TIMEOUT_MS,
     bodyTimeout: PLANE_TIMEOUT_MS,
     signal: AbortSignal.timeout(PLANE_TIMEOUT_MS),

@@ -33,6 +33,14 @@ export const ERRORS = {
     status: 403,
     message: "This environment is regional; call its regional endpoint instead.",
   },
+  hop_invalid: {
+    status: 403,
+    message: "The plane-to-plane hop is not valid.",
+  },
+  hop_replayed: {
+    status: 403,
+    message: "This plane-to-plane hop was received before; a hop is accepted once.",
+  },
 
   // Resources (404, 409)
   not_found: { status: 404, message: "Not found." },
@@ -68,6 +76,10 @@ export const ERRORS = {
   deployment_in_use: { status: 409, message: "The deployment is serving an environment." },
   artifact_checksum_mismatch: { status: 409, message: "The uploaded artifact does not match its checksum." },
   artifact_missing: { status: 409, message: "The model archive has not been uploaded." },
+  plane_key_retired: {
+    status: 409,
+    message: "The plane reported a key that was retired; a retired key is never trusted again.",
+  },
 
   // Serving (429, 5xx)
   misdirected_request: {

@@ -190,6 +190,23 @@ export interface ArtifactChunkTable {
   created_at: string;
 }
 
+/**
+ * Every Ed25519 public key a plane has reported, current and retired; rows are never deleted (issue 14
+ * checks old receipts against retired keys). A key counts for hops only while `credential_hash` is the
+ * plane's current credential and `retired_at` is null (or, for the hop window, just set).
+ */
+export interface PlaneKeyTable {
+  plane: string;
+  /** First 8 bytes of sha256(raw public key), lowercase hex. */
+  key_id: string;
+  /** Raw 32-byte public key, base64url. */
+  public_key: string;
+  /** sha256 of the plane credential the key was reported over. */
+  credential_hash: string;
+  first_seen_at: string;
+  retired_at: string | null;
+}
+
 export interface Schema {
   meta: MetaTable;
   revision: RevisionTable;
@@ -209,6 +226,7 @@ export interface Schema {
   audit_logs: AuditLogTable;
   request_counts: RequestCountTable;
   artifact_chunks: ArtifactChunkTable;
+  plane_keys: PlaneKeyTable;
 }
 
 export type TeamRow = Selectable<TeamTable>;
@@ -224,4 +242,5 @@ export type EnvironmentGroupRow = Selectable<EnvironmentGroupTable>;
 export type PromotionRow = Selectable<PromotionTable>;
 export type ReplicaRow = Selectable<ReplicaTable>;
 export type AuditLogRow = Selectable<AuditLogTable>;
+export type PlaneKeyRow = Selectable<PlaneKeyTable>;
 export type NewDeployment = Insertable<DeploymentTable>;
