@@ -71,7 +71,7 @@ export type HopRefusal =
 export type HopCheck = { ok: true; from: string; ms: number } | { ok: false; reason: HopRefusal };
 
 const HOP =
-  /^v1;([a-z0-9-]{1,32});([a-z0-9-]{1,32});(\d{1,15});([0-9a-f]{16});([A-Za-z0-9_-]{22});([A-Za-z0-9_-]{86})$/;
+  /^v1;([a-z0-9-]{1,32});([a-z0-9-]{1,32});(\d{1,15});([0-9a-f]{16});([A-Za-z0-9_-]{21}[AQgw]);([A-Za-z0-9_-]{85}[AQgw])$/;
 
 /** What the verifier needs of the receiving plane's snapshot (the routing index has both). */
 export interface HopTrust {

@@ -40,7 +40,7 @@ export function signControlAccess(key: SigningKey, r: ControlRequest, ms: number
 export type ControlAccessRefusal = "malformed" | "expired" | "unknown_key" | "bad_signature" | "replayed";
 export type ControlAccessCheck = { ok: true } | { ok: false; reason: ControlAccessRefusal };
 
-const HEADER = /^v1;(\d{1,15});([0-9a-f]{16});([A-Za-z0-9_-]{22});([A-Za-z0-9_-]{86})$/;
+const HEADER = /^v1;(\d{1,15});([0-9a-f]{16});([A-Za-z0-9_-]{21}[AQgw]);([A-Za-z0-9_-]{85}[AQgw])$/;
 
 /** Checks the control plane's signature on requests to one plane, each accepted once. */
 export class ControlAccessVerifier {

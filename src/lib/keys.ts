@@ -80,7 +80,8 @@ export function signMessage(key: KeyObject, message: string): string {
   return sign(null, Buffer.from(message, "utf8"), key).toString("base64url");
 }
 
-const SIGNATURE = /^[A-Za-z0-9_-]{86}$/;
+// 64 bytes in unpadded base64url: the last character carries 2 bits (canonical: its 4 low bits zero).
+const SIGNATURE = /^[A-Za-z0-9_-]{85}[AQgw]$/;
 
 /** Whether `signature` (base64url) is `key`'s signature of `message`. Never throws. */
 export function verifyMessage(key: KeyObject, message: string, signature: string): boolean {
