@@ -7,7 +7,7 @@ import { checkPlaneSnapshot } from "./snapshot-check.ts";
 const NOW = Date.parse("2025-01-01T12:00:00.000Z");
 const ago = (s: number) => new Date(NOW - s * 1000).toISOString();
 const SHA = "a".repeat(64);
-const pk = (c: string) => c.repeat(42) + "A"; // a well-formed raw public key
+const pk = (c: string) => `${c.repeat(42)}A`; // a well-formed raw public key
 const plane = (name: string, region: string, global = false): PlaneRowData => ({
   name,
   region,
