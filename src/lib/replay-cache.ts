@@ -15,8 +15,13 @@ export type ReplayCheck = "fresh" | "replayed" | "expired";
 export class ReplayCache {
   readonly #maxEntries: number;
   readonly #windowMs: number;
-  /** key → the message's own time (ms), in insertion order. */
-  readonly #seen = new Map<string, number>();
+  readonly #seen = new Set<string>();
+  // Arrival order as a ring: dropping the oldest is O(1) (deleting from the front of a Map and then
+  // iterating it again skips the deleted slots, which made each check O(n) at the bound).
+  readonly #keys: Array<string | undefined>;
+  readonly #times: Float64Array;
+  #head = 0;
+  #count = 0;
   /** Messages with a time at or before this can no longer be told apart from replays: refused. */
   #horizon = Number.NEGATIVE_INFINITY;
 
@@ -26,10 +31,12 @@ export class ReplayCache {
     }
     this.#maxEntries = options.maxEntries;
     this.#windowMs = options.windowMs;
+    this.#keys = new Array<string | undefined>(options.maxEntries);
+    this.#times = new Float64Array(options.maxEntries);
   }
 
   get size(): number {
-    return this.#seen.size;
+    return this.#count;
   }
 
   /**
@@ -43,21 +50,31 @@ export class ReplayCache {
     this.#sweep(nowMs);
     if (Math.abs(nowMs - timeMs) > this.#windowMs || timeMs <= this.#horizon) return "expired";
     if (this.#seen.has(key)) return "replayed";
-    while (this.#seen.size >= this.#maxEntries) {
-      const [oldest, time] = this.#seen.entries().next().value as [string, number];
-      this.#seen.delete(oldest);
+    if (this.#count === this.#maxEntries) {
+      const time = this.#drop();
       if (time > this.#horizon) this.#horizon = time;
+      if (timeMs <= this.#horizon) return "expired";
     }
-    if (timeMs <= this.#horizon) return "expired";
-    this.#seen.set(key, timeMs);
+    const tail = (this.#head + this.#count) % this.#maxEntries;
+    this.#keys[tail] = key;
+    this.#times[tail] = timeMs;
+    this.#count++;
+    this.#seen.add(key);
     return "fresh";
   }
 
   /** Drops entries from the front while they are past their window (arrival order ≈ time order). */
   #sweep(nowMs: number): void {
-    for (const [key, time] of this.#seen) {
-      if (time + this.#windowMs >= nowMs) return;
-      this.#seen.delete(key);
-    }
+    while (this.#count > 0 && this.#times[this.#head]! + this.#windowMs < nowMs) this.#drop();
+  }
+
+  /** Forgets the oldest entry; returns its time. */
+  #drop(): number {
+    const time = this.#times[this.#head]!;
+    this.#seen.delete(this.#keys[this.#head]!);
+    this.#keys[this.#head] = undefined;
+    this.#head = (this.#head + 1) % this.#maxEntries;
+    this.#count--;
+    return time;
   }
 }

@@ -158,18 +158,17 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
 
   let adminServer: http.Server | null = null;
   if (config.admin) {
-    adminServer = http.createServer(
-      (req, res) =>
-        void serveAdmin(req, res, {
-          registry,
-          audit,
-          driver,
-          token: config.token,
-          watcher,
-          controlAccess: new ControlAccessVerifier({ plane: config.name }),
-          snapshot: () => current,
-        }),
-    );
+    // One verifier for the listener's life: it remembers the signed requests it accepted.
+    const deps: AdminDeps = {
+      registry,
+      audit,
+      driver,
+      token: config.token,
+      watcher,
+      controlAccess: new ControlAccessVerifier({ plane: config.name }),
+      snapshot: () => current,
+    };
+    adminServer = http.createServer((req, res) => void serveAdmin(req, res, deps));
     await new Promise<void>((ok, fail) => {
       adminServer!.once("error", fail);
       adminServer!.listen(config.admin!.port, config.admin!.host, () => ok());
