@@ -15,8 +15,12 @@ import { ReplayCache } from "../lib/replay-cache.ts";
 export const HOP_HEADER = "x-meridian-hop";
 /** A hop older (or further in the future) than this is refused: it bounds replays and clock skew. */
 export const HOP_MAX_AGE_MS = HOP_WINDOW_MS;
-/** Hops remembered per receiving plane (≈ 120 bytes each); see ReplayCache for what happens at the bound. */
-export const HOP_REPLAY_ENTRIES = 200_000;
+/**
+ * Hops remembered per receiving plane (≈ 240 bytes each, so ≈ 23 MiB at the bound; bench/hop-signature.ts).
+ * At the bound the window shrinks to the hops still held (see ReplayCache): at 10,000 hops/s a hop may then
+ * be up to 10 s old, and real hops are milliseconds old.
+ */
+export const HOP_REPLAY_ENTRIES = 100_000;
 
 const TAG = "meridian-hop/1";
 

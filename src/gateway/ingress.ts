@@ -42,8 +42,8 @@ export interface IngressLimits {
   /** How old a plane-to-plane hop may be. Default 30 s. */
   hopMaxAgeMs: number;
   /**
-   * Hops remembered against replays (≈ 120 bytes each). At the bound the oldest is forgotten and hops at or
-   * before its time are refused as expired: the window shrinks, replays never pass. Default 200,000.
+   * Hops remembered against replays (≈ 240 bytes each). At the bound the oldest is forgotten and hops at or
+   * before its time are refused as expired: the window shrinks, replays never pass. Default 100,000.
    */
   hopReplayEntries: number;
   /** `stop()` waits this long for in-flight requests before closing their connections. Default 30 s. */
