@@ -95,87 +95,135 @@ function check(value: unknown, owner: SnapshotOwner): PlaneSnapshot {
   keyId(control["key_id"], "control_key.key_id");
   publicKey(control["public_key"], "control_key.public_key");
 
-  for (const [i, k] of array(s["api_keys"], "api_keys").entries()) {
-    const at = `api_keys[${i}]`;
-    const key = record(k, at);
+  // The lists below can hold hundreds of thousands of entries: a field's path is built only when it fails.
+  let m: string | null;
+  const apiKeys = array(s["api_keys"], "api_keys");
+  for (let i = 0; i < apiKeys.length; i++) {
+    const key = apiKeys[i];
+    if (!isRecord(key)) fail(`api_keys[${i}]`, "must be an object");
     if (typeof key["hash"] !== "string" || !SHA256_HEX.test(key["hash"])) {
-      fail(`${at}.hash`, "must be a sha256 in lowercase hex");
+      fail(`api_keys[${i}].hash`, "must be a sha256 in lowercase hex");
     }
-    const prefix = string(key["prefix"], `${at}.prefix`);
-    if (prefix.length === 0 || prefix.length > 64) fail(`${at}.prefix`, "must be 1 to 64 characters");
-    opaqueId(key["team_id"], `${at}.team_id`);
-    oneOf(key["category"], API_KEY_CATEGORIES, `${at}.category`);
+    const prefix = key["prefix"];
+    if (typeof prefix !== "string" || prefix.length === 0 || prefix.length > 64) {
+      fail(`api_keys[${i}].prefix`, "must be a string of 1 to 64 characters");
+    }
+    m = opaqueIdError(key["team_id"]);
+    if (m !== null) fail(`api_keys[${i}].team_id`, m);
+    m = oneOfError(key["category"], API_KEY_CATEGORIES);
+    if (m !== null) fail(`api_keys[${i}].category`, m);
     const scope = key["model_ids"];
     if (scope !== null) {
-      for (const [j, id] of array(scope, `${at}.model_ids`).entries()) modelId(id, `${at}.model_ids[${j}]`);
+      if (!Array.isArray(scope)) fail(`api_keys[${i}].model_ids`, "must be an array or null");
+      for (let j = 0; j < scope.length; j++) {
+        m = modelIdError(scope[j]);
+        if (m !== null) fail(`api_keys[${i}].model_ids[${j}]`, m);
+      }
     }
   }
 
   /** deployment id → the model it belongs to. */
   const deploymentModel = new Map<string, string>();
-  const models = new Map<string, Set<string>>();
-  for (const [i, m] of array(s["models"], "models").entries()) {
-    const at = `models[${i}]`;
-    const model = record(m, at);
-    const id = modelId(model["id"], `${at}.id`);
-    if (models.has(id)) fail(`${at}.id`, `'${id}' is listed twice`);
-    opaqueId(model["team_id"], `${at}.team_id`);
-    string(model["name"], `${at}.name`);
-    const own = new Set<string>();
-    for (const [j, d] of array(model["deployments"], `${at}.deployments`).entries()) {
-      const dat = `${at}.deployments[${j}]`;
-      const deployment = record(d, dat);
-      const did = opaqueId(deployment["id"], `${dat}.id`);
-      if (deploymentModel.has(did)) fail(`${dat}.id`, `'${did}' is listed twice`);
-      deploymentModel.set(did, id);
-      own.add(did);
-      nullableSlug(deployment["region"], `${dat}.region`);
-      const ready = new Set<string>();
-      for (const [k, p] of array(deployment["ready_planes"], `${dat}.ready_planes`).entries()) {
-        const name = string(p, `${dat}.ready_planes[${k}]`);
-        if (!planes.has(name)) fail(`${dat}.ready_planes[${k}]`, `names '${name}', which is not in planes`);
-        if (ready.has(name)) fail(`${dat}.ready_planes[${k}]`, `'${name}' is listed twice`);
-        ready.add(name);
+  const modelIds = new Set<string>();
+  const models = array(s["models"], "models");
+  for (let i = 0; i < models.length; i++) {
+    const model = models[i];
+    if (!isRecord(model)) fail(`models[${i}]`, "must be an object");
+    const id = model["id"];
+    m = modelIdError(id);
+    if (m !== null) fail(`models[${i}].id`, m);
+    const mid = id as string;
+    if (modelIds.has(mid)) fail(`models[${i}].id`, `'${mid}' is listed twice`);
+    modelIds.add(mid);
+    m = opaqueIdError(model["team_id"]);
+    if (m !== null) fail(`models[${i}].team_id`, m);
+    if (typeof model["name"] !== "string") fail(`models[${i}].name`, "must be a string");
+    const deployments = model["deployments"];
+    if (!Array.isArray(deployments)) fail(`models[${i}].deployments`, "must be an array");
+    for (let j = 0; j < deployments.length; j++) {
+      const d = deployments[j];
+      if (!isRecord(d)) fail(`models[${i}].deployments[${j}]`, "must be an object");
+      const did = d["id"];
+      m = opaqueIdError(did);
+      if (m !== null) fail(`models[${i}].deployments[${j}].id`, m);
+      if (deploymentModel.has(did as string)) {
+        fail(`models[${i}].deployments[${j}].id`, `'${did}' is listed twice`);
+      }
+      deploymentModel.set(did as string, mid);
+      m = nullableSlugError(d["region"]);
+      if (m !== null) fail(`models[${i}].deployments[${j}].region`, m);
+      const ready = d["ready_planes"];
+      if (!Array.isArray(ready)) fail(`models[${i}].deployments[${j}].ready_planes`, "must be an array");
+      for (let k = 0; k < ready.length; k++) {
+        const name = ready[k];
+        if (typeof name !== "string" || !planes.has(name)) {
+          fail(
+            `models[${i}].deployments[${j}].ready_planes[${k}]`,
+            `names '${clip(String(name))}', which is not in planes`,
+          );
+        }
+        if (ready.indexOf(name) !== k) {
+          fail(`models[${i}].deployments[${j}].ready_planes[${k}]`, `'${name}' is listed twice`);
+        }
       }
     }
     const dev = model["development_deployment_id"];
     if (dev !== null) {
-      const did = opaqueId(dev, `${at}.development_deployment_id`);
-      if (!own.has(did))
-        fail(`${at}.development_deployment_id`, `'${did}' is not among the model's deployments`);
+      m = opaqueIdError(dev);
+      if (m !== null) fail(`models[${i}].development_deployment_id`, m);
+      if (deploymentModel.get(dev as string) !== mid)
+        fail(`models[${i}].development_deployment_id`, `'${dev}' is not among the model's deployments`);
     }
-    const envs = new Set<string>();
-    for (const [j, e] of array(model["environments"], `${at}.environments`).entries()) {
-      const eat = `${at}.environments[${j}]`;
-      const env = record(e, eat);
-      const name = environmentName(env["name"], `${eat}.name`);
-      if (envs.has(name)) fail(`${eat}.name`, `'${name}' is listed twice`);
-      envs.add(name);
+    const envs = model["environments"];
+    if (!Array.isArray(envs)) fail(`models[${i}].environments`, "must be an array");
+    for (let j = 0; j < envs.length; j++) {
+      const env = envs[j];
+      if (!isRecord(env)) fail(`models[${i}].environments[${j}]`, "must be an object");
+      const name = env["name"];
+      m = environmentNameError(name);
+      if (m !== null) fail(`models[${i}].environments[${j}].name`, m);
+      for (let k = 0; k < j; k++) {
+        if ((envs[k] as Record<string, unknown>)["name"] === name) {
+          fail(`models[${i}].environments[${j}].name`, `'${name}' is listed twice`);
+        }
+      }
       const served = env["deployment_id"];
       if (served !== null) {
-        const did = opaqueId(served, `${eat}.deployment_id`);
-        if (!own.has(did)) fail(`${eat}.deployment_id`, `'${did}' is not among the model's deployments`);
+        m = opaqueIdError(served);
+        if (m !== null) fail(`models[${i}].environments[${j}].deployment_id`, m);
+        if (deploymentModel.get(served as string) !== mid) {
+          fail(
+            `models[${i}].environments[${j}].deployment_id`,
+            `'${served}' is not among the model's deployments`,
+          );
+        }
       }
-      nullableSlug(env["region"], `${eat}.region`);
-      oneOf(env["standard_endpoint_policy"], STANDARD_ENDPOINT_POLICIES, `${eat}.standard_endpoint_policy`);
+      m = nullableSlugError(env["region"]);
+      if (m !== null) fail(`models[${i}].environments[${j}].region`, m);
+      m = oneOfError(env["standard_endpoint_policy"], STANDARD_ENDPOINT_POLICIES);
+      if (m !== null) {
+        fail(`models[${i}].environments[${j}].standard_endpoint_policy`, m);
+      }
     }
-    models.set(id, own);
   }
 
   const replicaIds = new Set<string>();
-  for (const [i, r] of array(s["replicas"], "replicas").entries()) {
-    const at = `replicas[${i}]`;
-    const replica = record(r, at);
+  const replicas = array(s["replicas"], "replicas");
+  for (let i = 0; i < replicas.length; i++) {
+    const at = `replicas[${i}]`; // a plane runs a handful of replicas: no need to save this string
+    const replica = record(replicas[i], at);
     const id = opaqueId(replica["id"], `${at}.id`);
     if (replicaIds.has(id)) fail(`${at}.id`, `'${id}' is listed twice`);
     replicaIds.add(id);
     const model = modelId(replica["model_id"], `${at}.model_id`);
-    const own = models.get(model);
-    if (own === undefined) fail(`${at}.model_id`, `'${model}' is not in models`);
+    if (!modelIds.has(model)) fail(`${at}.model_id`, `'${model}' is not in models`);
     const did = opaqueId(replica["deployment_id"], `${at}.deployment_id`);
-    if (!own.has(did)) fail(`${at}.deployment_id`, `'${did}' is not among model ${model}'s deployments`);
+    if (deploymentModel.get(did) !== model) {
+      fail(`${at}.deployment_id`, `'${did}' is not among model ${model}'s deployments`);
+    }
     const env = replica["environment"];
-    if (env !== null) environmentName(env, `${at}.environment`);
+    m = env === null ? null : environmentNameError(env);
+    if (m !== null) fail(`${at}.environment`, m);
     const artifact = record(replica["artifact"], `${at}.artifact`);
     if (typeof artifact["sha256"] !== "string" || !SHA256_HEX.test(artifact["sha256"])) {
       fail(`${at}.artifact.sha256`, "must be a sha256 in lowercase hex");
@@ -186,7 +234,8 @@ function check(value: unknown, owner: SnapshotOwner): PlaneSnapshot {
     if (typeof size !== "number" || !Number.isSafeInteger(size) || size < 0) {
       fail(`${at}.artifact.size`, "must be a non-negative integer");
     }
-    oneOf(replica["egress"], EGRESS_POLICIES, `${at}.egress`);
+    m = oneOfError(replica["egress"], EGRESS_POLICIES);
+    if (m !== null) fail(`${at}.egress`, m);
   }
   return value as PlaneSnapshot;
 }
@@ -206,9 +255,13 @@ function planeRef(value: unknown, at: string): PlaneRef {
   return { name, region, ingress: ingress as string[], global_ingress: p["global_ingress"] };
 }
 
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
 function record(value: unknown, at: string): Record<string, unknown> {
-  if (typeof value !== "object" || value === null || Array.isArray(value)) fail(at, "must be an object");
-  return value as Record<string, unknown>;
+  if (!isRecord(value)) fail(at, "must be an object");
+  return value;
 }
 
 function array(value: unknown, at: string): unknown[] {
@@ -221,33 +274,55 @@ function string(value: unknown, at: string): string {
   return value;
 }
 
-function slug(value: unknown, at: string): string {
-  const s = string(value, at);
-  if (!isSlug(s)) fail(at, `'${clip(s)}' is not a slug (lowercase letters, digits, inner hyphens)`);
-  return s;
+// Each `…Error` returns what is wrong with a value, or null: the caller names the field only on failure.
+
+function slugError(value: unknown): string | null {
+  if (typeof value !== "string") return "must be a string";
+  return isSlug(value) ? null : `'${clip(value)}' is not a slug (lowercase letters, digits, inner hyphens)`;
 }
 
-function nullableSlug(value: unknown, at: string): void {
-  if (value !== null) slug(value, at);
+function nullableSlugError(value: unknown): string | null {
+  return value === null ? null : slugError(value);
+}
+
+function opaqueIdError(value: unknown): string | null {
+  if (typeof value !== "string") return "must be a string";
+  return OPAQUE_ID.test(value)
+    ? null
+    : `'${clip(value)}' is not an id (letters, digits, '_' and '-', at most 64)`;
+}
+
+function modelIdError(value: unknown): string | null {
+  if (typeof value !== "string") return "must be a string";
+  return isModelId(value) ? null : `'${clip(value)}' is not a model id`;
+}
+
+function environmentNameError(value: unknown): string | null {
+  if (typeof value !== "string") return "must be a string";
+  const c = checkEnvironmentName(value);
+  return c.ok ? null : `'${clip(value)}' is not an environment name: ${c.message}`;
+}
+
+function oneOfError(value: unknown, allowed: readonly string[]): string | null {
+  return typeof value === "string" && allowed.includes(value) ? null : `must be one of ${allowed.join(", ")}`;
+}
+
+function slug(value: unknown, at: string): string {
+  const m = slugError(value);
+  if (m !== null) fail(at, m);
+  return value as string;
 }
 
 function opaqueId(value: unknown, at: string): string {
-  const s = string(value, at);
-  if (!OPAQUE_ID.test(s)) fail(at, `'${clip(s)}' is not an id (letters, digits, '_' and '-', at most 64)`);
-  return s;
+  const m = opaqueIdError(value);
+  if (m !== null) fail(at, m);
+  return value as string;
 }
 
 function modelId(value: unknown, at: string): string {
-  const s = string(value, at);
-  if (!isModelId(s)) fail(at, `'${clip(s)}' is not a model id`);
-  return s;
-}
-
-function environmentName(value: unknown, at: string): string {
-  const s = string(value, at);
-  const c = checkEnvironmentName(s);
-  if (!c.ok) fail(at, `'${clip(s)}' is not an environment name: ${c.message}`);
-  return s;
+  const m = modelIdError(value);
+  if (m !== null) fail(at, m);
+  return value as string;
 }
 
 function keyId(value: unknown, at: string): string {
@@ -274,13 +349,6 @@ function domain(value: unknown, at: string): void {
   if (d.length === 0 || d.length > 253 || !d.split(".").every((l) => DNS_LABEL.test(l))) {
     fail(at, `'${clip(s)}' is not a domain name`);
   }
-}
-
-function oneOf<T extends string>(value: unknown, allowed: readonly T[], at: string): T {
-  if (typeof value !== "string" || !(allowed as readonly string[]).includes(value)) {
-    fail(at, `must be one of ${allowed.join(", ")}`);
-  }
-  return value as T;
 }
 
 /** Quotes at most 64 characters of a refused value, so a hostile snapshot cannot flood the log. */
