@@ -83,7 +83,7 @@ function check(value: unknown, owner: SnapshotOwner): PlaneSnapshot {
     const at = `plane_keys[${i}]`;
     const key = record(k, at);
     const name = string(key["plane"], `${at}.plane`);
-    if (!planes.has(name)) fail(`${at}.plane`, `names '${name}', which is not in planes`);
+    if (!planes.has(name)) fail(`${at}.plane`, `names '${clip(name)}', which is not in planes`);
     const id = keyId(key["key_id"], `${at}.key_id`);
     publicKey(key["public_key"], `${at}.public_key`);
     const retired = key["retired_at"];
