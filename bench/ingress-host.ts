@@ -10,7 +10,7 @@ import { Registry } from "prom-client";
 import type { PlaneRef, PlaneSnapshot } from "../src/core/snapshot.ts";
 import { AuditLog } from "../src/gateway/audit.ts";
 import type { createIngress as CreateIngress } from "../src/gateway/ingress.ts";
-import { syntheticSnapshot } from "./snapshot.ts";
+import { benchPlaneKey, syntheticSnapshot } from "./snapshot.ts";
 
 export interface IngressHostConfig {
   plane: PlaneRef;
@@ -64,6 +64,7 @@ const routes = new Map(Object.entries(config.routes ?? {}).map(([d, ep]) => [d, 
 const ingress = createIngress({
   plane: { name: config.plane.name, region: config.plane.region },
   listen: config.listen,
+  signingKey: benchPlaneKey(config.plane.name),
   snapshot: () => snapshot,
   localReplicas: (deploymentId) => routes.get(deploymentId) ?? fallback,
   logger,

@@ -3,10 +3,19 @@
 
 import { createHash } from "node:crypto";
 import type { EnvironmentRoute, ModelRoute, PlaneRef, PlaneSnapshot } from "../src/core/snapshot.ts";
+import { type SigningKey, signingKeyFromSeed } from "../src/lib/keys.ts";
 
 export const BENCH_DOMAIN = "meridian.bench";
 export const BENCH_KEY = "bench.0123456789abcdef0123456789abcdef";
 export const BENCH_TEAM = "teambench";
+
+/**
+ * A plane's key pair for the benchmark: derived from its name, so separate ingress processes agree on each
+ * other's public keys without a control plane. Never a way to make real keys.
+ */
+export function benchPlaneKey(name: string): SigningKey {
+  return signingKeyFromSeed(createHash("sha256").update(`meridian-bench:${name}`).digest());
+}
 
 /** The i-th model id: 8 lowercase alphanumerics (DESIGN.md §1). */
 export function modelId(i: number): string {
@@ -21,7 +30,6 @@ export interface SyntheticOptions {
   environments: string[];
   /** Planes listed as ready for every deployment. */
   readyPlanes: string[];
-  hopSecret?: string;
 }
 
 export function syntheticSnapshot(o: SyntheticOptions): PlaneSnapshot {
@@ -52,7 +60,13 @@ export function syntheticSnapshot(o: SyntheticOptions): PlaneSnapshot {
     domain: BENCH_DOMAIN,
     plane: o.plane,
     planes: o.planes,
-    hop_secret: o.hopSecret ?? "bench-hop-secret-0123456789abcdef",
+    plane_keys: o.planes
+      .filter((p) => p.name !== o.plane.name)
+      .map((p) => {
+        const k = benchPlaneKey(p.name);
+        return { plane: p.name, key_id: k.keyId, public_key: k.publicKey, retired_at: null };
+      }),
+    control_key: { key_id: benchPlaneKey("control").keyId, public_key: benchPlaneKey("control").publicKey },
     api_keys: [
       {
         hash: createHash("sha256").update(BENCH_KEY).digest("hex"),

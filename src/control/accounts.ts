@@ -7,7 +7,8 @@ import { MeridianError } from "../core/errors.ts";
 import type { TeamRow } from "../store/schema.ts";
 import { type Db, isUniqueViolation, type Store } from "../store/store.ts";
 import { type ControlContext, recordAudit } from "./context.ts";
-import { newApiKey, newCredential, newId } from "./identity.ts";
+import { newApiKey, newId } from "./identity.ts";
+import { ensureControlKey } from "./keys.ts";
 import { defaultTeam, loadTeam, requireCapability, requireOrgAdmin } from "./lookup.ts";
 import { apiKeyView, teamView, userView } from "./views.ts";
 
@@ -25,7 +26,7 @@ export interface Bootstrap {
 
 /**
  * First start: the organization, a default team, an admin user with a personal key, the seed regions
- * and the hop secret planes share. Idempotent, and atomic: a crash leaves either nothing or all of it.
+ * and the control plane's signing key. Idempotent, and atomic: a crash leaves either nothing or all of it.
  */
 export async function bootstrap(
   store: Store,
@@ -41,7 +42,7 @@ export async function bootstrap(
     const key = newApiKey();
     await store.setMeta("organization_id", orgId, trx);
     await store.setMeta("organization_name", "Meridian", trx);
-    await store.setMeta("hop_secret", newCredential("hop").token, trx);
+    await ensureControlKey(store, trx);
     await trx
       .insertInto("teams")
       .values({ id: teamId, name: "Default Team", is_default: 1, created_at: now })

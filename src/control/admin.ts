@@ -254,7 +254,9 @@ export async function updatePlane(
 export async function rotatePlaneCredential(ctx: ControlContext, p: Principal, name: string) {
   requireOrgAdmin(p, ADMIN_ONLY);
   const credential = newCredential(`plane-${name}`);
-  await ctx.store.transaction(async (trx) => {
+  // A revision change: keys count only over the credential they arrived with, so snapshots drop the
+  // plane's keys now, until it reports again with the new credential.
+  await change(ctx, async (trx) => {
     const res = await trx
       .updateTable("planes")
       .set({ credential_hash: credential.hash })

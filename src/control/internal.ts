@@ -1,23 +1,17 @@
 // The control plane's side of the wire contract (`src/core/snapshot.ts`): each plane's snapshot, the DNS
-// snapshot, plane reports and artifact downloads, all authenticated by plane credentials. A plane's
-// snapshot holds only what it needs: the global ingress sees every model; a regional plane sees the models
-// with an environment restricted to its region or a replica in its region.
+// snapshot, plane reports and artifact downloads, all authenticated by plane credentials. Which plane sees
+// what is decided in `src/core/plane-snapshot.ts`; this module reads the rows and caches them per revision.
 
-import type { ApiKeyCategory, EgressPolicy, ReplicaState, StandardEndpointPolicy } from "../core/domain.ts";
+import type { ReplicaState } from "../core/domain.ts";
 import { MeridianError } from "../core/errors.ts";
+import { projectPlaneSnapshot, type SnapshotRows } from "../core/plane-snapshot.ts";
 import { resolveRequestCounts } from "../core/request-counts.ts";
-import type {
-  ApiKeyGrant,
-  DnsSnapshot,
-  ModelRoute,
-  PlaneRef,
-  PlaneReport,
-  PlaneSnapshot,
-} from "../core/snapshot.ts";
+import type { DnsSnapshot, PlaneReport, PlaneSnapshot } from "../core/snapshot.ts";
 import type { PlaneRow } from "../store/schema.ts";
 import type { Db } from "../store/store.ts";
 import type { ControlContext } from "./context.ts";
 import { sha256Hex } from "./identity.ts";
+import { planeKeyChange, readControlPublicKey, trustPlaneKey } from "./keys.ts";
 import { change } from "./scheduler.ts";
 
 export async function authenticatePlane(ctx: ControlContext, token: string | null): Promise<PlaneRow> {
@@ -43,15 +37,6 @@ export async function authenticatePlaneNamed(
   return plane;
 }
 
-function planeRef(p: PlaneRow): PlaneRef {
-  return {
-    name: p.name,
-    region: p.region,
-    ingress: JSON.parse(p.ingress) as string[],
-    global_ingress: p.global_ingress === 1,
-  };
-}
-
 function hostOf(address: string): string {
   const bracket = /^\[([^\]]+)\]:\d+$/.exec(address);
   if (bracket) return bracket[1]!;
@@ -65,55 +50,72 @@ function isIp(host: string): boolean {
 }
 
 /** Everything plane snapshots are built from, read once per revision and shared by every plane's build. */
-async function readSnapshotState(ctx: ControlContext, db: Db) {
+async function readSnapshotState(ctx: ControlContext, db: Db): Promise<SnapshotRows> {
   const revision = await ctx.store.revision(db);
-  const [planes, hopSecret, keys, models, envs, groups, deployments, replicas, stored, candidates] =
-    await Promise.all([
-      db.selectFrom("planes").selectAll().orderBy("name").execute(),
-      ctx.store.getMeta("hop_secret", db),
-      db.selectFrom("api_keys").select(["hash", "prefix", "team_id", "category", "model_ids"]).execute(),
-      db.selectFrom("models").select(["id", "team_id", "name"]).execute(),
-      db.selectFrom("environments").select(["model_id", "name", "current_deployment_id"]).execute(),
-      db
-        .selectFrom("environment_groups")
-        .select(["team_id", "name", "region", "standard_endpoint_policy"])
-        .execute(),
-      db
-        .selectFrom("deployments")
-        .select(["id", "model_id", "region", "egress", "is_development", "status", "artifact_key"])
-        .execute(),
-      db.selectFrom("replicas").select(["id", "deployment_id", "plane", "state"]).execute(),
-      db.selectFrom("artifacts").select(["key", "sha256", "size"]).where("state", "=", "STORED").execute(),
-      db
-        .selectFrom("promotions")
-        .select(["candidate_deployment_id", "environment"])
-        .where("active", "=", 1)
-        .execute(),
-    ]);
-  return {
-    revision,
+  const [
     planes,
-    hopSecret,
-    keys,
+    planeKeys,
+    controlKey,
+    apiKeys,
     models,
-    envs,
+    environments,
     groups,
     deployments,
     replicas,
-    stored,
-    candidates,
+    artifacts,
+    promotions,
+  ] = await Promise.all([
+    db
+      .selectFrom("planes")
+      .select(["name", "region", "ingress", "global_ingress", "credential_hash"])
+      .orderBy("name")
+      .execute(),
+    db.selectFrom("plane_keys").selectAll().execute(),
+    readControlPublicKey(ctx.store, db),
+    db.selectFrom("api_keys").select(["hash", "prefix", "team_id", "category", "model_ids"]).execute(),
+    db.selectFrom("models").select(["id", "team_id", "name"]).execute(),
+    db.selectFrom("environments").select(["model_id", "name", "current_deployment_id"]).execute(),
+    db
+      .selectFrom("environment_groups")
+      .select(["team_id", "name", "region", "standard_endpoint_policy"])
+      .execute(),
+    db
+      .selectFrom("deployments")
+      .select(["id", "model_id", "region", "egress", "is_development", "artifact_key"])
+      .execute(),
+    db.selectFrom("replicas").select(["id", "deployment_id", "plane", "state"]).execute(),
+    db.selectFrom("artifacts").select(["key", "sha256", "size"]).where("state", "=", "STORED").execute(),
+    db
+      .selectFrom("promotions")
+      .select(["candidate_deployment_id", "environment"])
+      .where("active", "=", 1)
+      .execute(),
+  ]);
+  return {
+    revision,
+    domain: ctx.domain,
+    planes,
+    plane_keys: planeKeys,
+    control_key: controlKey,
+    api_keys: apiKeys,
+    models,
+    environments,
+    groups,
+    deployments,
+    replicas,
+    artifacts,
+    promotions,
   };
 }
 
-type SnapshotState = Awaited<ReturnType<typeof readSnapshotState>>;
-const stateCache = new WeakMap<ControlContext, { revision: number; state: Promise<SnapshotState> }>();
+const stateCache = new WeakMap<ControlContext, { revision: number; state: Promise<SnapshotRows> }>();
 
 /**
  * The state at the current revision. When a change wakes every plane's long-poll, the first build reads it
  * and the others reuse it: one read per revision instead of one per plane. The state may be newer than the
  * revision it is filed under (a write landed in between), never older, so a plane never moves backwards.
  */
-async function snapshotState(ctx: ControlContext, db: Db): Promise<SnapshotState> {
+async function snapshotState(ctx: ControlContext, db: Db): Promise<SnapshotRows> {
   const revision = await ctx.store.revision(db);
   const cached = stateCache.get(ctx);
   if (cached && cached.revision === revision) return cached.state;
@@ -125,136 +127,13 @@ async function snapshotState(ctx: ControlContext, db: Db): Promise<SnapshotState
   return state;
 }
 
+/** The plane's snapshot: the rows of the current revision projected onto it (src/core/plane-snapshot.ts). */
 export async function buildPlaneSnapshot(
   ctx: ControlContext,
   db: Db,
   plane: PlaneRow,
 ): Promise<PlaneSnapshot> {
-  const {
-    revision,
-    planes,
-    hopSecret,
-    keys,
-    models,
-    envs,
-    groups,
-    deployments,
-    replicas,
-    stored,
-    candidates,
-  } = await snapshotState(ctx, db);
-  const planeRegion = new Map(planes.map((p) => [p.name, p.region]));
-  const groupOf = new Map(groups.map((g) => [`${g.team_id}/${g.name}`, g]));
-  const modelTeam = new Map(models.map((m) => [m.id, m.team_id]));
-
-  const relevant = new Set<string>();
-  if (plane.global_ingress === 1) {
-    for (const m of models) relevant.add(m.id);
-  } else {
-    for (const e of envs) {
-      if (groupOf.get(`${modelTeam.get(e.model_id)}/${e.name}`)?.region === plane.region)
-        relevant.add(e.model_id);
-    }
-    const depModel = new Map(deployments.map((d) => [d.id, d.model_id]));
-    for (const r of replicas) {
-      if (planeRegion.get(r.plane) === plane.region) {
-        const m = depModel.get(r.deployment_id);
-        if (m) relevant.add(m);
-      }
-    }
-  }
-
-  const readyPlanes = new Map<string, Set<string>>();
-  for (const r of replicas) {
-    if (r.state !== "READY") continue;
-    const s = readyPlanes.get(r.deployment_id) ?? new Set<string>();
-    s.add(r.plane);
-    readyPlanes.set(r.deployment_id, s);
-  }
-  const routes = new Map<string, ModelRoute>();
-  for (const m of models) {
-    if (!relevant.has(m.id)) continue;
-    routes.set(m.id, {
-      id: m.id,
-      team_id: m.team_id,
-      name: m.name,
-      development_deployment_id: null,
-      environments: [],
-      deployments: [],
-    });
-  }
-  for (const e of envs) {
-    const route = routes.get(e.model_id);
-    if (!route) continue;
-    const g = groupOf.get(`${route.team_id}/${e.name}`);
-    route.environments.push({
-      name: e.name,
-      deployment_id: e.current_deployment_id,
-      region: g?.region ?? null,
-      standard_endpoint_policy: (g?.standard_endpoint_policy ?? "allow") as StandardEndpointPolicy,
-    });
-  }
-  const artifacts = new Map(stored.map((a) => [a.key, a]));
-  for (const d of deployments) {
-    const route = routes.get(d.model_id);
-    if (!route) continue;
-    if (d.is_development === 1) route.development_deployment_id = d.id;
-    route.deployments.push({
-      id: d.id,
-      region: d.region,
-      ready_planes: [...(readyPlanes.get(d.id) ?? [])].sort(),
-    });
-  }
-
-  const depById = new Map(deployments.map((d) => [d.id, d]));
-  // The environment a replica's model is told it serves: the one it serves, or the one it is a promotion
-  // candidate for (so a redeploy on promotion starts with the right name and is never restarted for it).
-  const servingEnv = new Map<string, string>();
-
-  for (const p of candidates) servingEnv.set(p.candidate_deployment_id, p.environment);
-  for (const e of envs) {
-    if (e.current_deployment_id && !servingEnv.has(e.current_deployment_id)) {
-      servingEnv.set(e.current_deployment_id, e.name);
-    }
-  }
-  const desired = replicas
-    .filter((r) => r.plane === plane.name)
-    .flatMap((r) => {
-      const d = depById.get(r.deployment_id);
-      const a = d ? artifacts.get(d.artifact_key) : undefined;
-      if (!d || !a || a.sha256 === null) return [];
-      return [
-        {
-          id: r.id,
-          deployment_id: d.id,
-          model_id: d.model_id,
-          environment: servingEnv.get(d.id) ?? null,
-          artifact: { key: a.sha256, sha256: a.sha256, size: Number(a.size) },
-          // The policy the deployment was started under, not its group's current one: a changed group
-          // moves its environments to copies started under the new policy (src/control/groups.ts).
-          egress: d.egress as EgressPolicy,
-        },
-      ];
-    });
-
-  const apiKeys: ApiKeyGrant[] = keys.map((k) => ({
-    hash: k.hash,
-    prefix: k.prefix,
-    team_id: k.team_id,
-    category: k.category as ApiKeyCategory,
-    model_ids: k.model_ids === null ? null : (JSON.parse(k.model_ids) as string[]),
-  }));
-
-  return {
-    revision,
-    domain: ctx.domain,
-    plane: planeRef(plane),
-    planes: planes.map(planeRef),
-    hop_secret: hopSecret ?? "",
-    api_keys: apiKeys,
-    models: [...routes.values()],
-    replicas: desired,
-  };
+  return projectPlaneSnapshot(await snapshotState(ctx, db), plane, Date.now());
 }
 
 /** Whether a replica placed on `plane` runs a deployment built from the package with this sha256. */
@@ -306,8 +185,9 @@ export async function buildDnsSnapshot(ctx: ControlContext, db: Db): Promise<Dns
 }
 
 /**
- * Applies a plane's report: replica states, then — only when a replica's state changed — the scheduler
- * (deployment status, promotions) and a revision bump so routes follow readiness.
+ * Applies a plane's report: its key, replica states, then — only when a replica's state or the plane's
+ * key changed — the scheduler (deployment status, promotions) and a revision bump so routes follow
+ * readiness and peers verify the new key.
  */
 export async function applyReport(ctx: ControlContext, plane: PlaneRow, report: PlaneReport): Promise<void> {
   const now = ctx.now();
@@ -334,8 +214,16 @@ export async function applyReport(ctx: ControlContext, plane: PlaneRow, report: 
   });
   const stateChanged = changed.some((r) => byId.get(r.id)?.state !== r.state);
   const counts = await knownRequestCounts(ctx, report.request_counts);
+  // A new key (or one re-bound to a new credential) changes what other planes verify: a revision change.
+  const key = report.public_key;
+  const keyChanged = key !== undefined && (await planeKeyChange(ctx.store.db, plane, key)) === "changed";
 
   const write = async (trx: Db) => {
+    if (keyChanged) {
+      // Checked again under the revision lock: a concurrent report may have retired this key meanwhile.
+      await planeKeyChange(trx, plane, key);
+      await trustPlaneKey(trx, plane, key, now);
+    }
     for (const r of changed) {
       await trx
         .updateTable("replicas")
@@ -376,7 +264,7 @@ export async function applyReport(ctx: ControlContext, plane: PlaneRow, report: 
         .execute();
     }
   };
-  if (stateChanged) {
+  if (stateChanged || keyChanged) {
     await change(ctx, async (trx, scope) => {
       await write(trx);
       for (const r of changed) scope.touch(r.deployment_id);

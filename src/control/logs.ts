@@ -15,7 +15,9 @@ import {
   selectLogs,
 } from "../core/log-query.ts";
 import { CONTROL_ACCESS_HEADER, signControlAccess } from "../lib/control-access.ts";
+import type { SigningKey } from "../lib/keys.ts";
 import type { ControlContext } from "./context.ts";
+import { controlSigningKey } from "./keys.ts";
 import { activePromotion, loadDeploymentAlias, loadModel, requireCapability } from "./lookup.ts";
 
 /** How long one plane may take to answer before it counts as unreachable. */
@@ -121,7 +123,7 @@ async function collectLogs(
 ): Promise<LogsResponse> {
   if (deploymentIds.length === 0) return { logs: [], unreachable_planes: [] };
   const db = ctx.store.db;
-  const [replicas, secret] = await Promise.all([
+  const [replicas, key] = await Promise.all([
     db
       .selectFrom("replicas")
       .innerJoin("planes", "planes.name", "replicas.plane")
@@ -129,7 +131,7 @@ async function collectLogs(
       .where("replicas.deployment_id", "in", deploymentIds)
       .orderBy("replicas.id")
       .execute(),
-    ctx.store.getMeta("hop_secret", db),
+    controlSigningKey(ctx),
   ]);
   // A replica filter asks only the plane that runs it.
   const wanted = query.replica === null ? replicas : replicas.filter((r) => r.id === query.replica);
@@ -144,8 +146,8 @@ async function collectLogs(
   await Promise.all(
     [...byPlane].map(async ([plane, { admin_url, ids }]) => {
       try {
-        if (admin_url === null || !secret) throw new Error("the plane has not reported an admin_url");
-        for (const got of await Promise.all(ids.map((id) => fetchReplicaLogs(admin_url, secret, id)))) {
+        if (admin_url === null) throw new Error("the plane has not reported an admin_url");
+        for (const got of await Promise.all(ids.map((id) => fetchReplicaLogs(admin_url, key, plane, id)))) {
           lines.push(...got.map((l) => ({ ...l, plane })));
         }
       } catch (err) {
@@ -159,15 +161,19 @@ async function collectLogs(
   return { logs: selectLogs(lines, query), unreachable_planes: unreachable.sort() };
 }
 
+/** One replica's lines, asked of its plane with the control plane's signature (bound to plane and path). */
 async function fetchReplicaLogs(
   adminUrl: string,
-  secret: string,
+  key: SigningKey,
+  plane: string,
   replicaId: string,
 ): Promise<Array<Omit<CapturedLine, "plane">>> {
   const path = `/v1/replicas/${encodeURIComponent(replicaId)}/logs?limit=${PLANE_LINES_PER_REPLICA}`;
   const res = await request(`${adminUrl}${path}`, {
     method: "GET",
-    headers: { [CONTROL_ACCESS_HEADER]: signControlAccess(secret, Date.now(), path) },
+    headers: {
+      [CONTROL_ACCESS_HEADER]: signControlAccess(key, { plane, method: "GET", target: path }, Date.now()),
+    },
     headersTimeout: PLANE_TIMEOUT_MS,
     bodyTimeout: PLANE_TIMEOUT_MS,
     signal: AbortSignal.timeout(PLANE_TIMEOUT_MS),

@@ -12,6 +12,7 @@ import { bootstrap } from "./accounts.ts";
 import { buildControlApp } from "./app.ts";
 import { DatabaseArtifactStore, LocalArtifactStore } from "./artifacts.ts";
 import type { ControlContext } from "./context.ts";
+import { ensureControlKey } from "./keys.ts";
 import { RevisionFeed } from "./revision-feed.ts";
 import { reconcileAll } from "./scheduler.ts";
 import { verifySecretsKey } from "./secrets.ts";
@@ -72,6 +73,8 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
   const boot = await bootstrap(store, new Date().toISOString(), async (key) =>
     writeSecretFile(adminKeyFile, `${key}\n`),
   );
+  // An installation that predates the control plane's own key gets it now (bootstrap creates it on new ones).
+  await ensureControlKey(store);
   const artifacts =
     (config.artifactStore ?? (config.databaseUrl === null ? "files" : "database")) === "files"
       ? new LocalArtifactStore(join(config.dataDir, "artifacts"))

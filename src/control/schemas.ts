@@ -275,6 +275,8 @@ export const planeReportBody = {
   properties: {
     revision: { type: "integer", minimum: 0 },
     admin_url: nullable({ type: "string", maxLength: 2048, pattern: "^https?://[^/?#\\s]+$" }),
+    // The plane's raw Ed25519 public key, base64url: 32 bytes, so the last character carries 2 bits.
+    public_key: { type: "string", pattern: "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$" },
     sandbox: {
       type: "object",
       additionalProperties: false,

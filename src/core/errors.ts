@@ -35,6 +35,14 @@ export const ERRORS = {
     status: 403,
     message: "This environment is regional; call its regional endpoint instead.",
   },
+  hop_invalid: {
+    status: 403,
+    message: "The plane-to-plane hop is not valid.",
+  },
+  hop_replayed: {
+    status: 403,
+    message: "This plane-to-plane hop was received before; a hop is accepted once.",
+  },
 
   // Resources (404, 409)
   not_found: { status: 404, message: "Not found." },
@@ -76,6 +84,10 @@ export const ERRORS = {
   secret_missing: {
     status: 409,
     message: "The deployment names a secret its team does not have.",
+  },
+  plane_key_retired: {
+    status: 409,
+    message: "The plane reported a key that was retired; a retired key is never trusted again.",
   },
 
   // Serving (429, 5xx)

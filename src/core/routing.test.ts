@@ -44,7 +44,8 @@ function snapshotFor(plane: string): PlaneSnapshot {
     domain: `${DOMAIN}.`,
     plane: PLANES.find((p) => p.name === plane)!,
     planes: PLANES,
-    hop_secret: "s",
+    plane_keys: [],
+    control_key: { key_id: "0123456789abcdef", public_key: "A".repeat(43) },
     api_keys: [
       key("personal1", "t1", "PERSONAL"),
       key("manage1", "t1", "WORKSPACE_MANAGE_ALL"),

@@ -11,6 +11,7 @@ import type {
   DeploymentRoute,
   EnvironmentRoute,
   ModelRoute,
+  PlaneKey,
   PlaneRef,
   PlaneSnapshot,
 } from "./snapshot.ts";
@@ -39,7 +40,8 @@ export interface RouteIndex {
   /** API-key grants by sha256 hex. */
   keys: Map<string, ApiKeyGrant>;
   models: Map<string, IndexedModel>;
-  hopSecret: string;
+  /** The public keys each other plane's hops verify with (current first, then just retired). */
+  planeKeys: Map<string, PlaneKey[]>;
 }
 
 /** Builds the lookup tables once per snapshot revision. */
@@ -61,6 +63,12 @@ export function indexSnapshot(snapshot: PlaneSnapshot): RouteIndex {
   planes.set(snapshot.plane.name, snapshot.plane);
   const keys = new Map<string, ApiKeyGrant>();
   for (const k of snapshot.api_keys) keys.set(k.hash.toLowerCase(), k);
+  const planeKeys = new Map<string, PlaneKey[]>();
+  for (const k of snapshot.plane_keys) {
+    const list = planeKeys.get(k.plane);
+    if (list === undefined) planeKeys.set(k.plane, [k]);
+    else list.push(k);
+  }
   return {
     revision: snapshot.revision,
     domain: normalizeDomain(snapshot.domain),
@@ -68,7 +76,7 @@ export function indexSnapshot(snapshot: PlaneSnapshot): RouteIndex {
     planes,
     keys,
     models,
-    hopSecret: snapshot.hop_secret,
+    planeKeys,
   };
 }
 

@@ -1,6 +1,7 @@
 // The wire contract between the control plane and the parts that serve: the versioned snapshot each
-// workload plane long-polls (desired replicas, routes, API-key hashes), the DNS responder's snapshot, and
-// the report a plane sends back. Each plane's snapshot holds only what that plane needs (DESIGN.md §4).
+// workload plane long-polls (desired replicas, routes, API-key hashes, the public keys it verifies), the DNS
+// responder's snapshot, and the report a plane sends back. Each plane's snapshot holds only what that plane
+// needs (DESIGN.md §4), and no secret of anyone else: public keys only.
 
 import type {
   ApiKeyCategory,
@@ -78,6 +79,27 @@ export interface DesiredReplica {
   egress: EgressPolicy;
 }
 
+/**
+ * A plane's Ed25519 public key as other planes verify its hops with it. Raw 32 bytes in base64url (RFC 8037
+ * §2, the JWK `x` member); `key_id` is the first 8 bytes of its sha256 in lowercase hex.
+ */
+export interface PlaneKey {
+  plane: string;
+  key_id: string;
+  public_key: string;
+  /**
+   * null while current. A retired key (replaced by a newer one) is carried only for the hop window after
+   * its retirement, so hops signed just before a rotation still verify; receivers stop accepting it then.
+   */
+  retired_at: string | null;
+}
+
+/** The control plane's Ed25519 public key: it signs the control plane's log fetches from planes. */
+export interface ControlKey {
+  key_id: string;
+  public_key: string;
+}
+
 export interface PlaneSnapshot {
   /** Installation-wide revision; strictly increases with every change that may affect any plane. */
   revision: number;
@@ -87,8 +109,13 @@ export interface PlaneSnapshot {
   plane: PlaneRef;
   /** Every plane (for plane-to-plane forwarding); regional forwarding only ever uses planes of one region. */
   planes: PlaneRef[];
-  /** Shared secret that authenticates plane-to-plane hops (HMAC-SHA256), rotated by the control plane. */
-  hop_secret: string;
+  /**
+   * Public keys of the planes this plane may receive hops from (every other plane: any plane may hand a
+   * standard-endpoint request to a plane with a ready replica), current ones and those just retired.
+   */
+  plane_keys: PlaneKey[];
+  /** Verifies the control plane's log fetches (the only requests a plane takes from the control plane). */
+  control_key: ControlKey;
   api_keys: ApiKeyGrant[];
   models: ModelRoute[];
   replicas: DesiredReplica[];
@@ -131,6 +158,11 @@ export interface PlaneReport {
    */
   admin_url?: string | null;
   replicas: ReplicaReport[];
+  /**
+   * The plane's Ed25519 public key (raw, base64url). Trusted because it arrives over the plane's credential;
+   * a new key retires the previous one. Absent from planes older than per-plane keys.
+   */
+  public_key?: string;
   /** How the plane runs replicas; absent from planes older than the sandbox. */
   sandbox?: SandboxReport;
   /** Per-environment request counts since the previous report (DESIGN.md §2.6: aggregates only). */

@@ -5,6 +5,7 @@
 // transport; a case either transport gets wrong is a bug in that transport, not in the case.
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { PlaneSnapshot } from "../core/snapshot.ts";
+import { generateSigningKey } from "../lib/keys.ts";
 import {
   closedPort,
   type EchoBody,
@@ -41,12 +42,14 @@ const LIMITS = {
 /** How long a case waits for an answer the ingress owes at once. */
 const PROMPT_MS = 3_000;
 
+const CONTROL_KEY = generateSigningKey();
 const SNAPSHOT: PlaneSnapshot = {
   revision: 1,
   domain: DOMAIN,
   plane: { ...PLANE, ingress: ["127.0.0.1:9"], global_ingress: false },
   planes: [{ ...PLANE, ingress: ["127.0.0.1:9"], global_ingress: false }],
-  hop_secret: "framing-hop-secret",
+  plane_keys: [],
+  control_key: { key_id: CONTROL_KEY.keyId, public_key: CONTROL_KEY.publicKey },
   api_keys: [{ hash: sha256(KEY), prefix: "k-fr", team_id: "t1", category: "PERSONAL", model_ids: null }],
   models: [
     {
@@ -359,6 +362,7 @@ describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTran
       transport,
       plane: PLANE,
       listen: { host: "127.0.0.1", port: 0 },
+      signingKey: generateSigningKey(),
       snapshot: () => SNAPSHOT,
       localReplicas: () => endpoints,
       limits: LIMITS,

@@ -14,7 +14,7 @@ import { decideRoute, indexSnapshot, type RouteContext, type RouteIndex } from "
 import type { PlaneRef } from "../core/snapshot.ts";
 import type { AuditSink } from "./audit.ts";
 import { acceptableRequestId, apiKeyOf, PROOF, scanRequestHeaders, scanResponseHeaders } from "./headers.ts";
-import { HOP_HEADER, signHop, verifyHop } from "./hop.ts";
+import { HOP_HEADER, HopVerifier, signHop } from "./hop.ts";
 import type { IngressLimits, IngressOptions } from "./ingress.ts";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics.ts";
 
@@ -72,7 +72,8 @@ export interface Forward {
   targets: Target[];
   /** Headers for the upstream without framing fields; hops add a fresh signed hop header per attempt. */
   headers: string[];
-  hop: { secret: string } | null;
+  /** What a hop to a peer plane binds besides who, to whom and when (the request as forwarded). */
+  hop: { method: string; authority: string; target: string } | null;
   warning: string | null;
   /** The declared Content-Length, or null (chunked or no body). */
   contentLength: number | null;
@@ -126,13 +127,16 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
   // The index follows the snapshot object: rebuilt only when the plane swaps in a new one.
   let lastSnapshot: ReturnType<IngressOptions["snapshot"]> | undefined;
   let index: RouteIndex | null = null;
-  let previousSecret: { secret: string; until: number } | null = null;
+  const hops = new HopVerifier({
+    self: self.name,
+    maxAgeMs: limits.hopMaxAgeMs,
+    replayEntries: limits.hopReplayEntries,
+  });
 
   function currentIndex(): RouteIndex | null {
     const snap = options.snapshot();
     if (snap === lastSnapshot) return index;
     lastSnapshot = snap;
-    const before = index;
     if (snap === null) {
       index = null;
     } else if (snap.plane.name !== self.name || snap.plane.region !== self.region) {
@@ -141,17 +145,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     } else {
       index = indexSnapshot(snap);
     }
-    if (before !== null && index !== null && before.hopSecret !== index.hopSecret) {
-      previousSecret = { secret: before.hopSecret, until: now() + limits.hopMaxAgeMs };
-    }
     return index;
-  }
-
-  function hopSecrets(current: RouteIndex): string[] {
-    if (previousSecret !== null && previousSecret.until >= now()) {
-      return [current.hopSecret, previousSecret.secret];
-    }
-    return [current.hopSecret];
   }
 
   // Least-busy replica first (ties broken round-robin); the others follow as retry candidates.
@@ -246,15 +240,17 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     };
 
     if (scan.hop !== undefined) {
-      const check = verifyHop(scan.hop, ex.requestId, hopSecrets(idx), now(), limits.hopMaxAgeMs);
-      const from = check.ok ? idx.planes.get(check.from) : undefined;
-      if (!check.ok || from === undefined || from.name === self.name) {
-        return refuse("forbidden", "The plane-to-plane hop is not valid.", {
-          reason: check.ok ? "unknown_plane" : check.reason,
-        });
+      // The request as the forwarder sent it: the authority and origin-form target it signed.
+      const hop = { requestId: ex.requestId, method: head.method, authority: hostValue ?? "", target };
+      const check = hops.verify(scan.hop, hop, idx, now());
+      // Refusals are in the audit record (error_code), not the log: anyone can send a bad hop header.
+      if (!check.ok) {
+        return check.reason === "replayed"
+          ? refuse("hop_replayed")
+          : refuse("hop_invalid", null, { reason: check.reason });
       }
-      ex.forwardedFrom = from.name;
-      ex.route = [from.name, self.name];
+      ex.forwardedFrom = check.from;
+      ex.route = [check.from, self.name];
     }
 
     const q = target.indexOf("?");
@@ -332,7 +328,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       headers.push("host", hostValue ?? "", PROOF.route, self.name);
       if (scan.authorization !== undefined) headers.push("authorization", scan.authorization);
       forward.headers = headers;
-      forward.hop = { secret: idx.hopSecret };
+      forward.hop = { method: head.method, authority: hostValue ?? "", target };
     }
     return forward;
   }
@@ -397,11 +393,14 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       return { status: errorStatus(r.code), headers, body };
     },
 
-    /** The upstream headers of one attempt (a hop to a peer plane is signed afresh each time). */
-    attemptHeaders(ex: Exchange, forward: Forward): string[] {
-      return forward.hop === null
-        ? forward.headers
-        : forward.headers.concat([HOP_HEADER, signHop(forward.hop.secret, self.name, now(), ex.requestId)]);
+    /**
+     * The upstream headers of an attempt at `t` (a hop to a peer plane is signed afresh each time: its time,
+     * and the plane it is addressed to).
+     */
+    attemptHeaders(ex: Exchange, forward: Forward, t: Target): string[] {
+      if (forward.hop === null || t.kind !== "plane") return forward.headers;
+      const claims = { ...forward.hop, requestId: ex.requestId, from: self.name, to: t.name, ms: now() };
+      return forward.headers.concat([HOP_HEADER, signHop(options.signingKey, claims)]);
     },
 
     acquire(t: Target): void {

@@ -180,7 +180,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
         origin: t.origin,
         path: t.path,
         method: "POST",
-        headers: gw.attemptHeaders(ex, forward),
+        headers: gw.attemptHeaders(ex, forward, t),
         body: bodyFor(ex, call.body),
         headersTimeout: timeout,
         bodyTimeout: timeout,

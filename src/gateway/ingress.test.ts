@@ -10,9 +10,10 @@ import fc from "fast-check";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { StandardEndpointPolicy } from "../core/domain.ts";
-import type { PlaneRef, PlaneSnapshot } from "../core/snapshot.ts";
+import type { PlaneKey, PlaneRef, PlaneSnapshot } from "../core/snapshot.ts";
+import { generateSigningKey, type SigningKey } from "../lib/keys.ts";
 import { AuditLog } from "./audit.ts";
-import { signHop } from "./hop.ts";
+import { type HopClaims, signHop } from "./hop.ts";
 import { createIngress, type Ingress, type IngressTransport } from "./ingress.ts";
 import { type CallOptions, call, startReplica, type TestReplica } from "./testing.ts";
 
@@ -33,6 +34,16 @@ const PLANES = [
   { name: "eu-2", region: "eu", ip: "127.0.2.2", global: false },
 ] as const;
 type PlaneName = (typeof PLANES)[number]["name"];
+/** Each plane's own key pair; its peers get only the public half, in their snapshots. */
+const KEYS = new Map<string, SigningKey>(PLANES.map((p) => [p.name, generateSigningKey()]));
+const CONTROL_KEY = generateSigningKey();
+const keyOf = (name: string) => KEYS.get(name)!;
+const publicKeyOf = (plane: string, k: SigningKey, retired_at: string | null = null): PlaneKey => ({
+  plane,
+  key_id: k.keyId,
+  public_key: k.publicKey,
+  retired_at,
+});
 
 interface Plane {
   name: PlaneName;
@@ -47,7 +58,8 @@ const world = {
   revision: 1,
   policy: "allow" as StandardEndpointPolicy,
   euReady: ["eu-2"] as string[],
-  hopSecret: "hop-secret-1",
+  /** Keys retired by a rotation, still carried for the hop window. */
+  retired: [] as PlaneKey[],
 };
 const planes = new Map<PlaneName, Plane>();
 const refs: PlaneRef[] = [];
@@ -71,7 +83,11 @@ function snapshotFor(name: PlaneName): PlaneSnapshot {
     domain: DOMAIN,
     plane: refs.find((p) => p.name === name)!,
     planes: refs,
-    hop_secret: world.hopSecret,
+    plane_keys: [
+      ...PLANES.filter((p) => p.name !== name).map((p) => publicKeyOf(p.name, keyOf(p.name))),
+      ...world.retired.filter((k) => k.plane !== name),
+    ],
+    control_key: { key_id: CONTROL_KEY.keyId, public_key: CONTROL_KEY.publicKey },
     api_keys: [
       { hash: sha("k-personal"), prefix: "k-pe", team_id: "t1", category: "PERSONAL", model_ids: null },
       { hash: sha("k-scoped"), prefix: "k-sc", team_id: "t1", category: "WORKSPACE_INVOKE", model_ids: [M1] },
@@ -144,6 +160,7 @@ beforeAll(async () => {
     const ingress = createIngress({
       plane: { name: p.name, region: p.region },
       listen: { host: p.ip, port: 0 },
+      signingKey: keyOf(p.name),
       snapshot: () => snapshotFor(p.name),
       localReplicas: (id) => replicas.get(id) ?? [],
       limits: {
@@ -369,56 +386,117 @@ describe("authentication", () => {
 });
 
 describe("plane-to-plane hops", () => {
-  const hopCall = (hop: string, requestId = "hop-req-1") =>
-    send("eu-2", {
+  const ID = "hop-req-1";
+  /** A hop as eu-1 would sign it for eu-2, for the regional request hopCall sends. */
+  const claims = (over: Partial<HopClaims> = {}): HopClaims => ({
+    from: "eu-1",
+    to: "eu-2",
+    ms: Date.now(),
+    requestId: ID,
+    method: "POST",
+    authority: REG,
+    target: "/predict",
+    ...over,
+  });
+  const hopCall = (hop: string, to: PlaneName = "eu-2", requestId = ID) =>
+    send(to, {
       host: REG,
       path: "/predict",
       headers: { "x-request-id": requestId, "x-meridian-hop": hop, "x-meridian-route": "evil" },
     });
 
   it("accepts a valid hop and rebuilds the route from it", async () => {
-    const r = await hopCall(signHop(world.hopSecret, "eu-1", Date.now(), "hop-req-1"));
+    const r = await hopCall(signHop(keyOf("eu-1"), claims()));
     expect(r.status).toBe(200);
     expect(r.headers["x-meridian-route"]).toBe("eu-1, eu-2");
   });
 
-  it.each([
-    ["a bad HMAC", () => signHop("wrong-secret", "eu-1", Date.now(), "hop-req-1")],
-    ["an expired hop", () => signHop(world.hopSecret, "eu-1", Date.now() - 120_000, "hop-req-1")],
-    ["another request id", () => signHop(world.hopSecret, "eu-1", Date.now(), "other")],
-    ["an unknown plane", () => signHop(world.hopSecret, "zz-9", Date.now(), "hop-req-1")],
-    ["itself", () => signHop(world.hopSecret, "eu-2", Date.now(), "hop-req-1")],
-    ["garbage", () => "eu-1;x;y"],
-  ])("refuses %s with 403", async (_n, make) => {
+  it.each<[string, () => string, string]>([
+    ["signed with another plane's key", () => signHop(keyOf("us-1"), claims()), "bad_signature"],
+    [
+      "signed by a key the snapshot does not hold",
+      () => signHop(generateSigningKey(), claims()),
+      "bad_signature",
+    ],
+    // us-1 is a known plane and eu-1's signature is valid for eu-1: it proves nothing for us-1.
+    ["claiming another source", () => signHop(keyOf("eu-1"), claims({ from: "us-1" })), "bad_signature"],
+    ["addressed to another target", () => signHop(keyOf("eu-1"), claims({ to: "eu-1" })), "wrong_target"],
+    ["expired", () => signHop(keyOf("eu-1"), claims({ ms: Date.now() - 120_000 })), "expired"],
+    ["for another request id", () => signHop(keyOf("eu-1"), claims({ requestId: "other" })), "bad_signature"],
+    ["for another path", () => signHop(keyOf("eu-1"), claims({ target: "/wake" })), "bad_signature"],
+    ["from an unknown plane", () => signHop(generateSigningKey(), claims({ from: "zz-9" })), "unknown_plane"],
+    ["from itself", () => signHop(keyOf("eu-2"), claims({ from: "eu-2" })), "unknown_plane"],
+    ["malformed", () => "eu-1;x;y", "malformed"],
+    ["in the old shared-secret form", () => `eu-1;${Date.now()};${"0".repeat(64)}`, "malformed"],
+  ])("refuses a hop %s with 403 hop_invalid", async (_n, make, reason) => {
+    const before = repEu.seen.length;
     const r = await hopCall(make());
     expect(r.status).toBe(403);
-    expect(r.json).toMatchObject({ error_code: "forbidden" });
+    expect(r.json).toMatchObject({ error_code: "hop_invalid", detail: { reason } });
     expect(r.headers["x-meridian-route"]).toBe("eu-2");
+    expect(repEu.seen.length).toBe(before);
+  });
+
+  it("refuses the same hop a second time with 403 hop_replayed", async () => {
+    const hop = signHop(keyOf("eu-1"), claims({ requestId: "replayed-1" }));
+    expect((await hopCall(hop, "eu-2", "replayed-1")).status).toBe(200);
+    const before = repEu.seen.length;
+    const again = await hopCall(hop, "eu-2", "replayed-1");
+    expect(again.status).toBe(403);
+    expect(again.json).toMatchObject({ error_code: "hop_replayed" });
+    expect(repEu.seen.length).toBe(before);
+    // A client may send the same request id again: a new hop of it is a new hop.
+    const fresh = signHop(keyOf("eu-1"), claims({ requestId: "replayed-1" }));
+    expect((await hopCall(fresh, "eu-2", "replayed-1")).status).toBe(200);
+  });
+
+  it("a client reusing its request id through the global ingress is served every time", async () => {
+    for (let i = 0; i < 3; i++) {
+      const r = await send("us-1", {
+        host: STD,
+        path: "/environments/prod-eu/predict",
+        headers: { "x-request-id": "the-same-id" },
+      });
+      expect(r.status).toBe(200);
+      expect(r.headers["x-meridian-route"]).toBe("us-1, eu-2");
+    }
   });
 
   it("a hop from another region with a regional request is refused (421)", async () => {
-    const r = await hopCall(signHop(world.hopSecret, "us-1", Date.now(), "hop-req-1"));
+    const r = await hopCall(signHop(keyOf("us-1"), claims({ from: "us-1" })));
     expect(r.status).toBe(421);
   });
 
   it("a forwarded request is never forwarded again", async () => {
-    const r = await send("eu-1", {
-      host: REG,
-      path: "/predict",
-      headers: { "x-request-id": "r2", "x-meridian-hop": signHop(world.hopSecret, "eu-2", Date.now(), "r2") },
-    });
+    const hop = signHop(keyOf("eu-2"), claims({ from: "eu-2", to: "eu-1", requestId: "r2" }));
+    const r = await hopCall(hop, "eu-1", "r2");
     expect(r.status).toBe(503);
     expect(r.headers["x-meridian-route"]).toBe("eu-2, eu-1");
   });
 
-  it("survives a hop secret rotation for hops signed with the previous secret", async () => {
-    const old = world.hopSecret;
-    await send("eu-2", { host: REG, path: "/predict" }); // index built with the old secret
+  it("survives a key rotation for hops signed with the just-retired key", async () => {
+    const old = keyOf("eu-1");
+    await send("eu-2", { host: REG, path: "/predict" }); // index built with the old key
+    KEYS.set("eu-1", generateSigningKey());
     bump(() => {
-      world.hopSecret = "hop-secret-2";
+      world.retired = [publicKeyOf("eu-1", old, new Date().toISOString())];
     });
-    const r = await hopCall(signHop(old, "eu-1", Date.now(), "hop-req-1"));
-    expect(r.status).toBe(200);
+    try {
+      expect((await hopCall(signHop(old, claims({ requestId: "rot-1" })), "eu-2", "rot-1")).status).toBe(200);
+      const fresh = signHop(keyOf("eu-1"), claims({ requestId: "rot-2" }));
+      expect((await hopCall(fresh, "eu-2", "rot-2")).status).toBe(200);
+      // Retired longer ago than the window: no longer accepted.
+      bump(() => {
+        world.retired = [publicKeyOf("eu-1", old, new Date(Date.now() - 31_000).toISOString())];
+      });
+      const late = await hopCall(signHop(old, claims({ requestId: "rot-3" })), "eu-2", "rot-3");
+      expect(late.json).toMatchObject({ error_code: "hop_invalid", detail: { reason: "bad_signature" } });
+    } finally {
+      KEYS.set("eu-1", old);
+      bump(() => {
+        world.retired = [];
+      });
+    }
   });
 });
 
@@ -818,6 +896,7 @@ describe("HTTPS", () => {
       const cert = readFileSync(join(dir, "cert.pem"));
       const tls = createIngress({
         plane: { name: "us-1", region: "us" },
+        signingKey: keyOf("us-1"),
         listen: { host: "127.0.1.1", port: 0 },
         tls: { cert, key: readFileSync(join(dir, "key.pem")) },
         snapshot: () => snapshotFor("us-1"),

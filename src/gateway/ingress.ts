@@ -12,8 +12,9 @@ import type { ConnectionOptions } from "node:tls";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import type { PlaneSnapshot } from "../core/snapshot.ts";
+import type { SigningKey } from "../lib/keys.ts";
 import type { AuditSink } from "./audit.ts";
-import { HOP_MAX_AGE_MS } from "./hop.ts";
+import { HOP_MAX_AGE_MS, HOP_REPLAY_ENTRIES } from "./hop.ts";
 import { createHttpIngress } from "./http-transport.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import { loadParser } from "./wire/llhttp.ts";
@@ -40,6 +41,11 @@ export interface IngressLimits {
   bufferBodyBytes: number;
   /** How old a plane-to-plane hop may be. Default 30 s. */
   hopMaxAgeMs: number;
+  /**
+   * Hops remembered against replays (≈ 240 bytes each). At the bound the oldest is forgotten and hops at or
+   * before its time are refused as expired: the window shrinks, replays never pass. Default 100,000.
+   */
+  hopReplayEntries: number;
   /** `stop()` waits this long for in-flight requests before closing their connections. Default 30 s. */
   drainTimeoutMs: number;
 }
@@ -54,6 +60,7 @@ export const DEFAULT_LIMITS: Readonly<IngressLimits> = Object.freeze({
   connectTimeoutMs: 5_000,
   bufferBodyBytes: 64 * 1024,
   hopMaxAgeMs: HOP_MAX_AGE_MS,
+  hopReplayEntries: HOP_REPLAY_ENTRIES,
   drainTimeoutMs: 30_000,
 });
 
@@ -64,6 +71,8 @@ export interface IngressOptions {
   listen?: { host: string; port: number };
   /** Serve HTTPS with this certificate (for the inference domain) and key. */
   tls?: { cert: string | Buffer; key: string | Buffer };
+  /** The plane's own key: it signs the hops this ingress forwards (peers verify them from their snapshots). */
+  signingKey: SigningKey;
   /** The plane's current snapshot; the plane swaps it atomically. The index is rebuilt only on change. */
   snapshot(): PlaneSnapshot | null;
   /** `host:port` of this plane's READY replicas of a deployment (from the plane agent). */

@@ -24,6 +24,8 @@ export interface PlaneAgentOptions {
   logger: Logger;
   /** Takes the request counts to report, and puts them back when a report fails. */
   counts: { take(): PlaneReport["request_counts"]; restore(c: PlaneReport["request_counts"]): void };
+  /** The plane's Ed25519 public key (raw, base64url), sent with every report. */
+  publicKey?: string;
   /** How often the agent reports even when nothing changed. Default 2 s. */
   reportIntervalMs?: number;
   /** The operator listener's base URL to report (null: none; undefined: not listening yet, say nothing). */
@@ -164,6 +166,7 @@ export class PlaneAgent {
       const body: PlaneReport = {
         revision: this.#snapshot?.revision ?? 0,
         ...(adminUrl !== undefined ? { admin_url: adminUrl } : {}),
+        ...(this.#o.publicKey !== undefined ? { public_key: this.#o.publicKey } : {}),
         replicas: [...statuses.map(toReport), ...this.#artifactFailures.values()],
         request_counts: counts,
       };
@@ -177,6 +180,16 @@ export class PlaneAgent {
           bodyTimeout: 10_000,
         },
       );
+      if (res.statusCode === 409) {
+        // plane_key_retired: the control plane will not trust this plane's key again; only the operator
+        // can fix it (a new key file), so say so loudly on every attempt.
+        const body = (await res.body.json().catch(() => null)) as {
+          error_code?: string;
+          error?: string;
+        } | null;
+        this.#o.logger.error({ error_code: body?.error_code, error: body?.error }, "report refused");
+        throw new Error(`control plane answered 409 ${body?.error_code ?? ""}`);
+      }
       await res.body.dump();
       if (res.statusCode !== 200) throw new Error(`control plane answered ${res.statusCode}`);
       return true;

@@ -4,6 +4,7 @@
 // reverse order of start.
 
 import { timingSafeEqual } from "node:crypto";
+import { mkdir } from "node:fs/promises";
 import http from "node:http";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
@@ -11,6 +12,7 @@ import { Gauge, Registry } from "prom-client";
 import { REPLICA_STATES } from "../core/domain.ts";
 import { errorBody } from "../core/errors.ts";
 import type { PlaneSnapshot } from "../core/snapshot.ts";
+import { checkPlaneSnapshot, type SnapshotOwner } from "../core/snapshot-check.ts";
 import { AuditLog } from "../gateway/audit.ts";
 import {
   createIngress,
@@ -18,7 +20,8 @@ import {
   type IngressLimits,
   type IngressTransport,
 } from "../gateway/ingress.ts";
-import { CONTROL_ACCESS_HEADER, verifyControlAccess } from "../lib/control-access.ts";
+import { CONTROL_ACCESS_HEADER, ControlAccessVerifier } from "../lib/control-access.ts";
+import { loadOrCreatePlaneKey } from "../lib/keys.ts";
 import { SnapshotWatcher } from "../lib/watch.ts";
 import { PlaneAgent } from "./agent.ts";
 import { ArtifactCache } from "./artifacts.ts";
@@ -61,16 +64,30 @@ export interface RunningPlane {
 /** SIGTERM-to-SIGKILL grace of replicas in a brief stop: well inside ORPHAN_STOP_LIMIT_MS. */
 const BRIEF_REPLICA_GRACE_MS = 1_000;
 
-function parseSnapshot(body: unknown): PlaneSnapshot {
-  const s = body as PlaneSnapshot;
-  if (typeof s !== "object" || s === null || typeof s.revision !== "number" || !Array.isArray(s.replicas)) {
-    throw new Error("not a plane snapshot");
-  }
-  return s;
+/** The plane's Ed25519 key pair, in its data directory (PKCS #8 PEM, mode 0600). */
+export const PLANE_KEY_FILE = "plane.key";
+
+/**
+ * Every snapshot, from the control plane or the disk cache, is checked in full before it is served: one
+ * that fails is refused (the watcher logs the field and keeps the last good one, and never caches it).
+ */
+function snapshotParser(owner: SnapshotOwner): (body: unknown) => PlaneSnapshot {
+  return (body) => {
+    const check = checkPlaneSnapshot(body, owner);
+    if (!check.ok) throw new Error(`${check.field || "snapshot"}: ${check.message}`);
+    return check.snapshot;
+  };
 }
 
 export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
   const logger = config.logger ?? pino({ name: "plane", base: { plane: config.name } });
+  // A missing key file means a new key; the report tells the control plane, which retires the old one.
+  await mkdir(config.dataDir, { recursive: true });
+  const planeKey = await loadOrCreatePlaneKey(join(config.dataDir, PLANE_KEY_FILE));
+  logger.info(
+    { key_id: planeKey.key.keyId, created: planeKey.created },
+    planeKey.created ? "plane key created" : "plane key loaded",
+  );
   const registry = new Registry();
   const audit = new AuditLog({
     dir: join(config.dataDir, "audit"),
@@ -102,6 +119,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     artifacts,
     logger,
     counts: { take: () => audit.takeRequestCounts(), restore: (c) => audit.restoreRequestCounts(c) },
+    publicKey: planeKey.key.publicKey,
     adminUrl: () => (config.admin === null ? null : adminAddress ? httpUrl(adminAddress) : undefined),
   });
 
@@ -109,19 +127,13 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
   const watcher = new SnapshotWatcher<PlaneSnapshot>({
     url: `${config.controlUrl}/v1/internal/planes/${encodeURIComponent(config.name)}/snapshot`,
     token: config.token,
-    parse: parseSnapshot,
+    parse: snapshotParser({ plane: config.name, region: config.region }),
     cacheFile: join(config.dataDir, "snapshot.json"),
     logger,
     onStateChange: (state, err) => logger.info({ state, err: err?.message }, "control plane connection"),
   });
+  // The watcher hands over only snapshots that passed the check (this plane's, whole and consistent).
   const accept = (s: PlaneSnapshot) => {
-    if (s.plane.name !== config.name || s.plane.region !== config.region) {
-      logger.error(
-        { snapshot_plane: s.plane, plane: config.name, region: config.region },
-        "snapshot is for another plane; ignored",
-      );
-      return;
-    }
     current = s;
     agent.apply(s);
   };
@@ -132,6 +144,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     listen: config.ingress,
     ...(config.tls ? { tls: config.tls } : {}),
     ...(config.peerCa ? { peerScheme: "https" as const, peerConnect: { ca: config.peerCa } } : {}),
+    signingKey: planeKey.key,
     snapshot: () => current,
     localReplicas: agent.localReplicas,
     ...(config.limits ? { limits: config.limits } : {}),
@@ -149,17 +162,17 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
 
   let adminServer: http.Server | null = null;
   if (config.admin) {
-    adminServer = http.createServer(
-      (req, res) =>
-        void serveAdmin(req, res, {
-          registry,
-          audit,
-          driver,
-          token: config.token,
-          watcher,
-          hopSecret: () => current?.hop_secret ?? "",
-        }),
-    );
+    // One verifier for the listener's life: it remembers the signed requests it accepted.
+    const deps: AdminDeps = {
+      registry,
+      audit,
+      driver,
+      token: config.token,
+      watcher,
+      controlAccess: new ControlAccessVerifier({ plane: config.name }),
+      snapshot: () => current,
+    };
+    adminServer = http.createServer((req, res) => void serveAdmin(req, res, deps));
     await new Promise<void>((ok, fail) => {
       adminServer!.once("error", fail);
       adminServer!.listen(config.admin!.port, config.admin!.host, () => ok());
@@ -223,8 +236,9 @@ interface AdminDeps {
   driver: ProcessDriver;
   token: string;
   watcher: SnapshotWatcher<PlaneSnapshot>;
-  /** The hop secret of the current snapshot: it verifies the control plane's `x-meridian-control`. */
-  hopSecret(): string;
+  /** Verifies the control plane's `x-meridian-control` with the public key of the current snapshot. */
+  controlAccess: ControlAccessVerifier;
+  snapshot(): PlaneSnapshot | null;
 }
 
 function httpUrl(a: { host: string; port: number }): string {
@@ -253,7 +267,7 @@ async function serveAdmin(
       return send(200, { ok: true, revision: deps.watcher.revision, control_plane: deps.watcher.state });
     }
     const logs = /^\/v1\/replicas\/([^/]+)\/logs$/.exec(url.pathname);
-    if (!isPlaneCredential(req, deps.token) && !(logs && isControlPlane(req, deps.hopSecret()))) {
+    if (!isPlaneCredential(req, deps.token) && !(logs && isControlPlane(req, deps))) {
       return send(401, errorBody("unauthorized", "Send the plane credential as a Bearer token."));
     }
     if (url.pathname === "/v1/audit") {
@@ -287,11 +301,13 @@ function isPlaneCredential(req: http.IncomingMessage, token: string): boolean {
 
 /**
  * The control plane reads replica logs on a user's behalf (they are never stored outside the plane); it
- * signs the request target with the hop secret. Only the logs route accepts this: the audit trail stays
- * in the region (DESIGN.md §2.6).
+ * signs the request (this plane, method, target, time) with its own key, which this plane knows only by
+ * the public half in its snapshot. Only the logs route accepts this: the audit trail stays in the region
+ * (DESIGN.md §2.6).
  */
-function isControlPlane(req: http.IncomingMessage, hopSecret: string): boolean {
+function isControlPlane(req: http.IncomingMessage, deps: AdminDeps): boolean {
   const header = req.headers[CONTROL_ACCESS_HEADER];
   if (typeof header !== "string") return false;
-  return verifyControlAccess(header, req.url ?? "", hopSecret, Date.now()).ok;
+  const request = { method: req.method ?? "", target: req.url ?? "" };
+  return deps.controlAccess.verify(header, request, deps.snapshot()?.control_key ?? null, Date.now()).ok;
 }

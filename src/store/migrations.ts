@@ -321,6 +321,27 @@ function migrations(dialect: Dialect): Record<string, Migration> {
         await db.schema.createIndex("secrets_key_id").on("secrets").column("key_id").execute();
       },
     },
+    "0004_plane_keys": {
+      async up(db: Kysely<unknown>) {
+        // Each plane's own Ed25519 keys replace the installation-wide hop secret (issue 10 item 4). No
+        // foreign key to planes: a deleted plane's keys stay, for the receipts it signed (issue 14).
+        await db.schema
+          .createTable("plane_keys")
+          .addColumn("plane", "text", (c) => c.notNull())
+          .addColumn("key_id", "text", (c) => c.notNull())
+          .addColumn("public_key", "text", (c) => c.notNull())
+          .addColumn("credential_hash", "text", (c) => c.notNull())
+          .addColumn("first_seen_at", "text", (c) => c.notNull())
+          .addColumn("retired_at", "text")
+          .addPrimaryKeyConstraint("plane_keys_pk", ["plane", "key_id"])
+          .execute();
+        // The shared secret goes; the control plane's own key is created at start (src/control/keys.ts).
+        await db
+          .deleteFrom("meta" as never)
+          .where("key" as never, "=", "hop_secret" as never)
+          .execute();
+      },
+    },
   };
 }
 

@@ -258,6 +258,23 @@ export interface S3PartChunkTable {
   created_at: string;
 }
 
+/**
+ * Every Ed25519 public key a plane has reported, current and retired; rows are never deleted (issue 14
+ * checks old receipts against retired keys). A key counts for hops only while `credential_hash` is the
+ * plane's current credential and `retired_at` is null (or, for the hop window, just set).
+ */
+export interface PlaneKeyTable {
+  plane: string;
+  /** First 8 bytes of sha256(raw public key), lowercase hex. */
+  key_id: string;
+  /** Raw 32-byte public key, base64url. */
+  public_key: string;
+  /** sha256 of the plane credential the key was reported over. */
+  credential_hash: string;
+  first_seen_at: string;
+  retired_at: string | null;
+}
+
 export interface Schema {
   meta: MetaTable;
   revision: RevisionTable;
@@ -282,6 +299,7 @@ export interface Schema {
   s3_parts: S3PartTable;
   s3_part_chunks: S3PartChunkTable;
   secrets: SecretTable;
+  plane_keys: PlaneKeyTable;
 }
 
 export type TeamRow = Selectable<TeamTable>;
@@ -301,4 +319,5 @@ export type PromotionRow = Selectable<PromotionTable>;
 export type ReplicaRow = Selectable<ReplicaTable>;
 export type AuditLogRow = Selectable<AuditLogTable>;
 export type SecretRow = Selectable<SecretTable>;
+export type PlaneKeyRow = Selectable<PlaneKeyTable>;
 export type NewDeployment = Insertable<DeploymentTable>;

@@ -7,8 +7,11 @@
 import { randomUUID } from "node:crypto";
 import { readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
+import SQLite from "better-sqlite3";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CONTROL_KEY_META } from "../../src/control/keys.ts";
+import { loadOrCreatePlaneKey, signingKeyFromJwk } from "../../src/lib/keys.ts";
 import { type Cluster, DOMAIN, eventually, type PlaneHandle, startCluster } from "../support/cluster.ts";
 
 interface Exchange {
@@ -508,6 +511,49 @@ describe("the inference ingress end to end", () => {
       return r.status === 200;
     });
   }, 60_000);
+
+  it("hands out public keys only: no snapshot, served or cached, holds a private key or a shared secret", async () => {
+    const database = new SQLite(join(cluster.dir, "control", "meridian.db"), { readonly: true });
+    const meta = database.prepare("select key, value from meta").all() as Array<{
+      key: string;
+      value: string;
+    }>;
+    database.close();
+    expect(meta.map((m) => m.key)).not.toContain("hop_secret");
+    const control = signingKeyFromJwk(meta.find((m) => m.key === CONTROL_KEY_META)!.value);
+    const controlD = control.privateKey.export({ format: "jwk" }).d!;
+    const planeKeys = new Map<string, { publicKey: string; d: string }>();
+    for (const p of cluster.planes.values()) {
+      const file = join(p.dataDir, "plane.key");
+      expect(statSync(file).mode & 0o777).toBe(0o600);
+      const { key } = await loadOrCreatePlaneKey(file);
+      planeKeys.set(p.name, { publicKey: key.publicKey, d: key.privateKey.export({ format: "jwk" }).d! });
+    }
+    const secrets = [
+      controlD,
+      ...[...planeKeys.values()].map((k) => k.d),
+      ...[...cluster.planes.values()].map((p) => p.token.split(".").at(-1)!),
+    ];
+    for (const p of cluster.planes.values()) {
+      const served = await request(`${cluster.controlUrl}/v1/internal/planes/${p.name}/snapshot?wait=0`, {
+        headers: { authorization: `Bearer ${p.token}` },
+      });
+      expect(served.statusCode).toBe(200);
+      const texts = [await served.body.text(), readFileSync(join(p.dataDir, "snapshot.json"), "utf8")];
+      for (const text of texts) {
+        for (const secret of secrets) expect(text).not.toContain(secret);
+        expect(text).not.toMatch(/hop_secret|PRIVATE KEY|"d":/);
+        const snap = JSON.parse(text);
+        // What it does carry: the control plane's public key and every other plane's current one.
+        expect(snap.control_key).toEqual({ key_id: control.keyId, public_key: control.publicKey });
+        const current = (snap.plane_keys as Array<{ plane: string; public_key: string; retired_at: null }>)
+          .filter((k) => k.retired_at === null)
+          .map((k) => [k.plane, k.public_key]);
+        const others = [...planeKeys].filter(([n]) => n !== p.name).map(([n, k]) => [n, k.publicKey]);
+        expect(current.sort()).toEqual(others.sort());
+      }
+    }
+  });
 
   it("keeps serving with the control plane stopped, also after the planes restart", async () => {
     await cluster.stopControl();

@@ -3,7 +3,12 @@
 // fail clearly without touching anyone else, replica logs read through the management API, and a control
 // plane outage the planes ride out (MERIDIAN_E2E_OUTAGE_SECONDS, default 60 as the issue asks) without restarting replicas.
 
+import { join } from "node:path";
+import SQLite from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CONTROL_KEY_META } from "../../src/control/keys.ts";
+import { signControlAccess } from "../../src/lib/control-access.ts";
+import { loadOrCreatePlaneKey, signingKeyFromJwk } from "../../src/lib/keys.ts";
 import { type Cluster, DOMAIN, eventually, FOUR_REGIONS, startCluster } from "../support/cluster.ts";
 import {
   createModelFrom,
@@ -291,13 +296,37 @@ describe("deployment lifecycle", () => {
     expect((await api().get(`/v1/models/${id}/deployments/${dep}/logs?limit=0`)).status).toBe(400);
     expect((await api().as(null).get(`/v1/models/${id}/deployments/${dep}/logs`)).status).toBe(401);
 
-    // The plane's operator listener refuses a forged or absent control signature.
+    // The plane's operator listener takes only the control plane's own signature, for the path it was
+    // made for, once. The control plane's key is in its store; a plane's key is in the plane's data dir.
     const eu = cluster.plane("eu-1");
     const replica = lines[0]!.replica;
-    const direct = await fetch(`http://${eu.host}:${eu.admin}/v1/replicas/${replica}/logs`, {
-      headers: { "x-meridian-control": `${Date.now()};${"0".repeat(64)}` },
-    });
-    expect(direct.status).toBe(401);
+    const logsPath = `/v1/replicas/${replica}/logs?limit=5`;
+    const direct = (path: string, header: string) =>
+      fetch(`http://${eu.host}:${eu.admin}${path}`, { headers: { "x-meridian-control": header } });
+    const database = new SQLite(join(cluster.dir, "control", "meridian.db"), { readonly: true });
+    const stored = database.prepare("select value from meta where key = ?").get(CONTROL_KEY_META) as {
+      value: string;
+    };
+    database.close();
+    const control = signingKeyFromJwk(stored.value);
+    const signed = signControlAccess(control, { plane: "eu-1", method: "GET", target: logsPath }, Date.now());
+    expect((await direct(logsPath, signed)).status).toBe(200);
+    // The same header again, or on another path (the audit trail), is refused.
+    expect((await direct(logsPath, signed)).status).toBe(401);
+    expect((await direct("/v1/audit", signed)).status).toBe(401);
+    const other = signControlAccess(control, { plane: "eu-1", method: "GET", target: logsPath }, Date.now());
+    expect((await direct(`/v1/replicas/${replica}/logs?limit=6`, other)).status).toBe(401);
+    // Signed by a plane's key (what model code could have stolen before), even under the control key's id.
+    const planeKey = (await loadOrCreatePlaneKey(join(cluster.plane("uk-1").dataDir, "plane.key"))).key;
+    const forged = signControlAccess(
+      planeKey,
+      { plane: "eu-1", method: "GET", target: logsPath },
+      Date.now(),
+    );
+    expect((await direct(logsPath, forged)).status).toBe(401);
+    expect((await direct(logsPath, forged.replace(planeKey.keyId, control.keyId))).status).toBe(401);
+    // The old shared-secret form means nothing any more.
+    expect((await direct(logsPath, `${Date.now()};${"0".repeat(64)}`)).status).toBe(401);
 
     await eu.stop();
     try {

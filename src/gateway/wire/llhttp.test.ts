@@ -3,6 +3,7 @@
 import net from "node:net";
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
+import { generateSigningKey } from "../../lib/keys.ts";
 import { createIngress } from "../ingress.ts";
 import {
   K_ON_BODY,
@@ -95,6 +96,7 @@ describe("fallback", () => {
     const ingress = createIngress(
       {
         plane: { name: "eu-1", region: "eu" },
+        signingKey: generateSigningKey(),
         snapshot: () => null,
         localReplicas: () => [],
         logger,

@@ -510,7 +510,7 @@ class ClientConn {
     const { gw } = this.ctx;
     const forward = ex.forward!;
     const t = forward.targets[ex.attempt]!;
-    const headers = gw.attemptHeaders(ex, forward);
+    const headers = gw.attemptHeaders(ex, forward, t);
     let head = `POST ${t.path} HTTP/1.1\r\n`;
     if (t.kind === "replica") head += `host: ${t.endpoint}\r\n`;
     for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
