@@ -71,7 +71,10 @@ async function readSnapshotState(ctx: ControlContext, db: Db) {
     await Promise.all([
       db.selectFrom("planes").selectAll().orderBy("name").execute(),
       ctx.store.getMeta("hop_secret", db),
-      db.selectFrom("api_keys").select(["hash", "prefix", "team_id", "category", "model_ids"]).execute(),
+      db
+        .selectFrom("api_keys")
+        .select(["hash", "prefix", "team_id", "category", "model_ids", "regions"])
+        .execute(),
       db.selectFrom("models").select(["id", "team_id", "name"]).execute(),
       db.selectFrom("environments").select(["model_id", "name", "current_deployment_id"]).execute(),
       db
@@ -243,6 +246,7 @@ export async function buildPlaneSnapshot(
     team_id: k.team_id,
     category: k.category as ApiKeyCategory,
     model_ids: k.model_ids === null ? null : (JSON.parse(k.model_ids) as string[]),
+    regions: k.regions === null ? null : (JSON.parse(k.regions) as string[]),
   }));
 
   return {

@@ -184,6 +184,8 @@ export const createApiKeyBody = {
     name: nullable({ type: "string", maxLength: 200 }),
     type: { type: "string", enum: API_KEY_CATEGORIES },
     model_ids: nullable({ type: "array", items: str, maxItems: 1000 }),
+    // Meridian's extension: the regions whose planes may authenticate the key for inference.
+    regions: nullable({ type: "array", items: str, maxItems: 100 }),
   },
 } as const;
 

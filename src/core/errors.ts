@@ -33,6 +33,10 @@ export const ERRORS = {
     status: 403,
     message: "This environment is regional; call its regional endpoint instead.",
   },
+  key_region_forbidden: {
+    status: 403,
+    message: "This API key is bound to other regions; it may call inference only on planes of its regions.",
+  },
 
   // Resources (404, 409)
   not_found: { status: 404, message: "Not found." },

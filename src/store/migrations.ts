@@ -246,6 +246,13 @@ function migrations(dialect: Dialect): Record<string, Migration> {
         await db.schema.alterTable("planes").addColumn("sandbox_detail", "text").execute();
       },
     },
+    "0007_key_regions": {
+      async up(db: Kysely<unknown>) {
+        // Region-bound API keys: a JSON array of region slugs the key may call inference in; null (every
+        // key from before) is every region.
+        await db.schema.alterTable("api_keys").addColumn("regions", "text").execute();
+      },
+    },
   };
 }
 
