@@ -12,6 +12,11 @@ export interface RouteDoc {
   query?: { properties: Record<string, object> };
   /** The reference component schema of the 200 response. */
   response?: string;
+  /**
+   * A Meridian schema the 200 response takes instead of `response` when the request asks for it (`when`
+   * names the body field), published as a component under `name`.
+   */
+  alternative?: { name: string; schema: object; when: string };
   /** A route Meridian adds to the reference's API. */
   meridian?: boolean;
   /** The body is a raw byte stream, not JSON. */
@@ -29,6 +34,7 @@ export function openApiDocument(routes: readonly RouteDoc[]) {
     readFileSync(new URL("./reference/baseten-management-api.subset.json", import.meta.url), "utf8"),
   ) as { components: { schemas: Record<string, unknown>; securitySchemes?: unknown } };
   const paths: Record<string, Record<string, unknown>> = {};
+  const meridianSchemas: Record<string, object> = {};
   for (const route of routes) {
     const url = route.url.replace("/*", "/{key}");
     const params = [...url.matchAll(/\{(\w+)\}/g)].map((m) => ({
@@ -61,12 +67,21 @@ export function openApiDocument(routes: readonly RouteDoc[]) {
         : {}),
       responses: {
         "200": {
-          description: "OK",
+          description: route.alternative
+            ? `OK: ${route.response}; with \`${route.alternative.when}\`, ${route.alternative.name} (Meridian's)`
+            : "OK",
           content: {
             "application/json": {
-              schema: route.response
-                ? { $ref: `#/components/schemas/${route.response}` }
-                : { type: "object" },
+              schema: route.alternative
+                ? {
+                    oneOf: [
+                      { $ref: `#/components/schemas/${route.response}` },
+                      { $ref: `#/components/schemas/${route.alternative.name}` },
+                    ],
+                  }
+                : route.response
+                  ? { $ref: `#/components/schemas/${route.response}` }
+                  : { type: "object" },
             },
           },
         },
@@ -76,6 +91,7 @@ export function openApiDocument(routes: readonly RouteDoc[]) {
         },
       },
     };
+    if (route.alternative) meridianSchemas[route.alternative.name] = route.alternative.schema;
   }
   return {
     openapi: "3.1.0",
@@ -87,7 +103,7 @@ export function openApiDocument(routes: readonly RouteDoc[]) {
     },
     paths,
     components: {
-      schemas: { ...reference.components.schemas, ErrorResponse: ERROR_RESPONSE },
+      schemas: { ...reference.components.schemas, ...meridianSchemas, ErrorResponse: ERROR_RESPONSE },
       securitySchemes: reference.components.securitySchemes ?? {},
     },
   };
