@@ -600,10 +600,14 @@ function promotionDryRunView(f: DryRunFacts) {
     case "promote": {
       const copy = plan.candidate === "copy";
       const why = plan.reasons.map((r) => REASON_TEXT[r](f, plan.candidate_region));
+      const { placement } = plan;
+      const inRegion = plan.candidate_region === null ? "" : ` of region ${plan.candidate_region}`;
+      const placed = placement.replicas - placement.unplaced;
+      const switches = `${f.environment} switches to it ${plan.switches === "at_once" ? "at once" : "once it is ready"}`;
       const where =
-        plan.placement.planes.length === 0
-          ? `no plane${plan.candidate_region === null ? "" : ` of region ${plan.candidate_region}`} has a free slot for it now`
-          : `${plan.placement.replicas} replica${plan.placement.replicas === 1 ? "" : "s"} on ${plan.placement.planes.map((p) => p.name).join(", ")}${plan.placement.unplaced > 0 ? ` (${plan.placement.unplaced} waiting for capacity)` : ""}`;
+        placed === 0
+          ? `No plane${inRegion} has a free slot for it now, so it would wait for capacity; ${switches}.`
+          : `It would run ${placed} replica${placed === 1 ? "" : "s"} on ${placement.planes.map((p) => (p.replicas === 1 ? p.name : `${p.name} (${p.replicas})`)).join(", ")}${placement.unplaced > 0 ? `, and ${placement.unplaced} more once a plane${inRegion} has a free slot` : ""}; ${switches}.`;
       const fate =
         plan.previous === null
           ? ""
@@ -611,7 +615,7 @@ function promotionDryRunView(f: DryRunFacts) {
       return {
         ...base,
         outcome: "promote" as const,
-        message: `${copy ? `A copy of ${f.source.id}` : `Deployment ${f.source.id}`} would be promoted into ${f.environment}${why.length > 0 ? `: ${why.join("; ")}` : ""}. It would run ${where}; ${f.environment} switches to it ${plan.switches === "at_once" ? "at once" : "once it is ready"}.${fate}`,
+        message: `${copy ? `A copy of ${f.source.id}` : `Deployment ${f.source.id}`} would be promoted into ${f.environment}${why.length > 0 ? `: ${why.join("; ")}` : ""}. ${where}${fate}`,
         refusal: null,
         candidate: {
           kind: plan.candidate,

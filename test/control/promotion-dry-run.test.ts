@@ -5,13 +5,25 @@
 // promotion then does what the dry run said; and that a caller gets exactly the refusal the real call would
 // give them, before anything about the state. Replica states come from real plane reports over HTTP.
 
+import { execFile } from "node:child_process";
+import { join } from "node:path";
+import { promisify } from "node:util";
 import { Ajv } from "ajv";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Db } from "../../src/store/store.ts";
-import { type ApiClient, type Response, startTestControl, type TestControl } from "../support/control.ts";
+import { BIN } from "../support/cluster.ts";
+import {
+  type ApiClient,
+  type Response,
+  startTestControl,
+  type TestControl,
+  tempDir,
+} from "../support/control.ts";
 import { STORE_KINDS } from "../support/databases.ts";
 import { expectError, expectReferenceShape } from "../support/reference.ts";
+
+const run = promisify(execFile);
 
 const PLANES = [
   { name: "us-1", region: "us", ingress: ["127.0.1.1:8443"], capacity: 16, global_ingress: true },
@@ -350,7 +362,7 @@ describe.each(STORE_KINDS)("promotion dry run on %s", (kind) => {
       placement: { region: "uk", replicas: 1, planes: [], unplaced: 1, has_capacity: false },
       switches: "when_ready",
     });
-    expect(res.body.message).toContain("no plane of region uk has a free slot for it now");
+    expect(res.body.message).toContain("No plane of region uk has a free slot for it now, so it would wait");
 
     const copy = await promote(m.id, "prod-uk", m.d);
     // The promote answer is read before the scheduler places the copy; the deployment then says why it waits.
@@ -396,6 +408,48 @@ describe.each(STORE_KINDS)("promotion dry run on %s", (kind) => {
     expect((await admin.get(`/v1/models/${m.id}/environments/production`)).body.current_deployment.id).toBe(
       m.d,
     );
+  });
+
+  it("meridian promote --dry-run prints what would happen, changes nothing, and fails when it would be refused", async () => {
+    const cwd = tempDir();
+    const cli = async (...args: string[]) => {
+      const env: NodeJS.ProcessEnv = { ...process.env, XDG_CONFIG_HOME: join(cwd, "config") };
+      for (const k of ["MERIDIAN_API_URL", "MERIDIAN_API_KEY", "MERIDIAN_DATA_DIR"]) delete env[k];
+      try {
+        const { stdout, stderr } = await run(
+          process.execPath,
+          [BIN, ...args, "--api-url", t.control.url, "--api-key", admin.key ?? ""],
+          { cwd, env, timeout: 60_000 },
+        );
+        return { code: 0, stdout, stderr };
+      } catch (err) {
+        const e = err as { code: number; stdout: string; stderr: string };
+        return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+      }
+    };
+    const m = await model("cli");
+    await createEnv(m.id, "prod-eu");
+    const args = ["promote", "--model", m.id, "--deployment", m.d, "-e", "prod-eu", "--dry-run"];
+    let text = { code: -1, stdout: "", stderr: "" };
+    await unchanged(async () => {
+      text = await cli(...args);
+      return { status: 200, body: null, headers: {} };
+    });
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout).toContain(
+      `Dry run (nothing changed): A copy of ${m.d} would be promoted into prod-eu`,
+    );
+    expect(text.stdout).toContain("forced redeploy into region eu");
+    expect(text.stdout).toContain("It would run 1 replica on eu-1");
+    const json = await cli(...args, "--json");
+    expect(json.code, json.stderr).toBe(0);
+    expect(validateDryRun(JSON.parse(json.stdout))).toBe(true);
+
+    await promote(m.id, "prod-eu", m.d);
+    const blocked = await cli(...args);
+    expect(blocked.code).toBe(1);
+    expect(blocked.stdout).toContain("The promotion would be refused");
+    expect(blocked.stdout).toMatch(/In flight: promotion \w+ of /);
   });
 
   it("refuses a caller exactly as the real call would, before anything about the state", async () => {
