@@ -292,11 +292,6 @@ export interface PromoteOptions {
   action?: string;
 }
 
-/**
- * Promotes inside an open transaction: decides reuse or copy (DESIGN.md §2.5), records the promotion
- * (a unique index allows one in flight per environment), and completes it at once when the candidate is
- * already serving-ready. Returns the candidate deployment.
- */
 /** What a promotion of `source` into `env` is decided from, read in the promotion's transaction. */
 async function promotionFacts(
   db: Db,
@@ -338,6 +333,11 @@ async function promotionFacts(
   };
 }
 
+/**
+ * Promotes inside an open transaction: decides reuse or copy (DESIGN.md §2.5), records the promotion
+ * (a unique index allows one in flight per environment), and completes it at once when the candidate is
+ * already serving-ready. Returns the candidate deployment.
+ */
 export async function promoteInTransaction(
   ctx: ControlContext,
   trx: Trx,

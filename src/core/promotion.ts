@@ -1,6 +1,6 @@
 // Promotion decisions (DESIGN.md §2.5): whether a promotion reuses the deployment or copies it (a forced
 // redeploy), where the candidate's replicas may run and under which egress policy, and what happens to the
-// previous deployment. Pure.
+// previous deployment; and a dry run's forecast of all that, placement included. Pure.
 
 import { deriveStatus, wantedReplicas } from "./deployment-status.ts";
 import type { DeploymentStatus, EgressPolicy, PromotionCleanupStrategy, ReplicaState } from "./domain.ts";
