@@ -65,6 +65,18 @@ interface DeploymentView {
   status: string;
   region: { slug: string } | null;
 }
+/** The parts of a promotion dry run's answer (PromotionDryRunV1) that the text output reads. */
+interface PromotionDryRunView {
+  outcome: "promote" | "already_current" | "refused";
+  message: string;
+  candidate: { status_message: string | null } | null;
+  in_flight_promotion: {
+    id: string;
+    status: string;
+    source_deployment_id: string;
+    candidate_deployment_id: string;
+  } | null;
+}
 interface PlaneView {
   name: string;
   ingress: string[];
@@ -328,22 +340,45 @@ export function registerUserCommands(program: Command): void {
       .requiredOption("--model <id>", "model id")
       .requiredOption("--deployment <id>", "deployment id (or `development`)")
       .option("-e, --environment <env>", "target environment", "production")
-      .option("--keep-previous", "keep the previous deployment running"),
+      .option("--keep-previous", "keep the previous deployment running")
+      .option("--dry-run", "say what the promotion would do, and change nothing"),
   ).action(
-    action<Common & { model: string; deployment: string; environment: string; keepPrevious?: boolean }>(
-      async (flags, settings, out) => {
-        const res = await new ManagementApi(settings).post<DeploymentView>(
-          `/v1/models/${flags.model}/environments/${envName(flags.environment)}/promote`,
-          { deployment_id: flags.deployment, scale_down_previous_deployment: !flags.keepPrevious },
-        );
-        const copied = res.id !== flags.deployment;
-        out.line(
-          `Promoting into ${flags.environment}: deployment ${res.id}${copied ? ` (a copy of ${flags.deployment}: redeploy${res.region ? ` into region ${res.region.slug}` : ""})` : ""}, ${res.status}.`,
-        );
-        out.line("Traffic switches when it is ready; cancel with `meridian cancel-promotion`.");
-        return res;
-      },
-    ),
+    action<
+      Common & {
+        model: string;
+        deployment: string;
+        environment: string;
+        keepPrevious?: boolean;
+        dryRun?: boolean;
+      }
+    >(async (flags, settings, out) => {
+      const path = `/v1/models/${flags.model}/environments/${envName(flags.environment)}/promote`;
+      const body = { deployment_id: flags.deployment, scale_down_previous_deployment: !flags.keepPrevious };
+      if (flags.dryRun) {
+        const plan = await new ManagementApi(settings).post<PromotionDryRunView>(path, {
+          ...body,
+          dry_run: true,
+        });
+        out.line(`Dry run (nothing changed): ${plan.message}`);
+        if (plan.candidate?.status_message)
+          out.line(`The candidate would show: ${plan.candidate.status_message}`);
+        if (plan.in_flight_promotion) {
+          out.line(
+            `In flight: promotion ${plan.in_flight_promotion.id} of ${plan.in_flight_promotion.source_deployment_id} (candidate ${plan.in_flight_promotion.candidate_deployment_id}, ${plan.in_flight_promotion.status}).`,
+          );
+        }
+        // A promotion the state would refuse fails the dry run too, so a script can stop before the real one.
+        if (plan.outcome === "refused") process.exitCode = 1;
+        return plan;
+      }
+      const res = await new ManagementApi(settings).post<DeploymentView>(path, body);
+      const copied = res.id !== flags.deployment;
+      out.line(
+        `Promoting into ${flags.environment}: deployment ${res.id}${copied ? ` (a copy of ${flags.deployment}: redeploy${res.region ? ` into region ${res.region.slug}` : ""})` : ""}, ${res.status}.`,
+      );
+      out.line("Traffic switches when it is ready; cancel with `meridian cancel-promotion`.");
+      return res;
+    }),
   );
   withCommon(
     program

@@ -4,6 +4,7 @@
 import { isTeamAdmin, type Principal } from "../core/access.ts";
 import { API_KEY_CATEGORIES, type ApiKeyCategory, type TeamRole } from "../core/domain.ts";
 import { MeridianError } from "../core/errors.ts";
+import { INVOKE_CATEGORIES } from "../core/routing.ts";
 import type { TeamRow } from "../store/schema.ts";
 import { type Db, isUniqueViolation, type Store } from "../store/store.ts";
 import { type ControlContext, recordAudit } from "./context.ts";
@@ -286,6 +287,43 @@ export interface NewApiKey {
   name?: string | null;
   type: ApiKeyCategory;
   model_ids?: string[] | null;
+  /** Regions whose planes may authenticate the key for inference; absent or null: every region. */
+  regions?: string[] | null;
+}
+
+/**
+ * The regions a new key is bound to: null for every region, else the distinct existing slugs. Only keys
+ * that may call inference take regions (on any other the list would bind nothing), and an empty list is
+ * refused rather than read as "everywhere" or as a key that works nowhere.
+ */
+async function keyRegions(db: Db, body: NewApiKey): Promise<string[] | null> {
+  if (body.regions === undefined || body.regions === null) return null;
+  if (!INVOKE_CATEGORIES.has(body.type)) {
+    throw new MeridianError(
+      "invalid_request",
+      `regions applies only to keys that may call inference (${[...INVOKE_CATEGORIES].join(", ")}).`,
+      { field: "regions" },
+    );
+  }
+  if (body.regions.length === 0) {
+    throw new MeridianError(
+      "invalid_request",
+      "regions must name at least one region; leave it out (or null) for a key that works in every region.",
+      { field: "regions" },
+    );
+  }
+  const wanted = [...new Set(body.regions)];
+  const known = new Set(
+    (await db.selectFrom("regions").select("slug").where("slug", "in", wanted).execute()).map((r) => r.slug),
+  );
+  const missing = wanted.filter((slug) => !known.has(slug));
+  if (missing.length > 0) {
+    throw new MeridianError("region_not_found", `No region ${missing.map((m) => `'${m}'`).join(", ")}.`, {
+      field: "regions",
+      regions: missing,
+    });
+  }
+  return wanted;
 }
 
 export async function createApiKey(
@@ -328,6 +366,7 @@ export async function createApiKey(
     if (missing.length)
       throw new MeridianError("model_not_found", `No model ${missing.join(", ")} in team ${team.name}.`);
   }
+  const regions = await keyRegions(ctx.store.db, body);
   const key = newApiKey();
   await ctx.store.transaction(async (trx) => {
     await trx
@@ -340,6 +379,7 @@ export async function createApiKey(
         team_id: team.id,
         user_id: body.type === "PERSONAL" ? p.user_id : null,
         model_ids: body.model_ids ? JSON.stringify([...new Set(body.model_ids)]) : null,
+        regions: regions === null ? null : JSON.stringify(regions),
         created_at: ctx.now(),
       })
       .execute();
@@ -348,7 +388,7 @@ export async function createApiKey(
       model_id: null,
       action: "api_key.create",
       target: `api_key:${key.prefix}`,
-      after: { type: body.type, name: body.name ?? null, model_ids: body.model_ids ?? null },
+      after: { type: body.type, name: body.name ?? null, model_ids: body.model_ids ?? null, regions },
     });
     // Ingresses authenticate from their snapshot: a new key must reach every plane.
     await ctx.store.bumpRevision(trx);

@@ -4,11 +4,24 @@
 
 import type { Transaction } from "kysely";
 import type { Principal } from "../core/access.ts";
-import type { DeploymentStatus, EgressPolicy, PromotionCleanupStrategy } from "../core/domain.ts";
+import type {
+  DeploymentStatus,
+  EgressPolicy,
+  PromotionCleanupStrategy,
+  ReplicaState,
+} from "../core/domain.ts";
 import { MeridianError } from "../core/errors.ts";
 import { checkEnvironmentName, PRODUCTION } from "../core/names.ts";
-import { decidePromotion } from "../core/promotion.ts";
-import type { DeploymentRow, EnvironmentRow, ModelRow, Schema } from "../store/schema.ts";
+import {
+  AWAKE_STATUSES,
+  type CopyReason,
+  decidePromotion,
+  type PromotionPlan,
+  type PromotionSource,
+  type PromotionTarget,
+  planPromotion,
+} from "../core/promotion.ts";
+import type { DeploymentRow, EnvironmentRow, ModelRow, PromotionRow, Schema } from "../store/schema.ts";
 import { type Db, isUniqueViolation } from "../store/store.ts";
 import { setActive } from "./activation.ts";
 import { type ControlContext, recordAudit } from "./context.ts";
@@ -24,12 +37,13 @@ import {
   requireManageAccess,
 } from "./lookup.ts";
 import type { Infer } from "./routes/infer.ts";
-import { type ChangeScope, change, completePromotion } from "./scheduler.ts";
+import { type ChangeScope, change, completePromotion, placementPlanes } from "./scheduler.ts";
 import type { createEnvironmentBody, updateEnvironmentBody } from "./schemas.ts";
 import {
   type AutoscalingSettings,
   DEFAULT_AUTOSCALING,
   DEFAULT_PROMOTION_SETTINGS,
+  type DeploymentView,
   egressOf,
   environmentView,
   mergeSettings,
@@ -278,6 +292,47 @@ export interface PromoteOptions {
   action?: string;
 }
 
+/** What a promotion of `source` into `env` is decided from, read in the promotion's transaction. */
+async function promotionFacts(
+  db: Db,
+  model: ModelRow,
+  env: EnvironmentRow,
+  source: DeploymentRow,
+): Promise<{ target: PromotionTarget; source: PromotionSource; inFlight: PromotionRow | undefined }> {
+  const [group, inFlight, bound] = await Promise.all([
+    loadGroup(db, model.team_id, env.name),
+    activePromotion(db, model.id, env.name),
+    db
+      .selectFrom("environments")
+      .select("name")
+      .where("current_deployment_id", "=", source.id)
+      .where("name", "!=", env.name)
+      .where("model_id", "=", model.id)
+      .execute(),
+  ]);
+  const settings = JSON.parse(env.promotion_settings) as PromotionSettings;
+  return {
+    target: {
+      name: env.name,
+      region: group?.region ?? null,
+      egress: egressOf(group),
+      current_deployment_id: env.current_deployment_id,
+      redeploy_on_promotion: settings.redeploy_on_promotion,
+      promotion_cleanup_strategy: settings.promotion_cleanup_strategy as PromotionCleanupStrategy,
+      promotion_in_progress: inFlight !== undefined,
+    },
+    source: {
+      id: source.id,
+      status: source.status as DeploymentStatus,
+      is_development: source.is_development === 1,
+      region: source.region,
+      egress: source.egress as EgressPolicy,
+      bound_environments: bound.map((b) => b.name),
+    },
+    inFlight,
+  };
+}
+
 /**
  * Promotes inside an open transaction: decides reuse or copy (DESIGN.md §2.5), records the promotion
  * (a unique index allows one in flight per environment), and completes it at once when the candidate is
@@ -293,38 +348,8 @@ export async function promoteInTransaction(
   options: PromoteOptions,
   scope: ChangeScope,
 ): Promise<DeploymentRow> {
-  const [group, inFlight, bound] = await Promise.all([
-    loadGroup(trx, model.team_id, env.name),
-    activePromotion(trx, model.id, env.name),
-    trx
-      .selectFrom("environments")
-      .select("name")
-      .where("current_deployment_id", "=", source.id)
-      .where("name", "!=", env.name)
-      .where("model_id", "=", model.id)
-      .execute(),
-  ]);
-  const settings = JSON.parse(env.promotion_settings) as PromotionSettings;
-  const decision = decidePromotion(
-    {
-      name: env.name,
-      region: group?.region ?? null,
-      egress: egressOf(group),
-      current_deployment_id: env.current_deployment_id,
-      redeploy_on_promotion: settings.redeploy_on_promotion,
-      promotion_cleanup_strategy: settings.promotion_cleanup_strategy as PromotionCleanupStrategy,
-      promotion_in_progress: inFlight !== undefined,
-    },
-    {
-      id: source.id,
-      status: source.status as DeploymentStatus,
-      is_development: source.is_development === 1,
-      region: source.region,
-      egress: source.egress as EgressPolicy,
-      bound_environments: bound.map((b) => b.name),
-    },
-    options.scaleDownPrevious,
-  );
+  const facts = await promotionFacts(trx, model, env, source);
+  const decision = decidePromotion(facts.target, facts.source, options.scaleDownPrevious);
   if (decision.kind === "refuse") throw new MeridianError(decision.code, decision.message);
   if (decision.kind === "already_current") return source;
 
@@ -345,9 +370,7 @@ export async function promoteInTransaction(
       updated_at: now,
     };
     await trx.insertInto("deployments").values(candidate).execute();
-  } else if (
-    !["ACTIVE", "DEPLOYING", "LOADING_MODEL", "UNHEALTHY", "WAKING_UP", "UPDATING"].includes(source.status)
-  ) {
+  } else if (!AWAKE_STATUSES.includes(source.status as DeploymentStatus)) {
     // Reusing a scaled-down or inactive deployment wakes it.
     await trx
       .updateTable("deployments")
@@ -446,6 +469,178 @@ export async function promote(
     );
     return renderDeployment(trx, await loadDeployment(trx, model, candidate.id));
   });
+}
+
+/**
+ * A promotion's dry run (`dry_run: true` on either promote route): what `promote` would do, changing
+ * nothing — in a transaction the database refuses to write in. The caller is checked exactly as for the
+ * real call and in the same order (model, capability, environment, deployment, manage access), so a dry
+ * run answers nobody a question the real call would refuse them. A promotion the state would refuse
+ * (one in flight, a failed deployment) is an answer here, not an error: the plan says so and why.
+ */
+export async function promotionDryRun(
+  ctx: ControlContext,
+  p: Principal,
+  modelId: string,
+  envName: string,
+  deploymentId: string,
+  scaleDownPrevious: boolean,
+) {
+  const model = await loadModel(ctx.store.db, p, modelId);
+  requireCapability(p, "manage");
+  return ctx.store.readOnly(async (trx) => {
+    const env = await loadEnvironment(trx, model, envName);
+    const source = await loadDeploymentAlias(trx, model, deploymentId);
+    await requireManageAccess(trx, p, {
+      kind: "promotion",
+      model,
+      name: envName,
+      source_deployment_id: source.id,
+    });
+    const facts = await promotionFacts(trx, model, env, source);
+    const [planes, sourceReplicas, previousEnvs] = await Promise.all([
+      placementPlanes(ctx, trx, source.id),
+      trx
+        .selectFrom("replicas")
+        .select(["id", "plane", "state", "message"])
+        .where("deployment_id", "=", source.id)
+        .orderBy("created_at")
+        .execute(),
+      env.current_deployment_id === null
+        ? Promise.resolve([])
+        : trx
+            .selectFrom("environments")
+            .select("name")
+            .where("current_deployment_id", "=", env.current_deployment_id)
+            .where("model_id", "=", model.id)
+            .where("name", "!=", env.name)
+            .execute(),
+    ]);
+    const autoscaling = JSON.parse(env.autoscaling) as AutoscalingSettings;
+    const plan = planPromotion({
+      target: facts.target,
+      source: facts.source,
+      scaleDownPrevious,
+      targetScaling: autoscaling,
+      planes,
+      sourceReplicas: sourceReplicas.map((r) => ({ ...r, state: r.state as ReplicaState })),
+      previousServesElsewhere: previousEnvs.map((e) => e.name),
+    });
+    return promotionDryRunView({
+      model,
+      environment: env.name,
+      source: await renderDeployment(trx, source),
+      candidateName: `${source.name}-${env.name}`.slice(0, 255),
+      plan,
+      boundEnvironments: facts.source.bound_environments,
+      inFlight: facts.inFlight ?? null,
+    });
+  });
+}
+
+interface DryRunFacts {
+  model: ModelRow;
+  environment: string;
+  source: DeploymentView;
+  /** The name a copy would get (its id is chosen only when it is made). */
+  candidateName: string;
+  plan: PromotionPlan;
+  boundEnvironments: readonly string[];
+  inFlight: PromotionRow | null;
+}
+
+const REASON_TEXT: Record<CopyReason, (f: DryRunFacts, region: string | null) => string> = {
+  region: (f, region) =>
+    `it runs ${f.source.region === null ? "without a region restriction" : `restricted to region ${f.source.region.slug}`}, so promoting it into ${f.environment} is a forced redeploy into region ${region}, even with redeploy_on_promotion off`,
+  egress: (f) =>
+    `it runs under egress policy ${f.source.egress}, and ${f.environment}'s group has the other, so its copy runs under the group's`,
+  bound_elsewhere: (f) => `it serves ${f.boundEnvironments.join(", ")}`,
+  redeploy_on_promotion: (f) => `${f.environment} has redeploy_on_promotion on`,
+  development: () => "it is the development deployment",
+};
+
+/** The answer to a dry run (PromotionDryRunV1, Meridian's extension next to the promote routes' DeploymentV1). */
+function promotionDryRunView(f: DryRunFacts) {
+  const { plan } = f;
+  const inFlight =
+    f.inFlight === null
+      ? null
+      : {
+          id: f.inFlight.id,
+          status: f.inFlight.status,
+          source_deployment_id: f.inFlight.source_deployment_id,
+          candidate_deployment_id: f.inFlight.candidate_deployment_id,
+          created_at: f.inFlight.created_at,
+        };
+  const base = {
+    dry_run: true as const,
+    model_id: f.model.id,
+    environment: f.environment,
+    source: f.source,
+    in_flight_promotion: inFlight,
+  };
+  const none = { candidate: null, placement: null, switches: null, previous_deployment: null };
+  switch (plan.outcome) {
+    case "refused":
+      return {
+        ...base,
+        outcome: "refused" as const,
+        message: `The promotion would be refused: ${plan.message}`,
+        refusal: { error_code: plan.code, error: plan.message },
+        ...none,
+      };
+    case "already_current":
+      return {
+        ...base,
+        outcome: "already_current" as const,
+        message: `Deployment ${f.source.id} already serves ${f.environment}; promoting it would change nothing.`,
+        refusal: null,
+        ...none,
+      };
+    case "promote": {
+      const copy = plan.candidate === "copy";
+      const why = plan.reasons.map((r) => REASON_TEXT[r](f, plan.candidate_region));
+      const { placement } = plan;
+      const inRegion = plan.candidate_region === null ? "" : ` of region ${plan.candidate_region}`;
+      const placed = placement.replicas - placement.unplaced;
+      const switches = `${f.environment} switches to it ${plan.switches === "at_once" ? "at once" : "once it is ready"}`;
+      const where =
+        placed === 0
+          ? `No plane${inRegion} has a free slot for it now, so it would wait for capacity; ${switches}.`
+          : `It would run ${placed} replica${placed === 1 ? "" : "s"} on ${placement.planes.map((p) => (p.replicas === 1 ? p.name : `${p.name} (${p.replicas})`)).join(", ")}${placement.unplaced > 0 ? `, and ${placement.unplaced} more once a plane${inRegion} has a free slot` : ""}; ${switches}.`;
+      const fate =
+        plan.previous === null
+          ? ""
+          : ` The previous deployment ${plan.previous.id} would be ${{ keep: "kept", scale_to_zero: "scaled to zero", deactivate: "deactivated" }[plan.previous.fate]} once it does.`;
+      return {
+        ...base,
+        outcome: "promote" as const,
+        message: `${copy ? `A copy of ${f.source.id}` : `Deployment ${f.source.id}`} would be promoted into ${f.environment}${why.length > 0 ? `: ${why.join("; ")}` : ""}. ${where}${fate}`,
+        refusal: null,
+        candidate: {
+          kind: plan.candidate,
+          reason: plan.reason,
+          reasons: plan.reasons,
+          // A copy gets its id when it is made; the dry run makes nothing.
+          deployment_id: copy ? null : f.source.id,
+          name: copy ? f.candidateName : f.source.name,
+          copied_from: copy ? f.source.id : null,
+          region: plan.candidate_region,
+          egress: plan.candidate_egress,
+          wakes: plan.wakes,
+          status: plan.status,
+          status_message: plan.status_message,
+          bound_environments: [...f.boundEnvironments],
+        },
+        placement: plan.placement,
+        switches: plan.switches,
+        previous_deployment:
+          plan.previous === null
+            ? null
+            : { id: plan.previous.id, fate: plan.previous.fate, cleanup_strategy: plan.previous.cleanup },
+      };
+    }
+  }
 }
 
 export async function cancelPromotion(ctx: ControlContext, p: Principal, modelId: string, envName: string) {

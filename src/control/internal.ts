@@ -72,7 +72,10 @@ async function readSnapshotState(ctx: ControlContext, db: Db): Promise<SnapshotR
       .execute(),
     db.selectFrom("plane_keys").selectAll().execute(),
     readControlPublicKey(ctx.store, db),
-    db.selectFrom("api_keys").select(["hash", "prefix", "team_id", "category", "model_ids"]).execute(),
+    db
+      .selectFrom("api_keys")
+      .select(["hash", "prefix", "team_id", "category", "model_ids", "regions"])
+      .execute(),
     db.selectFrom("models").select(["id", "team_id", "name"]).execute(),
     db.selectFrom("environments").select(["model_id", "name", "current_deployment_id"]).execute(),
     db

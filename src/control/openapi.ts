@@ -14,6 +14,11 @@ export interface RouteDoc {
   query?: { properties: Record<string, object> };
   /** The component schema of the 200 response; a route of Baseten's API defaults to Baseten's. */
   response?: string;
+  /**
+   * A Meridian schema the 200 response takes instead of `response` when the request asks for it (`when`
+   * names the body field), published as a component under `name`.
+   */
+  alternative?: { name: string; schema: object; when: string };
   /** A route Meridian adds to the reference's API (also implied when Baseten's API has no such route). */
   meridian?: boolean;
   /** The body is a raw byte stream, not JSON. */
@@ -79,6 +84,10 @@ export const MERIDIAN_FIELDS: Record<string, Record<string, JsonSchema>> = {
       }),
       description: "The user a personal key acts as; null for workspace keys.",
     },
+    regions: {
+      ...nullable({ type: "array", items: { type: "string" } }),
+      description: "The regions whose planes accept the key for inference; null: every region.",
+    },
   },
   DeploymentV1: {
     region: {
@@ -142,7 +151,8 @@ export const MERIDIAN_FIELDS: Record<string, Record<string, JsonSchema>> = {
   },
 };
 
-type Operation = { responses?: Record<string, { content?: Record<string, { schema?: { $ref?: string } }> }> };
+type SchemaRef = { $ref?: string; oneOf?: Array<{ $ref?: string }> };
+type Operation = { responses?: Record<string, { content?: Record<string, { schema?: SchemaRef }> }> };
 
 /**
  * The operations of a reference document, `METHOD path` (path templates as the document spells them) to
@@ -212,7 +222,9 @@ export function componentSchemas(
 /** The component schema an operation's 200 answer names in the document being built. */
 function refName(op: unknown): string | null {
   const schema = (op as Operation).responses?.["200"]?.content?.["application/json"]?.schema;
-  return schema?.$ref?.split("/").pop() ?? null;
+  // A route with a Meridian alternative answers `oneOf: [Baseten's, Meridian's]`; Baseten's comes first.
+  const first = schema?.oneOf?.[0] ?? schema;
+  return first?.$ref?.split("/").pop() ?? null;
 }
 
 const ERROR_RESPONSE = {
@@ -228,6 +240,7 @@ export function openApiDocument(routes: readonly RouteDoc[]) {
   const sources = [full, readReference(BASETEN_SUBSET)];
   const basetens = referenceRoutes(full);
   const paths: Record<string, Record<string, unknown>> = {};
+  const meridianSchemas: Record<string, object> = {};
   for (const route of routes) {
     const url = route.url.replace("/*", "/{key}");
     const params = [...url.matchAll(/\{(\w+)\}/g)].map((m) => ({
@@ -264,10 +277,17 @@ export function openApiDocument(routes: readonly RouteDoc[]) {
         : {}),
       responses: {
         "200": {
-          description: "OK",
+          description: route.alternative
+            ? `OK: ${route.response}; with \`${route.alternative.when}\`, ${route.alternative.name} (Meridian's)`
+            : "OK",
           content: {
             "application/json": {
-              schema: response ? ref(response) : { type: "object" },
+              schema:
+                route.alternative && response
+                  ? { oneOf: [ref(response), ref(route.alternative.name)] }
+                  : response
+                    ? ref(response)
+                    : { type: "object" },
             },
           },
         },
@@ -277,6 +297,7 @@ export function openApiDocument(routes: readonly RouteDoc[]) {
         },
       },
     };
+    if (route.alternative) meridianSchemas[route.alternative.name] = route.alternative.schema;
   }
   const named = Object.values(paths).flatMap((ops) =>
     Object.values(ops).flatMap((op) => {
@@ -294,7 +315,11 @@ export function openApiDocument(routes: readonly RouteDoc[]) {
     },
     paths,
     components: {
-      schemas: { ...componentSchemas(named, sources), ErrorResponse: ERROR_RESPONSE },
+      schemas: {
+        ...componentSchemas(named, sources),
+        ...meridianSchemas,
+        ErrorResponse: ERROR_RESPONSE,
+      },
       securitySchemes: full.components.securitySchemes ?? {},
     },
   };

@@ -6,9 +6,10 @@
 import type { Transaction } from "kysely";
 import { deriveStatus, wantedReplicas } from "../core/deployment-status.ts";
 import type { DeploymentStatus, PromotionCleanupStrategy, ReplicaState } from "../core/domain.ts";
-import { planeIsDown, planPlacement } from "../core/placement.ts";
+import { type PlaneCapacity, planeIsDown, planPlacement } from "../core/placement.ts";
 import { previousDeploymentFate } from "../core/promotion.ts";
 import type { Schema } from "../store/schema.ts";
+import type { Db } from "../store/store.ts";
 import type { ControlContext } from "./context.ts";
 import { newId } from "./identity.ts";
 import type { AutoscalingSettings } from "./views.ts";
@@ -53,6 +54,51 @@ export async function reconcile(ctx: ControlContext, trx: Trx, ids: Iterable<str
   }
 }
 
+/**
+ * The planes a deployment's replicas may be placed on now (those not down), each with the slots replicas
+ * of every other deployment take: what `planPlacement` is given, here and by a promotion's dry run.
+ */
+export async function placementPlanes(
+  ctx: ControlContext,
+  db: Db,
+  deploymentId: string,
+): Promise<PlaneCapacity[]> {
+  const nowMs = Date.parse(ctx.now());
+  const [planes, usage] = await Promise.all([
+    db
+      .selectFrom("planes")
+      .select(["name", "region", "capacity", "global_ingress", "last_seen_at", "created_at"])
+      .execute(),
+    db
+      .selectFrom("replicas")
+      .select(["plane", (eb) => eb.fn.countAll<string | number>().as("n")])
+      .where("deployment_id", "!=", deploymentId)
+      .groupBy("plane")
+      .execute(),
+  ]);
+  const used = new Map(usage.map((u) => [u.plane, Number(u.n)]));
+  return planes
+    .filter(
+      (p) =>
+        !planeIsDown(
+          {
+            lastSeenMs: p.last_seen_at ? Date.parse(p.last_seen_at) : null,
+            createdMs: Date.parse(p.created_at),
+          },
+          nowMs,
+          ctx.startedAtMs,
+          ctx.planeTimeoutMs,
+        ),
+    )
+    .map((p) => ({
+      name: p.name,
+      region: p.region,
+      capacity: p.capacity,
+      used: used.get(p.name) ?? 0,
+      global_ingress: p.global_ingress === 1,
+    }));
+}
+
 /** Places one deployment's replicas and updates its status; returns deployments affected in turn. */
 async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): Promise<string[]> {
   const d = await trx.selectFrom("deployments").selectAll().where("id", "=", id).executeTakeFirst();
@@ -67,50 +113,16 @@ async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): P
     envs.map((e) => JSON.parse(e.autoscaling) as AutoscalingSettings),
   );
 
-  const nowMs = Date.parse(ctx.now());
-  const planes = (
-    await trx
-      .selectFrom("planes")
-      .select(["name", "region", "capacity", "global_ingress", "last_seen_at", "created_at"])
-      .execute()
-  ).filter(
-    (p) =>
-      !planeIsDown(
-        {
-          lastSeenMs: p.last_seen_at ? Date.parse(p.last_seen_at) : null,
-          createdMs: Date.parse(p.created_at),
-        },
-        nowMs,
-        ctx.startedAtMs,
-        ctx.planeTimeoutMs,
-      ),
-  );
-  const usage = await trx
-    .selectFrom("replicas")
-    .select(["plane", (eb) => eb.fn.countAll<string | number>().as("n")])
-    .where("deployment_id", "!=", id)
-    .groupBy("plane")
-    .execute();
-  const used = new Map(usage.map((u) => [u.plane, Number(u.n)]));
-  const existing = await trx
-    .selectFrom("replicas")
-    .select(["id", "plane", "state", "message"])
-    .where("deployment_id", "=", id)
-    .orderBy("created_at")
-    .execute();
-
-  const plan = planPlacement({
-    want,
-    region: d.region,
-    existing,
-    planes: planes.map((p) => ({
-      name: p.name,
-      region: p.region,
-      capacity: p.capacity,
-      used: used.get(p.name) ?? 0,
-      global_ingress: p.global_ingress === 1,
-    })),
-  });
+  const [planes, existing] = await Promise.all([
+    placementPlanes(ctx, trx, id),
+    trx
+      .selectFrom("replicas")
+      .select(["id", "plane", "state", "message"])
+      .where("deployment_id", "=", id)
+      .orderBy("created_at")
+      .execute(),
+  ]);
+  const plan = planPlacement({ want, region: d.region, existing, planes });
   const now = ctx.now();
   if (plan.remove.length > 0) await trx.deleteFrom("replicas").where("id", "in", plan.remove).execute();
   for (const plane of plan.add) {

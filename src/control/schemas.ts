@@ -4,8 +4,10 @@
 import { METRIC_MODES } from "../core/deployment-metrics.ts";
 import {
   API_KEY_CATEGORIES,
+  DEPLOYMENT_STATUSES,
   EGRESS_POLICIES,
   PROMOTION_CLEANUP_STRATEGIES,
+  PROMOTION_STATUSES,
   STANDARD_ENDPOINT_POLICIES,
 } from "../core/domain.ts";
 import {
@@ -86,13 +88,15 @@ export const promoteToEnvironmentBody = {
     deployment_id: { type: "string", minLength: 1 },
     scale_down_previous_deployment: bool,
     preserve_env_instance_type: bool,
+    // Meridian's extension: answer what the promotion would do (PromotionDryRunV1), changing nothing.
+    dry_run: bool,
   },
 } as const;
 
 export const promoteBody = {
   type: "object",
   additionalProperties: false,
-  properties: { scale_down_previous_production: bool, preserve_env_instance_type: bool },
+  properties: { scale_down_previous_production: bool, preserve_env_instance_type: bool, dry_run: bool },
 } as const;
 
 const deploymentPayload = {
@@ -204,6 +208,8 @@ export const createApiKeyBody = {
     name: nullable({ type: "string", maxLength: 200 }),
     type: { type: "string", enum: API_KEY_CATEGORIES },
     model_ids: nullable({ type: "array", items: str, maxItems: 1000 }),
+    // Meridian's extension: the regions whose planes may authenticate the key for inference.
+    regions: nullable({ type: "array", items: str, maxItems: 100 }),
   },
 } as const;
 
@@ -417,3 +423,78 @@ export const upsertSecretBody = {
   required: ["name", "value"],
   properties: { name: str, value: str },
 } as const;
+
+// —— answers of Meridian's own shape ——
+
+const COPY_REASONS = ["region", "egress", "bound_elsewhere", "redeploy_on_promotion", "development"] as const;
+/** An object whose every field is present (null where it does not apply), and no other. */
+const required = <const P extends Record<string, object>>(properties: P) =>
+  ({
+    type: "object",
+    additionalProperties: false,
+    required: Object.keys(properties) as Array<keyof P & string>,
+    properties,
+  }) as const;
+
+/**
+ * The answer to a promote route with `dry_run: true` (Meridian's extension; the promote routes answer the
+ * reference's DeploymentV1 otherwise). Published as a component of /v1/spec and checked against answers
+ * by the tests.
+ */
+export const promotionDryRunSchema = required({
+  dry_run: { const: true },
+  model_id: str,
+  environment: str,
+  /** The deployment named (an alias resolved), as it is now. */
+  source: { $ref: "#/components/schemas/DeploymentV1" },
+  outcome: { type: "string", enum: ["promote", "already_current", "refused"] },
+  message: str,
+  refusal: nullable(
+    required({ error_code: { type: "string", enum: ["promotion_in_progress", "conflict"] }, error: str }),
+  ),
+  in_flight_promotion: nullable(
+    required({
+      id: str,
+      status: { type: "string", enum: PROMOTION_STATUSES },
+      source_deployment_id: str,
+      candidate_deployment_id: str,
+      created_at: str,
+    }),
+  ),
+  candidate: nullable(
+    required({
+      kind: { type: "string", enum: ["reuse", "copy"] },
+      reason: { type: "string", enum: ["reuse", ...COPY_REASONS] },
+      reasons: { type: "array", items: { type: "string", enum: COPY_REASONS } },
+      deployment_id: nullable(str),
+      name: str,
+      copied_from: nullable(str),
+      region: nullable(str),
+      egress: { type: "string", enum: EGRESS_POLICIES },
+      wakes: bool,
+      status: { type: "string", enum: DEPLOYMENT_STATUSES },
+      status_message: nullable(str),
+      bound_environments: { type: "array", items: str },
+    }),
+  ),
+  placement: nullable(
+    required({
+      region: nullable(str),
+      replicas: int,
+      planes: {
+        type: "array",
+        items: required({ name: str, region: str, replicas: int }),
+      },
+      unplaced: int,
+      has_capacity: bool,
+    }),
+  ),
+  switches: nullable({ type: "string", enum: ["at_once", "when_ready"] }),
+  previous_deployment: nullable(
+    required({
+      id: str,
+      fate: { type: "string", enum: ["keep", "scale_to_zero", "deactivate"] },
+      cleanup_strategy: { type: "string", enum: PROMOTION_CLEANUP_STRATEGIES },
+    }),
+  ),
+});

@@ -103,6 +103,8 @@ export function apiKeyView(k: ApiKeyRow, teamName: string | null, owner: UserRow
     name: k.name,
     type: k.category,
     model_ids: k.model_ids === null ? null : (JSON.parse(k.model_ids) as string[]),
+    // Meridian's extension: where the key may call inference (null: every region).
+    regions: k.regions === null ? null : (JSON.parse(k.regions) as string[]),
     team_name: teamName,
     owner: owner ? { user_id: owner.id, email: owner.email, name: owner.name } : null,
   };

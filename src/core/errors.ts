@@ -43,6 +43,10 @@ export const ERRORS = {
     status: 403,
     message: "This plane-to-plane hop was received before; a hop is accepted once.",
   },
+  key_region_forbidden: {
+    status: 403,
+    message: "This API key is bound to other regions; it may call inference only on planes of its regions.",
+  },
 
   // Resources (404, 409)
   not_found: { status: 404, message: "Not found." },

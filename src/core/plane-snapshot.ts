@@ -39,6 +39,8 @@ export interface SnapshotRows {
     category: string;
     /** JSON array of model ids, or null. */
     model_ids: string | null;
+    /** JSON array of region slugs the key may call inference in, or null (everywhere); absent on old rows. */
+    regions?: string | null;
   }>;
   models: Array<{ id: string; team_id: string; name: string }>;
   environments: Array<{ model_id: string; name: string; current_deployment_id: string | null }>;
@@ -229,6 +231,7 @@ export function projectPlaneSnapshot(
     team_id: k.team_id,
     category: k.category as ApiKeyCategory,
     model_ids: k.model_ids === null ? null : (JSON.parse(k.model_ids) as string[]),
+    regions: k.regions === undefined || k.regions === null ? null : (JSON.parse(k.regions) as string[]),
   }));
 
   return {

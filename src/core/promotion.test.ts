@@ -1,9 +1,12 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
+  copyReasons,
   decidePromotion,
+  type PromotionPlanInput,
   type PromotionSource,
   type PromotionTarget,
+  planPromotion,
   previousDeploymentFate,
 } from "./promotion.ts";
 
@@ -291,5 +294,215 @@ describe("previousDeploymentFate", () => {
     ["SCALE_TO_ZERO", true, "keep"],
   ] as const)("%s (still serves another env: %s) → %s", (cleanup, serves, fate) => {
     expect(previousDeploymentFate(cleanup, serves)).toBe(fate);
+  });
+});
+
+describe("copyReasons", () => {
+  it("lists every reason that holds, in the order they are checked", () => {
+    expect(
+      copyReasons(
+        env({ region: "eu", egress: "deny", redeploy_on_promotion: true }),
+        dep({ is_development: true, bound_environments: ["staging"] }),
+      ),
+    ).toEqual(["region", "egress", "bound_elsewhere", "redeploy_on_promotion", "development"]);
+    expect(copyReasons(env({ region: "eu" }), dep({ region: "eu" }))).toEqual([]);
+  });
+});
+
+describe("planPromotion", () => {
+  const plane = (name: string, region: string, capacity: number, used = 0, global_ingress = false) => ({
+    name,
+    region,
+    capacity,
+    used,
+    global_ingress,
+  });
+  const PLANES = [plane("us-1", "us", 4, 0, true), plane("eu-1", "eu", 2), plane("eu-2", "eu", 2)];
+  const input = (over: Partial<PromotionPlanInput> = {}): PromotionPlanInput => ({
+    target: env(),
+    source: dep(),
+    scaleDownPrevious: true,
+    targetScaling: { min_replica: 1, max_replica: 1 },
+    planes: PLANES,
+    sourceReplicas: [],
+    previousServesElsewhere: [],
+    ...over,
+  });
+  const ready = (id: string, p: string) => ({ id, plane: p, state: "READY" as const, message: null });
+
+  it("reuses an ACTIVE deployment: it keeps its replica and the environment switches at once", () => {
+    const plan = planPromotion(input({ sourceReplicas: [ready("r1", "us-1")] }));
+    expect(plan).toMatchObject({
+      outcome: "promote",
+      candidate: "reuse",
+      reason: "reuse",
+      reasons: [],
+      wakes: false,
+      status: "ACTIVE",
+      status_message: null,
+      switches: "at_once",
+      placement: {
+        region: null,
+        replicas: 1,
+        planes: [{ name: "us-1", region: "us", replicas: 1 }],
+        unplaced: 0,
+        has_capacity: true,
+      },
+      previous: { id: "old", fate: "scale_to_zero", cleanup: "SCALE_TO_ZERO" },
+    });
+  });
+
+  it("forces a redeploy into the region and places it only on the region's planes", () => {
+    const plan = planPromotion(
+      input({ target: env({ region: "eu" }), sourceReplicas: [ready("r1", "us-1")] }),
+    );
+    expect(plan).toMatchObject({
+      outcome: "promote",
+      candidate: "copy",
+      reason: "region",
+      reasons: ["region"],
+      candidate_region: "eu",
+      status: "DEPLOYING",
+      status_message: null,
+      switches: "when_ready",
+      placement: { region: "eu", replicas: 1, unplaced: 0, has_capacity: true },
+    });
+    if (plan.outcome !== "promote") throw new Error("not a promotion");
+    expect(plan.placement.planes.map((p) => p.region)).toEqual(["eu"]);
+  });
+
+  it("in a full region, waits with the status message the candidate would show", () => {
+    const full = [plane("us-1", "us", 4, 0, true), plane("eu-1", "eu", 2, 2), plane("eu-2", "eu", 1, 1)];
+    const plan = planPromotion(input({ target: env({ region: "eu" }), planes: full }));
+    expect(plan).toMatchObject({
+      outcome: "promote",
+      candidate: "copy",
+      status: "DEPLOYING",
+      status_message: "Waiting for capacity: no workload plane in region 'eu' has a free replica slot.",
+      placement: { region: "eu", replicas: 1, planes: [], unplaced: 1, has_capacity: false },
+    });
+  });
+
+  it("counts a copied source's own replicas as taken slots", () => {
+    // The source serves staging-eu from eu-1's only slot; its copy must go to eu-2.
+    const plan = planPromotion(
+      input({
+        target: env({ region: "eu" }),
+        source: dep({ region: "eu", bound_environments: ["staging-eu"] }),
+        planes: [plane("eu-1", "eu", 1), plane("eu-2", "eu", 1)],
+        sourceReplicas: [ready("r1", "eu-1")],
+      }),
+    );
+    expect(plan).toMatchObject({ candidate: "copy", reason: "bound_elsewhere" });
+    if (plan.outcome !== "promote") throw new Error("not a promotion");
+    expect(plan.placement.planes).toEqual([{ name: "eu-2", region: "eu", replicas: 1 }]);
+  });
+
+  it("places what the environment wants once served, and says what does not fit", () => {
+    const plan = planPromotion(
+      input({ target: env({ region: "eu" }), targetScaling: { min_replica: 5, max_replica: 5 } }),
+    );
+    expect(plan).toMatchObject({
+      status: "DEPLOYING",
+      status_message: null,
+      placement: {
+        replicas: 5,
+        planes: [
+          { name: "eu-1", region: "eu", replicas: 2 },
+          { name: "eu-2", region: "eu", replicas: 2 },
+        ],
+        unplaced: 1,
+        has_capacity: false,
+      },
+    });
+  });
+
+  it("wakes a scaled-down deployment it reuses", () => {
+    const plan = planPromotion(input({ source: dep({ status: "SCALED_TO_ZERO" }) }));
+    expect(plan).toMatchObject({
+      candidate: "reuse",
+      wakes: true,
+      status: "DEPLOYING",
+      switches: "when_ready",
+      placement: { planes: [{ name: "us-1", replicas: 1 }] },
+    });
+  });
+
+  it.each([
+    ["KEEP cleanup", { target: env({ promotion_cleanup_strategy: "KEEP" }) }, "keep", "KEEP"],
+    ["scale_down_previous false", { scaleDownPrevious: false }, "keep", "KEEP"],
+    [
+      "DEACTIVATE cleanup",
+      { target: env({ promotion_cleanup_strategy: "DEACTIVATE" }) },
+      "deactivate",
+      "DEACTIVATE",
+    ],
+    [
+      "a previous deployment that serves elsewhere",
+      { previousServesElsewhere: ["staging"] },
+      "keep",
+      "SCALE_TO_ZERO",
+    ],
+  ] as const)("says what becomes of the previous deployment: %s", (_n, over, fate, cleanup) => {
+    expect(planPromotion(input(over))).toMatchObject({ previous: { id: "old", fate, cleanup } });
+  });
+
+  it("has no previous deployment for an empty environment", () => {
+    expect(planPromotion(input({ target: env({ current_deployment_id: null }) }))).toMatchObject({
+      outcome: "promote",
+      previous: null,
+    });
+  });
+
+  it("answers the refusals and the no-op the real promotion would", () => {
+    expect(planPromotion(input({ target: env({ promotion_in_progress: true }) }))).toMatchObject({
+      outcome: "refused",
+      code: "promotion_in_progress",
+    });
+    expect(planPromotion(input({ source: dep({ status: "DEPLOY_FAILED" }) }))).toMatchObject({
+      outcome: "refused",
+      code: "conflict",
+    });
+    expect(planPromotion(input({ target: env({ current_deployment_id: "new" }) }))).toEqual({
+      outcome: "already_current",
+    });
+  });
+
+  it("never places a regional candidate outside its region, and accounts for every replica", () => {
+    const region = fc.constantFrom("us", "eu", "uk");
+    const arbPlane = fc.record({
+      name: fc.constantFrom("p1", "p2", "p3", "p4"),
+      region,
+      capacity: fc.nat(4),
+      used: fc.nat(4),
+      global_ingress: fc.boolean(),
+    });
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(arbPlane, { selector: (p) => p.name, maxLength: 4 }),
+        fc.option(region, { nil: null }),
+        fc.option(region, { nil: null }),
+        fc.integer({ min: 0, max: 4 }),
+        fc.boolean(),
+        (planes, envRegion, depRegion, min, bound) => {
+          const plan = planPromotion(
+            input({
+              target: env({ region: envRegion }),
+              source: dep({ region: depRegion, bound_environments: bound ? ["staging"] : [] }),
+              planes: planes.map((p) => ({ ...p, used: Math.min(p.used, p.capacity) })),
+              targetScaling: { min_replica: min, max_replica: Math.max(min, 1) },
+            }),
+          );
+          if (plan.outcome !== "promote") throw new Error("not a promotion");
+          const placed = plan.placement.planes.reduce((n, p) => n + p.replicas, 0);
+          expect(placed + plan.placement.unplaced).toBe(plan.placement.replicas);
+          expect(plan.placement.has_capacity).toBe(plan.placement.unplaced === 0);
+          if (envRegion !== null) {
+            expect(plan.placement.region).toBe(envRegion);
+            for (const p of plan.placement.planes) expect(p.region).toBe(envRegion);
+          }
+        },
+      ),
+    );
   });
 });

@@ -30,12 +30,20 @@ const env = (
   standard_endpoint_policy: p,
 });
 const dep = (id: string, region: string | null, ready_planes: string[]) => ({ id, region, ready_planes });
-const key = (k: string, team_id: string, category: ApiKeyCategory, model_ids: string[] | null = null) => ({
+const key = (
+  k: string,
+  team_id: string,
+  category: ApiKeyCategory,
+  model_ids: string[] | null = null,
+  regions?: string[] | null,
+) => ({
   hash: sha(k),
   prefix: k.slice(0, 4),
   team_id,
   category,
   model_ids,
+  // Left out unless given: a snapshot from a control plane older than region-bound keys has no field.
+  ...(regions === undefined ? {} : { regions }),
 });
 
 function snapshotFor(plane: string): PlaneSnapshot {
@@ -55,6 +63,11 @@ function snapshotFor(plane: string): PlaneSnapshot {
       key("metrics1", "t1", "WORKSPACE_EXPORT_METRICS"),
       key("keys1", "t1", "WORKSPACE_MANAGE_API_KEYS"),
       key("personal2", "t2", "PERSONAL"),
+      key("eu-bound", "t1", "PERSONAL", null, ["eu"]),
+      key("us-eu-bound", "t1", "WORKSPACE_INVOKE", null, ["us", "eu"]),
+      key("uk-bound", "t1", "WORKSPACE_MANAGE_ALL", null, ["uk"]),
+      key("us-bound", "t1", "PERSONAL", null, ["us"]),
+      key("everywhere", "t1", "PERSONAL", null, null),
     ],
     models: [
       {
@@ -581,6 +594,272 @@ describe("decideRoute", () => {
     const d = decide(c);
     expect(d.kind).toBe("refuse");
     expect(d.context).toMatchObject(want);
+  });
+});
+
+// Region-bound API keys: such a key authenticates inference only on planes of its regions, is never
+// handed to a plane outside them, and a plane re-checks the plane that handed a request over.
+const keyCases: Array<[Case, string]> = [
+  [
+    {
+      name: "regional, served in region",
+      plane: "eu-1",
+      host: `${M1}-prod-eu`,
+      path: "/predict",
+      key: "eu-bound",
+      ready: ["d-eu"],
+    },
+    "serve d-eu",
+  ],
+  [
+    {
+      name: "regional, forwarded within the region",
+      plane: "eu-1",
+      host: `${M1}-prod-eu`,
+      path: "/predict",
+      key: "eu-bound",
+    },
+    "forward eu-2 d-eu",
+  ],
+  [
+    {
+      name: "regional host at a plane outside the key's regions (before 421)",
+      plane: "us-1",
+      host: `${M1}-prod-eu`,
+      path: "/predict",
+      key: "eu-bound",
+    },
+    "refuse key_region_forbidden",
+  ],
+  [
+    {
+      name: "standard host at the global ingress outside the key's regions",
+      plane: "us-1",
+      host: M1,
+      path: "/environments/prod-eu/predict",
+      key: "eu-bound",
+    },
+    "refuse key_region_forbidden",
+  ],
+  [
+    {
+      name: "standard host inside the key's regions: out-of-region planes dropped",
+      plane: "eu-2",
+      host: M1,
+      path: "/production/predict",
+      key: "eu-bound",
+    },
+    "forward eu-1 d-prod",
+  ],
+  [
+    {
+      name: "standard host, ready only outside the key's regions",
+      plane: "eu-1",
+      host: M1,
+      path: "/development/predict",
+      key: "eu-bound",
+    },
+    "refuse key_region_forbidden",
+  ],
+  [
+    {
+      name: "standard host, a better plane outside the key's regions: served here instead",
+      plane: "us-2",
+      host: M1,
+      path: "/environments/moving/predict",
+      key: "us-bound",
+      ready: ["d-moving"],
+    },
+    "serve d-moving",
+  ],
+  [
+    {
+      name: "deployment path in region",
+      plane: "eu-1",
+      host: M1,
+      path: "/deployment/d-eu/predict",
+      key: "eu-bound",
+      ready: ["d-eu"],
+    },
+    "serve d-eu",
+  ],
+  [
+    {
+      name: "key of two regions, entering at one, forwarded to the other",
+      plane: "us-1",
+      host: M1,
+      path: "/environments/prod-eu/predict",
+      key: "us-eu-bound",
+    },
+    "forward eu-1,eu-2 d-eu",
+  ],
+  [
+    {
+      name: "key of two regions at a plane of a third",
+      plane: "uk-1",
+      host: M1,
+      path: "/environments/uk-only/predict",
+      key: "us-eu-bound",
+    },
+    "refuse key_region_forbidden",
+  ],
+  [
+    {
+      name: "nothing ready anywhere stays 503",
+      plane: "uk-1",
+      host: M1,
+      path: "/environments/uk-only/predict",
+      key: "uk-bound",
+    },
+    "refuse model_unavailable",
+  ],
+  [
+    {
+      name: "received over a hop from a plane outside the key's regions",
+      plane: "eu-1",
+      host: M1,
+      path: "/environments/prod-eu/predict",
+      key: "eu-bound",
+      ready: ["d-eu"],
+      from: "us-1",
+    },
+    "refuse key_region_forbidden",
+  ],
+  [
+    {
+      name: "received over a hop within the key's regions",
+      plane: "eu-2",
+      host: `${M1}-prod-eu`,
+      path: "/predict",
+      key: "eu-bound",
+      ready: ["d-eu"],
+      from: "eu-1",
+    },
+    "serve d-eu",
+  ],
+  [
+    {
+      name: "regions null is every region",
+      plane: "us-1",
+      host: M1,
+      path: "/environments/prod-eu/predict",
+      key: "everywhere",
+    },
+    "forward eu-1,eu-2 d-eu",
+  ],
+  [
+    {
+      name: "a non-invoke key is still 403 forbidden",
+      plane: "us-1",
+      host: M1,
+      path: "/production/predict",
+      key: "metrics1",
+    },
+    "refuse forbidden",
+  ],
+];
+
+describe("decideRoute with region-bound API keys", () => {
+  it.each(keyCases.map(([c, want]) => [c.name, c, want] as const))("%s", (_name, c, want) => {
+    expect(summary(decide(c))).toBe(want);
+  });
+
+  it("names the plane's region and the key's regions, and learns nothing about the model", () => {
+    const d = decide({
+      name: "",
+      plane: "us-1",
+      host: M1,
+      path: "/environments/prod-eu/predict",
+      key: "eu-bound",
+    });
+    expect(d).toMatchObject({
+      kind: "refuse",
+      code: "key_region_forbidden",
+      detail: { plane_region: "us", key_regions: ["eu"] },
+    });
+    expect(d.context).toMatchObject({ modelId: null, environment: null, deploymentId: null });
+    // The same answer for a model that does not exist: a foreign plane tells such a key nothing.
+    const ghost = decide({
+      name: "",
+      plane: "us-1",
+      host: "model-zzzzzzz9",
+      path: "/production/predict",
+      key: "eu-bound",
+    });
+    expect(ghost).toMatchObject({ kind: "refuse", code: "key_region_forbidden" });
+  });
+
+  it("names the regions the request would have been forwarded to", () => {
+    const d = decide({ name: "", plane: "eu-1", host: M1, path: "/development/predict", key: "eu-bound" });
+    expect(d).toMatchObject({
+      kind: "refuse",
+      code: "key_region_forbidden",
+      detail: { plane_region: "eu", key_regions: ["eu"], target_regions: ["us"] },
+    });
+  });
+
+  it("names the region of the plane that handed the request over", () => {
+    const d = decide({
+      name: "",
+      plane: "eu-1",
+      host: M1,
+      path: "/environments/prod-eu/predict",
+      key: "eu-bound",
+      ready: ["d-eu"],
+      from: "us-1",
+    });
+    expect(d).toMatchObject({
+      code: "key_region_forbidden",
+      detail: { plane_region: "eu", key_regions: ["eu"], forwarded_from_region: "us" },
+    });
+  });
+
+  it("never serves on, nor forwards to, a plane outside the key's regions", () => {
+    const regions = ["us", "eu", "uk", "au"];
+    fc.assert(
+      fc.property(
+        fc.constantFrom(...PLANES.map((p) => p.name)),
+        fc.subarray(regions, { minLength: 1 }),
+        fc.constantFrom(
+          `${M1}-prod-eu /predict`,
+          `${M1}-moving /predict`,
+          `${M1} /production/predict`,
+          `${M1} /development/predict`,
+          `${M1} /environments/prod-eu/predict`,
+          `${M1} /environments/moving/predict`,
+          `${M1} /deployment/d-moving/predict`,
+        ),
+        fc.subarray(["d-prod", "d-eu", "d-dev", "d-moving"]),
+        fc.option(fc.constantFrom(...PLANES.map((p) => p.name)), { nil: null }),
+        (planeName, keyRegions, target, ready, from) => {
+          const snap = snapshotFor(planeName);
+          snap.api_keys.push(key("prop-key", "t1", "PERSONAL", null, keyRegions));
+          const [host, path] = target.split(" ") as [string, string];
+          const parsed = parseHost(`${host}.${DOMAIN}`, DOMAIN);
+          if (!parsed.ok) throw new Error("bad host");
+          const d = decideRoute(indexSnapshot(snap), {
+            host: parsed.host,
+            method: "POST",
+            path,
+            keyHash: sha("prop-key"),
+            forwardedFrom: from === planeName ? null : from,
+            localReady: new Set(ready),
+            scheme: "https",
+          });
+          const self = PLANES.find((p) => p.name === planeName)!;
+          const fromRegion = PLANES.find((p) => p.name === from && from !== planeName)?.region;
+          if (
+            !keyRegions.includes(self.region) ||
+            (fromRegion !== undefined && !keyRegions.includes(fromRegion))
+          ) {
+            expect(d).toMatchObject({ kind: "refuse", code: "key_region_forbidden" });
+          }
+          if (d.kind === "serve") expect(keyRegions).toContain(self.region);
+          if (d.kind === "forward") for (const p of d.planes) expect(keyRegions).toContain(p.region);
+        },
+      ),
+      { numRuns: 1500 },
+    );
   });
 });
 

@@ -204,6 +204,19 @@ export function decideRoute(index: RouteIndex, req: RouteRequest): RouteDecision
   if (!INVOKE_CATEGORIES.has(grant.category)) {
     return refuse(context, "forbidden", `A ${grant.category} API key may not call inference endpoints.`);
   }
+  // A region-bound key authenticates only on planes of its regions, and only for a request that came no
+  // other way: the plane that handed it over is re-checked too. Before any lookup, so such a key learns
+  // nothing about models on a plane where it does not count.
+  const keyRegions = grant.regions ?? null;
+  if (keyRegions !== null) {
+    const from = req.forwardedFrom === null ? undefined : index.planes.get(req.forwardedFrom);
+    const outside = !keyRegions.includes(index.plane.region)
+      ? index.plane
+      : from !== undefined && !keyRegions.includes(from.region)
+        ? from
+        : null;
+    if (outside !== null) return keyRegionForbidden(index, context, keyRegions, outside, null);
+  }
   // Another team's model, or a model outside a scoped key, is indistinguishable from a missing one.
   const model = index.models.get(req.host.modelId);
   if (
@@ -217,14 +230,41 @@ export function decideRoute(index: RouteIndex, req: RouteRequest): RouteDecision
 
   switch (path.route.kind) {
     case "regional":
-      return decideRegional(index, req, model, context);
+      return decideRegional(index, req, model, context, keyRegions);
     case "environment":
-      return decideStandardEnvironment(index, req, model, context, path.route.environment);
+      return decideStandardEnvironment(index, req, model, context, keyRegions, path.route.environment);
     case "development":
-      return decideDevelopment(index, req, model, context);
+      return decideDevelopment(index, req, model, context, keyRegions);
     case "deployment":
-      return decideDeployment(index, req, model, context, path.route.deploymentId);
+      return decideDeployment(index, req, model, context, keyRegions, path.route.deploymentId);
   }
+}
+
+/** Regions an API key may call inference in; null: every region. */
+type KeyRegions = readonly string[] | null;
+
+/**
+ * 403 `key_region_forbidden`: the key is bound to regions that `plane` (this one, the one that handed the
+ * request over) is not in, or that no plane the request could go on to is in (`targets`).
+ */
+function keyRegionForbidden(
+  index: RouteIndex,
+  context: RouteContext,
+  keyRegions: readonly string[],
+  plane: PlaneRef,
+  targets: readonly string[] | null,
+): RouteDecision {
+  const list = keyRegions.join(", ");
+  const message =
+    targets === null
+      ? `This API key is bound to region${keyRegions.length === 1 ? "" : "s"} ${list}; plane ${plane.name} is in region ${plane.region}.`
+      : `This API key is bound to region${keyRegions.length === 1 ? "" : "s"} ${list}; the deployment is ready only in region${targets.length === 1 ? "" : "s"} ${targets.join(", ")}.`;
+  return refuse(context, "key_region_forbidden", message, {
+    plane_region: index.plane.region,
+    key_regions: keyRegions,
+    ...(plane.name === index.plane.name ? {} : { forwarded_from_region: plane.region }),
+    ...(targets === null ? {} : { target_regions: targets }),
+  });
 }
 
 function decideRegional(
@@ -232,6 +272,7 @@ function decideRegional(
   req: RouteRequest,
   model: IndexedModel,
   context: RouteContext,
+  keyRegions: KeyRegions,
 ): RouteDecision {
   const env = req.host.form === "regional" ? model.environments.get(req.host.environment) : undefined;
   if (env === undefined) return refuse(context, "environment_not_found", null);
@@ -251,7 +292,15 @@ function decideRegional(
   }
   if (env.deployment_id === null) return noDeployment(context);
   context.deploymentId = env.deployment_id;
-  return place(index, req, model, { ...context, deploymentId: env.deployment_id }, env.region, null);
+  return place(
+    index,
+    req,
+    model,
+    { ...context, deploymentId: env.deployment_id },
+    env.region,
+    null,
+    keyRegions,
+  );
 }
 
 function decideStandardEnvironment(
@@ -259,13 +308,14 @@ function decideStandardEnvironment(
   req: RouteRequest,
   model: IndexedModel,
   context: RouteContext,
+  keyRegions: KeyRegions,
   name: string,
 ): RouteDecision {
   const env = model.environments.get(name);
   if (env === undefined) return refuse(context, "environment_not_found", null);
   context.environment = env.name;
   context.region = env.region;
-  return decideStandard(index, req, model, context, env.deployment_id, env);
+  return decideStandard(index, req, model, context, keyRegions, env.deployment_id, env);
 }
 
 function decideDevelopment(
@@ -273,10 +323,11 @@ function decideDevelopment(
   req: RouteRequest,
   model: IndexedModel,
   context: RouteContext,
+  keyRegions: KeyRegions,
 ): RouteDecision {
   const id = model.route.development_deployment_id;
   context.region = id === null ? null : (model.deployments.get(id)?.region ?? null);
-  return decideStandard(index, req, model, context, id, null);
+  return decideStandard(index, req, model, context, keyRegions, id, null);
 }
 
 function decideDeployment(
@@ -284,6 +335,7 @@ function decideDeployment(
   req: RouteRequest,
   model: IndexedModel,
   context: RouteContext,
+  keyRegions: KeyRegions,
   deploymentId: string,
 ): RouteDecision {
   const deployment = model.deployments.get(deploymentId);
@@ -297,7 +349,7 @@ function decideDeployment(
     serving !== null && serving.region !== null
       ? serving
       : strictestRegional(model, deployment.region, serving?.name ?? null);
-  return decideStandard(index, req, model, context, deploymentId, governing);
+  return decideStandard(index, req, model, context, keyRegions, deploymentId, governing);
 }
 
 const POLICY_RANK: Record<StandardEndpointPolicy, number> = { allow: 0, warn: 1, deny: 2 };
@@ -330,6 +382,7 @@ function decideStandard(
   req: RouteRequest,
   model: IndexedModel,
   context: RouteContext,
+  keyRegions: KeyRegions,
   deploymentId: string | null,
   governing: EnvironmentRoute | null,
 ): RouteDecision {
@@ -362,6 +415,7 @@ function decideStandard(
     { ...context, deploymentId },
     null,
     governing?.region ?? context.region,
+    keyRegions,
     warning,
   );
 }
@@ -373,7 +427,8 @@ function noDeployment(context: RouteContext): RouteDecision {
 /**
  * Chooses where the deployment is served. `restrictTo`: only planes of this region, ever (regional
  * endpoint). `prefer`: planes of this region first (standard endpoint of a regional environment).
- * A forwarded request is never forwarded again (one hop at most, so no loops).
+ * `keyRegions`: a region-bound key is never handed to a plane outside its regions (this plane is inside,
+ * decideRoute checked). A forwarded request is never forwarded again (one hop at most, so no loops).
  */
 function place(
   index: RouteIndex,
@@ -382,6 +437,7 @@ function place(
   context: RouteContext & { deploymentId: string },
   restrictTo: string | null,
   prefer: string | null,
+  keyRegions: KeyRegions,
   warning: string | null = null,
 ): RouteDecision {
   const self = index.plane;
@@ -391,6 +447,8 @@ function place(
   if (localOk && preferredHere) return { kind: "serve", context, warning };
 
   const planes: PlaneRef[] = [];
+  /** Regions of planes that could serve but are outside the key's regions. */
+  let barred: string[] | null = null;
   const deployment = model.deployments.get(context.deploymentId);
   if (req.forwardedFrom === null && deployment !== undefined) {
     for (const name of deployment.ready_planes) {
@@ -398,6 +456,11 @@ function place(
       const plane = index.planes.get(name);
       if (plane === undefined || plane.ingress.length === 0) continue;
       if (restrictTo !== null && plane.region !== restrictTo) continue;
+      if (keyRegions !== null && !keyRegions.includes(plane.region)) {
+        barred ??= [];
+        if (!barred.includes(plane.region)) barred.push(plane.region);
+        continue;
+      }
       planes.push(plane);
     }
   }
@@ -409,6 +472,10 @@ function place(
     return { kind: "serve", context, warning };
   }
   if (planes.length > 0) return { kind: "forward", context, planes, warning };
+  // Ready elsewhere, but only outside the key's regions: say so, rather than "nothing is ready".
+  if (barred !== null && keyRegions !== null) {
+    return keyRegionForbidden(index, context, keyRegions, self, barred.sort());
+  }
   const region = restrictTo ?? prefer;
   return refuse(
     context,

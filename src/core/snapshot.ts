@@ -29,6 +29,11 @@ export interface ApiKeyGrant {
   category: ApiKeyCategory;
   /** For `WORKSPACE_INVOKE` keys scoped to models; null means every model of the team. */
   model_ids: string[] | null;
+  /**
+   * Regions whose planes may authenticate this key for inference; null (or absent, from a control plane
+   * older than region-bound keys, which has none) means every region.
+   */
+  regions?: string[] | null;
 }
 
 /** An environment of a model as the ingress routes it. */

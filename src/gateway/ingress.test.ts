@@ -106,6 +106,22 @@ function snapshotFor(name: PlaneName): PlaneSnapshot {
         model_ids: null,
       },
       { hash: sha("k-team2"), prefix: "k-t2", team_id: "t2", category: "PERSONAL", model_ids: null },
+      {
+        hash: sha("k-eu"),
+        prefix: "k-eu",
+        team_id: "t1",
+        category: "PERSONAL",
+        model_ids: null,
+        regions: ["eu"],
+      },
+      {
+        hash: sha("k-us"),
+        prefix: "k-us",
+        team_id: "t1",
+        category: "WORKSPACE_INVOKE",
+        model_ids: null,
+        regions: ["us"],
+      },
     ],
     models: [
       {
@@ -497,6 +513,95 @@ describe("plane-to-plane hops", () => {
         world.retired = [];
       });
     }
+  });
+});
+
+describe("region-bound API keys", () => {
+  const reached = () => repUs.seen.length + repEu.seen.length;
+
+  it("serve in their region on both hostname forms, forwarded within it", async () => {
+    const regional = await send("eu-1", { host: REG, path: "/predict", key: "k-eu" });
+    expect(regional.status).toBe(200);
+    expect(proof(regional)).toEqual({ region: "eu", plane: "eu-2", deployment: "d-eu", route: "eu-1, eu-2" });
+    const standard = await send("eu-1", { host: STD, path: "/environments/prod-eu/predict", key: "k-eu" });
+    expect(standard.status).toBe(200);
+    expect(proof(standard)).toMatchObject({ region: "eu", plane: "eu-2", route: "eu-1, eu-2" });
+    const us = await send("us-1", { host: STD, path: "/production/predict", key: "k-us" });
+    expect(us.status).toBe(200);
+    expect(proof(us)).toMatchObject({ region: "us", plane: "us-1" });
+  });
+
+  it.each([
+    ["the standard hostname", STD, "/environments/prod-eu/predict"],
+    ["the regional hostname", REG, "/predict"],
+  ])(
+    "are refused with 403 at a plane outside their regions, on %s, before any replica",
+    async (_n, host, path) => {
+      const before = reached();
+      const r = await send("us-1", { host, path, key: "k-eu", headers: { "x-request-id": `kr-${host}` } });
+      expect(r.status).toBe(403);
+      expect(r.json).toMatchObject({
+        error_code: "key_region_forbidden",
+        detail: { plane_region: "us", key_regions: ["eu"] },
+      });
+      expect(proof(r)).toMatchObject({ region: "us", plane: "us-1", route: "us-1" });
+      expect(reached()).toBe(before);
+      await new Promise((res) => setTimeout(res, 60));
+      const [rec] = await plane("us-1").audit.query({ request_id: `kr-${host}` });
+      expect(rec).toMatchObject({ status: 403, error_code: "key_region_forbidden", model_id: null });
+    },
+  );
+
+  it("are refused when the request would be forwarded to a plane outside their regions", async () => {
+    const before = reached();
+    // Enters at us-1 (the key's region); prod-eu is ready only on eu-2.
+    const toEu = await send("us-1", { host: STD, path: "/environments/prod-eu/predict", key: "k-us" });
+    expect(toEu.status).toBe(403);
+    expect(toEu.json).toMatchObject({
+      error_code: "key_region_forbidden",
+      detail: { plane_region: "us", key_regions: ["us"], target_regions: ["eu"] },
+    });
+    expect(proof(toEu)).toMatchObject({ plane: "us-1", route: "us-1" });
+    // Enters at eu-1 (the key's region); production is ready only on us-1.
+    const toUs = await send("eu-1", { host: STD, path: "/production/predict", key: "k-eu" });
+    expect(toUs.status).toBe(403);
+    expect(toUs.json).toMatchObject({
+      error_code: "key_region_forbidden",
+      detail: { plane_region: "eu", target_regions: ["us"] },
+    });
+    expect(reached()).toBe(before);
+  });
+
+  it("are re-checked by the receiving plane: a hop from outside their regions is refused", async () => {
+    const hop = (key: string, id: string) =>
+      send("eu-2", {
+        host: STD,
+        path: "/environments/prod-eu/predict",
+        key,
+        headers: {
+          "x-request-id": id,
+          "x-meridian-hop": signHop(keyOf("us-1"), {
+            from: "us-1",
+            to: "eu-2",
+            ms: Date.now(),
+            requestId: id,
+            method: "POST",
+            authority: STD,
+            target: "/environments/prod-eu/predict",
+          }),
+        },
+      });
+    const before = repEu.seen.length;
+    const refused = await hop("k-eu", "kr-hop-1");
+    expect(refused.status).toBe(403);
+    expect(refused.json).toMatchObject({
+      error_code: "key_region_forbidden",
+      detail: { plane_region: "eu", key_regions: ["eu"], forwarded_from_region: "us" },
+    });
+    expect(proof(refused)).toMatchObject({ plane: "eu-2", route: "us-1, eu-2" });
+    expect(repEu.seen.length).toBe(before);
+    // The same hop with a key bound to no region is served: the refusal is the key's.
+    expect((await hop("k-personal", "kr-hop-2")).status).toBe(200);
   });
 });
 

@@ -342,6 +342,13 @@ function migrations(dialect: Dialect): Record<string, Migration> {
           .execute();
       },
     },
+    "0007_key_regions": {
+      async up(db: Kysely<unknown>) {
+        // Region-bound API keys: a JSON array of region slugs the key may call inference in; null (every
+        // key from before) is every region.
+        await db.schema.alterTable("api_keys").addColumn("regions", "text").execute();
+      },
+    },
   };
 }
 

@@ -1,7 +1,7 @@
 // Table shapes of the control plane's store, shared by SQLite and PostgreSQL. Portable column types only:
 // text for ids, ISO-8601 timestamps and JSON documents; integers for counts and 0/1 flags.
 
-import type { Generated, Insertable, Selectable } from "kysely";
+import type { ColumnType, Generated, Insertable, Selectable } from "kysely";
 
 export interface MetaTable {
   key: string;
@@ -45,6 +45,12 @@ export interface ApiKeyTable {
   /** JSON array of model ids, or null for every model of the team. */
   model_ids: string | null;
   created_at: string;
+  /**
+   * JSON array of region slugs the key may call inference in (on planes of those regions only), or null
+   * for every region. Management API use is never region-bound. Optional on insert: a key made without
+   * regions is bound to none.
+   */
+  regions: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 export interface RegionTable {

@@ -153,6 +153,37 @@ export function storeConformance(name: string, options: ConformanceOptions): voi
       expect(await store.revision()).toBe(start + 1);
     });
 
+    it("refuses every write in a read-only transaction, and writes again afterwards", async () => {
+      const start = await store.revision();
+      const attempt = store.readOnly(async (trx) => {
+        const revision = await store.revision(trx);
+        const writes = [
+          () => store.bumpRevision(trx),
+          () => insertTeam(trx, "readonly1"),
+          () => store.setMeta("read-only", "no", trx),
+          () => trx.deleteFrom("teams").execute(),
+        ];
+        for (const write of writes) {
+          expect(await rejection(write())).toBeInstanceOf(Error);
+          // PostgreSQL aborts the transaction at the first refused statement; SQLite carries on.
+          if (store.dialect === "postgres") break;
+        }
+        return revision;
+      });
+      // PostgreSQL then refuses to commit the aborted transaction; SQLite commits what it read.
+      if (store.dialect === "postgres") expect(await rejection(attempt)).toBeInstanceOf(Error);
+      else expect(await attempt).toBe(start);
+      expect(await store.revision()).toBe(start);
+      expect(await store.getMeta("read-only")).toBeUndefined();
+      expect(
+        await store.db.selectFrom("teams").select("id").where("id", "=", "readonly1").executeTakeFirst(),
+      ).toBeUndefined();
+      // The connection is writable again once the read-only transaction is over.
+      await store.transaction((trx) => store.bumpRevision(trx));
+      expect(await store.revision()).toBe(start + 1);
+      expect(await store.readOnly((trx) => store.revision(trx))).toBe(start + 1);
+    });
+
     it("leaves nothing behind when a transaction fails, whether by a throw or a failing statement", async () => {
       const before = await store.db.selectFrom("teams").select("id").orderBy("id").execute();
       await rejection(

@@ -50,6 +50,30 @@ export class Store {
     return this.db.transaction().execute(fn);
   }
 
+  /**
+   * Runs `fn` in one transaction that the database itself refuses to write in (answers that must change
+   * nothing, such as a promotion's dry run): PostgreSQL's READ ONLY at REPEATABLE READ, so every read sees
+   * one snapshot; SQLite's `query_only` for the transaction's length (its one connection is held by the
+   * transaction, and a deferred transaction reads one snapshot in WAL mode).
+   */
+  readOnly<T>(fn: (trx: Transaction<Schema>) => Promise<T>): Promise<T> {
+    if (this.dialect === "postgres") {
+      return this.db
+        .transaction()
+        .setIsolationLevel("repeatable read")
+        .setAccessMode("read only")
+        .execute(fn);
+    }
+    return this.db.transaction().execute(async (trx) => {
+      await sql`pragma query_only = on`.execute(trx);
+      try {
+        return await fn(trx);
+      } finally {
+        await sql`pragma query_only = off`.execute(trx);
+      }
+    });
+  }
+
   /** Increments and returns the installation-wide revision; call inside the transaction that changed state. */
   async bumpRevision(trx: Db): Promise<number> {
     const row = await trx

@@ -1277,6 +1277,34 @@ describe("security matrix: every route of /v1/spec × principal × restricted/un
       expect((await R().clients.listed.patch(staging, settings)).status).toBe(200);
     });
 
+    it("refuses an unlisted member's promotion dry run as it refuses the promotion, changing nothing", async () => {
+      const f = await build(R(), ["in_flight"], true);
+      const dry = { deployment_id: f.F, dry_run: true };
+      for (const client of [member(), R().clients.workspace]) {
+        await refused(
+          () => client.post(`/v1/models/${f.model}/environments/${SUBJECT}/promote`, dry),
+          [SUBJECT],
+        );
+        await refused(
+          () => client.post(`/v1/models/${f.model}/deployments/${f.F}/promote`, { dry_run: true }),
+          ["production"],
+        );
+      }
+      // The listed user's dry run answers (prod-eu's promotion in flight blocks), and still changes nothing.
+      const before = await dump(store(), tables);
+      const listed = await R().clients.listed.post(
+        `/v1/models/${f.model}/environments/${SUBJECT}/promote`,
+        dry,
+      );
+      expect(listed.status, JSON.stringify(listed.body)).toBe(200);
+      expect(listed.body).toMatchObject({
+        outcome: "refused",
+        in_flight_promotion: { candidate_deployment_id: f.C },
+      });
+      const d = diff(tables, before, await dump(store(), tables));
+      expect(d.empty, d.describe()).toBe(true);
+    });
+
     it("refuses a change of a restricted group by an unlisted member, whatever the fields", async () => {
       const path = `/v1/teams/${R().team}/environment_groups/${SUBJECT}`;
       await refused(() => member().patch(path, {}), [SUBJECT]);

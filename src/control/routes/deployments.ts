@@ -134,8 +134,9 @@ export function deploymentsRoutes(ctx: ControlContext): Route[] {
       auth: "key",
       body: s.promoteBody,
       response: "DeploymentV1",
+      alternative: { name: "PromotionDryRunV1", schema: s.promotionDryRunSchema, when: "dry_run: true" },
       handler: (c) =>
-        environments.promote(
+        (c.body?.dry_run === true ? environments.promotionDryRun : environments.promote)(
           ctx,
           c.principal,
           c.params.model_id,

@@ -58,9 +58,10 @@ export function environmentsRoutes(ctx: ControlContext): Route[] {
       auth: "key",
       body: s.promoteToEnvironmentBody,
       response: "DeploymentV1",
+      alternative: { name: "PromotionDryRunV1", schema: s.promotionDryRunSchema, when: "dry_run: true" },
       handler: (c) => {
         const b = c.body;
-        return environments.promote(
+        return (b.dry_run === true ? environments.promotionDryRun : environments.promote)(
           ctx,
           c.principal,
           c.params.model_id,
