@@ -33,16 +33,28 @@ describe("parseListen", () => {
     ["127.0.0.1:0", { host: "127.0.0.1", port: 0 }],
     ["localhost:8080", { host: "localhost", port: 8080 }],
     ["[::1]:65535", { host: "::1", port: 65535 }],
+    ["unix:/home/replica/.meridian.sock", { path: "/home/replica/.meridian.sock" }],
+    [`unix:/${"a".repeat(106)}`, { path: `/${"a".repeat(106)}` }],
   ])("parses %s", (text, expected) => {
     expect(parseListen(text)).toEqual(expected);
   });
 
-  it.each(["8080", "127.0.0.1", "127.0.0.1:65536", "127.0.0.1:-1", ":8080", "::1:80", "host:80x", "a b:1"])(
-    "refuses %s",
-    (text) => {
-      expect(parseListen(text)).toBeNull();
-    },
-  );
+  it.each([
+    "8080",
+    "127.0.0.1",
+    "127.0.0.1:65536",
+    "127.0.0.1:-1",
+    ":8080",
+    "::1:80",
+    "host:80x",
+    "a b:1",
+    "unix:relative.sock",
+    "unix:",
+    // One byte over what a socket path may hold: a clear refusal instead of the kernel's EINVAL.
+    `unix:/${"a".repeat(107)}`,
+  ])("refuses %s", (text) => {
+    expect(parseListen(text)).toBeNull();
+  });
 });
 
 describe("parseServeModelOptions", () => {
@@ -56,8 +68,7 @@ describe("parseServeModelOptions", () => {
       ok: true,
       options: {
         dir: "pkg",
-        host: "127.0.0.1",
-        port: 0,
+        listen: { host: "127.0.0.1", port: 0 },
         identity: { modelId: "abcd1234", deploymentId: null, environment: "prod-eu" },
         serverPort: null,
         maxQueued: 64,
