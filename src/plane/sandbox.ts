@@ -353,6 +353,7 @@ export async function prepareSandbox(
   mode: "bwrap" | "none",
   options: SandboxOptions,
 ): Promise<ReplicaSandbox> {
+  await mkdir(options.dataDir, { recursive: true });
   // Private directories of a previous run: its replicas are gone (they die with their plane).
   await removeTree(sandboxDirs(options.dataDir).replicas);
   if (mode === "none") return new Unsandboxed(options);
