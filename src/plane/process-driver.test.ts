@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, readdir, readFile, realpath, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
@@ -352,6 +352,97 @@ describe("process driver", () => {
     const failed = await waitForState(h.driver, "enoent", "FAILED", 3_000);
     expect(failed.message).toMatch(/ENOENT/);
     expect(failed.restarts).toBe(0);
+  });
+});
+
+/** Host pids of `pid` and every process under it (Linux /proc), e.g. bwrap and what runs in its sandbox. */
+function descendants(pid: number): number[] {
+  const parents = new Map<number, number>();
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+      parents.set(Number(name), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+    } catch {}
+  }
+  const found = [pid];
+  for (let i = 0; i < found.length; i++) {
+    for (const [child, parent] of parents) if (parent === found[i]) found.push(child);
+  }
+  return found;
+}
+
+function hostUid(pid: number): number {
+  return Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
+}
+
+describe("process driver in a bwrap sandbox", () => {
+  const bwrap = sharedBwrap();
+  const cleanups: Array<() => Promise<void>> = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0)) await cleanup();
+  });
+  async function harness(options: Partial<ProcessDriverOptions> = {}) {
+    const h = await makeHarness({ sandbox: await bwrap(), ...options });
+    cleanups.push(h.cleanup);
+    await h.driver.start();
+    return h;
+  }
+  async function runPid(dataDir: string, id: string): Promise<number> {
+    return waitFor("run file", async () => {
+      try {
+        return (JSON.parse(await readFile(join(dataDir, "run", `${id}.json`), "utf8")) as { pid: number }).pid;
+      } catch {
+        return undefined;
+      }
+    });
+  }
+
+  it("stops a replica with SIGTERM to what runs inside, SIGKILL after the grace, leaving no process", async () => {
+    const h = await harness({ stopGraceMs: 600 });
+    await h.driver.ensure(h.spec("inside", ["--ignore-sigterm", "--grandchild"]));
+    await waitForState(h.driver, "inside", "READY");
+    await grandchildPid(h.driver, "inside");
+    const tree = descendants(await runPid(h.dataDir, "inside"));
+    // bwrap, the sandbox's PID 1, the server and its grandchild.
+    expect(tree.length).toBeGreaterThanOrEqual(4);
+    if (process.getuid?.() === 0) for (const pid of tree) expect(hostUid(pid), `pid ${pid}`).toBe(65534);
+    await h.driver.remove("inside");
+    // SIGTERM reached the server inside the sandbox (bwrap's PID 1 forwards none).
+    const logged = (await readFile(join(h.dataDir, "logs", "inside.log"), "utf8")).includes("ignoring SIGTERM");
+    expect(logged).toBe(true);
+    for (const pid of tree) expect(alive(pid), `pid ${pid}`).toBe(false);
+  });
+
+  it("a crashed sandboxed replica leaves nothing behind before it restarts", async () => {
+    const h = await harness();
+    await h.driver.ensure(h.spec("crashy", ["--grandchild", "--crash-after", "500"]));
+    await grandchildPid(h.driver, "crashy");
+    const tree = descendants(await runPid(h.dataDir, "crashy"));
+    await waitFor("restart", async () => ((await h.driver.list())[0]?.restarts ?? 0) >= 1 || undefined);
+    for (const pid of tree) expect(alive(pid), `pid ${pid}`).toBe(false);
+  });
+
+  it("a sandbox that failed its self-test: every replica is FAILED with the reason", async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), "meridian-driver-"));
+    const sandbox = await prepareSandbox("bwrap", { dataDir, planeEnv: {}, bwrapPath: "/nonexistent/bwrap" });
+    const h = await harness({ sandbox });
+    cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
+    await h.driver.ensure(h.spec("refused"));
+    const failed = await waitForState(h.driver, "refused", "FAILED", 3_000);
+    expect(failed.message).toMatch(/^The plane refuses to start replicas: bubblewrap cannot run replicas/);
+    expect(failed.message).toMatch(/--sandbox none/);
+    expect(failed.restarts).toBe(0);
+  });
+
+  it("without a sandbox, a replica under egress deny is FAILED, never run with the network", async () => {
+    const h = await makeHarness({}, "deny");
+    cleanups.push(h.cleanup);
+    await h.driver.start();
+    await h.driver.ensure(h.spec("no-netns"));
+    const failed = await waitForState(h.driver, "no-netns", "FAILED", 3_000);
+    expect(failed.message).toMatch(/^Egress deny needs the sandbox's network namespace/);
+    expect(await h.driver.logs("no-netns")).toEqual([]);
   });
 });
 
