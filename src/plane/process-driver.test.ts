@@ -391,7 +391,8 @@ describe("process driver in a bwrap sandbox", () => {
   async function runPid(dataDir: string, id: string): Promise<number> {
     return waitFor("run file", async () => {
       try {
-        return (JSON.parse(await readFile(join(dataDir, "run", `${id}.json`), "utf8")) as { pid: number }).pid;
+        return (JSON.parse(await readFile(join(dataDir, "run", `${id}.json`), "utf8")) as { pid: number })
+          .pid;
       } catch {
         return undefined;
       }
@@ -409,7 +410,9 @@ describe("process driver in a bwrap sandbox", () => {
     if (process.getuid?.() === 0) for (const pid of tree) expect(hostUid(pid), `pid ${pid}`).toBe(65534);
     await h.driver.remove("inside");
     // SIGTERM reached the server inside the sandbox (bwrap's PID 1 forwards none).
-    const logged = (await readFile(join(h.dataDir, "logs", "inside.log"), "utf8")).includes("ignoring SIGTERM");
+    const logged = (await readFile(join(h.dataDir, "logs", "inside.log"), "utf8")).includes(
+      "ignoring SIGTERM",
+    );
     expect(logged).toBe(true);
     for (const pid of tree) expect(alive(pid), `pid ${pid}`).toBe(false);
   });
