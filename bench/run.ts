@@ -45,7 +45,7 @@ const installationOptions: InstallationOptions = quick
   : { changes: 40, lifecycleRuns: 3, migrate: 50 };
 const sandboxOptions: SandboxBenchOptions = quick
   ? { starts: 3, runs: 1, durationS: 1 }
-  : { starts: 15, runs: 3, durationS: 3 };
+  : { starts: 15, runs: 5, durationS: 2 };
 const controlOptions: ControlApiOptions = quick
   ? { models: 10_000, runs: 1, durationS: 1, singleTimeoutMs: 10_000 }
   : { models: 10_000, runs: 3, durationS: 2, singleTimeoutMs: 20_000 };
