@@ -237,20 +237,28 @@ export async function runSandbox(o: SandboxBenchOptions, log: (m: string) => voi
         30_000,
       );
     }
-    const cells = targets.flatMap((t) => [1, 16].map((c) => ({ ...t, connections: c })));
+    // Through the ingress (the real path; the only way to a Unix socket), and the TCP replicas called
+    // directly too, where nothing but the replica is measured.
+    const cells = [
+      ...targets.flatMap((t) => [1, 16].map((c) => ({ ...t, connections: c, via: "ingress" as const }))),
+      ...targets
+        .filter((t) => t.kind !== "bwrap-unix")
+        .flatMap((t) => [1, 16].map((c) => ({ ...t, connections: c, via: "direct" as const }))),
+    ];
     const samples = new Map<
       string,
       Array<{ rps: number; p50us: number; p99us: number; cpu: number; replicaCpu: number }>
     >();
-    const cellKey = (c: (typeof cells)[number]) => `${c.kind}|${c.connections}`;
+    const cellKey = (c: (typeof cells)[number]) => `${c.via}|${c.kind}|${c.connections}`;
     for (const c of cells) samples.set(cellKey(c), []);
     for (let run = 0; run <= o.runs; run++) {
       for (const c of cells) {
         const before = cpuMicros(ingress.proc.pid!);
         const replicaBefore = cpuOf(c.pids);
         const r = await runWrk({
-          url: `http://127.0.0.1:${port}/predict`,
-          host: host(c.model),
+          ...(c.via === "ingress"
+            ? { url: `http://127.0.0.1:${port}/predict`, host: host(c.model) }
+            : { url: `http://${c.endpoint}/v1/models/model:predict` }),
           headers: { Authorization: `Api-Key ${BENCH_KEY}` },
           bodyFile: body,
           connections: c.connections,
@@ -284,27 +292,41 @@ export async function runSandbox(o: SandboxBenchOptions, log: (m: string) => voi
     ];
     const label = { none: "unsandboxed, TCP", bwrap: "bwrap, TCP", "bwrap-unix": "bwrap, Unix socket" };
     const requestTable = [
-      "| replica | c | req/s | p50 | p99 | replica CPU per request | ingress CPU per request |",
-      "|---|---:|---:|---:|---:|---:|---:|",
+      "| replica | path | c | req/s | p50 | p99 | replica CPU per request | ingress CPU per request |",
+      "|---|---|---:|---:|---:|---:|---:|---:|",
       ...cells.map((c) => {
         const s = samples.get(cellKey(c))!;
         const m = (f: (x: (typeof s)[number]) => number) => median(s.map(f));
-        return `| ${label[c.kind]} | ${c.connections} | ${fmt(
-          m((x) => x.rps),
-          0,
-        )} | ${fmt(
-          m((x) => x.p50us),
-          0,
-        )} µs | ${fmt(
-          m((x) => x.p99us),
-          0,
-        )} µs | ${fmt(
-          m((x) => x.replicaCpu),
-          1,
-        )} µs | ${fmt(
-          m((x) => x.cpu),
-          1,
-        )} µs |`;
+        const ingressCpu =
+          c.via === "ingress"
+            ? `${fmt(
+                m((x) => x.cpu),
+                1,
+              )} µs`
+            : "—";
+        const cells = [
+          label[c.kind],
+          c.via,
+          String(c.connections),
+          fmt(
+            m((x) => x.rps),
+            0,
+          ),
+          `${fmt(
+            m((x) => x.p50us),
+            0,
+          )} µs`,
+          `${fmt(
+            m((x) => x.p99us),
+            0,
+          )} µs`,
+          `${fmt(
+            m((x) => x.replicaCpu),
+            1,
+          )} µs`,
+          ingressCpu,
+        ];
+        return `| ${cells.join(" | ")} |`;
       }),
     ];
     const markdown = [
@@ -314,7 +336,7 @@ export async function runSandbox(o: SandboxBenchOptions, log: (m: string) => voi
       "",
       `Target: ≤ 50 ms added per start — **${addedStartMs <= 50 ? "met" : "not met"}** (${fmt(addedStartMs, 0)} ms). The cold row is what a private TMPDIR would cost without the read-only compile cache the plane prepares: tsx compiles the runtime from scratch on every start.`,
       "",
-      `Requests: \`wrk -t1 -c{1|16} -d${o.durationS}s\`, small JSON body, through one Meridian ingress (wire transport) on the regional endpoint to a replica of each kind; ${o.runs} runs interleaved after a warm-up, medians. The replica is the real runtime (\`predict_concurrency\` 4), so c=16 queues in it. CPU per request is utime+stime from /proc over the run divided by the requests wrk completed: for the replica, all of its processes (a sandbox's bwrap and PID 1 included); it is what the machine's load disturbs least.`,
+      `Requests: \`wrk -t1 -c{1|16} -d${o.durationS}s\`, small JSON body, through one Meridian ingress (wire transport) on the regional endpoint to a replica of each kind, and to the TCP replicas directly; ${o.runs} runs interleaved after a warm-up, medians. The replica is the real runtime (\`predict_concurrency\` 4), so c=16 queues in it. CPU per request is utime+stime from /proc over the run divided by the requests wrk completed: for the replica, all of its processes (a sandbox's bwrap and PID 1 included); it is what the machine's load disturbs least.`,
       "",
       ...requestTable,
       "",
