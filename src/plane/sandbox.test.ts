@@ -535,6 +535,30 @@ describe("a hostile model package in the sandbox (process driver, real runtime)"
     }
   });
 
+  it("a replica that puts a directory of links where its socket belongs is FAILED, and nothing is followed", async () => {
+    const outside = join(plane.root, "outside");
+    await mkdir(outside, { recursive: true });
+    await writeFile(join(outside, "keep.txt"), "must survive");
+    const spec = replicaSpec(desired("dirlinker", "deny"), join(plane.root, "pkgs", "neighbour"));
+    spec.command = {
+      argv: [
+        process.execPath,
+        "-e",
+        `const fs = require("node:fs"); fs.mkdirSync(process.argv[1]); fs.symlinkSync(${JSON.stringify(outside)}, process.argv[1] + "/link"); setInterval(() => {}, 1000);`,
+        `${HOME_DIR}/.meridian.sock`,
+      ],
+      env: {},
+    };
+    await plane.driver.ensure(spec);
+    const failed = await waitFor("dirlinker FAILED", async () => {
+      const r = (await plane.driver.list()).find((x) => x.id === "dirlinker");
+      return r?.state === "FAILED" ? r : undefined;
+    });
+    expect(failed.message).toMatch(/put a directory where its Unix socket belongs/);
+    expect(await readFile(join(outside, "keep.txt"), "utf8")).toBe("must survive");
+    await plane.driver.remove("dirlinker");
+  });
+
   it("a Unix socket path over the kernel's limit is a clear refusal, not a mysterious error", async () => {
     const room = await plane.sandbox.open("long-path");
     const long = { ...room, socket: { ...room.socket, host: `/${"d".repeat(120)}/x.sock` } };

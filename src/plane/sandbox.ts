@@ -321,7 +321,8 @@ export async function adoptSocket(room: ReplicaRoom): Promise<boolean> {
   }
   const st = await lstat(room.socket.host);
   if (!st.isSocket()) {
-    await rm(room.socket.host, { force: true });
+    // Whatever it is (a directory full of links, say), it is removed as entries, never followed.
+    await rm(room.socket.host, { recursive: true, force: true });
     throw new SandboxRefusal(`the replica put a ${fileKind(st)} where its Unix socket belongs; refused`);
   }
   return true;
