@@ -1,6 +1,6 @@
 // `npm run bench`: every benchmark section in turn, then BENCHMARKS.md. Bounded load, loopback only; every
 // child process is stopped at the end. Flags: --quick (short runs, for working on the harness),
-// --only=gateway,routing,installation,control-api, --out=FILE.
+// --only=gateway,routing,installation,control-api,sandbox, --out=FILE.
 
 import { execFileSync, spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
@@ -13,6 +13,7 @@ import { fmt, loadAverage, ROOT, removeTempDirs, stopAllChildren, tempDir } from
 import { nginxVersion } from "./nginx.ts";
 import { renderProfile, summarizeProfile } from "./profile.ts";
 import { type RoutingOptions, runRouting } from "./routing.ts";
+import { runSandbox, type SandboxBenchOptions, type SandboxFigures } from "./sandbox.ts";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -42,6 +43,9 @@ const routingOptions: RoutingOptions = quick
 const installationOptions: InstallationOptions = quick
   ? { changes: 5, lifecycleRuns: 1, migrate: 5 }
   : { changes: 40, lifecycleRuns: 3, migrate: 50 };
+const sandboxOptions: SandboxBenchOptions = quick
+  ? { starts: 3, runs: 1, durationS: 1 }
+  : { starts: 15, runs: 5, durationS: 2 };
 const controlOptions: ControlApiOptions = quick
   ? { models: 10_000, runs: 1, durationS: 1, singleTimeoutMs: 10_000 }
   : { models: 10_000, runs: 3, durationS: 2, singleTimeoutMs: 20_000 };
@@ -95,6 +99,7 @@ let gateway: GatewayFigures | null = null;
 let routing: { markdown: string } | null = null;
 let installation: InstallationFigures | null = null;
 let controlApi: { markdown: string } | null = null;
+let sandbox: SandboxFigures | null = null;
 let profile: string | null = null;
 try {
   if (wants("gateway")) {
@@ -114,6 +119,10 @@ try {
     log("5. control API");
     controlApi = await runControlApi(controlOptions, log);
   }
+  if (wants("sandbox")) {
+    log("6. sandbox");
+    sandbox = await runSandbox(sandboxOptions, log);
+  }
 } finally {
   await stopAllChildren();
   removeTempDirs();
@@ -131,6 +140,11 @@ const targets = [
         `| ingress req/s at c=64 ≥ 0.45× nginx (same run) | ${t.throughputVsNginx.toFixed(2)}× | ${verdict(t.throughputVsNginx >= 0.45)} |`,
         `| ingress CPU per request ≤ 45 µs (c=64) | ${t.cpuPerReqUs.toFixed(1)} µs | ${verdict(t.cpuPerReqUs <= 45)} |`,
         `| p50 added to a direct call at c=1 ≤ 150 µs | ${t.addedP50Us.toFixed(0)} µs | ${verdict(t.addedP50Us <= 150)} |`,
+      ]
+    : []),
+  ...(sandbox
+    ? [
+        `| sandbox adds ≤ 50 ms to a replica's start (issue 10) | ${sandbox.addedStartMs.toFixed(0)} ms | ${verdict(sandbox.addedStartMs <= 50)} |`,
       ]
     : []),
   ...(installation
@@ -172,6 +186,8 @@ const generated = [
   installation ? ["## 4. Lifecycle", "", installation.lifecycle].join("\n") : "",
   "",
   controlApi ? ["## 5. Control API", "", controlApi.markdown].join("\n") : "",
+  "",
+  sandbox ? ["## 6. Sandbox", "", sandbox.markdown].join("\n") : "",
   "",
 ];
 

@@ -32,6 +32,15 @@ program
     "--ingress-transport <wire|http>",
     "the ingress's HTTP implementation: wire (Node's llhttp on node:net, default) or http (node:http + undici)",
   )
+  .option(
+    "--sandbox <bwrap|none>",
+    "how replicas run: bwrap (a bubblewrap sandbox, default; the plane refuses replicas when it fails its self-test) or none (plain child processes, logged as a warning)",
+  )
+  .option(
+    "--sandbox-uid <uid[:gid]>",
+    "host uid (and gid) of sandboxed replicas when the plane runs as root (default 65534)",
+  )
+  .option("--sandbox-bwrap <path>", "the bwrap executable (default /usr/bin/bwrap)")
   .action(async (flags) => {
     const { runPlaneCommand } = await import("../plane/command.ts");
     await runPlaneCommand(flags, process.env);

@@ -48,10 +48,14 @@ export interface RequestHead {
 
 export interface Target {
   kind: "replica" | "plane";
-  /** Endpoint `host:port` (replica) or plane name. */
+  /** Endpoint `host:port` or `unix:/path` (replica), or plane name. */
   name: string;
-  /** `host:port` to connect to. */
+  /** `host:port` or `unix:/path` to connect to. */
   endpoint: string;
+  /** A replica's Unix socket (egress `deny`), or null for TCP. */
+  socketPath: string | null;
+  /** The Host header a replica gets: its `host:port`, or `localhost` over a Unix socket. */
+  authority: string;
   origin: string;
   path: string;
   plane: PlaneRef | null;
@@ -93,8 +97,13 @@ export interface UpstreamFailure {
   bodyTooLarge: boolean;
 }
 
+/** A replica endpoint on a Unix socket: `unix:/absolute/path` (the process driver under egress `deny`). */
+export const UNIX_PREFIX = "unix:";
+
 const CONNECT_ERRORS = new Set([
   "ECONNREFUSED",
+  // A replica's Unix socket that is not there (any more): nothing listens, as ECONNREFUSED on TCP.
+  "ENOENT",
   "EHOSTUNREACH",
   "ENETUNREACH",
   "EADDRNOTAVAIL",
@@ -157,11 +166,15 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     let t = replicaTargets.get(endpoint);
     if (t === undefined) {
       if (replicaTargets.size >= 10_000) replicaTargets.clear(); // replicas come and go; bound the cache
+      const socketPath = endpoint.startsWith(UNIX_PREFIX) ? endpoint.slice(UNIX_PREFIX.length) : null;
+      const authority = socketPath === null ? endpoint : "localhost";
       t = {
         kind: "replica",
         name: endpoint,
         endpoint,
-        origin: `http://${endpoint}`,
+        socketPath,
+        authority,
+        origin: `http://${authority}`,
         path: REPLICA_PREDICT_PATH,
         plane: null,
       };
@@ -320,6 +333,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         kind: "plane",
         name: p.name,
         endpoint: p.ingress[0]!,
+        socketPath: null,
+        authority: p.ingress[0]!,
         origin: `${peerScheme}://${p.ingress[0]}`,
         path: target,
         plane: p,

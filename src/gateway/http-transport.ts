@@ -5,7 +5,7 @@ import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import type { Socket } from "node:net";
 import type { Readable } from "node:stream";
-import { Agent, type Dispatcher } from "undici";
+import { Agent, type Dispatcher, Pool } from "undici";
 import {
   createGateway,
   type Exchange,
@@ -46,17 +46,44 @@ interface Call {
 }
 
 const NO_BODY: Body = { kind: "none" };
+/** Pools kept for replicas on Unix sockets; a plane runs far fewer replicas than this. */
+const MAX_SOCKET_POOLS = 1_024;
 
 export function createHttpIngress(options: IngressOptions, limits: IngressLimits): Ingress {
   const gw = createGateway(options, limits);
   const { metrics, log, self } = gw;
-  const agent = new Agent({
+  const poolOptions = {
     connections: null,
     pipelining: 1,
     keepAliveTimeout: 30_000,
     keepAliveMaxTimeout: 600_000,
+  };
+  const agent = new Agent({
+    ...poolOptions,
     connect: { timeout: limits.connectTimeoutMs, ...options.peerConnect },
   });
+  // Replicas on Unix sockets (egress deny): one pool per socket with the agent's settings, since an
+  // Agent keys its pools by origin and every such replica's origin is http://localhost.
+  const socketPools = new Map<string, Pool>();
+  function dispatcherFor(socketPath: string | null): Dispatcher {
+    if (socketPath === null) return agent;
+    let pool = socketPools.get(socketPath);
+    if (pool === undefined) {
+      if (socketPools.size >= MAX_SOCKET_POOLS) {
+        // Replicas come and go; the oldest pool goes (close() lets its requests in flight finish).
+        const [oldest, old] = socketPools.entries().next().value as [string, Pool];
+        socketPools.delete(oldest);
+        void old.close();
+      }
+      pool = new Pool("http://localhost", {
+        ...poolOptions,
+        socketPath,
+        connect: { timeout: limits.connectTimeoutMs },
+      });
+      socketPools.set(socketPath, pool);
+    }
+    return pool;
+  }
 
   function hasUnreadBody(ex: HttpExchange): boolean {
     const { req } = ex;
@@ -175,7 +202,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
     const t = forward.targets[i]!;
     gw.acquire(t);
     const timeout = t.kind === "replica" ? limits.predictTimeoutMs : limits.predictTimeoutMs + 1_000;
-    agent.dispatch(
+    dispatcherFor(t.socketPath).dispatch(
       {
         origin: t.origin,
         path: t.path,
@@ -258,7 +285,8 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       await gw.drain();
       server.closeAllConnections();
       await closed;
-      await agent.destroy();
+      await Promise.all([agent.destroy(), ...[...socketPools.values()].map((p) => p.destroy())]);
+      socketPools.clear();
       address = null;
     },
   };

@@ -776,6 +776,86 @@ describe("proxying", () => {
   });
 });
 
+describe("replicas on Unix sockets (egress deny)", () => {
+  let repUnix: TestReplica;
+  beforeAll(async () => {
+    repUnix = await startReplica("rep-unix", "127.0.0.1", join(dataDir, "rep-unix.sock"));
+  });
+  afterAll(async () => {
+    plane("us-1").replicas.set("d-prod", [repUs.endpoint]);
+    await repUnix.close();
+  });
+  beforeEach(() => {
+    plane("us-1").replicas.set("d-prod", [repUnix.endpoint]);
+  });
+
+  it("proxies to a unix: endpoint with the same header rules, Host localhost, and proof headers", async () => {
+    const before = repUnix.seen.length;
+    const r = await send("us-1", {
+      host: STD,
+      path: "/production/predict",
+      headers: { "x-custom": "kept", "keep-alive": "timeout=5" },
+    });
+    expect(r.status).toBe(200);
+    expect(r.json).toMatchObject({ replica: "rep-unix", path: "/v1/models/model:predict" });
+    const seen = repUnix.seen[before]!.headers;
+    expect(seen.host).toBe("localhost");
+    expect(seen["x-custom"]).toBe("kept");
+    expect(seen["keep-alive"]).toBeUndefined();
+    expect(seen.authorization).toBeUndefined();
+    expect(proof(r)).toMatchObject({ region: "us", plane: "us-1", deployment: "d-prod", route: "us-1" });
+    expect(r.headers["x-meridian-plane"]).toBe("us-1");
+  });
+
+  it("pools its connections as it does TCP ones", async () => {
+    const before = repUnix.sockets.size;
+    for (let i = 0; i < 15; i++) {
+      expect((await send("us-1", { host: STD, path: "/production/predict" })).status).toBe(200);
+    }
+    expect(repUnix.sockets.size - before).toBeLessThanOrEqual(1);
+  });
+
+  it("streams the response through", async () => {
+    const r = await send("us-1", {
+      host: STD,
+      path: "/production/predict",
+      headers: { "x-test-mode": "stream" },
+    });
+    expect(r.status).toBe(200);
+    expect(r.body).toBe("abc");
+    expect(r.chunkTimes.length).toBeGreaterThanOrEqual(2);
+  });
+
+  it("a socket that is gone is skipped for the next replica, and with none left the answer is 503", async () => {
+    const gone = `unix:${join(dataDir, "no-such-replica.sock")}`;
+    plane("us-1").replicas.set("d-prod", [gone, repUnix.endpoint]);
+    for (let i = 0; i < 4; i++) {
+      expect((await send("us-1", { host: STD, path: "/production/predict" })).status).toBe(200);
+    }
+    plane("us-1").replicas.set("d-prod", [gone]);
+    const r = await send("us-1", { host: STD, path: "/production/predict" });
+    expect(r.status).toBe(503);
+    expect(r.json).toMatchObject({ error_code: "model_unavailable" });
+  });
+
+  it("times out like a TCP replica (504), and one that drops the connection is a 502", async () => {
+    const slow = await send("us-1", {
+      host: STD,
+      path: "/production/predict",
+      headers: { "x-test-mode": "slow" },
+    });
+    expect(slow.status).toBe(504);
+    expect(slow.json).toMatchObject({ error_code: "upstream_timeout" });
+    const before = await send("us-1", {
+      host: STD,
+      path: "/production/predict",
+      headers: { "x-test-mode": "die-before" },
+    });
+    expect(before.status).toBe(502);
+    expect(before.json).toMatchObject({ error_code: "replica_failed" });
+  });
+});
+
 describe("audit and metrics", () => {
   it("records on every plane what the client saw", async () => {
     const r = await send("eu-1", { host: REG, path: "/predict", headers: { "x-request-id": "audit-1" } });

@@ -24,13 +24,26 @@ export interface TestReplica {
 /**
  * A model server stand-in. `x-test-mode` picks a behaviour: (default) echo JSON; `slow` answers after 2 s;
  * `die-before` drops the connection before answering; `die-mid` sends headers and a chunk, then drops;
- * `stream` sends three chunks 300 ms apart; `hang` never answers.
+ * `stream` sends three chunks 300 ms apart; `hang` never answers. With `socketPath` it listens on that
+ * Unix socket (endpoint `unix:/path`), as a replica under egress deny does.
  */
-export async function startReplica(name: string, host = "127.0.0.1"): Promise<TestReplica> {
+export async function startReplica(
+  name: string,
+  host = "127.0.0.1",
+  socketPath?: string,
+): Promise<TestReplica> {
   const seen: SeenRequest[] = [];
   const sockets = new Set<string>();
+  // Unix sockets have no remote port: connections are told apart by a number of their own.
+  const connectionIds = new WeakMap<object, number>();
+  let connections = 0;
   const server = http.createServer((req: IncomingMessage, res: ServerResponse) => {
-    sockets.add(`${req.socket.remoteAddress}:${req.socket.remotePort}`);
+    if (socketPath !== undefined) {
+      if (!connectionIds.has(req.socket)) connectionIds.set(req.socket, ++connections);
+      sockets.add(`unix#${connectionIds.get(req.socket)}`);
+    } else {
+      sockets.add(`${req.socket.remoteAddress}:${req.socket.remotePort}`);
+    }
     let closeEarly: () => void = () => {};
     const closedEarly = new Promise<void>((r) => {
       closeEarly = r;
@@ -91,11 +104,13 @@ export async function startReplica(name: string, host = "127.0.0.1"): Promise<Te
       res.end(body);
     });
   });
-  await new Promise<void>((r) => server.listen(0, host, r));
-  const { port } = server.address() as AddressInfo;
+  if (socketPath !== undefined) await new Promise<void>((r) => server.listen(socketPath, r));
+  else await new Promise<void>((r) => server.listen(0, host, r));
+  const endpoint =
+    socketPath !== undefined ? `unix:${socketPath}` : `${host}:${(server.address() as AddressInfo).port}`;
   return {
     name,
-    endpoint: `${host}:${port}`,
+    endpoint,
     seen,
     sockets,
     close: () =>

@@ -8,7 +8,13 @@ import type { Logger } from "pino";
 import { request } from "undici";
 import { planReconcile } from "../core/reconcile.ts";
 import { EXIT_CODES } from "../core/runtime-exit-codes.ts";
-import type { DesiredReplica, PlaneReport, PlaneSnapshot, ReplicaReport } from "../core/snapshot.ts";
+import type {
+  DesiredReplica,
+  PlaneReport,
+  PlaneSnapshot,
+  ReplicaReport,
+  SandboxReport,
+} from "../core/snapshot.ts";
 import type { ArtifactCache } from "./artifacts.ts";
 import type { ReplicaDriver, ReplicaSpec, ReplicaStatus } from "./driver.ts";
 
@@ -30,6 +36,8 @@ export interface PlaneAgentOptions {
   reportIntervalMs?: number;
   /** The operator listener's base URL to report (null: none; undefined: not listening yet, say nothing). */
   adminUrl?: () => string | null | undefined;
+  /** How the plane runs replicas, sent in every report. */
+  sandbox?: SandboxReport;
 }
 
 export class PlaneAgent {
@@ -167,6 +175,7 @@ export class PlaneAgent {
         revision: this.#snapshot?.revision ?? 0,
         ...(adminUrl !== undefined ? { admin_url: adminUrl } : {}),
         ...(this.#o.publicKey !== undefined ? { public_key: this.#o.publicKey } : {}),
+        ...(this.#o.sandbox !== undefined ? { sandbox: this.#o.sandbox } : {}),
         replicas: [...statuses.map(toReport), ...this.#artifactFailures.values()],
         request_counts: counts,
       };
@@ -213,15 +222,19 @@ function toReport(r: ReplicaStatus): ReplicaReport {
   };
 }
 
-/** How a replica is run by the process driver: the model runtime on a free loopback port. */
+/**
+ * How a replica is run by the process driver: the model runtime in its package directory (the command's
+ * working directory: `/app` inside the sandbox), on `{listen}`: a free loopback port, or under egress
+ * `deny` a Unix socket. Its identity also goes in the environment, for whatever the runtime starts.
+ */
 export function replicaSpec(replica: DesiredReplica, packageDir: string): ReplicaSpec {
   const argv = [
     process.execPath,
     MERIDIAN_BIN,
     "serve-model",
-    packageDir,
+    ".",
     "--listen",
-    "{host}:{port}",
+    "{listen}",
     "--model-id",
     replica.model_id,
     "--deployment-id",
@@ -229,7 +242,14 @@ export function replicaSpec(replica: DesiredReplica, packageDir: string): Replic
     "--server-port",
     "0",
   ];
-  if (replica.environment !== null) argv.push("--environment", replica.environment);
+  const env: Record<string, string> = {
+    MERIDIAN_MODEL_ID: replica.model_id,
+    MERIDIAN_DEPLOYMENT_ID: replica.deployment_id,
+  };
+  if (replica.environment !== null) {
+    argv.push("--environment", replica.environment);
+    env["MERIDIAN_ENVIRONMENT"] = replica.environment;
+  }
   return {
     id: replica.id,
     deployment_id: replica.deployment_id,
@@ -237,7 +257,9 @@ export function replicaSpec(replica: DesiredReplica, packageDir: string): Replic
     environment: replica.environment,
     package_dir: packageDir,
     artifact: replica.artifact,
-    command: { argv, env: {} },
+    command: { argv, env },
+    // A snapshot cached by an older control plane has no egress: its replicas could all reach the network.
+    egress: replica.egress ?? "allow",
     readiness_path: "/v1/models/model",
     liveness_path: "/",
     fatal_exit_codes: {

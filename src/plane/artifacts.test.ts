@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -172,6 +172,25 @@ describe("ArtifactCache", () => {
     const dir = await (await cache()).ensure(ref);
     expect(await readFile(join(dir, "config.yaml"), "utf8")).toBe("model_name: plain\n");
     expect(await readFile(join(dir, "model", "model.py"), "utf8")).toContain("class Model");
+  });
+
+  it("extracts a package readable by all (a sandboxed replica reads it as another uid), never writable", async () => {
+    const src = await mkdtemp(join(work, "private-"));
+    await writeFile(join(src, "config.yaml"), "model_name: private\n", { mode: 0o600 });
+    await mkdir(join(src, "model"), { mode: 0o700 });
+    await writeFile(join(src, "model", "model.js"), "export class Model { predict(x) { return x; } }\n", {
+      mode: 0o600,
+    });
+    const file = join(work, "private.tar.gz");
+    await tar.c({ gzip: true, file, cwd: src, portable: true }, ["config.yaml", "model"]);
+    const bytes = await readFile(file);
+    const ref = refFor("private", bytes);
+    peer.artifacts.set(ref.key, { bytes });
+    const dir = await (await cache()).ensure(ref);
+    const mode = async (p: string) => (await stat(join(dir, p))).mode & 0o777;
+    expect(await mode("config.yaml")).toBe(0o644);
+    expect(await mode("model")).toBe(0o755);
+    expect(await mode("model/model.js")).toBe(0o644);
   });
 
   it("reuses a cached package without fetching again, also after a restart", async () => {

@@ -4,7 +4,7 @@
 
 import { createHash, randomUUID } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { mkdir, rename, rm, stat } from "node:fs/promises";
+import { chmod, lstat, mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -261,6 +261,21 @@ async function extractSafely(file: string, dest: string): Promise<void> {
   } catch (err) {
     throw new ArtifactFetchError("invalid_archive", `extracting the package failed: ${errorText(err)}`);
   }
+  await readableByAll(dest);
+}
+
+/**
+ * A sandboxed replica reads its package as an unprivileged uid, not the plane's: every file becomes
+ * readable and every directory searchable by all, whatever modes the archive (or the plane's umask) gave
+ * them. Nothing is made writable; symbolic links are left alone (they have no mode of their own).
+ */
+async function readableByAll(path: string): Promise<void> {
+  const st = await lstat(path);
+  if (st.isSymbolicLink()) return;
+  const wanted = (st.mode & 0o7777) | (st.isDirectory() ? 0o555 : 0o444);
+  if (wanted !== (st.mode & 0o7777)) await chmod(path, wanted);
+  if (!st.isDirectory()) return;
+  for (const name of await readdir(path)) await readableByAll(join(path, name));
 }
 
 async function exists(path: string): Promise<boolean> {

@@ -19,6 +19,21 @@ export interface PlaneFlags {
   peerCa?: string;
   predictTimeout?: string;
   ingressTransport?: string;
+  sandbox?: string;
+  sandboxUid?: string;
+  sandboxBwrap?: string;
+}
+
+/** `--sandbox-uid UID[:GID]`: an unprivileged host id for replicas (GID defaults to UID). */
+export function parseSandboxUid(value: string): { uid: number; gid: number } {
+  const m = /^(\d{1,10})(?::(\d{1,10}))?$/.exec(value);
+  const uid = Number(m?.[1]);
+  const gid = m?.[2] === undefined ? uid : Number(m[2]);
+  const valid = (n: number) => Number.isSafeInteger(n) && n > 0 && n < 2 ** 32 - 1;
+  if (m === null || !valid(uid) || !valid(gid)) {
+    throw new Error(`--sandbox-uid is UID or UID:GID, unprivileged (not 0), got '${value}'`);
+  }
+  return { uid, gid };
 }
 
 function parseHostPort(flag: string, value: string): { host: string; port: number } {
@@ -44,6 +59,17 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
   if (transport !== undefined && transport !== "wire" && transport !== "http") {
     throw new Error(`--ingress-transport is wire or http, got '${transport}'`);
   }
+  const sandbox = flags.sandbox ?? "bwrap";
+  if (sandbox !== "bwrap" && sandbox !== "none") {
+    throw new Error(`--sandbox is bwrap or none, got '${sandbox}'`);
+  }
+  const mode: "bwrap" | "none" = sandbox;
+  const sandboxUid = flags.sandboxUid === undefined ? undefined : parseSandboxUid(flags.sandboxUid);
+  if (sandboxUid !== undefined && process.getuid?.() !== 0) {
+    throw new Error(
+      "--sandbox-uid needs a plane running as root; otherwise replicas run as the plane's own uid",
+    );
+  }
   const config = Object.freeze({
     name: flags.name,
     region: flags.region,
@@ -59,6 +85,11 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
         : null,
     ...(predictTimeout ? { limits: { predictTimeoutMs: predictTimeout * 1000 } } : {}),
     ...(transport ? { ingressTransport: transport } : {}),
+    sandbox: {
+      mode,
+      ...(flags.sandboxBwrap !== undefined ? { bwrapPath: resolve(flags.sandboxBwrap) } : {}),
+      ...(sandboxUid !== undefined ? { uid: sandboxUid } : {}),
+    },
   });
   const plane = await startPlane(config);
   runUntilStopped(parent, { drain: () => plane.stop(), brief: () => plane.stop({ brief: true }) });

@@ -4,7 +4,8 @@
 //
 // A harness must build its driver with short timings so the suite stays fast: readiness deadline at most
 // 1.5 s, backoff base at most 200 ms, at most 3 fast crashes before FAILED, probe interval at most 300 ms
-// with 2 liveness failures restarting, stop grace at most 1 s. Endpoints must be reachable from the test.
+// with 2 liveness failures restarting, stop grace at most 1 s. Endpoints (`host:port`, or `unix:/path`
+// for a harness whose replicas run under egress deny) must be reachable from the test.
 
 import { request } from "node:http";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -14,9 +15,9 @@ import type { ReplicaDriver, ReplicaEvent, ReplicaSpec, ReplicaStatus } from "./
 export interface ConformanceHarness {
   driver: ReplicaDriver;
   /**
-   * A spec whose command runs testdata/server.mjs with `--listen {host}:{port}` and `flags`, with
+   * A spec whose command runs testdata/server.mjs with `--listen {listen}` and `flags`, with
    * MERIDIAN_TEST_TOKEN=`token` (default: the id) in its env, readiness `/v1/models/model`, liveness `/`
-   * and fatal_exit_codes `{ 3: "model load failed" }`.
+   * and fatal_exit_codes `{ 3: "model load failed" }`; its egress is the harness's.
    */
   spec(id: string, flags?: string[], token?: string): ReplicaSpec;
   /** Stops the driver (if the test did not) and removes what the harness created. */
@@ -73,13 +74,16 @@ export function describeReplicaDriverConformance(name: string, makeHarness: Make
         message: null,
         restarts: 0,
       });
-      expect(ready.endpoint).toMatch(/^[^:]+:\d+$/);
+      expect(ready.endpoint).toMatch(/^([^:]+:\d+|unix:\/.+)$/);
       expect(Date.parse(ready.started_at!)).toBeGreaterThan(Date.now() - 60_000);
       expect((await get(ready.endpoint!, "/v1/models/model")).status).toBe(200);
       const info = JSON.parse((await get(ready.endpoint!, "/info")).body);
-      // Placeholders were filled: the env reached the process and it listens where the endpoint says.
+      // Placeholders were filled: the env reached the process, and it listens where the endpoint says (a
+      // Unix socket has one path inside a sandbox and another on the host).
       expect(info.token).toBe("r-ready");
-      expect(info.argv).toContain(ready.endpoint);
+      if (ready.endpoint!.startsWith("unix:"))
+        expect(info.argv.some((a: string) => a.startsWith("unix:/"))).toBe(true);
+      else expect(info.argv).toContain(ready.endpoint);
     });
 
     it("ensure with the same spec again changes nothing (no restart)", async () => {
@@ -248,9 +252,11 @@ export function describeReplicaDriverConformance(name: string, makeHarness: Make
 }
 
 function get(endpoint: string, path: string): Promise<{ status: number; body: string }> {
-  const [host, port] = splitEndpoint(endpoint);
+  const where = endpoint.startsWith("unix:")
+    ? { socketPath: endpoint.slice("unix:".length) }
+    : { host: splitEndpoint(endpoint)[0], port: splitEndpoint(endpoint)[1] };
   return new Promise((resolve, reject) => {
-    const req = request({ host, port, path, agent: false, timeout: 2_000 }, (res) => {
+    const req = request({ ...where, path, agent: false, timeout: 2_000 }, (res) => {
       let body = "";
       res.setEncoding("utf8");
       res.on("data", (chunk: string) => {
@@ -264,13 +270,14 @@ function get(endpoint: string, path: string): Promise<{ status: number; body: st
   });
 }
 
-/** True when nothing listens at the endpoint any more. */
+/** True when nothing listens at the endpoint any more (a Unix socket may also be gone). */
 async function refused(endpoint: string): Promise<boolean> {
   try {
     await get(endpoint, "/");
     return false;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "ECONNREFUSED";
+    const code = (err as NodeJS.ErrnoException).code;
+    return code === "ECONNREFUSED" || (endpoint.startsWith("unix:") && code === "ENOENT");
   }
 }
 

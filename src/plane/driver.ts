@@ -6,18 +6,24 @@
 // - Every method is async: a cluster answers over the network (list() may be served from an informer).
 // - ensure() resolves once the replica is accepted, not once it is READY; readiness arrives as events
 //   and in list(). remove() resolves once the replica no longer runs (pods terminated).
-// - The command is argv + env with `{host}` and `{port}` placeholders the driver fills in: the process
-//   driver with 127.0.0.1 and a free port, a Kubernetes driver with 0.0.0.0 and its container port.
+// - The command is argv + env with placeholders the driver fills in: `{listen}` (where to listen: the
+//   process driver gives 127.0.0.1 and a free port, or under egress `deny` a Unix socket; a Kubernetes
+//   driver 0.0.0.0 and its container port), and `{host}` and `{port}` for commands that take them apart.
+// - `egress` says whether the replica may open network connections (`deny`: the process driver's sandbox
+//   gives it a network namespace of its own; a Kubernetes driver a NetworkPolicy).
 // - The spec carries both the extracted `package_dir` (a local driver runs there) and the `artifact` it
 //   came from (a cluster driver fetches it in an init container instead).
 // - Probes are HTTP GET paths answered 200 (readiness gates routing, liveness failures restart), which
 //   map one to one onto Kubernetes probes; `fatal_exit_codes` map onto a container's last terminated
 //   exit code.
 
-import type { ReplicaState } from "../core/domain.ts";
+import type { EgressPolicy, ReplicaState } from "../core/domain.ts";
 import type { ArtifactRef } from "../core/snapshot.ts";
 
-/** What to run for a replica. `{host}` and `{port}` anywhere in argv or env values are substituted. */
+/**
+ * What to run for a replica. `{listen}` anywhere in argv or env values becomes the address to listen on
+ * (`host:port` or `unix:/path`); `{host}` and `{port}` its parts, for TCP only.
+ */
 export interface ReplicaCommand {
   /** argv[0] is the executable (looked up on PATH of the driver's base environment). */
   argv: string[];
@@ -43,6 +49,8 @@ export interface ReplicaSpec {
   package_dir: string;
   artifact: ArtifactRef | null;
   command: ReplicaCommand;
+  /** `deny`: no network but loopback; the replica serves over `{listen}`, a Unix socket for the process driver. */
+  egress: EgressPolicy;
   /** HTTP path answered 200 once the replica can serve (truss: `/v1/models/model`). */
   readiness_path: string;
   /** HTTP path answered 200 while the replica is alive (truss: `/`). */
@@ -63,7 +71,7 @@ export interface ReplicaStatus {
   model_id: string;
   environment: string | null;
   state: ReplicaState;
-  /** `host:port` to send requests to; set only while READY. */
+  /** `host:port` or `unix:/absolute/path` (egress deny) to send requests to; set only while READY. */
   endpoint: string | null;
   /** Why the replica is not READY (a probe failure, an exit code with the last log lines); null when READY. */
   message: string | null;
@@ -125,12 +133,34 @@ export function invalidSpecReason(spec: ReplicaSpec): string | null {
   for (const path of [spec.readiness_path, spec.liveness_path]) {
     if (!path.startsWith("/")) return `probe path ${JSON.stringify(path)} must start with /`;
   }
+  if (spec.egress !== "allow" && spec.egress !== "deny") {
+    return `egress ${JSON.stringify(spec.egress)} is neither allow nor deny`;
+  }
+  if (spec.egress === "deny") {
+    const values = [...spec.command.argv, ...Object.values(spec.command.env)];
+    if (values.some((v) => v.includes("{host}") || v.includes("{port}"))) {
+      return "under egress deny the command must take its address from {listen}, not {host} and {port}";
+    }
+  }
   return null;
 }
 
-/** Fills the `{host}` and `{port}` placeholders of a command. */
-export function renderCommand(command: ReplicaCommand, host: string, port: number): ReplicaCommand {
-  const fill = (value: string) => value.replaceAll("{host}", host).replaceAll("{port}", String(port));
+/** Where a replica listens: a TCP address, or a Unix socket (absolute path). */
+export type ListenAddress = { host: string; port: number } | { path: string };
+
+/** `host:port` (`[v6]:port`) or `unix:/path`: the form of `{listen}` and of endpoints. */
+export function formatListen(listen: ListenAddress): string {
+  if ("path" in listen) return `unix:${listen.path}`;
+  return listen.host.includes(":") ? `[${listen.host}]:${listen.port}` : `${listen.host}:${listen.port}`;
+}
+
+/** Fills the `{listen}`, `{host}` and `{port}` placeholders of a command. */
+export function renderCommand(command: ReplicaCommand, listen: ListenAddress): ReplicaCommand {
+  const address = formatListen(listen);
+  const host = "path" in listen ? "" : listen.host;
+  const port = "path" in listen ? "" : String(listen.port);
+  const fill = (value: string) =>
+    value.replaceAll("{listen}", address).replaceAll("{host}", host).replaceAll("{port}", port);
   return {
     argv: command.argv.map(fill),
     env: Object.fromEntries(Object.entries(command.env).map(([k, v]) => [k, fill(v)])),

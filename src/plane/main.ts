@@ -1,5 +1,5 @@
 // Composition root of `meridian plane`: the snapshot watcher (cached on disk for static stability), the
-// process driver, the artifact cache, the agent, the ingress gateway with its audit log and metrics, and a
+// replica sandbox (chosen and self-tested at start), the process driver, the artifact cache, the agent, the ingress gateway with its audit log and metrics, and a
 // small operator listener (`/metrics`, `/healthz`, audit queries, replica logs). `stop()` drains in
 // reverse order of start.
 
@@ -11,7 +11,7 @@ import pino, { type Logger } from "pino";
 import { Gauge, Registry } from "prom-client";
 import { REPLICA_STATES } from "../core/domain.ts";
 import { errorBody } from "../core/errors.ts";
-import type { PlaneSnapshot } from "../core/snapshot.ts";
+import type { PlaneSnapshot, SandboxReport } from "../core/snapshot.ts";
 import { checkPlaneSnapshot, type SnapshotOwner } from "../core/snapshot-check.ts";
 import { AuditLog } from "../gateway/audit.ts";
 import {
@@ -26,6 +26,7 @@ import { SnapshotWatcher } from "../lib/watch.ts";
 import { PlaneAgent } from "./agent.ts";
 import { ArtifactCache } from "./artifacts.ts";
 import { ProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
+import { prepareSandbox } from "./sandbox.ts";
 
 export interface PlaneConfig {
   name: string;
@@ -45,6 +46,18 @@ export interface PlaneConfig {
   ingressTransport?: IngressTransport;
   /** Address replicas listen on. Default 127.0.0.1. */
   replicaHost?: string;
+  /**
+   * How replicas run (default `bwrap`, see src/plane/sandbox.ts). `none` runs them as plain child
+   * processes and is logged as a warning at every start; a bwrap that fails its self-test makes the plane
+   * refuse every replica, with the reason.
+   */
+  sandbox?: {
+    mode: "bwrap" | "none";
+    /** Default /usr/bin/bwrap. */
+    bwrapPath?: string;
+    /** Host ids of replicas when the plane runs as root. Default 65534:65534. */
+    uid?: { uid: number; gid: number };
+  };
   logger?: Logger;
   /** Driver timings, for tests. */
   driver?: Partial<ProcessDriverOptions>;
@@ -53,6 +66,7 @@ export interface PlaneConfig {
 export interface RunningPlane {
   ingress: Ingress;
   agent: PlaneAgent;
+  sandbox: SandboxReport;
   watcher: SnapshotWatcher<PlaneSnapshot>;
   audit: AuditLog;
   driver: ProcessDriver;
@@ -94,10 +108,29 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     onError: (err) => logger.error({ err }, "audit write failed"),
   });
   await audit.start();
+  const sandboxMode = config.sandbox?.mode ?? "bwrap";
+  const sandbox = await prepareSandbox(sandboxMode, {
+    dataDir: config.dataDir,
+    // Only LANG and TZ of it reach replicas (the environment allowlist).
+    planeEnv: process.env,
+    ...(config.sandbox?.bwrapPath !== undefined ? { bwrapPath: config.sandbox.bwrapPath } : {}),
+    ...(config.sandbox?.uid !== undefined ? { uid: config.sandbox.uid } : {}),
+  });
+  switch (sandbox.report.mode) {
+    case "bwrap":
+      logger.info({ sandbox: sandbox.report }, "replicas run in a bubblewrap sandbox");
+      break;
+    case "none":
+      logger.warn({ sandbox: sandbox.report }, "replicas run without a sandbox");
+      break;
+    case "unavailable":
+      logger.error({ sandbox: sandbox.report }, "the sandbox failed its self-test; no replica will start");
+      break;
+  }
   const driver = new ProcessDriver({
     dataDir: config.dataDir,
     host: config.replicaHost ?? "127.0.0.1",
-    baseEnv: process.env,
+    sandbox,
     logger,
     ...config.driver,
   });
@@ -121,6 +154,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     counts: { take: () => audit.takeRequestCounts(), restore: (c) => audit.restoreRequestCounts(c) },
     publicKey: planeKey.key.publicKey,
     adminUrl: () => (config.admin === null ? null : adminAddress ? httpUrl(adminAddress) : undefined),
+    sandbox: sandbox.report,
   });
 
   let current: PlaneSnapshot | null = null;
@@ -188,6 +222,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
   return {
     ingress,
     agent,
+    sandbox: sandbox.report,
     watcher,
     audit,
     driver,

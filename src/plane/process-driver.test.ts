@@ -1,10 +1,11 @@
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, readFile, realpath, rm, writeFile } from "node:fs/promises";
+import { readdirSync, readFileSync } from "node:fs";
+import { chmod, mkdir, mkdtemp, readdir, readFile, realpath, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import type { EgressPolicy } from "../core/domain.ts";
 import { describeReplicaDriverConformance } from "./driver.conformance.ts";
 import type { ReplicaSpec, ReplicaStatus } from "./driver.ts";
 import {
@@ -15,11 +16,12 @@ import {
   ProcessDriver,
   type ProcessDriverOptions,
 } from "./process-driver.ts";
+import { prepareSandbox, type ReplicaSandbox, Unsandboxed } from "./sandbox.ts";
 
 const SERVER = join(import.meta.dirname, "testdata", "server.mjs");
 
 /** Timings the conformance suite asks for (see driver.conformance.ts). */
-const FAST: Omit<ProcessDriverOptions, "dataDir"> = {
+const FAST: Omit<ProcessDriverOptions, "dataDir" | "sandbox"> = {
   readinessTimeoutMs: 1_000,
   readinessIntervalMs: 50,
   probeIntervalMs: 150,
@@ -32,7 +34,13 @@ const FAST: Omit<ProcessDriverOptions, "dataDir"> = {
   stopGraceMs: 1_000,
 };
 
-function serverSpec(packageDir: string, id: string, flags: string[] = [], token = id): ReplicaSpec {
+function serverSpec(
+  packageDir: string,
+  id: string,
+  flags: string[] = [],
+  token = id,
+  egress: EgressPolicy = "allow",
+): ReplicaSpec {
   return {
     id,
     deployment_id: `dep-${id}`,
@@ -41,24 +49,36 @@ function serverSpec(packageDir: string, id: string, flags: string[] = [], token 
     package_dir: packageDir,
     artifact: null,
     command: {
-      argv: [process.execPath, SERVER, "--listen", "{host}:{port}", ...flags],
+      argv: [process.execPath, SERVER, "--listen", "{listen}", ...flags],
       env: { MERIDIAN_TEST_TOKEN: token },
     },
+    egress,
     readiness_path: "/v1/models/model",
     liveness_path: "/",
     fatal_exit_codes: { 3: "model load failed" },
   };
 }
 
-async function makeHarness(options: Partial<ProcessDriverOptions> = {}) {
+/** A package directory the sandbox uid can read (mkdtemp makes it 0700). */
+async function packageDirectory(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), "meridian-package-"));
+  await chmod(dir, 0o755);
+  return dir;
+}
+
+/** A canary in the plane's environment: no replica may see it. */
+const PLANE_ENV = { PATH: process.env.PATH, LANG: "C.UTF-8", PLANE_SECRET: "canary-3f9d" };
+
+async function makeHarness(options: Partial<ProcessDriverOptions> = {}, egress: EgressPolicy = "allow") {
   const dataDir = await mkdtemp(join(tmpdir(), "meridian-driver-"));
-  const packageDir = await mkdtemp(join(tmpdir(), "meridian-package-"));
-  const driver = new ProcessDriver({ ...FAST, ...options, dataDir, baseEnv: { PATH: process.env.PATH } });
+  const packageDir = await packageDirectory();
+  const sandbox = options.sandbox ?? new Unsandboxed({ dataDir, planeEnv: PLANE_ENV });
+  const driver = new ProcessDriver({ ...FAST, ...options, dataDir, sandbox });
   return {
     driver,
     dataDir,
     packageDir,
-    spec: (id: string, flags: string[] = [], token = id) => serverSpec(packageDir, id, flags, token),
+    spec: (id: string, flags: string[] = [], token = id) => serverSpec(packageDir, id, flags, token, egress),
     cleanup: async () => {
       await driver.stop();
       await rm(dataDir, { recursive: true, force: true });
@@ -67,7 +87,32 @@ async function makeHarness(options: Partial<ProcessDriverOptions> = {}) {
   };
 }
 
+/**
+ * One bwrap sandbox for every harness of a suite: its self-test (which warms the compile cache) runs once.
+ * A bwrap that fails it fails the suite with the reason: bubblewrap is a requirement.
+ */
+function sharedBwrap(): () => Promise<ReplicaSandbox> {
+  let prepared: Promise<ReplicaSandbox> | null = null;
+  return () => {
+    prepared ??= (async () => {
+      const dataDir = await mkdtemp(join(tmpdir(), "meridian-sandbox-"));
+      const sandbox = await prepareSandbox("bwrap", { dataDir, planeEnv: PLANE_ENV });
+      if (sandbox.report.mode !== "bwrap") throw new Error(`no sandbox: ${sandbox.report.detail}`);
+      return sandbox;
+    })();
+    return prepared;
+  };
+}
+
 describeReplicaDriverConformance("process", () => makeHarness());
+const bwrapAllow = sharedBwrap();
+describeReplicaDriverConformance("process in a bwrap sandbox", async () =>
+  makeHarness({ sandbox: await bwrapAllow() }),
+);
+const bwrapDeny = sharedBwrap();
+describeReplicaDriverConformance("process in a bwrap sandbox, egress deny (Unix socket)", async () =>
+  makeHarness({ sandbox: await bwrapDeny() }, "deny"),
+);
 
 async function waitFor<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 8_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -121,15 +166,23 @@ describe("process driver", () => {
     return h;
   }
 
-  it("runs the command in the package directory with the base env under the spec's env", async () => {
+  it("runs the command in the package directory with the allowlisted env under the spec's env", async () => {
     const h = await harness();
     const spec = h.spec("cwd");
-    spec.command.env.PATH = "/spec/wins";
+    spec.command.env.LANG = "spec.wins";
     await h.driver.ensure(spec);
     const ready = await waitForState(h.driver, "cwd", "READY");
     const res = await fetchInfo(ready.endpoint!);
     expect(await realpath(res.cwd)).toBe(await realpath(h.packageDir));
     expect(ready.endpoint).toMatch(/^127\.0\.0\.1:\d+$/);
+    // Never the plane's environment: PATH from it, HOME on the private directory, the lifeline's fd.
+    expect(res.env).toEqual({
+      PATH: process.env.PATH,
+      LANG: "spec.wins",
+      HOME: join(h.dataDir, "sandbox", "replicas", "cwd"),
+      MERIDIAN_TEST_TOKEN: "cwd",
+      MERIDIAN_LIFELINE_FD: "3",
+    });
   });
 
   it("backs off exponentially between fast crashes, capped, then gives up", async () => {
@@ -264,7 +317,7 @@ describe("process driver", () => {
     await new Promise((r) => host.once("exit", r));
     expect(alive(pid)).toBe(true);
 
-    const next = new ProcessDriver({ dataDir });
+    const next = new ProcessDriver({ dataDir, sandbox: new Unsandboxed({ dataDir, planeEnv: {} }) });
     await next.start();
     cleanups.push(() => next.stop());
     await waitFor("leftover killed", async () => (alive(pid) ? undefined : true), 3_000);
@@ -284,7 +337,7 @@ describe("process driver", () => {
       join(dataDir, "run", "old.json"),
       JSON.stringify({ pid: bystander.pid, argv: ["node", "other.mjs"] }),
     );
-    const next = new ProcessDriver({ dataDir });
+    const next = new ProcessDriver({ dataDir, sandbox: new Unsandboxed({ dataDir, planeEnv: {} }) });
     await next.start();
     cleanups.push(() => next.stop());
     expect(alive(bystander.pid!)).toBe(true);
@@ -299,6 +352,100 @@ describe("process driver", () => {
     const failed = await waitForState(h.driver, "enoent", "FAILED", 3_000);
     expect(failed.message).toMatch(/ENOENT/);
     expect(failed.restarts).toBe(0);
+  });
+});
+
+/** Host pids of `pid` and every process under it (Linux /proc), e.g. bwrap and what runs in its sandbox. */
+function descendants(pid: number): number[] {
+  const parents = new Map<number, number>();
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+      parents.set(Number(name), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+    } catch {}
+  }
+  const found = [pid];
+  for (let i = 0; i < found.length; i++) {
+    for (const [child, parent] of parents) if (parent === found[i]) found.push(child);
+  }
+  return found;
+}
+
+function hostUid(pid: number): number {
+  return Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
+}
+
+describe("process driver in a bwrap sandbox", () => {
+  const bwrap = sharedBwrap();
+  const cleanups: Array<() => Promise<void>> = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0)) await cleanup();
+  });
+  async function harness(options: Partial<ProcessDriverOptions> = {}) {
+    const h = await makeHarness({ sandbox: await bwrap(), ...options });
+    cleanups.push(h.cleanup);
+    await h.driver.start();
+    return h;
+  }
+  async function runPid(dataDir: string, id: string): Promise<number> {
+    return waitFor("run file", async () => {
+      try {
+        return (JSON.parse(await readFile(join(dataDir, "run", `${id}.json`), "utf8")) as { pid: number })
+          .pid;
+      } catch {
+        return undefined;
+      }
+    });
+  }
+
+  it("stops a replica with SIGTERM to what runs inside, SIGKILL after the grace, leaving no process", async () => {
+    const h = await harness({ stopGraceMs: 600 });
+    await h.driver.ensure(h.spec("inside", ["--ignore-sigterm", "--grandchild"]));
+    await waitForState(h.driver, "inside", "READY");
+    await grandchildPid(h.driver, "inside");
+    const tree = descendants(await runPid(h.dataDir, "inside"));
+    // bwrap, the sandbox's PID 1, the server and its grandchild.
+    expect(tree.length).toBeGreaterThanOrEqual(4);
+    if (process.getuid?.() === 0) for (const pid of tree) expect(hostUid(pid), `pid ${pid}`).toBe(65534);
+    await h.driver.remove("inside");
+    // SIGTERM reached the server inside the sandbox (bwrap's PID 1 forwards none).
+    const logged = (await readFile(join(h.dataDir, "logs", "inside.log"), "utf8")).includes(
+      "ignoring SIGTERM",
+    );
+    expect(logged).toBe(true);
+    for (const pid of tree) expect(alive(pid), `pid ${pid}`).toBe(false);
+  });
+
+  it("a crashed sandboxed replica leaves nothing behind before it restarts", async () => {
+    const h = await harness();
+    await h.driver.ensure(h.spec("crashy", ["--grandchild", "--crash-after", "500"]));
+    await grandchildPid(h.driver, "crashy");
+    const tree = descendants(await runPid(h.dataDir, "crashy"));
+    await waitFor("restart", async () => ((await h.driver.list())[0]?.restarts ?? 0) >= 1 || undefined);
+    for (const pid of tree) expect(alive(pid), `pid ${pid}`).toBe(false);
+  });
+
+  it("a sandbox that failed its self-test: every replica is FAILED with the reason", async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), "meridian-driver-"));
+    const sandbox = await prepareSandbox("bwrap", { dataDir, planeEnv: {}, bwrapPath: "/nonexistent/bwrap" });
+    const h = await harness({ sandbox });
+    cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
+    await h.driver.ensure(h.spec("refused"));
+    const failed = await waitForState(h.driver, "refused", "FAILED", 3_000);
+    expect(failed.message).toMatch(/^The plane refuses to start replicas: bubblewrap cannot run replicas/);
+    expect(failed.message).toMatch(/--sandbox none/);
+    expect(failed.restarts).toBe(0);
+  });
+
+  it("without a sandbox, a replica under egress deny is FAILED, never run with the network", async () => {
+    const h = await makeHarness({}, "deny");
+    cleanups.push(h.cleanup);
+    await h.driver.start();
+    await h.driver.ensure(h.spec("no-netns"));
+    const failed = await waitForState(h.driver, "no-netns", "FAILED", 3_000);
+    expect(failed.message).toMatch(/^Egress deny needs the sandbox's network namespace/);
+    expect(await h.driver.logs("no-netns")).toEqual([]);
   });
 });
 
@@ -364,9 +511,11 @@ describe("exit policy", () => {
   });
 });
 
-async function fetchInfo(endpoint: string): Promise<{ cwd: string; pid: number }> {
+async function fetchInfo(
+  endpoint: string,
+): Promise<{ cwd: string; pid: number; env: Record<string, string> }> {
   const response = await fetchJson(`http://${endpoint}/info`);
-  return response as { cwd: string; pid: number };
+  return response as { cwd: string; pid: number; env: Record<string, string> };
 }
 
 async function fetchJson(url: string): Promise<unknown> {

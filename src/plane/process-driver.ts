@@ -1,18 +1,22 @@
-// The `process` replica driver: each replica is a child process (its own process group) listening on a
-// free loopback port of this host. Owns spawning, HTTP readiness/liveness probing, crash restarts with
+// The `process` replica driver: each replica is a child process of this host, inside the plane's sandbox
+// (bubblewrap; see sandbox.ts) unless the operator chose none, listening on a free loopback port or, under
+// egress `deny`, on a Unix socket. Owns spawning, HTTP readiness/liveness probing, crash restarts with
 // capped exponential backoff, per-replica log capture (ring buffer + file) and graceful stops.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream, type WriteStream } from "node:fs";
+import { createWriteStream, readFileSync, type WriteStream } from "node:fs";
 import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { request } from "node:http";
+import { type RequestOptions, request } from "node:http";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { StringDecoder } from "node:string_decoder";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { ReplicaState } from "../core/domain.ts";
+import { LIFELINE_ENV, LIFELINE_FD } from "../lib/lifeline.ts";
 import {
+  formatListen,
   invalidSpecReason,
+  type ListenAddress,
   type LogLine,
   type LogQuery,
   type ReplicaDriver,
@@ -22,6 +26,13 @@ import {
   type ReplicaStatus,
   renderCommand,
 } from "./driver.ts";
+import {
+  adoptSocket,
+  type ReplicaRoom,
+  type ReplicaSandbox,
+  SandboxRefusal,
+  type SpawnPlan,
+} from "./sandbox.ts";
 
 /** pino's Logger fits; the driver logs a fixed message plus fields. */
 export interface DriverLogger {
@@ -34,8 +45,11 @@ export interface ProcessDriverOptions {
   dataDir: string;
   /** Address replicas listen on; `{host}` in commands. Default 127.0.0.1. */
   host?: string;
-  /** Environment every replica starts from (PATH and the like); the spec's env is laid over it. */
-  baseEnv?: Readonly<Record<string, string | undefined>>;
+  /**
+   * How replicas run: inside bubblewrap, unsandboxed (`--sandbox none`), or not at all (the sandbox failed
+   * its self-test: every replica is FAILED with the reason). It also builds each replica's environment.
+   */
+  sandbox: ReplicaSandbox;
   /** A replica not READY this long after start becomes UNHEALTHY (and keeps being probed). Default 300 s. */
   readinessTimeoutMs?: number;
   /** Readiness polling interval before the first READY. Default 200 ms. */
@@ -61,8 +75,7 @@ export interface ProcessDriverOptions {
   logger?: DriverLogger;
 }
 
-type Settings = Required<Omit<ProcessDriverOptions, "logger" | "baseEnv">> & {
-  baseEnv: Readonly<Record<string, string | undefined>>;
+type Settings = Required<Omit<ProcessDriverOptions, "logger">> & {
   logger: DriverLogger | null;
 };
 
@@ -148,7 +161,7 @@ export class ProcessDriver implements ReplicaDriver {
     this.#settings = {
       dataDir: options.dataDir,
       host: options.host ?? "127.0.0.1",
-      baseEnv: options.baseEnv ?? {},
+      sandbox: options.sandbox,
       readinessTimeoutMs: options.readinessTimeoutMs ?? 300_000,
       readinessIntervalMs: options.readinessIntervalMs ?? 200,
       probeIntervalMs: options.probeIntervalMs ?? 5_000,
@@ -309,8 +322,18 @@ interface ReplicaHooks {
 
 /** One run of a replica's command: one child process and what the driver knows about it. */
 interface Run {
+  /** The spawned process: the command itself, or (sandboxed) bwrap. */
   child: ChildProcess;
-  port: number;
+  /** The loopback port reserved for this run; null when it listens on a Unix socket. */
+  port: number | null;
+  /** Where the plane reaches the run: `host:port`, or the host side of its Unix socket. */
+  target: ListenAddress;
+  /** The endpoint reported while READY: `host:port` or `unix:/path`. */
+  endpoint: string;
+  /** Sandboxed runs: PID 1 of the sandbox's PID namespace (host pid), once bwrap has told it. */
+  sandbox: { initPid: number | null; told: Promise<void> } | null;
+  /** Unix-socket runs: the runtime's socket has been moved out of the replica's reach (adoptSocket). */
+  adopted: boolean;
   startedAt: number;
   becameReady: boolean;
   livenessKilled: boolean;
@@ -338,6 +361,10 @@ class ProcessReplica {
   #logFile: WriteStream | null = null;
   /** Writes and deletes of the run file, in order. */
   #runFileOps: Promise<void> = Promise.resolve();
+  /** The replica's private directory (and socket paths), from its first launch until it is closed. */
+  #room: ReplicaRoom | null = null;
+  /** The launch in progress; close() waits for it, so a half-made run is never left behind. */
+  #launching: Promise<void> | null = null;
 
   constructor(spec: ReplicaSpec, specKey: string, settings: Settings, hooks: ReplicaHooks) {
     this.spec = spec;
@@ -374,18 +401,19 @@ class ProcessReplica {
       this.#settings.logger?.warn({ err, replica: this.spec.id }, "log file error"),
     );
     this.#hooks.emit({ type: "state", replica: this.snapshot(), previous: null });
-    void this.#launch();
+    this.#launch();
   }
 
-  /** Stops the replica for good: SIGTERM to its process group, SIGKILL after the grace period. */
+  /** Stops the replica for good: SIGTERM, SIGKILL after the grace period; then removes its private files. */
   async close(graceMs = this.#settings.stopGraceMs): Promise<void> {
     this.#closing = true;
     this.#restartTimer?.abort();
+    await this.#launching;
     const run = this.#run;
     if (run !== null) {
       this.#set({ state: "STOPPING", endpoint: null, message: null });
       run.abort.abort();
-      await terminateGroup(run.child, run.exited, graceMs);
+      await terminateRun(run, graceMs);
       this.#note(`stopped (${describeExit(run.child.exitCode, run.child.signalCode)})`);
       this.#runFile(null);
       this.#releasePort(run);
@@ -393,39 +421,101 @@ class ProcessReplica {
       await Promise.race([run.drained, sleep(1_000)]);
     }
     await this.#runFileOps;
+    const room = this.#room;
+    this.#room = null;
+    if (room !== null) {
+      await this.#settings.sandbox
+        .close(room)
+        .catch((err) =>
+          this.#settings.logger?.warn({ err, replica: this.spec.id }, "private directory not removed"),
+        );
+    }
     const file = this.#logFile;
     this.#logFile = null;
     if (file !== null) await new Promise<void>((resolve) => file.end(resolve));
   }
 
-  async #launch(): Promise<void> {
+  #launch(): void {
+    const launching = this.#launchNow().finally(() => {
+      if (this.#launching === launching) this.#launching = null;
+    });
+    this.#launching = launching;
+  }
+
+  async #launchNow(): Promise<void> {
     if (this.#closing) return;
-    let port: number;
+    const { sandbox, host } = this.#settings;
     try {
-      port = await this.#hooks.reservePort();
+      this.#room ??= await sandbox.open(this.spec.id);
     } catch (err) {
-      this.#fail(`cannot allocate a port: ${errorText(err)}`);
+      this.#fail(
+        err instanceof SandboxRefusal ? err.message : `cannot prepare the replica: ${errorText(err)}`,
+      );
+      return;
+    }
+    const room = this.#room;
+    const egress = this.spec.egress;
+    let port: number | null = null;
+    let listen: ListenAddress;
+    let target: ListenAddress;
+    if (egress === "deny") {
+      // A socket left by the previous run would make the runtime's listen fail.
+      await rm(room.socket.inPrivate, { force: true });
+      await rm(room.socket.host, { force: true });
+      listen = { path: room.socket.listen };
+      target = { path: room.socket.host };
+    } else {
+      try {
+        port = await this.#hooks.reservePort();
+      } catch (err) {
+        this.#fail(`cannot allocate a port: ${errorText(err)}`);
+        return;
+      }
+      listen = { host, port };
+      target = listen;
+    }
+    const release = () => {
+      if (port !== null) this.#hooks.releasePort(port);
+    };
+    if (this.#closing) {
+      release();
+      return;
+    }
+    const command = renderCommand(this.spec.command, listen);
+    let plan: SpawnPlan;
+    try {
+      plan = await sandbox.plan(room, {
+        argv: command.argv,
+        env: command.env,
+        packageDir: this.spec.package_dir,
+        egress,
+      });
+    } catch (err) {
+      release();
+      this.#fail(err instanceof SandboxRefusal ? err.message : `cannot start the replica: ${errorText(err)}`);
       return;
     }
     if (this.#closing) {
-      this.#hooks.releasePort(port);
+      release();
       return;
     }
-    const command = renderCommand(this.spec.command, this.#settings.host, port);
-    const [file, ...args] = command.argv;
     const firstLine = this.#ring.total;
+    const env = plan.fd3 === "lifeline" ? { ...plan.env, [LIFELINE_ENV]: String(LIFELINE_FD) } : plan.env;
     let child: ChildProcess;
     try {
-      child = spawn(file!, args, {
-        cwd: this.spec.package_dir,
-        env: { ...this.#settings.baseEnv, ...command.env },
+      child = spawn(plan.file, plan.args, {
+        cwd: plan.cwd,
+        env,
+        ...(plan.uid !== undefined ? { uid: plan.uid, gid: plan.gid } : {}),
         // Its own process group, so stop() reaches whatever the command forks.
         detached: true,
-        stdio: ["ignore", "pipe", "pipe"],
+        // fd 3: bwrap's report of the sandbox's PID 1, or the unsandboxed replica's lifeline (a pipe this
+        // process never writes: the replica reads end-of-file when the plane is gone, however it died).
+        stdio: ["ignore", "pipe", "pipe", "pipe"],
       });
     } catch (err) {
-      this.#hooks.releasePort(port);
-      this.#fail(`cannot start ${file}: ${errorText(err)}`);
+      release();
+      this.#fail(`cannot start ${plan.file}: ${errorText(err)}`);
       return;
     }
     const abort = new AbortController();
@@ -442,6 +532,10 @@ class ProcessReplica {
     const run: Run = {
       child,
       port,
+      target,
+      endpoint: formatListen(target),
+      sandbox: plan.fd3 === "info" ? { initPid: null, told: Promise.resolve() } : null,
+      adopted: false,
       startedAt: Date.now(),
       becameReady: false,
       livenessKilled: false,
@@ -451,18 +545,21 @@ class ProcessReplica {
       firstLine,
       portReleased: false,
     };
+    const fd3 = child.stdio[3] as NodeJS.ReadableStream | null | undefined;
+    if (run.sandbox !== null && fd3) run.sandbox.told = readSandboxInit(fd3, run.sandbox);
     this.#run = run;
     child.once("error", (err) => {
       if (child.pid !== undefined || this.#run !== run) return;
       this.#run = null;
       abort.abort();
       this.#releasePort(run);
-      this.#fail(`cannot start ${file} in ${this.spec.package_dir}: ${err.message}`);
+      this.#fail(`cannot start ${plan.file} in ${this.spec.package_dir}: ${err.message}`);
     });
     child.once("exit", (code, signal) => void this.#onExit(run, code, signal));
     if (child.pid === undefined) return;
-    this.#runFile({ pid: child.pid, argv: command.argv });
-    this.#note(`started pid ${child.pid} on ${this.#settings.host}:${port}: ${command.argv.join(" ")}`);
+    this.#runFile({ pid: child.pid, argv: [plan.file, ...plan.args] });
+    const where = run.sandbox !== null ? `in a sandbox, on ${run.endpoint}` : `on ${run.endpoint}`;
+    this.#note(`started pid ${child.pid} ${where}: ${command.argv.join(" ")}`);
     this.#set({
       state: "STARTING",
       endpoint: null,
@@ -475,8 +572,10 @@ class ProcessReplica {
   async #onExit(run: Run, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
     if (this.#run !== run || this.#closing) return;
     run.abort.abort();
-    // Whatever the crashed process forked would hold its port and pipes: clear the group.
+    // Whatever the crashed process forked would hold its port and pipes: clear the group (and, sandboxed,
+    // the sandbox's PID namespace: it ends with its PID 1).
     killGroup(run.child, "SIGKILL");
+    killSandbox(run);
     this.#runFile(null);
     await Promise.race([run.drained, sleep(500)]);
     this.#releasePort(run);
@@ -505,7 +604,7 @@ class ProcessReplica {
         return;
       case "retry_port":
         this.#portRetries++;
-        void this.#launch();
+        this.#launch();
         return;
       case "restart": {
         this.#portRetries = 0;
@@ -524,7 +623,7 @@ class ProcessReplica {
         }
         if (this.#closing) return;
         this.#set({ restarts: this.#status.restarts + 1 });
-        void this.#launch();
+        this.#launch();
         return;
       }
       default: {
@@ -536,20 +635,26 @@ class ProcessReplica {
 
   async #probeUntilReady(run: Run): Promise<void> {
     const deadline = run.startedAt + this.#settings.readinessTimeoutMs;
-    const endpoint = `${this.#settings.host}:${run.port}`;
+    const { endpoint } = run;
     while (!run.abort.signal.aborted) {
-      const result = await probe(
-        this.#settings.host,
-        run.port,
-        this.spec.readiness_path,
-        this.#settings.probeTimeoutMs,
-      );
+      const result = await this.#readinessOnce(run);
       if (run.abort.signal.aborted) return;
       if (result.ok) {
         run.becameReady = true;
         this.#set({ state: "READY", endpoint, message: null });
         this.#note(`ready at ${endpoint}`);
         void this.#probeWhileRunning(run);
+        return;
+      }
+      if (result.refused !== undefined) {
+        this.#note(result.refused);
+        run.abort.abort();
+        this.#run = null;
+        this.#fail(result.refused);
+        void terminateRun(run, this.#settings.stopGraceMs).then(() => {
+          this.#runFile(null);
+          this.#releasePort(run);
+        });
         return;
       }
       if (Date.now() >= deadline && this.#status.state === "STARTING") {
@@ -562,13 +667,29 @@ class ProcessReplica {
     }
   }
 
+  /**
+   * One readiness probe. A Unix-socket run is probed only once its socket has been moved out of the
+   * replica's reach; `refused` says the replica put something else there (it is failed for it).
+   */
+  async #readinessOnce(run: Run): Promise<{ ok: boolean; detail: string; refused?: string }> {
+    if (!run.adopted && "path" in run.target) {
+      try {
+        run.adopted = await adoptSocket(this.#room!);
+      } catch (err) {
+        return { ok: false, detail: errorText(err), refused: errorText(err) };
+      }
+      if (!run.adopted) return { ok: false, detail: "its Unix socket does not exist yet" };
+    }
+    return probe(run.target, this.spec.readiness_path, this.#settings.probeTimeoutMs);
+  }
+
   /** Once READY: liveness failures restart the run, readiness failures only take it out of routing. */
   async #probeWhileRunning(run: Run): Promise<void> {
-    const endpoint = `${this.#settings.host}:${run.port}`;
+    const { endpoint, target } = run;
     let livenessFailures = 0;
     while (await pause(this.#settings.probeIntervalMs, run.abort.signal)) {
-      const { host, probeTimeoutMs } = this.#settings;
-      const alive = await probe(host, run.port, this.spec.liveness_path, probeTimeoutMs);
+      const { probeTimeoutMs } = this.#settings;
+      const alive = await probe(target, this.spec.liveness_path, probeTimeoutMs);
       if (run.abort.signal.aborted) return;
       if (!alive.ok) {
         livenessFailures++;
@@ -578,13 +699,13 @@ class ProcessReplica {
           );
           run.livenessKilled = true;
           run.abort.abort();
-          void terminateGroup(run.child, run.exited, this.#settings.stopGraceMs);
+          void terminateRun(run, this.#settings.stopGraceMs);
           return;
         }
         continue;
       }
       livenessFailures = 0;
-      const ready = await probe(host, run.port, this.spec.readiness_path, probeTimeoutMs);
+      const ready = await probe(target, this.spec.readiness_path, probeTimeoutMs);
       if (run.abort.signal.aborted) return;
       if (ready.ok) this.#set({ state: "READY", endpoint, message: null });
       else {
@@ -598,7 +719,7 @@ class ProcessReplica {
   #releasePort(run: Run): void {
     if (run.portReleased) return;
     run.portReleased = true;
-    this.#hooks.releasePort(run.port);
+    if (run.port !== null) this.#hooks.releasePort(run.port);
   }
 
   /** Records (or with null, forgets) the running process, for #killLeftovers after a crash of the plane. */
@@ -782,15 +903,94 @@ async function terminateGroup(child: ChildProcess, exited: Promise<void>, graceM
   while ((await groupAlive(child)) && Date.now() < sweepUntil) await sleep(25);
 }
 
-/** One HTTP GET; ok only for 200, which is what truss's probes answer when healthy. */
+/** Ends a run, sandboxed or not; resolves once nothing of it runs. */
+function terminateRun(run: Run, graceMs: number): Promise<void> {
+  return run.sandbox === null
+    ? terminateGroup(run.child, run.exited, graceMs)
+    : terminateSandbox(run, graceMs);
+}
+
+/**
+ * A sandboxed run: bwrap's PID 1 inside the sandbox forwards no signals, and SIGTERM to bwrap itself
+ * would kill the sandbox without a drain. So SIGTERM goes to the process group of the sandbox's PID 1,
+ * which holds the command (bwrap puts it there with --new-session; PID 1 ignores signals it has no
+ * handler for). After the grace period, SIGKILL to bwrap and to PID 1: the kernel then kills every
+ * process of the PID namespace, and PID 1 exits only once they are all gone.
+ */
+async function terminateSandbox(run: Run, graceMs: number): Promise<void> {
+  const { child } = run;
+  if (child.pid === undefined) return;
+  await Promise.race([run.sandbox!.told, sleep(Math.min(graceMs, 1_000))]);
+  const init = run.sandbox!.initPid;
+  if (init === null || !signal(-init, "SIGTERM")) killGroup(child, "SIGKILL");
+  const leaderDone = run.exited.then(() => true);
+  const done = await Promise.race([leaderDone, sleep(graceMs).then(() => false)]);
+  if (!done) {
+    killGroup(child, "SIGKILL");
+    killSandbox(run);
+    await run.exited;
+  }
+  const sweepUntil = Date.now() + 2_000;
+  while (init !== null && pidAlive(init) && Date.now() < sweepUntil) {
+    killSandbox(run);
+    await sleep(25);
+  }
+}
+
+/** SIGKILL to the sandbox's PID 1 (a no-op for unsandboxed runs, or before bwrap told its pid). */
+function killSandbox(run: Run): void {
+  const init = run.sandbox?.initPid;
+  if (init !== null && init !== undefined) signal(init, "SIGKILL");
+}
+
+function signal(pid: number, sig: NodeJS.Signals): boolean {
+  try {
+    process.kill(pid, sig);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Running, as opposed to gone or a zombie waiting to be reaped (Linux /proc; elsewhere: signalable). */
+function pidAlive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+    return state !== "Z" && state !== "X";
+  } catch {
+    return process.platform !== "linux" && signal(pid, 0 as unknown as NodeJS.Signals);
+  }
+}
+
+/** bwrap's --info-fd: `{"child-pid": N}`, the host pid of the sandbox's PID 1, written once it exists. */
+function readSandboxInit(stream: NodeJS.ReadableStream, into: { initPid: number | null }): Promise<void> {
+  return new Promise((resolve) => {
+    let text = "";
+    stream.setEncoding("utf8");
+    stream.on("data", (chunk: string) => {
+      text += chunk;
+      const m = /"child-pid"\s*:\s*(\d+)/.exec(text);
+      if (m !== null && into.initPid === null) {
+        into.initPid = Number(m[1]);
+        resolve();
+      }
+    });
+    stream.on("error", () => resolve());
+    stream.once("close", () => resolve());
+  });
+}
+
+/** One HTTP GET over TCP or a Unix socket; ok only for 200, which is what truss's probes answer when healthy. */
 function probe(
-  host: string,
-  port: number,
+  target: ListenAddress,
   path: string,
   timeoutMs: number,
 ): Promise<{ ok: boolean; detail: string }> {
+  const where: RequestOptions =
+    "path" in target ? { socketPath: target.path } : { host: target.host, port: target.port };
   return new Promise((resolve) => {
-    const req = request({ host, port, path, method: "GET", agent: false, timeout: timeoutMs }, (res) => {
+    const req = request({ ...where, path, method: "GET", agent: false, timeout: timeoutMs }, (res) => {
       res.resume();
       res.on("end", () => resolve({ ok: res.statusCode === 200, detail: `HTTP ${res.statusCode}` }));
       res.on("error", (err) => resolve({ ok: false, detail: err.message }));

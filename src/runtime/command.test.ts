@@ -2,9 +2,15 @@
 // port 0, its listening line, exit codes and stderr for each failure, and draining on SIGTERM. Also the
 // pure parsing of its flags.
 
+import { closeSync, openSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import http from "node:http";
+import { tmpdir } from "node:os";
 import path from "node:path";
+import type { Readable } from "node:stream";
 import { afterEach, describe, expect, it } from "vitest";
 import { EXIT_CODES } from "../core/runtime-exit-codes.ts";
+import { LIFELINE_ENV } from "../lib/lifeline.ts";
 import { exitCode, parseListen, parseServeModelOptions } from "./command.ts";
 import { PATHS } from "./server.ts";
 import { EXAMPLES, type RuntimeProcess, spawnServeModel, waitFor, writePackage } from "./testing.ts";
@@ -15,8 +21,12 @@ afterEach(() => {
   for (const c of children.splice(0)) if (c.child.exitCode === null) c.child.kill("SIGKILL");
 });
 
-function serve(args: string[], env: Record<string, string | undefined> = {}): RuntimeProcess {
-  const proc = spawnServeModel(args, env);
+function serve(
+  args: string[],
+  env: Record<string, string | undefined> = {},
+  extraStdio: Array<"pipe" | "ignore" | number> = [],
+): RuntimeProcess {
+  const proc = spawnServeModel(args, env, extraStdio);
   children.push(proc);
   return proc;
 }
@@ -33,16 +43,28 @@ describe("parseListen", () => {
     ["127.0.0.1:0", { host: "127.0.0.1", port: 0 }],
     ["localhost:8080", { host: "localhost", port: 8080 }],
     ["[::1]:65535", { host: "::1", port: 65535 }],
+    ["unix:/home/replica/.meridian.sock", { path: "/home/replica/.meridian.sock" }],
+    [`unix:/${"a".repeat(106)}`, { path: `/${"a".repeat(106)}` }],
   ])("parses %s", (text, expected) => {
     expect(parseListen(text)).toEqual(expected);
   });
 
-  it.each(["8080", "127.0.0.1", "127.0.0.1:65536", "127.0.0.1:-1", ":8080", "::1:80", "host:80x", "a b:1"])(
-    "refuses %s",
-    (text) => {
-      expect(parseListen(text)).toBeNull();
-    },
-  );
+  it.each([
+    "8080",
+    "127.0.0.1",
+    "127.0.0.1:65536",
+    "127.0.0.1:-1",
+    ":8080",
+    "::1:80",
+    "host:80x",
+    "a b:1",
+    "unix:relative.sock",
+    "unix:",
+    // One byte over what a socket path may hold: a clear refusal instead of the kernel's EINVAL.
+    `unix:/${"a".repeat(107)}`,
+  ])("refuses %s", (text) => {
+    expect(parseListen(text)).toBeNull();
+  });
 });
 
 describe("parseServeModelOptions", () => {
@@ -56,8 +78,7 @@ describe("parseServeModelOptions", () => {
       ok: true,
       options: {
         dir: "pkg",
-        host: "127.0.0.1",
-        port: 0,
+        listen: { host: "127.0.0.1", port: 0 },
         identity: { modelId: "abcd1234", deploymentId: null, environment: "prod-eu" },
         serverPort: null,
         maxQueued: 64,
@@ -280,5 +301,96 @@ export class Model {
     expect(second.stderr()).toMatch(/EADDRINUSE/);
     first.child.kill("SIGTERM");
     await first.exited;
+  });
+});
+
+/** One HTTP exchange over a Unix socket. */
+function overSocket(socketPath: string, method: string, path: string, body?: string) {
+  return new Promise<{ status: number; text: string }>((resolve, reject) => {
+    const req = http.request({ socketPath, method, path }, (res) => {
+      let text = "";
+      res.setEncoding("utf8").on("data", (c: string) => {
+        text += c;
+      });
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
+    });
+    req.on("error", reject);
+    req.end(body);
+  });
+}
+
+describe("meridian serve-model as a plane's replica", () => {
+  it("serves on a Unix socket (--listen unix:/path), as under egress deny", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "meridian-sock-"));
+    const socket = path.join(dir, "replica.sock");
+    const proc = serve([path.join(EXAMPLES, "hello-js"), "--listen", `unix:${socket}`]);
+    expect(await proc.address()).toBe(`unix:${socket}`);
+    await waitFor(
+      async () =>
+        (await overSocket(socket, "GET", PATHS.readiness).catch(() => null))?.status === 200 || undefined,
+      "readiness over the socket",
+    );
+    const answer = await overSocket(socket, "POST", PATHS.predict, '{"q":1}');
+    expect(answer.status).toBe(200);
+    expect(JSON.parse(answer.text)).toMatchObject({ message: "Hello from no environment", echo: { q: 1 } });
+    proc.child.kill("SIGTERM");
+    expect(await proc.exited).toEqual({ code: 0, signal: null });
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("closes a descriptor it inherited without close-on-exec before any model code runs", async () => {
+    const secret = await mkdtemp(path.join(tmpdir(), "meridian-secret-"));
+    const dir = await writePackage({
+      "config.yaml": "model_name: fds\n",
+      "model/model.js": `import fs from "node:fs";
+export class Model {
+  predict() {
+    return fs.readdirSync("/proc/self/fd").map((fd) => { try { return fs.readlinkSync("/proc/self/fd/" + fd); } catch { return null; } });
+  }
+}
+`,
+    });
+    const held = openSync(secret, "r");
+    try {
+      // Descriptors 3…19 unused, then the directory at 20: above the ones Node marks close-on-exec itself.
+      const proc = serve([dir, "--listen", "127.0.0.1:0"], {}, [...Array(17).fill("ignore"), held]);
+      const address = await proc.address();
+      await untilReady(address);
+      const res = await fetch(`http://${address}${PATHS.predict}`, { method: "POST", body: "{}" });
+      const targets = (await res.json()) as Array<string | null>;
+      expect(targets.length).toBeGreaterThan(3);
+      expect(targets).not.toContain(secret);
+    } finally {
+      closeSync(held);
+      await rm(secret, { recursive: true, force: true });
+    }
+  });
+
+  it("exits when its lifeline is gone (the plane died), killing its custom server", async () => {
+    const proc = serve(
+      [path.join(EXAMPLES, "custom-python"), "--listen", "127.0.0.1:0", "--server-port", "0"],
+      { LOAD_SECONDS: "0.1", [LIFELINE_ENV]: "3" },
+      ["pipe"],
+    );
+    const address = await proc.address();
+    await untilReady(address);
+    const pythonPid = proc.stdout.find((l) => l.msg === "model server started")?.["child_pid"] as number;
+    expect(() => process.kill(pythonPid, 0)).not.toThrow();
+    // What the kernel does to the plane's end when the plane dies, however it died.
+    (proc.child.stdio[3] as Readable).destroy();
+    expect((await proc.exited).code).toBe(EXIT_CODES.fault);
+    expect(proc.stderr()).toMatch(/the plane that started this replica is gone/);
+    await waitFor(
+      () => {
+        try {
+          process.kill(pythonPid, 0);
+          return undefined;
+        } catch {
+          return true;
+        }
+      },
+      "the custom server to be gone",
+      5_000,
+    );
   });
 });

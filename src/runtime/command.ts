@@ -1,10 +1,13 @@
-// `meridian serve-model DIR --listen HOST:PORT`: the entry point of one replica. Parses flags and
-// environment into a frozen options object, composes logger and runtime, drains on SIGTERM/SIGINT.
+// `meridian serve-model DIR --listen HOST:PORT|unix:/PATH`: the entry point of one replica. Parses flags
+// and environment into a frozen options object, composes logger and runtime, drains on SIGTERM/SIGINT, and
+// exits when the plane that started it is gone (its lifeline).
 
+import { closeSync, readdirSync, readFileSync } from "node:fs";
 import pino, { type Logger } from "pino";
 import { MeridianError } from "../core/errors.ts";
 import { checkEnvironmentName, isModelId } from "../core/names.ts";
 import { EXIT_CODES, type ExitCode } from "../core/runtime-exit-codes.ts";
+import { LIFELINE_ENV, watchLifeline } from "../lib/lifeline.ts";
 import { loadModelPackage, modelEnvironment, type ReplicaIdentity } from "./package.ts";
 import { type ModelServer, type ServeOutcome, serveModel } from "./server.ts";
 
@@ -18,10 +21,12 @@ export interface ServeModelFlags {
   maxQueued?: string;
 }
 
+/** Where the runtime listens: TCP, or a Unix socket (a plane's replica under egress `deny`). */
+export type ListenAddress = { host: string; port: number } | { path: string };
+
 export interface ServeModelCommandOptions {
   readonly dir: string;
-  readonly host: string;
-  readonly port: number;
+  readonly listen: Readonly<ListenAddress>;
   readonly identity: Readonly<ReplicaIdentity>;
   readonly serverPort: number | null;
   readonly maxQueued: number;
@@ -38,8 +43,12 @@ export function parseServeModelOptions(
   env: Readonly<Record<string, string | undefined>>,
 ): ParseOutcome {
   const listen = parseListen(flags.listen);
-  if (listen === null)
-    return { ok: false, message: `--listen must be HOST:PORT, got ${JSON.stringify(flags.listen)}` };
+  if (listen === null) {
+    return {
+      ok: false,
+      message: `--listen must be HOST:PORT or unix:/ABSOLUTE/PATH (at most ${MAX_SOCKET_PATH_BYTES} bytes), got ${JSON.stringify(flags.listen)}`,
+    };
+  }
 
   const modelId = nonEmpty(flags.modelId ?? env["MERIDIAN_MODEL_ID"]);
   if (modelId !== null && !isModelId(modelId)) {
@@ -75,8 +84,7 @@ export function parseServeModelOptions(
     ok: true,
     options: Object.freeze({
       dir,
-      host: listen.host,
-      port: listen.port,
+      listen: Object.freeze(listen),
       identity: Object.freeze({ modelId, deploymentId, environment }),
       serverPort,
       maxQueued,
@@ -84,8 +92,20 @@ export function parseServeModelOptions(
   };
 }
 
-/** `host:port` or `[v6]:port` (RFC 3986 §3.2.2); port 0 asks the kernel for a free one. */
-export function parseListen(text: string): { host: string; port: number } | null {
+/** The longest Unix socket path Linux takes (`sun_path` is 108 bytes with its NUL; unix(7)). */
+const MAX_SOCKET_PATH_BYTES = 107;
+
+/**
+ * `host:port` or `[v6]:port` (RFC 3986 §3.2.2), port 0 asking the kernel for a free one; or
+ * `unix:/absolute/path`, refused when longer than a socket path may be (the kernel's error would be EINVAL).
+ */
+export function parseListen(text: string): ListenAddress | null {
+  if (text.startsWith("unix:")) {
+    const path = text.slice("unix:".length);
+    if (!path.startsWith("/") || path.includes("\0") || Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES)
+      return null;
+    return { path };
+  }
   const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(text);
   if (match === null) return null;
   const port = parsePort(match[3]!);
@@ -140,6 +160,8 @@ export async function runServeModel(
     return EXIT_CODES.usage;
   }
   const options = parsed.options;
+  // Before any model code runs: descriptors this process was handed by mistake are not the model's to use.
+  closeInheritedDescriptors(Number(env[LIFELINE_ENV]));
   const logger = createLogger(options.identity);
 
   let modelPackage: Awaited<ReturnType<typeof loadModelPackage>>;
@@ -156,8 +178,9 @@ export async function runServeModel(
 
   const server = serveModel({
     modelPackage,
-    host: options.host,
-    port: options.port,
+    ...("path" in options.listen
+      ? { host: "", port: 0, socketPath: options.listen.path }
+      : { host: options.listen.host, port: options.listen.port }),
     identity: options.identity,
     logger,
     inheritedEnv: env,
@@ -165,12 +188,19 @@ export async function runServeModel(
     maxQueued: options.maxQueued,
   });
   const detach = handleSignals(server, logger);
+  // Started by a plane without a sandbox: when the plane is gone (however it died), so is this replica
+  // and its model server. (A sandboxed replica dies with its sandbox: bwrap --die-with-parent.)
+  watchLifeline(env, () => {
+    logger.error({}, "the plane that started this replica is gone; exiting");
+    server.kill();
+    process.exit(EXIT_CODES.fault);
+  });
   try {
     let address: string;
     try {
       address = await server.start();
     } catch (err) {
-      logger.error({ err, listen: `${options.host}:${options.port}` }, "listen failed");
+      logger.error({ err, listen: flags.listen }, "listen failed");
       return EXIT_CODES.fault;
     }
     logger.info({ address }, "listening");
@@ -181,6 +211,42 @@ export async function runServeModel(
     detach();
   }
 }
+
+/**
+ * Closes every descriptor above stderr that would survive exec (no close-on-exec flag). Node marks the
+ * low ones close-on-exec at start-up, but one a parent left open further up (a directory of the host, a
+ * socket) would reach the model and every process it starts; through a directory descriptor a sandboxed
+ * model could walk the host's filesystem. Everything Node and the runtime open is close-on-exec; `keep`
+ * is the lifeline's descriptor, read by watchLifeline.
+ */
+export function closeInheritedDescriptors(keep: number): void {
+  let names: string[];
+  try {
+    names = readdirSync("/proc/self/fd");
+  } catch {
+    return; // not Linux: nothing to inspect
+  }
+  for (const name of names) {
+    const fd = Number(name);
+    if (!Number.isInteger(fd) || fd <= 2 || fd === keep) continue;
+    let flags: number;
+    try {
+      const info = readFileSync(`/proc/self/fdinfo/${fd}`, "utf8");
+      flags = Number.parseInt(/^flags:\s*([0-7]+)/m.exec(info)?.[1] ?? "", 8);
+    } catch {
+      continue; // closed meanwhile (readdir's own descriptor)
+    }
+    if (Number.isNaN(flags) || (flags & O_CLOEXEC) !== 0) continue;
+    try {
+      closeSync(fd);
+    } catch {
+      // Already closed.
+    }
+  }
+}
+
+/** O_CLOEXEC as /proc/self/fdinfo shows it (octal flags; Linux's value on every architecture Node runs). */
+const O_CLOEXEC = 0o2000000;
 
 export function exitCode(outcome: ServeOutcome): ExitCode {
   switch (outcome.kind) {

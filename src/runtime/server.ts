@@ -30,6 +30,8 @@ export interface ServeModelOptions {
   host: string;
   /** 0 picks a free port; the bound address is on `address` once start() resolves. */
   port: number;
+  /** Listen on this Unix socket instead of host:port (`address` is then `unix:{path}`). */
+  socketPath?: string;
   identity: ReplicaIdentity;
   logger: Logger;
   /**
@@ -135,15 +137,18 @@ class Runtime implements ModelServer {
   async start(): Promise<string> {
     if (this.#state !== "idle") throw new Error(`the runtime cannot start from state ${this.#state}`);
     this.#state = "loading";
-    const { host, port, modelPackage } = this.#options;
+    const { host, port, socketPath, modelPackage } = this.#options;
     await new Promise<void>((resolve, reject) => {
       this.#server.once("error", reject);
-      this.#server.listen(port, host, () => {
+      const listening = () => {
         this.#server.off("error", reject);
         resolve();
-      });
+      };
+      if (socketPath !== undefined) this.#server.listen(socketPath, listening);
+      else this.#server.listen(port, host, listening);
     });
-    this.#address = formatAddress(this.#server.address() as AddressInfo);
+    this.#address =
+      socketPath !== undefined ? `unix:${socketPath}` : formatAddress(this.#server.address() as AddressInfo);
     this.#logger.info(
       {
         model_name: modelPackage.config.model_name,

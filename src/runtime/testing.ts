@@ -1,11 +1,12 @@
 // Test helpers for the runtime's tests: model packages written to temp dirs, loggers that keep their
 // lines, the real `meridian serve-model` as a child process, and file gates a fixture model waits on.
 
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, type ChildProcessByStdio, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import type { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import pino, { type Logger } from "pino";
 
@@ -78,16 +79,20 @@ export interface RuntimeProcess {
   address: () => Promise<string>;
 }
 
-/** Starts the real `node bin/meridian.js serve-model ...` as a user or a plane's driver would. */
+/**
+ * Starts the real `node bin/meridian.js serve-model ...` as a user or a plane's driver would; `extraStdio`
+ * become its descriptors 3, 4, … (a lifeline pipe, a descriptor it should not keep).
+ */
 export function spawnServeModel(
   args: string[],
   env: Record<string, string | undefined> = {},
+  extraStdio: Array<"pipe" | "ignore" | number> = [],
 ): RuntimeProcess {
   const child = spawn(process.execPath, [path.join(REPO_ROOT, "bin/meridian.js"), "serve-model", ...args], {
     cwd: REPO_ROOT,
     env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+    stdio: ["ignore", "pipe", "pipe", ...extraStdio],
+  }) as ChildProcessByStdio<null, Readable, Readable>;
   const stdout: LogLine[] = [];
   let stderr = "";
   let partial = "";

@@ -61,6 +61,17 @@ function privateDir(path: string): void {
   chmodSync(path, 0o700);
 }
 
+/**
+ * A directory others may pass through but not list (0711): the planes' replicas are sandboxed as an
+ * unprivileged uid, and bwrap resolves what it binds (a replica's package and private directory, under the
+ * plane's data directory) as that uid. What is secret in it is a file only its owner may read (the
+ * credential, the plane's key, its snapshot and audit log: 0600).
+ */
+function passableDir(path: string): void {
+  mkdirSync(path, { recursive: true, mode: 0o711 });
+  chmodSync(path, 0o711);
+}
+
 /** Fails with a clear message when an address this installation needs is taken. */
 async function checkFree(host: string, port: number, what: string, udp = false): Promise<void> {
   const taken = await new Promise<Error | null>((ok) => {
@@ -206,9 +217,9 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
     const registered = await api.get<{ planes: Array<{ name: string }> }>("/v1/admin/planes");
     // The credentials are each readable by their plane alone (the same user here): 0600 files in a 0700
     // directory, next to the planes' own 0700 data directories.
-    privateDir(join(dir, "planes"));
+    passableDir(join(dir, "planes"));
     for (const p of UP_PLANES) {
-      privateDir(join(dir, "planes", p.name));
+      passableDir(join(dir, "planes", p.name));
       const tokenFile = join(dir, "planes", `${p.name}.token`);
       const ingress = [`${p.host}:${config.httpsPort}`];
       if (!registered.planes.some((r) => r.name === p.name)) {

@@ -135,8 +135,15 @@ export const FOUR_REGIONS: ClusterOptions["planes"] = [
 ];
 
 export interface ClusterOptions {
-  /** Planes to run: name, region, capacity, whether it is the global ingress. */
-  planes: Array<{ name: string; region: string; capacity?: number; global?: boolean }>;
+  /** Planes to run: name, region, capacity, whether it is the global ingress, extra flags and environment. */
+  planes: Array<{
+    name: string;
+    region: string;
+    capacity?: number;
+    global?: boolean;
+    args?: string[];
+    env?: Record<string, string>;
+  }>;
   databaseUrl?: string;
   /** Extra flags for `meridian control`. */
   controlArgs?: string[];
@@ -214,23 +221,27 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       dataDir,
       process: null,
       async start() {
-        this.process = startProcess([
-          "plane",
-          "--name",
-          spec.name,
-          "--region",
-          spec.region,
-          "--control-url",
-          controlUrl,
-          "--token-file",
-          tokenFile,
-          "--data-dir",
-          dataDir,
-          "--ingress",
-          `${host}:${port}`,
-          "--admin",
-          `${host}:${admin}`,
-        ]);
+        this.process = startProcess(
+          [
+            "plane",
+            "--name",
+            spec.name,
+            "--region",
+            spec.region,
+            "--control-url",
+            controlUrl,
+            "--token-file",
+            tokenFile,
+            "--data-dir",
+            dataDir,
+            "--ingress",
+            `${host}:${port}`,
+            "--admin",
+            `${host}:${admin}`,
+            ...(spec.args ?? []),
+          ],
+          spec.env,
+        );
         await this.process.waitForLog("plane started", 60_000);
       },
       async stop(signal = "SIGTERM") {

@@ -1,7 +1,7 @@
 // A real control plane for tests (in this process, listening on a loopback port) and a small API client
 // over real HTTP, plus model packages packed the way `meridian push` packs them.
 
-import { mkdtempSync } from "node:fs";
+import { chmodSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import pino from "pino";
@@ -139,6 +139,12 @@ export async function startTestControl(kind: StoreKind = "sqlite"): Promise<Test
   };
 }
 
+/**
+ * A fresh directory. Search-only for others (0711, not mkdtemp's 0700): a sandboxed replica's bwrap runs as
+ * an unprivileged uid and must reach the planes' directories below it to bind the replica's files.
+ */
 export function tempDir(): string {
-  return mkdtempSync(join(tmpdir(), "meridian-"));
+  const dir = mkdtempSync(join(tmpdir(), "meridian-"));
+  chmodSync(dir, 0o711);
+  return dir;
 }

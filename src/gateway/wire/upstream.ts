@@ -43,7 +43,7 @@ export interface CallSink {
 }
 
 export interface UpstreamTarget {
-  /** `host:port`. */
+  /** `host:port`, or `unix:/path` for a replica on a Unix socket (pooled and timed alike). */
   endpoint: string;
   tls: boolean;
 }
@@ -404,13 +404,9 @@ export class UpstreamPool {
   }
 
   private connect(call: Call, key: string, target: UpstreamTarget, ready: (call: Call) => void): void {
-    const colon = target.endpoint.lastIndexOf(":");
-    const host = target.endpoint.slice(0, colon).replace(/^\[|\]$/g, "");
-    const port = Number(target.endpoint.slice(colon + 1));
-    const socket = target.tls
-      ? tls.connect({ host, port, ALPNProtocols: ["http/1.1"], ...this.peerConnect })
-      : net.connect({ host, port, noDelay: true });
-    if (target.tls) socket.setNoDelay(true);
+    const socket = target.endpoint.startsWith("unix:")
+      ? net.connect({ path: target.endpoint.slice("unix:".length) })
+      : this.connectTcp(target);
     let connected = false;
     const timer = setTimeout(() => {
       socket.destroy();
@@ -443,6 +439,16 @@ export class UpstreamPool {
       call.conn = conn;
       ready(call);
     });
+  }
+
+  private connectTcp(target: UpstreamTarget): net.Socket {
+    const colon = target.endpoint.lastIndexOf(":");
+    const host = target.endpoint.slice(0, colon).replace(/^\[|\]$/g, "");
+    const port = Number(target.endpoint.slice(colon + 1));
+    if (!target.tls) return net.connect({ host, port, noDelay: true });
+    const socket = tls.connect({ host, port, ALPNProtocols: ["http/1.1"], ...this.peerConnect });
+    socket.setNoDelay(true);
+    return socket;
   }
 
   putIdle(conn: Conn): void {

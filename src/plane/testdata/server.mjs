@@ -1,6 +1,6 @@
 // A test replica: a real HTTP server with truss's probe paths (readiness `GET /v1/models/model`, liveness
 // `GET /`) whose misbehaviour is chosen by flags. Used by the driver tests as the program a replica runs.
-//   --listen HOST:PORT          where to listen (required)
+//   --listen HOST:PORT          where to listen (required); unix:/PATH for a Unix socket
 //   --ready-after MS            readiness answers 503 until MS after start      --never-ready
 //   --crash-after MS            exit with --crash-code (default 1) MS after start
 //   --exit-at-start CODE        print a load error and exit with CODE before listening
@@ -53,7 +53,8 @@ if (values["crash-after"] !== undefined) {
   }, Number(values["crash-after"]));
 }
 
-const [host, port] = (values.listen ?? "").split(/:(?=\d+$)/);
+const listen = values.listen ?? "";
+const [host, port] = listen.split(/:(?=\d+$)/);
 const server = createServer((req, res) => {
   const reply = (status, body) => {
     res.writeHead(status, { "content-type": "application/json" });
@@ -72,10 +73,15 @@ const server = createServer((req, res) => {
       argv: process.argv.slice(2),
       cwd: process.cwd(),
       token: process.env.MERIDIAN_TEST_TOKEN ?? null,
+      env: process.env,
     });
   }
   reply(404, { error: "not found" });
 });
-server.listen(Number(port), host, () =>
-  log({ msg: "listening", address: `${host}:${server.address().port}` }),
-);
+if (listen.startsWith("unix:")) {
+  server.listen(listen.slice("unix:".length), () => log({ msg: "listening", address: listen }));
+} else {
+  server.listen(Number(port), host, () =>
+    log({ msg: "listening", address: `${host}:${server.address().port}` }),
+  );
+}
