@@ -69,7 +69,8 @@ export const ERRORS = {
   artifact_checksum_mismatch: { status: 409, message: "The uploaded artifact does not match its checksum." },
   artifact_missing: { status: 409, message: "The model archive has not been uploaded." },
 
-  // Serving (429, 5xx)
+  // Serving (412, 421, 429, 5xx)
+  model_definition_error: { status: 412, message: "The model does not meet the truss Model contract." },
   misdirected_request: {
     status: 421,
     message: "This plane does not serve this hostname's region; call an ingress of the environment's region.",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -69,6 +70,9 @@ def describe_exception(exc: BaseException) -> Dict[str, Any]:
         last = f"{type(exc).__name__}: {exc}"
     else:
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    if type(exc).__module__.startswith("_meridian_host."):
+        # The host's own exceptions (SecretNotFound, ...) by their bare name, as truss's read.
+        last = last.replace(type(exc).__module__ + ".", "", 1)
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
@@ -76,7 +80,11 @@ def describe_exception(exc: BaseException) -> Dict[str, Any]:
             break
         tb = tb.tb_next
     stack = "".join(traceback.format_exception(type(exc), exc, tb))
-    return {"type": type(exc).__name__, "message": last, "stack": stack}
+    described: Dict[str, Any] = {"type": type(exc).__name__, "message": last, "stack": stack}
+    if isinstance(exc, OSError) and exc.errno in errno.errorcode:
+        # As Node's errors carry it (EADDRINUSE, ...): the plane's driver looks for it in the output.
+        described["code"] = errno.errorcode[exc.errno]
+    return described
 
 
 class _JsonHandler(logging.Handler):

@@ -131,6 +131,9 @@ def package_from(root: str, raw: Any) -> Package:
     concurrency = runtime.get("predict_concurrency")
     if concurrency is None:
         concurrency = runtime["predict_concurrency"] = DEFAULT_PREDICT_CONCURRENCY
+    if isinstance(concurrency, float) and concurrency.is_integer() and abs(concurrency) < 2**53:
+        # YAML's 4.0 and 4e0 are JavaScript's integer 4, which the control plane accepted.
+        concurrency = runtime["predict_concurrency"] = int(concurrency)
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise _fail("runtime.predict_concurrency", f"must be a positive integer, got {describe(concurrency)}")
 

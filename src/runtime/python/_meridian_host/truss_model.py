@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Optional
 
+from .log import describe_exception
 from .package import Package
 
 # Methods the host calls, besides the constructor.
@@ -218,6 +219,4 @@ def _relative(package: Package) -> str:
 
 
 def _last_line(err: BaseException) -> str:
-    import traceback
-
-    return traceback.format_exception_only(type(err), err)[-1].strip()
+    return describe_exception(err)["message"]
