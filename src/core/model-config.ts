@@ -105,23 +105,34 @@ function fail(key: string, message: string): never {
 
 /** Parses and validates the text of a config.yaml; a failure names the offending key. */
 export function parseModelConfig(text: string): ConfigOutcome {
+  const yaml = parseYamlSubset(text);
+  if (!yaml.ok) return { ok: false, key: DOCUMENT, message: yaml.message };
+  try {
+    return validate(yaml.value);
+  } catch (err) {
+    if (err instanceof ConfigFault) return { ok: false, key: err.key, message: err.message };
+    throw err;
+  }
+}
+
+export type YamlOutcome = { ok: true; value: unknown } | { ok: false; message: string };
+
+/**
+ * A YAML document of the subset both runtimes read (the Python host parses config.yaml itself, with
+ * src/runtime/python/_meridian_host/yaml_subset.py): YAML 1.2, core schema, one document, keys unique.
+ */
+export function parseYamlSubset(text: string): YamlOutcome {
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   const syntax = doc.errors[0];
   if (syntax) {
     const line = syntax.linePos?.[0]?.line;
     const where = line === undefined ? "" : ` (line ${line})`;
-    return { ok: false, key: DOCUMENT, message: `is not valid YAML${where}: ${firstLine(syntax.message)}` };
+    return { ok: false, message: `is not valid YAML${where}: ${firstLine(syntax.message)}` };
   }
   const unsupported = unsupportedYaml(text, doc);
-  if (unsupported !== null) {
-    return { ok: false, key: DOCUMENT, message: `uses YAML that Meridian does not accept: ${unsupported}` };
-  }
-  try {
-    return validate(doc.toJS() as unknown);
-  } catch (err) {
-    if (err instanceof ConfigFault) return { ok: false, key: err.key, message: err.message };
-    throw err;
-  }
+  if (unsupported !== null)
+    return { ok: false, message: `uses YAML that Meridian does not accept: ${unsupported}` };
+  return { ok: true, value: doc.toJS() as unknown };
 }
 
 function validate(raw: unknown): ConfigOutcome {

@@ -166,7 +166,7 @@ class _Parser:
         while j < self.n and self.s[j] in _WHITE:
             j += 1
         if j < self.n and self.s[j] == "#":
-            if j == self.i:
+            if j > 0 and self.s[j - 1] not in " \t\n":
                 raise self.fail("a comment must be separated from content by whitespace", j)
             j = self.line_end(j)
         if not self.at_break(j):
@@ -182,12 +182,14 @@ class _Parser:
         value = None
         if self.s.startswith("---", self.i) and self.at_blank(self.i + 3):
             self.i += 3
-            while self.i < self.n and self.s[self.i] in _WHITE:
-                self.i += 1
-            if self.at_break(self.i) or self.s[self.i] == "#":
+            j = self.i
+            while j < self.n and self.s[j] in _WHITE:
+                j += 1
+            if self.at_break(j) or self.s[j] == "#":
                 self.end_of_line("the document start marker (---)")
                 value = self.block_node(-1)
             else:
+                self.i = j
                 # `--- value`: a scalar or flow node may share the marker's line, a block collection not.
                 value = self.inline_node(-1, after_key=True)
         else:
@@ -245,6 +247,7 @@ class _Parser:
             if self.key_follows():
                 if after_key:
                     raise self.fail("mapping values are not allowed here", start)
+                self.check_implicit_key(start)
                 return self.block_mapping(col, first_key=(js_string(value), start))
             self.end_of_line("a quoted scalar")
             return value
@@ -255,6 +258,7 @@ class _Parser:
             if after_key:
                 raise self.fail("mapping values are not allowed here", stop)
             self.i = stop
+            self.check_implicit_key(start)
             return self.block_mapping(col, first_key=(js_string(resolve_plain(text)), start))
         self.i = stop
         return resolve_plain(self.plain_continuation(text, parent))
@@ -274,6 +278,13 @@ class _Parser:
             raise self.fail("directives (%YAML, %TAG) are not supported")
         if c in "]},":
             raise self.fail(f"a plain scalar cannot start with {c!r}")
+
+    def check_implicit_key(self, start: int) -> None:
+        """An implicit key (self.i at its `:`) is on one line and at most 1024 characters (§7.4.2)."""
+        if "\n" in self.s[start : self.i]:
+            raise self.fail("implicit keys need to be on a single line", start)
+        if self.i - start > 1024:
+            raise self.fail("an implicit key is at most 1024 characters long", start)
 
     def key_follows(self) -> bool:
         """After a quoted or flow node: whitespace then `:` and a blank, which makes it a key."""
@@ -383,10 +394,13 @@ class _Parser:
     def mapping_key(self, start: int) -> Tuple[str, int]:
         c = self.peek()
         self.check_indicator(c)
+        if c in "|>":
+            raise self.fail("a block scalar cannot be a mapping key")
         if c in "\"'":
             value = self.quoted()
             if not self.key_follows():
                 raise self.fail("a mapping key must be followed by ': '", start)
+            self.check_implicit_key(start)
             return js_string(value), start
         if c in "[{":
             raise self.fail("collections as mapping keys are not supported", start)
@@ -394,6 +408,7 @@ class _Parser:
         if stop >= self.n or self.s[stop] != ":":
             raise self.fail("expected a mapping key followed by ': '", start)
         self.i = stop
+        self.check_implicit_key(start)
         return js_string(resolve_plain(text)), start
 
     def block_sequence(self, indent: int) -> list:
@@ -493,6 +508,8 @@ class _Parser:
             return self.quoted()
         if c in "|>":
             raise self.fail("block scalars are not allowed inside a flow collection")
+        if c == "-" and (self.at_blank(self.i + 1) or self.peek(1) in _FLOW_INDICATORS):
+            raise self.fail("block collections are not allowed inside a flow collection")
         if c in _FLOW_INDICATORS:
             raise self.fail(f"unexpected {c!r} in a flow collection")
         return resolve_plain(self.plain_flow())
@@ -513,6 +530,8 @@ class _Parser:
                 # A single-pair mapping inside a sequence: [key: value].
                 if isinstance(item, (list, dict)):
                     raise self.fail("collections as mapping keys are not supported", item_at)
+                if "\n" in self.s[item_at : self.i]:
+                    raise self.fail("implicit keys of flow sequence pairs need to be on a single line", item_at)
                 self.i += 1
                 self.flow_ws()
                 value = None if self.peek() in ",]" else self.flow_node()
@@ -585,81 +604,85 @@ class _Parser:
             line.append(c)
             self.i += 1
         parts.append("".join(line).rstrip(_WHITE))
+        # The scalar ends at its last text; breaks before a closing indicator are not content.
+        while len(parts) > 1 and parts[-1] == "":
+            parts.pop()
         return _fold_lines(parts).strip(_WHITE)
 
     # -- quoted scalars ----------------------------------------------------------------------------------
 
     def quoted(self) -> str:
+        """A single- or double-quoted scalar (YAML 1.2.2 §7.3.1, §7.3.2), possibly over several lines.
+
+        Line folding follows the `yaml` package's reading, which the control plane uses: a line break is a
+        space, or one newline per empty line after it; an escaped line break (double quotes) is nothing,
+        and the lines after it fold as if it were not there."""
         quote = self.s[self.i]
         start = self.i
-        self.i += 1
-        lines: List[str] = []
-        buf: List[str] = []
+        j = start + 1
         while True:
-            if self.i >= self.n:
+            if j >= self.n:
                 raise self.fail("a quoted scalar is not closed", start)
-            c = self.s[self.i]
+            c = self.s[j]
+            if quote == '"' and c == "\\":
+                j += 2
+                continue
             if c == quote:
-                if quote == "'" and self.peek(1) == "'":
-                    buf.append("'")
-                    self.i += 2
+                if quote == "'" and j + 1 < self.n and self.s[j + 1] == "'":
+                    j += 2
                     continue
-                self.i += 1
                 break
-            if c == "\\" and quote == '"':
-                nxt = self.peek(1)
-                if nxt == "\n":
-                    # An escaped line break joins the lines without a space.
-                    self.i += 2
-                    while self.i < self.n and self.s[self.i] in _WHITE:
-                        self.i += 1
-                    buf.append("\x00JOIN\x00")
-                    continue
+            if c == "\n" and self.is_marker(j + 1):
+                raise self.fail("a quoted scalar is not closed", start)
+            j += 1
+        body = self.s[start + 1 : j]
+        self.i = j + 1
+        if quote == "'":
+            return _unfold(body).replace("''", "'")
+        return self.double_quoted(body, start)
+
+    def double_quoted(self, body: str, start: int) -> str:
+        out: List[str] = []
+        end = len(body)
+        i = 0
+        while i < end:
+            ch = body[i]
+            if ch == "\n":
+                fold = ""
+                while i + 1 < end and body[i + 1] in " \t\n":
+                    if body[i + 1] == "\n":
+                        fold += "\n"
+                    i += 1
+                out.append(fold or " ")
+            elif ch == "\\":
+                i += 1
+                nxt = body[i] if i < end else ""
                 if nxt in _ESCAPES:
-                    buf.append(_ESCAPES[nxt])
-                    self.i += 2
-                    continue
-                if nxt in _HEX_ESCAPES:
+                    out.append(_ESCAPES[nxt])
+                elif nxt == "\n":
+                    # An escaped line break: skipped, with the next line's leading white space.
+                    while i + 1 < end and body[i + 1] in _WHITE:
+                        i += 1
+                elif nxt in _HEX_ESCAPES:
                     width = _HEX_ESCAPES[nxt]
-                    digits = self.s[self.i + 2 : self.i + 2 + width]
+                    digits = body[i + 1 : i + 1 + width]
                     if len(digits) != width or not all(d in "0123456789abcdefABCDEF" for d in digits):
-                        raise self.fail(f"a \\{nxt} escape needs {width} hexadecimal digits")
-                    buf.append(chr(int(digits, 16)))
-                    self.i += 2 + width
-                    continue
-                raise self.fail(f"unknown escape \\{nxt}")
-            if c == "\n":
-                lines.append("".join(buf))
-                buf = []
-                self.i += 1
-                while self.i < self.n and self.s[self.i] in _WHITE:
-                    self.i += 1
-                if self.is_marker(self.i) and self.col() == 0:
-                    raise self.fail("a quoted scalar is not closed", start)
-                continue
-            buf.append(c)
-            self.i += 1
-        lines.append("".join(buf))
-        if len(lines) == 1:
-            return lines[0].replace("\x00JOIN\x00", "")
-        # Trailing whitespace of each line but the last is not content (§7.3.1), except when escaped.
-        trimmed = [ln.rstrip(_WHITE) if k < len(lines) - 1 else ln for k, ln in enumerate(lines)]
-        out: List[str] = [trimmed[0]]
-        empty = 0
-        for ln in trimmed[1:]:
-            if ln == "" and ln is not trimmed[-1]:
-                empty += 1
-                continue
-            if out[-1].endswith("\x00JOIN\x00"):
-                out[-1] = out[-1][: -len("\x00JOIN\x00")]
-                out.append("\n" * empty)
+                        raise self.fail(f"a \\{nxt} escape needs {width} hexadecimal digits", start)
+                    out.append(chr(int(digits, 16)))
+                    i += width
+                else:
+                    raise self.fail(f"unknown escape \\{nxt}", start)
+            elif ch in _WHITE:
+                # White space that ends a line is not content.
+                first = i
+                while i + 1 < end and body[i + 1] in _WHITE:
+                    i += 1
+                if i + 1 >= end or body[i + 1] != "\n":
+                    out.append(body[first : i + 1])
             else:
-                out.append("\n" * empty if empty else " ")
-            out.append(ln)
-            empty = 0
-        if empty:
-            out.append("\n" * empty)
-        return "".join(out).replace("\x00JOIN\x00", "")
+                out.append(ch)
+            i += 1
+        return "".join(out)
 
 
 def js_string(value: Any) -> str:
@@ -689,6 +712,27 @@ def js_json(value: Any) -> str:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return "null"
     return js_string(value)
+
+
+def _unfold(text: str) -> str:
+    """A flow scalar's lines folded (YAML 1.2.2 §6.5, as the `yaml` package does it): each line trimmed,
+    a line break a space, each empty line after it a newline."""
+    lines = text.split("\n")
+    if len(lines) == 1:
+        return text
+    out = lines[0].rstrip(_WHITE)
+    sep = " "
+    for line in lines[1:-1]:
+        line = line.strip(_WHITE)
+        if line == "":
+            if sep == "\n":
+                out += sep
+            else:
+                sep = "\n"
+        else:
+            out += sep + line
+            sep = " "
+    return out + sep + lines[-1].lstrip(_WHITE)
 
 
 def _fold_lines(parts: List[str]) -> str:
