@@ -63,7 +63,7 @@ type PyAnswer = { ok: boolean; value?: unknown; key?: string; message?: string; 
 /** Reads every text with the Python parser in one process (one line of JSON in and out per text). */
 function python(texts: string[], mode: "value" | "config" = "value"): PyAnswer[] {
   const result = spawnSync(DEBIAN_PYTHON, ["-B", "-c", READER, mode, root], {
-    input: texts.map((t) => JSON.stringify(t)).join("\n") + "\n",
+    input: `${texts.map((t) => JSON.stringify(t)).join("\n")}\n`,
     encoding: "utf8",
     maxBuffer: 256 * 1024 * 1024,
   });
