@@ -929,13 +929,13 @@ class Model:
 
 describe("the examples", () => {
   it("hello-py greets from its environment; stream-py streams its words", async () => {
-    const hello = host([
-      path.join(EXAMPLES, "hello-py"),
-      "--listen",
-      "127.0.0.1:0",
-      "--environment",
-      "prod-eu",
-    ]);
+    // PYTHONSAFEPATH (3.11+) keeps the script's directory off sys.path; the host finds its modules anyway.
+    const hello = host(
+      [path.join(EXAMPLES, "hello-py"), "--listen", "127.0.0.1:0", "--environment", "prod-eu"],
+      {
+        env: { PYTHONSAFEPATH: "1" },
+      },
+    );
     const t1 = await hello.target();
     await untilReady(t1);
     expect((await predict(t1, { prompt: "Hello, world!" })).json()).toEqual({

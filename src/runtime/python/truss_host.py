@@ -17,9 +17,15 @@ import sys
 # Before anything is imported: a package mounted read-only must not even be tried for bytecode.
 sys.dont_write_bytecode = True
 
+import os  # noqa: E402
+
+# The host's own modules sit beside it; found even under PYTHONSAFEPATH or `python -P`.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+if _HERE not in [os.path.realpath(p) for p in sys.path if p]:
+    sys.path.insert(0, _HERE)
+
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
-import os  # noqa: E402
 import pathlib  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
@@ -317,7 +323,7 @@ def main(argv: List[str]) -> int:
         )
     os.environ.update(model_environment(package, args))
     os.chdir(package.root)
-    prepare_imports(package, os.path.dirname(os.path.realpath(__file__)))
+    prepare_imports(package, _HERE)
     try:
         return asyncio.run(serve(args, package, logger))
     except Exception as err:  # noqa: BLE001 - a fault of the host itself

@@ -464,6 +464,8 @@ class Host:
                     chunk = await self.next_chunk(generator, conn)
                     if chunk is _END:
                         break
+                    if conn.gone.done():
+                        return
                     chunks.append(chunk)
                 exhausted = True
                 return conn.send(200, b"application/json", encode_json(gather_text(chunks)))
