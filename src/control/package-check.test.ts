@@ -2,10 +2,11 @@
 // `meridian push` does) of truss Python packages, JavaScript packages and broken ones; each broken one
 // is refused with the reason a user can act on.
 
+import path from "node:path";
 import { Readable } from "node:stream";
 import { create } from "tar";
 import { describe, expect, it } from "vitest";
-import { writePackage } from "../runtime/testing.ts";
+import { EXAMPLES, writePackage } from "../runtime/testing.ts";
 import { checkPackage } from "./package-check.ts";
 
 async function archive(files: Record<string, string>, gzip = false): Promise<Readable> {
@@ -120,6 +121,14 @@ describe("checkPackage", () => {
     expect(check.ok).toBe(false);
     if (!check.ok) expect(check.message).toMatch(message);
   });
+
+  it.each(["hello-py", "stream-py", "hello-js", "stream-js", "custom-python"])(
+    "accepts examples/%s packed as `meridian push` packs it",
+    async (example) => {
+      const packed = create({ cwd: path.join(EXAMPLES, example), gzip: true, portable: true }, ["."]);
+      expect(await checkPackage(packed as unknown as Readable)).toMatchObject({ ok: true });
+    },
+  );
 
   it("refuses what is not a tar", async () => {
     const check = await checkPackage(Readable.from([Buffer.from("PK\x03\x04 this is a zip, not a tar")]));
