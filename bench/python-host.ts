@@ -1,7 +1,8 @@
 // The Python host against its baselines, same run: requests/s and CPU per request of
 //   (a) a bare `http.server` (ThreadingHTTPServer, HTTP/1.1 keep-alive, Nagle off) answering what
 //       examples/hello-py answers, written inline in its handler, and
-//   (b) the Python host (src/runtime/python/truss_host.py) serving examples/hello-py, both on Debian's
+//   (b) the Python host (src/runtime/python/truss_host.py) serving examples/hello-py, and (b′) the same
+//       model with `async def predict` (no worker thread: the host's own cost), all on Debian's
 //       /usr/bin/python3, and
 //   (c) the JavaScript host (`meridian serve-model examples/hello-js`), which answers the same JSON;
 // plus each host's start → first answer. wrk, keep-alive POSTs, runs interleaved, the median reported.
@@ -9,7 +10,7 @@
 //   npx tsx bench/python-host.ts [--quick] [--write]     (--write replaces the section in BENCHMARKS.md)
 
 import { spawn } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { TRUSS_HOST_SCRIPT } from "../src/runtime/python.ts";
@@ -64,12 +65,26 @@ print("listening", flush=True)
 server.serve_forever()
 `;
 
-type Server = "bare" | "python" | "javascript";
+type Server = "bare" | "python" | "python-async" | "javascript";
+const SERVERS: Server[] = ["bare", "python", "python-async", "javascript"];
 const LABELS: Record<Server, string> = {
   bare: "(a) bare `http.server`, the same answer inline",
   python: "(b) Python host, examples/hello-py",
+  "python-async": "(b′) Python host, hello-py with `async def predict`",
   javascript: "(c) JavaScript host, examples/hello-js",
 };
+
+/** examples/hello-py with its predict made `async def`: the same answer without the worker thread. */
+function asyncHello(dir: string): string {
+  const pkg = join(dir, "hello-py-async");
+  mkdirSync(join(pkg, "model"), { recursive: true });
+  copyFileSync(join(ROOT, "examples/hello-py/config.yaml"), join(pkg, "config.yaml"));
+  const source = readFileSync(join(ROOT, "examples/hello-py/model/model.py"), "utf8");
+  if (!source.includes("    def predict("))
+    throw new Error("examples/hello-py has no sync predict to make async");
+  writeFileSync(join(pkg, "model/model.py"), source.replace("    def predict(", "    async def predict("));
+  return pkg;
+}
 
 export interface PythonHostOptions {
   runs: number;
@@ -88,9 +103,16 @@ export interface PythonHostFigures {
   loadAfter: string;
 }
 
-async function start(kind: Server, port: number): Promise<Child> {
+async function start(kind: Server, port: number, asyncPackage = ""): Promise<Child> {
   const listen = `127.0.0.1:${port}`;
   switch (kind) {
+    case "python-async":
+      return startChild(
+        "python host (async)",
+        PYTHON,
+        ["-B", "-s", TRUSS_HOST_SCRIPT, asyncPackage, "--listen", listen, "--environment", "bench"],
+        { MERIDIAN_MODEL_ID: "" },
+      );
     case "bare":
       return startChild("bare http.server", PYTHON, ["-c", BARE_SERVER, String(port)]);
     case "python":
@@ -145,11 +167,12 @@ export async function runPythonHost(
   const dir = tempDir("meridian-bench-py-");
   const body = writeBody(dir, "small.json", null);
   const loadBefore = loadAverage();
-  const servers: Server[] = ["bare", "python", "javascript"];
+  const servers = SERVERS;
+  const asyncPackage = asyncHello(dir);
   const running = new Map<Server, { child: Child; url: string }>();
   for (const kind of servers) {
     const port = await freePort();
-    const child = await start(kind, port);
+    const child = await start(kind, port, asyncPackage);
     const url = `http://127.0.0.1:${port}/v1/models/model:predict`;
     await until200(url, { "content-type": "application/json" }, "{}", 30_000);
     running.set(kind, { child, url });
@@ -213,14 +236,14 @@ export function renderPythonHost(f: PythonHostFigures): string {
     SECTION_START,
     "## 6. Python host",
     "",
-    `Each cell: \`wrk -t1 -c{N} -d${f.options.durationS}s\`, keep-alive POSTs of a small JSON body (45 bytes) to \`/v1/models/model:predict\`; ${f.options.runs} runs, interleaved (every cell once per round), the **median** reported. (a) is a bare \`http.server\` (\`ThreadingHTTPServer\`, HTTP/1.1, Nagle off) whose handler builds the answer examples/hello-py gives, inline; (b) is the Python host serving examples/hello-py (a sync \`predict\`, so each request also crosses to a worker thread and back, as truss runs it); both on ${f.python}. (c) is \`meridian serve-model examples/hello-js\`, the same answer from the JavaScript host. CPU per request is the server process's utime+stime from /proc divided by the requests wrk completed. Load average at start: ${f.loadBefore}; at end: ${f.loadAfter}.`,
+    `Each cell: \`wrk -t1 -c{N} -d${f.options.durationS}s\`, keep-alive POSTs of a small JSON body (45 bytes) to \`/v1/models/model:predict\`; ${f.options.runs} runs, interleaved (every cell once per round), the **median** reported. (a) is a bare \`http.server\` (\`ThreadingHTTPServer\`, HTTP/1.1, Nagle off) whose handler builds the answer examples/hello-py gives, inline; (b) is the Python host serving examples/hello-py (a sync \`predict\`, so each request also crosses to a worker thread and back, as truss runs it); (b′) is the same model with \`async def predict\`, run on the event loop: what the host's HTTP layer and routing cost without the thread hop; all on ${f.python}. (c) is \`meridian serve-model examples/hello-js\`, the same answer from the JavaScript host. CPU per request is the server process's utime+stime from /proc divided by the requests wrk completed. Load average at start: ${f.loadBefore}; at end: ${f.loadAfter}.`,
     "",
     "| conc. | server | req/s | p50 µs | p99 µs | CPU µs/req | req/s vs bare `http.server` | req/s vs JavaScript host |",
     "|---:|---|---:|---:|---:|---:|---:|---:|",
   ];
   for (const c of f.options.connections) {
     const rps = (s: Server) => median(f.cells[s][c]!.map((x) => x.rps));
-    for (const s of ["bare", "python", "javascript"] as Server[]) {
+    for (const s of SERVERS) {
       const cell = f.cells[s][c]!;
       lines.push(
         `| ${c} | ${LABELS[s]} | ${fmt(rps(s))} | ${fmt(median(cell.map((x) => x.p50)))} | ${fmt(median(cell.map((x) => x.p99)))} | ${fmt(median(cell.map((x) => x.cpuUs)), 1)} | ${ratio(rps(s), rps("bare"))} | ${ratio(rps(s), rps("javascript"))} |`,
@@ -238,7 +261,7 @@ export function renderPythonHost(f: PythonHostFigures): string {
       " |",
     `|---|---:|${f.cells.bare[f.options.connections[0]!]!.map(() => "---:").join("|")}|`,
   );
-  for (const s of ["bare", "python", "javascript"] as Server[]) {
+  for (const s of SERVERS) {
     for (const c of f.options.connections) {
       lines.push(`| ${s} | ${c} | ${f.cells[s][c]!.map((x) => fmt(x.rps)).join(" | ")} |`);
     }

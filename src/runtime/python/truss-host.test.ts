@@ -944,18 +944,19 @@ describe("the examples", () => {
       model_id: null,
       echo: { prompt: "Hello, world!" },
     });
-    const stream = host([
-      path.join(EXAMPLES, "stream-py"),
-      "--listen",
-      "127.0.0.1:0",
-      "--environment",
-      "prod-eu",
-    ]);
+    // Its identity from MERIDIAN_* variables, as a plane's driver may set it instead of flags.
+    const stream = host([path.join(EXAMPLES, "stream-py"), "--listen", "127.0.0.1:0"], {
+      env: { MERIDIAN_ENVIRONMENT: "prod-eu", MERIDIAN_MODEL_ID: "zzzz9999" },
+    });
     const t2 = await stream.target();
     await untilReady(t2);
     const res = await predict(t2, { prompt: "one two three", delay_ms: 0 });
     expect(res.headers["transfer-encoding"]).toBe("chunked");
     expect(res.text).toBe("one\ntwo\nthree\n[done in prod-eu]\n");
+    expect(stream.stdout.find((l) => l.msg === "listening")).toMatchObject({
+      environment: "prod-eu",
+      model_id: "zzzz9999",
+    });
   });
 });
 
