@@ -238,6 +238,8 @@ export function renderPythonHost(f: PythonHostFigures): string {
     "",
     `Each cell: \`wrk -t1 -c{N} -d${f.options.durationS}s\`, keep-alive POSTs of a small JSON body (45 bytes) to \`/v1/models/model:predict\`; ${f.options.runs} runs, interleaved (every cell once per round), the **median** reported. (a) is a bare \`http.server\` (\`ThreadingHTTPServer\`, HTTP/1.1, Nagle off) whose handler builds the answer examples/hello-py gives, inline; (b) is the Python host serving examples/hello-py (a sync \`predict\`, so each request also crosses to a worker thread and back, as truss runs it); (b′) is the same model with \`async def predict\`, run on the event loop: what the host's HTTP layer and routing cost without the thread hop; all on ${f.python}. (c) is \`meridian serve-model examples/hello-js\`, the same answer from the JavaScript host. CPU per request is the server process's utime+stime from /proc divided by the requests wrk completed. Load average at start: ${f.loadBefore}; at end: ${f.loadAfter}.`,
     "",
+    "Reproduce: `npx tsx bench/python-host.ts --write` (about 4 minutes; `--quick` makes one short run per cell and writes nothing). Read the ratios within the run: this machine's load moves absolute figures by ±50% (other test runs were going on).",
+    "",
     "| conc. | server | req/s | p50 µs | p99 µs | CPU µs/req | req/s vs bare `http.server` | req/s vs JavaScript host |",
     "|---:|---|---:|---:|---:|---:|---:|---:|",
   ];
@@ -250,7 +252,14 @@ export function renderPythonHost(f: PythonHostFigures): string {
       );
     }
   }
+  const cpu = (s: Server, c: number) => median(f.cells[s][c]!.map((x) => x.cpuUs));
+  const hop = f.options.connections.map(
+    (c) => `${fmt(cpu("python", c) - cpu("python-async", c))} µs at c=${c}`,
+  );
+  const own = f.options.connections.map((c) => `${fmt(cpu("python-async", c), 1)} µs at c=${c}`);
   lines.push(
+    "",
+    `What the rows say: the host's own work per request (HTTP/1.1 parse and answer, routing, JSON, the model call on the event loop: row b′) costs ${own.join(", ")} of CPU, against ${f.options.connections.map((c) => `${fmt(cpu("bare", c), 1)}`).join(", ")} µs for the bare \`http.server\` doing the same JSON. A sync \`predict\` adds the round trip to a worker thread and back (row b minus row b′): ${hop.join(", ")}. That hop is what truss's contract asks for (sync methods run in a thread, so a slow \`predict\` never blocks the server); most of it is the interpreter's lock changing hands twice per request (\`strace -c\` counts about nine futex calls per request at c=16, against none for an async \`predict\`), which is why it grows with the machine's load.`,
     "",
     `Start → first answer (process start, import, \`load()\`, listen, one predict), median of ${f.firstAnswer.python.length}: Python host ${fmt(median(f.firstAnswer.python))} ms, JavaScript host ${fmt(median(f.firstAnswer.javascript))} ms.`,
     "",
