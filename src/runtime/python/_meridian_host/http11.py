@@ -512,9 +512,6 @@ class Connection(asyncio.Protocol):
         else:
             self.transport.write(head + body)
 
-    def send_json(self, status: int, value: Any) -> None:
-        self.send(status, b"application/json", json.dumps(value, separators=(",", ":")).encode("utf-8"))
-
     def send_error(
         self,
         code: str,
