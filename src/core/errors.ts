@@ -94,7 +94,8 @@ export const ERRORS = {
     message: "The plane reported a key that was retired; a retired key is never trusted again.",
   },
 
-  // Serving (429, 5xx)
+  // Serving (412, 421, 429, 5xx)
+  model_definition_error: { status: 412, message: "The model does not meet the truss Model contract." },
   misdirected_request: {
     status: 421,
     message: "This plane does not serve this hostname's region; call an ingress of the environment's region.",

@@ -1,9 +1,15 @@
 // config.yaml parsing: a table of packages that must parse, a table of broken ones that must name the
-// offending key, and properties over predict_concurrency and variable names.
+// offending key, truss's Python keys, the YAML subset both runtimes read, what a package runs, and
+// properties over predict_concurrency and variable names.
 
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { parseModelConfig } from "./model-config.ts";
+import {
+  type ModelPackageConfig,
+  packageEntryPoint,
+  parseModelConfig,
+  pythonModulePath,
+} from "./model-config.ts";
 
 const DOCKER = `docker_server:
   start_command: python3 server.py
@@ -45,11 +51,11 @@ describe("parseModelConfig accepts", () => {
 
   it("reports truss keys it does not act on instead of refusing them", () => {
     const outcome = parseModelConfig(
-      "model_name: x\nresources:\n  cpu: '1'\nrequirements: []\nruntime:\n  predict_concurrency: 2\n  streaming_read_timeout: 60\n",
+      "model_name: x\nresources:\n  cpu: '1'\nrequirements: []\nsystem_packages: []\nruntime:\n  predict_concurrency: 2\n  streaming_read_timeout: 60\n",
     );
     expect(outcome).toMatchObject({
       ok: true,
-      ignored: ["resources", "requirements", "runtime.streaming_read_timeout"],
+      ignored: ["resources", "system_packages", "runtime.streaming_read_timeout"],
     });
   });
 });
@@ -155,5 +161,174 @@ describe("parseModelConfig properties", () => {
         return outcome.ok && outcome.config.environment_variables[name] === value;
       }),
     );
+  });
+});
+
+function config(text: string): ModelPackageConfig {
+  const outcome = parseModelConfig(text);
+  if (!outcome.ok) throw new Error(`${outcome.key}: ${outcome.message}`);
+  return outcome.config;
+}
+
+describe("truss's Python keys", () => {
+  it("take truss's defaults", () => {
+    expect(config("").python).toEqual({
+      python_version: null,
+      requirements: [],
+      requirements_file: null,
+      secrets: {},
+      model_module_dir: "model",
+      model_class_filename: "model.py",
+      model_class_name: "Model",
+      bundled_packages_dir: "packages",
+      data_dir: "data",
+      external_package_dirs: [],
+    });
+  });
+
+  it("read what a truss package declares, requirements normalised and paths in POSIX form", () => {
+    const python = config(`python_version: py310
+requirements:
+  - Torch==2.1.0
+  - numpy
+  - numpy
+secrets:
+  hf_access_token: null
+  fallback: placeholder
+model_module_dir: ./src/models/
+model_class_filename: net.py
+model_class_name: Net
+bundled_packages_dir: libs
+data_dir: weights
+external_package_dirs: [../shared]
+model_metadata:
+  example_model_input: {prompt: hi}
+`).python;
+    expect(python).toEqual({
+      python_version: "py310",
+      requirements: ["numpy", "torch==2.1.0"],
+      requirements_file: null,
+      secrets: { hf_access_token: null, fallback: "placeholder" },
+      model_module_dir: "src/models",
+      model_class_filename: "net.py",
+      model_class_name: "Net",
+      bundled_packages_dir: "libs",
+      data_dir: "weights",
+      external_package_dirs: ["../shared"],
+    });
+    expect(config("requirements_file: ./reqs/requirements.txt\n").python.requirements_file).toBe(
+      "reqs/requirements.txt",
+    );
+  });
+
+  it.each([
+    ["python_version: 3.11\n", "python_version", /must be a string such as py311, got 3\.11/],
+    ["python_version: python3\n", "python_version", /such as py311, got "python3"/],
+    ["requirements: numpy\n", "requirements", /list of pip requirements/],
+    ["requirements: [1]\n", "requirements", /list of pip requirements/],
+    ["requirements: ['-r /etc/passwd']\n", "requirements", /^line 1: the pip option -r is not allowed/],
+    ["requirements: [./local]\n", "requirements", /local paths are not allowed/],
+    [
+      "requirements_file: pyproject.toml\n",
+      "requirements_file",
+      /pyproject\.toml and uv\.lock are not supported/,
+    ],
+    ["requirements_file: uv.lock\n", "requirements_file", /not supported/],
+    ["requirements_file: ../../etc/passwd\n", "requirements_file", /inside the package/],
+    ["requirements_file: /etc/passwd\n", "requirements_file", /inside the package/],
+    ["requirements: [numpy]\nrequirements_file: r.txt\n", "requirements_file", /together with requirements/],
+    ["secrets: [a]\n", "secrets", /mapping of secret names/],
+    ["secrets:\n  ../../x: null\n", "secrets.../../x", /not a valid secret name/],
+    ["secrets:\n  token: 5\n", "secrets.token", /null \(a placeholder\) or a string/],
+    ["model_module_dir: ../up\n", "model_module_dir", /inside the package/],
+    ["model_module_dir: a/../../b\n", "model_module_dir", /inside the package/],
+    ["bundled_packages_dir: /abs\n", "bundled_packages_dir", /inside the package/],
+    ["model_class_filename: model.js\n", "model_class_filename", /ending in \.py/],
+    ["model_class_filename: sub/model.py\n", "model_class_filename", /file name/],
+    ["model_class_name: 1Model\n", "model_class_name", /Python class name/],
+    ["external_package_dirs: shared\n", "external_package_dirs", /list of directory paths/],
+    ["model_metadata: [1]\n", "model_metadata", /must be a mapping/],
+    [
+      "external_data:\n  - url: https://example.com/w.bin\n    local_data_path: w.bin\n",
+      "external_data",
+      /not supported: Meridian does not download files at serving time/,
+    ],
+  ])("refuses %j", (text, key, message) => {
+    const outcome = parseModelConfig(text);
+    expect(outcome).toMatchObject({ ok: false, key });
+    if (!outcome.ok) expect(outcome.message).toMatch(message);
+  });
+});
+
+describe("the YAML subset both runtimes read", () => {
+  it.each([
+    ["an anchor and an alias", "a: &x 1\nb: *x\n", /anchors \(&name\) are not supported/],
+    ["an alias to nothing", "b: *x\n", /not valid YAML|aliases/],
+    ["a tag", "a: !!str 1\n", /tags \(!tag\) are not supported/],
+    ["an explicit key", "? a\n: 1\n", /explicit keys \(\? key\) are not supported/],
+    ["a collection as a key", "[a, b]: 1\n", /collections as mapping keys|not valid YAML/],
+    ["a directive", "%YAML 1.2\n---\na: 1\n", /directives/],
+    ["two documents", "a: 1\n---\nb: 2\n", /not valid YAML/],
+  ])("refuses %s", (_name, text, message) => {
+    const outcome = parseModelConfig(text);
+    expect(outcome).toMatchObject({ ok: false, key: "(document)" });
+    if (!outcome.ok) expect(outcome.message).toMatch(message);
+  });
+});
+
+describe("packageEntryPoint", () => {
+  const has =
+    (...files: string[]) =>
+    (p: string) =>
+      files.includes(p);
+  const DOCKER_CONFIG = `docker_server:
+  start_command: ./serve
+  server_port: 9000
+  predict_endpoint: /p
+  readiness_endpoint: /r
+  liveness_endpoint: /l
+`;
+
+  it.each([
+    [
+      "a custom server, whatever files there are",
+      DOCKER_CONFIG,
+      ["model/model.py"],
+      { type: "custom_server" },
+    ],
+    [
+      "truss's model/model.py",
+      "",
+      ["model/model.py"],
+      { type: "python", module: "model/model.py", className: "Model" },
+    ],
+    [
+      "a class named by config.yaml",
+      "model_module_dir: src\nmodel_class_filename: net.py\nmodel_class_name: Net\n",
+      ["src/net.py"],
+      { type: "python", module: "src/net.py", className: "Net" },
+    ],
+    [
+      "a class at the package root",
+      "model_module_dir: .\n",
+      ["model.py"],
+      { type: "python", module: "model.py" },
+    ],
+    ["Meridian's model/model.js", "", ["model/model.js"], { type: "javascript", module: "model/model.js" }],
+  ])("runs %s", (_name, text, files, expected) => {
+    const outcome = packageEntryPoint(config(text), has(...files));
+    expect(outcome).toMatchObject({ ok: true, entry: expected });
+  });
+
+  it("refuses a package with both model files, or with nothing to run", () => {
+    expect(packageEntryPoint(config(""), has("model/model.py", "model/model.js"))).toMatchObject({
+      ok: false,
+      message: expect.stringMatching(/both model\/model\.py and model\/model\.js/),
+    });
+    expect(packageEntryPoint(config("model_module_dir: src\n"), has("model/model.py"))).toMatchObject({
+      ok: false,
+      message: expect.stringMatching(/neither src\/model\.py \(a truss Model class\)/),
+    });
+    expect(pythonModulePath(config(""))).toBe("model/model.py");
   });
 });

@@ -1,5 +1,6 @@
 // A model package on disk: reads and validates config.yaml and decides how the model runs (a JavaScript
-// `model/model.js` in this process, or a custom server started by `docker_server.start_command`).
+// `model/model.js` in this process, a custom server started by `docker_server.start_command`, or truss's
+// `model/model.py`, which the Python host serves: src/runtime/python/truss_host.py).
 
 import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
@@ -8,23 +9,31 @@ import {
   type ConfigOutcome,
   DOCUMENT,
   type DockerServerConfig,
+  JAVASCRIPT_MODULE,
   type ModelPackageConfig,
+  packageEntryPoint,
   parseModelConfig,
+  pythonModulePath,
   RESERVED_VARIABLE_PREFIX,
 } from "../core/model-config.ts";
 
 export const CONFIG_FILE = "config.yaml";
 export const MODEL_MODULE = path.join("model", "model.js");
 
-export type ModelKind =
+/** Every way a package runs. */
+export type PackageKind =
   | { type: "javascript"; module: string }
-  | { type: "custom_server"; server: DockerServerConfig };
+  | { type: "custom_server"; server: DockerServerConfig }
+  | { type: "python"; module: string; className: string };
 
-export interface ModelPackage {
+/** What `meridian serve-model` runs itself; a Python package is served by the Python host instead. */
+export type ModelKind = Exclude<PackageKind, { type: "python" }>;
+
+export interface ModelPackage<Kind extends PackageKind = ModelKind> {
   /** Absolute path of the package directory. */
   dir: string;
   config: ModelPackageConfig;
-  kind: ModelKind;
+  kind: Kind;
   /** config.yaml keys that Meridian does not act on (truss keys such as `resources`). */
   ignoredKeys: string[];
 }
@@ -36,8 +45,24 @@ export interface ReplicaIdentity {
   environment: string | null;
 }
 
-/** Reads a package directory; throws `invalid_model_package` naming the file and key at fault. */
+/**
+ * Reads a package directory for `meridian serve-model`; throws `invalid_model_package` naming the file and
+ * key at fault, and for a truss Python package, which the Python host serves (see `loadPackage`).
+ */
 export async function loadModelPackage(dir: string): Promise<ModelPackage> {
+  const pkg = await loadPackage(dir);
+  if (pkg.kind.type === "python") {
+    throw new MeridianError(
+      "invalid_model_package",
+      `${pkg.kind.module} is a truss Model class: it is served by the Python host (src/runtime/python/truss_host.py), not by meridian serve-model`,
+      { file: pkg.kind.module },
+    );
+  }
+  return pkg as ModelPackage;
+}
+
+/** Reads a package directory of any kind; throws `invalid_model_package` naming the file and key at fault. */
+export async function loadPackage(dir: string): Promise<ModelPackage<PackageKind>> {
   const root = path.resolve(dir);
   if (!(await isDirectory(root))) {
     throw new MeridianError("invalid_model_package", `${root} is not a model package directory`, {
@@ -51,11 +76,25 @@ export async function loadModelPackage(dir: string): Promise<ModelPackage> {
   } catch {
     throw new MeridianError("invalid_model_package", `${configPath} is missing`, { file: CONFIG_FILE });
   }
-  return modelPackageFrom(root, parseModelConfig(text), await isFile(path.join(root, MODEL_MODULE)));
+  const parsed = parseModelConfig(text);
+  const present = new Set<string>();
+  if (parsed.ok) {
+    for (const candidate of [JAVASCRIPT_MODULE, pythonModulePath(parsed.config)]) {
+      if (await isFile(path.join(root, candidate))) present.add(candidate);
+    }
+  }
+  return modelPackageFrom(root, parsed, present);
 }
 
-/** Decides how a package runs from its parsed config; pure so its rules are tested by table. */
-export function modelPackageFrom(dir: string, parsed: ConfigOutcome, hasModelModule: boolean): ModelPackage {
+/**
+ * Decides how a package runs from its parsed config and which entry files it has (paths relative to the
+ * package); pure so its rules are tested by table.
+ */
+export function modelPackageFrom(
+  dir: string,
+  parsed: ConfigOutcome,
+  files: ReadonlySet<string>,
+): ModelPackage<PackageKind> {
   if (!parsed.ok) {
     const where = parsed.key === DOCUMENT ? CONFIG_FILE : `${CONFIG_FILE}: ${parsed.key}`;
     throw new MeridianError("invalid_model_package", `${where} ${parsed.message}`, {
@@ -64,27 +103,22 @@ export function modelPackageFrom(dir: string, parsed: ConfigOutcome, hasModelMod
     });
   }
   const { config, ignored } = parsed;
-  if (config.docker_server !== null) {
-    return {
-      dir,
-      config,
-      kind: { type: "custom_server", server: config.docker_server },
-      ignoredKeys: ignored,
-    };
+  const entry = packageEntryPoint(config, (p) => files.has(p));
+  if (!entry.ok) {
+    throw new MeridianError("invalid_model_package", lowerFirst(entry.message), { file: MODEL_MODULE });
   }
-  if (!hasModelModule) {
-    throw new MeridianError(
-      "invalid_model_package",
-      `the package has neither ${MODEL_MODULE} nor docker_server.start_command in ${CONFIG_FILE}`,
-      { file: MODEL_MODULE },
-    );
+  const kind = entry.entry;
+  switch (kind.type) {
+    case "custom_server":
+      return { dir, config, kind, ignoredKeys: ignored };
+    case "javascript":
+    case "python":
+      return { dir, config, kind: { ...kind, module: path.join(dir, kind.module) }, ignoredKeys: ignored };
   }
-  return {
-    dir,
-    config,
-    kind: { type: "javascript", module: path.join(dir, MODEL_MODULE) },
-    ignoredKeys: ignored,
-  };
+}
+
+function lowerFirst(text: string): string {
+  return text.replace(/^The /, "the ").replace(/\.$/, "");
 }
 
 /**
