@@ -5,13 +5,15 @@
 import {
   type BareItem,
   type Component,
+  componentId,
   componentItem,
   type Dictionary,
   fieldValue,
   type InnerList,
   isInnerList,
   parseDictionary,
-  serializeDictionary,
+  serializeBareItem,
+  serializeInnerList,
   sf,
   signableValue,
 } from "./http-signatures.ts";
@@ -84,6 +86,51 @@ export function receiptParams(keyId: string, createdSeconds: number, coversBody:
       ["tag", sf.string(RECEIPT_TAG)],
     ]),
   };
+}
+
+// The hot path's signature base: the same bytes as `signatureBase(receiptParams(…), componentValues(…))`
+// (a test holds them equal), from parts serialized once.
+const LINE_PREFIXES = RECEIPT_COMPONENTS.map((c) => `${componentId(c)}: `);
+const INNER_WITH_BODY = serializeInnerList({
+  items: RECEIPT_COMPONENTS.map(componentItem),
+  params: new Map(),
+});
+const INNER_WITHOUT_BODY = serializeInnerList({
+  items: RECEIPT_COMPONENTS.filter((c) => c !== CONTENT_DIGEST_REQ).map(componentItem),
+  params: new Map(),
+});
+const PARAMS_TAIL = `;alg=${serializeBareItem(sf.string(RECEIPT_ALG))};tag=${serializeBareItem(sf.string(RECEIPT_TAG))}`;
+const keyIdItems = new Map<string, string>();
+
+/**
+ * A receipt's signature base and its Signature-Input member value, given the five proof values in
+ * PROOF_FIELDS order (each already combined per RFC 9421 §2.1; undefined when absent).
+ */
+export function receiptBase(
+  keyId: string,
+  createdSeconds: number,
+  status: number,
+  proof: readonly (string | undefined)[],
+  request: ReceiptRequest,
+): { ok: true; base: string; input: string } | { ok: false; reason: string } {
+  const keyItem = keyIdItems.get(keyId) ?? serializeBareItem(sf.string(keyId));
+  if (keyIdItems.size < 64) keyIdItems.set(keyId, keyItem);
+  const coversBody = request.contentDigest !== null;
+  const values = [String(status), ...proof, request.method, request.authority, request.path];
+  if (coversBody) values.push(request.contentDigest!);
+  let base = "";
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    const c = RECEIPT_COMPONENTS[i]!;
+    const id = c.req ? `${c.name};req` : c.name;
+    if (v === undefined) return { ok: false, reason: `${id}: absent` };
+    if (!signableValue(v)) return { ok: false, reason: `${id}: holds characters outside visible ASCII` };
+    base += `${LINE_PREFIXES[i]}${v}\n`;
+  }
+  if (!Number.isSafeInteger(createdSeconds) || createdSeconds < 0)
+    return { ok: false, reason: "created: not a time" };
+  const input = `${coversBody ? INNER_WITH_BODY : INNER_WITHOUT_BODY};created=${createdSeconds};keyid=${keyItem}${PARAMS_TAIL}`;
+  return { ok: true, base: `${base}"@signature-params": ${input}`, input };
 }
 
 export type ComponentValues =
@@ -206,15 +253,14 @@ function paramsKey(params: Map<string, BareItem>): string {
   return out;
 }
 
-/** The value of `x-meridian-receipt-request`: an RFC 8941 Dictionary of Strings. */
+/**
+ * The value of `x-meridian-receipt-request`: an RFC 8941 Dictionary of Strings (§4.1.6: `"` and `\` escaped).
+ * Its values are those receiptBase accepted (visible ASCII), so no other character needs escaping.
+ */
 export function receiptRequestHeader(r: ReceiptRequest): string {
-  const dict: Dictionary = new Map([
-    ["method", sf.item(sf.string(r.method))],
-    ["authority", sf.item(sf.string(r.authority))],
-    ["path", sf.item(sf.string(r.path))],
-  ]);
-  if (r.contentDigest !== null) dict.set("content-digest", sf.item(sf.string(r.contentDigest)));
-  return serializeDictionary(dict);
+  const q = (v: string) => `"${v.replace(/["\\]/g, "\\$&")}"`;
+  const head = `method=${q(r.method)}, authority=${q(r.authority)}, path=${q(r.path)}`;
+  return r.contentDigest === null ? head : `${head}, content-digest=${q(r.contentDigest)}`;
 }
 
 /** Reads `x-meridian-receipt-request`; the fields it lacks or holds malformed are left out. */

@@ -20,7 +20,7 @@ import {
   directorySealKeys,
   sealBatch,
 } from "../lib/audit-chain.ts";
-import { AuditLog, type AuditRecord } from "./audit.ts";
+import { AuditLog, type AuditRecord, parseAuditRetention } from "./audit.ts";
 
 const dirs: string[] = [];
 async function tempDir(): Promise<string> {
@@ -465,6 +465,16 @@ describe("the audit chain", () => {
 });
 
 describe("retention", () => {
+  it("parses --audit-retention", () => {
+    expect(parseAuditRetention("30d")).toEqual({ ok: true, ms: 30 * 86_400_000 });
+    expect(parseAuditRetention("30")).toEqual({ ok: true, ms: 30 * 86_400_000 });
+    expect(parseAuditRetention("12h")).toEqual({ ok: true, ms: 12 * 3_600_000 });
+    expect(parseAuditRetention("90m")).toEqual({ ok: true, ms: 90 * 60_000 });
+    for (const bad of ["", "30 days", "-1d", "1.5d", "10m", "0"]) {
+      expect(parseAuditRetention(bad), bad).toMatchObject({ ok: false });
+    }
+  });
+
   it("removes whole files older than the retention, declared in the chain first", async () => {
     const dir = await tempDir();
     const DAY = 86_400_000;

@@ -69,7 +69,10 @@ export interface AuditLogOptions {
   retentionMs?: number;
   /** A new file is started when the current one would grow past this. Default 64 MiB. */
   maxFileBytes?: number;
-  /** …or once it is this old, so retention removes records at most this late. Default 1 day. */
+  /**
+   * …or once it is this old, so retention removes records at most this late. Default a tenth of the
+   * retention, between 1 minute and 1 day (1 day for the default 30).
+   */
   rotateIntervalMs?: number;
   /** Buffered records are written and fsynced at most this long after they arrive. Default 100 ms. */
   flushIntervalMs?: number;
@@ -84,6 +87,23 @@ export interface AuditLogOptions {
 }
 
 export const DEFAULT_AUDIT_RETENTION_MS = 30 * 24 * 3600 * 1000;
+const RETENTION_MIN_MS = 3600 * 1000;
+
+/**
+ * `--audit-retention`: a whole number and a unit, `d` (days, also the unit of a bare number), `h`, `m` or
+ * `s`; at least one hour, so a file is never removed while its records are still being answered for.
+ */
+export function parseAuditRetention(value: string): { ok: true; ms: number } | { ok: false; error: string } {
+  const m = /^(\d{1,6})([dhms]?)$/.exec(value.trim());
+  if (m === null)
+    return { ok: false, error: `--audit-retention is a number and a unit (30d, 12h, 90m), got '${value}'` };
+  const unit = { d: 86_400_000, h: 3_600_000, m: 60_000, s: 1000, "": 86_400_000 }[
+    m[2] as "d" | "h" | "m" | "s" | ""
+  ];
+  const ms = Number(m[1]) * unit;
+  if (ms < RETENTION_MIN_MS) return { ok: false, error: `--audit-retention is at least 1h, got '${value}'` };
+  return { ok: true, ms };
+}
 const QUERY_LIMIT_MAX = 10_000;
 /** Size of the chunks audit lines are buffered in until a flush. */
 const CHUNK_BYTES = 256 * 1024;
@@ -151,10 +171,11 @@ export class AuditLog implements AuditSink {
 
   constructor(options: AuditLogOptions) {
     const { signingKey, ...rest } = options;
+    const retentionMs = options.retentionMs ?? DEFAULT_AUDIT_RETENTION_MS;
     this.#opts = {
-      retentionMs: DEFAULT_AUDIT_RETENTION_MS,
+      retentionMs,
       maxFileBytes: 64 * 1024 * 1024,
-      rotateIntervalMs: 24 * 3600 * 1000,
+      rotateIntervalMs: Math.min(Math.max(retentionMs / 10, 60_000), 24 * 3600 * 1000),
       flushIntervalMs: 100,
       maxBufferedRecords: 5_000,
       retentionCheckMs: 3600 * 1000,

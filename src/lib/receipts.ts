@@ -8,21 +8,20 @@ import {
   type Dictionary,
   isInnerList,
   parseDictionary,
-  serializeInnerList,
   sha256OfContentDigest,
   signatureBase,
 } from "../core/http-signatures.ts";
 import { type DirectoryKey, findKey, type KeyDirectory, validityOf } from "../core/key-directory.ts";
 import {
   componentValues,
-  type PROOF_FIELDS,
+  PROOF_FIELDS,
   parseReceiptRequestHeader,
   RECEIPT_LABEL,
   RECEIPT_REQUEST_HEADER,
   type ReceiptInput,
   type ReceiptRequest,
+  receiptBase,
   receiptInputs,
-  receiptParams,
   receiptRequestHeader,
 } from "../core/receipt.ts";
 
@@ -68,38 +67,36 @@ export type ReceiptSigning = { ok: true; headers: string[] } | { ok: false; reas
  * or outside visible ASCII): the response is then sent without a receipt.
  */
 export function signReceipt(key: ReceiptKey, subject: ReceiptSubject): ReceiptSigning {
-  const params = receiptParams(
+  // One pass over the response's fields for the five proof values (RFC 9421 §2.1: lines joined by ", ").
+  const proof: Array<string | undefined> = [undefined, undefined, undefined, undefined, undefined];
+  const h = subject.headers;
+  for (let i = 0; i < h.length; i += 2) {
+    const k = (PROOF_FIELDS as readonly string[]).indexOf(h[i]!);
+    if (k < 0) continue;
+    const v = h[i + 1]!.replace(/^[ \t]+|[ \t]+$/g, "");
+    proof[k] = proof[k] === undefined ? v : `${proof[k]}, ${v}`;
+  }
+  const built = receiptBase(
     key.keyId,
     Math.floor(subject.now / 1000),
-    subject.request.contentDigest !== null,
-  );
-  const resolved = componentValues(
-    params,
-    { status: subject.status, field: (name) => linesOf(subject.headers, name) },
+    subject.status,
+    proof,
     subject.request,
   );
-  if (!resolved.ok) return { ok: false, reason: `${resolved.component}: ${resolved.reason}` };
-  const base = signatureBase(params, resolved.values);
-  const signature = sign(null, Buffer.from(base, "latin1"), key.privateKey).toString("base64");
+  if (!built.ok) return built;
+  const signature = sign(null, Buffer.from(built.base, "latin1"), key.privateKey).toString("base64");
   const label = subject.label ?? RECEIPT_LABEL;
-  const input = serializeInnerList(params);
   return {
     ok: true,
     headers: [
       "signature-input",
-      `${label}=${input}`,
+      `${label}=${built.input}`,
       "signature",
       `${label}=:${signature}:`,
       RECEIPT_REQUEST_HEADER,
       receiptRequestHeader(subject.request),
     ],
   };
-}
-
-function linesOf(flat: readonly string[], name: string): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < flat.length; i += 2) if (flat[i] === name) out.push(flat[i + 1]!);
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------------------
