@@ -127,32 +127,42 @@ export interface Summary {
   out_of_region: AuditRecord[];
 }
 
-/** Counts and out-of-region records of the scope's records, in a stable order. */
-export function summarize(
-  records: Iterable<AuditRecord>,
-  scope: EvidenceScope,
-  regionOf: (plane: string) => string | undefined,
-): Summary {
-  const counts = new Map<string, EvidenceCount>();
-  const out: AuditRecord[] = [];
-  let requests = 0;
-  for (const r of records) {
-    if (!inScope(r, scope)) continue;
-    requests++;
+/** Counts and out-of-region records of a scope, record by record (a day of a busy plane does not fit in memory). */
+export class Summarizer {
+  readonly #counts = new Map<string, EvidenceCount>();
+  readonly #out: AuditRecord[] = [];
+  #requests = 0;
+
+  constructor(
+    readonly scope: EvidenceScope,
+    readonly regionOf: (plane: string) => string | undefined,
+  ) {}
+
+  add(r: AuditRecord): void {
+    if (!inScope(r, this.scope)) return;
+    this.#requests++;
     const c: EvidenceCount = {
-      processed_region: processedRegion(r, regionOf),
+      processed_region: processedRegion(r, this.regionOf),
       processed_by: r.processed_by,
       hostname_form: r.hostname_form,
       forwarded_from: r.forwarded_from,
       count: 1,
     };
     const key = countKey(c);
-    const seen = counts.get(key);
-    if (seen === undefined) counts.set(key, c);
+    const seen = this.#counts.get(key);
+    if (seen === undefined) this.#counts.set(key, c);
     else seen.count++;
-    if (isOutOfRegion(c, scope)) out.push(r);
+    if (isOutOfRegion(c, this.scope)) this.#out.push(r);
   }
-  return { requests, counts: sortCounts([...counts.values()]), out_of_region: out };
+
+  /** In a stable order. */
+  result(): Summary {
+    return {
+      requests: this.#requests,
+      counts: sortCounts([...this.#counts.values()]),
+      out_of_region: [...this.#out],
+    };
+  }
 }
 
 function countKey(c: EvidenceCount): string {

@@ -7,14 +7,14 @@ import { createPublicKey, type KeyObject } from "node:crypto";
 import { mkdir, open, readFile, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { AuditRecord } from "../core/audit-record.ts";
-import { type EvidencePiece, type EvidenceScope, inScope, summarize } from "../core/evidence.ts";
+import { type EvidencePiece, type EvidenceScope, Summarizer } from "../core/evidence.ts";
 import type { PlaneReport } from "../core/snapshot.ts";
 import {
   type AuditExportHeader,
   type AuditSeal,
   type AuditSigningKey,
   auditFileName,
-  checkBatches,
+  BatchChecker,
   crcList,
   GENESIS,
   keyMapSealKeys,
@@ -403,29 +403,26 @@ export class AuditLog implements AuditSink {
     scope: EvidenceScope,
     regionOf: (plane: string) => string | undefined,
   ): Promise<EvidencePiece> {
-    const batches: ExportedBatch[] = [];
-    let header: AuditExportHeader | null = null;
-    for await (const item of this.export({ from: scope.from, to: scope.to })) {
-      if (item.type === "header") header = item.header;
-      else batches.push(item);
-    }
     const key = this.#key();
-    const anchor = header?.first ? { seq: header.first.seq - 1, hash: header.first.prev } : null;
     const own =
       this.#opts.verifyingKeys?.() ??
       new Map(key === null ? [] : [[key.keyId, createPublicKey(key.privateKey)] as const]);
-    const check = checkBatches(batches, anchor, { keys: keyMapSealKeys(own) });
-    const records = function* () {
-      for (const b of batches) for (const r of b.records) yield JSON.parse(r) as AuditRecord;
-    };
+    let header: AuditExportHeader | null = null;
+    let checker: BatchChecker | null = null;
+    const summary = new Summarizer(scope, regionOf);
+    for await (const item of this.export({ from: scope.from, to: scope.to })) {
+      if (item.type === "header") {
+        header = item.header;
+        const anchor = header.first ? { seq: header.first.seq - 1, hash: header.first.prev } : null;
+        checker = new BatchChecker(anchor, { keys: keyMapSealKeys(own) });
+        continue;
+      }
+      checker!.add(item);
+      for (const r of item.records) summary.add(JSON.parse(r) as AuditRecord);
+    }
+    const check = checker!.finish();
+    const s = summary.result();
     const plane = this.#opts.plane ?? { name: "unknown", region: "unknown" };
-    const summary = summarize(
-      (function* () {
-        for (const r of records()) if (inScope(r, scope)) yield r;
-      })(),
-      scope,
-      regionOf,
-    );
     return signPiece(
       {
         kind: "meridian-evidence-piece",
@@ -434,9 +431,9 @@ export class AuditLog implements AuditSink {
         region: plane.region,
         scope,
         generated_at: new Date(this.#opts.now()).toISOString(),
-        requests: summary.requests,
-        counts: summary.counts,
-        out_of_region: summary.out_of_region,
+        requests: s.requests,
+        counts: s.counts,
+        out_of_region: s.out_of_region,
         chain: {
           first: header?.first ?? null,
           last: header?.last ?? null,

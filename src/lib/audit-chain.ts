@@ -652,24 +652,24 @@ export async function checkAuditExport(
   return { ...out, header };
 }
 
-/**
- * Checks a run of batches already in memory (an export's, before it leaves the plane): `anchor` is the
- * seal before the first one.
- */
-export function checkBatches(
-  batches: Iterable<{ file: string; offset: number; seal: AuditSeal; records: readonly string[] }>,
-  anchor: { seq: number; hash: string } | null,
-  options: CheckOptions = {},
-): AuditCheck {
-  const walker = new ChainWalker(options.keys, anchor);
-  for (const b of batches) {
+/** Checks a run of batches as they come (an export's, before it leaves the plane); `anchor` is the seal before. */
+export class BatchChecker {
+  readonly #walker: ChainWalker;
+  constructor(anchor: { seq: number; hash: string } | null, options: CheckOptions = {}) {
+    this.#walker = new ChainWalker(options.keys, anchor);
+  }
+
+  add(b: { file: string; offset: number; seal: AuditSeal; records: readonly string[] }): void {
     let offset = b.offset;
     for (const r of b.records) {
       const bytes = Buffer.from(r, "utf8");
-      walker.line(b.file, { offset, bytes, complete: true });
+      this.#walker.line(b.file, { offset, bytes, complete: true });
       offset += bytes.length + 1;
     }
-    walker.line(b.file, { offset, bytes: Buffer.from(JSON.stringify(b.seal)), complete: true });
+    this.#walker.line(b.file, { offset, bytes: Buffer.from(JSON.stringify(b.seal)), complete: true });
   }
-  return walker.finish("export");
+
+  finish(): AuditCheck {
+    return this.#walker.finish("export");
+  }
 }
