@@ -266,6 +266,13 @@ describe("the audit chain", () => {
     later.record(rec(50));
     await later.stop();
     expect(await checkAuditDirectory(bare, { keys })).toMatchObject({ ok: true, records: 7, unsigned: 4 });
+    // A log first written without its plane's name may be given one; another plane's name is a break.
+    const unnamed = await tempDir();
+    await writtenLog(unnamed, 1, { plane: undefined });
+    await writtenLog(unnamed, 1);
+    expect(await checkAuditDirectory(unnamed, { keys })).toMatchObject({ ok: true, records: 6 });
+    await writtenLog(unnamed, 1, { plane: { name: "eu-2", region: "eu" } });
+    expect((await checkAuditDirectory(unnamed, { keys })).break).toMatchObject({ kind: "other_plane" });
   });
 
   /** Rewrites one file of a fresh three-batch log and returns what the checker says. */
@@ -514,7 +521,13 @@ describe("retention", () => {
 describe("export", () => {
   it("yields the batches of a range with the heads they cover, and verifies as a file", async () => {
     const dir = await tempDir();
-    const log = new AuditLog({ dir, plane: PLANE, signingKey: eu1 });
+    // The clock of the records' times (files are named by it, and an export reads by them).
+    const log = new AuditLog({
+      dir,
+      plane: PLANE,
+      signingKey: eu1,
+      now: () => Date.UTC(2025, 0, 1, 0, 0, 30),
+    });
     await log.start();
     for (let b = 0; b < 5; b++) {
       for (let i = 0; i < 4; i++) log.record(rec(b * 4 + i));

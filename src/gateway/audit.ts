@@ -105,6 +105,8 @@ export function parseAuditRetention(value: string): { ok: true; ms: number } | {
   return { ok: true, ms };
 }
 const QUERY_LIMIT_MAX = 10_000;
+/** An export reads files started up to this long after its range: a request's record is written when it ends. */
+const EXPORT_LATE_MS = 24 * 3600 * 1000;
 /** Size of the chunks audit lines are buffered in until a flush. */
 const CHUNK_BYTES = 256 * 1024;
 
@@ -350,7 +352,7 @@ export class AuditLog implements AuditSink {
       (to === null || Date.parse(s.min_time) < to) &&
       (from === null || Date.parse(s.max_time) >= from);
     const { chain } = await listAuditFiles(this.#dir);
-    const files = this.#filesFrom(chain, from);
+    const files = this.#filesFrom(chain, from, to);
     let first: AuditSeal | null = null;
     let last: AuditSeal | null = null;
     for (const file of files) {
@@ -540,16 +542,22 @@ export class AuditLog implements AuditSink {
     }
   }
 
-  /** Chain files that may hold records at or after `from` (a file ends before its successor starts). */
-  #filesFrom(chain: string[], from: number | null): string[] {
-    if (from === null) return [...chain];
+  /**
+   * Chain files that may hold records of [from, to): a file ends before its successor starts, and one
+   * started more than EXPORT_LATE_MS after `to` holds only requests that arrived after it, but for requests
+   * (websockets) that lasted longer than that.
+   */
+  #filesFrom(chain: string[], from: number | null, to: number | null = null): string[] {
     let first = 0;
-    for (let i = 0; i + 1 < chain.length; i++) {
-      const next = parseAuditFileName(chain[i + 1]!);
+    let end = chain.length;
+    for (let i = 0; i < chain.length; i++) {
+      const start = parseAuditFileName(chain[i]!)?.startMs;
+      if (start === undefined) continue;
       // Names carry whole seconds: the successor started before `from` by a full second at least.
-      if (next !== null && next.startMs + 1000 <= from) first = i + 1;
+      if (from !== null && i > 0 && start + 1000 <= from) first = i;
+      if (to !== null && start > to + EXPORT_LATE_MS && end === chain.length) end = i;
     }
-    return chain.slice(first);
+    return chain.slice(first, Math.max(end, first));
   }
 
   #count(entry: AuditRecord): void {

@@ -421,7 +421,9 @@ class ChainWalker {
           }
         }
       }
-      if (this.#plane === null) this.#plane = { plane: seal.plane, region: seal.region };
+      // A log first written without its plane's name (plane null) may be given one later, once.
+      if (this.#plane === null || this.#plane.plane === null)
+        this.#plane = { plane: seal.plane, region: seal.region };
       else if (this.#plane.plane !== seal.plane || this.#plane.region !== seal.region) {
         at(
           line.offset,
