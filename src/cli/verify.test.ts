@@ -92,6 +92,7 @@ describe("saved responses", () => {
       ["HTTP/1.1 200 OK\nA: 1\n\nbody\n", 200, 1, "body\n"],
       ["HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 421 Misdirected Request\r\nA: 1\r\n\r\n{}", 421, 1, "{}"],
       ["HTTP/2 200\r\nx-meridian-plane: eu-1\r\n\r\n", 200, 1, ""],
+      ["HTTP/1.1 200 Connection established\r\n\r\nHTTP/2 200 \r\na: 1\r\n\r\nok", 200, 1, "ok"],
       ["HTTP/1.1 200 OK\r\nA: 1\r\n", 200, 1, ""], // a head saved without its last empty line
     ];
     for (const [text, status, n, body] of cases) {

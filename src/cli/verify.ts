@@ -207,8 +207,9 @@ const FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
 /**
  * A response as `curl -i` (head and body) or `curl -D` (head only) saves it: status line and field lines
- * (CRLF or LF), an empty line, then the body. Interim 1xx heads are skipped (RFC 9110 §15.2). Folded field
- * lines are refused (RFC 9112 §5.2), as a signed field must be read one way only.
+ * (CRLF or LF), an empty line, then the body. Interim 1xx heads (RFC 9110 §15.2) and a proxy's answer to
+ * CONNECT are skipped. Folded field lines are refused (RFC 9112 §5.2), as a signed field must be read one
+ * way only.
  */
 export function parseSavedResponse(raw: Buffer): SavedParse {
   let pos = 0;
@@ -216,7 +217,10 @@ export function parseSavedResponse(raw: Buffer): SavedParse {
     const head = readHead(raw, pos);
     if (!head.ok) return head;
     pos = head.end;
-    if (head.status >= 200 || head.status < 100) {
+    // A proxy's answer to CONNECT (`HTTP/1.1 200 Connection established`, no fields) precedes the response.
+    const proxied =
+      head.fields.length === 0 && /^HTTP\/\d/.test(raw.subarray(pos, pos + 8).toString("latin1"));
+    if ((head.status >= 200 || head.status < 100) && !proxied) {
       return { ok: true, response: { status: head.status, fields: head.fields }, body: raw.subarray(pos) };
     }
   }
