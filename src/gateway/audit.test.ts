@@ -511,6 +511,25 @@ describe("retention", () => {
     expect(check).toMatchObject({ ok: true, break: null });
     expect(check.first!.seq).toBeGreaterThan(0);
 
+    // A failing sweep is reported and stops nothing: writes go on.
+    const { symlink } = await import("node:fs/promises");
+    await symlink(join(dir, "gone"), join(dir, "audit.jsonl.1")); // stat fails on it
+    const errors: unknown[] = [];
+    const again = new AuditLog({
+      dir,
+      plane: PLANE,
+      signingKey: eu1,
+      retentionMs: 30 * DAY,
+      now: () => now,
+      onError: (e) => errors.push(e),
+    });
+    await again.start();
+    again.record(rec(0, { time: new Date(now).toISOString(), request_id: "after" }));
+    expect((await again.query({ request_id: "after" })).map((r) => r.request_id)).toEqual(["after"]);
+    await again.stop();
+    expect(errors).toEqual([expect.objectContaining({ code: "ENOENT" })]);
+    await rm(join(dir, "audit.jsonl.1"));
+
     // Removing a file retention would still keep is not retention.
     const files = await chainFiles(dir);
     await rm(join(dir, files[0]!));

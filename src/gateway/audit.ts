@@ -459,8 +459,13 @@ export class AuditLog implements AuditSink {
    */
   enforceRetention(): Promise<string[]> {
     let removed: string[] = [];
+    // Errors are reported, never left in the chain of writes: a rejected link would stop every later flush.
     this.#writing = this.#writing.then(async () => {
-      removed = await this.#sweep();
+      try {
+        removed = await this.#sweep();
+      } catch (err) {
+        this.#report(err);
+      }
     });
     return this.#writing.then(() => removed);
   }
