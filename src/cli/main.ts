@@ -120,6 +120,27 @@ program
     await runUpCommand(flags);
   });
 
+program
+  .command("verify")
+  .description(
+    "Check offline against a key directory: a saved response's receipt, evidence, or an audit chain",
+  )
+  .argument("[response]", "a saved response: `curl -i` or `curl -D` output (- for stdin)")
+  .requiredOption("--keys <file>", "the key directory (JSON) the control plane publishes")
+  .option("--url <url>", "the URL the request was sent to: its authority and path must be the receipt's")
+  .option("--method <method>", "the request's method")
+  .option("--data <string>", "the request body, to check its digest")
+  .option("--body-file <file>", "the request body, from a file")
+  .option("--body-digest <value>", "the request body's Content-Digest (RFC 9530, sha-256)")
+  .option("--evidence <file>", "check an evidence document instead")
+  .option("--audit <dir>", "check a plane's audit directory instead")
+  .option("--audit-export <file>", "check an audit export instead")
+  .option("--json", "print the result as one JSON document")
+  .action(async (response: string | undefined, flags) => {
+    const { runVerifyCommand } = await import("./verify.ts");
+    process.exitCode = await runVerifyCommand(response, flags);
+  });
+
 registerUserCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
