@@ -32,7 +32,10 @@ export interface TrussPythonConfig {
   requirements: readonly string[];
   /** A pip requirements file inside the package; exclusive with `requirements`. */
   requirements_file: string | null;
-  /** Secret names the model reads, each with truss's placeholder value (null, or a default). */
+  /**
+   * Secret names the model reads. A value written in config.yaml is truss's placeholder and never kept: the
+   * value comes from the team's secrets (DESIGN.md §2.8), so a real one typed there is not stored or sent.
+   */
   secrets: Readonly<Record<string, string | null>>;
   model_module_dir: string;
   model_class_filename: string;
@@ -245,7 +248,7 @@ function pythonConfig(raw: Record<string, unknown>): TrussPythonConfig {
       if (value !== null && value !== undefined && typeof value !== "string") {
         fail(`secrets.${name}`, `must be null (a placeholder) or a string, got ${describe(value)}`);
       }
-      secrets[name] = typeof value === "string" ? value : null;
+      secrets[name] = null;
     }
   }
   const external = raw["external_package_dirs"] ?? [];
