@@ -208,7 +208,8 @@ model_metadata:
       python_version: "py310",
       requirements: ["numpy", "torch==2.1.0"],
       requirements_file: null,
-      secrets: { hf_access_token: null, fallback: "placeholder" },
+      // A value in config.yaml is a placeholder and is not kept (the team's secret supplies it).
+      secrets: { hf_access_token: null, fallback: null },
       model_module_dir: "src/models",
       model_class_filename: "net.py",
       model_class_name: "Net",
