@@ -137,6 +137,20 @@ describe("limits", () => {
     await stillServing();
   });
 
+  it("lets a client that keeps sending after its refusal read the refusal (a lingering close, no reset)", async () => {
+    // Refused at once (declared too large), while the client goes on writing megabytes it was never asked
+    // for: closing straight away would reset the connection and could drop the 413 before it is read.
+    for (let round = 0; round < 5; round++) {
+      const conn = await raw(target);
+      conn.socket.write(`${POST}Content-Length: ${64 * 1024 * 1024}\r\n\r\n`);
+      const chunk = Buffer.alloc(64 * 1024, 0x61);
+      for (let i = 0; i < 64 && !conn.socket.destroyed; i++) conn.socket.write(chunk);
+      await conn.closed;
+      expect(parse(conn.received()).status, `round ${round}`).toBe(413);
+    }
+    await stillServing();
+  });
+
   it("answers a body over --max-body-bytes with 413, chunked or not, without asking for it", async () => {
     const declared = await exchange(`${POST}Content-Length: 2000\r\nExpect: 100-continue\r\n\r\n`);
     expect(declared.status).toBe(413);

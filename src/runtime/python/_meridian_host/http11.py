@@ -37,6 +37,8 @@ ERRORS: Dict[str, Tuple[int, str, int]] = {
     "service_unavailable": (503, "The service is not available.", 500),
 }
 TRUSS_SERVER_SOURCE = "04"
+# How long a refused connection keeps reading (and dropping) what its client still sends before closing.
+LINGER_SECONDS = 1.0
 
 # RFC 9110 §5.6.2: token = 1*tchar.
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -286,6 +288,7 @@ class Connection(asyncio.Protocol):
                     break
         except HttpError as err:
             self._refuse(err)
+            await self._linger()
         except _ClientGone:
             pass
         except asyncio.CancelledError:
@@ -528,6 +531,24 @@ class Connection(asyncio.Protocol):
         status = ERRORS[code][0]
         headers = error_headers(code, truss_code) + list(extra)
         self.send(status, b"application/json", error_body(code, message, detail), headers, close)
+
+    async def _linger(self) -> None:
+        """Closes after a refusal the way a careful server does (nginx's lingering close; RFC 9112 §9.6): end
+        this side, then read and drop what the client is still sending for a moment before closing. Closing
+        at once would make the kernel answer the client's unread bytes with a reset, which can discard the
+        refusal before the client has read it."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        deadline = self.loop.time() + LINGER_SECONDS
+        while not self.eof and self.loop.time() < deadline:
+            self.buf.clear()
+            if self._read_paused:
+                self._read_paused = False
+                transport.resume_reading()
+            await asyncio.sleep(0.02)
 
     def _refuse(self, err: HttpError) -> None:
         # The request could not be read, so there is none to answer in kind: a plain HTTP/1.1 GET stands in.
