@@ -21,21 +21,37 @@ export type RangeParse =
 
 // An RFC 3339 date-time (§5.6) with a zone: what `Date.prototype.toISOString` writes, and what a person
 // types (`2025-06-02T00:00:00Z`, `…+02:00`). A bare date or an epoch number is refused, not guessed at.
-const TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:\d{2})$/i;
+const TIME = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(?:Z|[+-](\d{2}):(\d{2}))$/i;
 
-/** One bound of a range, in unix ms. */
+/** One bound of a range, in unix ms. Fields out of range (February 30th, 24:00) are refused, not rolled over. */
 export function parseEvidenceTime(
   value: string,
   field: string,
 ): { ok: true; ms: number } | { ok: false; message: string } {
-  if (!TIME.test(value)) {
+  const m = TIME.exec(value);
+  if (m === null) {
     return {
       ok: false,
       message: `${field} is an RFC 3339 time with a zone (2025-06-02T00:00:00Z), got '${value}'`,
     };
   }
+  const [year, month, day, hour, minute, second, zh, zm] = m.slice(1).map((v) => Number(v ?? 0));
+  const days = new Date(Date.UTC(year!, month!, 0)).getUTCDate();
   const ms = Date.parse(value);
-  if (!Number.isFinite(ms)) return { ok: false, message: `${field} is not a real time: '${value}'` };
+  if (
+    month! < 1 ||
+    month! > 12 ||
+    day! < 1 ||
+    day! > days ||
+    hour! > 23 ||
+    minute! > 59 ||
+    second! > 59 ||
+    zh! > 23 ||
+    zm! > 59 ||
+    !Number.isFinite(ms)
+  ) {
+    return { ok: false, message: `${field} is not a real time: '${value}'` };
+  }
   return { ok: true, ms };
 }
 
