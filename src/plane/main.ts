@@ -236,7 +236,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
       watcher,
       controlAccess: new ControlAccessVerifier({ plane: config.name }),
       snapshot: () => current,
-      regionOf: (plane) => (current as PlaneSnapshot | null)?.planes.find((p) => p.name === plane)?.region,
+      regionOf: (plane) => current?.planes.find((p) => p.name === plane)?.region,
     };
     adminServer = http.createServer((req, res) => void serveAdmin(req, res, deps));
     await new Promise<void>((ok, fail) => {

@@ -357,5 +357,27 @@ describe("GET …/environments/{env}/evidence refusals", () => {
     });
     res = await evidence("");
     expect(res.body.unreachable_planes).toEqual(["eu-1"]);
+    // A plane deleted after it had a key: its piece cannot be asked for any more, and the document says so.
+    const gone = await t.admin.post("/v1/admin/planes", {
+      name: "gone-1",
+      region: "eu",
+      ingress: ["gone-1.test:1"],
+      capacity: 1,
+    });
+    const reported = await t.admin
+      .as(null)
+      .call(
+        "POST",
+        "/v1/internal/planes/gone-1/report",
+        { revision: 1, replicas: [], request_counts: [], public_key: generateSigningKey().publicKey },
+        { authorization: `Bearer ${gone.body.credential}`, "content-type": "application/json" },
+      );
+    expect(reported.status).toBe(200);
+    expect((await t.admin.delete("/v1/admin/planes/gone-1")).status).toBe(200);
+    res = await evidence("");
+    expect(res.body.unreachable_planes).toEqual(["eu-1", "gone-1"]);
+    // A range that ended before its key existed does not expect it.
+    res = await evidence("?from=2025-01-01T00:00:00Z&to=2025-01-02T00:00:00Z");
+    expect(res.body.unreachable_planes).toEqual(["eu-1"]);
   });
 });

@@ -28,11 +28,15 @@ interface Answer {
   at: number;
 }
 
-function cli(args: string[], cwd: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function cli(
+  args: string[],
+  cwd: string,
+  env: Record<string, string> = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [BIN, ...args], {
       cwd,
-      env: { ...process.env, MERIDIAN_DATA_DIR: join(cwd, "no-up") },
+      env: { ...process.env, MERIDIAN_DATA_DIR: join(cwd, "no-up"), ...env },
       stdio: ["ignore", "pipe", "pipe"],
     });
     let stdout = "";
@@ -73,7 +77,10 @@ describe("the audit across a SIGKILL", () => {
   let work: string;
 
   beforeAll(async () => {
-    cluster = await startCluster({ planes: [{ name: "eu-1", region: "eu" }] });
+    // A retention other than the default, as an operator sets it; it removes nothing of a fresh chain.
+    cluster = await startCluster({
+      planes: [{ name: "eu-1", region: "eu", args: ["--audit-retention", "2h"] }],
+    });
     work = tempDir();
     const api = cluster.api;
     expect(
@@ -196,4 +203,26 @@ describe("the audit across a SIGKILL", () => {
     expect(tampered.stderr).toContain(lastFile);
     expect(tampered.stderr).toContain("(unsealed_records)");
   }, 180_000);
+
+  it("refuses a retention it cannot keep, naming the flag", async () => {
+    for (const value of ["10m", "a week", "0"]) {
+      const r = await cli(
+        [
+          "plane",
+          "--name",
+          "x-1",
+          "--region",
+          "eu",
+          "--control-url",
+          "http://127.0.0.1:9",
+          "--audit-retention",
+          value,
+        ],
+        work,
+        { MERIDIAN_PLANE_TOKEN: "plane-x-1.unused" },
+      );
+      expect(r.code, value).toBe(1);
+      expect(r.stderr).toContain("--audit-retention");
+    }
+  });
 });

@@ -566,4 +566,33 @@ describe("residency evidence end to end", () => {
     expect(statSync(dir).mode & 0o777).toBe(0o700);
     for (const f of readdirSync(dir)) expect(statSync(join(dir, f)).mode & 0o777, f).toBe(0o600);
   });
+
+  it("names a plane that does not answer; the document is saved, and does not verify", async () => {
+    await cluster.plane("uk-1").stop();
+    const partial = await cli(
+      [
+        "evidence",
+        "--model",
+        model,
+        "-e",
+        "prod-eu",
+        "--from",
+        bounds[0]!,
+        "--to",
+        bounds[24]!,
+        "--out",
+        "partial.json",
+      ],
+      env,
+      work,
+    );
+    expect(partial.code).toBe(1);
+    expect(partial.stderr).toContain("plane(s) uk-1 did not answer");
+    const doc = JSON.parse(readFileSync(join(work, "partial.json"), "utf8")) as EvidenceDocument;
+    expect(doc.unreachable_planes).toEqual(["uk-1"]);
+    expect(doc.pieces.map((p) => p.plane)).toEqual(["au-1", "eu-1", "us-1"]);
+    const v = await cli(["verify", "--evidence", "partial.json", "--keys", "directory-2.json"], env, work);
+    expect(v.code).toBe(1);
+    expect(v.stderr).toContain("plane uk-1 did not answer: its requests are not in the document");
+  });
 });
