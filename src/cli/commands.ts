@@ -2,8 +2,10 @@
 // inference endpoints), and prints either a few readable lines or, with --json, one JSON document.
 // Failures print one line on stderr and exit non-zero.
 
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import type { Command } from "commander";
+import { request } from "undici";
+import { parseKeyDirectory } from "../core/key-directory.ts";
 import { checkEnvironmentName } from "../core/names.ts";
 import { CliError, ManagementApi } from "./api.ts";
 import { predict, type Target } from "./predict.ts";
@@ -674,5 +676,122 @@ function registerAdminCommands(program: Command): void {
       out.line(`Environment group ${flags.environment} has no region restriction now.`);
       return res;
     }),
+  );
+
+  registerEvidenceCommands(program);
+}
+
+/** The parts of an evidence document (src/core/evidence.ts) the text output reads. */
+interface EvidenceView {
+  scope: { model_id: string; environment: string; restricted_to: string | null; from: string; to: string };
+  pieces: Array<{ plane: string; region: string; requests: number; chain: { intact: boolean } }>;
+  unreachable_planes: string[];
+  totals: { records: number; client_requests: number; out_of_region: number };
+}
+
+/** Writes a document for offline checks; `-` is stdout. */
+function saveDocument(path: string, doc: unknown): void {
+  const text = `${JSON.stringify(doc, null, 2)}\n`;
+  if (path === "-") process.stdout.write(text);
+  else writeFileSync(path, text);
+}
+
+/**
+ * `meridian keys` and `meridian evidence` (issue 14): what an auditor saves to check offline with
+ * `meridian verify`. The key directory is public: no API key is needed for it.
+ */
+function registerEvidenceCommands(program: Command): void {
+  withCommon(
+    program
+      .command("keys")
+      .description(
+        "Save the key directory: every plane's public keys, region and validity, retired keys kept",
+      )
+      .option("--out <file>", "write the directory here (- for stdout) instead of listing it"),
+  ).action(
+    action<Common & { out?: string }>(async (flags, settings, out) => {
+      if (!settings.apiUrl) {
+        throw new CliError(
+          "No control plane configured: run `meridian up`, or pass --api-url URL, or set MERIDIAN_API_URL.",
+        );
+      }
+      let res: Awaited<ReturnType<typeof request>>;
+      try {
+        res = await request(`${settings.apiUrl.replace(/\/$/, "")}/v1/keys`);
+      } catch (err) {
+        throw new CliError(`Cannot reach the control plane at ${settings.apiUrl}: ${(err as Error).message}`);
+      }
+      const text = await res.body.text();
+      if (res.statusCode !== 200)
+        throw new CliError(`GET /v1/keys → ${res.statusCode}: ${text.slice(0, 200)}`);
+      const parsed = parseKeyDirectory(JSON.parse(text) as unknown);
+      if (!parsed.ok) throw new CliError(`the control plane's key directory is not valid: ${parsed.error}`);
+      const directory = parsed.directory;
+      if (flags.out !== undefined) {
+        saveDocument(flags.out, directory);
+        if (flags.out !== "-") {
+          out.line(`Saved ${directory.keys.length} keys to ${flags.out}.`);
+          out.note(
+            `Check receipts, evidence and audit chains with it: meridian verify --keys ${flags.out} …`,
+          );
+        }
+        return flags.out === "-" ? undefined : directory;
+      }
+      out.table(
+        directory.keys.map((k) => ({ ...k, retired_at: k.retired_at ?? "current" })),
+        ["plane", "region", "key_id", "valid_from", "retired_at"],
+      );
+      return directory;
+    }),
+  );
+
+  withCommon(
+    program
+      .command("evidence")
+      .description(
+        "Gather an environment's residency evidence from every plane (their signed pieces) for a time range",
+      )
+      .requiredOption("--model <id>", "model id")
+      .requiredOption("-e, --environment <env>", "environment")
+      .option("--from <time>", "start of the range, RFC 3339 (default: a day before --to)")
+      .option("--to <time>", "end of the range, exclusive (default: now)")
+      .option("--out <file>", "save the document here (- for stdout), for `meridian verify --evidence`"),
+  ).action(
+    action<Common & { model: string; environment: string; from?: string; to?: string; out?: string }>(
+      async (flags, settings, out) => {
+        const q = new URLSearchParams();
+        if (flags.from !== undefined) q.set("from", flags.from);
+        if (flags.to !== undefined) q.set("to", flags.to);
+        const path = `/v1/models/${encodeURIComponent(flags.model)}/environments/${envName(flags.environment)}/evidence`;
+        const doc = await new ManagementApi(settings).get<EvidenceView>(q.size > 0 ? `${path}?${q}` : path);
+        if (flags.out !== undefined) saveDocument(flags.out, doc);
+        const s = doc.scope;
+        const where =
+          s.restricted_to === null ? "not restricted to a region" : `restricted to region ${s.restricted_to}`;
+        const say = (line: string) => (flags.out === "-" ? out.note(line) : out.line(line));
+        say(`Evidence for ${s.environment} of model ${s.model_id} (${where}), ${s.from} to ${s.to}:`);
+        for (const p of doc.pieces) {
+          say(
+            `  plane ${p.plane} (region ${p.region}): ${p.requests} records${p.chain.intact ? "" : ", its audit chain is BROKEN"}`,
+          );
+        }
+        const t = doc.totals;
+        say(
+          `  ${t.client_requests} client requests (${t.records} records), ${t.out_of_region} processed outside the region`,
+        );
+        if (flags.out !== undefined && flags.out !== "-") {
+          say(
+            `Saved to ${flags.out}. Check it: meridian keys --out directory.json && meridian verify --evidence ${flags.out} --keys directory.json`,
+          );
+        }
+        if (doc.unreachable_planes.length > 0) {
+          // Saved all the same, for the record; it does not verify, since those planes' requests are missing.
+          throw new CliError(
+            `incomplete: plane(s) ${doc.unreachable_planes.join(", ")} did not answer; the document will not verify`,
+          );
+        }
+        return flags.out === "-" ? undefined : doc;
+      },
+    ),
   );
 }

@@ -23,7 +23,10 @@ program
     ".meridian/plane",
   )
   .option("--ingress <host:port>", "address of the inference ingress", "127.0.0.1:8080")
-  .option("--admin <host:port>", "operator listener: /metrics, /healthz, audit and replica logs")
+  .option(
+    "--admin <host:port>",
+    "operator listener: /metrics, /healthz, audit records and exports, evidence pieces, replica logs",
+  )
   .option("--tls-cert <file>", "serve HTTPS with this certificate for *.DOMAIN")
   .option("--tls-key <file>", "the certificate's private key")
   .option("--peer-ca <file>", "CA of the other planes' ingress certificates: plane-to-plane hops use HTTPS")
@@ -41,6 +44,10 @@ program
     "host uid (and gid) of sandboxed replicas when the plane runs as root (default 65534)",
   )
   .option("--sandbox-bwrap <path>", "the bwrap executable (default /usr/bin/bwrap)")
+  .option(
+    "--audit-retention <duration>",
+    "how long audit records are kept: 30d (default), 12h, 90m; at least 1h",
+  )
   .action(async (flags) => {
     const { runPlaneCommand } = await import("../plane/command.ts");
     await runPlaneCommand(flags, process.env);

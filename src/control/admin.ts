@@ -10,6 +10,7 @@ import type { PlaneRow } from "../store/schema.ts";
 import { isUniqueViolation } from "../store/store.ts";
 import { type ControlContext, recordAudit } from "./context.ts";
 import { newCredential } from "./identity.ts";
+import { retirePlaneKeys } from "./keys.ts";
 import { loadModel, loadTeam, requireCapability, requireOrgAdmin } from "./lookup.ts";
 import { change } from "./scheduler.ts";
 import { regionView } from "./views.ts";
@@ -286,6 +287,9 @@ export async function deletePlane(ctx: ControlContext, p: Principal, name: strin
       .execute();
     await trx.deleteFrom("replicas").where("plane", "=", name).execute();
     await trx.deleteFrom("planes").where("name", "=", name).execute();
+    // Its keys stay in the key directory for what they signed, retired: the plane signs nothing more, and
+    // evidence for later ranges expects no piece from it.
+    await retirePlaneKeys(trx, name, ctx.now());
     for (const r of affected) scope.touch(r.deployment_id);
     await recordAudit(ctx, trx, p, {
       team_id: null,

@@ -7,6 +7,7 @@ import type { Principal } from "../core/access.ts";
 import { errorBody, MeridianError } from "../core/errors.ts";
 import type { PlaneRow } from "../store/schema.ts";
 import type { ControlContext } from "./context.ts";
+import { keyDirectoryDocument } from "./evidence.ts";
 import { keyFromAuthorization, resolvePrincipal } from "./identity.ts";
 import * as internal from "./internal.ts";
 import { openApiDocument } from "./openapi.ts";
@@ -132,5 +133,10 @@ export async function buildControlApp(
   app.get("/healthz", async () => ({ ok: true, revision: ctx.feed.revision() }));
   // What a client needs to build endpoint URLs; public, like the OpenAPI document.
   app.get("/v1/info", async () => ({ product: "meridian", domain: ctx.domain }));
+  // The key directory (issue 14): public keys, planes and regions, read by auditors who hold no API key.
+  app.get("/v1/keys", async (_request, reply) => {
+    reply.header("cache-control", "no-cache");
+    return keyDirectoryDocument(ctx);
+  });
   return app;
 }

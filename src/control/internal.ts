@@ -225,7 +225,7 @@ export async function applyReport(ctx: ControlContext, plane: PlaneRow, report: 
     if (keyChanged) {
       // Checked again under the revision lock: a concurrent report may have retired this key meanwhile.
       await planeKeyChange(trx, plane, key);
-      await trustPlaneKey(trx, plane, key, now);
+      await trustPlaneKey(trx, plane, key, now, report.key_created_at);
     }
     for (const r of changed) {
       await trx

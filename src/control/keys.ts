@@ -22,6 +22,16 @@ import type { ControlContext } from "./context.ts";
 /** The meta row holding the control plane's private key as a JWK. */
 export const CONTROL_KEY_META = "control_signing_key";
 
+/** Retires every current key of a plane being deleted: it signs nothing from now on. */
+export async function retirePlaneKeys(db: Db, plane: string, now: string): Promise<void> {
+  await db
+    .updateTable("plane_keys")
+    .set({ retired_at: now })
+    .where("plane", "=", plane)
+    .where("retired_at", "is", null)
+    .execute();
+}
+
 /**
  * Creates the control plane's key unless the store has one. Safe under concurrency: the insert does
  * nothing when another control replica's insert won, and every replica then reads the one that did.
@@ -76,6 +86,21 @@ export async function planeKeyChange(db: Db, plane: PlaneRow, publicKey: string)
     .where("plane", "=", plane.name)
     .where("key_id", "=", keyId)
     .executeTakeFirst();
+  // One key, one plane: a key file copied to another plane (a cloned data directory) would let each sign as
+  // the other, possibly across regions, and would list one key id twice in the key directory.
+  const elsewhere = await db
+    .selectFrom("plane_keys")
+    .select("plane")
+    .where("key_id", "=", keyId)
+    .where("plane", "!=", plane.name)
+    .executeTakeFirst();
+  if (elsewhere !== undefined) {
+    throw new MeridianError(
+      "conflict",
+      `Key ${keyId} is plane ${elsewhere.plane}'s; each plane needs its own key: move plane ${plane.name}'s key file away and restart it to create one.`,
+      { plane: plane.name, key_id: keyId },
+    );
+  }
   if (row !== undefined && row.public_key !== publicKey) {
     throw new MeridianError("conflict", `Key id ${keyId} of plane ${plane.name} names another key.`);
   }
@@ -98,10 +123,39 @@ export async function planeKeyChange(db: Db, plane: PlaneRow, publicKey: string)
 }
 
 /**
- * Makes `publicKey` the plane's current key (inside the transaction that bumps the revision): every other
- * key of the plane is retired now, and the key is bound to the credential it arrived over.
+ * The key directory's `valid_from` for a key first seen `now`: the time the plane says it first had the key
+ * (it may have signed with it while the control plane was down), but never before the plane was registered
+ * or before its last report (made with an earlier key, or none: the plane started with this key after
+ * it), and never after now. Without a report of it, now. The bounds keep a stolen credential from
+ * dating a new key back over what the plane really signed.
  */
-export async function trustPlaneKey(db: Db, plane: PlaneRow, publicKey: string, now: string): Promise<void> {
+export function keyValidFrom(
+  plane: Pick<PlaneRow, "created_at" | "last_seen_at">,
+  reported: string | undefined,
+  now: string,
+): string {
+  const nowMs = Date.parse(now);
+  const claimed = reported === undefined ? Number.NaN : Date.parse(reported);
+  if (!Number.isFinite(claimed)) return now;
+  const floor = Math.max(
+    Date.parse(plane.created_at),
+    plane.last_seen_at === null ? Number.NEGATIVE_INFINITY : Date.parse(plane.last_seen_at),
+  );
+  return new Date(Math.min(nowMs, Math.max(claimed, floor))).toISOString();
+}
+
+/**
+ * Makes `publicKey` the plane's current key (inside the transaction that bumps the revision): every other
+ * key of the plane is retired now, and the key is bound to the credential it arrived over. A key seen for
+ * the first time is recorded with the plane's region and its `valid_from` (`keyValidFrom`).
+ */
+export async function trustPlaneKey(
+  db: Db,
+  plane: PlaneRow,
+  publicKey: string,
+  now: string,
+  reportedCreatedAt?: string,
+): Promise<void> {
   const keyId = keyIdOf(publicKey);
   await db
     .updateTable("plane_keys")
@@ -118,6 +172,8 @@ export async function trustPlaneKey(db: Db, plane: PlaneRow, publicKey: string, 
       public_key: publicKey,
       credential_hash: plane.credential_hash,
       first_seen_at: now,
+      valid_from: keyValidFrom(plane, reportedCreatedAt, now),
+      region: plane.region,
       retired_at: null,
     })
     .onConflict((oc) =>

@@ -283,6 +283,12 @@ export const planeReportBody = {
     admin_url: nullable({ type: "string", maxLength: 2048, pattern: "^https?://[^/?#\\s]+$" }),
     // The plane's raw Ed25519 public key, base64url: 32 bytes, so the last character carries 2 bits.
     public_key: { type: "string", pattern: "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$" },
+    // When the plane first had that key: an RFC 3339 UTC time, as toISOString writes it.
+    key_created_at: {
+      type: "string",
+      maxLength: 40,
+      pattern: "^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d{1,9})?Z$",
+    },
     sandbox: {
       type: "object",
       additionalProperties: false,

@@ -168,6 +168,12 @@ export interface PlaneReport {
    * a new key retires the previous one. Absent from planes older than per-plane keys.
    */
   public_key?: string;
+  /**
+   * When the plane first had `public_key` (ISO 8601, its own clock). The control plane dates the key from
+   * then in the key directory, bounded by what it knows (src/control/keys.ts `keyValidFrom`): a plane that
+   * started with a new key while the control plane was down signed with it before the control plane saw it.
+   */
+  key_created_at?: string;
   /** How the plane runs replicas; absent from planes older than the sandbox. */
   sandbox?: SandboxReport;
   /** Per-environment request counts since the previous report (DESIGN.md §2.6: aggregates only). */

@@ -32,6 +32,8 @@ export interface PlaneAgentOptions {
   counts: { take(): PlaneReport["request_counts"]; restore(c: PlaneReport["request_counts"]): void };
   /** The plane's Ed25519 public key (raw, base64url), sent with every report. */
   publicKey?: string;
+  /** When the plane first had that key (ISO 8601), sent with it: the key directory's `valid_from`. */
+  keyCreatedAt?: string;
   /** How often the agent reports even when nothing changed. Default 2 s. */
   reportIntervalMs?: number;
   /** The operator listener's base URL to report (null: none; undefined: not listening yet, say nothing). */
@@ -175,6 +177,9 @@ export class PlaneAgent {
         revision: this.#snapshot?.revision ?? 0,
         ...(adminUrl !== undefined ? { admin_url: adminUrl } : {}),
         ...(this.#o.publicKey !== undefined ? { public_key: this.#o.publicKey } : {}),
+        ...(this.#o.publicKey !== undefined && this.#o.keyCreatedAt !== undefined
+          ? { key_created_at: this.#o.keyCreatedAt }
+          : {}),
         ...(this.#o.sandbox !== undefined ? { sandbox: this.#o.sandbox } : {}),
         replicas: [...statuses.map(toReport), ...this.#artifactFailures.values()],
         request_counts: counts,

@@ -3,6 +3,7 @@
 
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import { parseAuditRetention } from "../gateway/audit.ts";
 import { runUntilStopped, watchParent } from "../lib/shutdown.ts";
 import { startPlane } from "./main.ts";
 
@@ -22,6 +23,7 @@ export interface PlaneFlags {
   sandbox?: string;
   sandboxUid?: string;
   sandboxBwrap?: string;
+  auditRetention?: string;
 }
 
 /** `--sandbox-uid UID[:GID]`: an unprivileged host id for replicas (GID defaults to UID). */
@@ -70,6 +72,8 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
       "--sandbox-uid needs a plane running as root; otherwise replicas run as the plane's own uid",
     );
   }
+  const retention = flags.auditRetention === undefined ? null : parseAuditRetention(flags.auditRetention);
+  if (retention !== null && !retention.ok) throw new Error(retention.error);
   const config = Object.freeze({
     name: flags.name,
     region: flags.region,
@@ -85,6 +89,7 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
         : null,
     ...(predictTimeout ? { limits: { predictTimeoutMs: predictTimeout * 1000 } } : {}),
     ...(transport ? { ingressTransport: transport } : {}),
+    ...(retention !== null ? { auditRetentionMs: retention.ms } : {}),
     sandbox: {
       mode,
       ...(flags.sandboxBwrap !== undefined ? { bwrapPath: resolve(flags.sandboxBwrap) } : {}),

@@ -1,19 +1,21 @@
 // Composition root of `meridian plane`: the snapshot watcher (cached on disk for static stability), the
 // replica sandbox (chosen and self-tested at start), the process driver, the artifact cache, the agent, the ingress gateway with its audit log and metrics, and a
-// small operator listener (`/metrics`, `/healthz`, audit queries, replica logs). `stop()` drains in
-// reverse order of start.
+// small operator listener (`/metrics`, `/healthz`, audit queries and exports, evidence pieces, replica
+// logs). `stop()` drains in reverse order of start.
 
 import { timingSafeEqual } from "node:crypto";
-import { mkdir } from "node:fs/promises";
+import { once } from "node:events";
+import { chmod, mkdir } from "node:fs/promises";
 import http from "node:http";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
 import { Gauge, Registry } from "prom-client";
 import { REPLICA_STATES } from "../core/domain.ts";
 import { errorBody } from "../core/errors.ts";
+import { parseEvidenceScope, parseEvidenceTime } from "../core/evidence-scope.ts";
 import type { PlaneSnapshot, SandboxReport } from "../core/snapshot.ts";
 import { checkPlaneSnapshot, type SnapshotOwner } from "../core/snapshot-check.ts";
-import { AuditLog } from "../gateway/audit.ts";
+import { AuditLog, DEFAULT_AUDIT_RETENTION_MS } from "../gateway/audit.ts";
 import {
   createIngress,
   type Ingress,
@@ -25,6 +27,7 @@ import { loadOrCreatePlaneKey } from "../lib/keys.ts";
 import { SnapshotWatcher } from "../lib/watch.ts";
 import { PlaneAgent } from "./agent.ts";
 import { ArtifactCache } from "./artifacts.ts";
+import { recordPlaneKey } from "./key-history.ts";
 import { ProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
 import { prepareSandbox } from "./sandbox.ts";
 
@@ -36,8 +39,10 @@ export interface PlaneConfig {
   token: string;
   dataDir: string;
   ingress: { host: string; port: number };
-  /** Operator listener (metrics, health, audit, logs). */
+  /** Operator listener (metrics, health, audit, evidence, logs). */
   admin: { host: string; port: number } | null;
+  /** Audit files whose last batch is older than this are removed (`--audit-retention`). Default 30 days. */
+  auditRetentionMs?: number;
   tls: { cert: string; key: string } | null;
   /** CA that signs the other planes' ingress certificates: hops to peers then go over HTTPS. */
   peerCa?: string | null;
@@ -80,6 +85,10 @@ const BRIEF_REPLICA_GRACE_MS = 1_000;
 
 /** The plane's Ed25519 key pair, in its data directory (PKCS #8 PEM, mode 0600). */
 export const PLANE_KEY_FILE = "plane.key";
+/** Every public key the plane has signed with, kept when the key file is replaced (src/plane/key-history.ts). */
+export const PLANE_KEY_HISTORY_FILE = "plane-keys.json";
+/** The audit chain's directory in the data directory. */
+export const AUDIT_DIR = "audit";
 
 /**
  * Every snapshot, from the control plane or the disk cache, is checked in full before it is served: one
@@ -97,14 +106,35 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
   const logger = config.logger ?? pino({ name: "plane", base: { plane: config.name } });
   // A missing key file means a new key; the report tells the control plane, which retires the old one.
   await mkdir(config.dataDir, { recursive: true });
-  const planeKey = await loadOrCreatePlaneKey(join(config.dataDir, PLANE_KEY_FILE));
+  const keyFile = join(config.dataDir, PLANE_KEY_FILE);
+  const planeKey = await loadOrCreatePlaneKey(keyFile);
+  const keys = await recordPlaneKey(
+    join(config.dataDir, PLANE_KEY_HISTORY_FILE),
+    keyFile,
+    planeKey.key,
+    planeKey.created,
+    Date.now(),
+  );
+  if (keys.reset !== null) {
+    logger.error({ reason: keys.reset }, "plane key history unreadable; started anew");
+  }
   logger.info(
-    { key_id: planeKey.key.keyId, created: planeKey.created },
+    { key_id: planeKey.key.keyId, created: planeKey.created, since: keys.since },
     planeKey.created ? "plane key created" : "plane key loaded",
   );
   const registry = new Registry();
+  // Audit records name models, environments and request ids: the directory is the plane's alone (its
+  // files are created 0600), whatever an older version or the umask left.
+  const auditDir = join(config.dataDir, AUDIT_DIR);
+  await mkdir(auditDir, { recursive: true, mode: 0o700 });
+  await chmod(auditDir, 0o700);
   const audit = new AuditLog({
-    dir: join(config.dataDir, "audit"),
+    dir: auditDir,
+    plane: { name: config.name, region: config.region },
+    signingKey: planeKey.key,
+    retentionMs: config.auditRetentionMs ?? DEFAULT_AUDIT_RETENTION_MS,
+    // Seals made with the plane's earlier keys are checked with them too, not left unverified.
+    verifyingKeys: () => keys.verifyingKeys,
     onError: (err) => logger.error({ err }, "audit write failed"),
   });
   await audit.start();
@@ -153,6 +183,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     logger,
     counts: { take: () => audit.takeRequestCounts(), restore: (c) => audit.restoreRequestCounts(c) },
     publicKey: planeKey.key.publicKey,
+    keyCreatedAt: keys.since,
     adminUrl: () => (config.admin === null ? null : adminAddress ? httpUrl(adminAddress) : undefined),
     sandbox: sandbox.report,
   });
@@ -205,6 +236,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
       watcher,
       controlAccess: new ControlAccessVerifier({ plane: config.name }),
       snapshot: () => current,
+      regionOf: (plane) => current?.planes.find((p) => p.name === plane)?.region,
     };
     adminServer = http.createServer((req, res) => void serveAdmin(req, res, deps));
     await new Promise<void>((ok, fail) => {
@@ -274,6 +306,8 @@ interface AdminDeps {
   /** Verifies the control plane's `x-meridian-control` with the public key of the current snapshot. */
   controlAccess: ControlAccessVerifier;
   snapshot(): PlaneSnapshot | null;
+  /** The region of another plane, from the current snapshot (for requests handed over a hop). */
+  regionOf(plane: string): string | undefined;
 }
 
 function httpUrl(a: { host: string; port: number }): string {
@@ -281,8 +315,10 @@ function httpUrl(a: { host: string; port: number }): string {
 }
 
 /**
- * The operator listener. `/metrics` and `/healthz` are open (bind it to a private address); audit records
- * and replica logs need the plane's credential, since they name models, environments and request ids.
+ * The operator listener. `/metrics` and `/healthz` are open (bind it to a private address); audit records,
+ * exports, evidence pieces and replica logs need the plane's credential, since they name models,
+ * environments and request ids. The control plane's signed request opens replica logs and evidence pieces
+ * only (see `isControlPlane`).
  */
 async function serveAdmin(
   req: http.IncomingMessage,
@@ -302,9 +338,16 @@ async function serveAdmin(
       return send(200, { ok: true, revision: deps.watcher.revision, control_plane: deps.watcher.state });
     }
     const logs = /^\/v1\/replicas\/([^/]+)\/logs$/.exec(url.pathname);
-    if (!isPlaneCredential(req, deps.token) && !(logs && isControlPlane(req, deps))) {
+    const forControl = logs !== null || url.pathname === "/v1/evidence";
+    if (!isPlaneCredential(req, deps.token) && !(forControl && isControlPlane(req, deps))) {
       return send(401, errorBody("unauthorized", "Send the plane credential as a Bearer token."));
     }
+    if (url.pathname === "/v1/evidence") {
+      const parsed = parseEvidenceScope(url.searchParams, Date.now());
+      if (!parsed.ok) return send(400, errorBody("invalid_request", parsed.message, { field: parsed.field }));
+      return send(200, await deps.audit.evidencePiece(parsed.scope, deps.regionOf));
+    }
+    if (url.pathname === "/v1/audit/export") return await sendExport(res, url.searchParams, deps.audit, send);
     if (url.pathname === "/v1/audit") {
       const q = url.searchParams;
       const records = await deps.audit.query({
@@ -324,8 +367,40 @@ async function serveAdmin(
     }
     return send(404, errorBody("route_not_found"));
   } catch (err) {
-    send(500, errorBody("internal_error", (err as Error).message));
+    // Past the head (an export that failed while streaming), the only honest answer is a cut connection.
+    if (res.headersSent) res.destroy(err as Error);
+    else send(500, errorBody("internal_error", (err as Error).message));
   }
+}
+
+/**
+ * `GET /v1/audit/export?from=&to=`: the batches of the chain that hold records of the range, whole, as JSON
+ * lines after a header (src/gateway/audit.ts `export`); `meridian verify --audit-export` checks it. Both
+ * bounds are optional (the whole chain kept). Streamed: a day of a busy plane does not fit in memory.
+ */
+async function sendExport(
+  res: http.ServerResponse,
+  q: URLSearchParams,
+  audit: AuditLog,
+  send: (status: number, body: unknown) => void,
+): Promise<void> {
+  const range: { from?: string; to?: string } = {};
+  for (const field of ["from", "to"] as const) {
+    const value = q.get(field);
+    if (value === null) continue;
+    const t = parseEvidenceTime(value, field);
+    if (!t.ok) return send(400, errorBody("invalid_request", t.message, { field }));
+    range[field] = new Date(t.ms).toISOString();
+  }
+  if (range.from !== undefined && range.to !== undefined && range.from >= range.to) {
+    return send(400, errorBody("invalid_request", "from must be earlier than to", { field: "from" }));
+  }
+  res.writeHead(200, { "content-type": "application/x-ndjson" });
+  for await (const line of audit.exportLines(range)) {
+    if (res.destroyed) return;
+    if (!res.write(line)) await once(res, "drain");
+  }
+  res.end();
 }
 
 function isPlaneCredential(req: http.IncomingMessage, token: string): boolean {
@@ -335,10 +410,10 @@ function isPlaneCredential(req: http.IncomingMessage, token: string): boolean {
 }
 
 /**
- * The control plane reads replica logs on a user's behalf (they are never stored outside the plane); it
- * signs the request (this plane, method, target, time) with its own key, which this plane knows only by
- * the public half in its snapshot. Only the logs route accepts this: the audit trail stays in the region
- * (DESIGN.md §2.6).
+ * The control plane reads replica logs and evidence pieces on a user's behalf (neither is stored outside
+ * the plane); it signs the request (this plane, method, target, time) with its own key, which this plane
+ * knows only by the public half in its snapshot. Only those routes accept this: the audit trail itself
+ * (records, exports) stays in the region (DESIGN.md §2.6); a piece is counts, signed by this plane.
  */
 function isControlPlane(req: http.IncomingMessage, deps: AdminDeps): boolean {
   const header = req.headers[CONTROL_ACCESS_HEADER];

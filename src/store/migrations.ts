@@ -349,6 +349,22 @@ function migrations(dialect: Dialect): Record<string, Migration> {
         await db.schema.alterTable("api_keys").addColumn("regions", "text").execute();
       },
     },
+    "0008_plane_key_directory": {
+      async up(db: Kysely<unknown>) {
+        // The key directory (issue 14): each key keeps the region it was registered in (a deleted plane's
+        // keys stay listed, and a name may be registered again elsewhere), and the time it may first have
+        // signed, which the plane reports (before: when the control plane first saw it).
+        await db.schema.alterTable("plane_keys").addColumn("region", "text").execute();
+        await db.schema.alterTable("plane_keys").addColumn("valid_from", "text").execute();
+        await sql`update plane_keys set region = (select region from planes where planes.name = plane_keys.plane), valid_from = first_seen_at`.execute(
+          db,
+        );
+        // Keys of planes deleted before now were never retired; their plane has not signed since.
+        await sql`update plane_keys set retired_at = ${new Date().toISOString()} where region is null and retired_at is null`.execute(
+          db,
+        );
+      },
+    },
   };
 }
 

@@ -278,6 +278,14 @@ export interface PlaneKeyTable {
   /** sha256 of the plane credential the key was reported over. */
   credential_hash: string;
   first_seen_at: string;
+  /**
+   * When the key may first have signed: what the plane reported (when it first had the key), bounded by
+   * the plane's registration, its last report before the key, and `first_seen_at`. The key directory's
+   * `valid_from`.
+   */
+  valid_from: string;
+  /** The region of the plane when the key was reported; null only for keys of planes deleted before 0008. */
+  region: string | null;
   retired_at: string | null;
 }
 

@@ -466,6 +466,11 @@ const ROWS: Record<string, Row> = {
     },
   },
   "GET /v1/models/{model_id}/environments/{env_name}/logs": { policy: "read", notFound: "model_not_found" },
+  // Evidence is read like logs: the team's read capability. Manage access restricts changes, not reads.
+  "GET /v1/models/{model_id}/environments/{env_name}/evidence": {
+    policy: "read",
+    notFound: "model_not_found",
+  },
   "POST /v1/models/{model_id}/environments/{env_name}/activate": {
     policy: "manage-environment",
     notFound: "model_not_found",
@@ -623,6 +628,8 @@ const ROWS: Record<string, Row> = {
   "GET /v1/spec": { model: false, policy: "public", notInSpec: true },
   "GET /healthz": { model: false, policy: "public", notInSpec: true },
   "GET /v1/info": { model: false, policy: "public", notInSpec: true },
+  // The key directory: public keys, planes and regions, for auditors who hold no key (docs/decisions.md).
+  "GET /v1/keys": { model: false, policy: "public", notInSpec: true },
 };
 
 function secretUpserted(e: EffectContext, team: string) {

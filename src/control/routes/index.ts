@@ -7,6 +7,7 @@ import { adminRoutes } from "./admin.ts";
 import { auditRoutes } from "./audit.ts";
 import { deploymentsRoutes } from "./deployments.ts";
 import { environmentsRoutes } from "./environments.ts";
+import { evidenceRoutes } from "./evidence.ts";
 import { groupsRoutes } from "./groups.ts";
 import { identityRoutes } from "./identity.ts";
 import { instanceTypesRoutes } from "./instance-types.ts";
@@ -26,6 +27,7 @@ export function controlRoutes(ctx: ControlContext, options: RouteOptions): Route
     ...modelsRoutes(ctx),
     ...deploymentsRoutes(ctx),
     ...environmentsRoutes(ctx),
+    ...evidenceRoutes(ctx),
     ...groupsRoutes(ctx),
     ...secretsRoutes(ctx),
     ...auditRoutes(ctx),
