@@ -74,6 +74,29 @@ export const HELLO_PY_CONFIG = {
   spec_version: "2.0",
 };
 
+/**
+ * The same for examples/custom-python/config.yaml: a truss custom server (`docker_server`), which truss
+ * pushes without a model.py.
+ */
+export const CUSTOM_PYTHON_CONFIG = {
+  ...HELLO_PY_CONFIG,
+  model_name: "custom-python",
+  model_metadata: {},
+  python_version: "py313",
+  environment_variables: { GREETING: "Bonjour" },
+  resources: { cpu: "1", memory: "2Gi", accelerator: null, use_gpu: false },
+  runtime: { ...HELLO_PY_CONFIG.runtime, predict_concurrency: 2 },
+  docker_server: {
+    start_command: "python3 server.py",
+    server_port: 8000,
+    predict_endpoint: "/predict",
+    readiness_endpoint: "/health/ready",
+    liveness_endpoint: "/health/live",
+    run_as_user_id: null,
+    no_build: null,
+  },
+};
+
 /** `base64_encoded_json_str`: Python's json.dumps separators (", ", ": ") before base64. */
 export function encodeConfig(config: unknown): string {
   return Buffer.from(pythonJsonDumps(config)).toString("base64");
@@ -444,8 +467,8 @@ def predict():
         return real(host, port, *args, **kwargs)
     socket.getaddrinfo = resolve
     # BasetenService.predict
-    resp = requests.request("POST", spec["url"], json=spec["body"], headers=auth_header(), stream=True,
-                            verify=spec.get("ca_file", True))
+    # TLS is verified against REQUESTS_CA_BUNDLE (the local CA), as requests does for the CLI.
+    resp = requests.request("POST", spec["url"], json=spec["body"], headers=auth_header(), stream=True)
     headers = {k.lower(): v for k, v in resp.headers.items()}
     if resp.headers.get("transfer-encoding") == "chunked":
         chunks = [c if isinstance(c, str) else c.decode(resp.encoding or "utf-8")
@@ -456,11 +479,18 @@ def predict():
 print(json.dumps({"graphql": graphql, "pack": pack, "upload": upload, "rest_get": rest_get, "predict": predict}[op]()))
 `;
 
-/** Runs one step of the CLI's client in the machine's Python (pyenv's, which has requests and boto3). */
-export function trussClient<T = any>(work: string, spec: Record<string, unknown>): Promise<T> {
+/**
+ * Runs one step of the CLI's client in the machine's Python (pyenv's, which has requests and boto3), with
+ * `env` added to its environment (REQUESTS_CA_BUNDLE, say).
+ */
+export function trussClient<T = any>(
+  work: string,
+  spec: Record<string, unknown>,
+  extraEnv: Record<string, string> = {},
+): Promise<T> {
   const script = join(work, "truss_client.py");
   writeFileSync(script, CLIENT);
-  const env = { ...process.env };
+  const env = { ...process.env, ...extraEnv };
   env["AWS_CONFIG_FILE"] = join(work, "no-aws-config");
   env["AWS_SHARED_CREDENTIALS_FILE"] = join(work, "no-aws-credentials");
   return new Promise((resolve, reject) => {
