@@ -23,6 +23,7 @@ import {
   createModelMutation,
   createVersionMutation,
   encodeConfig,
+  modelByIdQuery,
   modelsQuery,
   modelWithVersionsQuery,
   pushVariables,
@@ -225,6 +226,13 @@ describe("truss push and truss predict, replayed against a control plane and fou
 
     const { primary, answer } = await predictPublished(model, { prompt: "v2?" });
     expect(primary).toBe(v2.id);
+    // `truss predict --model M --published` reads the same primary from primary_version.
+    const byId = (await graphql(modelByIdQuery(model))).model;
+    expect(byId.primary_version).toMatchObject({
+      id: v2.id,
+      is_draft: false,
+      current_model_deployment_status: { status: "MODEL_READY" },
+    });
     expect(answer.status, JSON.stringify(answer)).toBe(200);
     expect(answer.json).toMatchObject({ message: "Bonjour from production", echo: { prompt: "v2?" } });
     // prod-eu still serves the first push, only in eu.
