@@ -8,6 +8,7 @@ import { errorBody, MeridianError } from "../core/errors.ts";
 import type { PlaneRow } from "../store/schema.ts";
 import type { ControlContext } from "./context.ts";
 import { keyDirectoryDocument } from "./evidence.ts";
+import { registerGraphqlEndpoint } from "./graphql/endpoint.ts";
 import { keyFromAuthorization, resolvePrincipal } from "./identity.ts";
 import * as internal from "./internal.ts";
 import { openApiDocument } from "./openapi.ts";
@@ -128,6 +129,8 @@ export async function buildControlApp(
   // The S3-compatible upload endpoint for the credentials prepare_model_upload issues: `/{bucket}/{key}`
   // signed with SigV4; any other request under such a path falls through to the not-found answer.
   await registerS3Endpoint(app, ctx, { uploadLimit });
+  // The GraphQL endpoint `truss push` and `truss predict` talk to (docs/truss-cli.md); not in the spec.
+  await registerGraphqlEndpoint(app, ctx);
   const spec = openApiDocument(routes);
   app.get("/v1/spec", async () => spec);
   app.get("/healthz", async () => ({ ok: true, revision: ctx.feed.revision() }));

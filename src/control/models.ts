@@ -40,6 +40,12 @@ export interface DeploymentPayload {
   deployment_name?: string | null;
   labels?: Record<string, unknown> | null;
   is_development?: boolean;
+  /**
+   * Whether the environment's previous deployment is handled by its promotion_cleanup_strategy (the
+   * default) or kept running (false: truss's `--preserve-previous-production-deployment`). Not in the REST
+   * body, which has no such field; the truss CLI's GraphQL push sets it.
+   */
+  scale_down_previous?: boolean;
 }
 
 /** The body of `POST /v1/prepare_model_upload` (PrepareModelUploadRequestV1). */
@@ -426,7 +432,16 @@ async function insertDeployment(
   });
   if (envName !== null && built.ok) {
     const env = await ensureEnvironment(ctx, trx, model, envName);
-    await promoteInTransaction(ctx, trx, p, model, env, d, { scaleDownPrevious: true }, scope);
+    await promoteInTransaction(
+      ctx,
+      trx,
+      p,
+      model,
+      env,
+      d,
+      { scaleDownPrevious: payload.scale_down_previous ?? true },
+      scope,
+    );
   }
   return loadDeployment(trx, model, d.id);
 }

@@ -23,6 +23,8 @@ export const ERRORS = {
   },
   headers_too_large: { status: 431, message: "The request header fields are too large." },
   unsupported_media_type: { status: 415, message: "The request body's content type is not supported." },
+  invalid_query: { status: 400, message: "The GraphQL request is not valid." },
+  query_too_complex: { status: 400, message: "The GraphQL document exceeds a limit." },
 
   // Identity (401, 403)
   unauthorized: { status: 401, message: "A valid API key is required." },

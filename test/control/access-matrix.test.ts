@@ -13,6 +13,22 @@ import type { ErrorCode } from "../../src/core/errors.ts";
 import type { Db } from "../../src/store/store.ts";
 import { ApiClient, NEW_MODEL_PUSH, packExample, type Response } from "../support/control.ts";
 import { createTestDatabase, type TestDatabase } from "../support/databases.ts";
+import {
+  createModelMutation,
+  createVersionMutation,
+  deployDraftMutation,
+  encodeConfig,
+  HELLO_PY_CONFIG,
+  modelByIdQuery,
+  modelsQuery,
+  modelVersionQuery,
+  pushVariables,
+  TEAMS_QUERY,
+  TRUSS_USER_ENV,
+  UPLOAD_CREDENTIALS_QUERY,
+  validateTrussQuery,
+  WHOAMI_QUERY,
+} from "../support/truss-cli.ts";
 
 // —— principals and variants ——
 
@@ -159,6 +175,11 @@ interface Row {
    * must leave the database as it was, like a GET.
    */
   readOnly?: true;
+  /**
+   * An operation of the GraphQL endpoint (`POST /graphql/ {operation}`): a refusal is an HTTP 200 whose
+   * first error carries the REST status and code (`extensions.status`, `extensions.code`), read as such.
+   */
+  graphql?: true;
 }
 
 interface Ids {
@@ -624,6 +645,163 @@ const ROWS: Record<string, Row> = {
     effect: (e) => secretDeleted(e),
   },
 
+  // —— the truss CLI's GraphQL endpoint (outside the route table): one row per operation, the CLI's documents ——
+  "POST /graphql/ teams": {
+    model: false,
+    policy: "read",
+    scope: "own",
+    graphql: true,
+    notInSpec: true,
+    readOnly: true,
+    body: () => ({ query: TEAMS_QUERY }),
+  },
+  "POST /graphql/ models": {
+    policy: "read",
+    scope: "own",
+    graphql: true,
+    notInSpec: true,
+    readOnly: true,
+    body: () => ({ query: modelsQuery(null) }),
+  },
+  "POST /graphql/ models(team_id)": {
+    model: false,
+    policy: "read",
+    notFound: "team_not_found",
+    graphql: true,
+    notInSpec: true,
+    readOnly: true,
+    body: (c) => ({ query: modelsQuery(c.side.team) }),
+  },
+  "POST /graphql/ model": {
+    policy: "read",
+    notFound: "model_not_found",
+    graphql: true,
+    notInSpec: true,
+    readOnly: true,
+    body: (c) => ({ query: modelByIdQuery(c.f.model) }),
+  },
+  "POST /graphql/ model_version": {
+    policy: "read",
+    notFound: "deployment_not_found",
+    graphql: true,
+    notInSpec: true,
+    readOnly: true,
+    body: (c) => ({ query: modelVersionQuery(c.f.E) }),
+  },
+  "POST /graphql/ truss_validation": {
+    model: false,
+    policy: "read",
+    scope: "own",
+    graphql: true,
+    notInSpec: true,
+    readOnly: true,
+    body: () => ({
+      query: validateTrussQuery(encodeConfig(HELLO_PY_CONFIG)),
+      variables: { trussUserEnv: TRUSS_USER_ENV },
+    }),
+  },
+  "POST /graphql/ organization user": {
+    model: false,
+    policy: "read",
+    scope: "own",
+    graphql: true,
+    notInSpec: true,
+    readOnly: true,
+    body: () => ({ query: WHOAMI_QUERY }),
+  },
+  "POST /graphql/ model_s3_upload_credentials": {
+    model: false,
+    policy: "manage",
+    scope: "own",
+    graphql: true,
+    notInSpec: true,
+    body: () => ({ query: UPLOAD_CREDENTIALS_QUERY }),
+    keepsFixture: true,
+    effect: (e) => {
+      const creds = e.res.body.model_s3_upload_credentials;
+      expect(creds).toMatchObject({ endpoint_url: expect.any(String), region_name: "us-east-1" });
+      expect(e.diff.added("artifacts")).toEqual([
+        expect.objectContaining({ state: "PENDING", team_id: e.ownTeam, key: creds.s3_key }),
+      ]);
+    },
+  },
+  // A push into prod-eu by truss push --environment: the same hole as POST /v1/models, on this path.
+  "POST /graphql/ create_model_from_truss": {
+    model: false,
+    policy: "manage-environment",
+    notFound: "team_not_found",
+    graphql: true,
+    notInSpec: true,
+    body: (c) => ({
+      query: createModelMutation({
+        name: `truss-${c.n}`,
+        s3_key: c.side.s3Key,
+        config: encodeConfig(HELLO_PY_CONFIG),
+        environment: SUBJECT,
+        team_id: c.side.team,
+      }),
+      variables: pushVariables({ cell: c.n }, null),
+    }),
+    keepsFixture: true,
+    effect: async (e) => {
+      const version = e.res.body.create_model_from_truss.model_version;
+      expect(e.diff.added("models")).toEqual([
+        expect.objectContaining({ id: version.oracle.id, team_id: e.side.team, name: `truss-${e.n}` }),
+      ]);
+      await pushedVersionIntoSubject(e, version.oracle.id, version.id);
+    },
+  },
+  "POST /graphql/ create_model_version_from_truss": {
+    policy: "manage-environment",
+    notFound: "model_not_found",
+    graphql: true,
+    notInSpec: true,
+    body: (c) => ({
+      query: createVersionMutation({
+        model_id: c.f.model,
+        s3_key: c.side.s3Key,
+        config: encodeConfig(HELLO_PY_CONFIG),
+        environment: SUBJECT,
+        deployment_name: `v-${c.n}`,
+      }),
+      variables: pushVariables(null, null),
+    }),
+    effect: async (e) => {
+      const version = e.res.body.create_model_version_from_truss.model_version;
+      expect(e.diff.added("deployments")).toEqual(
+        expect.arrayContaining([expect.objectContaining({ id: version.id, name: `v-${e.n}` })]),
+      );
+      await pushedVersionIntoSubject(e, e.f.model, version.id);
+    },
+  },
+  // truss push --watch: a development deployment is not a managed change (as on the REST push).
+  "POST /graphql/ deploy_draft_truss": {
+    model: false,
+    policy: "manage",
+    notFound: "team_not_found",
+    graphql: true,
+    notInSpec: true,
+    body: (c) => ({
+      query: deployDraftMutation({
+        name: `draft-${c.n}`,
+        s3_key: c.side.s3Key,
+        config: encodeConfig(HELLO_PY_CONFIG),
+        team_id: c.side.team,
+      }),
+      variables: pushVariables(null, null),
+    }),
+    keepsFixture: true,
+    effect: (e) => {
+      const version = e.res.body.deploy_draft_truss.model_version;
+      expect(e.diff.added("models")).toEqual([
+        expect.objectContaining({ team_id: e.side.team, name: `draft-${e.n}` }),
+      ]);
+      expect(e.diff.added("deployments")).toEqual([
+        expect.objectContaining({ id: version.id, is_development: 1, name: "development" }),
+      ]);
+    },
+  },
+
   // —— public documents (served outside the route table, so not in the spec) ——
   "GET /v1/spec": { model: false, policy: "public", notInSpec: true },
   "GET /healthz": { model: false, policy: "public", notInSpec: true },
@@ -631,6 +809,34 @@ const ROWS: Record<string, Row> = {
   // The key directory: public keys, planes and regions, for auditors who hold no key (docs/decisions.md).
   "GET /v1/keys": { model: false, policy: "public", notInSpec: true },
 };
+
+/** A truss push into the subject: the pushed version is the subject's promotion candidate. */
+async function pushedVersionIntoSubject(e: EffectContext, model: string, version: string) {
+  const promotion = await e.db
+    .selectFrom("promotions")
+    .selectAll()
+    .where("model_id", "=", model)
+    .where("environment", "=", SUBJECT)
+    .where("active", "=", 1)
+    .executeTakeFirst();
+  expect(promotion?.candidate_deployment_id).toBe(version);
+}
+
+/**
+ * A GraphQL answer read as the REST answer it stands for: its first error is the refusal (status and code
+ * from its extensions, the message from its description); without errors, the body is its `data`.
+ */
+function asRestAnswer(res: Response): Response {
+  if (res.status !== 200) return res;
+  const error = res.body?.errors?.[0];
+  if (error === undefined) return { ...res, body: res.body.data };
+  const ext = error.extensions ?? {};
+  return {
+    ...res,
+    status: ext.status,
+    body: { error: ext.description, error_code: ext.code, detail: ext.detail ?? null },
+  };
+}
 
 function secretUpserted(e: EffectContext, team: string) {
   expect(e.diff.added("secrets")).toEqual([expect.objectContaining({ team_id: team, name: `probe_${e.n}` })]);
@@ -1090,7 +1296,13 @@ describe("security matrix: every route of /v1/spec × principal × restricted/un
         const url = fill(path, ids) + (path.startsWith("/v1/internal/") && method === "GET" ? "?wait=0" : "");
         const body = raw ? archive : (row.body?.(cell) ?? (method === "POST" ? {} : undefined));
         before ??= await dump(store(), tables);
-        const res = await client.call(method, url, body, raw ? { "content-type": "application/gzip" } : {});
+        const answer = await client.call(
+          method,
+          url,
+          body,
+          raw ? { "content-type": "application/gzip" } : {},
+        );
+        const res = row.graphql ? asRestAnswer(answer) : answer;
         const want = expected(row, who, variant);
         const where = `${route} as ${who} (${variant}): ${JSON.stringify(res.body)?.slice(0, 400)}`;
         expect(res.status, where).toBe(want.status);

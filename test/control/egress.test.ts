@@ -538,7 +538,8 @@ describe.each(STORE_KINDS)("egress policy on %s", (kind) => {
     expect(rows.find((r) => r.startsWith("eu-1 "))).toMatch(/\sunavailable\s/);
     expect(rows.find((r) => r.startsWith("eu-2 "))).toMatch(/\s-\s/);
     expect(rows).toContain(`eu-1: sandbox unavailable: ${detail}`);
-  });
+    // About nine CLI processes, each a Node start: slow on a loaded machine.
+  }, 180_000);
 });
 
 describe.each(STORE_KINDS)("migration 0003_egress_sandbox on %s", (kind) => {

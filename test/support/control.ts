@@ -126,6 +126,9 @@ export async function startTestControl(kind: StoreKind = "sqlite"): Promise<Test
     databaseUrl: db.url,
     domain: "meridian.test",
     publicUrl: null,
+    // Tests here drive plane reports by hand: a plane a loaded machine leaves silent for 15 s must not be
+    // judged down (and its replicas moved) halfway through a test. Failover has tests of its own.
+    planeTimeoutMs: 3_600_000,
     logger: pino({ level: "silent" }),
   });
   return {
