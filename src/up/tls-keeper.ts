@@ -88,13 +88,13 @@ export class TlsKeeper {
       this.#options.planes.map((p) => ({ name: p.name, addresses: [p.address] })),
     );
     // Removals first, on every plane, so a name that moves is gone from its old region before it is issued
-    // in the new one.
-    for (const plane of this.#options.planes) {
+    // in the new one. A directory that cannot be cleaned gets nothing new in this pass.
+    const clean = this.#options.planes.filter((plane) =>
       this.#attempt(`${plane.name}: cleaning ${plane.dir}`, () =>
         this.#removeUnwanted(plane, new Set(plan.get(plane.name) ?? [])),
-      );
-    }
-    for (const plane of this.#options.planes) {
+      ),
+    );
+    for (const plane of clean) {
       for (const hostname of plan.get(plane.name) ?? []) {
         await this.#attemptAsync(`${plane.name}: the certificate of ${hostname}`, () =>
           this.#ensure(plane, hostname),
@@ -147,12 +147,14 @@ export class TlsKeeper {
     });
   }
 
-  #attempt(what: string, body: () => void): void {
+  #attempt(what: string, body: () => void): boolean {
     try {
       body();
       this.#failures.delete(what);
+      return true;
     } catch (err) {
       this.#fail(what, err);
+      return false;
     }
   }
 
