@@ -6,7 +6,7 @@
 import { X509Certificate } from "node:crypto";
 import { readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { request } from "undici";
+import { Agent, request } from "undici";
 import { checkDnsSnapshot } from "../core/dns-answers.ts";
 import type { DnsSnapshot } from "../core/snapshot.ts";
 import { certificatePlan, isCertificateHostname } from "../core/tls-plan.ts";
@@ -208,8 +208,11 @@ export async function startTlsKeeping(
   options: Omit<TlsKeeperOptions, "now"> & { snapshotUrl: string; token: string },
 ): Promise<TlsKeeping> {
   const keeper = new TlsKeeper(options);
+  // Its own connections, closed on stop: an idle keep-alive socket would hold the control plane's drain.
+  const dispatcher = new Agent();
   const fetchSnapshot = async (): Promise<DnsSnapshot> => {
     const res = await request(options.snapshotUrl, {
+      dispatcher,
       headers: { authorization: `Bearer ${options.token}`, accept: "application/json" },
       headersTimeout: 10_000,
       bodyTimeout: 10_000,
@@ -226,6 +229,7 @@ export async function startTlsKeeping(
     url: options.snapshotUrl,
     token: options.token,
     parse: parseSnapshot,
+    dispatcher,
   });
   watcher.subscribe((snapshot) => void keeper.apply(snapshot));
   await watcher.start();
@@ -235,6 +239,7 @@ export async function startTlsKeeping(
     stop: async () => {
       await watcher.stop();
       await keeper.stop();
+      await dispatcher.destroy();
     },
   };
 }
