@@ -6,7 +6,16 @@
 
 import { execFileSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import tls from "node:tls";
@@ -288,6 +297,35 @@ describe("TlsStore", () => {
       const warnings = lines.filter((l) => l.level === 40).map((l) => l.msg);
       expect(warnings.some((m) => m.includes("a wildcard matches every regional hostname"))).toBe(true);
       expect(warnings.some((m) => m.includes("make it 0600"))).toBe(true);
+    } finally {
+      await store.stop();
+    }
+  });
+
+  it("follows symlinked files, as a Kubernetes secret volume swaps them (..data → a new directory)", async () => {
+    const dir = freshDir();
+    const version = async (name: string) => {
+      mkdirSync(join(dir, name));
+      const issued = await issueCertificate(ca, { kind: "hostname", hostname: EU }, 90);
+      writeCertificatePair(join(dir, name), EU, issued);
+      return new X509Certificate(issued.cert).fingerprint256;
+    };
+    const first = await version("..2026_01");
+    symlinkSync("..2026_01", join(dir, "..data"));
+    for (const f of [`${EU}.pem`, `${EU}.key.pem`]) symlinkSync(join("..data", f), join(dir, f));
+    const store = new TlsStore({ dir, logger, rescanMs: 60_000 });
+    await store.start();
+    try {
+      expect(store.hostnames()).toEqual([EU]);
+      const ctx = store.contextFor(EU);
+      const second = await version("..2026_02");
+      expect(second).not.toBe(first);
+      // The kubelet's swap: a new symlink renamed over ..data, one atomic step for both files.
+      symlinkSync("..2026_02", join(dir, "..data_tmp"));
+      renameSync(join(dir, "..data_tmp"), join(dir, "..data"));
+      await until(() => store.contextFor(EU) !== ctx, "the swapped pair loaded");
+      rmSync(join(dir, "..data"));
+      await until(() => store.contextFor(EU) === undefined, "dangling links dropped");
     } finally {
       await store.stop();
     }
