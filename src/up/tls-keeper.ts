@@ -57,9 +57,12 @@ export class TlsKeeper {
     this.#options = options;
   }
 
-  /** Brings every directory in step with `snapshot`; passes run one at a time, in order. */
+  /**
+   * Brings every directory in step with `snapshot`, or with a newer one already applied (a fetched snapshot
+   * may arrive after the long-poll brought a later one); passes run one at a time, in order.
+   */
   apply(snapshot: DnsSnapshot): Promise<void> {
-    this.#snapshot = snapshot;
+    if (this.#snapshot === null || snapshot.revision >= this.#snapshot.revision) this.#snapshot = snapshot;
     return this.#enqueue();
   }
 
@@ -76,7 +79,10 @@ export class TlsKeeper {
   }
 
   #enqueue(): Promise<void> {
-    this.#queue = this.#queue.then(() => this.#pass());
+    // A pass reports its own failures; anything else it throws is reported here, so the chain goes on.
+    this.#queue = this.#queue
+      .then(() => this.#pass())
+      .catch((err) => this.#fail("keeping certificates", err));
     return this.#queue;
   }
 

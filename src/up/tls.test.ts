@@ -194,6 +194,15 @@ describe("up's certificates", () => {
       expect(reports).toEqual([]);
     });
 
+    it("keeps the newest snapshot when an older one arrives late", async () => {
+      await keeper.apply(snapshot("eu", 20));
+      await keeper.apply(snapshot("uk", 10));
+      expect(files("eu-1")).toEqual(["README", `${EU}.key.pem`, `${EU}.pem`]);
+      expect(files("uk-1")).toEqual([]);
+      await keeper.apply(snapshot("uk", 21));
+      expect(files("eu-1")).toEqual(["README"]);
+    });
+
     it("reports a failure once, in one line, and goes on with the other planes", async () => {
       const broken = { name: "gone-1", address: "127.0.2.1", dir: join(root, "keeper", "does-not-exist") };
       const k = new TlsKeeper({ ca, planes: [broken, planes[0]!], report: (l) => reports.push(l) });
