@@ -64,7 +64,8 @@ export class TlsStore implements SniCertificates {
     const info = await stat(this.#options.dir).catch(() => null);
     if (!info?.isDirectory()) throw new Error(`--tls-dir ${this.#options.dir} is not a directory`);
     await this.rescan();
-    this.#watcher = watch(this.#options.dir, () => this.#soon());
+    // Not persistent: the watch alone must not keep a plane process alive that failed to start.
+    this.#watcher = watch(this.#options.dir, { persistent: false }, () => this.#soon());
     this.#watcher.on("error", (err) =>
       this.#options.logger.warn({ err, dir: this.#options.dir }, "tls directory watch failed; rescans go on"),
     );
