@@ -2,11 +2,14 @@
 // inference endpoints), and prints either a few readable lines or, with --json, one JSON document.
 // Failures print one line on stderr and exit non-zero.
 
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { isIP } from "node:net";
+import { join } from "node:path";
 import type { Command } from "commander";
 import { request } from "undici";
 import { parseKeyDirectory } from "../core/key-directory.ts";
 import { checkEnvironmentName } from "../core/names.ts";
+import { isCertificateHostname } from "../core/tls-plan.ts";
 import { CliError, ManagementApi } from "./api.ts";
 import { predict, type Target } from "./predict.ts";
 import { push } from "./push.ts";
@@ -510,6 +513,7 @@ export function registerUserCommands(program: Command): void {
   );
 
   registerAdminCommands(program);
+  registerTlsCommands(program);
 }
 
 function registerAdminCommands(program: Command): void {
@@ -794,4 +798,128 @@ function registerEvidenceCommands(program: Command): void {
       },
     ),
   );
+}
+
+/**
+ * `meridian tls issue`: leaf certificates from an operator's CA, offline, as `meridian up` issues them from
+ * its own — one per hostname (for the planes allowed to hold it, `--tls-dir`) or one for a plane's
+ * addresses (its `--tls-cert`). Never a wildcard.
+ */
+function registerTlsCommands(program: Command): void {
+  const tls = program.command("tls").description("TLS certificates for planes (no wildcards)");
+  tls
+    .command("issue")
+    .description(
+      "Issue {hostname}.pem + {hostname}.key.pem per --hostname (for --tls-dir), or ingress.pem + ingress.key.pem for --address (a plane's --tls-cert)",
+    )
+    .requiredOption("--ca-cert <file>", "the CA certificate (PEM)")
+    .requiredOption("--ca-key <file>", "the CA's private key (PEM, unencrypted: ECDSA P-256/P-384 or RSA)")
+    .requiredOption("--out <dir>", "directory to write into (created 0700 if missing); files are 0600")
+    .option(
+      "--hostname <name...>",
+      "inference hostnames, one certificate each: model-{id}.D, model-{id}-{env}.D",
+    )
+    .option("--address <ip...>", "a plane's registered addresses: one certificate with these IP SANs")
+    .option("--plane <name>", "the plane's name, the common name of the --address certificate", "plane")
+    .option("--days <n>", "validity in days (default 90 for hostnames, 397 for addresses)", int("--days"))
+    .option("--json", "print one JSON document instead of text")
+    .action(
+      async (flags: {
+        caCert: string;
+        caKey: string;
+        out: string;
+        hostname?: string[];
+        address?: string[];
+        plane: string;
+        days?: number;
+        json?: boolean;
+      }) => {
+        try {
+          const issued = await issueTlsFiles(flags);
+          if (flags.json) process.stdout.write(`${JSON.stringify({ issued }, null, 2)}\n`);
+          else {
+            for (const i of issued) {
+              process.stdout.write(
+                `Issued ${i.cert} and ${i.key} (${i.names.join(", ")}), valid until ${i.not_after}\n`,
+              );
+            }
+          }
+        } catch (err) {
+          process.stderr.write(`meridian: ${err instanceof Error ? err.message : String(err)}\n`);
+          process.exitCode = 1;
+        }
+      },
+    );
+}
+
+async function issueTlsFiles(flags: {
+  caCert: string;
+  caKey: string;
+  out: string;
+  hostname?: string[];
+  address?: string[];
+  plane: string;
+  days?: number;
+}): Promise<Array<{ names: string[]; cert: string; key: string; not_after: string }>> {
+  const hostnames = (flags.hostname ?? []).map((h) => h.toLowerCase().replace(/\.$/, ""));
+  const addresses = flags.address ?? [];
+  if (hostnames.length === 0 && addresses.length === 0)
+    throw new CliError("give --hostname, --address or both");
+  for (const h of hostnames) {
+    if (h.includes("*")) {
+      throw new CliError(
+        `'${h}' is a wildcard: it would match every regional hostname under it, whichever region it belongs to. Issue one certificate per hostname.`,
+      );
+    }
+    if (!isCertificateHostname(h))
+      throw new CliError(`'${h}' is not a hostname (letters, digits, hyphens, dots)`);
+  }
+  const bad = addresses.find((a) => isIP(a) === 0);
+  if (bad !== undefined) throw new CliError(`--address takes IP addresses, got '${bad}'`);
+  if (flags.days !== undefined && flags.days < 1) throw new CliError("--days is at least 1");
+  const {
+    CertificateError,
+    HOSTNAME_CERT_DAYS,
+    PLANE_CERT_DAYS,
+    issueCertificate,
+    loadCertificateAuthority,
+    writeCertificatePair,
+  } = await import("../up/tls.ts");
+  let ca: Awaited<ReturnType<typeof loadCertificateAuthority>>;
+  try {
+    ca = await loadCertificateAuthority(
+      readFileSync(flags.caCert, "utf8"),
+      readFileSync(flags.caKey, "utf8"),
+    );
+  } catch (err) {
+    if (err instanceof CertificateError) throw new CliError(err.message);
+    throw new CliError(`cannot read the CA: ${(err as Error).message}`);
+  }
+  mkdirSync(flags.out, { recursive: true, mode: 0o700 });
+  const done: Array<{ names: string[]; cert: string; key: string; not_after: string }> = [];
+  const write = (
+    base: string,
+    names: string[],
+    issued: { notAfter: Date } & Parameters<typeof writeCertificatePair>[2],
+  ) => {
+    writeCertificatePair(flags.out, base, issued);
+    done.push({
+      names,
+      cert: join(flags.out, `${base}.pem`),
+      key: join(flags.out, `${base}.key.pem`),
+      not_after: issued.notAfter.toISOString(),
+    });
+  };
+  for (const hostname of hostnames) {
+    write(
+      hostname,
+      [hostname],
+      await issueCertificate(ca, { kind: "hostname", hostname }, flags.days ?? HOSTNAME_CERT_DAYS),
+    );
+  }
+  if (addresses.length > 0) {
+    const subject = { kind: "addresses" as const, plane: flags.plane, ips: addresses };
+    write("ingress", addresses, await issueCertificate(ca, subject, flags.days ?? PLANE_CERT_DAYS));
+  }
+  return done;
 }

@@ -27,8 +27,15 @@ program
     "--admin <host:port>",
     "operator listener: /metrics, /healthz, audit records and exports, evidence pieces, replica logs",
   )
-  .option("--tls-cert <file>", "serve HTTPS with this certificate for *.DOMAIN")
+  .option(
+    "--tls-cert <file>",
+    "serve HTTPS with this certificate: the plane's own (its addresses), or one for every name it serves",
+  )
   .option("--tls-key <file>", "the certificate's private key")
+  .option(
+    "--tls-dir <dir>",
+    "certificates by hostname ({hostname}.pem + {hostname}.key.pem), served by SNI and reloaded on change; needs --tls-cert",
+  )
   .option("--peer-ca <file>", "CA of the other planes' ingress certificates: plane-to-plane hops use HTTPS")
   .option("--predict-timeout <seconds>", "how long a model may take to answer (default 1200)")
   .option(

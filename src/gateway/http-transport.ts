@@ -16,6 +16,7 @@ import {
   refuse,
 } from "./gateway.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "./ingress.ts";
+import { sniServerOptions, withdrawSessionsOnChange } from "./tls-options.ts";
 
 class ClientGone extends Error {
   override name = "ClientGone";
@@ -248,8 +249,17 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
     joinDuplicateHeaders: false,
   };
   const server = options.tls
-    ? https.createServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key }, handler)
+    ? https.createServer(
+        {
+          ...serverOptions,
+          cert: options.tls.cert,
+          key: options.tls.key,
+          ...sniServerOptions(options.tls.sni),
+        },
+        handler,
+      )
     : http.createServer(serverOptions, handler);
+  if (server instanceof https.Server) withdrawSessionsOnChange(server, options.tls?.sni);
   server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => handle(req, res, true));
   // Any other expectation: the plan refuses it with 417 and the JSON body (node:http's own 417 has neither).
   server.on("checkExpectation", handler);

@@ -17,6 +17,7 @@ import type { AuditSink } from "./audit.ts";
 import { HOP_MAX_AGE_MS, HOP_REPLAY_ENTRIES } from "./hop.ts";
 import { createHttpIngress } from "./http-transport.ts";
 import type { GatewayMetrics } from "./metrics.ts";
+import type { SniCertificates } from "./tls-options.ts";
 import { loadParser } from "./wire/llhttp.ts";
 import { createWireIngress } from "./wire/server.ts";
 
@@ -69,8 +70,11 @@ export interface IngressOptions {
   plane: { name: string; region: string };
   /** Where to listen. Default 127.0.0.1, port 0. */
   listen?: { host: string; port: number };
-  /** Serve HTTPS with this certificate (for the inference domain) and key. */
-  tls?: { cert: string | Buffer; key: string | Buffer };
+  /**
+   * Serve HTTPS with this certificate and key: the plane's own, for clients that send no SNI (hops to its
+   * address) or a name `sni` has no certificate for; `sni` holds one certificate per hostname.
+   */
+  tls?: { cert: string | Buffer; key: string | Buffer; sni?: SniCertificates };
   /** The plane's own key: it signs the hops this ingress forwards (peers verify them from their snapshots). */
   signingKey: SigningKey;
   /** The plane's current snapshot; the plane swaps it atomically. The index is rebuilt only on change. */

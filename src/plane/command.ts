@@ -17,6 +17,7 @@ export interface PlaneFlags {
   admin?: string;
   tlsCert?: string;
   tlsKey?: string;
+  tlsDir?: string;
   peerCa?: string;
   predictTimeout?: string;
   ingressTransport?: string;
@@ -53,6 +54,10 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     throw new Error("the plane's credential is required: --token-file FILE or MERIDIAN_PLANE_TOKEN");
   if (Boolean(flags.tlsCert) !== Boolean(flags.tlsKey))
     throw new Error("--tls-cert and --tls-key go together");
+  if (flags.tlsDir && !flags.tlsCert)
+    throw new Error(
+      "--tls-dir needs --tls-cert and --tls-key: the plane's own certificate, served to hops and to names the directory has no certificate for",
+    );
   const predictTimeout = flags.predictTimeout === undefined ? undefined : Number(flags.predictTimeout);
   if (predictTimeout !== undefined && !(Number.isInteger(predictTimeout) && predictTimeout > 0)) {
     throw new Error("--predict-timeout is a whole number of seconds");
@@ -87,6 +92,7 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
       flags.tlsCert && flags.tlsKey
         ? { cert: readFileSync(flags.tlsCert, "utf8"), key: readFileSync(flags.tlsKey, "utf8") }
         : null,
+    tlsDir: flags.tlsDir ? resolve(flags.tlsDir) : null,
     ...(predictTimeout ? { limits: { predictTimeoutMs: predictTimeout * 1000 } } : {}),
     ...(transport ? { ingressTransport: transport } : {}),
     ...(retention !== null ? { auditRetentionMs: retention.ms } : {}),

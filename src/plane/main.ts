@@ -30,6 +30,7 @@ import { ArtifactCache } from "./artifacts.ts";
 import { recordPlaneKey } from "./key-history.ts";
 import { ProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
 import { prepareSandbox } from "./sandbox.ts";
+import { TlsStore, wildcardWarning } from "./tls-store.ts";
 
 export interface PlaneConfig {
   name: string;
@@ -43,7 +44,10 @@ export interface PlaneConfig {
   admin: { host: string; port: number } | null;
   /** Audit files whose last batch is older than this are removed (`--audit-retention`). Default 30 days. */
   auditRetentionMs?: number;
+  /** The plane's own certificate (its addresses): hops, and every name `tlsDir` has no certificate for. */
   tls: { cert: string; key: string } | null;
+  /** Certificates by hostname, served by SNI and reloaded on change (src/plane/tls-store.ts); needs `tls`. */
+  tlsDir?: string | null;
   /** CA that signs the other planes' ingress certificates: hops to peers then go over HTTPS. */
   peerCa?: string | null;
   limits?: Partial<IngressLimits>;
@@ -122,6 +126,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     { key_id: planeKey.key.keyId, created: planeKey.created, since: keys.since },
     planeKey.created ? "plane key created" : "plane key loaded",
   );
+  const certificates = await startCertificates(config, logger);
   const registry = new Registry();
   // Audit records name models, environments and request ids: the directory is the plane's alone (its
   // files are created 0600), whatever an older version or the umask left.
@@ -207,7 +212,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
   const ingress = createIngress({
     plane: { name: config.name, region: config.region },
     listen: config.ingress,
-    ...(config.tls ? { tls: config.tls } : {}),
+    ...(config.tls ? { tls: { ...config.tls, ...(certificates ? { sni: certificates } : {}) } } : {}),
     ...(config.peerCa ? { peerScheme: "https" as const, peerConnect: { ca: config.peerCa } } : {}),
     signingKey: planeKey.key,
     snapshot: () => current,
@@ -271,6 +276,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
       }
       await new Promise<void>((ok) => (adminServer ? adminServer.close(() => ok()) : ok()));
       await ingress.stop();
+      await certificates?.stop();
       await watcher.stop();
       // Replicas stop before the last report, so the control plane learns they no longer serve.
       await driver.stop();
@@ -280,6 +286,21 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
       await audit.stop();
     },
   };
+}
+
+/**
+ * The certificate directory, loaded before anything else starts (a missing one stops the plane here), and a
+ * warning when the plane's own certificate is a wildcard: it would cover other regions' hostnames.
+ */
+async function startCertificates(config: PlaneConfig, logger: Logger): Promise<TlsStore | null> {
+  const wildcard = config.tls ? wildcardWarning(config.tls.cert) : null;
+  if (wildcard !== null) logger.warn({ flag: "--tls-cert" }, wildcard);
+  if (!config.tlsDir) return null;
+  if (!config.tls) throw new Error("--tls-dir needs --tls-cert and --tls-key (the plane's own certificate)");
+  const store = new TlsStore({ dir: config.tlsDir, logger });
+  await store.start();
+  logger.info({ dir: config.tlsDir, hostnames: store.hostnames().length }, "tls certificates loaded");
+  return store;
 }
 
 /** `meridian_plane_replicas{state}`: this plane's replicas by state, read from the driver at scrape time. */

@@ -16,9 +16,11 @@ import { request } from "undici";
 import { CliError, ManagementApi } from "../cli/api.ts";
 import { push } from "../cli/push.ts";
 import type { UpManifest } from "../cli/settings.ts";
+import { DNS_SNAPSHOT_PATH } from "../dns/command.ts";
 import { writeSecretFile } from "../lib/files.ts";
 import { lifelineSpawn } from "../lib/lifeline.ts";
-import { ensureLocalTls } from "./tls.ts";
+import { ensureLocalCa, ensurePlaneCertificate } from "./tls.ts";
+import { startTlsKeeping, type TlsKeeping } from "./tls-keeper.ts";
 
 const BIN = resolve(import.meta.dirname, "../../bin/meridian.js");
 const EXAMPLES = resolve(import.meta.dirname, "../../examples");
@@ -127,11 +129,9 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
   await checkFree(config.dns.host, config.dns.port, "DNS", true);
   await checkFree(config.dns.host, config.dns.port, "DNS over TCP");
 
-  const tls = await ensureLocalTls(
-    join(dir, "tls"),
-    config.domain,
-    UP_PLANES.map((p) => p.host),
-  );
+  // The CA stays in `tls/`; each plane gets its own certificate and the hostnames it may serve (tls-keeper).
+  const tls = await ensureLocalCa(join(dir, "tls"), config.domain);
+  let keeping: TlsKeeping | null = null;
 
   const children: Child[] = [];
   let shuttingDown = false;
@@ -177,6 +177,7 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
   };
   const stop = async () => {
     shuttingDown = true;
+    await keeping?.stop();
     for (const child of [...children].reverse()) {
       child.stopping = true;
       const proc = child.process;
@@ -242,6 +243,22 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
         }
       }
     }
+    // Every plane's certificates are on disk before it starts: its own, and those of the names DNS sends
+    // clients to it for. From here on the keeper follows the DNS snapshot (us-1's credential, as DNS does).
+    const planeTls = new Map<string, { certFile: string; keyFile: string; dir: string }>();
+    for (const p of UP_PLANES) {
+      const own = await ensurePlaneCertificate(tls.ca, join(dir, "planes", p.name), p.name, [p.host]);
+      const tlsDir = join(dir, "planes", p.name, "tls");
+      privateDir(tlsDir);
+      planeTls.set(p.name, { ...own, dir: tlsDir });
+    }
+    keeping = await startTlsKeeping({
+      ca: tls.ca,
+      planes: UP_PLANES.map((p) => ({ name: p.name, address: p.host, dir: planeTls.get(p.name)!.dir })),
+      snapshotUrl: `${controlUrl}/${DNS_SNAPSHOT_PATH}`,
+      token: readFileSync(join(dir, "planes", `${UP_PLANES[0].name}.token`), "utf8").trim(),
+      report: out,
+    });
     const planeChildren = UP_PLANES.map((p) =>
       start(p.name, [
         "plane",
@@ -260,9 +277,11 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
         "--admin",
         `${p.host}:${config.adminPort}`,
         "--tls-cert",
-        tls.certFile,
+        planeTls.get(p.name)!.certFile,
         "--tls-key",
-        tls.keyFile,
+        planeTls.get(p.name)!.keyFile,
+        "--tls-dir",
+        planeTls.get(p.name)!.dir,
         "--peer-ca",
         tls.caFile,
       ]),
@@ -324,6 +343,8 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
     }
     if (existsSync(exampleFile)) example = JSON.parse(readFileSync(exampleFile, "utf8")) as { id: string };
 
+    // What was pushed has its hostnames' certificates before the summary invites a call.
+    await keeping.sync();
     printSummary(config, manifest, dir, example, out);
     return { stop, manifest };
   } catch (err) {

@@ -18,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { buildControlApp } from "../../src/control/app.ts";
 import { LocalArtifactStore } from "../../src/control/artifacts.ts";
 import { type RunningControl, startControl } from "../../src/control/main.ts";
-import { ensureLocalTls } from "../../src/up/tls.ts";
+import { ensureLocalCa, ensurePlaneCertificate } from "../../src/up/tls.ts";
 import { type Boto3Spec, runBoto3 } from "../support/boto3.ts";
 import { ApiClient, EXAMPLES, startTestControl, type TestControl, tempDir } from "../support/control.ts";
 import { createTestDatabase, STORE_KINDS } from "../support/databases.ts";
@@ -727,8 +727,10 @@ describe("boto3 over HTTPS (a TLS-terminating proxy in front of the control plan
   beforeAll(async () => {
     t = await startTestControl("sqlite");
     dir = tempDir();
-    const tls = await ensureLocalTls(join(dir, "tls"), "meridian.test", ["127.0.0.1"]);
-    caFile = tls.caFile;
+    const local = await ensureLocalCa(join(dir, "tls"), "meridian.test");
+    const own = await ensurePlaneCertificate(local.ca, join(dir, "tls"), "proxy", ["127.0.0.1"]);
+    const tls = { cert: readFileSync(own.certFile), key: readFileSync(own.keyFile) };
+    caFile = local.caFile;
     const port = Number(new URL(t.control.url).port);
     // Bytes through unchanged, Host included, as a TCP-level TLS terminator passes them.
     proxy = createTlsServer({ cert: tls.cert, key: tls.key }, (client) => {

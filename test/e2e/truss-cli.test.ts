@@ -13,8 +13,15 @@
 import { randomBytes } from "node:crypto";
 import { cpSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { connect as tlsConnect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ensureLocalTls, type LocalTls } from "../../src/up/tls.ts";
+import {
+  type CertificateAuthority,
+  ensureLocalCa,
+  ensurePlaneCertificate,
+  issueCertificate,
+  writeCertificatePair,
+} from "../../src/up/tls.ts";
 import { type Cluster, DOMAIN, FOUR_REGIONS, startCluster } from "../support/cluster.ts";
 import { EXAMPLES, tempDir } from "../support/control.ts";
 import { PlacementWatch } from "../support/planes.ts";
@@ -40,7 +47,9 @@ const PACKAGE = "custom-python";
 
 describe("truss push and truss predict, replayed against a control plane and four regions", () => {
   let cluster: Cluster;
-  let tls: LocalTls;
+  let ca: { ca: CertificateAuthority; caFile: string };
+  /** The global ingress's certificates by hostname (`--tls-dir`): standard names live there only. */
+  let namesDir: string;
   let work: string;
   let apiKey: string;
   let watch: PlacementWatch;
@@ -110,6 +119,29 @@ describe("truss push and truss predict, replayed against a control plane and fou
     }
   }
 
+  /** Issues the global ingress a certificate for `hostname` and waits until it serves it (SNI). */
+  async function holdName(hostname: string, address: string, port: number) {
+    writeCertificatePair(
+      namesDir,
+      hostname,
+      await issueCertificate(ca.ca, { kind: "hostname", hostname }, 90),
+    );
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const ok = await new Promise<boolean>((resolve) => {
+        const s = tlsConnect({ host: address, port, servername: hostname, ca: readFileSync(ca.caFile) });
+        s.once("secureConnect", () => {
+          s.destroy();
+          resolve(true);
+        });
+        s.once("error", () => resolve(false));
+      });
+      if (ok) return;
+      if (Date.now() > deadline) throw new Error(`us-1 does not serve ${hostname}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
   /**
    * `truss predict --published`: the model with its versions, the primary one, then a POST to
    * `{hostname}/deployment/{id}/predict`, the standard name resolved to the global ingress (as Meridian's DNS
@@ -121,6 +153,7 @@ describe("truss push and truss predict, replayed against a control plane and fou
     expect(primary).toHaveLength(1);
     const host = new URL(m.hostname as string);
     const global = cluster.plane("us-1");
+    await holdName(host.hostname, global.host, global.port);
     expect(host.port).toBe(String(global.port));
     const answer = await trussClient(
       work,
@@ -131,16 +164,28 @@ describe("truss push and truss predict, replayed against a control plane and fou
         body,
         hosts: { [host.hostname]: global.host },
       },
-      { REQUESTS_CA_BUNDLE: tls.caFile },
+      { REQUESTS_CA_BUNDLE: ca.caFile },
     );
     return { primary: primary[0]!.id, answer };
   }
 
   beforeAll(async () => {
     work = tempDir();
-    tls = await ensureLocalTls(join(work, "tls"), DOMAIN, PLANE_HOSTS);
-    const args = ["--tls-cert", tls.certFile, "--tls-key", tls.keyFile, "--peer-ca", tls.caFile];
-    cluster = await startCluster({ planes: FOUR_REGIONS.map((p) => ({ ...p, args })) });
+    // As `meridian up` issues them: each plane its own certificate (its address), standard names on the
+    // global ingress only, by hostname (docs/operator-guide.md, TLS).
+    ca = await ensureLocalCa(join(work, "tls"), DOMAIN);
+    namesDir = join(work, "tls", "us-1-names");
+    mkdirSync(namesDir, { recursive: true });
+    const planes = await Promise.all(
+      FOUR_REGIONS.map(async (p, i) => {
+        mkdirSync(join(work, "tls", p.name), { recursive: true });
+        const own = await ensurePlaneCertificate(ca.ca, join(work, "tls", p.name), p.name, [PLANE_HOSTS[i]!]);
+        const args = ["--tls-cert", own.certFile, "--tls-key", own.keyFile, "--peer-ca", ca.caFile];
+        if (p.global) args.push("--tls-dir", namesDir);
+        return { ...p, args };
+      }),
+    );
+    cluster = await startCluster({ planes });
     apiKey = cluster.api.key!;
     const restricted = await cluster.api.patch("/v1/environment_groups/prod-eu", {
       region_restriction: { region: "eu" },

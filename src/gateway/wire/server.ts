@@ -26,6 +26,7 @@ import {
   refuse,
 } from "../gateway.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "../ingress.ts";
+import { sniServerOptions, withdrawSessionsOnChange } from "../tls-options.ts";
 import {
   feedParser,
   K_ON_BODY,
@@ -104,13 +105,19 @@ export function createWireIngress(options: IngressOptions, limits: IngressLimits
         {
           cert: options.tls.cert,
           key: options.tls.key,
+          ...sniServerOptions(options.tls.sni),
           ALPNProtocols: ["http/1.1"],
-          allowHalfOpen: true,
           handshakeTimeout: limits.headersTimeoutMs,
         },
-        onSocket,
+        // Half-open only once secure: a client that closes during the handshake (a Node client that refused
+        // the certificate does) can never finish it, and must not hold its socket until handshakeTimeout.
+        (socket: tls.TLSSocket) => {
+          socket.allowHalfOpen = true;
+          onSocket(socket);
+        },
       )
     : net.createServer({ allowHalfOpen: true, noDelay: true }, onSocket);
+  if (server instanceof tls.Server) withdrawSessionsOnChange(server, options.tls?.sni);
   server.on("tlsClientError", (_err: Error, socket: net.Socket) => socket.destroy());
   server.on("error", (err) => log.error({ err }, "ingress server error"));
 
