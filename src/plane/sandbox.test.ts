@@ -15,6 +15,7 @@ import { ProcessDriver } from "./process-driver.ts";
 import {
   APP_DIR,
   bindHolding,
+  BwrapSandbox,
   bwrapArguments,
   HOME_DIR,
   hostIds,
@@ -239,15 +240,17 @@ describe("self-test and refusals", () => {
   });
 
   it.runIf(ROOT)(
-    "refuses a data directory the sandbox uid cannot reach, naming the directory to open",
+    "a data directory the sandbox uid cannot reach keeps the sandbox, runs bwrap as root, and says why",
     async () => {
       const closed = await dataDir(); // mkdtemp: mode 0700
       const sandbox = await prepareSandbox("bwrap", { dataDir: join(closed, "plane"), planeEnv: {} });
-      expect(sandbox.report.mode).toBe("unavailable");
-      expect(sandbox.report.detail).toContain(
-        `${closed} (mode 0700, owner 0) does not let the sandbox uid 65534`,
-      );
+      expect(sandbox.report.mode).toBe("bwrap");
+      expect(sandbox.report.detail).toContain("as root (without capabilities) on the host");
+      expect(sandbox.report.detail).toContain(`${closed} (mode 0700, owner 0) does not let uid 65534 through`);
       expect(sandbox.report.detail).toContain(`chmod o+x ${closed}`);
+      expect((sandbox as BwrapSandbox).dropsHostUid).toBe(false);
+      // Nothing of the user's was opened up to get there.
+      expect((await stat(closed)).mode & 0o777).toBe(0o700);
     },
   );
 
@@ -335,13 +338,18 @@ async function predict(endpoint: string): Promise<{ status: number; body: unknow
   });
 }
 
-describe("a hostile model package in the sandbox (process driver, real runtime)", () => {
+// Both ways a root plane runs bwrap: as the host's nobody when the paths let it through, and as root
+// (uid 65534 only inside the namespace) when a directory above them is closed, as a 0700 home is.
+describe.each([
+  { layout: "open", closedAbove: false },
+  ...(ROOT ? [{ layout: "closed above (bwrap as root)", closedAbove: true }] : []),
+])("a hostile model package in the sandbox (process driver, real runtime), $layout", ({ closedAbove }) => {
   let plane: Plane;
 
   beforeAll(async () => {
     // Laid out as `meridian up` lays out a plane: credentials beside the data directories.
     const root = await mkdtemp(join(tmpdir(), "meridian-hostile-"));
-    await chmod(root, 0o755);
+    await chmod(root, closedAbove ? 0o700 : 0o755);
     await mkdir(join(root, "planes", "eu-1"), { recursive: true });
     const dataDir = join(root, "planes", "eu-1");
     const token = join(root, "planes", "eu-1.token");
@@ -352,7 +360,8 @@ describe("a hostile model package in the sandbox (process driver, real runtime)"
       dataDir,
       planeEnv: { ...process.env, LANG: "C.UTF-8", PLANE_SECRET: CANARY },
     });
-    expect(sandbox.report, String(sandbox.report.detail)).toEqual({ mode: "bwrap", detail: null });
+    if (closedAbove) expect(sandbox.report.detail).toContain(`${root} (mode 0700, owner 0) does not let uid`);
+    else expect(sandbox.report, String(sandbox.report.detail)).toEqual({ mode: "bwrap", detail: null });
     const driver = new ProcessDriver({ dataDir, sandbox, readinessIntervalMs: 20, stopGraceMs: 2_000 });
     await driver.start();
     let tcpConnections = 0;
@@ -494,7 +503,8 @@ describe("a hostile model package in the sandbox (process driver, real runtime)"
     const dir = join(plane.dataDir, "sandbox", "replicas", "neighbour");
     const st = await stat(dir);
     expect(st.mode & 0o777).toBe(0o700);
-    if (ROOT) expect(st.uid).toBe(65534);
+    // Closed above, the replica's uid 65534 is the host's root: its files are root's, 0700.
+    if (ROOT) expect(st.uid).toBe(closedAbove ? 0 : 65534);
     expect(await readFile(join(dir, "secret.txt"), "utf8")).toBe("neighbour data");
     await plane.driver.remove("neighbour");
     await expect(stat(dir)).rejects.toThrow(/ENOENT/);

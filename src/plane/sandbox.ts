@@ -441,11 +441,11 @@ export class Unsandboxed implements ReplicaSandbox {
 
 /** Replicas inside bubblewrap. */
 export class BwrapSandbox implements ReplicaSandbox {
-  readonly report: SandboxReport = { mode: "bwrap", detail: null };
+  #report: SandboxReport = { mode: "bwrap", detail: null };
   readonly #options: SandboxOptions;
   readonly #dirs: Dirs;
   readonly #bwrap: string;
-  readonly #ids: { uid: number; gid: number; drop: boolean };
+  #ids: { uid: number; gid: number; drop: boolean };
   #layout: SandboxLayout | null = null;
 
   constructor(options: SandboxOptions) {
@@ -457,6 +457,15 @@ export class BwrapSandbox implements ReplicaSandbox {
 
   get uid(): number {
     return this.#ids.uid;
+  }
+
+  get report(): SandboxReport {
+    return this.#report;
+  }
+
+  /** Whether replicas run as the unprivileged host uid (false: root outside their user namespace). */
+  get dropsHostUid(): boolean {
+    return this.#ids.drop;
   }
 
   get layout(): SandboxLayout {
@@ -473,12 +482,13 @@ export class BwrapSandbox implements ReplicaSandbox {
     try {
       if (!existsSync(this.#bwrap)) return `${this.#bwrap} does not exist`;
       const dataDir = await realpath(this.#options.dataDir);
-      const layout = await this.#prepareLayout(dataDir);
-      const held = bindHolding(layout.binds, dataDir);
+      const binds = runtimeBinds();
+      const held = bindHolding(binds, dataDir);
       if (held !== null) {
         return `the plane's data directory ${dataDir} is inside ${held.source}, which replicas see; choose a --data-dir outside it`;
       }
-      await this.#reachable(dataDir);
+      if (this.#ids.drop) await this.#chooseHostUid(dataDir, binds);
+      const layout = await this.#prepareLayout(dataDir, binds);
       this.#layout = layout;
       const test = join(this.#dirs.root, "selftest");
       await removeTree(test);
@@ -522,11 +532,15 @@ export class BwrapSandbox implements ReplicaSandbox {
   async plan(room: ReplicaRoom, request: LaunchRequest): Promise<SpawnPlan> {
     const layout = this.layout;
     const packageDir = await realpath(request.packageDir);
-    if (bindHolding(layout.binds, packageDir) === null) await this.#reachable(packageDir);
+    if (this.#ids.drop && bindHolding(layout.binds, packageDir) === null) {
+      const closed = await this.#closedAbove(packageDir);
+      if (closed !== null) throw new SandboxRefusal(closed);
+    }
     const st = await stat(packageDir);
-    if (!st.isDirectory() || !readableDirectory(st, layout.uid, layout.gid)) {
+    const host = this.#ids.drop ? this.#ids : { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
+    if (!st.isDirectory() || !readableDirectory(st, host.uid, host.gid)) {
       throw new SandboxRefusal(
-        `the package directory ${packageDir} (mode ${(st.mode & 0o777).toString(8).padStart(4, "0")}) cannot be read by the sandbox uid ${layout.uid}`,
+        `the package directory ${packageDir} (mode ${(st.mode & 0o777).toString(8).padStart(4, "0")}) cannot be read by the sandbox uid ${host.uid}`,
       );
     }
     if (request.egress === "deny") {
@@ -566,11 +580,34 @@ export class BwrapSandbox implements ReplicaSandbox {
   }
 
   /**
-   * Every directory above `path` must let the sandbox uid through: bwrap resolves binds as that uid. The
-   * plane's own directories (its data directory and below) are given search permission; above them the
-   * operator decides, so a closed one is refused with what to do.
+   * A plane running as root starts bwrap as the unprivileged host uid, so that a replica is nobody on the
+   * host as well as in its namespace. bwrap then resolves every bind as that uid, so every directory above
+   * the data directory and the runtime's paths must let it through. Where one does not (a home directory
+   * of mode 0700 above the installation or the data directory, as with `meridian up` run by root in
+   * ~/project), bwrap runs as root instead and the replica is uid 65534 only inside its own user
+   * namespace: still no capability, no new privileges, no user namespace of its own, the same mounts;
+   * the sandbox report says which directory chose this and how to get the host uid back.
    */
-  async #reachable(path: string): Promise<void> {
+  async #chooseHostUid(dataDir: string, binds: readonly Bind[]): Promise<void> {
+    for (const path of [join(dataDir, "sandbox"), ...binds.map((b) => b.source)]) {
+      const closed = await this.#closedAbove(path);
+      if (closed === null) continue;
+      this.#ids = { ...this.#ids, drop: false };
+      this.#report = {
+        mode: "bwrap",
+        detail:
+          `replicas run as uid ${this.#ids.uid} inside their user namespace but as root (without capabilities) ` +
+          `on the host, because ${closed}. For host uid ${this.#ids.uid} as well, let it through or move the plane there.`,
+      };
+      return;
+    }
+  }
+
+  /**
+   * Why the sandbox uid cannot reach `path`, or null when it can. The plane's own directories (its data
+   * directory and below) are given search permission; above them the operator decides.
+   */
+  async #closedAbove(path: string): Promise<string | null> {
     const { uid, gid } = this.#ids;
     const dataDir = await realpath(this.#options.dataDir);
     let dir = dirname(path);
@@ -582,17 +619,15 @@ export class BwrapSandbox implements ReplicaSandbox {
         st = await stat(dir);
       }
       if (!searchable(st, uid, gid)) {
-        throw new SandboxRefusal(
-          `${dir} (mode ${(st.mode & 0o777).toString(8).padStart(4, "0")}, owner ${st.uid}) does not let the sandbox uid ${uid} through, so bwrap cannot bind ${path}: allow it (chmod o+x ${dir}) or choose a --data-dir it can reach`,
-        );
+        return `${dir} (mode ${(st.mode & 0o777).toString(8).padStart(4, "0")}, owner ${st.uid}) does not let uid ${uid} through to ${path} (chmod o+x ${dir}, or a --data-dir it can reach)`;
       }
-      if (dir === dirname(dir)) return;
+      if (dir === dirname(dir)) return null;
       dir = dirname(dir);
     }
   }
 
   /** The shared files under `{dataDir}/sandbox/`, and the binds of the runtime's paths. */
-  async #prepareLayout(dataDir: string): Promise<SandboxLayout> {
+  async #prepareLayout(dataDir: string, binds: Bind[]): Promise<SandboxLayout> {
     const { root, replicas, sockets } = this.#dirs;
     const { uid, gid } = this.#ids;
     // The plane's own directories above the private ones let the sandbox uid through (search only, no
@@ -617,7 +652,7 @@ export class BwrapSandbox implements ReplicaSandbox {
     await removeTree(compileCache);
     await mkdir(compileCache, { mode: 0o700 });
     if (this.#ids.drop) await chown(compileCache, uid, gid);
-    return { uid, gid, binds: runtimeBinds(), symlinks: rootSymlinks(), passwd, group, compileCache };
+    return { uid, gid, binds, symlinks: rootSymlinks(), passwd, group, compileCache };
   }
 
   #run(bwrapArgs: string[], argv: string[]): Promise<RunResult> {
