@@ -5,7 +5,13 @@
 
 import type { Transaction } from "kysely";
 import { deriveStatus, wantedReplicas } from "../core/deployment-status.ts";
-import type { DeploymentStatus, PromotionCleanupStrategy, ReplicaState } from "../core/domain.ts";
+import type {
+  DeploymentStatus,
+  EgressPolicy,
+  PromotionCleanupStrategy,
+  ReplicaState,
+  SandboxMode,
+} from "../core/domain.ts";
 import { type PlaneCapacity, planeIsDown, planPlacement } from "../core/placement.ts";
 import { previousDeploymentFate } from "../core/promotion.ts";
 import type { Schema } from "../store/schema.ts";
@@ -67,7 +73,7 @@ export async function placementPlanes(
   const [planes, usage] = await Promise.all([
     db
       .selectFrom("planes")
-      .select(["name", "region", "capacity", "global_ingress", "last_seen_at", "created_at"])
+      .select(["name", "region", "capacity", "global_ingress", "last_seen_at", "created_at", "sandbox_mode"])
       .execute(),
     db
       .selectFrom("replicas")
@@ -96,6 +102,7 @@ export async function placementPlanes(
       capacity: p.capacity,
       used: used.get(p.name) ?? 0,
       global_ingress: p.global_ingress === 1,
+      sandbox: p.sandbox_mode as SandboxMode | null,
     }));
 }
 
@@ -122,7 +129,7 @@ async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): P
       .orderBy("created_at")
       .execute(),
   ]);
-  const plan = planPlacement({ want, region: d.region, existing, planes });
+  const plan = planPlacement({ want, region: d.region, existing, planes, egress: d.egress as EgressPolicy });
   const now = ctx.now();
   if (plan.remove.length > 0) await trx.deleteFrom("replicas").where("id", "in", plan.remove).execute();
   for (const plane of plan.add) {
