@@ -55,6 +55,10 @@ program
     "--audit-retention <duration>",
     "how long audit records are kept: 30d (default), 12h, 90m; at least 1h",
   )
+  .option(
+    "--receipts <on|off>",
+    "sign a receipt (RFC 9421) on every inference response with the plane's key: on (default) or off",
+  )
   .action(async (flags) => {
     const { runPlaneCommand } = await import("../plane/command.ts");
     await runPlaneCommand(flags, process.env);

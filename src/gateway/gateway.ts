@@ -1,7 +1,7 @@
 // What every ingress transport shares (src/gateway/ingress.ts picks one): the routing index that follows
 // the plane's snapshot, the per-request plan (authenticate, route, choose targets, build the upstream
-// headers), the proof headers, the retry rule, and the audit record and metrics. A transport owns only
-// the bytes: reading requests, writing responses, calling upstreams.
+// headers), the proof headers and the receipt that signs them, the retry rule, and the audit record and
+// metrics. A transport owns only the bytes: reading requests, writing responses, calling upstreams.
 
 import { hash, randomUUID } from "node:crypto";
 import { STATUS_CODES } from "node:http";
@@ -10,8 +10,11 @@ import { performance } from "node:perf_hooks";
 import { type Logger, pino } from "pino";
 import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
 import { parseHost } from "../core/host.ts";
+import { normalizeAuthority, pathOfTarget } from "../core/http-signatures.ts";
+import { RECEIPT_REQUEST_HEADER } from "../core/receipt.ts";
 import { decideRoute, indexSnapshot, type RouteContext, type RouteIndex } from "../core/routing.ts";
 import type { PlaneRef } from "../core/snapshot.ts";
+import { appendReceipt, ContentDigester, EMPTY_CONTENT_DIGEST } from "../lib/receipts.ts";
 import type { AuditSink } from "./audit.ts";
 import { acceptableRequestId, apiKeyOf, PROOF, scanRequestHeaders, scanResponseHeaders } from "./headers.ts";
 import { HOP_HEADER, HopVerifier, signHop } from "./hop.ts";
@@ -34,6 +37,16 @@ export interface Exchange {
   context: RouteContext | null;
   processedBy: string | null;
   errorCode: string | null;
+  /** The request method as received (a receipt binds it, `@method;req`). */
+  method: string;
+  /**
+   * The request components a receipt binds (RFC 9421 §2.4): `@authority` (normalized) and `@path`, set by
+   * `plan()`; null until then, or when the request names no single authority (then no receipt is signed).
+   */
+  authority: string | null;
+  path: string | null;
+  /** The request body's digest so far (`hashBody`), or null while no byte of it was read. */
+  bodyDigest: ContentDigester | null;
 }
 
 /** A request as the transport parsed it. */
@@ -132,6 +145,9 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
   const now = options.now ?? Date.now;
   const scheme: "http" | "https" = options.tls ? "https" : "http";
   const peerScheme = options.peerScheme ?? "http";
+  // Receipts (docs/evidence.md#receipts): on unless the operator turned them off (`--receipts off`).
+  const receipts = options.receipts !== false;
+  const receiptKey = options.signingKey;
 
   // The index follows the snapshot object: rebuilt only when the plane swaps in a new one.
   let lastSnapshot: ReturnType<IngressOptions["snapshot"]> | undefined;
@@ -223,6 +239,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
   function plan(ex: Exchange, head: RequestHead): Plan {
     const scan = scanRequestHeaders(head.rawHeaders);
     ex.requestId = acceptableRequestId(scan.requestId) ? scan.requestId : randomUUID();
+    if (receipts) bindReceipt(ex, head.target, scan.host, scan.hostCount, scheme);
     const idx = currentIndex();
     if (idx === null) return refuse("service_unavailable", "This plane has no routing configuration yet.");
 
@@ -264,6 +281,9 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       }
       ex.forwardedFrom = check.from;
       ex.route = [check.from, self.name];
+      // The client's scheme, as the entry plane saw it, decides `@authority`'s default port (RFC 9421 §2.2.3).
+      if (receipts && scan.forwardedProto === "https" && scheme !== "https")
+        bindReceipt(ex, head.target, scan.host, scan.hostCount, "https");
     }
 
     const q = target.indexOf("?");
@@ -348,19 +368,53 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     return forward;
   }
 
-  function proofHeaders(ex: Exchange): string[] {
-    return [
-      PROOF.requestId,
-      ex.requestId,
-      PROOF.region,
-      self.region,
-      PROOF.plane,
-      self.name,
-      PROOF.deploymentId,
-      ex.context?.deploymentId ?? "-",
-      PROOF.route,
-      ex.route.join(", "),
-    ];
+  /**
+   * The request components of the receipt: the absolute-form target's authority (RFC 9112 §3.2.2), else the
+   * one Host field; none when there is no Host or more than one (the request is refused, unsigned).
+   */
+  function bindReceipt(
+    ex: Exchange,
+    target: string,
+    host: string | undefined,
+    hostCount: number,
+    clientScheme: "http" | "https",
+  ): void {
+    let authority: string | undefined;
+    if (target.startsWith("/")) {
+      if (hostCount === 1) authority = host;
+    } else {
+      authority = /^https?:\/\/([^/?#]*)/i.exec(target)?.[1];
+    }
+    ex.authority = authority === undefined ? null : normalizeAuthority(authority, clientScheme);
+    ex.path = pathOfTarget(target);
+  }
+
+  /**
+   * Appends the receipt to a response's `headers` (docs/evidence.md#receipts): signed once, over the proof
+   * values this plane set, with the body's digest when the request was read whole (`bodyRead`).
+   */
+  function sign(
+    ex: Exchange,
+    status: number,
+    headers: string[],
+    proof: (string | undefined)[],
+    bodyRead: boolean,
+  ): void {
+    const authority = ex.authority;
+    const path = ex.path;
+    if (!receipts || authority === null || path === null) return;
+    const contentDigest = !bodyRead
+      ? null
+      : ex.bodyDigest === null
+        ? EMPTY_CONTENT_DIGEST
+        : ex.bodyDigest.digest();
+    const request = { method: ex.method, authority, path, contentDigest };
+    const unsigned = appendReceipt(headers, receiptKey, status, proof, request, now());
+    if (unsigned !== null) {
+      // Nothing a client could be blamed for: a value outside visible ASCII cannot be signed (RFC 9421 §2.5).
+      metrics?.unsignedReceipt();
+      log.debug({ request_id: ex.requestId, reason: unsigned }, "response sent without a receipt");
+    }
   }
 
   return {
@@ -370,9 +424,17 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     metrics,
     scheme,
     plan,
-    proofHeaders,
+    /** Whether responses are signed (`--receipts`). */
+    receipts,
 
     now,
+
+    /** Feeds a chunk of the request body to its digest (the receipt's `content-digest;req`), in place. */
+    hashBody(ex: Exchange, chunk: Uint8Array): void {
+      if (!receipts) return;
+      if (ex.bodyDigest === null) ex.bodyDigest = new ContentDigester();
+      ex.bodyDigest.update(chunk);
+    },
 
     /**
      * A request has started. The transport builds its exchange as one object literal (a fixed shape is
@@ -390,22 +452,46 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         context: null,
         processedBy: null,
         errorCode: null,
+        method: "",
+        authority: null,
+        path: null,
+        bodyDigest: null,
       };
     },
 
-    /** The JSON error answer of a refusal: status, headers (with proof) and body. */
-    errorResponse(ex: Exchange, r: Refusal): { status: number; headers: string[]; body: string } {
+    /**
+     * The JSON error answer of a refusal: status, headers (with proof and receipt) and body. `bodyRead`:
+     * the request body was read whole (or there is none), so the receipt binds its digest.
+     */
+    errorResponse(
+      ex: Exchange,
+      r: Refusal,
+      bodyRead: boolean,
+    ): { status: number; headers: string[]; body: string } {
       ex.errorCode = r.code;
       const body = JSON.stringify(errorBody(r.code, r.message ?? undefined, r.detail));
+      const status = errorStatus(r.code);
+      const deploymentId = ex.context?.deploymentId ?? "-";
+      const route = ex.route.join(", ");
       const headers = [
         "content-type",
         "application/json",
         "content-length",
         String(Buffer.byteLength(body)),
-        ...proofHeaders(ex),
+        PROOF.requestId,
+        ex.requestId,
+        PROOF.region,
+        self.region,
+        PROOF.plane,
+        self.name,
+        PROOF.deploymentId,
+        deploymentId,
+        PROOF.route,
+        route,
         ...r.extra,
       ];
-      return { status: errorStatus(r.code), headers, body };
+      sign(ex, status, headers, [ex.requestId, self.region, self.name, deploymentId, route], bodyRead);
+      return { status, headers, body };
     },
 
     /**
@@ -430,18 +516,24 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
 
     /**
      * The response headers for the client: the upstream's end-to-end fields plus the proof. From a replica,
-     * this plane is the proof; from a peer plane, its proof is kept and the route extended.
+     * this plane is the proof, and signs it (the receipt, with the body's digest when `bodyRead`); from a
+     * peer plane, its proof and receipt are kept and the route extended (the peer's route already names
+     * this plane: the receipt covers it as sent).
      */
     responseHeaders(
       ex: Exchange,
       t: Target,
       warning: string | null,
       raw: readonly (string | Buffer)[],
+      status: number,
+      bodyRead: boolean,
     ): string[] {
       const { headers, proof } = scanResponseHeaders(raw, t.kind === "plane");
       const ctx = ex.context;
       if (t.kind === "replica") {
         ex.processedBy = self.name;
+        const deploymentId = ctx?.deploymentId ?? "-";
+        const route = ex.route.join(", ");
         headers.push(
           PROOF.requestId,
           ex.requestId,
@@ -450,10 +542,13 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
           PROOF.plane,
           self.name,
           PROOF.deploymentId,
-          ctx?.deploymentId ?? "-",
+          deploymentId,
           PROOF.route,
-          ex.route.join(", "),
+          route,
         );
+        if (warning !== null && !headers.includes("warning")) headers.push("warning", warning);
+        sign(ex, status, headers, [ex.requestId, self.region, self.name, deploymentId, route], bodyRead);
+        return headers;
       } else {
         // The peer plane stamped its own proof; the route it returns already includes this plane.
         const plane = t.plane!;
@@ -473,6 +568,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
           PROOF.route,
           route,
         );
+        const echo = proof.get(RECEIPT_REQUEST_HEADER);
+        if (echo !== undefined) headers.push(RECEIPT_REQUEST_HEADER, echo);
       }
       if (warning !== null && !headers.includes("warning")) headers.push("warning", warning);
       return headers;

@@ -75,8 +75,13 @@ export interface IngressOptions {
    * address) or a name `sni` has no certificate for; `sni` holds one certificate per hostname.
    */
   tls?: { cert: string | Buffer; key: string | Buffer; sni?: SniCertificates };
-  /** The plane's own key: it signs the hops this ingress forwards (peers verify them from their snapshots). */
+  /**
+   * The plane's own key: it signs the hops this ingress forwards (peers verify them from their snapshots),
+   * and the receipt on every response it answers for (docs/evidence.md#receipts).
+   */
   signingKey: SigningKey;
+  /** Sign a receipt on every response (default true; `meridian plane --receipts off` turns it off). */
+  receipts?: boolean;
   /** The plane's current snapshot; the plane swaps it atomically. The index is rebuilt only on change. */
   snapshot(): PlaneSnapshot | null;
   /** `host:port` of this plane's READY replicas of a deployment (from the plane agent). */

@@ -20,6 +20,8 @@ export interface GatewayMetrics {
   malformed(reason: string): void;
   upstreamFailure(kind: UpstreamFailure): void;
   inflight(delta: number): void;
+  /** A response went out without its receipt: a covered value could not be signed (RFC 9421 §2.5). */
+  unsignedReceipt(): void;
 }
 
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1200];
@@ -44,6 +46,11 @@ export function createGatewayMetrics(registry: Registry, region: string): Gatewa
     name: "meridian_ingress_upstream_failures_total",
     help: "Failures talking to replicas or peer planes.",
     labelNames: ["kind"],
+    registers: [registry],
+  });
+  const unsigned = new Counter({
+    name: "meridian_ingress_unsigned_responses_total",
+    help: "Responses sent without a receipt because a covered value could not be signed (absent, or outside visible ASCII).",
     registers: [registry],
   });
   // Counted here and read at scrape time, like the request series.
@@ -92,6 +99,9 @@ export function createGatewayMetrics(registry: Registry, region: string): Gatewa
     },
     inflight(delta) {
       inflightNow += delta;
+    },
+    unsignedReceipt() {
+      unsigned.inc();
     },
   };
 }

@@ -25,6 +25,7 @@ export interface PlaneFlags {
   sandboxUid?: string;
   sandboxBwrap?: string;
   auditRetention?: string;
+  receipts?: string;
 }
 
 /** `--sandbox-uid UID[:GID]`: an unprivileged host id for replicas (GID defaults to UID). */
@@ -77,6 +78,10 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
       "--sandbox-uid needs a plane running as root; otherwise replicas run as the plane's own uid",
     );
   }
+  const receipts = flags.receipts ?? "on";
+  if (receipts !== "on" && receipts !== "off") {
+    throw new Error(`--receipts is on or off, got '${receipts}'`);
+  }
   const retention = flags.auditRetention === undefined ? null : parseAuditRetention(flags.auditRetention);
   if (retention !== null && !retention.ok) throw new Error(retention.error);
   const config = Object.freeze({
@@ -96,6 +101,7 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     ...(predictTimeout ? { limits: { predictTimeoutMs: predictTimeout * 1000 } } : {}),
     ...(transport ? { ingressTransport: transport } : {}),
     ...(retention !== null ? { auditRetentionMs: retention.ms } : {}),
+    receipts: receipts === "on",
     sandbox: {
       mode,
       ...(flags.sandboxBwrap !== undefined ? { bwrapPath: resolve(flags.sandboxBwrap) } : {}),

@@ -51,6 +51,8 @@ export interface PlaneConfig {
   /** CA that signs the other planes' ingress certificates: hops to peers then go over HTTPS. */
   peerCa?: string | null;
   limits?: Partial<IngressLimits>;
+  /** Sign a receipt on every inference response (`--receipts`, default on; docs/evidence.md#receipts). */
+  receipts?: boolean;
   /** The ingress's HTTP implementation (default `wire`; see src/gateway/ingress.ts). */
   ingressTransport?: IngressTransport;
   /** Address replicas listen on. Default 127.0.0.1. */
@@ -219,6 +221,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     localReplicas: agent.localReplicas,
     ...(config.limits ? { limits: config.limits } : {}),
     ...(config.ingressTransport ? { transport: config.ingressTransport } : {}),
+    ...(config.receipts === false ? { receipts: false } : {}),
     logger,
     registry,
     audit,
