@@ -12,12 +12,13 @@ import type {
   ReplicaState,
   SandboxMode,
 } from "../core/domain.ts";
-import { type PlaneCapacity, planeIsDown, planPlacement } from "../core/placement.ts";
+import { type PlaneCapacity, planPlacement } from "../core/placement.ts";
 import { previousDeploymentFate } from "../core/promotion.ts";
 import type { Schema } from "../store/schema.ts";
 import type { Db } from "../store/store.ts";
 import type { ControlContext } from "./context.ts";
 import { newId } from "./identity.ts";
+import { planeHealthOf } from "./plane-health.ts";
 import type { AutoscalingSettings } from "./views.ts";
 
 type Trx = Transaction<Schema>;
@@ -83,19 +84,10 @@ export async function placementPlanes(
       .execute(),
   ]);
   const used = new Map(usage.map((u) => [u.plane, Number(u.n)]));
+  // Fail-static (src/core/fail-static.ts): silence judges a plane down only while this process could hear.
+  const down = planeHealthOf(ctx).down(planes, nowMs);
   return planes
-    .filter(
-      (p) =>
-        !planeIsDown(
-          {
-            lastSeenMs: p.last_seen_at ? Date.parse(p.last_seen_at) : null,
-            createdMs: Date.parse(p.created_at),
-          },
-          nowMs,
-          ctx.startedAtMs,
-          ctx.planeTimeoutMs,
-        ),
-    )
+    .filter((p) => !down.has(p.name))
     .map((p) => ({
       name: p.name,
       region: p.region,
