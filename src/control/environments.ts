@@ -4,6 +4,11 @@
 
 import type { Transaction } from "kysely";
 import type { Principal } from "../core/access.ts";
+import {
+  applyAutoscalingUpdate,
+  applyBackpressureUpdate,
+  type RequestBackpressureSettings,
+} from "../core/autoscaling-settings.ts";
 import type {
   DeploymentStatus,
   EgressPolicy,
@@ -39,11 +44,6 @@ import {
 import type { Infer } from "./routes/infer.ts";
 import { type ChangeScope, change, completePromotion, placementPlanes } from "./scheduler.ts";
 import type { createEnvironmentBody, updateEnvironmentBody } from "./schemas.ts";
-import {
-  applyAutoscalingUpdate,
-  applyBackpressureUpdate,
-  type RequestBackpressureSettings,
-} from "../core/autoscaling-settings.ts";
 import {
   type AutoscalingSettings,
   autoscalingOf,
@@ -116,10 +116,7 @@ export async function ensureEnvironment(
     .executeTakeFirst();
   if (existing) return existing;
   const autoscaling = updatedAutoscaling(DEFAULT_AUTOSCALING, settings.autoscaling_settings);
-  const backpressure = updatedBackpressure(
-    backpressureOf(null),
-    settings.request_backpressure_settings,
-  );
+  const backpressure = updatedBackpressure(backpressureOf(null), settings.request_backpressure_settings);
   const row: EnvironmentRow = {
     model_id: model.id,
     name,

@@ -2,17 +2,17 @@
 // defaults for settings a request leaves out. Meridian's additions are marked where they appear and listed,
 // with their schemas, in ./openapi.ts `MERIDIAN_FIELDS` (the conformance test allows no others).
 
+import {
+  type AutoscalingSettings,
+  autoscalingWithDefaults,
+  type RequestBackpressureSettings,
+} from "../core/autoscaling-settings.ts";
 import type {
   DeploymentStatus,
   EgressPolicy,
   RegionRestriction,
   StandardEndpointPolicy,
 } from "../core/domain.ts";
-import {
-  type AutoscalingSettings,
-  autoscalingWithDefaults,
-  type RequestBackpressureSettings,
-} from "../core/autoscaling-settings.ts";
 import type {
   ApiKeyRow,
   DeploymentRow,
