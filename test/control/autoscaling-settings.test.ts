@@ -23,6 +23,7 @@ describe.each(STORE_KINDS)("autoscaling settings on %s", (kind) => {
   let admin: ApiClient;
   let modelId: string;
   let deploymentId: string;
+  let planeAuth: Record<string, string>;
 
   beforeAll(async () => {
     t = await startTestControl(kind);
@@ -39,6 +40,7 @@ describe.each(STORE_KINDS)("autoscaling settings on %s", (kind) => {
     deploymentId = created.body.deployment.id;
     // The plane reports the replica ready, so production switches to it.
     const auth = { authorization: `Bearer ${plane.body.credential}` };
+    planeAuth = auth;
     const snap = await admin
       .as(null)
       .call("GET", "/v1/internal/planes/us-1/snapshot?wait=0", undefined, auth);
@@ -217,5 +219,42 @@ describe.each(STORE_KINDS)("autoscaling settings on %s", (kind) => {
       400,
       "invalid_request",
     );
+  });
+
+  it("keeps a plane's load counters per deployment, dropping unknown deployments and refusing bad ones", async () => {
+    const report = (load: unknown) =>
+      admin
+        .as(null)
+        .call(
+          "POST",
+          "/v1/internal/planes/us-1/report",
+          { revision: 1, replicas: [], request_counts: [], load },
+          planeAuth,
+        );
+    const load = (request_ms: number, in_flight: number) => ({
+      epoch: "2026-12-01T00:00:00.000Z",
+      at: "2026-12-01T00:00:10.000Z",
+      deployments: [
+        { deployment_id: deploymentId, in_flight, request_ms, last_request_at: "2026-12-01T00:00:09.000Z" },
+        { deployment_id: "nosuchd", in_flight: 9, request_ms: 9, last_request_at: null },
+      ],
+    });
+    expect((await report(load(1500, 2))).status).toBe(200);
+    expect((await report(load(4000, 1))).status).toBe(200);
+    const rows = await t.control.ctx.store.db.selectFrom("plane_loads").selectAll().execute();
+    expect(rows.map((r) => [r.plane, r.deployment_id, r.in_flight, Number(r.request_ms)])).toEqual([
+      ["us-1", deploymentId, 1, 4000],
+    ]);
+    for (const bad of [
+      { ...load(1, 1), epoch: "yesterday" },
+      {
+        epoch: "2026-12-01T00:00:00.000Z",
+        at: "2026-12-01T00:00:00.000Z",
+        deployments: [{ deployment_id: deploymentId, in_flight: -1, request_ms: 0, last_request_at: null }],
+      },
+      { ...load(1.5, 1) },
+    ]) {
+      expectError(await report(bad), 400, "invalid_request");
+    }
   });
 });
