@@ -210,7 +210,7 @@ describe("signed receipts end to end", () => {
     const v = await verify("forged.txt");
     expect(v.code).toBe(1);
     expect(v.stderr).toContain("(wrong_plane)");
-  });
+  }, 120_000);
 
   it("a standard-endpoint response that hops from us-1 carries eu-1's receipt", async () => {
     const body = '{"via":"us-1"}';
@@ -227,7 +227,7 @@ describe("signed receipts end to end", () => {
     ]);
     expect(v.code, v.stderr).toBe(0);
     expect(v.stdout).toContain("processed in region eu by plane eu-1");
-  });
+  }, 120_000);
 
   it("signs the ingress's own refusals; a plane with --receipts off signs nothing", async () => {
     const bad = await curl("eu-1", {
@@ -258,7 +258,7 @@ describe("signed receipts end to end", () => {
     const none = await verify("off.txt");
     expect(none.code).toBe(1);
     expect(none.stderr).toContain("(no_receipt)");
-  });
+  }, 120_000);
 
   it("a receipt from a retired key still verifies against the directory after a rotation", async () => {
     const eu = cluster.plane("eu-1");
