@@ -281,9 +281,11 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       }
       ex.forwardedFrom = check.from;
       ex.route = [check.from, self.name];
-      // The client's scheme, as the entry plane saw it, decides `@authority`'s default port (RFC 9421 §2.2.3).
-      if (receipts && scan.forwardedProto === "https" && scheme !== "https")
-        bindReceipt(ex, head.target, scan.host, scan.hostCount, "https");
+      // The client's scheme, as the entry plane saw it (and signed for), decides `@authority`'s default port
+      // (RFC 9421 §2.2.3), whatever the scheme of the hop itself.
+      const fp = scan.forwardedProto;
+      if (receipts && (fp === "https" || fp === "http") && fp !== scheme)
+        bindReceipt(ex, head.target, scan.host, scan.hostCount, fp);
     }
 
     const q = target.indexOf("?");
