@@ -470,6 +470,30 @@ describe.each<IngressTransport>(["wire", "http"])("receipts on the %s transport"
     expect(fail(verify(g, { request: { contentDigest: contentDigest(changed) } }))).toBe("request_mismatch");
   });
 
+  it("binds a large body of declared length (streamed upstream as it arrives) by its digest", async () => {
+    const big = Buffer.alloc(200 * 1024, 3);
+    big[12345] = 9;
+    const g = await send(at("eu-2"), { host: REG, path: "/predict", body: big });
+    expect(g.status).toBe(200);
+    expect(verify(g, { request: { contentDigest: contentDigest(big) } })).toMatchObject({
+      ok: true,
+      receipt: { plane: "eu-2", coversBody: true },
+    });
+  });
+
+  it("binds @authority normalized: lowercase, without the scheme's default port", async () => {
+    const g = await send(at("eu-2"), {
+      host: `${REG.toUpperCase()}:80`,
+      path: "/predict?trace=1",
+      body: "{}",
+    });
+    expect(g.status).toBe(200);
+    expect(verify(g)).toMatchObject({ ok: true, receipt: { request: { authority: REG, path: "/predict" } } });
+    // The authority a client computes from its URL (http://REG:80/predict) is the same.
+    expect(verify(g, { request: { authority: REG, path: "/predict" } }).ok).toBe(true);
+    expect(fail(verify(g, { request: { authority: `${REG}:80` } }))).toBe("request_mismatch");
+  });
+
   it("signs a streamed response in its head, which arrives before the stream ends", async () => {
     const g = await send(at("eu-2"), {
       host: REG,
