@@ -347,6 +347,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     if (decision.kind === "serve") {
       const endpoints = options.localReplicas(decision.context.deploymentId);
       if (endpoints.length === 0) return refuse("model_unavailable", null, { region: self.region });
+      // The autoscaler's load signal counts what this plane serves (src/plane/load.ts).
+      options.load?.begin(ex, decision.context.deploymentId);
       forward.targets = orderReplicas(endpoints);
       // The API key stops at the ingress: model code never sees it.
       forward.headers = headers;
@@ -625,6 +627,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       // Fixed labels for whatever did not resolve to a model: a stranger's guesses add no series.
       const environment = ctx === null || ctx.modelId === null ? UNRESOLVED : (ctx.environment ?? "");
       metrics?.observe(environment, ctx?.form ?? UNRESOLVED, status, latency / 1000);
+      options.load?.end(ex);
       metrics?.inflight(-1);
       inflight--;
       if (inflight === 0) drained?.();

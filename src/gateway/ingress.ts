@@ -95,7 +95,13 @@ export interface IngressOptions {
   peerScheme?: "http" | "https";
   /** TLS options for peer hops over HTTPS (the CA to trust, a servername). */
   peerConnect?: Pick<ConnectionOptions, "ca" | "servername" | "rejectUnauthorized">;
+  /**
+   * The autoscaler's load signal (src/plane/load.ts): told of each request this plane serves or holds, and
+   * of its end.
+   */
+  load?: { begin(exchange: object, deploymentId: string): void; end(exchange: object): void };
   /** Clock for hop signing and audit times (tests). */
+
   now?: () => number;
   /** `wire` (default where Node's parser passes its self-test) or `http` (node:http + undici). */
   transport?: IngressTransport;

@@ -28,6 +28,7 @@ import { SnapshotWatcher } from "../lib/watch.ts";
 import { PlaneAgent } from "./agent.ts";
 import { ArtifactCache } from "./artifacts.ts";
 import { recordPlaneKey } from "./key-history.ts";
+import { LoadMeter } from "./load.ts";
 import { ProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
 import { prepareSandbox } from "./sandbox.ts";
 import { TlsStore, wildcardWarning } from "./tls-store.ts";
@@ -181,6 +182,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
   await artifacts.start();
   // Set once the operator listener is bound; the agent reports it from then on.
   let adminAddress: { host: string; port: number } | null = null;
+  const load = new LoadMeter();
   const agent = new PlaneAgent({
     plane: config.name,
     controlUrl: config.controlUrl,
@@ -193,6 +195,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     keyCreatedAt: keys.since,
     adminUrl: () => (config.admin === null ? null : adminAddress ? httpUrl(adminAddress) : undefined),
     sandbox: sandbox.report,
+    load: () => load.report(),
   });
 
   let current: PlaneSnapshot | null = null;
@@ -219,6 +222,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     signingKey: planeKey.key,
     snapshot: () => current,
     localReplicas: agent.localReplicas,
+    load,
     ...(config.limits ? { limits: config.limits } : {}),
     ...(config.ingressTransport ? { transport: config.ingressTransport } : {}),
     ...(config.receipts === false ? { receipts: false } : {}),
