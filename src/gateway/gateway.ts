@@ -390,7 +390,9 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       authority = /^https?:\/\/([^/?#]*)/i.exec(target)?.[1];
     }
     ex.authority = authority === undefined ? null : normalizeAuthority(authority, clientScheme);
-    ex.path = pathOfTarget(target);
+    // The origin-form target of nearly every request, without pathOfTarget's regular expressions.
+    const end = target.startsWith("/") ? endOfPath(target) : -1;
+    ex.path = end < 0 ? pathOfTarget(target) : end === target.length ? target : target.slice(0, end);
   }
 
   /**
@@ -656,6 +658,15 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       return bareErrorAnswer(code, self);
     },
   };
+}
+
+/** Where an origin-form target's path ends (RFC 3986 §3.3: at `?` or `#`), or its length. */
+function endOfPath(target: string): number {
+  for (let i = 0; i < target.length; i++) {
+    const c = target.charCodeAt(i);
+    if (c === 0x3f || c === 0x23) return i;
+  }
+  return target.length;
 }
 
 /** An error answer outside any request (no route, no deployment), with the proof headers; closes. */
