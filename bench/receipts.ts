@@ -16,7 +16,13 @@ import { performance } from "node:perf_hooks";
 import { keyDirectory } from "../src/core/key-directory.ts";
 import { receiptBase } from "../src/core/receipt.ts";
 import { AuditLog, type AuditRecord } from "../src/gateway/audit.ts";
-import { ContentDigester, contentDigest, signReceipt, verifyReceipt } from "../src/lib/receipts.ts";
+import {
+  appendReceipt,
+  ContentDigester,
+  contentDigest,
+  signReceipt,
+  verifyReceipt,
+} from "../src/lib/receipts.ts";
 import type { IngressHostConfig } from "./ingress-host.ts";
 import {
   type Child,
@@ -112,6 +118,10 @@ const base = Buffer.from(
 );
 measure("Ed25519 signature of a 638-byte base alone", N, () => sign(null, base, privateKey));
 let now = Date.now();
+measure("appendReceipt (the ingress's path)", N, () => {
+  const out: string[] = [];
+  if (appendReceipt(out, key, 200, proof, request, now++) !== null) throw new Error("unsignable");
+});
 measure("signReceipt (base, Ed25519, headers)", N, () => {
   const r = signReceipt(key, { status: 200, headers, request, now: now++ });
   if (!r.ok) throw new Error(r.reason);
