@@ -430,8 +430,6 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     metrics,
     scheme,
     plan,
-    /** Whether responses are signed (`--receipts`). */
-    receipts,
 
     now,
 
