@@ -465,12 +465,13 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
 
     /**
      * The JSON error answer of a refusal: status, headers (with proof and receipt) and body. `bodyRead`:
-     * the request body was read whole (or there is none), so the receipt binds its digest.
+     * the request body went through `hashBody` whole (or there is none), so the receipt binds its digest;
+     * by default it claims nothing about the body.
      */
     errorResponse(
       ex: Exchange,
       r: Refusal,
-      bodyRead: boolean,
+      bodyRead = false,
     ): { status: number; headers: string[]; body: string } {
       ex.errorCode = r.code;
       const body = JSON.stringify(errorBody(r.code, r.message ?? undefined, r.detail));
