@@ -281,9 +281,11 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       }
       ex.forwardedFrom = check.from;
       ex.route = [check.from, self.name];
-      // The client's scheme, as the entry plane saw it, decides `@authority`'s default port (RFC 9421 §2.2.3).
-      if (receipts && scan.forwardedProto === "https" && scheme !== "https")
-        bindReceipt(ex, head.target, scan.host, scan.hostCount, "https");
+      // The client's scheme, as the entry plane saw it (and signed for), decides `@authority`'s default port
+      // (RFC 9421 §2.2.3), whatever the scheme of the hop itself.
+      const fp = scan.forwardedProto;
+      if (receipts && (fp === "https" || fp === "http") && fp !== scheme)
+        bindReceipt(ex, head.target, scan.host, scan.hostCount, fp);
     }
 
     const q = target.indexOf("?");
@@ -388,7 +390,9 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       authority = /^https?:\/\/([^/?#]*)/i.exec(target)?.[1];
     }
     ex.authority = authority === undefined ? null : normalizeAuthority(authority, clientScheme);
-    ex.path = pathOfTarget(target);
+    // The origin-form target of nearly every request, without pathOfTarget's regular expressions.
+    const end = target.startsWith("/") ? endOfPath(target) : -1;
+    ex.path = end < 0 ? pathOfTarget(target) : end === target.length ? target : target.slice(0, end);
   }
 
   /**
@@ -426,8 +430,6 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     metrics,
     scheme,
     plan,
-    /** Whether responses are signed (`--receipts`). */
-    receipts,
 
     now,
 
@@ -463,12 +465,13 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
 
     /**
      * The JSON error answer of a refusal: status, headers (with proof and receipt) and body. `bodyRead`:
-     * the request body was read whole (or there is none), so the receipt binds its digest.
+     * the request body went through `hashBody` whole (or there is none), so the receipt binds its digest;
+     * by default it claims nothing about the body.
      */
     errorResponse(
       ex: Exchange,
       r: Refusal,
-      bodyRead: boolean,
+      bodyRead = false,
     ): { status: number; headers: string[]; body: string } {
       ex.errorCode = r.code;
       const body = JSON.stringify(errorBody(r.code, r.message ?? undefined, r.detail));
@@ -654,6 +657,15 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       return bareErrorAnswer(code, self);
     },
   };
+}
+
+/** Where an origin-form target's path ends (RFC 3986 §3.3: at `?` or `#`), or its length. */
+function endOfPath(target: string): number {
+  for (let i = 0; i < target.length; i++) {
+    const c = target.charCodeAt(i);
+    if (c === 0x3f || c === 0x23) return i;
+  }
+  return target.length;
 }
 
 /** An error answer outside any request (no route, no deployment), with the proof headers; closes. */

@@ -6,6 +6,7 @@ import { createHash } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import net from "node:net";
+import fc from "fast-check";
 import { createVerifier, httpbis } from "http-message-signatures";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type DirectoryKey, type KeyDirectory, keyDirectory } from "../core/key-directory.ts";
@@ -470,6 +471,30 @@ describe.each<IngressTransport>(["wire", "http"])("receipts on the %s transport"
     expect(fail(verify(g, { request: { contentDigest: contentDigest(changed) } }))).toBe("request_mismatch");
   });
 
+  it("binds a large body of declared length (streamed upstream as it arrives) by its digest", async () => {
+    const big = Buffer.alloc(200 * 1024, 3);
+    big[12345] = 9;
+    const g = await send(at("eu-2"), { host: REG, path: "/predict", body: big });
+    expect(g.status).toBe(200);
+    expect(verify(g, { request: { contentDigest: contentDigest(big) } })).toMatchObject({
+      ok: true,
+      receipt: { plane: "eu-2", coversBody: true },
+    });
+  });
+
+  it("binds @authority normalized: lowercase, without the scheme's default port", async () => {
+    const g = await send(at("eu-2"), {
+      host: `${REG.toUpperCase()}:80`,
+      path: "/predict?trace=1",
+      body: "{}",
+    });
+    expect(g.status).toBe(200);
+    expect(verify(g)).toMatchObject({ ok: true, receipt: { request: { authority: REG, path: "/predict" } } });
+    // The authority a client computes from its URL (http://REG:80/predict) is the same.
+    expect(verify(g, { request: { authority: REG, path: "/predict" } }).ok).toBe(true);
+    expect(fail(verify(g, { request: { authority: `${REG}:80` } }))).toBe("request_mismatch");
+  });
+
   it("signs a streamed response in its head, which arrives before the stream ends", async () => {
     const g = await send(at("eu-2"), {
       host: REG,
@@ -500,6 +525,43 @@ describe.each<IngressTransport>(["wire", "http"])("receipts on the %s transport"
     expect(inputs.join(", ")).not.toContain("forged");
     expect(g.fields.filter(([n]) => n === "x-meridian-receipt-request")).toHaveLength(1);
     expect(verify(g)).toMatchObject({ ok: true, receipt: { plane: "eu-2", alsoSignedBy: [] } });
+  });
+
+  it("property: any body, query and request id through any entry plane gives a receipt that binds exactly them", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.uint8Array({ maxLength: 4096 }),
+        fc.stringMatching(/^[A-Za-z0-9=&%._~-]{0,40}$/),
+        fc.oneof(fc.stringMatching(/^[A-Za-z0-9._:-]{1,40}$/), fc.constant("bad id!")),
+        fc.constantFrom<PlaneName>("eu-1", "eu-2"),
+        fc.boolean(),
+        async (bytes, query, requestId, entry, chunked) => {
+          const body = Buffer.from(bytes);
+          const g = await send(at(entry), {
+            host: REG,
+            path: query === "" ? "/predict" : `/predict?${query}`,
+            body,
+            chunked,
+            headers: { "x-request-id": requestId },
+          });
+          expect(g.status).toBe(200);
+          const request = {
+            method: "POST",
+            authority: REG,
+            path: "/predict",
+            contentDigest: contentDigest(body),
+          };
+          const r = verify(g, { request });
+          expect(r).toMatchObject({ ok: true, receipt: { plane: "eu-2", coversBody: true } });
+          if (r.ok && requestId !== "bad id!") expect(r.receipt.requestId).toBe(requestId);
+          const other = Buffer.concat([body, Buffer.from("x")]);
+          expect(fail(verify(g, { request: { ...request, contentDigest: contentDigest(other) } }))).toBe(
+            "request_mismatch",
+          );
+        },
+      ),
+      { numRuns: 40 },
+    );
   });
 
   it("signs nothing with receipts off, and hashes no body", async () => {
