@@ -52,6 +52,16 @@ program
   )
   .option("--sandbox-bwrap <path>", "the bwrap executable (default /usr/bin/bwrap)")
   .option(
+    "--python <path>",
+    "a Python interpreter for truss packages, preferred over those found in /usr/local/bin and /usr/bin (repeatable)",
+    (value: string, previous: string[] = []) => [...previous, value],
+  )
+  .option(
+    "--pip-find-links <dir>",
+    "install truss requirements from this directory of wheels only (pip --no-index --find-links)",
+  )
+  .option("--pip-index-url <url>", "install truss requirements from this package index (pip --index-url)")
+  .option(
     "--audit-retention <duration>",
     "how long audit records are kept: 30d (default), 12h, 90m; at least 1h",
   )

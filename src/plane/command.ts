@@ -25,6 +25,9 @@ export interface PlaneFlags {
   sandboxUid?: string;
   sandboxBwrap?: string;
   auditRetention?: string;
+  python?: string[];
+  pipFindLinks?: string;
+  pipIndexUrl?: string;
 }
 
 /** `--sandbox-uid UID[:GID]`: an unprivileged host id for replicas (GID defaults to UID). */
@@ -77,6 +80,18 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
       "--sandbox-uid needs a plane running as root; otherwise replicas run as the plane's own uid",
     );
   }
+  if (flags.pipFindLinks !== undefined && flags.pipIndexUrl !== undefined) {
+    throw new Error("--pip-find-links and --pip-index-url exclude each other");
+  }
+  if (flags.pipIndexUrl !== undefined && !/^https?:\/\/[^\s/?#]+/i.test(flags.pipIndexUrl)) {
+    throw new Error(`--pip-index-url needs an http(s) URL, got '${flags.pipIndexUrl}'`);
+  }
+  const indexArgs =
+    flags.pipFindLinks !== undefined
+      ? ["--no-index", "--find-links", resolve(flags.pipFindLinks)]
+      : flags.pipIndexUrl !== undefined
+        ? ["--index-url", flags.pipIndexUrl]
+        : null;
   const retention = flags.auditRetention === undefined ? null : parseAuditRetention(flags.auditRetention);
   if (retention !== null && !retention.ok) throw new Error(retention.error);
   const config = Object.freeze({
@@ -96,6 +111,10 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     ...(predictTimeout ? { limits: { predictTimeoutMs: predictTimeout * 1000 } } : {}),
     ...(transport ? { ingressTransport: transport } : {}),
     ...(retention !== null ? { auditRetentionMs: retention.ms } : {}),
+    python: {
+      interpreters: (flags.python ?? []).map((p) => resolve(p)),
+      ...(indexArgs !== null ? { indexArgs } : {}),
+    },
     sandbox: {
       mode,
       ...(flags.sandboxBwrap !== undefined ? { bwrapPath: resolve(flags.sandboxBwrap) } : {}),
