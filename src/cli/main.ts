@@ -138,6 +138,11 @@ program
   .option("--https-port <port>", "ingress port on each plane's address (127.0.N.1)", "8443")
   .option("--admin-port <port>", "planes' operator listener port (metrics, health)", "9464")
   .option("--dns <ip:port>", "DNS responder address", "127.0.0.1:8053")
+  .option(
+    "--example <name>",
+    "the example pushed into prod-eu on first start: hello-js (default), hello-py, stream-js or stream-py",
+    "hello-js",
+  )
   .option("--no-example", "do not push the example model on first start")
   .action(async (flags) => {
     const { runUpCommand } = await import("../up/command.ts");
