@@ -149,6 +149,45 @@ class Model:
 `,
 };
 
+/** A truss custom server (docker_server): it reads its secret as truss provides it, a file under /secrets. */
+const CUSTOM_SECRETS: Record<string, string> = {
+  "config.yaml": `model_name: custom-secrets
+secrets:
+  greeting_token: null
+docker_server:
+  start_command: python3 server.py
+  server_port: 8000
+  predict_endpoint: /predict
+  readiness_endpoint: /ready
+  liveness_endpoint: /ready
+`,
+  "server.py": `import hashlib, http.server, json, os
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def _send(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send({})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        with open("/secrets/greeting_token") as f:
+            value = f.read()
+        self._send({"token_sha256": hashlib.sha256(value.encode()).hexdigest(), "listing": sorted(os.listdir("/secrets"))})
+
+    def log_message(self, *args):
+        pass
+
+http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+`,
+};
+
 /** Each bad package: its files, and what status_message and the logs must say. */
 const BAD: Array<{ name: string; files: Record<string, string>; reason: RegExp }> = [
   {
@@ -387,6 +426,20 @@ describe("truss Python packages on planes", () => {
     const firstAt = arrivals.find((a) => a.text.includes("one"))!.at;
     expect(arrivals.at(-1)!.at - firstAt).toBeGreaterThanOrEqual(600);
     expect([...(watch.seen.get(deployment.id) ?? [])]).toEqual(["eu-1"]);
+  }, 300_000);
+
+  it("gives a custom server its secrets as files under /secrets, as truss does", async () => {
+    const pushed = await meridianPush(writePackage(work, CUSTOM_SECRETS));
+    expect(pushed.code, `${pushed.stdout}\n${pushed.stderr}`).toBe(0);
+    const model = await modelNamed("custom-secrets");
+    const host = `model-${model.id}-prod-eu.${DOMAIN}`;
+    const served = await predict(cluster, "eu-1", host, "/predict", {});
+    expect(served.status, JSON.stringify(served.body)).toBe(200);
+    // Only what its config.yaml names: greeting_token, not the team's other secret.
+    expect(served.body).toEqual({
+      token_sha256: createHash("sha256").update(GREETING_TOKEN).digest("hex"),
+      listing: ["greeting_token"],
+    });
   }, 300_000);
 
   it("fails every bad package with its reason in status_message and the logs, leaving nothing half-made", async () => {
