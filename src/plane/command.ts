@@ -26,6 +26,9 @@ export interface PlaneFlags {
   sandboxBwrap?: string;
   auditRetention?: string;
   receipts?: string;
+  python?: string[];
+  pipFindLinks?: string;
+  pipIndexUrl?: string;
 }
 
 /** `--sandbox-uid UID[:GID]`: an unprivileged host id for replicas (GID defaults to UID). */
@@ -82,6 +85,18 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
   if (receipts !== "on" && receipts !== "off") {
     throw new Error(`--receipts is on or off, got '${receipts}'`);
   }
+  if (flags.pipFindLinks !== undefined && flags.pipIndexUrl !== undefined) {
+    throw new Error("--pip-find-links and --pip-index-url exclude each other");
+  }
+  if (flags.pipIndexUrl !== undefined && !/^https?:\/\/[^\s/?#]+/i.test(flags.pipIndexUrl)) {
+    throw new Error(`--pip-index-url needs an http(s) URL, got '${flags.pipIndexUrl}'`);
+  }
+  const indexArgs =
+    flags.pipFindLinks !== undefined
+      ? ["--no-index", "--find-links", resolve(flags.pipFindLinks)]
+      : flags.pipIndexUrl !== undefined
+        ? ["--index-url", flags.pipIndexUrl]
+        : null;
   const retention = flags.auditRetention === undefined ? null : parseAuditRetention(flags.auditRetention);
   if (retention !== null && !retention.ok) throw new Error(retention.error);
   const config = Object.freeze({
@@ -102,6 +117,10 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     ...(transport ? { ingressTransport: transport } : {}),
     ...(retention !== null ? { auditRetentionMs: retention.ms } : {}),
     receipts: receipts === "on",
+    python: {
+      interpreters: (flags.python ?? []).map((p) => resolve(p)),
+      ...(indexArgs !== null ? { indexArgs } : {}),
+    },
     sandbox: {
       mode,
       ...(flags.sandboxBwrap !== undefined ? { bwrapPath: resolve(flags.sandboxBwrap) } : {}),

@@ -24,13 +24,16 @@ import {
 } from "../gateway/ingress.ts";
 import { CONTROL_ACCESS_HEADER, ControlAccessVerifier } from "../lib/control-access.ts";
 import { loadOrCreatePlaneKey } from "../lib/keys.ts";
+import { discoverPythons } from "../lib/pythons.ts";
 import { SnapshotWatcher } from "../lib/watch.ts";
 import { PlaneAgent } from "./agent.ts";
 import { ArtifactCache } from "./artifacts.ts";
 import { recordPlaneKey } from "./key-history.ts";
 import { LoadMeter } from "./load.ts";
 import { ProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
+import { PlanePython, VirtualenvCache } from "./python-env.ts";
 import { prepareSandbox } from "./sandbox.ts";
+import { fetchReplicaSecrets } from "./secrets.ts";
 import { TlsStore, wildcardWarning } from "./tls-store.ts";
 
 export interface PlaneConfig {
@@ -70,6 +73,11 @@ export interface PlaneConfig {
     /** Host ids of replicas when the plane runs as root. Default 65534:65534. */
     uid?: { uid: number; gid: number };
   };
+  /**
+   * Python for truss packages: interpreters the operator names (preferred, then /usr/local/bin and
+   * /usr/bin), and where pip takes requirements from (default: pip's own configuration).
+   */
+  python?: { interpreters?: readonly string[]; indexArgs?: readonly string[] };
   logger?: Logger;
   /** Driver timings, for tests. */
   driver?: Partial<ProcessDriverOptions>;
@@ -146,8 +154,18 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     onError: (err) => logger.error({ err }, "audit write failed"),
   });
   await audit.start();
+  const pythons = await discoverPythons({ configured: config.python?.interpreters ?? [] });
+  logger.info(
+    {
+      interpreters: pythons.interpreters.map((i) => ({ path: i.path, version: i.version.join(".") })),
+      skipped: pythons.skipped,
+    },
+    "python interpreters for truss packages",
+  );
   const sandboxMode = config.sandbox?.mode ?? "bwrap";
   const sandbox = await prepareSandbox(sandboxMode, {
+    // Their installations are bound read-only for the replicas that run on them.
+    readOnly: pythons.interpreters.map((i) => i.prefix),
     dataDir: config.dataDir,
     // Only LANG and TZ of it reach replicas (the environment allowlist).
     planeEnv: process.env,
@@ -165,11 +183,28 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
       logger.error({ sandbox: sandbox.report }, "the sandbox failed its self-test; no replica will start");
       break;
   }
+  const venvs = new VirtualenvCache({
+    root: join(config.dataDir, "venvs"),
+    env: process.env,
+    ...(config.python?.indexArgs !== undefined ? { indexArgs: config.python.indexArgs } : {}),
+  });
+  // A build cut short by the plane's death left a work directory, never a virtualenv taken as built.
+  await venvs.sweep();
   const driver = new ProcessDriver({
     dataDir: config.dataDir,
     host: config.replicaHost ?? "127.0.0.1",
     sandbox,
     logger,
+    python: new PlanePython({ interpreters: async () => pythons.interpreters, venvs }),
+    // Only at a replica's start, with the plane's credential; the values go to that replica's directory only.
+    secrets: (replicaId, dir) =>
+      fetchReplicaSecrets({
+        controlUrl: config.controlUrl,
+        planeToken: config.token,
+        plane: config.name,
+        replicaId,
+        dir,
+      }),
     ...config.driver,
   });
   await driver.start();
