@@ -77,6 +77,10 @@ program
     "a plane silent this long is down; its replicas are placed again in their region (default 15)",
   )
   .option(
+    "--autoscaler-interval-ms <ms>",
+    "how often the autoscaler decides every deployment's replica count, 100-60000 (default 1000)",
+  )
+  .option(
     "--secrets-key-file <path>",
     "the key file that encrypts team secrets (mode 0600; default secrets.key under --data-dir, created on first start); every control replica needs the same file",
   )

@@ -11,6 +11,7 @@ import { Store } from "../store/store.ts";
 import { bootstrap } from "./accounts.ts";
 import { buildControlApp } from "./app.ts";
 import { DatabaseArtifactStore, LocalArtifactStore } from "./artifacts.ts";
+import { AutoscalingLoop } from "./autoscaling.ts";
 import type { ControlContext } from "./context.ts";
 import { ensureControlKey } from "./keys.ts";
 import { RevisionFeed } from "./revision-feed.ts";
@@ -39,6 +40,8 @@ export interface ControlConfig {
    * 0600) on first start. Control replicas sharing one PostgreSQL must all be given the same file.
    */
   secretsKeyFile?: string;
+  /** How often the autoscaler decides every deployment (`--autoscaler-interval-ms`). Default 1 000 ms. */
+  autoscalerIntervalMs?: number;
   logger?: Logger;
 }
 
@@ -104,6 +107,9 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
   // Plane capacity or placement rules may have changed while the control plane was down.
   await reconcileAll(ctx);
   const health = watchPlaneHealth(ctx);
+  const autoscaler = new AutoscalingLoop(ctx, { intervalMs: config.autoscalerIntervalMs ?? 1_000 });
+  ctx.autoscaler = autoscaler;
+  autoscaler.start();
   logger.info(
     { url, store: store.dialect, domain: config.domain, revision: feed.revision() },
     "control plane listening",
@@ -115,6 +121,7 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
     adminKeyFile,
     async stop() {
       clearInterval(health);
+      await autoscaler.stop();
       feed.stop();
       await app.close();
       await store.close();
