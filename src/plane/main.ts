@@ -10,6 +10,7 @@ import http from "node:http";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
 import { Gauge, Registry } from "prom-client";
+import type { BackpressureLimits } from "../core/autoscaling-settings.ts";
 import { REPLICA_STATES } from "../core/domain.ts";
 import { errorBody } from "../core/errors.ts";
 import { parseEvidenceScope, parseEvidenceTime } from "../core/evidence-scope.ts";
@@ -28,7 +29,7 @@ import { SnapshotWatcher } from "../lib/watch.ts";
 import { PlaneAgent } from "./agent.ts";
 import { ArtifactCache } from "./artifacts.ts";
 import { recordPlaneKey } from "./key-history.ts";
-import { LoadMeter } from "./load.ts";
+import { LoadMeter, wakeDeployment } from "./load.ts";
 import { ProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
 import { prepareSandbox } from "./sandbox.ts";
 import { TlsStore, wildcardWarning } from "./tls-store.ts";
@@ -52,6 +53,8 @@ export interface PlaneConfig {
   /** CA that signs the other planes' ingress certificates: hops to peers then go over HTTPS. */
   peerCa?: string | null;
   limits?: Partial<IngressLimits>;
+  /** Held requests per deployment and the Retry-After of a 429 (`--park-queue`, `--retry-after`). */
+  backpressure?: BackpressureLimits;
   /** The ingress's HTTP implementation (default `wire`; see src/gateway/ingress.ts). */
   ingressTransport?: IngressTransport;
   /** Address replicas listen on. Default 127.0.0.1. */
@@ -221,6 +224,14 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     snapshot: () => current,
     localReplicas: agent.localReplicas,
     load,
+    wake: wakeDeployment({
+      controlUrl: config.controlUrl,
+      plane: config.name,
+      token: config.token,
+      load,
+      logger,
+    }),
+    ...(config.backpressure ? { backpressure: config.backpressure } : {}),
     ...(config.limits ? { limits: config.limits } : {}),
     ...(config.ingressTransport ? { transport: config.ingressTransport } : {}),
     logger,
