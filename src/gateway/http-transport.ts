@@ -183,6 +183,19 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       fail(ex, plan);
       return;
     }
+    if (plan.kind === "park") {
+      // Held while the deployment wakes (src/gateway/parking.ts), then planned again.
+      void plan.wait.then((outcome) => {
+        if (ex.clientGone) return;
+        if (outcome.kind === "go") route(ex, expectContinue);
+        else
+          fail(
+            ex,
+            refuse("model_unavailable", "No replica became ready in time.", { region: gw.self.region }),
+          );
+      });
+      return;
+    }
     ex.bodyDeclared = (plan.contentLength !== null && plan.contentLength > 0) || plan.chunked;
     ex.bodyDone = !ex.bodyDeclared;
     if (plan.contentLength !== null) plan.headers.push("content-length", String(plan.contentLength));

@@ -3,6 +3,11 @@
 
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import {
+  type BackpressureLimits,
+  checkBackpressureLimits,
+  DEFAULT_BACKPRESSURE_LIMITS,
+} from "../core/autoscaling-settings.ts";
 import { parseAuditRetention } from "../gateway/audit.ts";
 import { runUntilStopped, watchParent } from "../lib/shutdown.ts";
 import { startPlane } from "./main.ts";
@@ -20,6 +25,8 @@ export interface PlaneFlags {
   tlsDir?: string;
   peerCa?: string;
   predictTimeout?: string;
+  parkQueue?: string;
+  retryAfter?: string;
   ingressTransport?: string;
   sandbox?: string;
   sandboxUid?: string;
@@ -65,6 +72,18 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
   const predictTimeout = flags.predictTimeout === undefined ? undefined : Number(flags.predictTimeout);
   if (predictTimeout !== undefined && !(Number.isInteger(predictTimeout) && predictTimeout > 0)) {
     throw new Error("--predict-timeout is a whole number of seconds");
+  }
+  let backpressure: BackpressureLimits | null = null;
+  if (flags.parkQueue !== undefined || flags.retryAfter !== undefined) {
+    const check = checkBackpressureLimits({
+      queue_per_environment: Number(flags.parkQueue ?? DEFAULT_BACKPRESSURE_LIMITS.queue_per_environment),
+      retry_after_seconds: Number(flags.retryAfter ?? DEFAULT_BACKPRESSURE_LIMITS.retry_after_seconds),
+    });
+    if (!check.ok) {
+      const flag = check.field === "queue_per_environment" ? "--park-queue" : "--retry-after";
+      throw new Error(`${flag}: ${check.message}`);
+    }
+    backpressure = check.limits;
   }
   const transport = flags.ingressTransport;
   if (transport !== undefined && transport !== "wire" && transport !== "http") {
@@ -115,6 +134,7 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     tlsDir: flags.tlsDir ? resolve(flags.tlsDir) : null,
     ...(predictTimeout ? { limits: { predictTimeoutMs: predictTimeout * 1000 } } : {}),
     ...(transport ? { ingressTransport: transport } : {}),
+    ...(backpressure !== null ? { backpressure } : {}),
     ...(retention !== null ? { auditRetentionMs: retention.ms } : {}),
     receipts: receipts === "on",
     python: {

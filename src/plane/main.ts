@@ -10,6 +10,7 @@ import http from "node:http";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
 import { Gauge, Registry } from "prom-client";
+import type { BackpressureLimits } from "../core/autoscaling-settings.ts";
 import { REPLICA_STATES } from "../core/domain.ts";
 import { errorBody } from "../core/errors.ts";
 import { parseEvidenceScope, parseEvidenceTime } from "../core/evidence-scope.ts";
@@ -29,7 +30,7 @@ import { SnapshotWatcher } from "../lib/watch.ts";
 import { PlaneAgent } from "./agent.ts";
 import { ArtifactCache } from "./artifacts.ts";
 import { recordPlaneKey } from "./key-history.ts";
-import { LoadMeter } from "./load.ts";
+import { LoadMeter, wakeDeployment } from "./load.ts";
 import { ProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
 import { PlanePython, VirtualenvCache } from "./python-env.ts";
 import { prepareSandbox } from "./sandbox.ts";
@@ -57,6 +58,8 @@ export interface PlaneConfig {
   limits?: Partial<IngressLimits>;
   /** Sign a receipt on every inference response (`--receipts`, default on; docs/evidence.md#receipts). */
   receipts?: boolean;
+  /** Held requests per deployment and the Retry-After of a 429 (`--park-queue`, `--retry-after`). */
+  backpressure?: BackpressureLimits;
   /** The ingress's HTTP implementation (default `wire`; see src/gateway/ingress.ts). */
   ingressTransport?: IngressTransport;
   /** Address replicas listen on. Default 127.0.0.1. */
@@ -258,6 +261,14 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     snapshot: () => current,
     localReplicas: agent.localReplicas,
     load,
+    wake: wakeDeployment({
+      controlUrl: config.controlUrl,
+      plane: config.name,
+      token: config.token,
+      load,
+      logger,
+    }),
+    ...(config.backpressure ? { backpressure: config.backpressure } : {}),
     ...(config.limits ? { limits: config.limits } : {}),
     ...(config.ingressTransport ? { transport: config.ingressTransport } : {}),
     ...(config.receipts === false ? { receipts: false } : {}),

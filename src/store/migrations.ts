@@ -387,6 +387,10 @@ function migrations(dialect: Dialect): Record<string, Migration> {
           .addColumn("reported_at", "text", (c) => c.notNull())
           .addPrimaryKeyConstraint("plane_loads_pk", ["plane", "deployment_id"])
           .execute();
+        // A deployment runs under the settings of the environment it serves, now kept on its own row too.
+        await sql`update deployments set autoscaling = (select e.autoscaling from environments e where e.current_deployment_id = deployments.id order by e.name limit 1) where exists (select 1 from environments e where e.current_deployment_id = deployments.id)`.execute(
+          db,
+        );
         await db.schema
           .createIndex("plane_loads_deployment")
           .on("plane_loads")

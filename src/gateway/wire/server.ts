@@ -485,6 +485,20 @@ class ClientConn {
       this.respondError(ex, plan);
       return;
     }
+    if (plan.kind === "park") {
+      // Held while the deployment wakes (src/gateway/parking.ts); its body is held meanwhile, as for any
+      // request not yet dispatched. Then planned again.
+      void plan.wait.then((outcome) => {
+        if (ex.done || this.closed) return;
+        if (outcome.kind === "go") this.startExchange(ex);
+        else
+          this.respondError(
+            ex,
+            refuse("model_unavailable", "No replica became ready in time.", { region: gw.self.region }),
+          );
+      });
+      return;
+    }
     ex.forward = plan;
     ex.expectContinue = hasExpectContinue(ex.rawHeaders);
     if (ex.expectContinue && !ex.complete) this.socket.write(CONTINUE, "latin1");
