@@ -9,7 +9,7 @@ import type { HostnameForm } from "./domain.ts";
 import type { ErrorCode } from "./errors.ts";
 import { PRODUCTION } from "./names.ts";
 import { decideRoute, type RouteContext, type RouteIndex, type RouteRequest } from "./routing.ts";
-import type { PlaneRef } from "./snapshot.ts";
+import type { PlaneRef, PlaneSnapshot } from "./snapshot.ts";
 
 /** What a request to an async path asks for. */
 export type AsyncOp =
@@ -255,4 +255,91 @@ function refuse(
   detail: unknown = null,
 ): AsyncDecision {
   return { kind: "refuse", context, code, message, detail, allow: null };
+}
+
+/** What an accepted request's target names now, on the plane that holds it (in region `planeRegion`). */
+export type AsyncResolution =
+  | { ok: true; deploymentId: string }
+  | {
+      ok: false;
+      final: boolean;
+      code: "MODEL_DOES_NOT_EXIST" | "MODEL_UNAVAILABLE" | "MODEL_NOT_READY";
+      message: string;
+    };
+
+/**
+ * Resolves a queued request's target against the plane's current snapshot when it is its turn: an
+ * environment runs on the deployment promoted into it now. A target that moved to another region fails
+ * rather than run or travel there: the request's payload is this region's and stays here until it ends.
+ */
+export function resolveAsyncTarget(
+  snapshot: PlaneSnapshot | null,
+  planeRegion: string,
+  modelId: string,
+  target: AsyncTarget,
+): AsyncResolution {
+  if (snapshot === null)
+    return {
+      ok: false,
+      final: false,
+      code: "MODEL_NOT_READY",
+      message: "The plane has no configuration yet.",
+    };
+  const model = snapshot.models.find((m) => m.id === modelId);
+  if (model === undefined)
+    return { ok: false, final: true, code: "MODEL_DOES_NOT_EXIST", message: "The model no longer exists." };
+  let deploymentId: string | null;
+  let region: string | null;
+  switch (target.kind) {
+    case "environment": {
+      const env = model.environments.find((e) => e.name === target.name);
+      if (env === undefined) {
+        return {
+          ok: false,
+          final: true,
+          code: "MODEL_DOES_NOT_EXIST",
+          message: `Environment ${target.name} no longer exists.`,
+        };
+      }
+      deploymentId = env.deployment_id;
+      region = env.region;
+      break;
+    }
+    case "development":
+      deploymentId = model.development_deployment_id;
+      region =
+        deploymentId === null ? null : (model.deployments.find((d) => d.id === deploymentId)?.region ?? null);
+      break;
+    case "deployment": {
+      const d = model.deployments.find((x) => x.id === target.deploymentId);
+      if (d === undefined) {
+        return {
+          ok: false,
+          final: true,
+          code: "MODEL_DOES_NOT_EXIST",
+          message: "The deployment no longer exists.",
+        };
+      }
+      deploymentId = d.id;
+      region = d.region;
+      break;
+    }
+  }
+  if (region !== null && region !== planeRegion) {
+    return {
+      ok: false,
+      final: true,
+      code: "MODEL_UNAVAILABLE",
+      message: `The target is now restricted to region ${region}; a request held in region ${planeRegion} is never run or sent elsewhere.`,
+    };
+  }
+  if (deploymentId === null) {
+    return {
+      ok: false,
+      final: false,
+      code: "MODEL_NOT_READY",
+      message: "No deployment is promoted into the target.",
+    };
+  }
+  return { ok: true, deploymentId };
 }

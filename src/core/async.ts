@@ -223,3 +223,35 @@ export function verifyWebhookSignature(header: string, secret: string, body: str
   }
   return false;
 }
+
+/**
+ * Whether an IP address is one a webhook must not reach unless the operator allows it: loopback, private
+ * (RFC 1918, RFC 4193), link-local (cloud metadata lives there), shared (RFC 6598), unspecified, multicast
+ * and reserved ranges, IPv4-mapped IPv6 judged as its IPv4. A webhook sent from a plane must not become a way
+ * into the plane's own network (its operator listener, the control plane, a metadata service).
+ */
+export function isPrivateAddress(ip: string): boolean {
+  const lower = ip.toLowerCase();
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(lower);
+  if (mapped !== null) return isPrivateAddress(mapped[1]!);
+  const v4 = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(lower);
+  if (v4 !== null) {
+    const [a, b] = [Number(v4[1]), Number(v4[2])];
+    return (
+      a === 0 ||
+      a === 10 ||
+      a === 127 ||
+      (a === 100 && b >= 64 && b <= 127) ||
+      (a === 169 && b === 254) ||
+      (a === 172 && b >= 16 && b <= 31) ||
+      (a === 192 && b === 168) ||
+      (a === 192 && b === 0) ||
+      (a === 198 && (b === 18 || b === 19)) ||
+      a >= 224
+    );
+  }
+  if (lower === "::" || lower === "::1") return true;
+  const first = Number.parseInt(lower.split(":")[0] || "0", 16);
+  // fc00::/7 unique local, fe80::/10 link-local, ff00::/8 multicast.
+  return (first & 0xfe00) === 0xfc00 || (first & 0xffc0) === 0xfe80 || (first & 0xff00) === 0xff00;
+}

@@ -8,10 +8,13 @@ import { STATUS_CODES } from "node:http";
 import type { AddressInfo, Server } from "node:net";
 import { performance } from "node:perf_hooks";
 import { type Logger, pino } from "pino";
+import { ASYNC_MAX_INPUT_BYTES } from "../core/async.ts";
+import { decideAsync, matchAsyncPath } from "../core/async-routing.ts";
 import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
 import { parseHost } from "../core/host.ts";
 import { decideRoute, indexSnapshot, type RouteContext, type RouteIndex } from "../core/routing.ts";
 import type { PlaneRef } from "../core/snapshot.ts";
+import { asyncServiceHeaders, asyncServiceTarget } from "./async.ts";
 import type { AuditSink } from "./audit.ts";
 import { acceptableRequestId, apiKeyOf, PROOF, scanRequestHeaders, scanResponseHeaders } from "./headers.ts";
 import { HOP_HEADER, HopVerifier, signHop } from "./hop.ts";
@@ -269,15 +272,20 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     const q = target.indexOf("?");
     const path = q < 0 ? target : target.slice(0, q);
     const key = apiKeyOf(scan.authorization);
-    const decision = decideRoute(idx, {
+    const routeRequest = {
       host: parsed.host,
       method: head.method,
       path,
       keyHash: key === null ? null : hash("sha256", key),
       forwardedFrom: ex.forwardedFrom,
-      localReady: { has: (id) => options.localReplicas(id).length > 0 },
-      scheme: ex.forwardedFrom !== null && scan.forwardedProto === "https" ? "https" : scheme,
-    });
+      localReady: { has: (id: string) => options.localReplicas(id).length > 0 },
+      scheme: ex.forwardedFrom !== null && scan.forwardedProto === "https" ? ("https" as const) : scheme,
+    };
+    // Async paths (src/gateway/async.ts) are routed by the same rules and answered by the plane's queue.
+    const asyncMatch = options.async === undefined ? null : matchAsyncPath(parsed.host.form, path);
+    if (asyncMatch !== null && "refuse" in asyncMatch) return refuse(asyncMatch.refuse, asyncMatch.message);
+    const decision =
+      asyncMatch === null ? decideRoute(idx, routeRequest) : decideAsync(idx, routeRequest, asyncMatch);
     ex.context = decision.context;
     if (decision.kind === "refuse") {
       return refuse(
@@ -322,7 +330,15 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       contentLength,
       chunked: contentLength === null && scan.transferEncoding,
     };
-    if (decision.kind === "serve") {
+    if (decision.kind === "async") {
+      const op = (asyncMatch as Exclude<typeof asyncMatch, null | { refuse: ErrorCode }>).op;
+      if (op.kind === "predict" && contentLength !== null && contentLength > ASYNC_MAX_INPUT_BYTES) {
+        return refuse("payload_too_large", null, { limit_bytes: ASYNC_MAX_INPUT_BYTES });
+      }
+      const hostEnvironment = parsed.host.form === "regional" ? parsed.host.environment : null;
+      forward.targets = [asyncServiceTarget(options.async!, target)];
+      forward.headers = asyncServiceHeaders(options.async!, headers, decision, op, hostEnvironment);
+    } else if (decision.kind === "serve") {
       const endpoints = options.localReplicas(decision.context.deploymentId);
       if (endpoints.length === 0) return refuse("model_unavailable", null, { region: self.region });
       forward.targets = orderReplicas(endpoints);

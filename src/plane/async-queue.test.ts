@@ -28,6 +28,7 @@ function record(id: string, over: Partial<AsyncRecord> = {}): Omit<AsyncRecord, 
     attempts: 0,
     errors: [],
     input: { text: `input of ${id}` },
+    input_bytes: 100,
     output: null,
     ...over,
   };

@@ -40,6 +40,8 @@ export interface AsyncRecord {
   errors: AsyncError[];
   /** model_input; dropped when the request ends (null from then on). */
   input: unknown;
+  /** The accepted body's size (the plane bounds what it holds). */
+  input_bytes: number;
   /** The model's output; kept only until the webhook is done (delivered, failed, or there is none). */
   output: unknown;
 }

@@ -25,6 +25,10 @@ export interface PlaneFlags {
   sandboxUid?: string;
   sandboxBwrap?: string;
   auditRetention?: string;
+  asyncConcurrency?: string;
+  webhookAllowHttp?: boolean;
+  webhookAllowPrivate?: boolean;
+  webhookCa?: string;
 }
 
 /** `--sandbox-uid UID[:GID]`: an unprivileged host id for replicas (GID defaults to UID). */
@@ -79,6 +83,13 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
   }
   const retention = flags.auditRetention === undefined ? null : parseAuditRetention(flags.auditRetention);
   if (retention !== null && !retention.ok) throw new Error(retention.error);
+  const asyncConcurrency = flags.asyncConcurrency === undefined ? undefined : Number(flags.asyncConcurrency);
+  if (
+    asyncConcurrency !== undefined &&
+    !(Number.isInteger(asyncConcurrency) && asyncConcurrency >= 1 && asyncConcurrency <= 1024)
+  ) {
+    throw new Error("--async-concurrency is a whole number from 1 to 1024");
+  }
   const config = Object.freeze({
     name: flags.name,
     region: flags.region,
@@ -96,6 +107,14 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     ...(predictTimeout ? { limits: { predictTimeoutMs: predictTimeout * 1000 } } : {}),
     ...(transport ? { ingressTransport: transport } : {}),
     ...(retention !== null ? { auditRetentionMs: retention.ms } : {}),
+    async: {
+      ...(asyncConcurrency !== undefined ? { concurrency: asyncConcurrency } : {}),
+      webhook: {
+        allowHttp: flags.webhookAllowHttp === true,
+        allowPrivate: flags.webhookAllowPrivate === true,
+        ...(flags.webhookCa ? { ca: readFileSync(flags.webhookCa, "utf8") } : {}),
+      },
+    },
     sandbox: {
       mode,
       ...(flags.sandboxBwrap !== undefined ? { bwrapPath: resolve(flags.sandboxBwrap) } : {}),

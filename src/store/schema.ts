@@ -243,6 +243,18 @@ export interface SecretTable {
   updated_at: string;
 }
 
+/**
+ * A team's webhook secret (async inference: X-BASETEN-SIGNATURE), sealed like a team secret; the associated
+ * data is the team id and `webhook:{id}`. Shown once, when created; planes fetch a team's to sign with.
+ */
+export interface WebhookSecretTable {
+  id: string;
+  team_id: string;
+  key_id: string;
+  sealed: string;
+  created_at: string;
+}
+
 export interface S3PartTable {
   upload_id: string;
   part_number: number;
@@ -314,6 +326,7 @@ export interface Schema {
   s3_part_chunks: S3PartChunkTable;
   secrets: SecretTable;
   plane_keys: PlaneKeyTable;
+  webhook_secrets: WebhookSecretTable;
 }
 
 export type TeamRow = Selectable<TeamTable>;

@@ -31,6 +31,7 @@ for (;;) {
         attempts: 0,
         errors: [],
         input: { pad: "p".repeat(512) },
+        input_bytes: 100,
         output: null,
       });
       process.stdout.write(`${id}\n`);
