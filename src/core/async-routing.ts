@@ -142,11 +142,11 @@ function decideQueue(index: RouteIndex, req: RouteRequest, predictPath: string):
   // The region the request must stay in: the environment's (or deployment's) restriction.
   const region = ctx.region;
   if (region === null) {
-    // Unrestricted: queued in the region that received it, on a plane that can work it if one is ready.
-    if (d.kind === "forward" && req.forwardedFrom === null) {
+    // Unrestricted: queued in the region that received it when a plane there can work it (this one first),
+    // else on a plane where a replica is ready (no residency is promised); with none ready, here, to wait.
+    if (d.kind === "forward" && req.forwardedFrom === null && !readyHere(req, ctx)) {
       const near = d.planes.filter((p) => p.region === self.region);
-      if (!readyHere(req, ctx) && near.length > 0)
-        return { kind: "forward", context: ctx, planes: near, warning };
+      return { kind: "forward", context: ctx, planes: near.length > 0 ? near : d.planes, warning };
     }
     return { kind: "async", context: ctx, warning, teamId };
   }

@@ -204,13 +204,19 @@ describe("async inference stays in its region", () => {
   });
 
   it("refuses on a plane of another region, as predict does, and stores nothing there", async () => {
-    for (const plane of ["uk-1", "us-1"]) {
+    for (const plane of ["uk-1", "us-1", "au-1"]) {
       const res = await call(plane, regional(), "POST", "/async_predict", {
         model_input: { tag: "wrong-region", marker: MARKER },
       });
-      expect(res.status, res.text).toBe(421);
-      expect(res.json.error_code).toBe("misdirected_request");
+      const sync = await call(plane, regional(), "POST", "/predict", { tag: "wrong-region", marker: MARKER });
+      // The same refusal as predict's: 421 where the plane knows the model (the global ingress), the 404 of
+      // a model it was never told about elsewhere (a plane's snapshot holds only what it serves).
+      expect([res.status, res.json.error_code], res.text).toEqual([sync.status, sync.json.error_code]);
+      expect([421, 404]).toContain(res.status);
+      expect(res.headers["x-meridian-plane"]).toBe(plane);
     }
+    const us = await call("us-1", regional(), "POST", "/async_predict", { model_input: { marker: MARKER } });
+    expect([us.status, us.json.error_code]).toEqual([421, "misdirected_request"]);
     // A path-based route on the regional hostname, as for predict.
     const path = await call("eu-1", regional(), "POST", "/environments/prod-eu/async_predict", {
       model_input: {},
