@@ -4,6 +4,7 @@
 
 import { request } from "undici";
 import { eventually } from "../support/cluster.ts";
+import { planeReplicas } from "../support/planes.ts";
 import { call, Load, type Result, replicaProcess, sleep, type World } from "./harness.ts";
 
 export interface FaultRun {
@@ -89,8 +90,12 @@ export async function replicaKills(world: World, times: number, everyS: number):
   let killed = 0;
   let restoredAt = startedAt;
   for (let i = 0; i < times; i++) {
-    const plane = i % 2 === 0 ? "eu-1" : "eu-2";
-    const pid = await replicaProcess(world, plane, world.deployments.eu);
+    const order = i % 2 === 0 ? ["eu-1", "eu-2"] : ["eu-2", "eu-1"];
+    let pid: number | null = null;
+    for (const plane of order) {
+      pid = await replicaProcess(world, plane, world.deployments.eu);
+      if (pid !== null) break;
+    }
     if (pid !== null) {
       process.kill(pid, "SIGKILL");
       killed++;
@@ -111,13 +116,15 @@ export async function replicaKills(world: World, times: number, everyS: number):
   };
 }
 
-/** Waits until both eu planes run a READY eu replica. */
+/** Waits until two READY eu replicas run (on either eu plane: after a failover both may be on one). */
 export async function euReplicasReady(world: World, timeoutMs = 60_000): Promise<void> {
   await eventually(async () => {
+    let ready = 0;
     for (const plane of ["eu-1", "eu-2"]) {
-      if ((await replicaProcess(world, plane, world.deployments.eu)) === null) return false;
+      const rs = (await planeReplicas(world.cluster.plane(plane))) ?? [];
+      ready += rs.filter((r) => r.deployment_id === world.deployments.eu && r.state === "READY").length;
     }
-    return true;
+    return ready >= 2;
   }, timeoutMs);
 }
 
@@ -130,10 +137,33 @@ export async function planeKill(world: World, downS: number): Promise<FaultRun> 
   await sleep(downS * 1000);
   await plane.start();
   const restoredAt = Date.now();
+  await euReplicasReady(world);
   await sleep(world.timeoutS * 2 * 1000);
   return {
     name: "plane SIGKILL and restart",
     what: `eu-1 (agent and ingress) SIGKILLed, started again ${downS} s later; eu-2 stays up`,
+    startedAt,
+    restoredAt,
+    endedAt: Date.now(),
+    affected: ["eu regional @eu-1", "eu regional @eu-2", "eu standard @us-1"],
+    extra: { "planes judged down": judgedDown(world, mark).join(" ") || "none" },
+  };
+}
+
+/** One eu plane frozen (SIGSTOP: its ingress accepts connections and answers nothing), resumed after `frozenS`. */
+export async function planeFreeze(world: World, frozenS: number): Promise<FaultRun> {
+  const mark = world.cluster.control.output.length;
+  const pid = world.cluster.plane("eu-1").process!.child.pid!;
+  const startedAt = Date.now();
+  process.kill(pid, "SIGSTOP");
+  await sleep(frozenS * 1000);
+  process.kill(pid, "SIGCONT");
+  const restoredAt = Date.now();
+  await euReplicasReady(world);
+  await sleep(world.timeoutS * 2 * 1000);
+  return {
+    name: "plane frozen",
+    what: `eu-1 SIGSTOPped for ${frozenS} s (--plane-timeout ${world.timeoutS} s), then SIGCONT`,
     startedAt,
     restoredAt,
     endedAt: Date.now(),
@@ -151,6 +181,7 @@ export async function regionCutoff(world: World, downS: number): Promise<FaultRu
   await sleep(downS * 1000);
   await Promise.all(planes.map((p) => p.start()));
   const restoredAt = Date.now();
+  await euReplicasReady(world);
   await sleep(world.timeoutS * 2 * 1000);
   return {
     name: "region cut off",

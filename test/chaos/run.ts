@@ -12,6 +12,7 @@ import {
   controlDown,
   controlStall,
   type FaultRun,
+  planeFreeze,
   planeKill,
   regionCutoff,
   replicaKills,
@@ -54,6 +55,7 @@ try {
     ["control plane paused", () => controlStall(world)],
     ["replica SIGKILL", () => replicaKills(world, 3, 5)],
     ["plane SIGKILL and restart", () => planeKill(world, 8)],
+    ["plane frozen", () => planeFreeze(world, 8)],
     ["region cut off", () => regionCutoff(world, 15)],
     ["control plane and database down", () => controlDown(world, minutes * 60)],
   ];
