@@ -284,6 +284,26 @@ describe("signed receipts end to end", () => {
     expect(none.stderr).toContain("(no_receipt)");
   });
 
+  it("refuses a --receipts value other than on or off, before starting anything", async () => {
+    const r = await cli(
+      [
+        "plane",
+        "--name",
+        "zz-1",
+        "--region",
+        "eu",
+        "--control-url",
+        cluster.controlUrl,
+        "--receipts",
+        "maybe",
+      ],
+      work,
+      { MERIDIAN_PLANE_TOKEN: "unused" },
+    );
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("--receipts is on or off, got 'maybe'");
+  });
+
   it("a receipt from a retired key still verifies against the directory after a rotation", async () => {
     const eu = cluster.plane("eu-1");
     const before = JSON.parse(readFileSync(join(work, "directory.json"), "utf8")) as {
