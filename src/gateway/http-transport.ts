@@ -183,6 +183,19 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       fail(ex, plan);
       return;
     }
+    if (plan.kind === "park") {
+      // Held while the deployment wakes (src/gateway/parking.ts), then planned again.
+      void plan.wait.then((outcome) => {
+        if (ex.clientGone) return;
+        if (outcome.kind === "go") route(ex, expectContinue);
+        else
+          fail(
+            ex,
+            refuse("model_unavailable", "No replica became ready in time.", { region: gw.self.region }),
+          );
+      });
+      return;
+    }
     ex.bodyDeclared = (plan.contentLength !== null && plan.contentLength > 0) || plan.chunked;
     ex.bodyDone = !ex.bodyDeclared;
     if (plan.contentLength !== null) plan.headers.push("content-length", String(plan.contentLength));
@@ -228,7 +241,8 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       {
         origin: t.origin,
         path: t.path,
-        method: "POST",
+        // The client's method: POST for predict; GET and DELETE reach the async service and peer planes.
+        method: (ex.req.method ?? "POST") as Dispatcher.HttpMethod,
         headers: gw.attemptHeaders(ex, forward, t),
         body: bodyFor(ex, call.body),
         headersTimeout: timeout,

@@ -234,7 +234,7 @@ describe("signed receipts end to end", () => {
     const v = await verify("forged.txt");
     expect(v.code).toBe(1);
     expect(v.stderr).toContain("(wrong_plane)");
-  });
+  }, 120_000);
 
   it("a standard-endpoint response that hops from us-1 carries eu-1's receipt", async () => {
     const body = '{"via":"us-1"}';
@@ -251,7 +251,7 @@ describe("signed receipts end to end", () => {
     ]);
     expect(v.code, v.stderr).toBe(0);
     expect(v.stdout).toContain("processed in region eu by plane eu-1");
-  });
+  }, 120_000);
 
   it("signs the ingress's own refusals; a plane with --receipts off signs nothing", async () => {
     const bad = await curl("eu-1", {
@@ -282,7 +282,7 @@ describe("signed receipts end to end", () => {
     const none = await verify("off.txt");
     expect(none.code).toBe(1);
     expect(none.stderr).toContain("(no_receipt)");
-  });
+  }, 120_000);
 
   it("refuses a --receipts value other than on or off, before starting anything", async () => {
     const r = await cli(

@@ -485,6 +485,20 @@ class ClientConn {
       this.respondError(ex, plan);
       return;
     }
+    if (plan.kind === "park") {
+      // Held while the deployment wakes (src/gateway/parking.ts); its body is held meanwhile, as for any
+      // request not yet dispatched. Then planned again.
+      void plan.wait.then((outcome) => {
+        if (ex.done || this.closed) return;
+        if (outcome.kind === "go") this.startExchange(ex);
+        else
+          this.respondError(
+            ex,
+            refuse("model_unavailable", "No replica became ready in time.", { region: gw.self.region }),
+          );
+      });
+      return;
+    }
     ex.forward = plan;
     ex.expectContinue = hasExpectContinue(ex.rawHeaders);
     if (ex.expectContinue && !ex.complete) this.socket.write(CONTINUE, "latin1");
@@ -521,7 +535,8 @@ class ClientConn {
     const forward = ex.forward!;
     const t = forward.targets[ex.attempt]!;
     const headers = gw.attemptHeaders(ex, forward, t);
-    let head = `POST ${t.path} HTTP/1.1\r\n`;
+    // The client's method: POST for predict; GET and DELETE reach the async service and peer planes.
+    let head = `${ex.method} ${t.path} HTTP/1.1\r\n`;
     if (t.kind === "replica") head += `host: ${t.authority}\r\n`;
     for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
     const known = ex.complete ? ex.bodyBytes : forward.contentLength;
