@@ -662,6 +662,47 @@ describe.each<IngressTransport>(["wire", "http"])("receipts on the %s transport"
     }
   });
 
+  it("signs a request held while its deployment wakes, binding the body that arrived meanwhile", async () => {
+    let awake = false;
+    const base = snapshotFor("eu-2");
+    const sleeping: PlaneSnapshot = {
+      ...base,
+      models: base.models.map((m) => ({
+        ...m,
+        deployments: m.deployments.map((d) =>
+          d.id === "d-eu" ? { ...d, scale: { wakeable: true, concurrency_target: 4, policy: null } } : d,
+        ),
+      })),
+    };
+    const waking = createIngress({
+      plane: { name: "eu-2", region: "eu" },
+      listen: { host: "127.0.2.2", port: 0 },
+      signingKey: keyOf("eu-2"),
+      snapshot: () => sleeping,
+      localReplicas: (id) => (awake && id === "d-eu" ? [replica.endpoint] : []),
+      wake: async () => {
+        setTimeout(() => {
+          awake = true;
+        }, 300);
+      },
+      transport,
+    });
+    await waking.start();
+    try {
+      const body = Buffer.alloc(100 * 1024, 5);
+      const started = Date.now();
+      const g = await send(waking.address!, { host: REG, path: "/predict", body, chunked: true });
+      expect(g.status).toBe(200);
+      expect(Date.now() - started).toBeGreaterThanOrEqual(250); // it was held
+      expect(verify(g, { request: { contentDigest: contentDigest(body) } })).toMatchObject({
+        ok: true,
+        receipt: { plane: "eu-2", coversBody: true, status: 200 },
+      });
+    } finally {
+      await waking.stop();
+    }
+  });
+
   it("signs nothing with receipts off, and hashes no body", async () => {
     const g = await send(unsigned.address!, { host: REG, path: "/predict", body: "{}" });
     expect(g.status).toBe(200);
