@@ -18,11 +18,56 @@ import { packageRuntime, replicaSpec } from "./agent.ts";
 import type { ReplicaSpec, ReplicaStatus } from "./driver.ts";
 import { ProcessDriver } from "./process-driver.ts";
 import { PlanePython, VirtualenvCache } from "./python-env.ts";
-import { prepareSandbox, type ReplicaSandbox } from "./sandbox.ts";
+import {
+  bwrapArguments,
+  prepareSandbox,
+  type ReplicaSandbox,
+  type SandboxLayout,
+  SECRETS_DIR,
+  VENV_DIR,
+} from "./sandbox.ts";
 import { fetchReplicaSecrets } from "./secrets.ts";
 
 const EXAMPLES = resolve(import.meta.dirname, "../../examples");
 const VALUE = "s3cr3t-value-7c1e";
+
+describe("bwrapArguments for a truss replica", () => {
+  const layout: SandboxLayout = {
+    uid: 65534,
+    gid: 65534,
+    binds: [{ source: "/usr", dest: "/usr" }],
+    symlinks: [],
+    passwd: "/d/sandbox/etc/passwd",
+    group: "/d/sandbox/etc/group",
+    compileCache: "/d/sandbox/compile-cache",
+  };
+  const mounts = { packageDir: "/d/pkg", privateDir: "/d/sandbox/replicas/r", egress: "allow" as const };
+
+  function roBinds(args: string[]): string[][] {
+    return args.flatMap((a, i) => (a === "--ro-bind" ? [[args[i + 1]!, args[i + 2]!]] : []));
+  }
+
+  it("binds the secrets read-only at /secrets, the virtualenv at its fixed path, an interpreter at its own, all before the final remount", () => {
+    const args = bwrapArguments(layout, {
+      ...mounts,
+      secretsDir: "/tmp/p/sandbox/secrets/r",
+      venv: "/tmp/p/venvs/abc",
+      readOnly: ["/opt/python3.12"],
+    });
+    const ro = roBinds(args);
+    expect(ro).toContainEqual(["/tmp/p/sandbox/secrets/r", SECRETS_DIR]);
+    expect(ro).toContainEqual(["/tmp/p/venvs/abc", VENV_DIR]);
+    expect(ro).toContainEqual(["/opt/python3.12", "/opt/python3.12"]);
+    // Never writable, and nothing under the sandbox's /tmp (a symlink to the private directory there).
+    expect(args.filter((_, i) => args[i - 1] === "--bind")).toEqual([mounts.privateDir]);
+    expect(ro.every(([, dest]) => !dest!.startsWith("/tmp/"))).toBe(true);
+    expect(args.at(-2)).toBe("--remount-ro");
+    // Without them, none of it.
+    const plain = roBinds(bwrapArguments(layout, mounts)).map(([, dest]) => dest);
+    expect(plain).not.toContain(SECRETS_DIR);
+    expect(plain).not.toContain(VENV_DIR);
+  });
+});
 
 describe("process driver: truss packages on the Python host, with their secrets", () => {
   let root: string;
