@@ -39,6 +39,11 @@ program
   .option("--peer-ca <file>", "CA of the other planes' ingress certificates: plane-to-plane hops use HTTPS")
   .option("--predict-timeout <seconds>", "how long a model may take to answer (default 1200)")
   .option(
+    "--park-queue <n>",
+    "requests the ingress holds per deployment while it wakes or its replicas are full, 1-100000 (default 64); beyond it 429",
+  )
+  .option("--retry-after <seconds>", "the Retry-After of a backpressure 429, 1-3600 (default 1)")
+  .option(
     "--ingress-transport <wire|http>",
     "the ingress's HTTP implementation: wire (Node's llhttp on node:net, default) or http (node:http + undici)",
   )
@@ -65,6 +70,10 @@ program
     "--audit-retention <duration>",
     "how long audit records are kept: 30d (default), 12h, 90m; at least 1h",
   )
+  .option(
+    "--receipts <on|off>",
+    "sign a receipt (RFC 9421) on every inference response with the plane's key: on (default) or off",
+  )
   .action(async (flags) => {
     const { runPlaneCommand } = await import("../plane/command.ts");
     await runPlaneCommand(flags, process.env);
@@ -85,6 +94,10 @@ program
   .option(
     "--plane-timeout <seconds>",
     "a plane silent this long is down; its replicas are placed again in their region (default 15)",
+  )
+  .option(
+    "--autoscaler-interval-ms <ms>",
+    "how often the autoscaler decides every deployment's replica count, 100-60000 (default 1000)",
   )
   .option(
     "--secrets-key-file <path>",

@@ -18,6 +18,7 @@ import { planReconcile } from "../core/reconcile.ts";
 import { EXIT_CODES } from "../core/runtime-exit-codes.ts";
 import type {
   DesiredReplica,
+  PlaneLoadReport,
   PlaneReport,
   PlaneSnapshot,
   ReplicaReport,
@@ -93,6 +94,8 @@ export interface PlaneAgentOptions {
   adminUrl?: () => string | null | undefined;
   /** How the plane runs replicas, sent in every report. */
   sandbox?: SandboxReport;
+  /** The ingress's load counters (src/plane/load.ts), sent in every report. */
+  load?: () => PlaneLoadReport;
 }
 
 export class PlaneAgent {
@@ -252,6 +255,7 @@ export class PlaneAgent {
           : {}),
         ...(this.#o.sandbox !== undefined ? { sandbox: this.#o.sandbox } : {}),
         replicas: [...statuses.map(toReport), ...this.#artifactFailures.values()],
+        ...(this.#o.load !== undefined ? { load: this.#o.load() } : {}),
         request_counts: counts,
       };
       const res = await request(

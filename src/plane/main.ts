@@ -10,6 +10,7 @@ import http from "node:http";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
 import { Gauge, Registry } from "prom-client";
+import type { BackpressureLimits } from "../core/autoscaling-settings.ts";
 import { REPLICA_STATES } from "../core/domain.ts";
 import { errorBody } from "../core/errors.ts";
 import { parseEvidenceScope, parseEvidenceTime } from "../core/evidence-scope.ts";
@@ -29,6 +30,7 @@ import { SnapshotWatcher } from "../lib/watch.ts";
 import { PlaneAgent } from "./agent.ts";
 import { ArtifactCache } from "./artifacts.ts";
 import { recordPlaneKey } from "./key-history.ts";
+import { LoadMeter, wakeDeployment } from "./load.ts";
 import { ProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
 import { PlanePython, VirtualenvCache } from "./python-env.ts";
 import { prepareSandbox } from "./sandbox.ts";
@@ -54,6 +56,10 @@ export interface PlaneConfig {
   /** CA that signs the other planes' ingress certificates: hops to peers then go over HTTPS. */
   peerCa?: string | null;
   limits?: Partial<IngressLimits>;
+  /** Sign a receipt on every inference response (`--receipts`, default on; docs/evidence.md#receipts). */
+  receipts?: boolean;
+  /** Held requests per deployment and the Retry-After of a 429 (`--park-queue`, `--retry-after`). */
+  backpressure?: BackpressureLimits;
   /** The ingress's HTTP implementation (default `wire`; see src/gateway/ingress.ts). */
   ingressTransport?: IngressTransport;
   /** Address replicas listen on. Default 127.0.0.1. */
@@ -214,6 +220,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
   await artifacts.start();
   // Set once the operator listener is bound; the agent reports it from then on.
   let adminAddress: { host: string; port: number } | null = null;
+  const load = new LoadMeter();
   const agent = new PlaneAgent({
     plane: config.name,
     controlUrl: config.controlUrl,
@@ -226,6 +233,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     keyCreatedAt: keys.since,
     adminUrl: () => (config.admin === null ? null : adminAddress ? httpUrl(adminAddress) : undefined),
     sandbox: sandbox.report,
+    load: () => load.report(),
   });
 
   let current: PlaneSnapshot | null = null;
@@ -252,8 +260,18 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     signingKey: planeKey.key,
     snapshot: () => current,
     localReplicas: agent.localReplicas,
+    load,
+    wake: wakeDeployment({
+      controlUrl: config.controlUrl,
+      plane: config.name,
+      token: config.token,
+      load,
+      logger,
+    }),
+    ...(config.backpressure ? { backpressure: config.backpressure } : {}),
     ...(config.limits ? { limits: config.limits } : {}),
     ...(config.ingressTransport ? { transport: config.ingressTransport } : {}),
+    ...(config.receipts === false ? { receipts: false } : {}),
     logger,
     registry,
     audit,
