@@ -74,6 +74,13 @@ program
     "--receipts <on|off>",
     "sign a receipt (RFC 9421) on every inference response with the plane's key: on (default) or off",
   )
+  .option("--async-concurrency <n>", "async requests each replica runs at once (default 1)")
+  .option("--webhook-allow-http", "let async webhooks use http:// (development; https only by default)")
+  .option(
+    "--webhook-allow-private",
+    "let async webhooks reach loopback, private and link-local addresses (development; refused by default)",
+  )
+  .option("--webhook-ca <file>", "extra CA certificates to trust for https webhooks")
   .action(async (flags) => {
     const { runPlaneCommand } = await import("../plane/command.ts");
     await runPlaneCommand(flags, process.env);

@@ -8,6 +8,8 @@ import { STATUS_CODES } from "node:http";
 import type { AddressInfo, Server } from "node:net";
 import { performance } from "node:perf_hooks";
 import { type Logger, pino } from "pino";
+import { ASYNC_MAX_INPUT_BYTES } from "../core/async.ts";
+import { decideAsync, matchAsyncPath } from "../core/async-routing.ts";
 import { type Admission, DEFAULT_BACKPRESSURE_LIMITS } from "../core/autoscaling-settings.ts";
 import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
 import { parseHost } from "../core/host.ts";
@@ -16,6 +18,7 @@ import { RECEIPT_REQUEST_HEADER } from "../core/receipt.ts";
 import { decideRoute, indexSnapshot, type RouteContext, type RouteIndex } from "../core/routing.ts";
 import type { DeploymentRoute, PlaneRef } from "../core/snapshot.ts";
 import { appendReceipt, ContentDigester, EMPTY_CONTENT_DIGEST } from "../lib/receipts.ts";
+import { asyncServiceHeaders, asyncServiceTarget } from "./async.ts";
 import type { AuditSink } from "./audit.ts";
 import { acceptableRequestId, apiKeyOf, PROOF, scanRequestHeaders, scanResponseHeaders } from "./headers.ts";
 import { HOP_HEADER, HopVerifier, signHop } from "./hop.ts";
@@ -366,15 +369,20 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     const q = target.indexOf("?");
     const path = q < 0 ? target : target.slice(0, q);
     const key = apiKeyOf(scan.authorization);
-    const decision = decideRoute(idx, {
+    const routeRequest = {
       host: parsed.host,
       method: head.method,
       path,
       keyHash: key === null ? null : hash("sha256", key),
       forwardedFrom: ex.forwardedFrom,
-      localReady: { has: (id) => options.localReplicas(id).length > 0 },
-      scheme: ex.forwardedFrom !== null && scan.forwardedProto === "https" ? "https" : scheme,
-    });
+      localReady: { has: (id: string) => options.localReplicas(id).length > 0 },
+      scheme: ex.forwardedFrom !== null && scan.forwardedProto === "https" ? ("https" as const) : scheme,
+    };
+    // Async paths (src/gateway/async.ts) are routed by the same rules and answered by the plane's queue.
+    const asyncMatch = options.async === undefined ? null : matchAsyncPath(parsed.host.form, path);
+    if (asyncMatch !== null && "refuse" in asyncMatch) return refuse(asyncMatch.refuse, asyncMatch.message);
+    const decision =
+      asyncMatch === null ? decideRoute(idx, routeRequest) : decideAsync(idx, routeRequest, asyncMatch);
     ex.context = decision.context;
     // Nothing ready where the request may go, for a deployment that wakes: held here, in this region.
     let parkFor: string | null = null;
@@ -427,7 +435,15 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       contentLength,
       chunked: contentLength === null && scan.transferEncoding,
     };
-    if (decision.kind === "serve") {
+    if (decision.kind === "async") {
+      const op = (asyncMatch as Exclude<typeof asyncMatch, null | { refuse: ErrorCode }>).op;
+      if (op.kind === "predict" && contentLength !== null && contentLength > ASYNC_MAX_INPUT_BYTES) {
+        return refuse("payload_too_large", null, { limit_bytes: ASYNC_MAX_INPUT_BYTES });
+      }
+      const hostEnvironment = parsed.host.form === "regional" ? parsed.host.environment : null;
+      forward.targets = [asyncServiceTarget(options.async!, target)];
+      forward.headers = asyncServiceHeaders(options.async!, headers, decision, op, hostEnvironment);
+    } else if (decision.kind === "serve") {
       const id = decision.context.deploymentId;
       const endpoints = options.localReplicas(id);
       if (endpoints.length === 0) {

@@ -241,7 +241,8 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       {
         origin: t.origin,
         path: t.path,
-        method: "POST",
+        // The client's method: POST for predict; GET and DELETE reach the async service and peer planes.
+        method: (ex.req.method ?? "POST") as Dispatcher.HttpMethod,
         headers: gw.attemptHeaders(ex, forward, t),
         body: bodyFor(ex, call.body),
         headersTimeout: timeout,

@@ -14,6 +14,7 @@ import type { Registry } from "prom-client";
 import type { BackpressureLimits } from "../core/autoscaling-settings.ts";
 import type { PlaneSnapshot } from "../core/snapshot.ts";
 import type { SigningKey } from "../lib/keys.ts";
+import type { AsyncIngress } from "./async.ts";
 import type { AuditSink } from "./audit.ts";
 import { HOP_MAX_AGE_MS, HOP_REPLAY_ENTRIES } from "./hop.ts";
 import { createHttpIngress } from "./http-transport.ts";
@@ -117,6 +118,8 @@ export interface IngressOptions {
   now?: () => number;
   /** `wire` (default where Node's parser passes its self-test) or `http` (node:http + undici). */
   transport?: IngressTransport;
+  /** The plane's async service; without it async paths are not routes (404), as before async existed. */
+  async?: AsyncIngress;
 }
 
 export type IngressTransport = "wire" | "http";

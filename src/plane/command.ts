@@ -36,6 +36,10 @@ export interface PlaneFlags {
   python?: string[];
   pipFindLinks?: string;
   pipIndexUrl?: string;
+  asyncConcurrency?: string;
+  webhookAllowHttp?: boolean;
+  webhookAllowPrivate?: boolean;
+  webhookCa?: string;
 }
 
 /** `--sandbox-uid UID[:GID]`: an unprivileged host id for replicas (GID defaults to UID). */
@@ -118,6 +122,13 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
         : null;
   const retention = flags.auditRetention === undefined ? null : parseAuditRetention(flags.auditRetention);
   if (retention !== null && !retention.ok) throw new Error(retention.error);
+  const asyncConcurrency = flags.asyncConcurrency === undefined ? undefined : Number(flags.asyncConcurrency);
+  if (
+    asyncConcurrency !== undefined &&
+    !(Number.isInteger(asyncConcurrency) && asyncConcurrency >= 1 && asyncConcurrency <= 1024)
+  ) {
+    throw new Error("--async-concurrency is a whole number from 1 to 1024");
+  }
   const config = Object.freeze({
     name: flags.name,
     region: flags.region,
@@ -140,6 +151,14 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     python: {
       interpreters: (flags.python ?? []).map((p) => resolve(p)),
       ...(indexArgs !== null ? { indexArgs } : {}),
+    },
+    async: {
+      ...(asyncConcurrency !== undefined ? { concurrency: asyncConcurrency } : {}),
+      webhook: {
+        allowHttp: flags.webhookAllowHttp === true,
+        allowPrivate: flags.webhookAllowPrivate === true,
+        ...(flags.webhookCa ? { ca: readFileSync(flags.webhookCa, "utf8") } : {}),
+      },
     },
     sandbox: {
       mode,

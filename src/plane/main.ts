@@ -3,13 +3,14 @@
 // small operator listener (`/metrics`, `/healthz`, audit queries and exports, evidence pieces, replica
 // logs). `stop()` drains in reverse order of start.
 
-import { timingSafeEqual } from "node:crypto";
+import { randomBytes, timingSafeEqual } from "node:crypto";
 import { once } from "node:events";
 import { chmod, mkdir } from "node:fs/promises";
 import http from "node:http";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
 import { Gauge, Registry } from "prom-client";
+import { resolveAsyncTarget } from "../core/async-routing.ts";
 import type { BackpressureLimits } from "../core/autoscaling-settings.ts";
 import { REPLICA_STATES } from "../core/domain.ts";
 import { errorBody } from "../core/errors.ts";
@@ -29,6 +30,8 @@ import { discoverPythons } from "../lib/pythons.ts";
 import { SnapshotWatcher } from "../lib/watch.ts";
 import { PlaneAgent } from "./agent.ts";
 import { ArtifactCache } from "./artifacts.ts";
+import { AsyncService, MAX_SOCKET_PATH_BYTES } from "./async-service.ts";
+import type { WebhookPolicy } from "./async-worker.ts";
 import { recordPlaneKey } from "./key-history.ts";
 import { LoadMeter, wakeDeployment } from "./load.ts";
 import { ProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
@@ -36,6 +39,7 @@ import { PlanePython, VirtualenvCache } from "./python-env.ts";
 import { prepareSandbox } from "./sandbox.ts";
 import { fetchReplicaSecrets } from "./secrets.ts";
 import { TlsStore, wildcardWarning } from "./tls-store.ts";
+import { WebhookSecrets } from "./webhook-secrets.ts";
 
 export interface PlaneConfig {
   name: string;
@@ -81,6 +85,8 @@ export interface PlaneConfig {
    * /usr/bin), and where pip takes requirements from (default: pip's own configuration).
    */
   python?: { interpreters?: readonly string[]; indexArgs?: readonly string[] };
+  /** Async inference (docs/async.md): requests per replica at once, the webhook policy. */
+  async?: { concurrency?: number; webhook?: Partial<WebhookPolicy>; maxLive?: number };
   logger?: Logger;
   /** Driver timings, for tests. */
   driver?: Partial<ProcessDriverOptions>;
@@ -93,6 +99,8 @@ export interface RunningPlane {
   watcher: SnapshotWatcher<PlaneSnapshot>;
   audit: AuditLog;
   driver: ProcessDriver;
+  /** Null when the data directory's path is too long for the service's socket (logged at start). */
+  async: AsyncService | null;
   adminAddress: { host: string; port: number } | null;
   /** Drains in reverse order of start; `brief` stops the replicas fast and writes the audit, nothing else. */
   stop(options?: { brief?: boolean }): Promise<void>;
@@ -107,6 +115,8 @@ export const PLANE_KEY_FILE = "plane.key";
 export const PLANE_KEY_HISTORY_FILE = "plane-keys.json";
 /** The audit chain's directory in the data directory. */
 export const AUDIT_DIR = "audit";
+/** The async queue's directory in the data directory (its journal and the service's socket). */
+export const ASYNC_DIR = "async";
 
 /**
  * Every snapshot, from the control plane or the disk cache, is checked in full before it is served: one
@@ -252,6 +262,45 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
   };
   watcher.subscribe(accept);
 
+  // Async requests are held here, in this plane's region, and run only by its own replicas.
+  const asyncIngress = {
+    socketPath: join(config.dataDir, ASYNC_DIR, "s.sock"),
+    token: randomBytes(32).toString("base64url"),
+  };
+  const webhookSecrets = new WebhookSecrets({
+    controlUrl: config.controlUrl,
+    planeToken: config.token,
+    plane: config.name,
+  });
+  let asyncService: AsyncService | null = new AsyncService({
+    plane: config.name,
+    dir: join(config.dataDir, ASYNC_DIR),
+    ...asyncIngress,
+    ...(config.async?.maxLive !== undefined ? { maxLive: config.async.maxLive } : {}),
+    worker: {
+      replicas: agent.localReplicas,
+      resolve: (r) => {
+        const res = resolveAsyncTarget(current, config.region, r.model_id, r.target);
+        return res.ok
+          ? res
+          : { ok: false, final: res.final, error: { code: res.code, message: res.message } };
+      },
+      webhookSecrets: webhookSecrets.get,
+      ...(config.async?.concurrency !== undefined ? { concurrency: config.async.concurrency } : {}),
+      ...(config.async?.webhook ? { webhook: config.async.webhook } : {}),
+      ...(config.limits?.predictTimeoutMs ? { predictTimeoutMs: config.limits.predictTimeoutMs } : {}),
+    },
+    logger,
+  });
+
+  if (Buffer.byteLength(asyncIngress.socketPath) > MAX_SOCKET_PATH_BYTES) {
+    logger.error(
+      { socket: asyncIngress.socketPath },
+      "async inference is off: the data directory's path is too long for the async service's socket",
+    );
+    asyncService = null;
+  }
+
   const ingress = createIngress({
     plane: { name: config.name, region: config.region },
     listen: config.ingress,
@@ -275,12 +324,14 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     logger,
     registry,
     audit,
+    ...(asyncService !== null ? { async: asyncIngress } : {}),
   });
 
   agent.start();
   await watcher.start();
   const cached = watcher.current();
   if (cached) accept(cached);
+  await asyncService?.start();
   await ingress.start();
 
   let adminServer: http.Server | null = null;
@@ -316,6 +367,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     watcher,
     audit,
     driver,
+    async: asyncService,
     adminAddress,
     async stop(options: { brief?: boolean } = {}) {
       if (options.brief) {
@@ -329,6 +381,8 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
       }
       await new Promise<void>((ok) => (adminServer ? adminServer.close(() => ok()) : ok()));
       await ingress.stop();
+      // What is still running is cut off and runs again after a restart (the journal says IN_PROGRESS).
+      await asyncService?.stop();
       await certificates?.stop();
       await watcher.stop();
       // Replicas stop before the last report, so the control plane learns they no longer serve.

@@ -535,7 +535,8 @@ class ClientConn {
     const forward = ex.forward!;
     const t = forward.targets[ex.attempt]!;
     const headers = gw.attemptHeaders(ex, forward, t);
-    let head = `POST ${t.path} HTTP/1.1\r\n`;
+    // The client's method: POST for predict; GET and DELETE reach the async service and peer planes.
+    let head = `${ex.method} ${t.path} HTTP/1.1\r\n`;
     if (t.kind === "replica") head += `host: ${t.authority}\r\n`;
     for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
     const known = ex.complete ? ex.bodyBytes : forward.contentLength;
