@@ -1,6 +1,8 @@
 // Placement (DESIGN.md §2.1): which planes run a deployment's replicas. A deployment restricted to region R
 // is placed only on planes of R; no capacity there means it waits — it is never placed elsewhere. Pure.
 
+import type { EgressPolicy, SandboxMode } from "./domain.ts";
+
 export interface PlaneCapacity {
   name: string;
   region: string;
@@ -9,6 +11,8 @@ export interface PlaneCapacity {
   /** Slots taken by replicas of other deployments. */
   used: number;
   global_ingress: boolean;
+  /** The plane's sandbox as it last reported it; absent or null before its first report. */
+  sandbox?: SandboxMode | null;
 }
 
 export interface PlacementInput {
@@ -19,6 +23,8 @@ export interface PlacementInput {
   /** This deployment's current replicas. */
   existing: ReadonlyArray<{ id: string; plane: string }>;
   planes: readonly PlaneCapacity[];
+  /** The deployment's egress policy; `deny` needs a plane whose replicas have a network namespace. */
+  egress?: EgressPolicy;
 }
 
 export interface PlacementPlan {
@@ -31,9 +37,27 @@ export interface PlacementPlan {
   unplaced: number;
 }
 
-/** Planes a deployment may run on. */
-export function allowedPlanes(planes: readonly PlaneCapacity[], region: string | null): PlaneCapacity[] {
-  return region === null ? [...planes] : planes.filter((p) => p.region === region);
+/**
+ * Planes a deployment may run on: those of its region (any, unrestricted), and of those the ones that can
+ * start its replicas. A plane whose sandbox is unavailable refuses every replica, and one running replicas
+ * without a sandbox (`--sandbox none`) refuses egress `deny`; they are passed over while a plane of the
+ * region can run the deployment. When none can, they stay in, so that the plane's refusal, with its reason
+ * and what to do, reaches the deployment's status instead of a wait that says nothing.
+ */
+export function allowedPlanes(
+  planes: readonly PlaneCapacity[],
+  region: string | null,
+  egress: EgressPolicy = "allow",
+): PlaneCapacity[] {
+  const inRegion = region === null ? [...planes] : planes.filter((p) => p.region === region);
+  const able = inRegion.filter((p) => canRun(p, egress));
+  return able.length > 0 ? able : inRegion;
+}
+
+/** Whether a plane's sandbox, as reported, starts replicas under this egress policy. */
+export function canRun(plane: Pick<PlaneCapacity, "sandbox">, egress: EgressPolicy): boolean {
+  if (plane.sandbox === "unavailable") return false;
+  return !(egress === "deny" && plane.sandbox === "none");
 }
 
 /**
@@ -55,7 +79,7 @@ function preferenceOrder(planes: PlaneCapacity[], mine: ReadonlyMap<string, numb
 }
 
 export function planPlacement(input: PlacementInput): PlacementPlan {
-  const allowed = allowedPlanes(input.planes, input.region);
+  const allowed = allowedPlanes(input.planes, input.region, input.egress);
   const allowedNames = new Set(allowed.map((p) => p.name));
   const keep: string[] = [];
   const remove: string[] = [];
