@@ -6,11 +6,13 @@
 import { randomBytes } from "node:crypto";
 import { chmod, mkdir, rm } from "node:fs/promises";
 import http from "node:http";
+import { isIP } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
 import {
   ASYNC_MAX_INPUT_BYTES,
   checkAsyncPredictBody,
+  isPrivateAddress,
   newAsyncRequestId,
   parseWebhookUrl,
 } from "../core/async.ts";
@@ -144,6 +146,13 @@ export class AsyncService {
       const url = parseWebhookUrl(r.webhook_endpoint);
       if (url.ok && !url.https && !this.#o.worker.webhook?.allowHttp) {
         return fail(res, "invalid_request", "webhook_endpoint must be an https URL.", {
+          field: "webhook_endpoint",
+        });
+      }
+      // A name is checked at delivery (on every address it resolves to); an address literal now.
+      const host = url.ok ? url.url.hostname.replace(/^\[|\]$/g, "") : "";
+      if (isIP(host) !== 0 && isPrivateAddress(host) && !this.#o.worker.webhook?.allowPrivate) {
+        return fail(res, "invalid_request", "webhook_endpoint must not be a private address.", {
           field: "webhook_endpoint",
         });
       }

@@ -219,8 +219,10 @@ export class AsyncWorker {
     const started = this.#o.queue.start(r, dep);
     const p = (async () => {
       try {
-        await started;
+        // The start line is not waited for: were the plane to crash before it is on disk, the request is
+        // QUEUED on replay and runs again, as one that was IN_PROGRESS does (one attempt less counted).
         const outcome = await this.#predict(endpoint, r.id, input);
+        await started;
         if (this.#stopped) return;
         await this.#settle(r, outcome);
       } catch (err) {
