@@ -218,20 +218,30 @@ export class AsyncWorker {
     const input = r.input;
     const started = this.#o.queue.start(r, dep);
     const p = (async () => {
-      try {
-        // The start line is not waited for: were the plane to crash before it is on disk, the request is
-        // QUEUED on replay and runs again, as one that was IN_PROGRESS does (one attempt less counted).
-        const outcome = await this.#predict(endpoint, r.id, input);
-        await started;
-        if (this.#stopped) return;
-        await this.#settle(r, outcome);
-      } catch (err) {
-        this.#o.logger.error({ err, request_id: r.id }, "async request bookkeeping failed");
-      } finally {
+      let released = false;
+      const release = () => {
+        if (released) return;
+        released = true;
         bump(this.#byDeployment, dep, -1);
         bump(this.#byEndpoint, endpoint, -1);
         this.completed++;
         this.notify();
+      };
+      try {
+        // The start line is not waited for: were the plane to crash before it is on disk, the request is
+        // QUEUED on replay and runs again, as one that was IN_PROGRESS does (one attempt less counted).
+        const outcome = await this.#predict(endpoint, r.id, input);
+        if (this.#stopped) return;
+        // The outcome changes the record at once (in memory); its line is written after the start line
+        // (one ordered journal), and the replica's slot is free while it is synced.
+        const settled = this.#settle(r, outcome);
+        release();
+        await settled;
+        await started;
+      } catch (err) {
+        this.#o.logger.error({ err, request_id: r.id }, "async request bookkeeping failed");
+      } finally {
+        release();
       }
     })();
     this.#running.add(p);
