@@ -105,6 +105,22 @@ export class AsyncService {
     await rm(this.#o.socketPath, { force: true });
   }
 
+  /**
+   * Requests QUEUED and IN_PROGRESS on this plane, by deployment: counts only (no id, no payload), what the
+   * plane may report for the autoscaler's in-flight count.
+   */
+  counts(): Map<string, { queued: number; in_progress: number }> {
+    const out = new Map<string, { queued: number; in_progress: number }>();
+    for (const r of this.queue.live()) {
+      const key = r.deployment_id ?? "";
+      const c = out.get(key) ?? { queued: 0, in_progress: 0 };
+      if (r.status === "QUEUED") c.queued++;
+      else c.in_progress++;
+      out.set(key, c);
+    }
+    return out;
+  }
+
   async #serve(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const header = req.headers[ASYNC_CONTEXT_HEADER];
     const ctx = readAsyncContext(typeof header === "string" ? header : undefined, this.#o.token);
