@@ -2,7 +2,7 @@
 // the given environments and one deployment per environment serving it. Deployments are SCALED_TO_ZERO, so
 // the scheduler wants no replicas for them; the rows are otherwise what the API writes.
 
-import type { Kysely } from "kysely";
+import type { Insertable, Kysely } from "kysely";
 import { DEFAULT_AUTOSCALING, DEFAULT_PROMOTION_SETTINGS } from "../src/control/views.ts";
 import type { Schema } from "../src/store/schema.ts";
 import { modelId } from "./snapshot.ts";
@@ -45,8 +45,8 @@ export async function seedModels(db: Kysely<Schema>, o: SeedOptions): Promise<st
     const batch = 1000;
     for (let start = 0; start < o.count; start += batch) {
       const models: Schema["models"][] = [];
-      const envs: Schema["environments"][] = [];
-      const deps: Array<Omit<Schema["deployments"], never>> = [];
+      const envs: Insertable<Schema["environments"]>[] = [];
+      const deps: Insertable<Schema["deployments"]>[] = [];
       for (let i = start; i < Math.min(o.count, start + batch); i++) {
         const id = modelId(i);
         ids.push(id);

@@ -4,6 +4,11 @@
 
 import type { Transaction } from "kysely";
 import type { Principal } from "../core/access.ts";
+import {
+  applyAutoscalingUpdate,
+  applyBackpressureUpdate,
+  type RequestBackpressureSettings,
+} from "../core/autoscaling-settings.ts";
 import type {
   DeploymentStatus,
   EgressPolicy,
@@ -41,6 +46,8 @@ import { type ChangeScope, change, completePromotion, placementPlanes } from "./
 import type { createEnvironmentBody, updateEnvironmentBody } from "./schemas.ts";
 import {
   type AutoscalingSettings,
+  autoscalingOf,
+  backpressureOf,
   DEFAULT_AUTOSCALING,
   DEFAULT_PROMOTION_SETTINGS,
   type DeploymentView,
@@ -64,14 +71,33 @@ function requireValidName(name: string, field = "name"): void {
     throw new MeridianError("invalid_environment_name", check.message, { field, rule: check.rule });
 }
 
-function validateAutoscaling(a: AutoscalingSettings): void {
-  if (a.min_replica < 0 || a.max_replica < 1 || a.min_replica > a.max_replica) {
-    throw new MeridianError(
-      "invalid_request",
-      "autoscaling_settings needs 0 ≤ min_replica ≤ max_replica and max_replica ≥ 1.",
-      { field: "autoscaling_settings" },
-    );
+/** Applies an autoscaling update (UpdateAutoscalingSettingsV1) over `current`; a 400 names the rule broken. */
+export function updatedAutoscaling(current: AutoscalingSettings, update: unknown): AutoscalingSettings {
+  const check = applyAutoscalingUpdate(current, update);
+  if (!check.ok) {
+    throw new MeridianError("invalid_request", `${check.message} (rule ${check.rule})`, {
+      field: check.field === null ? "autoscaling_settings" : `autoscaling_settings.${check.field}`,
+      rule: check.rule,
+    });
   }
+  return check.settings;
+}
+
+/** Applies a backpressure update (absent or null keeps it; an object replaces it); a 400 names the rule. */
+function updatedBackpressure(current: RequestBackpressureSettings, update: unknown) {
+  const check = applyBackpressureUpdate(current, update);
+  if (!check.ok) {
+    throw new MeridianError("invalid_request", `${check.message} (rule ${check.rule})`, {
+      field: "request_backpressure_settings",
+      rule: check.rule,
+    });
+  }
+  return check.settings;
+}
+
+/** The stored form of backpressure settings: null for no policy. */
+function backpressureColumn(b: RequestBackpressureSettings): string | null {
+  return b.policy === null ? null : JSON.stringify(b);
 }
 
 /** Creates the environment if the model does not have it yet (pushes into a new environment, `production`). */
@@ -89,8 +115,8 @@ export async function ensureEnvironment(
     .where("name", "=", name)
     .executeTakeFirst();
   if (existing) return existing;
-  const autoscaling = mergeSettings(DEFAULT_AUTOSCALING, settings.autoscaling_settings);
-  validateAutoscaling(autoscaling);
+  const autoscaling = updatedAutoscaling(DEFAULT_AUTOSCALING, settings.autoscaling_settings);
+  const backpressure = updatedBackpressure(backpressureOf(null), settings.request_backpressure_settings);
   const row: EnvironmentRow = {
     model_id: model.id,
     name,
@@ -100,6 +126,7 @@ export async function ensureEnvironment(
       mergeSettings(DEFAULT_PROMOTION_SETTINGS, settings.promotion_settings),
     ),
     created_at: ctx.now(),
+    backpressure: backpressureColumn(backpressure),
   };
   await trx.insertInto("environments").values(row).execute();
   return row;
@@ -218,22 +245,35 @@ export async function updateEnvironment(
   return change(ctx, async (trx, scope) => {
     await requireManageAccess(trx, p, { kind: "environment", model, name });
     const env = await loadEnvironment(trx, model, name);
-    const autoscaling = mergeSettings(
-      JSON.parse(env.autoscaling) as AutoscalingSettings,
-      body.autoscaling_settings,
+    const before = autoscalingOf(env.autoscaling);
+    const autoscaling = updatedAutoscaling(before, body.autoscaling_settings);
+    const backpressure = updatedBackpressure(
+      backpressureOf(env.backpressure ?? null),
+      body.request_backpressure_settings,
     );
-    validateAutoscaling(autoscaling);
     const promotion = mergeSettings(
       JSON.parse(env.promotion_settings) as PromotionSettings,
       body.promotion_settings,
     );
     await trx
       .updateTable("environments")
-      .set({ autoscaling: JSON.stringify(autoscaling), promotion_settings: JSON.stringify(promotion) })
+      .set({
+        autoscaling: JSON.stringify(autoscaling),
+        promotion_settings: JSON.stringify(promotion),
+        backpressure: backpressureColumn(backpressure),
+      })
       .where("model_id", "=", model.id)
       .where("name", "=", name)
       .execute();
-    if (env.current_deployment_id) scope.touch(env.current_deployment_id);
+    // The deployment serving the environment runs under its settings: applied at once, no redeploy.
+    if (env.current_deployment_id) {
+      await trx
+        .updateTable("deployments")
+        .set({ autoscaling: JSON.stringify(autoscaling), backpressure: backpressureColumn(backpressure) })
+        .where("id", "=", env.current_deployment_id)
+        .execute();
+      scope.touch(env.current_deployment_id);
+    }
     await recordAudit(ctx, trx, p, {
       team_id: model.team_id,
       model_id: model.id,
@@ -242,13 +282,17 @@ export async function updateEnvironment(
       before: {
         autoscaling: JSON.parse(env.autoscaling),
         promotion_settings: JSON.parse(env.promotion_settings),
+        request_backpressure_settings: backpressureOf(env.backpressure ?? null),
       },
-      after: { autoscaling, promotion_settings: promotion },
+      after: { autoscaling, promotion_settings: promotion, request_backpressure_settings: backpressure },
     });
     const updated = await loadEnvironment(trx, model, name);
+    const unchanged =
+      JSON.stringify(autoscaling) === JSON.stringify(before) &&
+      backpressureColumn(backpressure) === (env.backpressure ?? null);
     return {
       environment: await renderEnvironment(trx, model, updated),
-      status: JSON.stringify(autoscaling) === env.autoscaling ? "UNCHANGED" : "ACCEPTED",
+      status: unchanged ? "UNCHANGED" : "ACCEPTED",
       message: "Environment settings updated.",
     };
   });
@@ -366,6 +410,8 @@ export async function promoteInTransaction(
       region: decision.candidate_region,
       egress: decision.candidate_egress,
       copied_from: source.id,
+      // A new deployment: the autoscaler has not decided for it yet.
+      desired_replicas: null,
       created_at: now,
       updated_at: now,
     };
@@ -516,7 +562,7 @@ export async function promotionDryRun(
             .where("name", "!=", env.name)
             .execute(),
     ]);
-    const autoscaling = JSON.parse(env.autoscaling) as AutoscalingSettings;
+    const autoscaling = autoscalingOf(env.autoscaling);
     const plan = planPromotion({
       target: facts.target,
       source: facts.source,

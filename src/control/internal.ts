@@ -6,7 +6,7 @@ import type { ReplicaState } from "../core/domain.ts";
 import { MeridianError } from "../core/errors.ts";
 import { projectPlaneSnapshot, type SnapshotRows } from "../core/plane-snapshot.ts";
 import { resolveRequestCounts } from "../core/request-counts.ts";
-import type { DnsSnapshot, PlaneReport, PlaneSnapshot } from "../core/snapshot.ts";
+import type { DnsSnapshot, PlaneLoadReport, PlaneReport, PlaneSnapshot } from "../core/snapshot.ts";
 import type { PlaneRow } from "../store/schema.ts";
 import type { Db } from "../store/store.ts";
 import type { ControlContext } from "./context.ts";
@@ -84,7 +84,17 @@ async function readSnapshotState(ctx: ControlContext, db: Db): Promise<SnapshotR
       .execute(),
     db
       .selectFrom("deployments")
-      .select(["id", "model_id", "region", "egress", "is_development", "artifact_key"])
+      .select([
+        "id",
+        "model_id",
+        "region",
+        "egress",
+        "is_development",
+        "artifact_key",
+        "status",
+        "autoscaling",
+        "backpressure",
+      ])
       .execute(),
     db.selectFrom("replicas").select(["id", "deployment_id", "plane", "state"]).execute(),
     db.selectFrom("artifacts").select(["key", "sha256", "size"]).where("state", "=", "STORED").execute(),
@@ -217,6 +227,10 @@ export async function applyReport(ctx: ControlContext, plane: PlaneRow, report: 
   });
   const stateChanged = changed.some((r) => byId.get(r.id)?.state !== r.state);
   const counts = await knownRequestCounts(ctx, report.request_counts);
+  const loadKnown = await knownDeployments(
+    ctx.store.db,
+    (report.load?.deployments ?? []).map((d) => d.deployment_id),
+  );
   // A new key (or one re-bound to a new credential) changes what other planes verify: a revision change.
   const key = report.public_key;
   const keyChanged = key !== undefined && (await planeKeyChange(ctx.store.db, plane, key)) === "changed";
@@ -248,6 +262,7 @@ export async function applyReport(ctx: ControlContext, plane: PlaneRow, report: 
       })
       .where("name", "=", plane.name)
       .execute();
+    if (report.load !== undefined) await storeLoad(trx, plane.name, report.load, loadKnown, now);
     for (const c of counts) {
       const env = c.environment ?? "";
       await trx
@@ -274,6 +289,59 @@ export async function applyReport(ctx: ControlContext, plane: PlaneRow, report: 
     });
   } else {
     await ctx.store.transaction(write);
+  }
+}
+
+/** Of `ids`, the deployments the store has: a plane's load for anything else is dropped. */
+export async function knownDeployments(db: Db, ids: readonly string[]): Promise<Set<string>> {
+  const known = new Set<string>();
+  const unique = [...new Set(ids)];
+  for (let i = 0; i < unique.length; i += 500) {
+    const rows = await db
+      .selectFrom("deployments")
+      .select("id")
+      .where("id", "in", unique.slice(i, i + 500))
+      .execute();
+    for (const r of rows) known.add(r.id);
+  }
+  return known;
+}
+
+/**
+ * Keeps the plane's latest load counters per deployment (docs/autoscaling.md): the autoscaler on any
+ * control replica reads them. Counts and times only (DESIGN.md §2.9).
+ */
+export async function storeLoad(
+  db: Db,
+  plane: string,
+  load: PlaneLoadReport,
+  known: ReadonlySet<string>,
+  now: string,
+): Promise<void> {
+  for (const d of load.deployments) {
+    if (!known.has(d.deployment_id)) continue;
+    const row = {
+      plane,
+      deployment_id: d.deployment_id,
+      epoch: load.epoch,
+      in_flight: d.in_flight,
+      request_ms: d.request_ms,
+      last_request_at: d.last_request_at,
+      reported_at: now,
+    };
+    await db
+      .insertInto("plane_loads")
+      .values(row)
+      .onConflict((oc) =>
+        oc.columns(["plane", "deployment_id"]).doUpdateSet({
+          epoch: row.epoch,
+          in_flight: row.in_flight,
+          request_ms: row.request_ms,
+          last_request_at: row.last_request_at,
+          reported_at: row.reported_at,
+        }),
+      )
+      .execute();
   }
 }
 

@@ -418,6 +418,8 @@ async function insertDeployment(
     egress: group?.egress ?? "allow",
     copied_from: null,
     autoscaling: JSON.stringify(DEFAULT_AUTOSCALING),
+    backpressure: null,
+    desired_replicas: null,
     created_at: now,
     ...fields,
   };

@@ -4,15 +4,23 @@
 // in the same transaction and bumps the revision planes watch.
 
 import type { Transaction } from "kysely";
-import { deriveStatus, wantedReplicas } from "../core/deployment-status.ts";
-import type { DeploymentStatus, PromotionCleanupStrategy, ReplicaState } from "../core/domain.ts";
-import { type PlaneCapacity, planeIsDown, planPlacement } from "../core/placement.ts";
+import { scaledReplicas, wakingStatus } from "../core/autoscaling-replicas.ts";
+import { deriveStatus } from "../core/deployment-status.ts";
+import type {
+  DeploymentStatus,
+  EgressPolicy,
+  PromotionCleanupStrategy,
+  ReplicaState,
+  SandboxMode,
+} from "../core/domain.ts";
+import { type PlaneCapacity, planPlacement } from "../core/placement.ts";
 import { previousDeploymentFate } from "../core/promotion.ts";
 import type { Schema } from "../store/schema.ts";
 import type { Db } from "../store/store.ts";
 import type { ControlContext } from "./context.ts";
 import { newId } from "./identity.ts";
-import type { AutoscalingSettings } from "./views.ts";
+import { planeHealthOf } from "./plane-health.ts";
+import { autoscalingOf } from "./views.ts";
 
 type Trx = Transaction<Schema>;
 
@@ -67,7 +75,7 @@ export async function placementPlanes(
   const [planes, usage] = await Promise.all([
     db
       .selectFrom("planes")
-      .select(["name", "region", "capacity", "global_ingress", "last_seen_at", "created_at"])
+      .select(["name", "region", "capacity", "global_ingress", "last_seen_at", "created_at", "sandbox_mode"])
       .execute(),
     db
       .selectFrom("replicas")
@@ -77,25 +85,17 @@ export async function placementPlanes(
       .execute(),
   ]);
   const used = new Map(usage.map((u) => [u.plane, Number(u.n)]));
+  // Fail-static (src/core/fail-static.ts): silence judges a plane down only while this process could hear.
+  const down = planeHealthOf(ctx).down(planes, nowMs);
   return planes
-    .filter(
-      (p) =>
-        !planeIsDown(
-          {
-            lastSeenMs: p.last_seen_at ? Date.parse(p.last_seen_at) : null,
-            createdMs: Date.parse(p.created_at),
-          },
-          nowMs,
-          ctx.startedAtMs,
-          ctx.planeTimeoutMs,
-        ),
-    )
+    .filter((p) => !down.has(p.name))
     .map((p) => ({
       name: p.name,
       region: p.region,
       capacity: p.capacity,
       used: used.get(p.name) ?? 0,
       global_ingress: p.global_ingress === 1,
+      sandbox: p.sandbox_mode as SandboxMode | null,
     }));
 }
 
@@ -103,15 +103,13 @@ export async function placementPlanes(
 async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): Promise<string[]> {
   const d = await trx.selectFrom("deployments").selectAll().where("id", "=", id).executeTakeFirst();
   if (!d) return [];
-  const envs = await trx
-    .selectFrom("environments")
-    .select("autoscaling")
-    .where("current_deployment_id", "=", id)
-    .execute();
-  const want = wantedReplicas(
-    d.status as DeploymentStatus,
-    envs.map((e) => JSON.parse(e.autoscaling) as AutoscalingSettings),
-  );
+  // The autoscaler's count within the settings in effect (the environment's, kept in step on the row).
+  const scaled = scaledReplicas({
+    status: d.status as DeploymentStatus,
+    settings: autoscalingOf(d.autoscaling),
+    desired: d.desired_replicas ?? null,
+  });
+  const want = scaled.want;
 
   const [planes, existing] = await Promise.all([
     placementPlanes(ctx, trx, id),
@@ -122,7 +120,7 @@ async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): P
       .orderBy("created_at")
       .execute(),
   ]);
-  const plan = planPlacement({ want, region: d.region, existing, planes });
+  const plan = planPlacement({ want, region: d.region, existing, planes, egress: d.egress as EgressPolicy });
   const now = ctx.now();
   if (plan.remove.length > 0) await trx.deleteFrom("replicas").where("id", "in", plan.remove).execute();
   for (const plane of plan.add) {
@@ -145,8 +143,8 @@ async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): P
   }
 
   const kept = existing.filter((r) => plan.keep.includes(r.id));
-  const derived = deriveStatus({
-    current: d.status as DeploymentStatus,
+  const derivedStatus = deriveStatus({
+    current: scaled.status,
     want,
     replicas: [
       ...kept.map((r) => ({ state: r.state as ReplicaState, message: r.message })),
@@ -155,6 +153,7 @@ async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): P
     unplaced: plan.unplaced,
     region: d.region,
   });
+  const derived = cappedMessage(wakingStatus(scaled.status, derivedStatus), want, plan.unplaced, d.region);
   if (derived.status === d.status && derived.message === d.status_message) return [];
   await trx
     .updateTable("deployments")
@@ -162,6 +161,21 @@ async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): P
     .where("id", "=", id)
     .execute();
   return advancePromotions(ctx, trx, id, derived.status, derived.message);
+}
+
+/** A serving deployment the region cannot hold all of says so (issue 12: "a full region caps the count"). */
+function cappedMessage(
+  derived: { status: DeploymentStatus; message: string | null },
+  want: number,
+  unplaced: number,
+  region: string | null,
+): { status: DeploymentStatus; message: string | null } {
+  if (derived.status !== "ACTIVE" || unplaced === 0 || derived.message !== null) return derived;
+  const where = region === null ? "the workload planes have" : `region '${region}' has`;
+  return {
+    status: derived.status,
+    message: `Capped at ${want - unplaced} of ${want} replicas: ${where} no free replica slot for the rest.`,
+  };
 }
 
 /** Completes or fails the promotions whose candidate is `deploymentId`. */
@@ -220,6 +234,20 @@ export async function completePromotion(
     .where("model_id", "=", p.model_id)
     .where("name", "=", p.environment)
     .execute();
+  // The deployment now serves the environment: it runs under the environment's autoscaling settings.
+  const envSettings = await trx
+    .selectFrom("environments")
+    .select(["autoscaling", "backpressure"])
+    .where("model_id", "=", p.model_id)
+    .where("name", "=", p.environment)
+    .executeTakeFirst();
+  if (envSettings) {
+    await trx
+      .updateTable("deployments")
+      .set({ autoscaling: envSettings.autoscaling, backpressure: envSettings.backpressure ?? null })
+      .where("id", "=", p.candidate_deployment_id)
+      .execute();
+  }
   await trx
     .updateTable("promotions")
     .set({ status: "SUCCEEDED", active: 0, previous_deployment_id: previous, updated_at: now })
@@ -246,6 +274,8 @@ export async function completePromotion(
       .set({
         status: fate === "deactivate" ? "INACTIVE" : "SCALED_TO_ZERO",
         status_message: null,
+        // Asleep until a request wakes it: the autoscaler's count for it starts again from zero.
+        desired_replicas: 0,
         updated_at: now,
       })
       .where("id", "=", previous)

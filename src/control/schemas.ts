@@ -1,6 +1,7 @@
 // JSON schemas of the management API's request bodies and parameters. Field names follow the reference;
 // unlike it, unknown fields are refused (`additionalProperties: false`) so a typo is an error, not a no-op.
 
+import { BACKPRESSURE_POLICIES } from "../core/autoscaling-settings.ts";
 import { METRIC_MODES } from "../core/deployment-metrics.ts";
 import {
   API_KEY_CATEGORIES,
@@ -24,18 +25,19 @@ const int = { type: "integer" } as const;
 const str = { type: "string" } as const;
 const bool = { type: "boolean" } as const;
 
+// Types only: the ranges are checked by src/core/autoscaling-settings.ts, whose 400 names the rule broken.
 export const autoscalingUpdate = {
   type: "object",
   additionalProperties: false,
   properties: {
-    min_replica: nullable({ type: "integer", minimum: 0 }),
-    max_replica: nullable({ type: "integer", minimum: 1 }),
+    min_replica: nullable(int),
+    max_replica: nullable(int),
     autoscaling_window: nullable(int),
     scale_down_delay: nullable(int),
-    concurrency_target: nullable({ type: "integer", minimum: 1 }),
+    concurrency_target: nullable(int),
     target_utilization_percentage: nullable(int),
     target_in_flight_tokens: nullable(int),
-    max_scale_down_rate: nullable({ type: "integer", minimum: 1, maximum: 50 }),
+    max_scale_down_rate: nullable(int),
   },
 } as const;
 
@@ -52,10 +54,11 @@ export const promotionSettingsUpdate = {
   },
 } as const;
 
+// UpdateRequestBackpressureSettingsV1: `policy` absent or null clears it (docs/autoscaling.md).
 const backpressureUpdate = {
   type: "object",
   additionalProperties: false,
-  properties: { policy: { type: "null" } },
+  properties: { policy: nullable({ type: "string", enum: BACKPRESSURE_POLICIES }) },
 } as const;
 
 export const createEnvironmentBody = {
@@ -274,6 +277,31 @@ export const createUserBody = {
   },
 } as const;
 
+const planeLoad = {
+  type: "object",
+  additionalProperties: false,
+  required: ["epoch", "at", "deployments"],
+  properties: {
+    epoch: { type: "string", maxLength: 40, pattern: "^\\d{4}-\\d{2}-\\d{2}T[0-9:.]+Z$" },
+    at: { type: "string", maxLength: 40, pattern: "^\\d{4}-\\d{2}-\\d{2}T[0-9:.]+Z$" },
+    deployments: {
+      type: "array",
+      maxItems: 100000,
+      items: {
+        type: "object",
+        additionalProperties: false,
+        required: ["deployment_id", "in_flight", "request_ms", "last_request_at"],
+        properties: {
+          deployment_id: { type: "string", maxLength: 64 },
+          in_flight: { type: "integer", minimum: 0, maximum: 1e9 },
+          request_ms: { type: "integer", minimum: 0, maximum: Number.MAX_SAFE_INTEGER },
+          last_request_at: nullable({ type: "string", maxLength: 40 }),
+        },
+      },
+    },
+  },
+} as const;
+
 export const planeReportBody = {
   type: "object",
   additionalProperties: false,
@@ -317,6 +345,7 @@ export const planeReportBody = {
         },
       },
     },
+    load: planeLoad,
     request_counts: {
       type: "array",
       maxItems: 100000,
@@ -332,6 +361,16 @@ export const planeReportBody = {
         },
       },
     },
+  },
+} as const;
+
+export const planeWakeBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["deployment_id", "load"],
+  properties: {
+    deployment_id: { type: "string", minLength: 1, maxLength: 64 },
+    load: planeLoad,
   },
 } as const;
 

@@ -2,6 +2,11 @@
 // defaults for settings a request leaves out. Meridian's additions are marked where they appear and listed,
 // with their schemas, in ./openapi.ts `MERIDIAN_FIELDS` (the conformance test allows no others).
 
+import {
+  type AutoscalingSettings,
+  autoscalingWithDefaults,
+  type RequestBackpressureSettings,
+} from "../core/autoscaling-settings.ts";
 import type {
   DeploymentStatus,
   EgressPolicy,
@@ -34,27 +39,20 @@ export const INSTANCE_TYPE = {
   gpu_memory_limit_mib: null,
 } as const;
 
-export interface AutoscalingSettings {
-  min_replica: number;
-  max_replica: number;
-  autoscaling_window: number | null;
-  scale_down_delay: number | null;
-  concurrency_target: number;
-  target_utilization_percentage: number | null;
-  target_in_flight_tokens: number | null;
-  max_scale_down_rate: number | null;
+export type { AutoscalingSettings } from "../core/autoscaling-settings.ts";
+export { DEFAULT_AUTOSCALING } from "../core/autoscaling-settings.ts";
+
+/** Stored autoscaling JSON as the value in effect: every absent or null field has Baseten's default. */
+export function autoscalingOf(json: string): AutoscalingSettings {
+  return autoscalingWithDefaults(JSON.parse(json) as Parameters<typeof autoscalingWithDefaults>[0]);
 }
 
-export const DEFAULT_AUTOSCALING: AutoscalingSettings = {
-  min_replica: 1,
-  max_replica: 1,
-  autoscaling_window: 60,
-  scale_down_delay: 900,
-  concurrency_target: 1,
-  target_utilization_percentage: 70,
-  target_in_flight_tokens: null,
-  max_scale_down_rate: null,
-};
+/** A stored backpressure column (null: no policy) as RequestBackpressureSettingsV1. */
+export function backpressureOf(json: string | null): RequestBackpressureSettings {
+  if (json === null) return { policy: null };
+  const policy = (JSON.parse(json) as { policy?: unknown }).policy;
+  return { policy: policy === "QUEUE_ON_FULL" || policy === "REJECT_ON_FULL" ? policy : null };
+}
 
 export interface PromotionSettings {
   redeploy_on_promotion: boolean;
@@ -148,13 +146,13 @@ export function deploymentView(d: DeploymentRow, facts: DeploymentFacts) {
     is_development: d.is_development === 1,
     status,
     active_replica_count: facts.active_replica_count,
-    autoscaling_settings: JSON.parse(d.autoscaling) as AutoscalingSettings,
+    autoscaling_settings: autoscalingOf(d.autoscaling),
     instance_type_name: INSTANCE_TYPE.name,
     environment: facts.environment,
     labels: d.labels === null ? null : (JSON.parse(d.labels) as Record<string, unknown>),
     // Meridian's additions: the region its replicas are restricted to, and backpressure settings.
     region: facts.region ? regionView(facts.region) : null,
-    request_backpressure_settings: { policy: null },
+    request_backpressure_settings: backpressureOf(d.backpressure ?? null),
     // Meridian's addition: why the deployment is in its status (a load() error, waiting for capacity).
     status_message: d.status_message,
     // Meridian's addition: the egress policy its replicas run under, fixed when it was created.
@@ -188,11 +186,11 @@ export function environmentView(
     current_deployment: current,
     candidate_deployment: candidate,
     in_progress_promotion: promotionView(promotion),
-    autoscaling_settings: JSON.parse(e.autoscaling) as AutoscalingSettings,
+    autoscaling_settings: autoscalingOf(e.autoscaling),
     promotion_settings: JSON.parse(e.promotion_settings) as PromotionSettings,
     instance_type: INSTANCE_TYPE,
     // Meridian's addition (from Baseten's earlier published API): backpressure settings.
-    request_backpressure_settings: { policy: null },
+    request_backpressure_settings: backpressureOf(e.backpressure ?? null),
     // Meridian's addition: the region restriction inherited from the environment group.
     region_restriction: restriction,
   };

@@ -105,6 +105,11 @@ export const ERRORS = {
     message: "This plane does not serve this hostname's region; call an ingress of the environment's region.",
   },
   rate_limited: { status: 429, message: "Too many requests." },
+  backpressure_full: {
+    status: 429,
+    message:
+      "The environment is at capacity: its ready replicas are full (REJECT_ON_FULL) or this ingress holds as many of its requests as it may; retry after Retry-After seconds.",
+  },
   async_queue_full: { status: 429, message: "This plane's async queue is full; retry with backoff." },
   internal_error: { status: 500, message: "Internal error." },
   replica_failed: { status: 502, message: "The model replica failed while processing the request." },

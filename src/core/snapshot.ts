@@ -53,6 +53,21 @@ export interface DeploymentRoute {
   region: string | null;
   /** Names of planes with at least one READY replica of this deployment. */
   ready_planes: string[];
+  /**
+   * How an ingress holds its requests while nothing is ready (docs/autoscaling.md); absent from control
+   * planes older than autoscaling (then nothing is held: 503 as before).
+   */
+  scale?: DeploymentScale;
+}
+
+/** What an ingress needs to park a deployment's requests and ask for a wake. */
+export interface DeploymentScale {
+  /** Asleep or starting, and able to wake: a request is held while a replica starts in its region. */
+  wakeable: boolean;
+  /** Requests one replica is meant to hold (autoscaling_settings). */
+  concurrency_target: number;
+  /** request_backpressure_settings.policy. */
+  policy: "QUEUE_ON_FULL" | "REJECT_ON_FULL" | null;
 }
 
 export interface ModelRoute {
@@ -154,6 +169,25 @@ export interface SandboxReport {
   detail: string | null;
 }
 
+/**
+ * The load a plane's ingress measured, per deployment (docs/autoscaling.md): counters since `epoch`, so a
+ * lost report loses nothing. Counts and times only, never a request (DESIGN.md §2.9).
+ */
+export interface PlaneLoadReport {
+  /** When the counters started (ISO 8601, the plane's clock); a new epoch restarts them from zero. */
+  epoch: string;
+  /** When the counters were read (ISO 8601, the plane's clock). */
+  at: string;
+  deployments: Array<{
+    deployment_id: string;
+    /** Requests received and not yet answered, parked ones included. */
+    in_flight: number;
+    /** The integral of `in_flight` over time since `epoch`, in request·ms. */
+    request_ms: number;
+    last_request_at: string | null;
+  }>;
+}
+
 export interface PlaneReport {
   /** The snapshot revision the plane has applied. */
   revision: number;
@@ -176,6 +210,8 @@ export interface PlaneReport {
   key_created_at?: string;
   /** How the plane runs replicas; absent from planes older than the sandbox. */
   sandbox?: SandboxReport;
+  /** The ingress's load per deployment, for the autoscaler; absent from planes older than autoscaling. */
+  load?: PlaneLoadReport;
   /** Per-environment request counts since the previous report (DESIGN.md §2.6: aggregates only). */
   request_counts: Array<{
     model_id: string;

@@ -1,7 +1,7 @@
 // What every ingress transport shares (src/gateway/ingress.ts picks one): the routing index that follows
 // the plane's snapshot, the per-request plan (authenticate, route, choose targets, build the upstream
-// headers), the proof headers, the retry rule, and the audit record and metrics. A transport owns only
-// the bytes: reading requests, writing responses, calling upstreams.
+// headers), the proof headers and the receipt that signs them, the retry rule, and the audit record and
+// metrics. A transport owns only the bytes: reading requests, writing responses, calling upstreams.
 
 import { hash, randomUUID } from "node:crypto";
 import { STATUS_CODES } from "node:http";
@@ -10,16 +10,21 @@ import { performance } from "node:perf_hooks";
 import { type Logger, pino } from "pino";
 import { ASYNC_MAX_INPUT_BYTES } from "../core/async.ts";
 import { decideAsync, matchAsyncPath } from "../core/async-routing.ts";
+import { type Admission, DEFAULT_BACKPRESSURE_LIMITS } from "../core/autoscaling-settings.ts";
 import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
 import { parseHost } from "../core/host.ts";
+import { normalizeAuthority, pathOfTarget } from "../core/http-signatures.ts";
+import { RECEIPT_REQUEST_HEADER } from "../core/receipt.ts";
 import { decideRoute, indexSnapshot, type RouteContext, type RouteIndex } from "../core/routing.ts";
-import type { PlaneRef } from "../core/snapshot.ts";
+import type { DeploymentRoute, PlaneRef } from "../core/snapshot.ts";
+import { appendReceipt, ContentDigester, EMPTY_CONTENT_DIGEST } from "../lib/receipts.ts";
 import { asyncServiceHeaders, asyncServiceTarget } from "./async.ts";
 import type { AuditSink } from "./audit.ts";
 import { acceptableRequestId, apiKeyOf, PROOF, scanRequestHeaders, scanResponseHeaders } from "./headers.ts";
 import { HOP_HEADER, HopVerifier, signHop } from "./hop.ts";
 import type { IngressLimits, IngressOptions } from "./ingress.ts";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics.ts";
+import { Parking, type ParkOutcome } from "./parking.ts";
 
 /** The metric label of a request whose model (and so environment) did not resolve. */
 const UNRESOLVED = "unknown";
@@ -37,6 +42,16 @@ export interface Exchange {
   context: RouteContext | null;
   processedBy: string | null;
   errorCode: string | null;
+  /** The request method as received (a receipt binds it, `@method;req`). */
+  method: string;
+  /**
+   * The request components a receipt binds (RFC 9421 §2.4): `@authority` (normalized) and `@path`, set by
+   * `plan()`; null until then, or when the request names no single authority (then no receipt is signed).
+   */
+  authority: string | null;
+  path: string | null;
+  /** The request body's digest so far (`hashBody`), or null while no byte of it was read. */
+  bodyDigest: ContentDigester | null;
 }
 
 /** A request as the transport parsed it. */
@@ -87,7 +102,13 @@ export interface Forward {
   chunked: boolean;
 }
 
-export type Plan = Refusal | Forward;
+/** A request held while its deployment wakes (src/gateway/parking.ts): planned again when `wait` settles. */
+export interface Park {
+  kind: "park";
+  wait: Promise<ParkOutcome>;
+}
+
+export type Plan = Refusal | Forward | Park;
 
 /** How an upstream attempt ended without a response the client could be given. */
 export interface UpstreamFailure {
@@ -135,6 +156,9 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
   const now = options.now ?? Date.now;
   const scheme: "http" | "https" = options.tls ? "https" : "http";
   const peerScheme = options.peerScheme ?? "http";
+  // Receipts (docs/evidence.md#receipts): on unless the operator turned them off (`--receipts off`).
+  const receipts = options.receipts !== false;
+  const receiptKey = options.signingKey;
 
   // The index follows the snapshot object: rebuilt only when the plane swaps in a new one.
   let lastSnapshot: ReturnType<IngressOptions["snapshot"]> | undefined;
@@ -219,13 +243,80 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
   let inflight = 0;
   let drained: (() => void) | null = null;
 
+  // Parking (src/gateway/parking.ts): requests for a deployment with nothing ready are held here while it
+  // wakes, only when the plane can ask for a wake. A request released from the queue is planned once more
+  // and never held again.
+  const parking: Parking | null = options.wake
+    ? new Parking({
+        limits: options.backpressure ?? DEFAULT_BACKPRESSURE_LIMITS,
+        timeoutMs: limits.predictTimeoutMs,
+        room: roomFor,
+        wake: options.wake,
+      })
+    : null;
+  const released = new WeakSet<object>();
+  let scaleIndex: { index: RouteIndex; byDeployment: Map<string, DeploymentRoute> } | null = null;
+  function deploymentRoute(id: string): DeploymentRoute | undefined {
+    const idx = currentIndex();
+    if (idx === null) return undefined;
+    if (scaleIndex?.index !== idx) {
+      const byDeployment = new Map<string, DeploymentRoute>();
+      for (const m of idx.models.values()) for (const [k, d] of m.deployments) byDeployment.set(k, d);
+      scaleIndex = { index: idx, byDeployment };
+    }
+    return scaleIndex.byDeployment.get(id);
+  }
+  function roomFor(id: string): number {
+    const route = deploymentRoute(id);
+    const local = options.localReplicas(id).length;
+    if (local > 0) {
+      const scale = route?.scale;
+      if (scale === undefined || scale.policy === null) return Number.MAX_SAFE_INTEGER;
+      const forwarded = (options.load?.inFlight(id) ?? 0) - (parking?.parked(id) ?? 0);
+      return Math.max(0, local * scale.concurrency_target - forwarded);
+    }
+    return route !== undefined && route.ready_planes.some((p) => p !== self.name)
+      ? Number.MAX_SAFE_INTEGER
+      : 0;
+  }
+  function canPark(ex: Exchange, id: string): boolean {
+    return parking !== null && !released.has(ex) && deploymentRoute(id)?.scale?.wakeable === true;
+  }
+  function park(ex: Exchange, id: string): Park | Refusal {
+    const scale = deploymentRoute(id)?.scale;
+    if (parking === null || scale === undefined)
+      return refuse("model_unavailable", null, { region: self.region });
+    const admission = parking.admit(id, scale, options.localReplicas(id).length, 0);
+    if (admission.action === "reject") return backpressure(admission);
+    options.load?.begin(ex, id);
+    metrics?.parked(1);
+    const wait = parking.park(ex, id).then((outcome) => {
+      metrics?.parked(-1);
+      if (outcome.kind === "go") released.add(ex);
+      return outcome;
+    });
+    return { kind: "park", wait };
+  }
+  function backpressure(a: Extract<Admission, { action: "reject" }>): Refusal {
+    return refuse(
+      "backpressure_full",
+      a.rule === "queue_full"
+        ? "This ingress holds as many of the environment's requests as it may; retry later."
+        : "The environment's ready replicas are full (REJECT_ON_FULL); retry later.",
+      { rule: a.rule, retry_after_seconds: a.retry_after_seconds },
+      ["retry-after", String(a.retry_after_seconds)],
+    );
+  }
+
   /**
    * Authenticates and routes one request: either a refusal, or the upstream targets and headers. Sets the
    * exchange's request id, context and route as it learns them (the audit record uses them either way).
    */
   function plan(ex: Exchange, head: RequestHead): Plan {
     const scan = scanRequestHeaders(head.rawHeaders);
-    ex.requestId = acceptableRequestId(scan.requestId) ? scan.requestId : randomUUID();
+    // A held request planned again keeps its id.
+    ex.requestId = acceptableRequestId(scan.requestId) ? scan.requestId : ex.requestId || randomUUID();
+    if (receipts) bindReceipt(ex, head.target, scan.host, scan.hostCount, scheme);
     const idx = currentIndex();
     if (idx === null) return refuse("service_unavailable", "This plane has no routing configuration yet.");
 
@@ -255,7 +346,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       region: null,
     };
 
-    if (scan.hop !== undefined) {
+    // A held request planned again was verified on arrival (a second check would read as a replay).
+    if (scan.hop !== undefined && ex.forwardedFrom === null) {
       // The request as the forwarder sent it: the authority and origin-form target it signed.
       const hop = { requestId: ex.requestId, method: head.method, authority: hostValue ?? "", target };
       const check = hops.verify(scan.hop, hop, idx, now());
@@ -267,6 +359,11 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       }
       ex.forwardedFrom = check.from;
       ex.route = [check.from, self.name];
+      // The client's scheme, as the entry plane saw it (and signed for), decides `@authority`'s default port
+      // (RFC 9421 §2.2.3), whatever the scheme of the hop itself.
+      const fp = scan.forwardedProto;
+      if (receipts && (fp === "https" || fp === "http") && fp !== scheme)
+        bindReceipt(ex, head.target, scan.host, scan.hostCount, fp);
     }
 
     const q = target.indexOf("?");
@@ -287,13 +384,19 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     const decision =
       asyncMatch === null ? decideRoute(idx, routeRequest) : decideAsync(idx, routeRequest, asyncMatch);
     ex.context = decision.context;
+    // Nothing ready where the request may go, for a deployment that wakes: held here, in this region.
+    let parkFor: string | null = null;
     if (decision.kind === "refuse") {
-      return refuse(
-        decision.code,
-        decision.message,
-        decision.detail,
-        decision.allow ? ["allow", decision.allow] : [],
-      );
+      const id = decision.context.deploymentId;
+      if (decision.code !== "model_unavailable" || id === null || !canPark(ex, id)) {
+        return refuse(
+          decision.code,
+          decision.message,
+          decision.detail,
+          decision.allow ? ["allow", decision.allow] : [],
+        );
+      }
+      parkFor = id;
     }
 
     const cl = scan.contentLength;
@@ -304,6 +407,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     if (scan.expect !== undefined && scan.expect.toLowerCase() !== "100-continue") {
       return refuse("expectation_failed", null, { expect: scan.expect });
     }
+
+    if (parkFor !== null || decision.kind === "refuse") return park(ex, parkFor!);
 
     const remote = head.remoteAddress;
     const trusted = ex.forwardedFrom !== null;
@@ -339,8 +444,22 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       forward.targets = [asyncServiceTarget(options.async!, target)];
       forward.headers = asyncServiceHeaders(options.async!, headers, decision, op, hostEnvironment);
     } else if (decision.kind === "serve") {
-      const endpoints = options.localReplicas(decision.context.deploymentId);
-      if (endpoints.length === 0) return refuse("model_unavailable", null, { region: self.region });
+      const id = decision.context.deploymentId;
+      const endpoints = options.localReplicas(id);
+      if (endpoints.length === 0) {
+        if (canPark(ex, id)) return park(ex, id);
+        return refuse("model_unavailable", null, { region: self.region });
+      }
+      // Backpressure with ready replicas (request_backpressure_settings.policy), once per request.
+      const scale = parking === null ? undefined : deploymentRoute(id)?.scale;
+      if (scale !== undefined && scale.policy !== null && !released.has(ex)) {
+        const forwarded = (options.load?.inFlight(id) ?? 0) - parking!.parked(id);
+        const admission = parking!.admit(id, scale, endpoints.length, forwarded);
+        if (admission.action === "reject") return backpressure(admission);
+        if (admission.action === "park") return park(ex, id);
+      }
+      // The autoscaler's load signal counts what this plane serves (src/plane/load.ts).
+      options.load?.begin(ex, decision.context.deploymentId);
       forward.targets = orderReplicas(endpoints);
       // The API key stops at the ingress: model code never sees it.
       forward.headers = headers;
@@ -364,19 +483,55 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     return forward;
   }
 
-  function proofHeaders(ex: Exchange): string[] {
-    return [
-      PROOF.requestId,
-      ex.requestId,
-      PROOF.region,
-      self.region,
-      PROOF.plane,
-      self.name,
-      PROOF.deploymentId,
-      ex.context?.deploymentId ?? "-",
-      PROOF.route,
-      ex.route.join(", "),
-    ];
+  /**
+   * The request components of the receipt: the absolute-form target's authority (RFC 9112 §3.2.2), else the
+   * one Host field; none when there is no Host or more than one (the request is refused, unsigned).
+   */
+  function bindReceipt(
+    ex: Exchange,
+    target: string,
+    host: string | undefined,
+    hostCount: number,
+    clientScheme: "http" | "https",
+  ): void {
+    let authority: string | undefined;
+    if (target.startsWith("/")) {
+      if (hostCount === 1) authority = host;
+    } else {
+      authority = /^https?:\/\/([^/?#]*)/i.exec(target)?.[1];
+    }
+    ex.authority = authority === undefined ? null : normalizeAuthority(authority, clientScheme);
+    // The origin-form target of nearly every request, without pathOfTarget's regular expressions.
+    const end = target.startsWith("/") ? endOfPath(target) : -1;
+    ex.path = end < 0 ? pathOfTarget(target) : end === target.length ? target : target.slice(0, end);
+  }
+
+  /**
+   * Appends the receipt to a response's `headers` (docs/evidence.md#receipts): signed once, over the proof
+   * values this plane set, with the body's digest when the request was read whole (`bodyRead`).
+   */
+  function sign(
+    ex: Exchange,
+    status: number,
+    headers: string[],
+    proof: (string | undefined)[],
+    bodyRead: boolean,
+  ): void {
+    const authority = ex.authority;
+    const path = ex.path;
+    if (!receipts || authority === null || path === null) return;
+    const contentDigest = !bodyRead
+      ? null
+      : ex.bodyDigest === null
+        ? EMPTY_CONTENT_DIGEST
+        : ex.bodyDigest.digest();
+    const request = { method: ex.method, authority, path, contentDigest };
+    const unsigned = appendReceipt(headers, receiptKey, status, proof, request, now());
+    if (unsigned !== null) {
+      // Nothing a client could be blamed for: a value outside visible ASCII cannot be signed (RFC 9421 §2.5).
+      metrics?.unsignedReceipt();
+      log.debug({ request_id: ex.requestId, reason: unsigned }, "response sent without a receipt");
+    }
   }
 
   return {
@@ -386,9 +541,15 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     metrics,
     scheme,
     plan,
-    proofHeaders,
 
     now,
+
+    /** Feeds a chunk of the request body to its digest (the receipt's `content-digest;req`), in place. */
+    hashBody(ex: Exchange, chunk: Uint8Array): void {
+      if (!receipts) return;
+      if (ex.bodyDigest === null) ex.bodyDigest = new ContentDigester();
+      ex.bodyDigest.update(chunk);
+    },
 
     /**
      * A request has started. The transport builds its exchange as one object literal (a fixed shape is
@@ -406,22 +567,47 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         context: null,
         processedBy: null,
         errorCode: null,
+        method: "",
+        authority: null,
+        path: null,
+        bodyDigest: null,
       };
     },
 
-    /** The JSON error answer of a refusal: status, headers (with proof) and body. */
-    errorResponse(ex: Exchange, r: Refusal): { status: number; headers: string[]; body: string } {
+    /**
+     * The JSON error answer of a refusal: status, headers (with proof and receipt) and body. `bodyRead`:
+     * the request body went through `hashBody` whole (or there is none), so the receipt binds its digest;
+     * by default it claims nothing about the body.
+     */
+    errorResponse(
+      ex: Exchange,
+      r: Refusal,
+      bodyRead = false,
+    ): { status: number; headers: string[]; body: string } {
       ex.errorCode = r.code;
       const body = JSON.stringify(errorBody(r.code, r.message ?? undefined, r.detail));
+      const status = errorStatus(r.code);
+      const deploymentId = ex.context?.deploymentId ?? "-";
+      const route = ex.route.join(", ");
       const headers = [
         "content-type",
         "application/json",
         "content-length",
         String(Buffer.byteLength(body)),
-        ...proofHeaders(ex),
+        PROOF.requestId,
+        ex.requestId,
+        PROOF.region,
+        self.region,
+        PROOF.plane,
+        self.name,
+        PROOF.deploymentId,
+        deploymentId,
+        PROOF.route,
+        route,
         ...r.extra,
       ];
-      return { status: errorStatus(r.code), headers, body };
+      sign(ex, status, headers, [ex.requestId, self.region, self.name, deploymentId, route], bodyRead);
+      return { status, headers, body };
     },
 
     /**
@@ -446,18 +632,24 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
 
     /**
      * The response headers for the client: the upstream's end-to-end fields plus the proof. From a replica,
-     * this plane is the proof; from a peer plane, its proof is kept and the route extended.
+     * this plane is the proof, and signs it (the receipt, with the body's digest when `bodyRead`); from a
+     * peer plane, its proof and receipt are kept and the route extended (the peer's route already names
+     * this plane: the receipt covers it as sent).
      */
     responseHeaders(
       ex: Exchange,
       t: Target,
       warning: string | null,
       raw: readonly (string | Buffer)[],
+      status: number,
+      bodyRead: boolean,
     ): string[] {
       const { headers, proof } = scanResponseHeaders(raw, t.kind === "plane");
       const ctx = ex.context;
       if (t.kind === "replica") {
         ex.processedBy = self.name;
+        const deploymentId = ctx?.deploymentId ?? "-";
+        const route = ex.route.join(", ");
         headers.push(
           PROOF.requestId,
           ex.requestId,
@@ -466,10 +658,13 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
           PROOF.plane,
           self.name,
           PROOF.deploymentId,
-          ctx?.deploymentId ?? "-",
+          deploymentId,
           PROOF.route,
-          ex.route.join(", "),
+          route,
         );
+        if (warning !== null && !headers.includes("warning")) headers.push("warning", warning);
+        sign(ex, status, headers, [ex.requestId, self.region, self.name, deploymentId, route], bodyRead);
+        return headers;
       } else {
         // The peer plane stamped its own proof; the route it returns already includes this plane.
         const plane = t.plane!;
@@ -489,6 +684,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
           PROOF.route,
           route,
         );
+        const echo = proof.get(RECEIPT_REQUEST_HEADER);
+        if (echo !== undefined) headers.push(RECEIPT_REQUEST_HEADER, echo);
       }
       if (warning !== null && !headers.includes("warning")) headers.push("warning", warning);
       return headers;
@@ -542,6 +739,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       // Fixed labels for whatever did not resolve to a model: a stranger's guesses add no series.
       const environment = ctx === null || ctx.modelId === null ? UNRESOLVED : (ctx.environment ?? "");
       metrics?.observe(environment, ctx?.form ?? UNRESOLVED, status, latency / 1000);
+      options.load?.end(ex);
+      parking?.forget(ex);
       metrics?.inflight(-1);
       inflight--;
       if (inflight === 0) drained?.();
@@ -570,6 +769,15 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       return bareErrorAnswer(code, self);
     },
   };
+}
+
+/** Where an origin-form target's path ends (RFC 3986 §3.3: at `?` or `#`), or its length. */
+function endOfPath(target: string): number {
+  for (let i = 0; i < target.length; i++) {
+    const c = target.charCodeAt(i);
+    if (c === 0x3f || c === 0x23) return i;
+  }
+  return target.length;
 }
 
 /** An error answer outside any request (no route, no deployment), with the proof headers; closes. */

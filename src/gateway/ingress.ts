@@ -11,6 +11,7 @@
 import type { ConnectionOptions } from "node:tls";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
+import type { BackpressureLimits } from "../core/autoscaling-settings.ts";
 import type { PlaneSnapshot } from "../core/snapshot.ts";
 import type { SigningKey } from "../lib/keys.ts";
 import type { AsyncIngress } from "./async.ts";
@@ -76,8 +77,13 @@ export interface IngressOptions {
    * address) or a name `sni` has no certificate for; `sni` holds one certificate per hostname.
    */
   tls?: { cert: string | Buffer; key: string | Buffer; sni?: SniCertificates };
-  /** The plane's own key: it signs the hops this ingress forwards (peers verify them from their snapshots). */
+  /**
+   * The plane's own key: it signs the hops this ingress forwards (peers verify them from their snapshots),
+   * and the receipt on every response it answers for (docs/evidence.md#receipts).
+   */
   signingKey: SigningKey;
+  /** Sign a receipt on every response (default true; `meridian plane --receipts off` turns it off). */
+  receipts?: boolean;
   /** The plane's current snapshot; the plane swaps it atomically. The index is rebuilt only on change. */
   snapshot(): PlaneSnapshot | null;
   /** `host:port` of this plane's READY replicas of a deployment (from the plane agent). */
@@ -91,7 +97,24 @@ export interface IngressOptions {
   peerScheme?: "http" | "https";
   /** TLS options for peer hops over HTTPS (the CA to trust, a servername). */
   peerConnect?: Pick<ConnectionOptions, "ca" | "servername" | "rejectUnauthorized">;
+  /**
+   * The autoscaler's load signal (src/plane/load.ts): told of each request this plane serves or holds, and
+   * of its end.
+   */
+  load?: {
+    begin(exchange: object, deploymentId: string): void;
+    end(exchange: object): void;
+    inFlight(deploymentId: string): number;
+  };
+  /**
+   * Asks the control plane to wake a deployment (POST /v1/internal/planes/{name}/wake). Without it the
+   * ingress holds nothing: a deployment with nothing ready is 503 at once.
+   */
+  wake?: (deploymentId: string) => Promise<void>;
+  /** The bound of held requests per deployment and the Retry-After of a 429 (docs/autoscaling.md). */
+  backpressure?: BackpressureLimits;
   /** Clock for hop signing and audit times (tests). */
+
   now?: () => number;
   /** `wire` (default where Node's parser passes its self-test) or `http` (node:http + undici). */
   transport?: IngressTransport;

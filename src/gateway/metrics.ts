@@ -20,6 +20,10 @@ export interface GatewayMetrics {
   malformed(reason: string): void;
   upstreamFailure(kind: UpstreamFailure): void;
   inflight(delta: number): void;
+  /** A response went out without its receipt: a covered value could not be signed (RFC 9421 §2.5). */
+  unsignedReceipt(): void;
+  /** Requests held while their deployment wakes (src/gateway/parking.ts). */
+  parked(delta: number): void;
 }
 
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1200];
@@ -46,8 +50,22 @@ export function createGatewayMetrics(registry: Registry, region: string): Gatewa
     labelNames: ["kind"],
     registers: [registry],
   });
+  const unsigned = new Counter({
+    name: "meridian_ingress_unsigned_responses_total",
+    help: "Responses sent without a receipt because a covered value could not be signed (absent, or outside visible ASCII).",
+    registers: [registry],
+  });
   // Counted here and read at scrape time, like the request series.
   let inflightNow = 0;
+  let parkedNow = 0;
+  new Gauge({
+    name: "meridian_ingress_parked_requests",
+    help: "Requests held at this ingress while their deployment wakes or its replicas are full.",
+    registers: [registry],
+    collect() {
+      this.set(parkedNow);
+    },
+  });
   new Gauge({
     name: "meridian_ingress_inflight_requests",
     help: "Requests in flight through this ingress.",
@@ -92,6 +110,12 @@ export function createGatewayMetrics(registry: Registry, region: string): Gatewa
     },
     inflight(delta) {
       inflightNow += delta;
+    },
+    unsignedReceipt() {
+      unsigned.inc();
+    },
+    parked(delta) {
+      parkedNow += delta;
     },
   };
 }

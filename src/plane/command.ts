@@ -3,6 +3,11 @@
 
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import {
+  type BackpressureLimits,
+  checkBackpressureLimits,
+  DEFAULT_BACKPRESSURE_LIMITS,
+} from "../core/autoscaling-settings.ts";
 import { parseAuditRetention } from "../gateway/audit.ts";
 import { runUntilStopped, watchParent } from "../lib/shutdown.ts";
 import { startPlane } from "./main.ts";
@@ -20,11 +25,17 @@ export interface PlaneFlags {
   tlsDir?: string;
   peerCa?: string;
   predictTimeout?: string;
+  parkQueue?: string;
+  retryAfter?: string;
   ingressTransport?: string;
   sandbox?: string;
   sandboxUid?: string;
   sandboxBwrap?: string;
   auditRetention?: string;
+  receipts?: string;
+  python?: string[];
+  pipFindLinks?: string;
+  pipIndexUrl?: string;
   asyncConcurrency?: string;
   webhookAllowHttp?: boolean;
   webhookAllowPrivate?: boolean;
@@ -66,6 +77,18 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
   if (predictTimeout !== undefined && !(Number.isInteger(predictTimeout) && predictTimeout > 0)) {
     throw new Error("--predict-timeout is a whole number of seconds");
   }
+  let backpressure: BackpressureLimits | null = null;
+  if (flags.parkQueue !== undefined || flags.retryAfter !== undefined) {
+    const check = checkBackpressureLimits({
+      queue_per_environment: Number(flags.parkQueue ?? DEFAULT_BACKPRESSURE_LIMITS.queue_per_environment),
+      retry_after_seconds: Number(flags.retryAfter ?? DEFAULT_BACKPRESSURE_LIMITS.retry_after_seconds),
+    });
+    if (!check.ok) {
+      const flag = check.field === "queue_per_environment" ? "--park-queue" : "--retry-after";
+      throw new Error(`${flag}: ${check.message}`);
+    }
+    backpressure = check.limits;
+  }
   const transport = flags.ingressTransport;
   if (transport !== undefined && transport !== "wire" && transport !== "http") {
     throw new Error(`--ingress-transport is wire or http, got '${transport}'`);
@@ -81,6 +104,22 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
       "--sandbox-uid needs a plane running as root; otherwise replicas run as the plane's own uid",
     );
   }
+  const receipts = flags.receipts ?? "on";
+  if (receipts !== "on" && receipts !== "off") {
+    throw new Error(`--receipts is on or off, got '${receipts}'`);
+  }
+  if (flags.pipFindLinks !== undefined && flags.pipIndexUrl !== undefined) {
+    throw new Error("--pip-find-links and --pip-index-url exclude each other");
+  }
+  if (flags.pipIndexUrl !== undefined && !/^https?:\/\/[^\s/?#]+/i.test(flags.pipIndexUrl)) {
+    throw new Error(`--pip-index-url needs an http(s) URL, got '${flags.pipIndexUrl}'`);
+  }
+  const indexArgs =
+    flags.pipFindLinks !== undefined
+      ? ["--no-index", "--find-links", resolve(flags.pipFindLinks)]
+      : flags.pipIndexUrl !== undefined
+        ? ["--index-url", flags.pipIndexUrl]
+        : null;
   const retention = flags.auditRetention === undefined ? null : parseAuditRetention(flags.auditRetention);
   if (retention !== null && !retention.ok) throw new Error(retention.error);
   const asyncConcurrency = flags.asyncConcurrency === undefined ? undefined : Number(flags.asyncConcurrency);
@@ -106,7 +145,13 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     tlsDir: flags.tlsDir ? resolve(flags.tlsDir) : null,
     ...(predictTimeout ? { limits: { predictTimeoutMs: predictTimeout * 1000 } } : {}),
     ...(transport ? { ingressTransport: transport } : {}),
+    ...(backpressure !== null ? { backpressure } : {}),
     ...(retention !== null ? { auditRetentionMs: retention.ms } : {}),
+    receipts: receipts === "on",
+    python: {
+      interpreters: (flags.python ?? []).map((p) => resolve(p)),
+      ...(indexArgs !== null ? { indexArgs } : {}),
+    },
     async: {
       ...(asyncConcurrency !== undefined ? { concurrency: asyncConcurrency } : {}),
       webhook: {

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import pino, { type Logger } from "pino";
 import { Gauge, Registry } from "prom-client";
 import { resolveAsyncTarget } from "../core/async-routing.ts";
+import type { BackpressureLimits } from "../core/autoscaling-settings.ts";
 import { REPLICA_STATES } from "../core/domain.ts";
 import { errorBody } from "../core/errors.ts";
 import { parseEvidenceScope, parseEvidenceTime } from "../core/evidence-scope.ts";
@@ -25,14 +26,18 @@ import {
 } from "../gateway/ingress.ts";
 import { CONTROL_ACCESS_HEADER, ControlAccessVerifier } from "../lib/control-access.ts";
 import { loadOrCreatePlaneKey } from "../lib/keys.ts";
+import { discoverPythons } from "../lib/pythons.ts";
 import { SnapshotWatcher } from "../lib/watch.ts";
 import { PlaneAgent } from "./agent.ts";
 import { ArtifactCache } from "./artifacts.ts";
 import { AsyncService, MAX_SOCKET_PATH_BYTES } from "./async-service.ts";
 import type { WebhookPolicy } from "./async-worker.ts";
 import { recordPlaneKey } from "./key-history.ts";
+import { LoadMeter, wakeDeployment } from "./load.ts";
 import { ProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
+import { PlanePython, VirtualenvCache } from "./python-env.ts";
 import { prepareSandbox } from "./sandbox.ts";
+import { fetchReplicaSecrets } from "./secrets.ts";
 import { TlsStore, wildcardWarning } from "./tls-store.ts";
 import { WebhookSecrets } from "./webhook-secrets.ts";
 
@@ -55,6 +60,10 @@ export interface PlaneConfig {
   /** CA that signs the other planes' ingress certificates: hops to peers then go over HTTPS. */
   peerCa?: string | null;
   limits?: Partial<IngressLimits>;
+  /** Sign a receipt on every inference response (`--receipts`, default on; docs/evidence.md#receipts). */
+  receipts?: boolean;
+  /** Held requests per deployment and the Retry-After of a 429 (`--park-queue`, `--retry-after`). */
+  backpressure?: BackpressureLimits;
   /** The ingress's HTTP implementation (default `wire`; see src/gateway/ingress.ts). */
   ingressTransport?: IngressTransport;
   /** Address replicas listen on. Default 127.0.0.1. */
@@ -71,6 +80,11 @@ export interface PlaneConfig {
     /** Host ids of replicas when the plane runs as root. Default 65534:65534. */
     uid?: { uid: number; gid: number };
   };
+  /**
+   * Python for truss packages: interpreters the operator names (preferred, then /usr/local/bin and
+   * /usr/bin), and where pip takes requirements from (default: pip's own configuration).
+   */
+  python?: { interpreters?: readonly string[]; indexArgs?: readonly string[] };
   /** Async inference (docs/async.md): requests per replica at once, the webhook policy. */
   async?: { concurrency?: number; webhook?: Partial<WebhookPolicy>; maxLive?: number };
   logger?: Logger;
@@ -153,8 +167,18 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     onError: (err) => logger.error({ err }, "audit write failed"),
   });
   await audit.start();
+  const pythons = await discoverPythons({ configured: config.python?.interpreters ?? [] });
+  logger.info(
+    {
+      interpreters: pythons.interpreters.map((i) => ({ path: i.path, version: i.version.join(".") })),
+      skipped: pythons.skipped,
+    },
+    "python interpreters for truss packages",
+  );
   const sandboxMode = config.sandbox?.mode ?? "bwrap";
   const sandbox = await prepareSandbox(sandboxMode, {
+    // Their installations are bound read-only for the replicas that run on them.
+    readOnly: pythons.interpreters.map((i) => i.prefix),
     dataDir: config.dataDir,
     // Only LANG and TZ of it reach replicas (the environment allowlist).
     planeEnv: process.env,
@@ -172,11 +196,28 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
       logger.error({ sandbox: sandbox.report }, "the sandbox failed its self-test; no replica will start");
       break;
   }
+  const venvs = new VirtualenvCache({
+    root: join(config.dataDir, "venvs"),
+    env: process.env,
+    ...(config.python?.indexArgs !== undefined ? { indexArgs: config.python.indexArgs } : {}),
+  });
+  // A build cut short by the plane's death left a work directory, never a virtualenv taken as built.
+  await venvs.sweep();
   const driver = new ProcessDriver({
     dataDir: config.dataDir,
     host: config.replicaHost ?? "127.0.0.1",
     sandbox,
     logger,
+    python: new PlanePython({ interpreters: async () => pythons.interpreters, venvs }),
+    // Only at a replica's start, with the plane's credential; the values go to that replica's directory only.
+    secrets: (replicaId, dir) =>
+      fetchReplicaSecrets({
+        controlUrl: config.controlUrl,
+        planeToken: config.token,
+        plane: config.name,
+        replicaId,
+        dir,
+      }),
     ...config.driver,
   });
   await driver.start();
@@ -189,6 +230,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
   await artifacts.start();
   // Set once the operator listener is bound; the agent reports it from then on.
   let adminAddress: { host: string; port: number } | null = null;
+  const load = new LoadMeter();
   const agent = new PlaneAgent({
     plane: config.name,
     controlUrl: config.controlUrl,
@@ -201,6 +243,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     keyCreatedAt: keys.since,
     adminUrl: () => (config.admin === null ? null : adminAddress ? httpUrl(adminAddress) : undefined),
     sandbox: sandbox.report,
+    load: () => load.report(),
   });
 
   let current: PlaneSnapshot | null = null;
@@ -266,8 +309,18 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     signingKey: planeKey.key,
     snapshot: () => current,
     localReplicas: agent.localReplicas,
+    load,
+    wake: wakeDeployment({
+      controlUrl: config.controlUrl,
+      plane: config.name,
+      token: config.token,
+      load,
+      logger,
+    }),
+    ...(config.backpressure ? { backpressure: config.backpressure } : {}),
     ...(config.limits ? { limits: config.limits } : {}),
     ...(config.ingressTransport ? { transport: config.ingressTransport } : {}),
+    ...(config.receipts === false ? { receipts: false } : {}),
     logger,
     registry,
     audit,

@@ -14,8 +14,8 @@ import type { ReplicaStatus } from "./driver.ts";
 import { ProcessDriver } from "./process-driver.ts";
 import {
   APP_DIR,
+  type BwrapSandbox,
   bindHolding,
-  BwrapSandbox,
   bwrapArguments,
   HOME_DIR,
   hostIds,
@@ -246,7 +246,9 @@ describe("self-test and refusals", () => {
       const sandbox = await prepareSandbox("bwrap", { dataDir: join(closed, "plane"), planeEnv: {} });
       expect(sandbox.report.mode).toBe("bwrap");
       expect(sandbox.report.detail).toContain("as root (without capabilities) on the host");
-      expect(sandbox.report.detail).toContain(`${closed} (mode 0700, owner 0) does not let uid 65534 through`);
+      expect(sandbox.report.detail).toContain(
+        `${closed} (mode 0700, owner 0) does not let uid 65534 through`,
+      );
       expect(sandbox.report.detail).toContain(`chmod o+x ${closed}`);
       expect((sandbox as BwrapSandbox).dropsHostUid).toBe(false);
       // Nothing of the user's was opened up to get there.

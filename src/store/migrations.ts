@@ -365,6 +365,39 @@ function migrations(dialect: Dialect): Record<string, Migration> {
         );
       },
     },
+    "0009_autoscaling": {
+      async up(db: Kysely<unknown>) {
+        // Issue 12. Request backpressure (RequestBackpressureSettingsV1 as JSON; null: no policy) on
+        // environments and deployments; the autoscaler's replica count per deployment (null: no decision
+        // yet, the scheduler keeps max(1, min_replica)); and each plane's latest load report per deployment
+        // (aggregates only: counts and times, never a request), so any control replica can decide.
+        await db.schema.alterTable("environments").addColumn("backpressure", "text").execute();
+        await db.schema.alterTable("deployments").addColumn("backpressure", "text").execute();
+        await db.schema.alterTable("deployments").addColumn("desired_replicas", "integer").execute();
+        await db.schema
+          .createTable("plane_loads")
+          .addColumn("plane", "text", (c) => c.notNull())
+          .addColumn("deployment_id", "text", (c) => c.notNull())
+          // The plane's counter epoch (when its ingress started): a new one restarts the counters.
+          .addColumn("epoch", "text", (c) => c.notNull())
+          .addColumn("in_flight", "integer", (c) => c.notNull())
+          // The integral of requests in flight, request·ms: grows without bound, hence 64 bits on PG.
+          .addColumn("request_ms", dialect === "postgres" ? "bigint" : "integer", (c) => c.notNull())
+          .addColumn("last_request_at", "text")
+          .addColumn("reported_at", "text", (c) => c.notNull())
+          .addPrimaryKeyConstraint("plane_loads_pk", ["plane", "deployment_id"])
+          .execute();
+        // A deployment runs under the settings of the environment it serves, now kept on its own row too.
+        await sql`update deployments set autoscaling = (select e.autoscaling from environments e where e.current_deployment_id = deployments.id order by e.name limit 1) where exists (select 1 from environments e where e.current_deployment_id = deployments.id)`.execute(
+          db,
+        );
+        await db.schema
+          .createIndex("plane_loads_deployment")
+          .on("plane_loads")
+          .column("deployment_id")
+          .execute();
+      },
+    },
     "0010_async": {
       async up(db: Kysely<unknown>) {
         // Team webhook secrets for async inference, sealed as team secrets are (src/lib/secret-box.ts).

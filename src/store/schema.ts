@@ -117,6 +117,10 @@ export interface DeploymentTable {
   labels: string | null;
   created_at: string;
   updated_at: string;
+  /** JSON RequestBackpressureSettingsV1, or null for no policy (0009). */
+  backpressure: ColumnType<string | null, string | null | undefined, string | null>;
+  /** The autoscaler's replica count; null until it decided (the scheduler keeps max(1, min_replica)). */
+  desired_replicas: ColumnType<number | null, number | null | undefined, number | null>;
 }
 
 export interface EnvironmentTable {
@@ -128,6 +132,8 @@ export interface EnvironmentTable {
   /** JSON PromotionSettingsV1. */
   promotion_settings: string;
   created_at: string;
+  /** JSON RequestBackpressureSettingsV1, or null for no policy (0009). */
+  backpressure: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 export interface EnvironmentGroupTable {
@@ -301,6 +307,20 @@ export interface PlaneKeyTable {
   retired_at: string | null;
 }
 
+/** A plane's latest load report for one deployment (0009): what the autoscaler decides from. */
+export interface PlaneLoadTable {
+  plane: string;
+  deployment_id: string;
+  /** When the plane's counters started; a new epoch means they restarted from zero. */
+  epoch: string;
+  /** Requests received and not yet answered there, parked ones included. */
+  in_flight: number;
+  /** The integral of requests in flight since `epoch`, request·ms (bigint on PostgreSQL: read with Number). */
+  request_ms: ColumnType<number | string, number, number>;
+  last_request_at: string | null;
+  reported_at: string;
+}
+
 export interface Schema {
   meta: MetaTable;
   revision: RevisionTable;
@@ -326,6 +346,7 @@ export interface Schema {
   s3_part_chunks: S3PartChunkTable;
   secrets: SecretTable;
   plane_keys: PlaneKeyTable;
+  plane_loads: PlaneLoadTable;
   webhook_secrets: WebhookSecretTable;
 }
 

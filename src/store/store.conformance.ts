@@ -337,6 +337,8 @@ export function storeConformance(name: string, options: ConformanceOptions): voi
           labels: JSON.stringify({ "team/owner": "ünïcode" }),
           created_at: NOW,
           updated_at: NOW,
+          backpressure: null,
+          desired_replicas: null,
         };
         await store.db.insertInto("deployments").values(row).execute();
         const back = await store.db
@@ -363,6 +365,45 @@ export function storeConformance(name: string, options: ConformanceOptions): voi
         .where("id", "=", "team0001")
         .executeTakeFirstOrThrow();
       expect(row.is_default).toBe(0);
+    });
+
+    it("keeps a plane's load counter past 2^31 exactly and upserts it per plane and deployment", async () => {
+      const big = 2 ** 40 + 7; // hours of thousands of requests in flight, in request·ms
+      const row = (request_ms: number, in_flight: number) => ({
+        plane: "plane-a",
+        deployment_id: "dep0001",
+        epoch: "2026-01-01T00:00:00.000Z",
+        in_flight,
+        request_ms,
+        last_request_at: null,
+        reported_at: "2026-01-01T00:00:01.000Z",
+      });
+      for (const [ms, n] of [
+        [5, 1],
+        [big, 3],
+      ] as const) {
+        await store.db
+          .insertInto("plane_loads")
+          .values(row(ms, n))
+          .onConflict((oc) =>
+            oc.columns(["plane", "deployment_id"]).doUpdateSet((eb) => ({
+              request_ms: eb.ref("excluded.request_ms"),
+              in_flight: eb.ref("excluded.in_flight"),
+            })),
+          )
+          .execute();
+      }
+      const rows = await store.db.selectFrom("plane_loads").selectAll().execute();
+      expect(rows).toHaveLength(1);
+      expect(Number(rows[0]!.request_ms)).toBe(big);
+      expect(rows[0]!.in_flight).toBe(3);
+      // The autoscaling columns of 0009 exist and are nullable.
+      const d = await store.db
+        .selectFrom("environments")
+        .select(["backpressure"])
+        .where("model_id", "=", "model001")
+        .execute();
+      expect(d.every((e) => e.backpressure === null)).toBe(true);
     });
   });
 }

@@ -421,6 +421,20 @@ const ROWS: Record<string, Row> = {
     needs: ["inactive"],
     effect: async (e) => expect(await deploymentStatus(e.db, e.f.E)).not.toBe("INACTIVE"),
   },
+  "PATCH /v1/models/{model_id}/deployments/{deployment_id}/autoscaling_settings": {
+    policy: "manage-environment",
+    notFound: "model_not_found",
+    body: (c) => ({ max_replica: maxReplica(c) }),
+    keepsFixture: true,
+    effect: async (e) => {
+      const d = await e.db
+        .selectFrom("deployments")
+        .select("autoscaling")
+        .where("id", "=", e.f.E)
+        .executeTakeFirstOrThrow();
+      expect(JSON.parse(d.autoscaling).max_replica).toBe(maxReplica(e));
+    },
+  },
   "POST /v1/models/{model_id}/deployments/{deployment_id}/deactivate": {
     policy: "manage-environment",
     notFound: "model_not_found",

@@ -253,6 +253,10 @@ describe.each(STORE_KINDS)("every answer validates against Baseten's full spec (
     await api.get(`/v1/models/${modelId}/deployments/${regional}/config`);
     const renamed = await api.patch(`/v1/models/${modelId}/deployments/${spare}`, { name: "spare" });
     expect(renamed.body.name).toBe("spare");
+    const scaled = await api.patch(`/v1/models/${modelId}/deployments/${spare}/autoscaling_settings`, {
+      scale_down_delay: 1200,
+    });
+    expect(scaled.body.status).toBe("ACCEPTED");
     await active(regional);
     await active(spare);
     const d = await deployment(regional);

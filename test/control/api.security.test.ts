@@ -49,6 +49,7 @@ function validBodies(ids: Ids): Record<string, unknown> {
       source: { kind: "model_archive", s3_key: ids.key, deployment: { config: {} } },
     },
     "PATCH /v1/models/{model_id}/deployments/{deployment_id}": { name: "renamed" },
+    "PATCH /v1/models/{model_id}/deployments/{deployment_id}/autoscaling_settings": { max_replica: 3 },
     "POST /v1/models/{model_id}/deployments/{deployment_id}/promote": {},
     "POST /v1/models/{model_id}/deployments/{deployment_id}/logs": { limit: 10 },
     "POST /v1/models/{model_id}/environments": { name: "intruder" },

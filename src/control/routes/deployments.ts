@@ -1,5 +1,6 @@
 // Deployments of a model.
 
+import * as autoscaling from "../autoscaling.ts";
 import type { ControlContext } from "../context.ts";
 import * as environments from "../environments.ts";
 import * as logs from "../logs.ts";
@@ -100,6 +101,22 @@ export function deploymentsRoutes(ctx: ControlContext): Route[] {
       response: "GetDeploymentMetricsResponseV1",
       handler: (c) =>
         metrics.getDeploymentMetrics(ctx, c.principal, c.params.model_id, c.params.deployment_id, c.query),
+    }),
+    route({
+      method: "PATCH",
+      url: "/v1/models/{model_id}/deployments/{deployment_id}/autoscaling_settings",
+      summary: "Updates a deployment's autoscaling settings (or `development`, `production`)",
+      auth: "key",
+      body: s.autoscalingUpdate,
+      response: "UpdateAutoscalingSettingsResponseV1",
+      handler: (c) =>
+        autoscaling.updateDeploymentAutoscaling(
+          ctx,
+          c.principal,
+          c.params.model_id,
+          c.params.deployment_id,
+          c.body,
+        ),
     }),
     route({
       method: "POST",

@@ -50,7 +50,6 @@ const CONTINUE = "HTTP/1.1 100 Continue\r\n\r\n";
 
 interface WireExchange extends Exchange {
   conn: ClientConn;
-  method: string;
   target: string;
   rawHeaders: string[];
   /** The client wants the connection kept (HTTP/1.1 default, or 1.0 with keep-alive). */
@@ -310,8 +309,11 @@ class ClientConn {
       context: null,
       processedBy: null,
       errorCode: null,
-      conn: this,
       method: this.ctx.P.methods[method] ?? "",
+      authority: null,
+      path: null,
+      bodyDigest: null,
+      conn: this,
       target,
       rawHeaders: h,
       keepAlive,
@@ -353,6 +355,7 @@ class ClientConn {
       this.bodyTooLarge(ex);
       return;
     }
+    this.ctx.gw.hashBody(ex, chunk);
     if (ex.streaming) {
       this.sendBody(ex, chunk);
       return;
@@ -480,6 +483,20 @@ class ClientConn {
     ex.bodyDeclared = declared;
     if (plan.kind === "refuse") {
       this.respondError(ex, plan);
+      return;
+    }
+    if (plan.kind === "park") {
+      // Held while the deployment wakes (src/gateway/parking.ts); its body is held meanwhile, as for any
+      // request not yet dispatched. Then planned again.
+      void plan.wait.then((outcome) => {
+        if (ex.done || this.closed) return;
+        if (outcome.kind === "go") this.startExchange(ex);
+        else
+          this.respondError(
+            ex,
+            refuse("model_unavailable", "No replica became ready in time.", { region: gw.self.region }),
+          );
+      });
       return;
     }
     ex.forward = plan;
@@ -617,7 +634,8 @@ class ClientConn {
       return;
     }
     if (ex.requestId === "") ex.requestId = randomUUID(); // refused before it was planned
-    const answer = this.ctx.gw.errorResponse(ex, r);
+    // Every body byte went through the digest unless it was discarded (a refusal before the body's end).
+    const answer = this.ctx.gw.errorResponse(ex, r, ex.complete && !ex.discard);
     if ((!ex.complete && ex.bodyDeclared) || ex.upgrade) {
       ex.closeAfter = true;
       ex.discard = true;
@@ -869,7 +887,15 @@ class Sink implements CallSink {
     if (ex.done) return false;
     const gw = conn.ctx.gw;
     const forward = ex.forward!;
-    const headers = gw.responseHeaders(ex, forward.targets[ex.attempt]!, forward.warning, rawHeaders);
+    const t = forward.targets[ex.attempt]!;
+    const headers = gw.responseHeaders(
+      ex,
+      t,
+      forward.warning,
+      rawHeaders,
+      status,
+      ex.complete && !ex.discard,
+    );
     conn.writeHead(ex, status, headers, hasContentLength(headers), true);
     return true;
   }
