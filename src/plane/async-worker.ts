@@ -136,7 +136,10 @@ export class AsyncWorker {
   }
 
   start(): void {
-    this.#sweep = setInterval(() => this.notify(), 500);
+    this.#sweep = setInterval(() => {
+      this.notify();
+      this.#o.queue.maintain();
+    }, 500);
     this.#sweep.unref();
     for (const r of this.#o.queue.webhooksDue()) this.#deliver(r);
     this.notify();
