@@ -619,6 +619,14 @@ const ROWS: Record<string, Row> = {
     policy: "plane-only",
     body: () => ({ revision: 0, replicas: [], request_counts: [] }),
   },
+  "POST /v1/internal/planes/{name}/wake": {
+    model: false,
+    policy: "plane-only",
+    body: () => ({
+      deployment_id: "nosuchdeployment",
+      load: { epoch: "2026-01-01T00:00:00.000Z", at: "2026-01-01T00:00:00.000Z", deployments: [] },
+    }),
+  },
   "GET /v1/internal/artifacts/{sha256}": { model: false, policy: "plane-only" },
   "GET /v1/internal/dns/snapshot": { model: false, policy: "plane-only" },
   "GET /v1/internal/planes/{name}/replicas/{replica_id}/secrets": {
@@ -1261,6 +1269,8 @@ describe("security matrix: every route of /v1/spec × principal × restricted/un
       domain: "meridian.test",
       publicUrl: null,
       planeTimeoutMs: 24 * 3600_000,
+      // Nor does the autoscaler pass in the background (a new deployment's first replica count).
+      autoscalerIntervalMs: 24 * 3600_000,
       logger: pino({ level: "silent" }),
     });
     root = new ApiClient(control.url, control.adminKey);
