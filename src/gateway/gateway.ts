@@ -388,7 +388,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     let parkFor: string | null = null;
     if (decision.kind === "refuse") {
       const id = decision.context.deploymentId;
-      if (decision.code !== "model_unavailable" || id === null || !canPark(ex, id)) {
+      // An async call is never held: its queue waits (and wakes the deployment) on the plane that holds it.
+      if (decision.code !== "model_unavailable" || id === null || asyncMatch !== null || !canPark(ex, id)) {
         return refuse(
           decision.code,
           decision.message,
