@@ -102,6 +102,10 @@ export const ERRORS = {
     status: 421,
     message: "This plane does not serve this hostname's region; call an ingress of the environment's region.",
   },
+  websocket_upgrade_required: {
+    status: 426,
+    message: "This route is a websocket: send GET with Upgrade: websocket (RFC 6455, version 13).",
+  },
   rate_limited: { status: 429, message: "Too many requests." },
   internal_error: { status: 500, message: "Internal error." },
   replica_failed: { status: 502, message: "The model replica failed while processing the request." },

@@ -11,6 +11,7 @@ import { type Logger, pino } from "pino";
 import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
 import { parseHost } from "../core/host.ts";
 import { normalizeAuthority, pathOfTarget } from "../core/http-signatures.ts";
+import { decideRealtime, matchRealtimePath } from "../core/realtime-routing.ts";
 import { RECEIPT_REQUEST_HEADER } from "../core/receipt.ts";
 import { decideRoute, indexSnapshot, type RouteContext, type RouteIndex } from "../core/routing.ts";
 import type { PlaneRef } from "../core/snapshot.ts";
@@ -20,6 +21,7 @@ import { acceptableRequestId, apiKeyOf, PROOF, scanRequestHeaders, scanResponseH
 import { HOP_HEADER, HopVerifier, signHop } from "./hop.ts";
 import type { IngressLimits, IngressOptions } from "./ingress.ts";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics.ts";
+import { UPGRADE_REQUIRED_FIELDS, upgradeAsk } from "./upgrade.ts";
 
 /** The metric label of a request whose model (and so environment) did not resolve. */
 const UNRESOLVED = "unknown";
@@ -95,6 +97,11 @@ export interface Forward {
   /** The declared Content-Length, or null (chunked or no body). */
   contentLength: number | null;
   chunked: boolean;
+  /**
+   * A websocket upgrade (src/gateway/upgrade.ts relays it instead of the transport): the client's key and
+   * the path a replica is asked on. Null for every other request.
+   */
+  upgrade: { key: string; replicaPath: string } | null;
 }
 
 export type Plan = Refusal | Forward;
@@ -289,15 +296,19 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     const q = target.indexOf("?");
     const path = q < 0 ? target : target.slice(0, q);
     const key = apiKeyOf(scan.authorization);
-    const decision = decideRoute(idx, {
+    const routeRequest = {
       host: parsed.host,
       method: head.method,
       path,
       keyHash: key === null ? null : hash("sha256", key),
       forwardedFrom: ex.forwardedFrom,
-      localReady: { has: (id) => options.localReplicas(id).length > 0 },
-      scheme: ex.forwardedFrom !== null && scan.forwardedProto === "https" ? "https" : scheme,
-    });
+      localReady: { has: (id: string) => options.localReplicas(id).length > 0 },
+      scheme: ex.forwardedFrom !== null && scan.forwardedProto === "https" ? ("https" as const) : scheme,
+    };
+    // `/sync/{path}` and `/websocket` (src/core/realtime-routing.ts): predict's rules, the replica's own path.
+    const realtime = matchRealtimePath(parsed.host.form, path, q < 0 ? "" : target.slice(q));
+    const decision =
+      realtime === null ? decideRoute(idx, routeRequest) : decideRealtime(idx, routeRequest, realtime);
     ex.context = decision.context;
     if (decision.kind === "refuse") {
       return refuse(
@@ -315,6 +326,26 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     }
     if (scan.expect !== undefined && scan.expect.toLowerCase() !== "100-continue") {
       return refuse("expectation_failed", null, { expect: scan.expect });
+    }
+    // Websockets (RFC 6455 §4): `/websocket` only as an upgrade; `/sync/{path}` upgrades when asked to. Any
+    // other protocol (`h2c`) is never performed: the request is served as HTTP/1.1 (RFC 9110 §7.8).
+    let upgrade: Forward["upgrade"] = null;
+    if (realtime !== null && head.method === "GET") {
+      const ask = upgradeAsk(head.rawHeaders);
+      if (ask.kind === "websocket") {
+        // An upgrade carries no body (RFC 6455 §4.1): bytes after its head are frames, never a body.
+        if ((contentLength !== null && contentLength > 0) || scan.transferEncoding) {
+          return refuse("invalid_request", "A websocket upgrade request has no body.");
+        }
+        upgrade = { key: ask.key, replicaPath: realtime.replicaPath };
+      } else if (realtime.kind === "websocket") {
+        return refuse(
+          "websocket_upgrade_required",
+          ask.kind === "invalid" ? ask.reason : null,
+          ask.kind === "other" ? { upgrade: ask.protocols } : null,
+          UPGRADE_REQUIRED_FIELDS,
+        );
+      }
     }
 
     const remote = head.remoteAddress;
@@ -341,6 +372,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       warning: decision.warning,
       contentLength,
       chunked: contentLength === null && scan.transferEncoding,
+      upgrade,
     };
     if (decision.kind === "serve") {
       const endpoints = options.localReplicas(decision.context.deploymentId);
@@ -348,6 +380,11 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       // The autoscaler's load signal counts what this plane serves (src/plane/load.ts).
       options.load?.begin(ex, decision.context.deploymentId);
       forward.targets = orderReplicas(endpoints);
+      // `/sync/{path}` reaches the replica's server at `/{path}` (and query), as the client sent them.
+      if (realtime !== null && upgrade === null) {
+        const replicaPath = realtime.replicaPath;
+        forward.targets = forward.targets.map((t) => ({ ...t, path: replicaPath }));
+      }
       // The API key stops at the ingress: model code never sees it.
       forward.headers = headers;
     } else {

@@ -17,6 +17,7 @@ import {
 } from "./gateway.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "./ingress.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "./tls-options.ts";
+import { type UpgradeContext, upgradeAsk, WebSocketRelay } from "./upgrade.ts";
 
 class ClientGone extends Error {
   override name = "ClientGone";
@@ -228,7 +229,8 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       {
         origin: t.origin,
         path: t.path,
-        method: "POST",
+        // The client's method: POST for predict; any of `/sync/{path}`'s to a replica's own routes.
+        method: (ex.method || "POST") as Dispatcher.HttpMethod,
         headers: gw.attemptHeaders(ex, forward, t),
         body: bodyFor(ex, call.body),
         headersTimeout: timeout,
@@ -295,6 +297,51 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
     socket.destroySoon();
   });
 
+  // Upgrades (src/gateway/upgrade.ts): node:http hands every request with `Connection: Upgrade` here.
+  const relays = new Set<WebSocketRelay>();
+  const upgradeContext: UpgradeContext = { gw, limits, peerConnect: options.peerConnect, relays };
+  server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    if (req.method !== "GET" || upgradeAsk(req.rawHeaders).kind !== "websocket") {
+      // Not a websocket: served as plain HTTP/1.1 (RFC 9110 §7.8 lets a server ignore Upgrade), so the head
+      // goes back through node:http's parser without the Upgrade field, its body bytes behind it.
+      socket.unshift(Buffer.concat([Buffer.from(withoutUpgrade(req), "latin1"), head]));
+      server.emit(server instanceof https.Server ? "secureConnection" : "connection", socket);
+      return;
+    }
+    onWebSocket(req, socket, head);
+  });
+
+  function onWebSocket(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    const ex = gw.begin();
+    ex.method = "GET";
+    let plan: ReturnType<Gateway["plan"]>;
+    try {
+      plan = gw.plan(ex, {
+        method: "GET",
+        target: req.url ?? "/",
+        rawHeaders: req.rawHeaders,
+        remoteAddress: socket.remoteAddress ?? "",
+      });
+    } catch (err) {
+      log.error({ err, request_id: ex.requestId }, "ingress handler failed");
+      plan = refuse("internal_error");
+    }
+    if (plan.kind === "forward" && plan.upgrade === null) plan = refuse("websocket_upgrade_required");
+    if (plan.kind === "refuse") {
+      const answer = gw.errorResponse(ex, plan, true);
+      let text = `HTTP/1.1 ${answer.status} ${http.STATUS_CODES[answer.status] ?? ""}\r\n`;
+      for (let i = 0; i < answer.headers.length; i += 2) {
+        text += `${answer.headers[i]}: ${answer.headers[i + 1]}\r\n`;
+      }
+      socket.end(`${text}connection: close\r\n\r\n${answer.body}`);
+      gw.end(ex, answer.status, false);
+      return;
+    }
+    new WebSocketRelay(upgradeContext, ex, plan, socket, head, (status, aborted) =>
+      gw.end(ex, status, aborted),
+    ).start();
+  }
+
   let address: { host: string; port: number } | null = null;
 
   return {
@@ -313,6 +360,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
     async stop() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
+      for (const relay of relays) relay.shutdown();
       await gw.drain();
       server.closeAllConnections();
       await closed;
@@ -442,4 +490,26 @@ async function* streamBody(
     yield chunk;
   }
   ex.bodyDone = true;
+}
+
+/** The request head again, without `Upgrade` and without the `upgrade` option of `Connection`. */
+function withoutUpgrade(req: IncomingMessage): string {
+  let head = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    let value = raw[i + 1]!;
+    const lower = name.toLowerCase();
+    if (lower === "upgrade") continue;
+    if (lower === "connection") {
+      value = value
+        .split(",")
+        .map((t) => t.trim())
+        .filter((t) => t.length > 0 && t.toLowerCase() !== "upgrade")
+        .join(", ");
+      if (value === "") continue;
+    }
+    head += `${name}: ${value}\r\n`;
+  }
+  return `${head}\r\n`;
 }
