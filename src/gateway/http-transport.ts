@@ -492,24 +492,29 @@ async function* streamBody(
   ex.bodyDone = true;
 }
 
-/** The request head again, without `Upgrade` and without the `upgrade` option of `Connection`. */
+const KEEP_WHEN_NAMED = new Set(["content-length", "transfer-encoding", "host"]);
+
+/**
+ * The request head again, without `Upgrade`, and with `Connection: close` in place of the client's options:
+ * a connection that asked to switch protocols ends after this answer, as on the wire transport.
+ */
 function withoutUpgrade(req: IncomingMessage): string {
   let head = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
   const raw = req.rawHeaders;
+  const named = new Set<string>();
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.toLowerCase() !== "connection") continue;
+    for (const t of raw[i + 1]!.split(",")) named.add(t.trim().toLowerCase());
+  }
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
-    let value = raw[i + 1]!;
+    const value = raw[i + 1]!;
     const lower = name.toLowerCase();
     if (lower === "upgrade") continue;
-    if (lower === "connection") {
-      value = value
-        .split(",")
-        .map((t) => t.trim())
-        .filter((t) => t.length > 0 && t.toLowerCase() !== "upgrade")
-        .join(", ");
-      if (value === "") continue;
-    }
+    // The options it named are hop-by-hop fields (RFC 9110 §7.6.1): dropped with it, as the plan would;
+    // never the framing fields or Host, which say where this request ends and what it is for.
+    if (lower === "connection" || (named.has(lower) && !KEEP_WHEN_NAMED.has(lower))) continue;
     head += `${name}: ${value}\r\n`;
   }
-  return `${head}\r\n`;
+  return `${head}connection: close\r\n\r\n`;
 }
