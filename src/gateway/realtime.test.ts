@@ -432,8 +432,8 @@ describe.each(["wire", "http"] as const)("%s transport", (transport: IngressTran
         } as ConstructorParameters<typeof WebSocket>[1]);
         return once(ws as unknown as EventTarget, "open").then(() => ws);
       };
-      const [quiet, busy] = await Promise.all([open(), open()]);
       const started = Date.now();
+      const [quiet, busy] = await Promise.all([open(), open()]);
       let busyClosed = false;
       busy.addEventListener("close", () => (busyClosed = true));
       const timer = setInterval(() => busy.send("ping"), IDLE_MS / 4);
@@ -451,6 +451,7 @@ describe.each(["wire", "http"] as const)("%s transport", (transport: IngressTran
     });
 
     it("an upgrade to a wrong-region plane: 421, and no byte reaches a replica", async () => {
+      await new Promise((r) => setTimeout(r, 200)); // the earlier cases' last frames settle
       const before = { c: relay.connections, b: relay.bytes };
       const r = await rawUpgrade(usPort, REGIONAL, "/websocket");
       r.socket.destroy();

@@ -220,6 +220,7 @@ export class WebSocketRelay {
     }
     this.#upstream = socket;
     this.#status = 101;
+    this.#last = Date.now();
     const headers = gw.responseHeaders(this.#ex, t, this.#forward.warning, res.rawHeaders, 101, true);
     let head = "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n";
     for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
