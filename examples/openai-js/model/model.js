@@ -25,12 +25,17 @@ export class Model {
     const prompt = typeof last?.content === "string" ? last.content : "";
     const tokens = this.#reply(prompt);
     const maxTokens = Number.isInteger(body?.max_tokens) ? body.max_tokens : tokens.length;
-    const delayMs = Number.isInteger(body?.metadata?.delay_ms) ? body.metadata.delay_ms : 20;
+    // OpenAI's metadata values are strings: "150" as well as 150.
+    const delay = Number(body?.metadata?.delay_ms);
+    const delayMs = Number.isInteger(delay) && delay >= 0 ? delay : 20;
     const id = `chatcmpl-${Math.random().toString(36).slice(2, 14)}`;
     const created = Math.floor(Date.now() / 1000);
     const model = body?.model ?? "openai-js";
     const out = tokens.slice(0, maxTokens);
-    const usage = { prompt_tokens: prompt.split(/\s+/).filter(Boolean).length, completion_tokens: out.length };
+    const usage = {
+      prompt_tokens: prompt.split(/\s+/).filter(Boolean).length,
+      completion_tokens: out.length,
+    };
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
     const finish = out.length < tokens.length ? "length" : "stop";
     if (!body?.stream) {
@@ -39,9 +44,7 @@ export class Model {
         object: "chat.completion",
         created,
         model,
-        choices: [
-          { index: 0, message: { role: "assistant", content: out.join("") }, finish_reason: finish },
-        ],
+        choices: [{ index: 0, message: { role: "assistant", content: out.join("") }, finish_reason: finish }],
         usage,
       };
     }
