@@ -10,7 +10,7 @@ import net, { type AddressInfo } from "node:net";
 import path from "node:path";
 import pino from "pino";
 import { Agent, WebSocket } from "undici";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { PlaneSnapshot } from "../core/snapshot.ts";
 import { generateSigningKey } from "../lib/keys.ts";
 import { encodeFrame } from "../lib/websocket.ts";
@@ -29,18 +29,28 @@ const MAX_FRAME = 4096;
 const IDLE_MS = 900;
 const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
 
+const KEYS = { "eu-1": generateSigningKey(), "us-1": generateSigningKey() };
+const CONTROL = generateSigningKey();
+/** The planes' ingress ports, known once they listen (hops from us-1 go to eu-1's). */
+const PORTS: Record<string, number> = { "eu-1": 9, "us-1": 9 };
+
 function snapshot(plane: { name: string; region: string }): PlaneSnapshot {
   const planes = [
-    { name: "eu-1", region: "eu", ingress: ["127.0.0.1:9"], global_ingress: false },
-    { name: "us-1", region: "us", ingress: ["127.0.0.1:9"], global_ingress: true },
+    { name: "eu-1", region: "eu", ingress: [`127.0.0.1:${PORTS["eu-1"]}`], global_ingress: false },
+    { name: "us-1", region: "us", ingress: [`127.0.0.1:${PORTS["us-1"]}`], global_ingress: true },
   ];
-  const control = generateSigningKey();
+  const control = CONTROL;
   return {
     revision: 1,
     domain: DOMAIN,
     plane: planes.find((p) => p.name === plane.name)!,
     planes,
-    plane_keys: [],
+    plane_keys: Object.entries(KEYS).map(([name, k]) => ({
+      plane: name,
+      key_id: k.keyId,
+      public_key: k.publicKey,
+      retired_at: null,
+    })),
     control_key: { key_id: control.keyId, public_key: control.publicKey },
     api_keys: [{ hash: sha256(KEY), prefix: "k-re", team_id: "t1", category: "PERSONAL", model_ids: null }],
     models: [
@@ -172,6 +182,7 @@ describe.each(["wire", "http"] as const)("%s transport", (transport: IngressTran
   let eu: Ingress;
   let us: Ingress;
   let replicas: string[] = [];
+  let usHasReplica = true;
   let euPort = 0;
   let usPort = 0;
 
@@ -192,9 +203,10 @@ describe.each(["wire", "http"] as const)("%s transport", (transport: IngressTran
       createIngress({
         transport,
         plane,
-        signingKey: generateSigningKey(),
+        signingKey: KEYS[plane.name as keyof typeof KEYS],
         snapshot: () => snapshot(plane),
-        localReplicas: (id) => (id === "d-eu" ? replicas : []),
+        // us-1 holds the replica too unless a case takes it away: a 421 there is then no accident.
+        localReplicas: (id) => (id !== "d-eu" ? [] : plane.name === "us-1" && !usHasReplica ? [] : replicas),
         limits: { websocketMaxFrameBytes: MAX_FRAME, websocketIdleTimeoutMs: IDLE_MS },
       });
     eu = make({ name: "eu-1", region: "eu" });
@@ -204,6 +216,8 @@ describe.each(["wire", "http"] as const)("%s transport", (transport: IngressTran
     await us.start();
     euPort = eu.address!.port;
     usPort = us.address!.port;
+    PORTS["eu-1"] = euPort;
+    PORTS["us-1"] = usPort;
     for (let i = 0; i < 100 && runtime.state !== "ready"; i++) await new Promise((r) => setTimeout(r, 20));
   });
 
@@ -216,6 +230,9 @@ describe.each(["wire", "http"] as const)("%s transport", (transport: IngressTran
   });
 
   const euAddress = () => ({ host: "127.0.0.1", port: euPort });
+  afterEach(() => {
+    usHasReplica = true;
+  });
 
   describe("/sync/{path}", () => {
     it("a chat completion on the regional hostname: the replica's answer, with the proof and a receipt", async () => {
@@ -334,6 +351,23 @@ describe.each(["wire", "http"] as const)("%s transport", (transport: IngressTran
       expect((pathBased.json as { error_code: string }).error_code).toBe("regional_path_not_allowed");
     });
 
+    it("the standard endpoint at a plane with no replica: handed over the hop to eu-1, proof from eu-1", async () => {
+      usHasReplica = false;
+      const r = await call({
+        address: { host: "127.0.0.1", port: usPort },
+        host: STANDARD,
+        path: "/environments/staging/sync/v1/chat/completions",
+        key: KEY,
+        body: JSON.stringify({ stream: true, messages: [{ role: "user", content: "hop" }] }),
+      });
+      expect(r.status, r.body).toBe(200);
+      expect(r.headers["x-meridian-region"]).toBe("eu");
+      expect(r.headers["x-meridian-route"]).toBe("us-1, eu-1");
+      expect(r.body).toContain("from prod-eu");
+      expect(r.body.trimEnd().endsWith("data: [DONE]")).toBe(true);
+      usHasReplica = true;
+    });
+
     it("a wrong-region plane answers 421 and no byte reaches a replica; no ready replica is 503", async () => {
       const before = { c: relay.connections, b: relay.bytes };
       const wrong = await call({
@@ -391,6 +425,34 @@ describe.each(["wire", "http"] as const)("%s transport", (transport: IngressTran
       ws.close(1000);
       const [event] = (await closed) as [{ code: number }];
       expect(event.code).toBe(1000);
+    });
+
+    it("a standard-endpoint websocket at us-1 goes over the hop to eu-1: 101 with eu-1's proof, then an echo", async () => {
+      usHasReplica = false;
+      const ws = new WebSocket(`ws://${STANDARD}:${usPort}/environments/staging/websocket`, {
+        dispatcher: loopback(),
+        headers: { authorization: `Api-Key ${KEY}` },
+      } as ConstructorParameters<typeof WebSocket>[1]);
+      await once(ws as unknown as EventTarget, "open");
+      const reply = new Promise<string>((ok) =>
+        ws.addEventListener("message", (e) => ok(String(e.data)), { once: true }),
+      );
+      ws.send("over the hop");
+      expect(await reply).toBe("prod-eu: over the hop");
+      const closed = once(ws as unknown as EventTarget, "close");
+      ws.close(1000);
+      await closed;
+      const raw = await rawUpgrade(usPort, STANDARD, "/environments/staging/websocket");
+      raw.socket.destroy();
+      expect(raw.status, raw.head).toBe(101);
+      expect(headerOf(raw.head, "x-meridian-plane")).toBe("eu-1");
+      expect(headerOf(raw.head, "x-meridian-route")).toBe("us-1, eu-1");
+      expect(headerOf(raw.head, "signature-input")).toContain("receipt=");
+      // prod-eu denies its standard endpoint: refused at us-1, nothing handed over.
+      const denied = await rawUpgrade(usPort, STANDARD, "/environments/prod-eu/websocket");
+      denied.socket.destroy();
+      expect(denied.status).toBe(403);
+      usHasReplica = true;
     });
 
     it("the 101 carries the proof headers and a receipt", async () => {
