@@ -120,11 +120,11 @@ export function acceptWebSocket(
   head: Buffer,
   handler: (ws: WebSocketEndpoint) => unknown,
   log: { warn(obj: object, msg: string): void },
-): void {
+): WebSocketEndpoint | null {
   const key = req.headers["sec-websocket-key"];
   if (typeof key !== "string" || !validKey(key) || req.headers["sec-websocket-version"] !== "13") {
     refuseUpgrade(socket, "websocket_upgrade_required");
-    return;
+    return null;
   }
   socket.write(
     "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n" +
@@ -137,6 +137,7 @@ export function acceptWebSocket(
       log.warn({ err: { message: errorMessage(err) } }, "websocket handler failed");
       ws.close(1011, "handler failed");
     });
+  return ws;
 }
 
 /**

@@ -108,6 +108,8 @@ class Runtime implements ModelServer {
   #failure: string | null = null;
   #loaded = false;
   #stopping: Promise<void> | null = null;
+  /** Upgraded connections and how each is closed when the runtime stops (node:http no longer tracks them). */
+  readonly #upgraded = new Map<Duplex, () => void>();
 
   constructor(options: ServeModelOptions) {
     this.#options = options;
@@ -285,6 +287,8 @@ class Runtime implements ModelServer {
 
   #upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on("error", () => socket.destroy());
+    this.#upgraded.set(socket, () => socket.destroy());
+    socket.on("close", () => this.#upgraded.delete(socket));
     if (this.#state !== "ready") {
       refuseUpgrade(socket, "model_unavailable", this.#notReadyReason() ?? undefined);
       return;
@@ -299,7 +303,8 @@ class Runtime implements ModelServer {
       refuseUpgrade(socket, "route_not_found", `No websocket at ${path}`);
       return;
     }
-    acceptWebSocket(req, socket, head, handler, this.#logger);
+    const ws = acceptWebSocket(req, socket, head, handler, this.#logger);
+    if (ws !== null) this.#upgraded.set(socket, () => ws.close(1001, "replica stopping"));
   }
 
   #notAllowed(res: ServerResponse, allow: string): void {
@@ -501,6 +506,8 @@ class Runtime implements ModelServer {
     this.#logger.info({ running: this.#limiter.running, queued: this.#limiter.queued }, "draining");
     if (wasListening) {
       const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+      // A websocket is told the replica is going away (1001) and closes; a relayed upgrade is cut.
+      for (const close of this.#upgraded.values()) close();
       this.#server.closeIdleConnections();
       const timer = setTimeout(() => {
         this.#logger.warn({ drain_timeout_ms: this.#drainTimeout() }, "drain timed out; closing connections");
