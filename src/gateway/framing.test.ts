@@ -652,6 +652,23 @@ describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTran
       expect(got.bytes.subarray(got.bytes.indexOf("\r\n\r\n") + 4).equals(frame)).toBe(true);
     });
 
+    it("the client going away after the 101: the replica gets a masked close 1001, then the end", async () => {
+      up.respond = accept101;
+      const mark = up.mark();
+      const c = await open();
+      c.write(upgradeHead("/websocket"));
+      await c.until(() => c.data.includes("\r\n\r\n"), PROMPT_MS);
+      c.destroy();
+      const conn = up.since(mark).conns.at(-1)!;
+      expect(await closedWithin(conn, PROMPT_MS)).toBe(true);
+      const frame = conn.received.subarray(conn.received.indexOf("\r\n\r\n") + 4);
+      expect(frame[0]).toBe(0x88);
+      expect(frame[1]! & 0x80).toBe(0x80);
+      const key = frame.subarray(2, 6);
+      const code = ((frame[6]! ^ key[0]!) << 8) | (frame[7]! ^ key[1]!);
+      expect(code).toBe(1001);
+    });
+
     it("a replica that answers 101 with a wrong accept value: 502, the connection closes", async () => {
       up.respond = (_req, conn) => {
         conn.upgraded = true;

@@ -80,9 +80,10 @@ async function countingRelay(target: string): Promise<{
   connections: number;
   bytes: number;
   close(): Promise<void>;
+  cut(): void;
 }> {
   const [host, port] = target.split(":") as [string, string];
-  const state = { endpoint: "", connections: 0, bytes: 0, close: async () => {} };
+  const state = { endpoint: "", connections: 0, bytes: 0, close: async () => {}, cut: () => {} };
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
     state.connections++;
@@ -100,6 +101,10 @@ async function countingRelay(target: string): Promise<{
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   state.endpoint = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  /** Resets every connection through the relay: the replica "goes away". */
+  state.cut = () => {
+    for (const s of sockets) s.destroy();
+  };
   state.close = () =>
     new Promise<void>((r) => {
       for (const s of sockets) s.destroy();
@@ -453,6 +458,19 @@ describe.each(["wire", "http"] as const)("%s transport", (transport: IngressTran
       denied.socket.destroy();
       expect(denied.status).toBe(403);
       usHasReplica = true;
+    });
+
+    it('the replica going away: the client gets close 1001, "replica went away"', async () => {
+      const ws = new WebSocket(`ws://${REGIONAL}:${euPort}/websocket`, {
+        dispatcher: loopback(),
+        headers: { authorization: `Api-Key ${KEY}` },
+      } as ConstructorParameters<typeof WebSocket>[1]);
+      await once(ws as unknown as EventTarget, "open");
+      const closed = once(ws as unknown as EventTarget, "close");
+      relay.cut();
+      const [event] = (await closed) as [{ code: number; reason: string }];
+      expect(event.code).toBe(1001);
+      expect(event.reason).toBe("replica went away");
     });
 
     it("the 101 carries the proof headers and a receipt", async () => {

@@ -14,7 +14,15 @@ import http, { type IncomingMessage } from "node:http";
 import https from "node:https";
 import type net from "node:net";
 import type { ConnectionOptions } from "node:tls";
-import { acceptKey, CLOSE, closeFrame, type FrameFault, FrameReader, validKey } from "../lib/websocket.ts";
+import {
+  acceptKey,
+  CLOSE,
+  closeFrame,
+  type FrameFault,
+  FrameReader,
+  OPCODE,
+  validKey,
+} from "../lib/websocket.ts";
 import type { Exchange, Forward, Gateway, Refusal, Target } from "./gateway.ts";
 import { refuse } from "./gateway.ts";
 import type { IngressLimits } from "./ingress.ts";
@@ -97,6 +105,7 @@ export class WebSocketRelay {
   #last = Date.now();
   #idleTimer: NodeJS.Timeout | null = null;
   #closing = false;
+  #readers: { client: FrameReader; upstream: FrameReader } | null = null;
 
   constructor(
     ctx: UpgradeContext,
@@ -230,15 +239,16 @@ export class WebSocketRelay {
     const max = limits.websocketMaxFrameBytes;
     const fromClient = new FrameReader({ masked: true, maxPayload: max, extensions });
     const fromUpstream = new FrameReader({ masked: false, maxPayload: max, extensions });
+    this.#readers = { client: fromClient, upstream: fromUpstream };
     socket.setNoDelay(true);
     socket.setTimeout(0);
     this.#client.off("data", this.#holdEarly);
     this.#pipe(this.#client, socket, fromClient, "client");
     this.#pipe(socket, this.#client, fromUpstream, "upstream");
-    socket.on("error", () => this.#end());
-    socket.on("close", () => this.#end());
-    this.#client.on("end", () => socket.end());
-    socket.on("end", () => this.#client.end());
+    socket.on("error", () => this.#gone("upstream"));
+    socket.on("close", () => this.#gone("upstream"));
+    socket.on("end", () => this.#gone("upstream"));
+    this.#client.on("end", () => this.#gone("client"));
     this.#armIdle();
     const early = this.#pending;
     this.#pending = [];
@@ -351,22 +361,38 @@ export class WebSocketRelay {
     this.#finish(false);
   }
 
+  /**
+   * One side went away (FIN, reset or close) after the 101. When the closing handshake did not run (its last
+   * frame was not a close), the other side is told: close 1001, "client went away" or "replica went away"
+   * (1006 is never sent, RFC 6455 §7.4.1); then both close.
+   */
+  #gone(side: "client" | "upstream"): void {
+    if (this.#finished) return;
+    const gone = side === "client" ? this.#client : this.#upstream!;
+    const other = side === "client" ? this.#upstream! : this.#client;
+    const handshake = this.#readers?.[side].lastOpcode === OPCODE.close;
+    if (!this.#closing && !handshake && !other.destroyed) {
+      this.#closing = true;
+      const reason = side === "client" ? "client went away" : "replica went away";
+      other.end(closeFrame(CLOSE.goingAway, reason, side === "client"));
+    } else if (!other.destroyed) {
+      other.end();
+    }
+    gone.destroy();
+    setTimeout(() => other.destroy(), CLOSE_GRACE_MS).unref();
+    this.#release();
+    this.#finish(false);
+  }
+
   /** The client went away before the 101 (or after it: then this is the end). */
   #abort(): void {
     if (this.#upstream !== null) {
-      this.#end();
+      this.#gone("client");
       return;
     }
     this.#request?.destroy();
     this.#release();
     this.#finish(true);
-  }
-
-  #end(): void {
-    this.#client.destroy();
-    this.#upstream?.destroy();
-    this.#release();
-    this.#finish(false);
   }
 
   #release(): void {
