@@ -185,7 +185,7 @@ export async function runSseBench(quick: boolean, log: (m: string) => void): Pro
     const loadEnd = loadAverage();
     return [
       SECTION_START,
-      "## 8. SSE first token through the ingress",
+      "## 9. SSE first token through the ingress",
       "",
       "Each sample is one streamed chat completion (`stream: true`, seven content tokens, no delay between them) from `meridian serve-model examples/openai-js` (its own process), either **direct** (`POST /v1/chat/completions` to the replica) or through the **ingress** (`POST /sync/v1/chat/completions` on the regional hostname, to bench/ingress-host.ts: the wire transport composed as `meridian plane` composes it, audit on disk, receipts signed). First token: request sent → the first event with a content token read by the client; stream: → the response's end. Direct and ingress batches alternate; keep-alive connections on both paths; 20 warm-up rounds first.",
       "",

@@ -14,6 +14,7 @@ export interface ControlFlags {
   artifactStore?: string;
   planeTimeout?: string;
   secretsKeyFile?: string;
+  autoscalerIntervalMs?: string;
 }
 
 /** Splits `host:port` (IPv6 in brackets). */
@@ -28,6 +29,12 @@ export function parseListen(value: string): { host: string; port: number } | nul
 function seconds(flag: string, value: string): number {
   if (!/^\d{1,6}$/.test(value) || Number(value) < 1)
     throw new Error(`${flag} takes a whole number of seconds, got '${value}'`);
+  return Number(value);
+}
+
+function intervalMs(flag: string, value: string): number {
+  if (!/^\d{1,6}$/.test(value) || Number(value) < 100 || Number(value) > 60_000)
+    throw new Error(`${flag} takes milliseconds from 100 to 60000, got '${value}'`);
   return Number(value);
 }
 
@@ -52,6 +59,9 @@ export async function runControlCommand(flags: ControlFlags, env: NodeJS.Process
     ...(flags.artifactStore ? { artifactStore: artifactStoreKind(flags.artifactStore) } : {}),
     ...(flags.planeTimeout ? { planeTimeoutMs: seconds("--plane-timeout", flags.planeTimeout) * 1000 } : {}),
     ...(flags.secretsKeyFile ? { secretsKeyFile: resolve(flags.secretsKeyFile) } : {}),
+    ...(flags.autoscalerIntervalMs
+      ? { autoscalerIntervalMs: intervalMs("--autoscaler-interval-ms", flags.autoscalerIntervalMs) }
+      : {}),
   });
   const control = await startControl(config);
   if (control.adminKey) {

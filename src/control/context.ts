@@ -30,6 +30,8 @@ export interface ControlContext {
   planeHealth?: PlaneHealth;
   /** Seals and opens team secrets; its keys come from a file apart from the database. */
   secrets: SecretBox;
+  /** The autoscaler's control loop (src/control/autoscaling.ts), when this process runs one. */
+  autoscaler?: { wake(deploymentId: string): Promise<void>; tick(only?: readonly string[]): Promise<void> };
 }
 
 export interface AuditEntry {

@@ -84,7 +84,17 @@ async function readSnapshotState(ctx: ControlContext, db: Db): Promise<SnapshotR
       .execute(),
     db
       .selectFrom("deployments")
-      .select(["id", "model_id", "region", "egress", "is_development", "artifact_key"])
+      .select([
+        "id",
+        "model_id",
+        "region",
+        "egress",
+        "is_development",
+        "artifact_key",
+        "status",
+        "autoscaling",
+        "backpressure",
+      ])
       .execute(),
     db.selectFrom("replicas").select(["id", "deployment_id", "plane", "state"]).execute(),
     db.selectFrom("artifacts").select(["key", "sha256", "size"]).where("state", "=", "STORED").execute(),

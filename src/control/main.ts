@@ -11,6 +11,7 @@ import { Store } from "../store/store.ts";
 import { bootstrap } from "./accounts.ts";
 import { buildControlApp } from "./app.ts";
 import { DatabaseArtifactStore, LocalArtifactStore } from "./artifacts.ts";
+import { AutoscalingLoop } from "./autoscaling.ts";
 import type { ControlContext } from "./context.ts";
 import { ensureControlKey } from "./keys.ts";
 import { PlaneHealth, planeHealthOf } from "./plane-health.ts";
@@ -40,6 +41,8 @@ export interface ControlConfig {
    * 0600) on first start. Control replicas sharing one PostgreSQL must all be given the same file.
    */
   secretsKeyFile?: string;
+  /** How often the autoscaler decides every deployment (`--autoscaler-interval-ms`). Default 1 000 ms. */
+  autoscalerIntervalMs?: number;
   logger?: Logger;
 }
 
@@ -110,6 +113,9 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
   // Plane capacity or placement rules may have changed while the control plane was down.
   await reconcileAll(ctx);
   const health = watchPlaneHealth(ctx);
+  const autoscaler = new AutoscalingLoop(ctx, { intervalMs: config.autoscalerIntervalMs ?? 1_000 });
+  ctx.autoscaler = autoscaler;
+  autoscaler.start();
   logger.info(
     { url, store: store.dialect, domain: config.domain, revision: feed.revision() },
     "control plane listening",
@@ -121,6 +127,7 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
     adminKeyFile,
     async stop() {
       health.stop();
+      await autoscaler.stop();
       feed.stop();
       await app.close();
       await store.close();

@@ -4,7 +4,8 @@
 // in the same transaction and bumps the revision planes watch.
 
 import type { Transaction } from "kysely";
-import { deriveStatus, wantedReplicas } from "../core/deployment-status.ts";
+import { scaledReplicas, wakingStatus } from "../core/autoscaling-replicas.ts";
+import { deriveStatus } from "../core/deployment-status.ts";
 import type {
   DeploymentStatus,
   EgressPolicy,
@@ -19,7 +20,7 @@ import type { Db } from "../store/store.ts";
 import type { ControlContext } from "./context.ts";
 import { newId } from "./identity.ts";
 import { planeHealthOf } from "./plane-health.ts";
-import type { AutoscalingSettings } from "./views.ts";
+import { autoscalingOf } from "./views.ts";
 
 type Trx = Transaction<Schema>;
 
@@ -102,15 +103,13 @@ export async function placementPlanes(
 async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): Promise<string[]> {
   const d = await trx.selectFrom("deployments").selectAll().where("id", "=", id).executeTakeFirst();
   if (!d) return [];
-  const envs = await trx
-    .selectFrom("environments")
-    .select("autoscaling")
-    .where("current_deployment_id", "=", id)
-    .execute();
-  const want = wantedReplicas(
-    d.status as DeploymentStatus,
-    envs.map((e) => JSON.parse(e.autoscaling) as AutoscalingSettings),
-  );
+  // The autoscaler's count within the settings in effect (the environment's, kept in step on the row).
+  const scaled = scaledReplicas({
+    status: d.status as DeploymentStatus,
+    settings: autoscalingOf(d.autoscaling),
+    desired: d.desired_replicas ?? null,
+  });
+  const want = scaled.want;
 
   const [planes, existing] = await Promise.all([
     placementPlanes(ctx, trx, id),
@@ -144,8 +143,8 @@ async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): P
   }
 
   const kept = existing.filter((r) => plan.keep.includes(r.id));
-  const derived = deriveStatus({
-    current: d.status as DeploymentStatus,
+  const derivedStatus = deriveStatus({
+    current: scaled.status,
     want,
     replicas: [
       ...kept.map((r) => ({ state: r.state as ReplicaState, message: r.message })),
@@ -154,6 +153,7 @@ async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): P
     unplaced: plan.unplaced,
     region: d.region,
   });
+  const derived = cappedMessage(wakingStatus(scaled.status, derivedStatus), want, plan.unplaced, d.region);
   if (derived.status === d.status && derived.message === d.status_message) return [];
   await trx
     .updateTable("deployments")
@@ -161,6 +161,21 @@ async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): P
     .where("id", "=", id)
     .execute();
   return advancePromotions(ctx, trx, id, derived.status, derived.message);
+}
+
+/** A serving deployment the region cannot hold all of says so (issue 12: "a full region caps the count"). */
+function cappedMessage(
+  derived: { status: DeploymentStatus; message: string | null },
+  want: number,
+  unplaced: number,
+  region: string | null,
+): { status: DeploymentStatus; message: string | null } {
+  if (derived.status !== "ACTIVE" || unplaced === 0 || derived.message !== null) return derived;
+  const where = region === null ? "the workload planes have" : `region '${region}' has`;
+  return {
+    status: derived.status,
+    message: `Capped at ${want - unplaced} of ${want} replicas: ${where} no free replica slot for the rest.`,
+  };
 }
 
 /** Completes or fails the promotions whose candidate is `deploymentId`. */
@@ -219,6 +234,20 @@ export async function completePromotion(
     .where("model_id", "=", p.model_id)
     .where("name", "=", p.environment)
     .execute();
+  // The deployment now serves the environment: it runs under the environment's autoscaling settings.
+  const envSettings = await trx
+    .selectFrom("environments")
+    .select(["autoscaling", "backpressure"])
+    .where("model_id", "=", p.model_id)
+    .where("name", "=", p.environment)
+    .executeTakeFirst();
+  if (envSettings) {
+    await trx
+      .updateTable("deployments")
+      .set({ autoscaling: envSettings.autoscaling, backpressure: envSettings.backpressure ?? null })
+      .where("id", "=", p.candidate_deployment_id)
+      .execute();
+  }
   await trx
     .updateTable("promotions")
     .set({ status: "SUCCEEDED", active: 0, previous_deployment_id: previous, updated_at: now })
@@ -245,6 +274,8 @@ export async function completePromotion(
       .set({
         status: fate === "deactivate" ? "INACTIVE" : "SCALED_TO_ZERO",
         status_message: null,
+        // Asleep until a request wakes it: the autoscaler's count for it starts again from zero.
+        desired_replicas: 0,
         updated_at: now,
       })
       .where("id", "=", previous)

@@ -277,6 +277,31 @@ export const createUserBody = {
   },
 } as const;
 
+const planeLoad = {
+  type: "object",
+  additionalProperties: false,
+  required: ["epoch", "at", "deployments"],
+  properties: {
+    epoch: { type: "string", maxLength: 40, pattern: "^\\d{4}-\\d{2}-\\d{2}T[0-9:.]+Z$" },
+    at: { type: "string", maxLength: 40, pattern: "^\\d{4}-\\d{2}-\\d{2}T[0-9:.]+Z$" },
+    deployments: {
+      type: "array",
+      maxItems: 100000,
+      items: {
+        type: "object",
+        additionalProperties: false,
+        required: ["deployment_id", "in_flight", "request_ms", "last_request_at"],
+        properties: {
+          deployment_id: { type: "string", maxLength: 64 },
+          in_flight: { type: "integer", minimum: 0, maximum: 1e9 },
+          request_ms: { type: "integer", minimum: 0, maximum: Number.MAX_SAFE_INTEGER },
+          last_request_at: nullable({ type: "string", maxLength: 40 }),
+        },
+      },
+    },
+  },
+} as const;
+
 export const planeReportBody = {
   type: "object",
   additionalProperties: false,
@@ -320,30 +345,7 @@ export const planeReportBody = {
         },
       },
     },
-    load: {
-      type: "object",
-      additionalProperties: false,
-      required: ["epoch", "at", "deployments"],
-      properties: {
-        epoch: { type: "string", maxLength: 40, pattern: "^\\d{4}-\\d{2}-\\d{2}T[0-9:.]+Z$" },
-        at: { type: "string", maxLength: 40, pattern: "^\\d{4}-\\d{2}-\\d{2}T[0-9:.]+Z$" },
-        deployments: {
-          type: "array",
-          maxItems: 100000,
-          items: {
-            type: "object",
-            additionalProperties: false,
-            required: ["deployment_id", "in_flight", "request_ms", "last_request_at"],
-            properties: {
-              deployment_id: { type: "string", maxLength: 64 },
-              in_flight: { type: "integer", minimum: 0, maximum: 1e9 },
-              request_ms: { type: "integer", minimum: 0, maximum: Number.MAX_SAFE_INTEGER },
-              last_request_at: nullable({ type: "string", maxLength: 40 }),
-            },
-          },
-        },
-      },
-    },
+    load: planeLoad,
     request_counts: {
       type: "array",
       maxItems: 100000,
@@ -359,6 +361,16 @@ export const planeReportBody = {
         },
       },
     },
+  },
+} as const;
+
+export const planeWakeBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["deployment_id", "load"],
+  properties: {
+    deployment_id: { type: "string", minLength: 1, maxLength: 64 },
+    load: planeLoad,
   },
 } as const;
 

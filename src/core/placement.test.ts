@@ -87,6 +87,25 @@ describe("planPlacement", () => {
     expect(plan).toEqual({ keep: ["r1"], remove: [], add: [], unplaced: 2 });
   });
 
+  it("places a second replica on another plane of the region than the first", () => {
+    const eu = [plane("eu-1", "eu"), plane("eu-2", "eu")];
+    const plan = planPlacement({
+      want: 2,
+      region: "eu",
+      existing: [{ id: "r1", plane: "eu-1" }],
+      planes: eu,
+    });
+    expect(plan).toEqual({ keep: ["r1"], remove: [], add: ["eu-2"], unplaced: 0 });
+    // The other way round too: the spread follows the existing replica, not the planes' names.
+    const other = planPlacement({
+      want: 2,
+      region: "eu",
+      existing: [{ id: "r1", plane: "eu-2" }],
+      planes: eu,
+    });
+    expect(other.add).toEqual(["eu-1"]);
+  });
+
   it("never places a restricted replica outside its region, whatever the planes", () => {
     const regions = ["us", "eu", "uk", "au"];
     const planeArb = fc.record({

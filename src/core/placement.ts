@@ -62,14 +62,19 @@ export function canRun(plane: Pick<PlaneCapacity, "sandbox">, egress: EgressPoli
 
 /**
  * Unrestricted replicas prefer the plane nearest the global ingress: the global ingress plane itself,
- * then planes of its region, then the rest; within a rank, the plane with most free slots.
+ * then planes of its region, then the rest; within a rank, the plane with fewest replicas of this
+ * deployment already (so a second replica lands on another plane, and survives the first one's plane),
+ * then the one with most free slots.
  */
-function preferenceOrder(planes: PlaneCapacity[]): PlaneCapacity[] {
+function preferenceOrder(planes: PlaneCapacity[], mine: ReadonlyMap<string, number>): PlaneCapacity[] {
   const globalRegions = new Set(planes.filter((p) => p.global_ingress).map((p) => p.region));
   const rank = (p: PlaneCapacity) => (p.global_ingress ? 0 : globalRegions.has(p.region) ? 1 : 2);
   return planes.sort(
     (a, b) =>
-      rank(a) - rank(b) || b.capacity - b.used - (a.capacity - a.used) || a.name.localeCompare(b.name),
+      rank(a) - rank(b) ||
+      (mine.get(a.name) ?? 0) - (mine.get(b.name) ?? 0) ||
+      b.capacity - b.used - (a.capacity - a.used) ||
+      a.name.localeCompare(b.name),
   );
 }
 
@@ -84,11 +89,14 @@ export function planPlacement(input: PlacementInput): PlacementPlan {
   }
 
   const free = new Map(allowed.map((p) => [p.name, p.capacity - p.used]));
+  const mine = new Map<string, number>();
   for (const r of input.existing) {
-    if (keep.includes(r.id)) free.set(r.plane, (free.get(r.plane) ?? 0) - 1);
+    if (!keep.includes(r.id)) continue;
+    free.set(r.plane, (free.get(r.plane) ?? 0) - 1);
+    mine.set(r.plane, (mine.get(r.plane) ?? 0) + 1);
   }
   const add: string[] = [];
-  const order = preferenceOrder(allowed);
+  const order = preferenceOrder(allowed, mine);
   let missing = input.want - keep.length;
   // Spread across planes: one replica per plane per pass, so a region's planes share the load.
   while (missing > 0) {

@@ -14,6 +14,7 @@ import type { ApiKeyCategory, EgressPolicy, StandardEndpointPolicy } from "./dom
 import type {
   ApiKeyGrant,
   ControlKey,
+  DeploymentScale,
   DesiredReplica,
   ModelRoute,
   PlaneKey,
@@ -58,6 +59,10 @@ export interface SnapshotRows {
     artifact_key: string;
     /** The egress policy the deployment was placed under; null or absent on rows that predate it. */
     egress?: string | null;
+    /** Status, autoscaling JSON and backpressure JSON: the route's `scale` (absent: no `scale`). */
+    status?: string;
+    autoscaling?: string;
+    backpressure?: string | null;
   }>;
   replicas: Array<{ id: string; deployment_id: string; plane: string; state: string }>;
   /** Stored artifacts only. */
@@ -189,6 +194,7 @@ export function projectPlaneSnapshot(
       id: d.id,
       region: d.region,
       ready_planes: [...(readyPlanes.get(d.id) ?? [])].filter((p) => planeRegion.has(p)).sort(),
+      ...(d.status !== undefined ? { scale: deploymentScale(d.status, d.autoscaling, d.backpressure) } : {}),
     });
   }
   for (const route of routes.values()) {
@@ -245,6 +251,35 @@ export function projectPlaneSnapshot(
     models: [...routes.values()],
     replicas,
   };
+}
+
+/** Statuses whose requests an ingress holds while a replica starts: running ones and asleep ones. */
+const WAKEABLE = new Set([
+  "DEPLOYING",
+  "LOADING_MODEL",
+  "ACTIVE",
+  "UNHEALTHY",
+  "UPDATING",
+  "WAKING_UP",
+  "SCALED_TO_ZERO",
+]);
+
+function deploymentScale(
+  status: string,
+  autoscaling: string | undefined,
+  backpressure: string | null | undefined,
+): DeploymentScale {
+  let target = 1;
+  try {
+    const t = (JSON.parse(autoscaling ?? "{}") as { concurrency_target?: unknown }).concurrency_target;
+    if (Number.isSafeInteger(t) && (t as number) >= 1) target = t as number;
+  } catch {}
+  let policy: DeploymentScale["policy"] = null;
+  try {
+    const p = backpressure ? (JSON.parse(backpressure) as { policy?: unknown }).policy : null;
+    if (p === "QUEUE_ON_FULL" || p === "REJECT_ON_FULL") policy = p;
+  } catch {}
+  return { wakeable: WAKEABLE.has(status), concurrency_target: target, policy };
 }
 
 /** A row without a policy predates egress policies (allow); anything but `allow` fails closed. */

@@ -166,6 +166,7 @@ function check(value: unknown, owner: SnapshotOwner): PlaneSnapshot {
           fail(`models[${i}].deployments[${j}].ready_planes[${k}]`, `'${name}' is listed twice`);
         }
       }
+      if (d["scale"] !== undefined) checkScale(d["scale"], `models[${i}].deployments[${j}].scale`);
     }
     const dev = model["development_deployment_id"];
     if (dev !== null) {
@@ -238,6 +239,20 @@ function check(value: unknown, owner: SnapshotOwner): PlaneSnapshot {
     if (m !== null) fail(`${at}.egress`, m);
   }
   return value as PlaneSnapshot;
+}
+
+/** A deployment's `scale` (optional): what an ingress parks by. */
+function checkScale(value: unknown, at: string): void {
+  const scale = record(value, at);
+  if (typeof scale["wakeable"] !== "boolean") fail(`${at}.wakeable`, "must be a boolean");
+  const target = scale["concurrency_target"];
+  if (typeof target !== "number" || !Number.isSafeInteger(target) || target < 1) {
+    fail(`${at}.concurrency_target`, "must be an integer of at least 1");
+  }
+  const policy = scale["policy"];
+  if (policy !== null && policy !== "QUEUE_ON_FULL" && policy !== "REJECT_ON_FULL") {
+    fail(`${at}.policy`, "must be QUEUE_ON_FULL, REJECT_ON_FULL or null");
+  }
 }
 
 function planeRef(value: unknown, at: string): PlaneRef {

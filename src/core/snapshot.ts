@@ -53,6 +53,21 @@ export interface DeploymentRoute {
   region: string | null;
   /** Names of planes with at least one READY replica of this deployment. */
   ready_planes: string[];
+  /**
+   * How an ingress holds its requests while nothing is ready (docs/autoscaling.md); absent from control
+   * planes older than autoscaling (then nothing is held: 503 as before).
+   */
+  scale?: DeploymentScale;
+}
+
+/** What an ingress needs to park a deployment's requests and ask for a wake. */
+export interface DeploymentScale {
+  /** Asleep or starting, and able to wake: a request is held while a replica starts in its region. */
+  wakeable: boolean;
+  /** Requests one replica is meant to hold (autoscaling_settings). */
+  concurrency_target: number;
+  /** request_backpressure_settings.policy. */
+  policy: "QUEUE_ON_FULL" | "REJECT_ON_FULL" | null;
 }
 
 export interface ModelRoute {

@@ -550,7 +550,7 @@ describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTran
 
     it("an upgrade with a body (Content-Length): 400, its bytes never reach a replica", async () => {
       await expectRefusedAtHead(
-        upgradeHead("/websocket", ["Content-Length: 5"]).replace(/\r\n$/, "") + "\r\nhello",
+        `${upgradeHead("/websocket", ["Content-Length: 5"])}hello`,
         400,
         "invalid_request",
       );

@@ -8,19 +8,24 @@ import { STATUS_CODES } from "node:http";
 import type { AddressInfo, Server } from "node:net";
 import { performance } from "node:perf_hooks";
 import { type Logger, pino } from "pino";
+import { ASYNC_MAX_INPUT_BYTES } from "../core/async.ts";
+import { decideAsync, matchAsyncPath } from "../core/async-routing.ts";
+import { type Admission, DEFAULT_BACKPRESSURE_LIMITS } from "../core/autoscaling-settings.ts";
 import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
 import { parseHost } from "../core/host.ts";
 import { normalizeAuthority, pathOfTarget } from "../core/http-signatures.ts";
 import { decideRealtime, matchRealtimePath } from "../core/realtime-routing.ts";
 import { RECEIPT_REQUEST_HEADER } from "../core/receipt.ts";
 import { decideRoute, indexSnapshot, type RouteContext, type RouteIndex } from "../core/routing.ts";
-import type { PlaneRef } from "../core/snapshot.ts";
+import type { DeploymentRoute, PlaneRef } from "../core/snapshot.ts";
 import { appendReceipt, ContentDigester, EMPTY_CONTENT_DIGEST } from "../lib/receipts.ts";
+import { asyncServiceHeaders, asyncServiceTarget } from "./async.ts";
 import type { AuditSink } from "./audit.ts";
 import { acceptableRequestId, apiKeyOf, PROOF, scanRequestHeaders, scanResponseHeaders } from "./headers.ts";
 import { HOP_HEADER, HopVerifier, signHop } from "./hop.ts";
 import type { IngressLimits, IngressOptions } from "./ingress.ts";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics.ts";
+import { Parking, type ParkOutcome } from "./parking.ts";
 import { UPGRADE_REQUIRED_FIELDS, upgradeAsk } from "./upgrade.ts";
 
 /** The metric label of a request whose model (and so environment) did not resolve. */
@@ -104,7 +109,13 @@ export interface Forward {
   upgrade: { key: string; replicaPath: string } | null;
 }
 
-export type Plan = Refusal | Forward;
+/** A request held while its deployment wakes (src/gateway/parking.ts): planned again when `wait` settles. */
+export interface Park {
+  kind: "park";
+  wait: Promise<ParkOutcome>;
+}
+
+export type Plan = Refusal | Forward | Park;
 
 /** How an upstream attempt ended without a response the client could be given. */
 export interface UpstreamFailure {
@@ -239,13 +250,79 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
   let inflight = 0;
   let drained: (() => void) | null = null;
 
+  // Parking (src/gateway/parking.ts): requests for a deployment with nothing ready are held here while it
+  // wakes, only when the plane can ask for a wake. A request released from the queue is planned once more
+  // and never held again.
+  const parking: Parking | null = options.wake
+    ? new Parking({
+        limits: options.backpressure ?? DEFAULT_BACKPRESSURE_LIMITS,
+        timeoutMs: limits.predictTimeoutMs,
+        room: roomFor,
+        wake: options.wake,
+      })
+    : null;
+  const released = new WeakSet<object>();
+  let scaleIndex: { index: RouteIndex; byDeployment: Map<string, DeploymentRoute> } | null = null;
+  function deploymentRoute(id: string): DeploymentRoute | undefined {
+    const idx = currentIndex();
+    if (idx === null) return undefined;
+    if (scaleIndex?.index !== idx) {
+      const byDeployment = new Map<string, DeploymentRoute>();
+      for (const m of idx.models.values()) for (const [k, d] of m.deployments) byDeployment.set(k, d);
+      scaleIndex = { index: idx, byDeployment };
+    }
+    return scaleIndex.byDeployment.get(id);
+  }
+  function roomFor(id: string): number {
+    const route = deploymentRoute(id);
+    const local = options.localReplicas(id).length;
+    if (local > 0) {
+      const scale = route?.scale;
+      if (scale === undefined || scale.policy === null) return Number.MAX_SAFE_INTEGER;
+      const forwarded = (options.load?.inFlight(id) ?? 0) - (parking?.parked(id) ?? 0);
+      return Math.max(0, local * scale.concurrency_target - forwarded);
+    }
+    return route !== undefined && route.ready_planes.some((p) => p !== self.name)
+      ? Number.MAX_SAFE_INTEGER
+      : 0;
+  }
+  function canPark(ex: Exchange, id: string): boolean {
+    return parking !== null && !released.has(ex) && deploymentRoute(id)?.scale?.wakeable === true;
+  }
+  function park(ex: Exchange, id: string): Park | Refusal {
+    const scale = deploymentRoute(id)?.scale;
+    if (parking === null || scale === undefined)
+      return refuse("model_unavailable", null, { region: self.region });
+    const admission = parking.admit(id, scale, options.localReplicas(id).length, 0);
+    if (admission.action === "reject") return backpressure(admission);
+    options.load?.begin(ex, id);
+    metrics?.parked(1);
+    const wait = parking.park(ex, id).then((outcome) => {
+      metrics?.parked(-1);
+      if (outcome.kind === "go") released.add(ex);
+      return outcome;
+    });
+    return { kind: "park", wait };
+  }
+  function backpressure(a: Extract<Admission, { action: "reject" }>): Refusal {
+    return refuse(
+      "backpressure_full",
+      a.rule === "queue_full"
+        ? "This ingress holds as many of the environment's requests as it may; retry later."
+        : "The environment's ready replicas are full (REJECT_ON_FULL); retry later.",
+      { rule: a.rule, retry_after_seconds: a.retry_after_seconds },
+      ["retry-after", String(a.retry_after_seconds)],
+    );
+  }
+
   /**
    * Authenticates and routes one request: either a refusal, or the upstream targets and headers. Sets the
    * exchange's request id, context and route as it learns them (the audit record uses them either way).
    */
   function plan(ex: Exchange, head: RequestHead): Plan {
     const scan = scanRequestHeaders(head.rawHeaders);
-    ex.requestId = acceptableRequestId(scan.requestId) ? scan.requestId : randomUUID();
+    // A held request planned again keeps its id.
+    ex.requestId = acceptableRequestId(scan.requestId) ? scan.requestId : ex.requestId || randomUUID();
     if (receipts) bindReceipt(ex, head.target, scan.host, scan.hostCount, scheme);
     const idx = currentIndex();
     if (idx === null) return refuse("service_unavailable", "This plane has no routing configuration yet.");
@@ -276,7 +353,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       region: null,
     };
 
-    if (scan.hop !== undefined) {
+    // A held request planned again was verified on arrival (a second check would read as a replay).
+    if (scan.hop !== undefined && ex.forwardedFrom === null) {
       // The request as the forwarder sent it: the authority and origin-form target it signed.
       const hop = { requestId: ex.requestId, method: head.method, authority: hostValue ?? "", target };
       const check = hops.verify(scan.hop, hop, idx, now());
@@ -288,9 +366,11 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       }
       ex.forwardedFrom = check.from;
       ex.route = [check.from, self.name];
-      // The client's scheme, as the entry plane saw it, decides `@authority`'s default port (RFC 9421 §2.2.3).
-      if (receipts && scan.forwardedProto === "https" && scheme !== "https")
-        bindReceipt(ex, head.target, scan.host, scan.hostCount, "https");
+      // The client's scheme, as the entry plane saw it (and signed for), decides `@authority`'s default port
+      // (RFC 9421 §2.2.3), whatever the scheme of the hop itself.
+      const fp = scan.forwardedProto;
+      if (receipts && (fp === "https" || fp === "http") && fp !== scheme)
+        bindReceipt(ex, head.target, scan.host, scan.hostCount, fp);
     }
 
     const q = target.indexOf("?");
@@ -305,18 +385,32 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       localReady: { has: (id: string) => options.localReplicas(id).length > 0 },
       scheme: ex.forwardedFrom !== null && scan.forwardedProto === "https" ? ("https" as const) : scheme,
     };
+    // Async paths (src/gateway/async.ts) are routed by the same rules and answered by the plane's queue.
+    const asyncMatch = options.async === undefined ? null : matchAsyncPath(parsed.host.form, path);
+    if (asyncMatch !== null && "refuse" in asyncMatch) return refuse(asyncMatch.refuse, asyncMatch.message);
     // `/sync/{path}` and `/websocket` (src/core/realtime-routing.ts): predict's rules, the replica's own path.
-    const realtime = matchRealtimePath(parsed.host.form, path, q < 0 ? "" : target.slice(q));
+    const realtime =
+      asyncMatch === null ? matchRealtimePath(parsed.host.form, path, q < 0 ? "" : target.slice(q)) : null;
     const decision =
-      realtime === null ? decideRoute(idx, routeRequest) : decideRealtime(idx, routeRequest, realtime);
+      asyncMatch !== null
+        ? decideAsync(idx, routeRequest, asyncMatch)
+        : realtime !== null
+          ? decideRealtime(idx, routeRequest, realtime)
+          : decideRoute(idx, routeRequest);
     ex.context = decision.context;
+    // Nothing ready where the request may go, for a deployment that wakes: held here, in this region.
+    let parkFor: string | null = null;
     if (decision.kind === "refuse") {
-      return refuse(
-        decision.code,
-        decision.message,
-        decision.detail,
-        decision.allow ? ["allow", decision.allow] : [],
-      );
+      const id = decision.context.deploymentId;
+      if (decision.code !== "model_unavailable" || id === null || !canPark(ex, id)) {
+        return refuse(
+          decision.code,
+          decision.message,
+          decision.detail,
+          decision.allow ? ["allow", decision.allow] : [],
+        );
+      }
+      parkFor = id;
     }
 
     const cl = scan.contentLength;
@@ -348,6 +442,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       }
     }
 
+    if (parkFor !== null || decision.kind === "refuse") return park(ex, parkFor!);
+
     const remote = head.remoteAddress;
     const trusted = ex.forwardedFrom !== null;
     // The upstream headers: the end-to-end fields (the scan's own array; framing fields are never among
@@ -374,9 +470,29 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       chunked: contentLength === null && scan.transferEncoding,
       upgrade,
     };
-    if (decision.kind === "serve") {
-      const endpoints = options.localReplicas(decision.context.deploymentId);
-      if (endpoints.length === 0) return refuse("model_unavailable", null, { region: self.region });
+    if (decision.kind === "async") {
+      const op = (asyncMatch as Exclude<typeof asyncMatch, null | { refuse: ErrorCode }>).op;
+      if (op.kind === "predict" && contentLength !== null && contentLength > ASYNC_MAX_INPUT_BYTES) {
+        return refuse("payload_too_large", null, { limit_bytes: ASYNC_MAX_INPUT_BYTES });
+      }
+      const hostEnvironment = parsed.host.form === "regional" ? parsed.host.environment : null;
+      forward.targets = [asyncServiceTarget(options.async!, target)];
+      forward.headers = asyncServiceHeaders(options.async!, headers, decision, op, hostEnvironment);
+    } else if (decision.kind === "serve") {
+      const id = decision.context.deploymentId;
+      const endpoints = options.localReplicas(id);
+      if (endpoints.length === 0) {
+        if (canPark(ex, id)) return park(ex, id);
+        return refuse("model_unavailable", null, { region: self.region });
+      }
+      // Backpressure with ready replicas (request_backpressure_settings.policy), once per request.
+      const scale = parking === null ? undefined : deploymentRoute(id)?.scale;
+      if (scale !== undefined && scale.policy !== null && !released.has(ex)) {
+        const forwarded = (options.load?.inFlight(id) ?? 0) - parking!.parked(id);
+        const admission = parking!.admit(id, scale, endpoints.length, forwarded);
+        if (admission.action === "reject") return backpressure(admission);
+        if (admission.action === "park") return park(ex, id);
+      }
       // The autoscaler's load signal counts what this plane serves (src/plane/load.ts).
       options.load?.begin(ex, decision.context.deploymentId);
       forward.targets = orderReplicas(endpoints);
@@ -425,7 +541,9 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       authority = /^https?:\/\/([^/?#]*)/i.exec(target)?.[1];
     }
     ex.authority = authority === undefined ? null : normalizeAuthority(authority, clientScheme);
-    ex.path = pathOfTarget(target);
+    // The origin-form target of nearly every request, without pathOfTarget's regular expressions.
+    const end = target.startsWith("/") ? endOfPath(target) : -1;
+    ex.path = end < 0 ? pathOfTarget(target) : end === target.length ? target : target.slice(0, end);
   }
 
   /**
@@ -463,8 +581,6 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     metrics,
     scheme,
     plan,
-    /** Whether responses are signed (`--receipts`). */
-    receipts,
 
     now,
 
@@ -500,12 +616,13 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
 
     /**
      * The JSON error answer of a refusal: status, headers (with proof and receipt) and body. `bodyRead`:
-     * the request body was read whole (or there is none), so the receipt binds its digest.
+     * the request body went through `hashBody` whole (or there is none), so the receipt binds its digest;
+     * by default it claims nothing about the body.
      */
     errorResponse(
       ex: Exchange,
       r: Refusal,
-      bodyRead: boolean,
+      bodyRead = false,
     ): { status: number; headers: string[]; body: string } {
       ex.errorCode = r.code;
       const body = JSON.stringify(errorBody(r.code, r.message ?? undefined, r.detail));
@@ -663,6 +780,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       const environment = ctx === null || ctx.modelId === null ? UNRESOLVED : (ctx.environment ?? "");
       metrics?.observe(environment, ctx?.form ?? UNRESOLVED, status, latency / 1000);
       options.load?.end(ex);
+      parking?.forget(ex);
       metrics?.inflight(-1);
       inflight--;
       if (inflight === 0) drained?.();
@@ -691,6 +809,15 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       return bareErrorAnswer(code, self);
     },
   };
+}
+
+/** Where an origin-form target's path ends (RFC 3986 §3.3: at `?` or `#`), or its length. */
+function endOfPath(target: string): number {
+  for (let i = 0; i < target.length; i++) {
+    const c = target.charCodeAt(i);
+    if (c === 0x3f || c === 0x23) return i;
+  }
+  return target.length;
 }
 
 /** An error answer outside any request (no route, no deployment), with the proof headers; closes. */

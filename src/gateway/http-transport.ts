@@ -184,6 +184,19 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       fail(ex, plan);
       return;
     }
+    if (plan.kind === "park") {
+      // Held while the deployment wakes (src/gateway/parking.ts), then planned again.
+      void plan.wait.then((outcome) => {
+        if (ex.clientGone) return;
+        if (outcome.kind === "go") route(ex, expectContinue);
+        else
+          fail(
+            ex,
+            refuse("model_unavailable", "No replica became ready in time.", { region: gw.self.region }),
+          );
+      });
+      return;
+    }
     ex.bodyDeclared = (plan.contentLength !== null && plan.contentLength > 0) || plan.chunked;
     ex.bodyDone = !ex.bodyDeclared;
     if (plan.contentLength !== null) plan.headers.push("content-length", String(plan.contentLength));
@@ -229,8 +242,9 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       {
         origin: t.origin,
         path: t.path,
-        // The client's method: POST for predict; any of `/sync/{path}`'s to a replica's own routes.
-        method: (ex.method || "POST") as Dispatcher.HttpMethod,
+        // The client's method: POST for predict; GET and DELETE reach the async service and peer planes;
+        // any of `/sync/{path}`'s reaches a replica's own routes.
+        method: (ex.req.method ?? "POST") as Dispatcher.HttpMethod,
         headers: gw.attemptHeaders(ex, forward, t),
         body: bodyFor(ex, call.body),
         headersTimeout: timeout,
@@ -314,6 +328,10 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
   function onWebSocket(req: IncomingMessage, socket: Socket, head: Buffer): void {
     const ex = gw.begin();
     ex.method = "GET";
+    planWebSocket(ex, req, socket, head);
+  }
+
+  function planWebSocket(ex: Exchange, req: IncomingMessage, socket: Socket, head: Buffer): void {
     let plan: ReturnType<Gateway["plan"]>;
     try {
       plan = gw.plan(ex, {
@@ -326,20 +344,45 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       log.error({ err, request_id: ex.requestId }, "ingress handler failed");
       plan = refuse("internal_error");
     }
+    if (plan.kind === "park") {
+      // Held while the deployment wakes (src/gateway/parking.ts), then planned again; frames the client
+      // sends meanwhile wait in the socket.
+      socket.pause();
+      void plan.wait.then((outcome) => {
+        if (socket.destroyed) {
+          gw.end(ex, 499, true);
+          return;
+        }
+        if (outcome.kind === "go") planWebSocket(ex, req, socket, head);
+        else {
+          answerUpgrade(
+            ex,
+            socket,
+            refuse("model_unavailable", "No replica became ready in time.", { region: self.region }),
+          );
+        }
+      });
+      return;
+    }
     if (plan.kind === "forward" && plan.upgrade === null) plan = refuse("websocket_upgrade_required");
     if (plan.kind === "refuse") {
-      const answer = gw.errorResponse(ex, plan, true);
-      let text = `HTTP/1.1 ${answer.status} ${http.STATUS_CODES[answer.status] ?? ""}\r\n`;
-      for (let i = 0; i < answer.headers.length; i += 2) {
-        text += `${answer.headers[i]}: ${answer.headers[i + 1]}\r\n`;
-      }
-      socket.end(`${text}connection: close\r\n\r\n${answer.body}`);
-      gw.end(ex, answer.status, false);
+      answerUpgrade(ex, socket, plan);
       return;
     }
     new WebSocketRelay(upgradeContext, ex, plan, socket, head, (status, aborted) =>
       gw.end(ex, status, aborted),
     ).start();
+  }
+
+  /** A refused upgrade: the JSON error answer, then the connection closes. */
+  function answerUpgrade(ex: Exchange, socket: Socket, r: Refusal): void {
+    const answer = gw.errorResponse(ex, r, true);
+    let text = `HTTP/1.1 ${answer.status} ${http.STATUS_CODES[answer.status] ?? ""}\r\n`;
+    for (let i = 0; i < answer.headers.length; i += 2) {
+      text += `${answer.headers[i]}: ${answer.headers[i + 1]}\r\n`;
+    }
+    socket.end(`${text}connection: close\r\n\r\n${answer.body}`);
+    gw.end(ex, answer.status, false);
   }
 
   let address: { host: string; port: number } | null = null;

@@ -11,8 +11,10 @@
 import type { ConnectionOptions } from "node:tls";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
+import type { BackpressureLimits } from "../core/autoscaling-settings.ts";
 import type { PlaneSnapshot } from "../core/snapshot.ts";
 import type { SigningKey } from "../lib/keys.ts";
+import type { AsyncIngress } from "./async.ts";
 import type { AuditSink } from "./audit.ts";
 import { HOP_MAX_AGE_MS, HOP_REPLAY_ENTRIES } from "./hop.ts";
 import { createHttpIngress } from "./http-transport.ts";
@@ -108,12 +110,25 @@ export interface IngressOptions {
    * The autoscaler's load signal (src/plane/load.ts): told of each request this plane serves or holds, and
    * of its end.
    */
-  load?: { begin(exchange: object, deploymentId: string): void; end(exchange: object): void };
+  load?: {
+    begin(exchange: object, deploymentId: string): void;
+    end(exchange: object): void;
+    inFlight(deploymentId: string): number;
+  };
+  /**
+   * Asks the control plane to wake a deployment (POST /v1/internal/planes/{name}/wake). Without it the
+   * ingress holds nothing: a deployment with nothing ready is 503 at once.
+   */
+  wake?: (deploymentId: string) => Promise<void>;
+  /** The bound of held requests per deployment and the Retry-After of a 429 (docs/autoscaling.md). */
+  backpressure?: BackpressureLimits;
   /** Clock for hop signing and audit times (tests). */
 
   now?: () => number;
   /** `wire` (default where Node's parser passes its self-test) or `http` (node:http + undici). */
   transport?: IngressTransport;
+  /** The plane's async service; without it async paths are not routes (404), as before async existed. */
+  async?: AsyncIngress;
 }
 
 export type IngressTransport = "wire" | "http";

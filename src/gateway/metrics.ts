@@ -22,6 +22,8 @@ export interface GatewayMetrics {
   inflight(delta: number): void;
   /** A response went out without its receipt: a covered value could not be signed (RFC 9421 §2.5). */
   unsignedReceipt(): void;
+  /** Requests held while their deployment wakes (src/gateway/parking.ts). */
+  parked(delta: number): void;
 }
 
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1200];
@@ -55,6 +57,15 @@ export function createGatewayMetrics(registry: Registry, region: string): Gatewa
   });
   // Counted here and read at scrape time, like the request series.
   let inflightNow = 0;
+  let parkedNow = 0;
+  new Gauge({
+    name: "meridian_ingress_parked_requests",
+    help: "Requests held at this ingress while their deployment wakes or its replicas are full.",
+    registers: [registry],
+    collect() {
+      this.set(parkedNow);
+    },
+  });
   new Gauge({
     name: "meridian_ingress_inflight_requests",
     help: "Requests in flight through this ingress.",
@@ -102,6 +113,9 @@ export function createGatewayMetrics(registry: Registry, region: string): Gatewa
     },
     unsignedReceipt() {
       unsigned.inc();
+    },
+    parked(delta) {
+      parkedNow += delta;
     },
   };
 }

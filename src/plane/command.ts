@@ -3,6 +3,11 @@
 
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import {
+  type BackpressureLimits,
+  checkBackpressureLimits,
+  DEFAULT_BACKPRESSURE_LIMITS,
+} from "../core/autoscaling-settings.ts";
 import { parseAuditRetention } from "../gateway/audit.ts";
 import { runUntilStopped, watchParent } from "../lib/shutdown.ts";
 import { startPlane } from "./main.ts";
@@ -22,12 +27,21 @@ export interface PlaneFlags {
   predictTimeout?: string;
   websocketMaxFrame?: string;
   websocketIdleTimeout?: string;
+  parkQueue?: string;
+  retryAfter?: string;
   ingressTransport?: string;
   sandbox?: string;
   sandboxUid?: string;
   sandboxBwrap?: string;
   auditRetention?: string;
   receipts?: string;
+  python?: string[];
+  pipFindLinks?: string;
+  pipIndexUrl?: string;
+  asyncConcurrency?: string;
+  webhookAllowHttp?: boolean;
+  webhookAllowPrivate?: boolean;
+  webhookCa?: string;
 }
 
 /** `--sandbox-uid UID[:GID]`: an unprivileged host id for replicas (GID defaults to UID). */
@@ -93,6 +107,18 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     throw new Error("--predict-timeout is a whole number of seconds");
   }
   const websocket = parseWebSocketLimits(flags);
+  let backpressure: BackpressureLimits | null = null;
+  if (flags.parkQueue !== undefined || flags.retryAfter !== undefined) {
+    const check = checkBackpressureLimits({
+      queue_per_environment: Number(flags.parkQueue ?? DEFAULT_BACKPRESSURE_LIMITS.queue_per_environment),
+      retry_after_seconds: Number(flags.retryAfter ?? DEFAULT_BACKPRESSURE_LIMITS.retry_after_seconds),
+    });
+    if (!check.ok) {
+      const flag = check.field === "queue_per_environment" ? "--park-queue" : "--retry-after";
+      throw new Error(`${flag}: ${check.message}`);
+    }
+    backpressure = check.limits;
+  }
   const transport = flags.ingressTransport;
   if (transport !== undefined && transport !== "wire" && transport !== "http") {
     throw new Error(`--ingress-transport is wire or http, got '${transport}'`);
@@ -112,8 +138,27 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
   if (receipts !== "on" && receipts !== "off") {
     throw new Error(`--receipts is on or off, got '${receipts}'`);
   }
+  if (flags.pipFindLinks !== undefined && flags.pipIndexUrl !== undefined) {
+    throw new Error("--pip-find-links and --pip-index-url exclude each other");
+  }
+  if (flags.pipIndexUrl !== undefined && !/^https?:\/\/[^\s/?#]+/i.test(flags.pipIndexUrl)) {
+    throw new Error(`--pip-index-url needs an http(s) URL, got '${flags.pipIndexUrl}'`);
+  }
+  const indexArgs =
+    flags.pipFindLinks !== undefined
+      ? ["--no-index", "--find-links", resolve(flags.pipFindLinks)]
+      : flags.pipIndexUrl !== undefined
+        ? ["--index-url", flags.pipIndexUrl]
+        : null;
   const retention = flags.auditRetention === undefined ? null : parseAuditRetention(flags.auditRetention);
   if (retention !== null && !retention.ok) throw new Error(retention.error);
+  const asyncConcurrency = flags.asyncConcurrency === undefined ? undefined : Number(flags.asyncConcurrency);
+  if (
+    asyncConcurrency !== undefined &&
+    !(Number.isInteger(asyncConcurrency) && asyncConcurrency >= 1 && asyncConcurrency <= 1024)
+  ) {
+    throw new Error("--async-concurrency is a whole number from 1 to 1024");
+  }
   const config = Object.freeze({
     name: flags.name,
     region: flags.region,
@@ -133,8 +178,21 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
       ...websocket,
     },
     ...(transport ? { ingressTransport: transport } : {}),
+    ...(backpressure !== null ? { backpressure } : {}),
     ...(retention !== null ? { auditRetentionMs: retention.ms } : {}),
     receipts: receipts === "on",
+    python: {
+      interpreters: (flags.python ?? []).map((p) => resolve(p)),
+      ...(indexArgs !== null ? { indexArgs } : {}),
+    },
+    async: {
+      ...(asyncConcurrency !== undefined ? { concurrency: asyncConcurrency } : {}),
+      webhook: {
+        allowHttp: flags.webhookAllowHttp === true,
+        allowPrivate: flags.webhookAllowPrivate === true,
+        ...(flags.webhookCa ? { ca: readFileSync(flags.webhookCa, "utf8") } : {}),
+      },
+    },
     sandbox: {
       mode,
       ...(flags.sandboxBwrap !== undefined ? { bwrapPath: resolve(flags.sandboxBwrap) } : {}),

@@ -6,6 +6,8 @@
 // serves or holds is counted (a request it hands to a peer is counted there), so the control plane can
 // sum a region's planes without counting a request twice.
 
+import type { Logger } from "pino";
+import { request } from "undici";
 import type { PlaneLoadReport } from "../core/snapshot.ts";
 
 interface Meter {
@@ -88,4 +90,47 @@ export class LoadMeter {
     }
     return m;
   }
+}
+
+export interface WakeOptions {
+  controlUrl: string;
+  plane: string;
+  token: string;
+  load: LoadMeter;
+  logger: Logger;
+}
+
+/**
+ * Asks the control plane to wake a deployment this plane holds requests for (POST
+ * /v1/internal/planes/{name}/wake, the plane's credential), with this plane's counters for it: the held
+ * requests are what the autoscaler sizes the wake by. A failure is logged; the ingress asks again.
+ */
+export function wakeDeployment(o: WakeOptions): (deploymentId: string) => Promise<void> {
+  return async (deploymentId) => {
+    const report = o.load.report();
+    const load = {
+      ...report,
+      deployments: report.deployments.filter((d) => d.deployment_id === deploymentId),
+    };
+    try {
+      const res = await request(`${o.controlUrl}/v1/internal/planes/${encodeURIComponent(o.plane)}/wake`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${o.token}`, "content-type": "application/json" },
+        body: JSON.stringify({ deployment_id: deploymentId, load }),
+        headersTimeout: 10_000,
+        bodyTimeout: 10_000,
+      });
+      const text = await res.body.text();
+      if (res.statusCode !== 202) {
+        o.logger.warn(
+          { deployment: deploymentId, status: res.statusCode, body: text.slice(0, 200) },
+          "wake refused",
+        );
+      } else {
+        o.logger.info({ deployment: deploymentId, answer: JSON.parse(text) as unknown }, "wake sent");
+      }
+    } catch (err) {
+      o.logger.warn({ deployment: deploymentId, err: (err as Error).message }, "wake not delivered");
+    }
+  };
 }

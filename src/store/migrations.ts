@@ -387,11 +387,30 @@ function migrations(dialect: Dialect): Record<string, Migration> {
           .addColumn("reported_at", "text", (c) => c.notNull())
           .addPrimaryKeyConstraint("plane_loads_pk", ["plane", "deployment_id"])
           .execute();
+        // A deployment runs under the settings of the environment it serves, now kept on its own row too.
+        await sql`update deployments set autoscaling = (select e.autoscaling from environments e where e.current_deployment_id = deployments.id order by e.name limit 1) where exists (select 1 from environments e where e.current_deployment_id = deployments.id)`.execute(
+          db,
+        );
         await db.schema
           .createIndex("plane_loads_deployment")
           .on("plane_loads")
           .column("deployment_id")
           .execute();
+      },
+    },
+    "0010_async": {
+      async up(db: Kysely<unknown>) {
+        // Team webhook secrets for async inference, sealed as team secrets are (src/lib/secret-box.ts).
+        // Nothing of an async request itself is ever stored here: requests live on their region's planes.
+        await db.schema
+          .createTable("webhook_secrets")
+          .addColumn("id", "text", (c) => c.primaryKey())
+          .addColumn("team_id", "text", (c) => c.notNull().references("teams.id").onDelete("cascade"))
+          .addColumn("key_id", "text", (c) => c.notNull())
+          .addColumn("sealed", "text", (c) => c.notNull())
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex("webhook_secrets_team").on("webhook_secrets").column("team_id").execute();
       },
     },
   };

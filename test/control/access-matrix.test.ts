@@ -96,7 +96,8 @@ type Need =
   | "pending_upload"
   | "key_target"
   | "scratch_plane"
-  | "secret_target";
+  | "secret_target"
+  | "webhook_secret_target";
 
 /** A model with its deployments (unless the row says `model: false`), and the row's targets. */
 interface Fixture {
@@ -117,6 +118,8 @@ interface Fixture {
   plane?: string;
   /** A secret of the team, named by no deployment (`secret_target`). */
   secretName?: string;
+  /** A webhook secret of the team (`webhook_secret_target`). */
+  webhookSecretId?: string;
 }
 
 interface Side {
@@ -194,6 +197,7 @@ interface Ids {
   sha256: string;
   secret_name: string;
   replica_id: string;
+  webhook_secret_id: string;
 }
 
 const source = (c: Cell, name?: string) => ({
@@ -417,6 +421,20 @@ const ROWS: Record<string, Row> = {
     needs: ["inactive"],
     effect: async (e) => expect(await deploymentStatus(e.db, e.f.E)).not.toBe("INACTIVE"),
   },
+  "PATCH /v1/models/{model_id}/deployments/{deployment_id}/autoscaling_settings": {
+    policy: "manage-environment",
+    notFound: "model_not_found",
+    body: (c) => ({ max_replica: maxReplica(c) }),
+    keepsFixture: true,
+    effect: async (e) => {
+      const d = await e.db
+        .selectFrom("deployments")
+        .select("autoscaling")
+        .where("id", "=", e.f.E)
+        .executeTakeFirstOrThrow();
+      expect(JSON.parse(d.autoscaling).max_replica).toBe(maxReplica(e));
+    },
+  },
   "POST /v1/models/{model_id}/deployments/{deployment_id}/deactivate": {
     policy: "manage-environment",
     notFound: "model_not_found",
@@ -601,6 +619,14 @@ const ROWS: Record<string, Row> = {
     policy: "plane-only",
     body: () => ({ revision: 0, replicas: [], request_counts: [] }),
   },
+  "POST /v1/internal/planes/{name}/wake": {
+    model: false,
+    policy: "plane-only",
+    body: () => ({
+      deployment_id: "nosuchdeployment",
+      load: { epoch: "2026-01-01T00:00:00.000Z", at: "2026-01-01T00:00:00.000Z", deployments: [] },
+    }),
+  },
   "GET /v1/internal/artifacts/{sha256}": { model: false, policy: "plane-only" },
   "GET /v1/internal/dns/snapshot": { model: false, policy: "plane-only" },
   "GET /v1/internal/planes/{name}/replicas/{replica_id}/secrets": {
@@ -644,6 +670,40 @@ const ROWS: Record<string, Row> = {
     needs: ["secret_target"],
     effect: (e) => secretDeleted(e),
   },
+
+  // —— webhook secrets (async inference): the value only in the create answer, and to planes ——
+  "GET /v1/webhook_secrets": { model: false, policy: "read", scope: "own" },
+  "POST /v1/webhook_secrets": {
+    model: false,
+    policy: "manage",
+    scope: "own",
+    keepsFixture: true,
+    effect: (e) => webhookSecretCreated(e, e.ownTeam),
+  },
+  "DELETE /v1/webhook_secrets/{webhook_secret_id}": {
+    model: false,
+    policy: "manage",
+    notFound: "webhook_secret_not_found",
+    except: { org_admin: ORG_ADMIN_ELSEWHERE("webhook_secret_not_found") },
+    needs: ["webhook_secret_target"],
+    effect: (e) => webhookSecretDeleted(e),
+  },
+  "GET /v1/teams/{team_id}/webhook_secrets": { model: false, policy: "read", notFound: "team_not_found" },
+  "POST /v1/teams/{team_id}/webhook_secrets": {
+    model: false,
+    policy: "manage",
+    notFound: "team_not_found",
+    keepsFixture: true,
+    effect: (e) => webhookSecretCreated(e, e.side.team),
+  },
+  "DELETE /v1/teams/{team_id}/webhook_secrets/{webhook_secret_id}": {
+    model: false,
+    policy: "manage",
+    notFound: "team_not_found",
+    needs: ["webhook_secret_target"],
+    effect: (e) => webhookSecretDeleted(e),
+  },
+  "GET /v1/internal/planes/{name}/webhook_secrets/{team_id}": { model: false, policy: "plane-only" },
 
   // —— the truss CLI's GraphQL endpoint (outside the route table): one row per operation, the CLI's documents ——
   "POST /graphql/ teams": {
@@ -844,6 +904,22 @@ function secretUpserted(e: EffectContext, team: string) {
   expect(entry).toMatchObject({ action: "secret.create", target: `secret:${team}/probe_${e.n}` });
   expect(JSON.stringify(e.diff.added("audit_logs"))).not.toContain("probe-value");
   expect(JSON.stringify(e.diff.added("secrets"))).not.toContain("probe-value");
+}
+
+async function webhookSecretCreated(e: EffectContext, team: string) {
+  const added = e.diff.added("webhook_secrets");
+  expect(added.map((r) => r["team_id"])).toEqual([team]);
+  expect(e.res.body.secret).toMatch(/^whsec_/);
+  // Sealed at rest: the value shown once is nowhere in the row.
+  expect(JSON.stringify(added)).not.toContain(e.res.body.secret);
+  expect(e.diff.added("audit_logs")).toEqual([expect.objectContaining({ action: "webhook_secret.create" })]);
+  // The team may hold only a few at once: the matrix's own creations must not use up the bound.
+  await e.db.deleteFrom("webhook_secrets").where("id", "=", e.res.body.id).execute();
+}
+
+function webhookSecretDeleted(e: EffectContext) {
+  expect(e.diff.removed("webhook_secrets").map((r) => r["id"])).toEqual([e.f.webhookSecretId]);
+  expect(e.diff.added("audit_logs")).toEqual([expect.objectContaining({ action: "webhook_secret.delete" })]);
 }
 
 function secretDeleted(e: EffectContext) {
@@ -1063,6 +1139,11 @@ describe("security matrix: every route of /v1/spec × principal × restricted/un
       const res = await admin.post(`/v1/teams/${side.team}/secrets`, { name: f.secretName, value: "target" });
       expect(res.status, JSON.stringify(res.body)).toBe(200);
     }
+    if (needs.includes("webhook_secret_target")) {
+      const res = await admin.post(`/v1/teams/${side.team}/webhook_secrets`, {});
+      expect(res.status, JSON.stringify(res.body)).toBe(200);
+      f.webhookSecretId = res.body.id;
+    }
     if (needs.includes("scratch_plane")) {
       f.plane = `scratch-${n}`;
       const res = await root.post("/v1/admin/planes", {
@@ -1188,6 +1269,8 @@ describe("security matrix: every route of /v1/spec × principal × restricted/un
       domain: "meridian.test",
       publicUrl: null,
       planeTimeoutMs: 24 * 3600_000,
+      // Nor does the autoscaler pass in the background (a new deployment's first replica count).
+      autoscalerIntervalMs: 24 * 3600_000,
       logger: pino({ level: "silent" }),
     });
     root = new ApiClient(control.url, control.adminKey);
@@ -1290,6 +1373,7 @@ describe("security matrix: every route of /v1/spec × principal × restricted/un
           sha256,
           secret_name: f.secretName ?? "",
           replica_id: "",
+          webhook_secret_id: f.webhookSecretId ?? "",
           ...row.ids?.(cell),
         };
         const client = side.clients[who];

@@ -2,6 +2,7 @@
 
 import type { FastifyReply } from "fastify";
 import { MeridianError } from "../../core/errors.ts";
+import { wakeFromPlane } from "../autoscaling.ts";
 import type { ControlContext } from "../context.ts";
 import * as internal from "../internal.ts";
 import * as s from "../schemas.ts";
@@ -39,6 +40,18 @@ export function internalRoutes(ctx: ControlContext, options: RouteOptions): Rout
       handler: async (c) => {
         await internal.applyReport(ctx, c.plane, c.body);
         return { revision: ctx.feed.revision() };
+      },
+    }),
+    route({
+      method: "POST",
+      url: "/v1/internal/planes/{name}/wake",
+      summary: "A plane holds requests for a deployment with nothing ready in its region: decide it now",
+      auth: "own_plane",
+      body: s.planeWakeBody,
+      meridian: true,
+      handler: async (c) => {
+        const answer = await wakeFromPlane(ctx, c.plane, c.body);
+        return c.reply.status(202).send(answer);
       },
     }),
     route({

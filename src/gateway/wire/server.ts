@@ -282,9 +282,10 @@ class ClientConn {
     const ex = this.upgradeSeen;
     if (ex === null) return;
     this.upgradeSeen = null;
-    if (parsed >= read.length) return;
-    ex.upgradeHead = Buffer.from(read.subarray(parsed));
-    this.pause();
+    if (parsed < read.length) ex.upgradeHead = Buffer.from(read.subarray(parsed));
+    // A websocket's frames wait in the socket until its relay takes over (the request may be parked while
+    // its deployment wakes, or queued behind a pipelined one); an upgrade with a body is still read.
+    if (parsed < read.length || (ex.method === "GET" && !declaredBody(ex.rawHeaders))) this.pause();
   }
 
   /**
@@ -515,6 +516,20 @@ class ClientConn {
       this.respondError(ex, plan);
       return;
     }
+    if (plan.kind === "park") {
+      // Held while the deployment wakes (src/gateway/parking.ts); its body is held meanwhile, as for any
+      // request not yet dispatched. Then planned again.
+      void plan.wait.then((outcome) => {
+        if (ex.done || this.closed) return;
+        if (outcome.kind === "go") this.startExchange(ex);
+        else
+          this.respondError(
+            ex,
+            refuse("model_unavailable", "No replica became ready in time.", { region: gw.self.region }),
+          );
+      });
+      return;
+    }
     ex.forward = plan;
     if (plan.upgrade !== null) {
       this.handOver(ex, plan);
@@ -594,7 +609,8 @@ class ClientConn {
     const forward = ex.forward!;
     const t = forward.targets[ex.attempt]!;
     const headers = gw.attemptHeaders(ex, forward, t);
-    // The client's method: POST for predict; any of `/sync/{path}`'s to a replica's own routes.
+    // The client's method: POST for predict; GET and DELETE reach the async service and peer planes;
+    // any of `/sync/{path}`'s reaches a replica's own routes.
     let head = `${ex.method} ${t.path} HTTP/1.1\r\n`;
     if (t.kind === "replica") head += `host: ${t.authority}\r\n`;
     for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
