@@ -17,6 +17,7 @@ import { encodeFrame } from "../lib/websocket.ts";
 import { loadModelPackage } from "../runtime/package.ts";
 import { type ModelServer, serveModel } from "../runtime/server.ts";
 import { EXAMPLES } from "../runtime/testing.ts";
+import type { AuditRecord } from "./audit.ts";
 import { createIngress, type Ingress, type IngressTransport } from "./ingress.ts";
 import { call, startReplica, type TestReplica } from "./testing.ts";
 
@@ -188,6 +189,7 @@ describe.each(["wire", "http"] as const)("%s transport", (transport: IngressTran
   let us: Ingress;
   let replicas: string[] = [];
   let usHasReplica = true;
+  const audit: Record<string, AuditRecord[]> = { "eu-1": [], "us-1": [] };
   let euPort = 0;
   let usPort = 0;
 
@@ -213,6 +215,7 @@ describe.each(["wire", "http"] as const)("%s transport", (transport: IngressTran
         // us-1 holds the replica too unless a case takes it away: a 421 there is then no accident.
         localReplicas: (id) => (id !== "d-eu" ? [] : plane.name === "us-1" && !usHasReplica ? [] : replicas),
         limits: { websocketMaxFrameBytes: MAX_FRAME, websocketIdleTimeoutMs: IDLE_MS },
+        audit: { record: (r) => audit[plane.name]!.push(r) },
       });
     eu = make({ name: "eu-1", region: "eu" });
     us = make({ name: "us-1", region: "us" });
@@ -473,6 +476,34 @@ describe.each(["wire", "http"] as const)("%s transport", (transport: IngressTran
       expect(event.reason).toBe("replica went away");
     });
 
+    it("one audit record per websocket, written when it ends: status 101 and its lifetime", async () => {
+      const ws = new WebSocket(`ws://${REGIONAL}:${euPort}/websocket`, {
+        dispatcher: loopback(),
+        headers: { authorization: `Api-Key ${KEY}`, "x-request-id": "ws-audited-1" },
+      } as ConstructorParameters<typeof WebSocket>[1]);
+      await once(ws as unknown as EventTarget, "open");
+      await new Promise((r) => setTimeout(r, 300));
+      expect(audit["eu-1"]!.filter((r) => r.request_id === "ws-audited-1")).toEqual([]);
+      const closed = once(ws as unknown as EventTarget, "close");
+      ws.close(1000);
+      await closed;
+      const deadline = Date.now() + 2_000;
+      while (!audit["eu-1"]!.some((r) => r.request_id === "ws-audited-1") && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const records = audit["eu-1"]!.filter((r) => r.request_id === "ws-audited-1");
+      expect(records).toHaveLength(1);
+      expect(records[0]).toMatchObject({
+        status: 101,
+        environment: "prod-eu",
+        deployment_id: "d-eu",
+        processed_by: "eu-1",
+        hostname_form: "regional",
+        aborted: false,
+      });
+      expect(records[0]!.latency_ms).toBeGreaterThanOrEqual(300);
+    });
+
     it("the 101 carries the proof headers and a receipt", async () => {
       const r = await rawUpgrade(euPort, REGIONAL, "/websocket");
       try {
@@ -537,6 +568,12 @@ describe.each(["wire", "http"] as const)("%s transport", (transport: IngressTran
       r.socket.destroy();
       expect(r.status, r.head).toBe(421);
       expect(headerOf(r.head, "x-meridian-region")).toBe("us");
+      const id = headerOf(r.head, "x-request-id");
+      expect(audit["us-1"]!.find((a) => a.request_id === id)).toMatchObject({
+        status: 421,
+        error_code: "misdirected_request",
+        processed_by: null,
+      });
       expect({ c: relay.connections, b: relay.bytes }).toEqual(before);
     });
 
