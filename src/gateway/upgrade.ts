@@ -324,7 +324,10 @@ export class WebSocketRelay {
     const check = () => {
       const quiet = Date.now() - this.#last;
       if (quiet >= idle) this.#closeBoth(CLOSE.goingAway, "idle timeout");
-      else this.#idleTimer = setTimeout(check, idle - quiet);
+      else {
+        this.#idleTimer = setTimeout(check, idle - quiet);
+        this.#idleTimer.unref();
+      }
     };
     this.#idleTimer = setTimeout(check, idle);
     this.#idleTimer.unref();
