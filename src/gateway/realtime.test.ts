@@ -504,6 +504,61 @@ describe.each(["wire", "http"] as const)("%s transport", (transport: IngressTran
       expect(records[0]!.latency_ms).toBeGreaterThanOrEqual(300);
     });
 
+    it("an upgrade to a deployment that is waking is held, then relayed; a frame sent with it is echoed", async () => {
+      let awake = false;
+      const plane = { name: "eu-1", region: "eu" };
+      const base = snapshot(plane);
+      const sleeping: PlaneSnapshot = {
+        ...base,
+        models: base.models.map((m) => ({
+          ...m,
+          deployments: m.deployments.map((d) =>
+            d.id === "d-eu" ? { ...d, scale: { wakeable: true, concurrency_target: 4, policy: null } } : d,
+          ),
+        })),
+      };
+      const waking = createIngress({
+        transport,
+        plane,
+        signingKey: KEYS["eu-1"],
+        snapshot: () => sleeping,
+        localReplicas: (id) => (awake && id === "d-eu" ? replicas : []),
+        wake: async () => {
+          setTimeout(() => {
+            awake = true;
+          }, 300);
+        },
+      });
+      await waking.start();
+      try {
+        const socket = net.connect(waking.address!.port, "127.0.0.1");
+        await once(socket, "connect");
+        const started = Date.now();
+        socket.write(
+          Buffer.concat([
+            Buffer.from(
+              `GET /websocket HTTP/1.1\r\nHost: ${REGIONAL}\r\nAuthorization: Api-Key ${KEY}\r\n` +
+                "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+                "Sec-WebSocket-Version: 13\r\n\r\n",
+              "latin1",
+            ),
+            encodeFrame(1, Buffer.from("early"), true),
+          ]),
+        );
+        let got = Buffer.alloc(0);
+        socket.on("data", (d: Buffer) => (got = Buffer.concat([got, d])));
+        const deadline = Date.now() + 5_000;
+        while (!got.includes("prod-eu: early") && Date.now() < deadline)
+          await new Promise((r) => setTimeout(r, 20));
+        socket.destroy();
+        expect(got.toString("latin1")).toMatch(/^HTTP\/1\.1 101 /);
+        expect(got.includes("prod-eu: early")).toBe(true);
+        expect(Date.now() - started).toBeGreaterThanOrEqual(250); // it was held
+      } finally {
+        await waking.stop();
+      }
+    });
+
     it("the 101 carries the proof headers and a receipt", async () => {
       const r = await rawUpgrade(euPort, REGIONAL, "/websocket");
       try {
