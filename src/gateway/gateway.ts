@@ -11,7 +11,13 @@ import { type Logger, pino } from "pino";
 import { type Admission, DEFAULT_BACKPRESSURE_LIMITS } from "../core/autoscaling-settings.ts";
 import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
 import { parseHost } from "../core/host.ts";
-import { decideRoute, indexSnapshot, type RouteContext, type RouteIndex } from "../core/routing.ts";
+import {
+  decideRoute,
+  indexSnapshot,
+  isWakePath,
+  type RouteContext,
+  type RouteIndex,
+} from "../core/routing.ts";
 import type { DeploymentRoute, PlaneRef } from "../core/snapshot.ts";
 import type { AuditSink } from "./audit.ts";
 import { acceptableRequestId, apiKeyOf, PROOF, scanRequestHeaders, scanResponseHeaders } from "./headers.ts";
@@ -70,6 +76,8 @@ export interface Refusal {
   detail: unknown;
   /** Extra response headers (e.g. `allow`), flat. */
   extra: string[];
+  /** Not an error: the ingress's own answer (a wake's 202), sent the way a refusal is. */
+  answer?: { status: number; body: string };
 }
 
 /** A request on its way upstream: the candidates in order and what every attempt sends. */
@@ -260,8 +268,40 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       ? Number.MAX_SAFE_INTEGER
       : 0;
   }
+  /**
+   * Whether this plane may hold the deployment's requests: it can wake it (a plane of its region, or a
+   * global ingress, which takes standard-endpoint requests for every model), and it wakes.
+   */
+  function canWake(id: string): boolean {
+    const route = deploymentRoute(id);
+    if (parking === null || route?.scale?.wakeable !== true) return false;
+    return (
+      route.region === null || route.region === self.region || currentIndex()?.plane.global_ingress === true
+    );
+  }
   function canPark(ex: Exchange, id: string): boolean {
-    return parking !== null && !released.has(ex) && deploymentRoute(id)?.scale?.wakeable === true;
+    return !released.has(ex) && canWake(id);
+  }
+  /**
+   * `POST …/wake` (the reference: "Returns immediately with 202 Accepted"): decided as a predict is (key,
+   * model, environment, region, policy), then a wake when nothing is routable, and no body is forwarded.
+   */
+  function wakeAnswer(ex: Exchange, decision: ReturnType<typeof decideRoute>): Refusal {
+    const id = decision.context.deploymentId;
+    const awake = decision.kind !== "refuse";
+    if (!awake) {
+      if (decision.code !== "model_unavailable" || id === null || !canWake(id)) {
+        return refuse(
+          decision.code,
+          decision.message,
+          decision.detail,
+          decision.allow ? ["allow", decision.allow] : [],
+        );
+      }
+      parking!.wakeNow(id);
+    }
+    const body = JSON.stringify({ deployment_id: id, waking: !awake });
+    return { ...refuse("invalid_request"), answer: { status: 202, body } };
   }
   function park(ex: Exchange, id: string): Park | Refusal {
     const scale = deploymentRoute(id)?.scale;
@@ -354,6 +394,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       scheme: ex.forwardedFrom !== null && scan.forwardedProto === "https" ? "https" : scheme,
     });
     ex.context = decision.context;
+    if (isWakePath(path)) return wakeAnswer(ex, decision);
     // Nothing ready where the request may go, for a deployment that wakes: held here, in this region.
     let parkFor: string | null = null;
     if (decision.kind === "refuse") {
@@ -492,8 +533,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
 
     /** The JSON error answer of a refusal: status, headers (with proof) and body. */
     errorResponse(ex: Exchange, r: Refusal): { status: number; headers: string[]; body: string } {
-      ex.errorCode = r.code;
-      const body = JSON.stringify(errorBody(r.code, r.message ?? undefined, r.detail));
+      if (r.answer === undefined) ex.errorCode = r.code;
+      const body = r.answer?.body ?? JSON.stringify(errorBody(r.code, r.message ?? undefined, r.detail));
       const headers = [
         "content-type",
         "application/json",
@@ -502,7 +543,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         ...proofHeaders(ex),
         ...r.extra,
       ];
-      return { status: errorStatus(r.code), headers, body };
+      return { status: r.answer?.status ?? errorStatus(r.code), headers, body };
     },
 
     /**

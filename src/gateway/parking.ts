@@ -82,6 +82,11 @@ export class Parking {
     });
   }
 
+  /** An explicit wake (`POST …/wake`): asks the control plane, coalesced with the wakes in flight. */
+  wakeNow(deploymentId: string): void {
+    this.#wake(deploymentId);
+  }
+
   /** The exchange ended while held (its client went away): its place is freed. */
   forget(exchange: object): void {
     for (const [id, queue] of this.#queues) {

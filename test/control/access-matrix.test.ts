@@ -422,6 +422,21 @@ const ROWS: Record<string, Row> = {
     notFound: "model_not_found",
     effect: async (e) => expect(await deploymentStatus(e.db, e.f.E)).toBe("INACTIVE"),
   },
+  // More (or fewer) replicas of what the environment it serves runs: that environment's manage access.
+  "PATCH /v1/models/{model_id}/deployments/{deployment_id}/autoscaling_settings": {
+    policy: "manage-environment",
+    notFound: "model_not_found",
+    body: (c) => ({ max_replica: maxReplica(c) }),
+    keepsFixture: true,
+    effect: async (e) => {
+      const row = await e.db
+        .selectFrom("deployments")
+        .select("autoscaling")
+        .where("id", "=", e.f.E)
+        .executeTakeFirstOrThrow();
+      expect(JSON.parse(row.autoscaling).max_replica).toBe(maxReplica(e));
+    },
+  },
   "POST /v1/models/{model_id}/deployments/{deployment_id}/retry": {
     policy: "manage-environment",
     notFound: "model_not_found",
@@ -600,6 +615,14 @@ const ROWS: Record<string, Row> = {
     model: false,
     policy: "plane-only",
     body: () => ({ revision: 0, replicas: [], request_counts: [] }),
+  },
+  "POST /v1/internal/planes/{name}/wake": {
+    model: false,
+    policy: "plane-only",
+    body: () => ({
+      deployment_id: "zzzzzzz",
+      load: { epoch: "2026-01-01T00:00:00.000Z", at: "2026-01-01T00:00:00.000Z", deployments: [] },
+    }),
   },
   "GET /v1/internal/artifacts/{sha256}": { model: false, policy: "plane-only" },
   "GET /v1/internal/dns/snapshot": { model: false, policy: "plane-only" },

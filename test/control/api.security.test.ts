@@ -66,6 +66,11 @@ function validBodies(ids: Ids): Record<string, unknown> {
     "POST /v1/admin/teams": { name: "Intruders" },
     "POST /v1/admin/users": { email: "intruder@example.com" },
     "POST /v1/internal/planes/{name}/report": { revision: 0, replicas: [], request_counts: [] },
+    "POST /v1/internal/planes/{name}/wake": {
+      deployment_id: ids.deployment_id,
+      load: { epoch: "2026-01-01T00:00:00.000Z", at: "2026-01-01T00:00:00.000Z", deployments: [] },
+    },
+    "PATCH /v1/models/{model_id}/deployments/{deployment_id}/autoscaling_settings": { max_replica: 2 },
     "POST /v1/secrets": { name: "probe", value: "probe-value" },
     "POST /v1/teams/{team_id}/secrets": { name: "probe", value: "probe-value" },
   };
@@ -499,7 +504,10 @@ describe("management API security", () => {
     it("serves a plane with its own credential", async () => {
       for (const route of internalRoutes) {
         const res = await requestInternal(route, `Bearer ${planes.aCredential}`, planes.a);
-        expect(res.status, `${label(route)}: ${JSON.stringify(res.body)}`).toBe(200);
+        // A wake is accepted, not served (202).
+        expect(res.status, `${label(route)}: ${JSON.stringify(res.body)}`).toBe(
+          route.path.endsWith("/wake") ? 202 : 200,
+        );
       }
     });
 
@@ -529,7 +537,9 @@ describe("management API security", () => {
         );
         // Plane B runs no replica: its new credential is let in and finds none to give secrets for.
         const res = await requestInternal(route, `Bearer ${rotated.body.credential}`, planes.b);
-        expect(res.status, label(route)).toBe(route.path.includes("{replica_id}") ? 404 : 200);
+        expect(res.status, label(route)).toBe(
+          route.path.includes("{replica_id}") ? 404 : route.path.endsWith("/wake") ? 202 : 200,
+        );
       }
     });
   });
