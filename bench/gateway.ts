@@ -32,7 +32,7 @@ export interface GatewayOptions {
   profileDir: string | null;
 }
 
-type Path = "direct" | "ingress" | "ingress-http" | "nginx" | "forwarded";
+type Path = "direct" | "ingress" | "ingress-unsigned" | "ingress-http" | "nginx" | "forwarded";
 type Upstream = "minimal" | "serve-model";
 
 interface Cell {
@@ -127,6 +127,17 @@ export async function runGateway(o: GatewayOptions, log: (m: string) => void): P
       }),
     });
     started.push(euHttpHost);
+    // And with receipts off (`meridian plane --receipts off`): what signing every response costs.
+    const euUnsignedPort = await freePort();
+    const euUnsignedHost = startTs("ingress eu-1 (receipts off)", "bench/ingress-host.ts", {
+      BENCH_INGRESS: JSON.stringify({
+        ...hostConfig(eu, euUnsignedPort, minimalEp),
+        auditDir: join(dir, "audit-eu-1-unsigned"),
+        receipts: false,
+      }),
+    });
+    started.push(euUnsignedHost);
+    await euUnsignedHost.waitFor((l) => l.includes("bench ingress ready"));
     await euHost.waitFor((l) => l.includes("bench ingress ready"));
     await usHost.waitFor((l) => l.includes("bench ingress ready"));
     await euHttpHost.waitFor((l) => l.includes("bench ingress ready"));
@@ -150,6 +161,12 @@ export async function runGateway(o: GatewayOptions, log: (m: string) => void): P
             url: `http://127.0.0.1:${euPort}/predict`,
             host: regional(model),
             pids: [euHost.proc.pid!],
+          };
+        case "ingress-unsigned":
+          return {
+            url: `http://127.0.0.1:${euUnsignedPort}/predict`,
+            host: regional(model),
+            pids: [euUnsignedHost.proc.pid!],
           };
         case "ingress-http":
           return {
@@ -181,6 +198,7 @@ export async function runGateway(o: GatewayOptions, log: (m: string) => void): P
         if (body === "small") {
           cells.push({ upstream: "minimal", path: "forwarded", connections, body });
           cells.push({ upstream: "minimal", path: "ingress-http", connections, body });
+          cells.push({ upstream: "minimal", path: "ingress-unsigned", connections, body });
         }
       }
     }
@@ -298,7 +316,8 @@ function render(
       const direct = { ...base, path: "direct" as const };
       const nginx = { ...base, path: "nginx" as const };
       const paths: Path[] = ["direct", "ingress", "nginx"];
-      if (g.upstream === "minimal" && g.body === "small") paths.push("ingress-http", "forwarded");
+      if (g.upstream === "minimal" && g.body === "small")
+        paths.push("ingress-unsigned", "ingress-http", "forwarded");
       for (const path of paths) {
         const c = { ...base, path };
         const rps = med(c, (s) => s.rps);
@@ -308,11 +327,13 @@ function render(
             ? "(a) direct"
             : path === "ingress"
               ? "(b) Meridian ingress, regional"
-              : path === "ingress-http"
-                ? "(b′) the same, on the node:http + undici fallback transport"
-                : path === "nginx"
-                  ? "(c) nginx"
-                  : "Meridian standard endpoint, us-1 → eu-1 hop";
+              : path === "ingress-unsigned"
+                ? "(b″) the same with `--receipts off`"
+                : path === "ingress-http"
+                  ? "(b′) the same, on the node:http + undici fallback transport"
+                  : path === "nginx"
+                    ? "(c) nginx"
+                    : "Meridian standard endpoint, us-1 → eu-1 hop";
         lines.push(
           `| ${connections} | ${label} | ${fmt(rps)} | ${fmt(p50)} | ${fmt(med(c, (s) => s.p99us))} | ${fmt(
             med(c, (s) => s.cpuPerReq),

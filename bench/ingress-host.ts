@@ -28,6 +28,8 @@ export interface IngressHostConfig {
   readyPlanes?: string[];
   /** The ingress transport (default: the ingress's own default, `wire`). */
   transport?: "wire" | "http";
+  /** Sign receipts (default true, as `meridian plane`; false is `--receipts off`). */
+  receipts?: boolean;
 }
 
 const config = JSON.parse(process.env["BENCH_INGRESS"] ?? "{}") as IngressHostConfig;
@@ -71,6 +73,7 @@ const ingress = createIngress({
   registry,
   audit,
   ...(config.transport ? { transport: config.transport } : {}),
+  ...(config.receipts === false ? { receipts: false } : {}),
 });
 await ingress.start();
 process.stdout.write(

@@ -1,8 +1,12 @@
-// Micro-benchmark of the evidence work on a plane's hot path (issue 14): the request body's Content-Digest
-// (RFC 9530) by body size, a receipt (RFC 9421 signature base and one Ed25519 signature), the receipt's
-// verification (offline, for reference), and the audit log's cost per record (record() on the hot path;
-// sealing, hashing, signing and fsync per batch in the flush). Run:
+// Benchmark of the evidence work on a plane's hot path (issue 14). Part 1, micro: the request body's
+// Content-Digest (RFC 9530) by body size, a receipt (RFC 9421 signature base and one Ed25519 signature), the
+// receipt's verification (offline, for reference), and the audit log's cost per record (record() on the hot
+// path; sealing, hashing, signing and fsync per batch in the flush). Part 2, the ingress: one process with
+// receipts on and one with `--receipts off` (bench/ingress-host.ts, composed as `meridian plane` composes
+// it) in front of the minimal upstream, driven by wrk, interleaved, in the same run. Run:
 //   node --expose-gc --import tsx bench/receipts.ts
+// BENCH_RECEIPT_N (micro iterations, default 20000), BENCH_RECEIPT_RUNS (wrk rounds, default 4),
+// BENCH_RECEIPT_DURATION (seconds per wrk cell, default 2); BENCH_RECEIPT_HTTP=0 skips part 2.
 
 import { createHash, generateKeyPairSync, sign } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -12,7 +16,28 @@ import { performance } from "node:perf_hooks";
 import { keyDirectory } from "../src/core/key-directory.ts";
 import { receiptBase } from "../src/core/receipt.ts";
 import { AuditLog, type AuditRecord } from "../src/gateway/audit.ts";
-import { ContentDigester, contentDigest, signReceipt, verifyReceipt } from "../src/lib/receipts.ts";
+import {
+  appendReceipt,
+  ContentDigester,
+  contentDigest,
+  signReceipt,
+  verifyReceipt,
+} from "../src/lib/receipts.ts";
+import type { IngressHostConfig } from "./ingress-host.ts";
+import {
+  type Child,
+  cpuMicros,
+  fmt,
+  freePort,
+  loadAverage,
+  median as medianOf,
+  runWrk,
+  startTs,
+  tempDir,
+  until200,
+  writeBody,
+} from "./lib.ts";
+import { BENCH_DOMAIN, BENCH_KEY, modelId } from "./snapshot.ts";
 
 const N = Number(process.env["BENCH_RECEIPT_N"] ?? 20_000);
 const RUNS = 5;
@@ -93,6 +118,10 @@ const base = Buffer.from(
 );
 measure("Ed25519 signature of a 638-byte base alone", N, () => sign(null, base, privateKey));
 let now = Date.now();
+measure("appendReceipt (the ingress's path)", N, () => {
+  const out: string[] = [];
+  if (appendReceipt(out, key, 200, proof, request, now++) !== null) throw new Error("unsignable");
+});
 measure("signReceipt (base, Ed25519, headers)", N, () => {
   const r = signReceipt(key, { status: 200, headers, request, now: now++ });
   if (!r.ok) throw new Error(r.reason);
@@ -169,3 +198,138 @@ for (const batch of [100, 1_000, 5_000]) {
 }
 await log.stop();
 rmSync(dir, { recursive: true, force: true });
+
+// —— Part 2: the ingress's throughput and CPU per request, receipts on and off, in the same run ——
+
+if (process.env["BENCH_RECEIPT_HTTP"] !== "0") await ingressThroughput();
+
+async function ingressThroughput(): Promise<void> {
+  const rounds = Number(process.env["BENCH_RECEIPT_RUNS"] ?? 4);
+  const durationS = Number(process.env["BENCH_RECEIPT_DURATION"] ?? 2);
+  const work = tempDir();
+  const bodies = {
+    small: writeBody(work, "small.json", null),
+    "1 MiB": writeBody(work, "big.json", 1 << 20),
+  };
+  const started: Child[] = [];
+  try {
+    const upstream = startTs("upstream", "bench/upstream.ts");
+    started.push(upstream);
+    const upstreamPort = Number((await upstream.waitFor((l) => l.startsWith("listening"))).split(" ")[1]);
+    const hosts = new Map<"on" | "off", { child: Child; url: string }>();
+    for (const mode of ["on", "off"] as const) {
+      const port = await freePort();
+      const plane = { name: "eu-1", region: "eu", ingress: [`127.0.0.1:${port}`], global_ingress: false };
+      const config: IngressHostConfig = {
+        plane,
+        planes: [plane],
+        listen: { host: "127.0.0.1", port },
+        auditDir: join(work, `audit-${mode}`),
+        upstream: `127.0.0.1:${upstreamPort}`,
+        models: 10,
+        environments: ["prod-eu"],
+        readyPlanes: ["eu-1"],
+        receipts: mode === "on",
+      };
+      const child = startTs(`ingress receipts ${mode}`, "bench/ingress-host.ts", {
+        BENCH_INGRESS: JSON.stringify(config),
+      });
+      started.push(child);
+      await child.waitFor((l) => l.includes("bench ingress ready"));
+      hosts.set(mode, { child, url: `http://127.0.0.1:${port}/predict` });
+    }
+    const host = `model-${modelId(0)}-prod-eu.${BENCH_DOMAIN}`;
+    const auth = { Authorization: `Api-Key ${BENCH_KEY}` };
+    for (const h of hosts.values()) await until200(h.url, { ...auth, host }, '{"x":1}');
+
+    type Cell = { mode: "on" | "off"; connections: number; body: keyof typeof bodies };
+    const cells: Cell[] = [];
+    for (const body of ["small", "1 MiB"] as const)
+      for (const connections of [1, 64])
+        for (const mode of ["on", "off"] as const) cells.push({ mode, connections, body });
+    const id = (c: Cell) => `${c.mode}|${c.connections}|${c.body}`;
+    const samples = new Map<string, Array<{ rps: number; p50: number; p99: number; cpu: number }>>();
+    const measure = async (c: Cell, seconds: number) => {
+      const h = hosts.get(c.mode)!;
+      const pid = h.child.proc.pid!;
+      const before = cpuMicros(pid);
+      const r = await runWrk({
+        url: h.url,
+        host,
+        headers: auth,
+        bodyFile: bodies[c.body],
+        connections: c.connections,
+        threads: 1,
+        durationS: seconds,
+      });
+      if (r.errors > 0 || r.non2xx > 0)
+        console.log(`  warning ${id(c)}: ${r.errors} errors, ${r.non2xx} non-2xx`);
+      return { rps: r.rps, p50: r.p50us, p99: r.p99us, cpu: (cpuMicros(pid) - before) / r.requests };
+    };
+    const loadBefore = loadAverage();
+    for (const c of cells) await measure(c, 1); // warm-up
+    for (let round = 0; round < rounds; round++) {
+      for (const c of cells) {
+        const list = samples.get(id(c)) ?? [];
+        list.push(await measure(c, durationS));
+        samples.set(id(c), list);
+      }
+    }
+    const loadAfter = loadAverage();
+    const med = (c: Cell, f: (s: { rps: number; p50: number; p99: number; cpu: number }) => number) =>
+      medianOf(samples.get(id(c))!.map(f));
+    // Per-round ratios (each within one interleaved round), then their median.
+    const perRound = (
+      a: Cell,
+      b: Cell,
+      f: (s: { rps: number; cpu: number }) => number,
+      op: (x: number, y: number) => number,
+    ) => medianOf(samples.get(id(a))!.map((s, i) => op(f(s), f(samples.get(id(b))![i]!))));
+    console.log("");
+    console.log(
+      `wrk -t1 -c{1|64} -d${durationS}s, POST /predict (regional endpoint) to the minimal upstream; ${rounds} rounds interleaved after a 1 s warm-up per cell, medians; load average ${loadBefore} at start, ${loadAfter} at end`,
+    );
+    console.log("");
+    console.log(
+      "| body | conc. | receipts | req/s | p50 µs | p99 µs | ingress CPU µs/req | req/s on/off | CPU µs/req on − off |",
+    );
+    console.log("|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    for (const body of ["small", "1 MiB"] as const) {
+      for (const connections of [1, 64]) {
+        for (const mode of ["on", "off"] as const) {
+          const c = { mode, connections, body };
+          const off = { ...c, mode: "off" as const };
+          const vs =
+            mode === "on"
+              ? `${perRound(
+                  c,
+                  off,
+                  (s) => s.rps,
+                  (x, y) => x / y,
+                ).toFixed(2)}×`
+              : "1.00×";
+          const extra =
+            mode === "on"
+              ? `${fmt(
+                  perRound(
+                    c,
+                    off,
+                    (s) => s.cpu,
+                    (x, y) => x - y,
+                  ),
+                  1,
+                )}`
+              : "—";
+          console.log(
+            `| ${body} | ${connections} | ${mode} | ${fmt(med(c, (s) => s.rps))} | ${fmt(med(c, (s) => s.p50))} | ${fmt(med(c, (s) => s.p99))} | ${fmt(
+              med(c, (s) => s.cpu),
+              1,
+            )} | ${vs} | ${extra} |`,
+          );
+        }
+      }
+    }
+  } finally {
+    for (const c of started.reverse()) await c.stop();
+  }
+}

@@ -57,9 +57,30 @@ program
   )
   .option("--sandbox-bwrap <path>", "the bwrap executable (default /usr/bin/bwrap)")
   .option(
+    "--python <path>",
+    "a Python interpreter for truss packages, preferred over those found in /usr/local/bin and /usr/bin (repeatable)",
+    (value: string, previous: string[] = []) => [...previous, value],
+  )
+  .option(
+    "--pip-find-links <dir>",
+    "install truss requirements from this directory of wheels only (pip --no-index --find-links)",
+  )
+  .option("--pip-index-url <url>", "install truss requirements from this package index (pip --index-url)")
+  .option(
     "--audit-retention <duration>",
     "how long audit records are kept: 30d (default), 12h, 90m; at least 1h",
   )
+  .option(
+    "--receipts <on|off>",
+    "sign a receipt (RFC 9421) on every inference response with the plane's key: on (default) or off",
+  )
+  .option("--async-concurrency <n>", "async requests each replica runs at once (default 1)")
+  .option("--webhook-allow-http", "let async webhooks use http:// (development; https only by default)")
+  .option(
+    "--webhook-allow-private",
+    "let async webhooks reach loopback, private and link-local addresses (development; refused by default)",
+  )
+  .option("--webhook-ca <file>", "extra CA certificates to trust for https webhooks")
   .action(async (flags) => {
     const { runPlaneCommand } = await import("../plane/command.ts");
     await runPlaneCommand(flags, process.env);
@@ -137,6 +158,11 @@ program
   .option("--https-port <port>", "ingress port on each plane's address (127.0.N.1)", "8443")
   .option("--admin-port <port>", "planes' operator listener port (metrics, health)", "9464")
   .option("--dns <ip:port>", "DNS responder address", "127.0.0.1:8053")
+  .option(
+    "--example <name>",
+    "the example pushed into prod-eu on first start: hello-js (default), hello-py, stream-js or stream-py",
+    "hello-js",
+  )
   .option("--no-example", "do not push the example model on first start")
   .action(async (flags) => {
     const { runUpCommand } = await import("../up/command.ts");

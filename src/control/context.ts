@@ -6,6 +6,7 @@ import type { Principal } from "../core/access.ts";
 import type { SecretBox } from "../lib/secret-box.ts";
 import type { Db, Store } from "../store/store.ts";
 import type { ArtifactStore } from "./artifacts.ts";
+import type { PlaneHealth } from "./plane-health.ts";
 import type { RevisionFeed } from "./revision-feed.ts";
 
 export interface ControlContext {
@@ -22,6 +23,11 @@ export interface ControlContext {
   startedAtMs: number;
   /** A plane silent this long is down, and its replicas are placed again in their region. */
   planeTimeoutMs: number;
+  /**
+   * Which planes are down, judged fail-static (`plane-health.ts`). Built by the composition root; a context
+   * built without one gets one on first use (`planeHealthOf`).
+   */
+  planeHealth?: PlaneHealth;
   /** Seals and opens team secrets; its keys come from a file apart from the database. */
   secrets: SecretBox;
   /** The autoscaler's control loop (src/control/autoscaling.ts), when this process runs one. */

@@ -4,7 +4,7 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
-import { planeIsDown } from "../core/placement.ts";
+import { downPlanes } from "../core/fail-static.ts";
 import { writeSecretFile } from "../lib/files.ts";
 import { loadSecretsKeyFile } from "../lib/secret-box.ts";
 import { Store } from "../store/store.ts";
@@ -14,6 +14,7 @@ import { DatabaseArtifactStore, LocalArtifactStore } from "./artifacts.ts";
 import { AutoscalingLoop } from "./autoscaling.ts";
 import type { ControlContext } from "./context.ts";
 import { ensureControlKey } from "./keys.ts";
+import { PlaneHealth, planeHealthOf } from "./plane-health.ts";
 import { RevisionFeed } from "./revision-feed.ts";
 import { reconcileAll } from "./scheduler.ts";
 import { verifySecretsKey } from "./secrets.ts";
@@ -97,6 +98,11 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
     planeTimeoutMs: config.planeTimeoutMs ?? 15_000,
     secrets,
   };
+  ctx.planeHealth = new PlaneHealth({
+    timeoutMs: ctx.planeTimeoutMs,
+    startedAtMs: ctx.startedAtMs,
+    now: () => Date.parse(ctx.now()),
+  });
   const app = await buildControlApp(ctx);
   await app.listen({ host: config.host, port: config.port });
   const address = app.server.address();
@@ -120,7 +126,7 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
     adminKey: boot.admin_key,
     adminKeyFile,
     async stop() {
-      clearInterval(health);
+      health.stop();
       await autoscaler.stop();
       feed.stop();
       await app.close();
@@ -130,37 +136,44 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
 }
 
 /**
- * Re-places replicas when a plane goes silent or comes back: each time the set of down planes changes,
+ * Re-places replicas when a plane is judged down or comes back: each time the set of down planes changes,
  * every deployment is reconciled (placement never leaves a replica's region, so failover stays in-region).
+ * The judgement is fail-static (`plane-health.ts`): after a stall of its own the control plane waits for
+ * fresh reports, and silence alone never takes down the last planes of a region.
  */
-function watchPlaneHealth(ctx: ControlContext): NodeJS.Timeout {
+function watchPlaneHealth(ctx: ControlContext): { stop(): void } {
+  const health = planeHealthOf(ctx);
+  health.start((h) =>
+    ctx.logger.warn(
+      { cause: h.cause, since: new Date(h.sinceMs).toISOString(), wait_ms: ctx.planeTimeoutMs },
+      "plane judgement waits for fresh reports",
+    ),
+  );
   let down = "";
+  let spared = "";
   let running = false;
   const timer = setInterval(
     async () => {
       if (running) return;
       running = true;
       try {
-        const now = Date.now();
         const planes = await ctx.store.db
           .selectFrom("planes")
-          .select(["name", "last_seen_at", "created_at"])
+          .select(["name", "region", "last_seen_at", "created_at"])
           .execute();
-        const names = planes
-          .filter((p) =>
-            planeIsDown(
-              {
-                lastSeenMs: p.last_seen_at ? Date.parse(p.last_seen_at) : null,
-                createdMs: Date.parse(p.created_at),
-              },
-              now,
-              ctx.startedAtMs,
-              ctx.planeTimeoutMs,
-            ),
-          )
-          .map((p) => p.name)
-          .sort()
-          .join(",");
+        const verdicts = health.judge(planes, Date.parse(ctx.now()));
+        const names = downPlanes(verdicts).join(",");
+        const silent = verdicts.filter((v) => v.state === "spared");
+        const sparedNow = silent.map((v) => `${v.name}:${v.reason}`).join(",");
+        if (sparedNow !== spared) {
+          spared = sparedNow;
+          if (silent.length > 0) {
+            ctx.logger.warn(
+              { spared: silent.map((v) => ({ plane: v.name, reason: v.reason, silent_ms: v.silentMs })) },
+              "silent planes not judged down",
+            );
+          }
+        }
         if (names !== down) {
           ctx.logger.warn(
             { down: names === "" ? [] : names.split(","), was: down === "" ? [] : down.split(",") },
@@ -178,5 +191,10 @@ function watchPlaneHealth(ctx: ControlContext): NodeJS.Timeout {
     Math.max(250, Math.floor(ctx.planeTimeoutMs / 5)),
   );
   timer.unref();
-  return timer;
+  return {
+    stop() {
+      clearInterval(timer);
+      health.stop();
+    },
+  };
 }

@@ -6,13 +6,20 @@
 import type { Transaction } from "kysely";
 import { scaledReplicas, wakingStatus } from "../core/autoscaling-replicas.ts";
 import { deriveStatus } from "../core/deployment-status.ts";
-import type { DeploymentStatus, PromotionCleanupStrategy, ReplicaState } from "../core/domain.ts";
-import { type PlaneCapacity, planeIsDown, planPlacement } from "../core/placement.ts";
+import type {
+  DeploymentStatus,
+  EgressPolicy,
+  PromotionCleanupStrategy,
+  ReplicaState,
+  SandboxMode,
+} from "../core/domain.ts";
+import { type PlaneCapacity, planPlacement } from "../core/placement.ts";
 import { previousDeploymentFate } from "../core/promotion.ts";
 import type { Schema } from "../store/schema.ts";
 import type { Db } from "../store/store.ts";
 import type { ControlContext } from "./context.ts";
 import { newId } from "./identity.ts";
+import { planeHealthOf } from "./plane-health.ts";
 import { autoscalingOf } from "./views.ts";
 
 type Trx = Transaction<Schema>;
@@ -68,7 +75,7 @@ export async function placementPlanes(
   const [planes, usage] = await Promise.all([
     db
       .selectFrom("planes")
-      .select(["name", "region", "capacity", "global_ingress", "last_seen_at", "created_at"])
+      .select(["name", "region", "capacity", "global_ingress", "last_seen_at", "created_at", "sandbox_mode"])
       .execute(),
     db
       .selectFrom("replicas")
@@ -78,25 +85,17 @@ export async function placementPlanes(
       .execute(),
   ]);
   const used = new Map(usage.map((u) => [u.plane, Number(u.n)]));
+  // Fail-static (src/core/fail-static.ts): silence judges a plane down only while this process could hear.
+  const down = planeHealthOf(ctx).down(planes, nowMs);
   return planes
-    .filter(
-      (p) =>
-        !planeIsDown(
-          {
-            lastSeenMs: p.last_seen_at ? Date.parse(p.last_seen_at) : null,
-            createdMs: Date.parse(p.created_at),
-          },
-          nowMs,
-          ctx.startedAtMs,
-          ctx.planeTimeoutMs,
-        ),
-    )
+    .filter((p) => !down.has(p.name))
     .map((p) => ({
       name: p.name,
       region: p.region,
       capacity: p.capacity,
       used: used.get(p.name) ?? 0,
       global_ingress: p.global_ingress === 1,
+      sandbox: p.sandbox_mode as SandboxMode | null,
     }));
 }
 
@@ -121,7 +120,7 @@ async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): P
       .orderBy("created_at")
       .execute(),
   ]);
-  const plan = planPlacement({ want, region: d.region, existing, planes });
+  const plan = planPlacement({ want, region: d.region, existing, planes, egress: d.egress as EgressPolicy });
   const now = ctx.now();
   if (plan.remove.length > 0) await trx.deleteFrom("replicas").where("id", "in", plan.remove).execute();
   for (const plane of plan.add) {

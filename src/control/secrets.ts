@@ -277,11 +277,19 @@ export async function replicaSecrets(ctx: ControlContext, plane: PlaneRow, repli
  * key is recorded, and seals from then on.
  */
 export async function verifySecretsKey(store: Store, box: SecretBox, logger: Logger): Promise<void> {
-  const used = await store.db
-    .selectFrom("secrets")
-    .select(["key_id", (eb) => eb.fn.countAll<string | number>().as("n")])
-    .groupBy("key_id")
-    .execute();
+  const used = [
+    ...(await store.db
+      .selectFrom("secrets")
+      .select(["key_id", (eb) => eb.fn.countAll<string | number>().as("n")])
+      .groupBy("key_id")
+      .execute()),
+    // Webhook secrets (src/control/webhook-secrets.ts) are sealed with the same keys.
+    ...(await store.db
+      .selectFrom("webhook_secrets")
+      .select(["key_id", (eb) => eb.fn.countAll<string | number>().as("n")])
+      .groupBy("key_id")
+      .execute()),
+  ];
   const lacking = used.filter((u) => !box.keyIds.includes(u.key_id));
   if (lacking.length > 0) {
     const count = lacking.reduce((n, u) => n + Number(u.n), 0);

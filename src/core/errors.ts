@@ -64,6 +64,8 @@ export const ERRORS = {
   artifact_not_found: { status: 404, message: "Artifact not found." },
   secret_not_found: { status: 404, message: "Secret not found." },
   replica_not_found: { status: 404, message: "Replica not found on this plane." },
+  async_request_not_found: { status: 404, message: "No async request with this id exists for this model." },
+  webhook_secret_not_found: { status: 404, message: "Webhook secret not found." },
   regional_path_not_allowed: {
     status: 404,
     message: "A regional hostname serves only POST /predict; path-based routes are refused here.",
@@ -108,6 +110,7 @@ export const ERRORS = {
     message:
       "The environment is at capacity: its ready replicas are full (REJECT_ON_FULL) or this ingress holds as many of its requests as it may; retry after Retry-After seconds.",
   },
+  async_queue_full: { status: 429, message: "This plane's async queue is full; retry with backoff." },
   internal_error: { status: 500, message: "Internal error." },
   replica_failed: { status: 502, message: "The model replica failed while processing the request." },
   model_unavailable: { status: 503, message: "No replica is ready to serve this request." },

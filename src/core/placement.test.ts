@@ -87,6 +87,25 @@ describe("planPlacement", () => {
     expect(plan).toEqual({ keep: ["r1"], remove: [], add: [], unplaced: 2 });
   });
 
+  it("places a second replica on another plane of the region than the first", () => {
+    const eu = [plane("eu-1", "eu"), plane("eu-2", "eu")];
+    const plan = planPlacement({
+      want: 2,
+      region: "eu",
+      existing: [{ id: "r1", plane: "eu-1" }],
+      planes: eu,
+    });
+    expect(plan).toEqual({ keep: ["r1"], remove: [], add: ["eu-2"], unplaced: 0 });
+    // The other way round too: the spread follows the existing replica, not the planes' names.
+    const other = planPlacement({
+      want: 2,
+      region: "eu",
+      existing: [{ id: "r1", plane: "eu-2" }],
+      planes: eu,
+    });
+    expect(other.add).toEqual(["eu-1"]);
+  });
+
   it("never places a restricted replica outside its region, whatever the planes", () => {
     const regions = ["us", "eu", "uk", "au"];
     const planeArb = fc.record({
@@ -144,5 +163,72 @@ describe("planeIsDown", () => {
     ["heard since the restart", { lastSeenMs: start + 14_000, createdMs: 0 }, start + 16_000, false],
   ] as const)("%s", (_name, plane, now, down) => {
     expect(planeIsDown(plane, now, start, T)).toBe(down);
+  });
+});
+
+describe("planPlacement and the planes' sandboxes", () => {
+  const eu = (sandbox: PlaneCapacity["sandbox"], name: string, capacity = 4) => ({
+    ...plane(name, "eu", capacity),
+    sandbox,
+  });
+
+  it.each<[string, PlaneCapacity[], "allow" | "deny", string[]]>([
+    [
+      "egress deny passes over a plane without a sandbox",
+      [eu("none", "eu-1"), eu("bwrap", "eu-2")],
+      "deny",
+      ["eu-2", "eu-2"],
+    ],
+    [
+      "egress allow uses a plane without a sandbox",
+      [eu("none", "eu-1"), eu("bwrap", "eu-2")],
+      "allow",
+      ["eu-1", "eu-2"],
+    ],
+    [
+      "a plane whose sandbox is unavailable gets nothing",
+      [eu("unavailable", "eu-1"), eu("bwrap", "eu-2")],
+      "allow",
+      ["eu-2", "eu-2"],
+    ],
+    [
+      "a plane that has not reported its sandbox yet is used",
+      [eu(null, "eu-1"), eu(undefined, "eu-2")],
+      "deny",
+      ["eu-1", "eu-2"],
+    ],
+    // When no plane of the region can, the plane's refusal (with its reason) is what the user must see.
+    [
+      "when no plane of the region can, they are used, to refuse with their reason",
+      [eu("none", "eu-1"), eu("unavailable", "eu-2")],
+      "deny",
+      ["eu-1", "eu-2"],
+    ],
+  ])("%s", (_name, planes, egress, add) => {
+    expect(planPlacement({ want: 2, region: "eu", existing: [], planes, egress }).add.sort()).toEqual(add);
+  });
+
+  it("never leaves the region to find a plane that can, and waits when the able one is full", () => {
+    const planes = [
+      eu("none", "eu-1"),
+      eu("bwrap", "eu-2", 1),
+      { ...plane("us-1", "us"), sandbox: "bwrap" as const },
+    ];
+    expect(planPlacement({ want: 2, region: "eu", existing: [], planes, egress: "deny" })).toMatchObject({
+      add: ["eu-2"],
+      unplaced: 1,
+    });
+  });
+
+  it("moves a deny replica off a plane that turned out to have no sandbox", () => {
+    const planes = [eu("none", "eu-1"), eu("bwrap", "eu-2")];
+    const plan = planPlacement({
+      want: 1,
+      region: "eu",
+      existing: [{ id: "r1", plane: "eu-1" }],
+      planes,
+      egress: "deny",
+    });
+    expect(plan).toMatchObject({ keep: [], remove: ["r1"], add: ["eu-2"] });
   });
 });

@@ -258,7 +258,8 @@ function paramsKey(params: Map<string, BareItem>): string {
  * Its values are those receiptBase accepted (visible ASCII), so no other character needs escaping.
  */
 export function receiptRequestHeader(r: ReceiptRequest): string {
-  const q = (v: string) => `"${v.replace(/["\\]/g, "\\$&")}"`;
+  const q = (v: string) =>
+    v.includes('"') || v.includes("\\") ? `"${v.replace(/["\\]/g, "\\$&")}"` : `"${v}"`;
   const head = `method=${q(r.method)}, authority=${q(r.authority)}, path=${q(r.path)}`;
   return r.contentDigest === null ? head : `${head}, content-digest=${q(r.contentDigest)}`;
 }

@@ -1,24 +1,31 @@
 // What every ingress transport shares (src/gateway/ingress.ts picks one): the routing index that follows
 // the plane's snapshot, the per-request plan (authenticate, route, choose targets, build the upstream
-// headers), the proof headers, the retry rule, and the audit record and metrics. A transport owns only
-// the bytes: reading requests, writing responses, calling upstreams.
+// headers), the proof headers and the receipt that signs them, the retry rule, and the audit record and
+// metrics. A transport owns only the bytes: reading requests, writing responses, calling upstreams.
 
 import { hash, randomUUID } from "node:crypto";
 import { STATUS_CODES } from "node:http";
 import type { AddressInfo, Server } from "node:net";
 import { performance } from "node:perf_hooks";
 import { type Logger, pino } from "pino";
+import { ASYNC_MAX_INPUT_BYTES } from "../core/async.ts";
+import { decideAsync, matchAsyncPath } from "../core/async-routing.ts";
 import { type Admission, DEFAULT_BACKPRESSURE_LIMITS } from "../core/autoscaling-settings.ts";
 import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
 import { parseHost } from "../core/host.ts";
+import { normalizeAuthority, pathOfTarget } from "../core/http-signatures.ts";
+import { RECEIPT_REQUEST_HEADER } from "../core/receipt.ts";
 import {
   decideRoute,
   indexSnapshot,
   isWakePath,
   type RouteContext,
+  type RouteDecision,
   type RouteIndex,
 } from "../core/routing.ts";
 import type { DeploymentRoute, PlaneRef } from "../core/snapshot.ts";
+import { appendReceipt, ContentDigester, EMPTY_CONTENT_DIGEST } from "../lib/receipts.ts";
+import { asyncServiceHeaders, asyncServiceTarget } from "./async.ts";
 import type { AuditSink } from "./audit.ts";
 import { acceptableRequestId, apiKeyOf, PROOF, scanRequestHeaders, scanResponseHeaders } from "./headers.ts";
 import { HOP_HEADER, HopVerifier, signHop } from "./hop.ts";
@@ -42,6 +49,16 @@ export interface Exchange {
   context: RouteContext | null;
   processedBy: string | null;
   errorCode: string | null;
+  /** The request method as received (a receipt binds it, `@method;req`). */
+  method: string;
+  /**
+   * The request components a receipt binds (RFC 9421 §2.4): `@authority` (normalized) and `@path`, set by
+   * `plan()`; null until then, or when the request names no single authority (then no receipt is signed).
+   */
+  authority: string | null;
+  path: string | null;
+  /** The request body's digest so far (`hashBody`), or null while no byte of it was read. */
+  bodyDigest: ContentDigester | null;
 }
 
 /** A request as the transport parsed it. */
@@ -148,6 +165,9 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
   const now = options.now ?? Date.now;
   const scheme: "http" | "https" = options.tls ? "https" : "http";
   const peerScheme = options.peerScheme ?? "http";
+  // Receipts (docs/evidence.md#receipts): on unless the operator turned them off (`--receipts off`).
+  const receipts = options.receipts !== false;
+  const receiptKey = options.signingKey;
 
   // The index follows the snapshot object: rebuilt only when the plane swaps in a new one.
   let lastSnapshot: ReturnType<IngressOptions["snapshot"]> | undefined;
@@ -286,7 +306,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
    * `POST …/wake` (the reference: "Returns immediately with 202 Accepted"): decided as a predict is (key,
    * model, environment, region, policy), then a wake when nothing is routable, and no body is forwarded.
    */
-  function wakeAnswer(ex: Exchange, decision: ReturnType<typeof decideRoute>): Refusal {
+  function wakeAnswer(ex: Exchange, decision: RouteDecision): Refusal {
     const id = decision.context.deploymentId;
     const awake = decision.kind !== "refuse";
     if (!awake) {
@@ -337,6 +357,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     const scan = scanRequestHeaders(head.rawHeaders);
     // A held request planned again keeps its id.
     ex.requestId = acceptableRequestId(scan.requestId) ? scan.requestId : ex.requestId || randomUUID();
+    if (receipts) bindReceipt(ex, head.target, scan.host, scan.hostCount, scheme);
     const idx = currentIndex();
     if (idx === null) return refuse("service_unavailable", "This plane has no routing configuration yet.");
 
@@ -379,22 +400,33 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       }
       ex.forwardedFrom = check.from;
       ex.route = [check.from, self.name];
+      // The client's scheme, as the entry plane saw it (and signed for), decides `@authority`'s default port
+      // (RFC 9421 §2.2.3), whatever the scheme of the hop itself.
+      const fp = scan.forwardedProto;
+      if (receipts && (fp === "https" || fp === "http") && fp !== scheme)
+        bindReceipt(ex, head.target, scan.host, scan.hostCount, fp);
     }
 
     const q = target.indexOf("?");
     const path = q < 0 ? target : target.slice(0, q);
     const key = apiKeyOf(scan.authorization);
-    const decision = decideRoute(idx, {
+    const routeRequest = {
       host: parsed.host,
       method: head.method,
       path,
       keyHash: key === null ? null : hash("sha256", key),
       forwardedFrom: ex.forwardedFrom,
-      localReady: { has: (id) => options.localReplicas(id).length > 0 },
-      scheme: ex.forwardedFrom !== null && scan.forwardedProto === "https" ? "https" : scheme,
-    });
+      localReady: { has: (id: string) => options.localReplicas(id).length > 0 },
+      scheme: ex.forwardedFrom !== null && scan.forwardedProto === "https" ? ("https" as const) : scheme,
+    };
+    // Async paths (src/gateway/async.ts) are routed by the same rules and answered by the plane's queue.
+    const asyncMatch = options.async === undefined ? null : matchAsyncPath(parsed.host.form, path);
+    if (asyncMatch !== null && "refuse" in asyncMatch) return refuse(asyncMatch.refuse, asyncMatch.message);
+    const decision =
+      asyncMatch === null ? decideRoute(idx, routeRequest) : decideAsync(idx, routeRequest, asyncMatch);
     ex.context = decision.context;
-    if (isWakePath(path)) return wakeAnswer(ex, decision);
+    // Not async, so decideRoute's decision.
+    if (asyncMatch === null && isWakePath(path)) return wakeAnswer(ex, decision as RouteDecision);
     // Nothing ready where the request may go, for a deployment that wakes: held here, in this region.
     let parkFor: string | null = null;
     if (decision.kind === "refuse") {
@@ -446,7 +478,15 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       contentLength,
       chunked: contentLength === null && scan.transferEncoding,
     };
-    if (decision.kind === "serve") {
+    if (decision.kind === "async") {
+      const op = (asyncMatch as Exclude<typeof asyncMatch, null | { refuse: ErrorCode }>).op;
+      if (op.kind === "predict" && contentLength !== null && contentLength > ASYNC_MAX_INPUT_BYTES) {
+        return refuse("payload_too_large", null, { limit_bytes: ASYNC_MAX_INPUT_BYTES });
+      }
+      const hostEnvironment = parsed.host.form === "regional" ? parsed.host.environment : null;
+      forward.targets = [asyncServiceTarget(options.async!, target)];
+      forward.headers = asyncServiceHeaders(options.async!, headers, decision, op, hostEnvironment);
+    } else if (decision.kind === "serve") {
       const id = decision.context.deploymentId;
       const endpoints = options.localReplicas(id);
       if (endpoints.length === 0) {
@@ -486,19 +526,55 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     return forward;
   }
 
-  function proofHeaders(ex: Exchange): string[] {
-    return [
-      PROOF.requestId,
-      ex.requestId,
-      PROOF.region,
-      self.region,
-      PROOF.plane,
-      self.name,
-      PROOF.deploymentId,
-      ex.context?.deploymentId ?? "-",
-      PROOF.route,
-      ex.route.join(", "),
-    ];
+  /**
+   * The request components of the receipt: the absolute-form target's authority (RFC 9112 §3.2.2), else the
+   * one Host field; none when there is no Host or more than one (the request is refused, unsigned).
+   */
+  function bindReceipt(
+    ex: Exchange,
+    target: string,
+    host: string | undefined,
+    hostCount: number,
+    clientScheme: "http" | "https",
+  ): void {
+    let authority: string | undefined;
+    if (target.startsWith("/")) {
+      if (hostCount === 1) authority = host;
+    } else {
+      authority = /^https?:\/\/([^/?#]*)/i.exec(target)?.[1];
+    }
+    ex.authority = authority === undefined ? null : normalizeAuthority(authority, clientScheme);
+    // The origin-form target of nearly every request, without pathOfTarget's regular expressions.
+    const end = target.startsWith("/") ? endOfPath(target) : -1;
+    ex.path = end < 0 ? pathOfTarget(target) : end === target.length ? target : target.slice(0, end);
+  }
+
+  /**
+   * Appends the receipt to a response's `headers` (docs/evidence.md#receipts): signed once, over the proof
+   * values this plane set, with the body's digest when the request was read whole (`bodyRead`).
+   */
+  function sign(
+    ex: Exchange,
+    status: number,
+    headers: string[],
+    proof: (string | undefined)[],
+    bodyRead: boolean,
+  ): void {
+    const authority = ex.authority;
+    const path = ex.path;
+    if (!receipts || authority === null || path === null) return;
+    const contentDigest = !bodyRead
+      ? null
+      : ex.bodyDigest === null
+        ? EMPTY_CONTENT_DIGEST
+        : ex.bodyDigest.digest();
+    const request = { method: ex.method, authority, path, contentDigest };
+    const unsigned = appendReceipt(headers, receiptKey, status, proof, request, now());
+    if (unsigned !== null) {
+      // Nothing a client could be blamed for: a value outside visible ASCII cannot be signed (RFC 9421 §2.5).
+      metrics?.unsignedReceipt();
+      log.debug({ request_id: ex.requestId, reason: unsigned }, "response sent without a receipt");
+    }
   }
 
   return {
@@ -508,9 +584,15 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     metrics,
     scheme,
     plan,
-    proofHeaders,
 
     now,
+
+    /** Feeds a chunk of the request body to its digest (the receipt's `content-digest;req`), in place. */
+    hashBody(ex: Exchange, chunk: Uint8Array): void {
+      if (!receipts) return;
+      if (ex.bodyDigest === null) ex.bodyDigest = new ContentDigester();
+      ex.bodyDigest.update(chunk);
+    },
 
     /**
      * A request has started. The transport builds its exchange as one object literal (a fixed shape is
@@ -528,22 +610,48 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         context: null,
         processedBy: null,
         errorCode: null,
+        method: "",
+        authority: null,
+        path: null,
+        bodyDigest: null,
       };
     },
 
-    /** The JSON error answer of a refusal: status, headers (with proof) and body. */
-    errorResponse(ex: Exchange, r: Refusal): { status: number; headers: string[]; body: string } {
+    /**
+     * The JSON error answer of a refusal: status, headers (with proof and receipt) and body. `bodyRead`:
+     * the request body went through `hashBody` whole (or there is none), so the receipt binds its digest;
+     * by default it claims nothing about the body.
+     */
+    errorResponse(
+      ex: Exchange,
+      r: Refusal,
+      bodyRead = false,
+    ): { status: number; headers: string[]; body: string } {
+      // A wake's 202 is the ingress's own answer, sent the way a refusal is, and is no error.
       if (r.answer === undefined) ex.errorCode = r.code;
       const body = r.answer?.body ?? JSON.stringify(errorBody(r.code, r.message ?? undefined, r.detail));
+      const status = r.answer?.status ?? errorStatus(r.code);
+      const deploymentId = ex.context?.deploymentId ?? "-";
+      const route = ex.route.join(", ");
       const headers = [
         "content-type",
         "application/json",
         "content-length",
         String(Buffer.byteLength(body)),
-        ...proofHeaders(ex),
+        PROOF.requestId,
+        ex.requestId,
+        PROOF.region,
+        self.region,
+        PROOF.plane,
+        self.name,
+        PROOF.deploymentId,
+        deploymentId,
+        PROOF.route,
+        route,
         ...r.extra,
       ];
-      return { status: r.answer?.status ?? errorStatus(r.code), headers, body };
+      sign(ex, status, headers, [ex.requestId, self.region, self.name, deploymentId, route], bodyRead);
+      return { status, headers, body };
     },
 
     /**
@@ -568,18 +676,24 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
 
     /**
      * The response headers for the client: the upstream's end-to-end fields plus the proof. From a replica,
-     * this plane is the proof; from a peer plane, its proof is kept and the route extended.
+     * this plane is the proof, and signs it (the receipt, with the body's digest when `bodyRead`); from a
+     * peer plane, its proof and receipt are kept and the route extended (the peer's route already names
+     * this plane: the receipt covers it as sent).
      */
     responseHeaders(
       ex: Exchange,
       t: Target,
       warning: string | null,
       raw: readonly (string | Buffer)[],
+      status: number,
+      bodyRead: boolean,
     ): string[] {
       const { headers, proof } = scanResponseHeaders(raw, t.kind === "plane");
       const ctx = ex.context;
       if (t.kind === "replica") {
         ex.processedBy = self.name;
+        const deploymentId = ctx?.deploymentId ?? "-";
+        const route = ex.route.join(", ");
         headers.push(
           PROOF.requestId,
           ex.requestId,
@@ -588,10 +702,13 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
           PROOF.plane,
           self.name,
           PROOF.deploymentId,
-          ctx?.deploymentId ?? "-",
+          deploymentId,
           PROOF.route,
-          ex.route.join(", "),
+          route,
         );
+        if (warning !== null && !headers.includes("warning")) headers.push("warning", warning);
+        sign(ex, status, headers, [ex.requestId, self.region, self.name, deploymentId, route], bodyRead);
+        return headers;
       } else {
         // The peer plane stamped its own proof; the route it returns already includes this plane.
         const plane = t.plane!;
@@ -611,6 +728,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
           PROOF.route,
           route,
         );
+        const echo = proof.get(RECEIPT_REQUEST_HEADER);
+        if (echo !== undefined) headers.push(RECEIPT_REQUEST_HEADER, echo);
       }
       if (warning !== null && !headers.includes("warning")) headers.push("warning", warning);
       return headers;
@@ -694,6 +813,15 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       return bareErrorAnswer(code, self);
     },
   };
+}
+
+/** Where an origin-form target's path ends (RFC 3986 §3.3: at `?` or `#`), or its length. */
+function endOfPath(target: string): number {
+  for (let i = 0; i < target.length; i++) {
+    const c = target.charCodeAt(i);
+    if (c === 0x3f || c === 0x23) return i;
+  }
+  return target.length;
 }
 
 /** An error answer outside any request (no route, no deployment), with the proof headers; closes. */

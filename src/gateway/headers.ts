@@ -2,6 +2,13 @@
 // (RFC 9110 §7.6.1, including every field the Connection header names), the fields the ingress reads
 // picked out, and the proof headers (DESIGN.md §2.6) kept under the ingress's control.
 
+import {
+  type Dictionary,
+  isInnerList,
+  parseDictionary,
+  serializeDictionary,
+} from "../core/http-signatures.ts";
+import { RECEIPT_LABEL, RECEIPT_TAG } from "../core/receipt.ts";
 import { HOP_HEADER } from "./hop.ts";
 
 /** RFC 9110 §7.6.1 and the fields commonly treated alike (Keep-Alive, Proxy-Connection: RFC 7230 §A.1.2). */
@@ -158,9 +165,10 @@ export function scanResponseHeaders(
   raw: readonly (Buffer | string)[],
   keepProof: boolean,
 ): { headers: string[]; proof: Map<string, string> } {
-  const headers: string[] = [];
+  let headers: string[] = [];
   const proof = keepProof ? new Map<string, string>() : NO_PROOF;
   let connection: string[] | null = null;
+  let signatures: string[] | null = null;
   for (let i = 0; i < raw.length; i += 2) {
     const n = raw[i]!;
     const v = raw[i + 1]!;
@@ -175,12 +183,56 @@ export function scanResponseHeaders(
       if (keepProof) proof.set(name, value);
       continue;
     }
+    if (!keepProof && (name === "signature" || name === "signature-input")) {
+      if (signatures === null) signatures = [name, value];
+      else signatures.push(name, value);
+      continue;
+    }
     headers.push(name, value);
   }
-  return {
-    headers: namesFields(connection) ? dropNamed(headers, connectionTokens(connection!)) : headers,
-    proof,
+  if (namesFields(connection)) headers = dropNamed(headers, connectionTokens(connection!));
+  if (signatures !== null) {
+    const kept = replicaSignatures(signatures);
+    for (const x of kept) headers.push(x);
+  }
+  return { headers, proof };
+}
+
+/**
+ * A replica's own HTTP Message Signatures (RFC 9421 §4) pass through, minus any member that could be taken
+ * for the plane's receipt: one labelled `receipt` (the plane's label; RFC 8941 §3.2 keeps the last member of
+ * a name) or tagged `meridian-receipt`. Model code must not be able to claim, or spoil, where it ran. Fields
+ * that do not parse as RFC 8941 Dictionaries are dropped whole: the plane's member could not be added to
+ * them unambiguously.
+ */
+function replicaSignatures(flat: readonly string[]): string[] {
+  const lines = (name: string) => {
+    const out: string[] = [];
+    for (let i = 0; i < flat.length; i += 2) if (flat[i] === name) out.push(flat[i + 1]!);
+    return out;
   };
+  let inputs: Dictionary;
+  let sigs: Dictionary;
+  try {
+    inputs = parseDictionary(lines("signature-input").join(", "));
+    sigs = parseDictionary(lines("signature").join(", "));
+  } catch {
+    return [];
+  }
+  const drop = new Set<string>([RECEIPT_LABEL]);
+  for (const [label, member] of inputs) {
+    const tag = member.params.get("tag");
+    if (tag?.type === "string" && tag.value === RECEIPT_TAG) drop.add(label);
+    if (!isInnerList(member)) drop.add(label); // RFC 9421 §4.1: each member is an Inner List
+  }
+  for (const label of drop) {
+    inputs.delete(label);
+    sigs.delete(label);
+  }
+  const out: string[] = [];
+  if (inputs.size > 0) out.push("signature-input", serializeDictionary(inputs));
+  if (sigs.size > 0) out.push("signature", serializeDictionary(sigs));
+  return out;
 }
 
 /** `Authorization: Api-Key <key>` or `Bearer <key>`; the scheme is case-insensitive (RFC 9110 §11.1). */

@@ -33,12 +33,16 @@ interface HttpExchange extends Exchange {
   clientGone: boolean;
   /** Whether the request declared a body (Content-Length > 0 or Transfer-Encoding); null until planned. */
   bodyDeclared: boolean | null;
+  /** The request body went through its digest whole (or there is none): the receipt binds it. */
+  bodyDone: boolean;
 }
 
-type Body =
-  | { kind: "none" }
-  | { kind: "buffer"; data: Buffer }
-  | { kind: "stream"; state: { started: boolean; bytes: number } };
+type Body = { kind: "none" } | { kind: "buffer"; data: Buffer } | { kind: "stream"; state: StreamState };
+
+interface StreamState {
+  started: boolean;
+  bytes: number;
+}
 
 interface Call {
   ex: HttpExchange;
@@ -94,6 +98,15 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
     return (cl !== undefined && cl !== "0") || req.headers["transfer-encoding"] !== undefined;
   }
 
+  /** Whether the receipt can bind the request body: it went through the digest whole, or there is none. */
+  function bodyRead(ex: HttpExchange): boolean {
+    if (ex.bodyDone) return true;
+    if (ex.bodyDeclared !== null) return false;
+    const { headers } = ex.req;
+    const cl = headers["content-length"];
+    return (cl === undefined || cl === "0") && headers["transfer-encoding"] === undefined;
+  }
+
   function fail(ex: HttpExchange, r: Refusal): void {
     const { res } = ex;
     ex.errorCode = r.code;
@@ -103,7 +116,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       return;
     }
     if (res.destroyed) return;
-    const answer = gw.errorResponse(ex, r);
+    const answer = gw.errorResponse(ex, r, bodyRead(ex));
     // An unread body would have to be drained to reuse the connection; closing is cheaper and safer.
     if (hasUnreadBody(ex)) answer.headers.push("connection", "close");
     res.writeHead(answer.status, answer.headers);
@@ -132,11 +145,16 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       context: null,
       processedBy: null,
       errorCode: null,
+      method: req.method ?? "",
+      authority: null,
+      path: null,
+      bodyDigest: null,
       req,
       res,
       cancel: null,
       clientGone: false,
       bodyDeclared: null,
+      bodyDone: false,
     };
     res.once("close", () => finish(ex));
     try {
@@ -179,6 +197,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       return;
     }
     ex.bodyDeclared = (plan.contentLength !== null && plan.contentLength > 0) || plan.chunked;
+    ex.bodyDone = !ex.bodyDeclared;
     if (plan.contentLength !== null) plan.headers.push("content-length", String(plan.contentLength));
     if (expectContinue) res.writeContinue();
     const call: Call = { ex, forward: plan, body: NO_BODY };
@@ -195,6 +214,8 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
 
   function dispatchBuffered(call: Call, data: Buffer): void {
     if (call.ex.clientGone) return;
+    gw.hashBody(call.ex, data);
+    call.ex.bodyDone = true;
     call.body = { kind: "buffer", data };
     dispatch(call, 0);
   }
@@ -207,7 +228,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
         return body.data;
       case "stream":
         // undici reads async iterables (documented), though its DispatchOptions type omits them.
-        return streamBody(ex.req, limits.maxBodyBytes, body.state) as unknown as Readable;
+        return streamBody(ex, gw, limits.maxBodyBytes, body.state) as unknown as Readable;
     }
   }
 
@@ -220,7 +241,8 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       {
         origin: t.origin,
         path: t.path,
-        method: "POST",
+        // The client's method: POST for predict; GET and DELETE reach the async service and peer planes.
+        method: (ex.req.method ?? "POST") as Dispatcher.HttpMethod,
         headers: gw.attemptHeaders(ex, forward, t),
         body: bodyFor(ex, call.body),
         headersTimeout: timeout,
@@ -354,6 +376,8 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
       call.forward.targets[this.attempt]!,
       call.forward.warning,
       rawHeaders,
+      statusCode,
+      ex.bodyDone,
     );
     try {
       ex.res.writeHead(statusCode, headers);
@@ -410,16 +434,26 @@ function readWhole<T>(req: IncomingMessage, arg: T, done: (arg: T, data: Buffer)
 
 function noop(): void {}
 
-/** The request body as undici reads it: counted against the limit, never destroying the client stream. */
+/**
+ * The request body as undici reads it: counted against the limit and digested for the receipt, never
+ * destroying the client stream. A body of declared length is done with its last byte, before it is
+ * yielded: the upstream may answer as soon as it has it, before this generator is resumed.
+ */
 async function* streamBody(
-  req: IncomingMessage,
+  ex: HttpExchange,
+  gw: Gateway,
   limit: number,
-  state: { started: boolean; bytes: number },
+  state: StreamState,
 ): AsyncGenerator<Buffer> {
   state.started = true;
-  for await (const chunk of req.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
+  const cl = ex.req.headers["content-length"];
+  const declared = cl === undefined ? -1 : Number(cl);
+  for await (const chunk of ex.req.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
     state.bytes += chunk.length;
     if (state.bytes > limit) throw new BodyTooLarge("request body exceeds the limit");
+    gw.hashBody(ex, chunk);
+    if (state.bytes === declared) ex.bodyDone = true;
     yield chunk;
   }
+  ex.bodyDone = true;
 }

@@ -14,6 +14,7 @@ import type { Registry } from "prom-client";
 import type { BackpressureLimits } from "../core/autoscaling-settings.ts";
 import type { PlaneSnapshot } from "../core/snapshot.ts";
 import type { SigningKey } from "../lib/keys.ts";
+import type { AsyncIngress } from "./async.ts";
 import type { AuditSink } from "./audit.ts";
 import { HOP_MAX_AGE_MS, HOP_REPLAY_ENTRIES } from "./hop.ts";
 import { createHttpIngress } from "./http-transport.ts";
@@ -76,8 +77,13 @@ export interface IngressOptions {
    * address) or a name `sni` has no certificate for; `sni` holds one certificate per hostname.
    */
   tls?: { cert: string | Buffer; key: string | Buffer; sni?: SniCertificates };
-  /** The plane's own key: it signs the hops this ingress forwards (peers verify them from their snapshots). */
+  /**
+   * The plane's own key: it signs the hops this ingress forwards (peers verify them from their snapshots),
+   * and the receipt on every response it answers for (docs/evidence.md#receipts).
+   */
   signingKey: SigningKey;
+  /** Sign a receipt on every response (default true; `meridian plane --receipts off` turns it off). */
+  receipts?: boolean;
   /** The plane's current snapshot; the plane swaps it atomically. The index is rebuilt only on change. */
   snapshot(): PlaneSnapshot | null;
   /** `host:port` of this plane's READY replicas of a deployment (from the plane agent). */
@@ -112,6 +118,8 @@ export interface IngressOptions {
   now?: () => number;
   /** `wire` (default where Node's parser passes its self-test) or `http` (node:http + undici). */
   transport?: IngressTransport;
+  /** The plane's async service; without it async paths are not routes (404), as before async existed. */
+  async?: AsyncIngress;
 }
 
 export type IngressTransport = "wire" | "http";

@@ -20,6 +20,8 @@ export interface GatewayMetrics {
   malformed(reason: string): void;
   upstreamFailure(kind: UpstreamFailure): void;
   inflight(delta: number): void;
+  /** A response went out without its receipt: a covered value could not be signed (RFC 9421 §2.5). */
+  unsignedReceipt(): void;
   /** Requests held while their deployment wakes (src/gateway/parking.ts). */
   parked(delta: number): void;
 }
@@ -46,6 +48,11 @@ export function createGatewayMetrics(registry: Registry, region: string): Gatewa
     name: "meridian_ingress_upstream_failures_total",
     help: "Failures talking to replicas or peer planes.",
     labelNames: ["kind"],
+    registers: [registry],
+  });
+  const unsigned = new Counter({
+    name: "meridian_ingress_unsigned_responses_total",
+    help: "Responses sent without a receipt because a covered value could not be signed (absent, or outside visible ASCII).",
     registers: [registry],
   });
   // Counted here and read at scrape time, like the request series.
@@ -103,6 +110,9 @@ export function createGatewayMetrics(registry: Registry, region: string): Gatewa
     },
     inflight(delta) {
       inflightNow += delta;
+    },
+    unsignedReceipt() {
+      unsigned.inc();
     },
     parked(delta) {
       parkedNow += delta;

@@ -36,15 +36,20 @@ export function contentDigest(body: Uint8Array | string): string {
   return contentDigestValue(createHash("sha256").update(body).digest());
 }
 
-/** RFC 9530 `Content-Digest` of a body that streams through, chunk by chunk. */
+/** The Content-Digest of an empty body (a request without one): computed once. */
+export const EMPTY_CONTENT_DIGEST = contentDigest("");
+
+/** RFC 9530 `Content-Digest` of a body that streams through, chunk by chunk (hashed in place, never copied). */
 export class ContentDigester {
   readonly #hash: Hash = createHash("sha256");
+  #value: string | null = null;
   update(chunk: Uint8Array): void {
-    this.#hash.update(chunk);
+    if (this.#value === null) this.#hash.update(chunk);
   }
-  /** The value; call once, when the body has ended. */
+  /** The value, once the body has ended; later calls return the same value and later chunks are ignored. */
   digest(): string {
-    return contentDigestValue(this.#hash.digest());
+    this.#value ??= contentDigestValue(this.#hash.digest());
+    return this.#value;
   }
 }
 
@@ -76,27 +81,37 @@ export function signReceipt(key: ReceiptKey, subject: ReceiptSubject): ReceiptSi
     const v = h[i + 1]!.replace(/^[ \t]+|[ \t]+$/g, "");
     proof[k] = proof[k] === undefined ? v : `${proof[k]}, ${v}`;
   }
-  const built = receiptBase(
-    key.keyId,
-    Math.floor(subject.now / 1000),
-    subject.status,
-    proof,
-    subject.request,
-  );
-  if (!built.ok) return built;
+  const out: string[] = [];
+  const signed = appendReceipt(out, key, subject.status, proof, subject.request, subject.now, subject.label);
+  return signed === null ? { ok: true, headers: out } : { ok: false, reason: signed };
+}
+
+/**
+ * The ingress's path: appends the receipt's three header fields to `headers` (a flat `[name, value, …]`
+ * array) from the proof values it set itself (PROOF_FIELDS order, each one field line), with no pass over
+ * the response's fields. Returns null, or the reason no receipt could be signed (nothing is appended).
+ */
+export function appendReceipt(
+  headers: string[],
+  key: ReceiptKey,
+  status: number,
+  proof: readonly (string | undefined)[],
+  request: ReceiptRequest,
+  now: number,
+  label: string = RECEIPT_LABEL,
+): string | null {
+  const built = receiptBase(key.keyId, Math.floor(now / 1000), status, proof, request);
+  if (!built.ok) return built.reason;
   const signature = sign(null, Buffer.from(built.base, "latin1"), key.privateKey).toString("base64");
-  const label = subject.label ?? RECEIPT_LABEL;
-  return {
-    ok: true,
-    headers: [
-      "signature-input",
-      `${label}=${built.input}`,
-      "signature",
-      `${label}=:${signature}:`,
-      RECEIPT_REQUEST_HEADER,
-      receiptRequestHeader(subject.request),
-    ],
-  };
+  headers.push(
+    "signature-input",
+    `${label}=${built.input}`,
+    "signature",
+    `${label}=:${signature}:`,
+    RECEIPT_REQUEST_HEADER,
+    receiptRequestHeader(request),
+  );
+  return null;
 }
 
 // ---------------------------------------------------------------------------------------------------------

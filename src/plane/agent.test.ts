@@ -1,7 +1,7 @@
 // The agent's side of the sandbox: every report says how the plane runs replicas, and the spec it gives
 // the driver carries the replica's egress policy and takes its address from `{listen}`.
 
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -9,9 +9,10 @@ import { join } from "node:path";
 import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import type { DesiredReplica, PlaneReport } from "../core/snapshot.ts";
-import { PlaneAgent, replicaSpec } from "./agent.ts";
+import { PlaneAgent, packageRuntime, replicaSpec } from "./agent.ts";
 import { ArtifactCache } from "./artifacts.ts";
 import { parseSandboxUid } from "./command.ts";
+import { invalidSpecReason, renderCommand } from "./driver.ts";
 import { ProcessDriver } from "./process-driver.ts";
 import { prepareSandbox } from "./sandbox.ts";
 
@@ -41,6 +42,127 @@ describe("replicaSpec", () => {
   it("treats a replica from an older snapshot (no egress) as allow", () => {
     const { egress: _, ...old } = replica;
     expect(replicaSpec(old as DesiredReplica, "/p").egress).toBe("allow");
+  });
+});
+
+describe("packageRuntime and the spec of a truss package", () => {
+  let dir: string;
+  afterEach(async () => {
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  async function pkg(files: Record<string, string>): Promise<string> {
+    dir = await mkdtemp(join(tmpdir(), "meridian-runtime-"));
+    for (const [path, content] of Object.entries(files)) {
+      await mkdir(join(dir, path, ".."), { recursive: true });
+      await writeFile(join(dir, path), content);
+    }
+    return dir;
+  }
+
+  it("runs a model.py package on the Python host with {python}, its requirement set and secret names", async () => {
+    const root = await pkg({
+      "config.yaml":
+        "python_version: py311\nrequirements:\n  - Numpy==1.26.4\n  - requests\nsecrets:\n  hf_token: null\n  api_key: placeholder\n",
+      "model/model.py": "class Model: pass\n",
+    });
+    const runtime = await packageRuntime(root);
+    expect(runtime).toEqual({
+      ok: true,
+      runtime: {
+        kind: "python",
+        python: { python_version: "py311", requirements: ["numpy==1.26.4", "requests"] },
+        secrets: ["api_key", "hf_token"],
+      },
+    });
+    if (!runtime.ok) throw new Error("unreachable");
+    const spec = replicaSpec(replica, root, runtime.runtime);
+    expect(invalidSpecReason(spec)).toBeNull();
+    expect(spec.command.argv[0]).toBe("{python}");
+    expect(spec.command.argv.slice(1, 3)).toEqual(["-B", "-s"]);
+    expect(spec.command.argv[3]).toMatch(/src\/runtime\/python\/truss_host\.py$/);
+    expect(spec.command.argv.slice(4)).toEqual([
+      ".",
+      "--listen",
+      "{listen}",
+      "--model-id",
+      "abcd1234",
+      "--deployment-id",
+      "dep1",
+      "--environment",
+      "prod-eu",
+      "--secrets-dir",
+      "{secrets}",
+    ]);
+    expect(spec.command.env).toMatchObject({ MERIDIAN_ENVIRONMENT: "prod-eu", PYTHONDONTWRITEBYTECODE: "1" });
+    expect(spec.python).toEqual({ python_version: "py311", requirements: ["numpy==1.26.4", "requests"] });
+    expect(spec.secrets).toEqual(["api_key", "hf_token"]);
+    // The probes and exit codes are the JavaScript runtime's: the host keeps its contract.
+    expect(spec.readiness_path).toBe("/v1/models/model");
+    expect(spec.fatal_exit_codes?.[3]).toBe("model load failed");
+    const rendered = renderCommand(
+      spec.command,
+      { path: "/home/replica/.meridian.sock" },
+      {
+        python: "/opt/meridian/venv/bin/python",
+        secrets: "/secrets",
+      },
+    );
+    expect(rendered.argv[0]).toBe("/opt/meridian/venv/bin/python");
+    expect(rendered.argv).toContain("unix:/home/replica/.meridian.sock");
+    expect(rendered.argv.at(-1)).toBe("/secrets");
+  });
+
+  it("reads requirements_file inside the package, and refuses one that points outside it", async () => {
+    const root = await pkg({
+      "config.yaml": "requirements_file: reqs.txt\n",
+      "reqs.txt": "# pinned\nSix==1.16.0\n",
+      "model/model.py": "class Model: pass\n",
+    });
+    expect(await packageRuntime(root)).toMatchObject({
+      ok: true,
+      runtime: { kind: "python", python: { python_version: null, requirements: ["six==1.16.0"] } },
+    });
+    await rm(join(root, "reqs.txt"));
+    await symlink("/etc/passwd", join(root, "reqs.txt"));
+    expect(await packageRuntime(root)).toEqual({
+      ok: false,
+      message: "requirements_file: reqs.txt points outside the package.",
+    });
+  });
+
+  it("leaves model.js packages, custom servers and broken configs to serve-model, with their secret names", async () => {
+    const js = await pkg({
+      "config.yaml": "secrets:\n  token: null\n",
+      "model/model.js": "export class Model {}\n",
+    });
+    const runtime = await packageRuntime(js);
+    expect(runtime).toEqual({ ok: true, runtime: { kind: "meridian", secrets: ["token"] } });
+    if (!runtime.ok) throw new Error("unreachable");
+    const spec = replicaSpec(replica, js, runtime.runtime);
+    expect(spec.command.argv.slice(2, 4)).toEqual(["serve-model", "."]);
+    expect(spec.secrets).toEqual(["token"]);
+    expect(spec.python).toBeUndefined();
+    await rm(js, { recursive: true });
+    // serve-model refuses these with the reason (exit 4); the agent quotes nothing of the file.
+    for (const config of ["model_name: [unclosed\n", "runtime: 3\n"]) {
+      const broken = await pkg({ "config.yaml": config, "model/model.py": "class Model: pass\n" });
+      expect(await packageRuntime(broken)).toEqual({ ok: true, runtime: { kind: "meridian", secrets: [] } });
+      await rm(broken, { recursive: true });
+    }
+    const linked = await pkg({ "model/model.py": "class Model: pass\n" });
+    await symlink("/etc/hostname", join(linked, "config.yaml"));
+    expect(await packageRuntime(linked)).toEqual({ ok: true, runtime: { kind: "meridian", secrets: [] } });
+  });
+
+  it("a spec that runs {python} must say which Python", () => {
+    const spec = replicaSpec(replica, "/p", {
+      kind: "python",
+      python: { python_version: null, requirements: [] },
+      secrets: [],
+    });
+    const { python: _, ...without } = spec;
+    expect(invalidSpecReason(without)).toBe("the command runs {python} but the spec has no python");
   });
 });
 

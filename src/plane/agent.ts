@@ -3,9 +3,17 @@
 // states and request counts back to the control plane. It keeps running from its last snapshot while the
 // control plane is unreachable (DESIGN.md §2.7).
 
-import { resolve } from "node:path";
+import { lstat, readFile, stat } from "node:fs/promises";
+import { join, resolve } from "node:path";
 import type { Logger } from "pino";
 import { request } from "undici";
+import {
+  JAVASCRIPT_MODULE,
+  packageEntryPoint,
+  parseModelConfig,
+  pythonModulePath,
+} from "../core/model-config.ts";
+import { trussHostCommand } from "../core/python.ts";
 import { planReconcile } from "../core/reconcile.ts";
 import { EXIT_CODES } from "../core/runtime-exit-codes.ts";
 import type {
@@ -16,11 +24,56 @@ import type {
   ReplicaReport,
   SandboxReport,
 } from "../core/snapshot.ts";
+import { TRUSS_HOST_SCRIPT } from "../lib/pythons.ts";
 import type { ArtifactCache } from "./artifacts.ts";
-import type { ReplicaDriver, ReplicaSpec, ReplicaStatus } from "./driver.ts";
+import type { ReplicaDriver, ReplicaPython, ReplicaSpec, ReplicaStatus } from "./driver.ts";
+import { packageRequirements } from "./python-env.ts";
 
 /** The `meridian` launcher that replicas run (`serve-model`). */
 const MERIDIAN_BIN = resolve(import.meta.dirname, "../../bin/meridian.js");
+
+/**
+ * How a package runs, as far as the plane must know: on Meridian's runtime (`serve-model`: a model.js or
+ * a custom server), or on the Python host (a truss model.py), and which secrets it names.
+ */
+export type PackageRuntime =
+  | { kind: "meridian"; secrets: string[] }
+  | { kind: "python"; python: ReplicaPython; secrets: string[] };
+
+const MERIDIAN_RUNTIME: PackageRuntime = { kind: "meridian", secrets: [] };
+
+/**
+ * Reads an extracted package's config.yaml for its runtime and secret names. A config.yaml that is not a
+ * plain file or does not parse runs on `serve-model`, which refuses it with the reason (exit 4, the
+ * replica FAILED: invalid model package); nothing of such a file is quoted here. A truss package whose
+ * requirements_file cannot be read is refused with the reason.
+ */
+export async function packageRuntime(
+  dir: string,
+): Promise<{ ok: true; runtime: PackageRuntime } | { ok: false; message: string }> {
+  const configFile = join(dir, "config.yaml");
+  if (!(await lstat(configFile).catch(() => null))?.isFile()) return { ok: true, runtime: MERIDIAN_RUNTIME };
+  const parsed = parseModelConfig(await readFile(configFile, "utf8"));
+  if (!parsed.ok) return { ok: true, runtime: MERIDIAN_RUNTIME };
+  const config = parsed.config;
+  const present = new Set<string>();
+  for (const candidate of [JAVASCRIPT_MODULE, pythonModulePath(config)]) {
+    if ((await stat(join(dir, candidate)).catch(() => null))?.isFile()) present.add(candidate);
+  }
+  const secrets = Object.keys(config.python.secrets).sort();
+  const entry = packageEntryPoint(config, (p) => present.has(p));
+  if (!entry.ok || entry.entry.type !== "python") return { ok: true, runtime: { kind: "meridian", secrets } };
+  const requirements = await packageRequirements(dir, config.python);
+  if (!requirements.ok) return { ok: false, message: requirements.message };
+  return {
+    ok: true,
+    runtime: {
+      kind: "python",
+      python: { python_version: config.python.python_version, requirements: requirements.requirements },
+      secrets,
+    },
+  };
+}
 
 export interface PlaneAgentOptions {
   plane: string;
@@ -143,9 +196,26 @@ export class PlaneAgent {
       });
       return;
     }
+    const runtime = await packageRuntime(dir).catch(
+      (err: unknown) => ({ ok: false, message: (err as Error).message }) as const,
+    );
+    if (!runtime.ok) {
+      this.#o.logger.warn({ replica: replica.id, reason: runtime.message }, "package refused");
+      this.#artifactFailures.set(replica.id, {
+        id: replica.id,
+        deployment_id: replica.deployment_id,
+        state: "FAILED",
+        message: `invalid model package: ${runtime.message}`,
+        restarts: 0,
+      });
+      return;
+    }
     this.#artifactFailures.delete(replica.id);
-    this.#o.logger.info({ replica: replica.id, deployment: replica.deployment_id }, "starting replica");
-    await this.#o.driver.ensure(replicaSpec(replica, dir));
+    this.#o.logger.info(
+      { replica: replica.id, deployment: replica.deployment_id, runtime: runtime.runtime.kind },
+      "starting replica",
+    );
+    await this.#o.driver.ensure(replicaSpec(replica, dir, runtime.runtime));
   }
 
   async #refreshReady(): Promise<void> {
@@ -234,9 +304,37 @@ function toReport(r: ReplicaStatus): ReplicaReport {
 /**
  * How a replica is run by the process driver: the model runtime in its package directory (the command's
  * working directory: `/app` inside the sandbox), on `{listen}`: a free loopback port, or under egress
- * `deny` a Unix socket. Its identity also goes in the environment, for whatever the runtime starts.
+ * `deny` a Unix socket. Its identity also goes in the environment, for whatever the runtime starts. A
+ * truss model.py package runs on the Python host with the interpreter the driver provides (`{python}`),
+ * its secrets read from `{secrets}`.
  */
-export function replicaSpec(replica: DesiredReplica, packageDir: string): ReplicaSpec {
+export function replicaSpec(
+  replica: DesiredReplica,
+  packageDir: string,
+  runtime: PackageRuntime = MERIDIAN_RUNTIME,
+): ReplicaSpec {
+  const base = meridianSpec(replica, packageDir);
+  const secrets = runtime.secrets.length > 0 ? { secrets: [...runtime.secrets] } : {};
+  if (runtime.kind === "meridian") return { ...base, ...secrets };
+  const host = trussHostCommand({
+    python: "{python}",
+    script: TRUSS_HOST_SCRIPT,
+    packageDir: ".",
+    listen: "{listen}",
+    modelId: replica.model_id,
+    deploymentId: replica.deployment_id,
+    environment: replica.environment,
+    secretsDir: "{secrets}",
+  });
+  return {
+    ...base,
+    command: { argv: host.argv, env: { ...base.command.env, ...host.env } },
+    python: { python_version: runtime.python.python_version, requirements: [...runtime.python.requirements] },
+    ...secrets,
+  };
+}
+
+function meridianSpec(replica: DesiredReplica, packageDir: string): ReplicaSpec {
   const argv = [
     process.execPath,
     MERIDIAN_BIN,

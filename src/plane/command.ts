@@ -32,6 +32,14 @@ export interface PlaneFlags {
   sandboxUid?: string;
   sandboxBwrap?: string;
   auditRetention?: string;
+  receipts?: string;
+  python?: string[];
+  pipFindLinks?: string;
+  pipIndexUrl?: string;
+  asyncConcurrency?: string;
+  webhookAllowHttp?: boolean;
+  webhookAllowPrivate?: boolean;
+  webhookCa?: string;
 }
 
 /** `--sandbox-uid UID[:GID]`: an unprivileged host id for replicas (GID defaults to UID). */
@@ -96,8 +104,31 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
       "--sandbox-uid needs a plane running as root; otherwise replicas run as the plane's own uid",
     );
   }
+  const receipts = flags.receipts ?? "on";
+  if (receipts !== "on" && receipts !== "off") {
+    throw new Error(`--receipts is on or off, got '${receipts}'`);
+  }
+  if (flags.pipFindLinks !== undefined && flags.pipIndexUrl !== undefined) {
+    throw new Error("--pip-find-links and --pip-index-url exclude each other");
+  }
+  if (flags.pipIndexUrl !== undefined && !/^https?:\/\/[^\s/?#]+/i.test(flags.pipIndexUrl)) {
+    throw new Error(`--pip-index-url needs an http(s) URL, got '${flags.pipIndexUrl}'`);
+  }
+  const indexArgs =
+    flags.pipFindLinks !== undefined
+      ? ["--no-index", "--find-links", resolve(flags.pipFindLinks)]
+      : flags.pipIndexUrl !== undefined
+        ? ["--index-url", flags.pipIndexUrl]
+        : null;
   const retention = flags.auditRetention === undefined ? null : parseAuditRetention(flags.auditRetention);
   if (retention !== null && !retention.ok) throw new Error(retention.error);
+  const asyncConcurrency = flags.asyncConcurrency === undefined ? undefined : Number(flags.asyncConcurrency);
+  if (
+    asyncConcurrency !== undefined &&
+    !(Number.isInteger(asyncConcurrency) && asyncConcurrency >= 1 && asyncConcurrency <= 1024)
+  ) {
+    throw new Error("--async-concurrency is a whole number from 1 to 1024");
+  }
   const config = Object.freeze({
     name: flags.name,
     region: flags.region,
@@ -116,6 +147,19 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     ...(transport ? { ingressTransport: transport } : {}),
     ...(backpressure !== null ? { backpressure } : {}),
     ...(retention !== null ? { auditRetentionMs: retention.ms } : {}),
+    receipts: receipts === "on",
+    python: {
+      interpreters: (flags.python ?? []).map((p) => resolve(p)),
+      ...(indexArgs !== null ? { indexArgs } : {}),
+    },
+    async: {
+      ...(asyncConcurrency !== undefined ? { concurrency: asyncConcurrency } : {}),
+      webhook: {
+        allowHttp: flags.webhookAllowHttp === true,
+        allowPrivate: flags.webhookAllowPrivate === true,
+        ...(flags.webhookCa ? { ca: readFileSync(flags.webhookCa, "utf8") } : {}),
+      },
+    },
     sandbox: {
       mode,
       ...(flags.sandboxBwrap !== undefined ? { bwrapPath: resolve(flags.sandboxBwrap) } : {}),

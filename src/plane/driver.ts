@@ -13,6 +13,11 @@
 //   gives it a network namespace of its own; a Kubernetes driver a NetworkPolicy).
 // - The spec carries both the extracted `package_dir` (a local driver runs there) and the `artifact` it
 //   came from (a cluster driver fetches it in an init container instead).
+// - What a truss package needs is declared, not done by the agent: `python` (an interpreter for its
+//   python_version with its requirements installed: the process driver builds a virtualenv on the plane
+//   and fills `{python}`; a cluster driver would pick an image) and `secrets` (names fetched at each start
+//   and seen at /secrets/{name}: the process driver writes a per-replica directory bound read-only, a
+//   cluster driver would mount a Secret; `{secrets}` is that directory as the replica sees it).
 // - Probes are HTTP GET paths answered 200 (readiness gates routing, liveness failures restart), which
 //   map one to one onto Kubernetes probes; `fatal_exit_codes` map onto a container's last terminated
 //   exit code.
@@ -62,6 +67,24 @@ export interface ReplicaSpec {
    */
   fatal_exit_codes?: Record<number, string>;
   resources?: ReplicaResources;
+  /**
+   * A truss package's Python (`{python}` in the command is its interpreter): `python_version` as
+   * config.yaml says (null: any Python 3.8+), and the normalised requirement set to install
+   * (src/core/python.ts normalizeRequirements); built while the replica is PENDING, its output in the
+   * replica's logs (`build` lines). None fitting, or pip failing, makes the replica FAILED with the reason.
+   */
+  python?: ReplicaPython;
+  /**
+   * The secret names of the deployment's config.yaml: their values are fetched from the control plane at
+   * every start (never kept in a spec or a snapshot) and seen by the replica as files `{secrets}/{name}`.
+   * A name the team lacks makes the replica FAILED with a message naming it.
+   */
+  secrets?: string[];
+}
+
+export interface ReplicaPython {
+  python_version: string | null;
+  requirements: string[];
 }
 
 /** A replica as the driver observes it; a superset of the snapshot's ReplicaReport. */
@@ -84,8 +107,11 @@ export interface ReplicaStatus {
 export interface LogLine {
   /** ISO-8601 time the line was captured. */
   ts: string;
-  /** `driver` lines are the driver's own notes on the replica (exits, restarts), like Kubernetes events. */
-  stream: "stdout" | "stderr" | "driver";
+  /**
+   * `driver` lines are the driver's own notes on the replica (exits, restarts), like Kubernetes events;
+   * `build` lines are the output of preparing what it runs on (a virtualenv's pip install).
+   */
+  stream: "stdout" | "stderr" | "driver" | "build";
   line: string;
 }
 
@@ -136,6 +162,9 @@ export function invalidSpecReason(spec: ReplicaSpec): string | null {
   if (spec.egress !== "allow" && spec.egress !== "deny") {
     return `egress ${JSON.stringify(spec.egress)} is neither allow nor deny`;
   }
+  if (spec.command.argv[0] === "{python}" && spec.python === undefined) {
+    return "the command runs {python} but the spec has no python";
+  }
   if (spec.egress === "deny") {
     const values = [...spec.command.argv, ...Object.values(spec.command.env)];
     if (values.some((v) => v.includes("{host}") || v.includes("{port}"))) {
@@ -154,13 +183,24 @@ export function formatListen(listen: ListenAddress): string {
   return listen.host.includes(":") ? `[${listen.host}]:${listen.port}` : `${listen.host}:${listen.port}`;
 }
 
-/** Fills the `{listen}`, `{host}` and `{port}` placeholders of a command. */
-export function renderCommand(command: ReplicaCommand, listen: ListenAddress): ReplicaCommand {
+/**
+ * Fills the `{listen}`, `{host}` and `{port}` placeholders of a command, and `{python}` and `{secrets}`
+ * when the driver provides them (a spec with `python`; where the replica sees its secrets).
+ */
+export function renderCommand(
+  command: ReplicaCommand,
+  listen: ListenAddress,
+  provided: { python?: string; secrets?: string } = {},
+): ReplicaCommand {
   const address = formatListen(listen);
   const host = "path" in listen ? "" : listen.host;
   const port = "path" in listen ? "" : String(listen.port);
-  const fill = (value: string) =>
-    value.replaceAll("{listen}", address).replaceAll("{host}", host).replaceAll("{port}", port);
+  const fill = (value: string) => {
+    let out = value.replaceAll("{listen}", address).replaceAll("{host}", host).replaceAll("{port}", port);
+    if (provided.python !== undefined) out = out.replaceAll("{python}", provided.python);
+    if (provided.secrets !== undefined) out = out.replaceAll("{secrets}", provided.secrets);
+    return out;
+  };
   return {
     argv: command.argv.map(fill),
     env: Object.fromEntries(Object.entries(command.env).map(([k, v]) => [k, fill(v)])),

@@ -3,13 +3,14 @@
 // small operator listener (`/metrics`, `/healthz`, audit queries and exports, evidence pieces, replica
 // logs). `stop()` drains in reverse order of start.
 
-import { timingSafeEqual } from "node:crypto";
+import { randomBytes, timingSafeEqual } from "node:crypto";
 import { once } from "node:events";
 import { chmod, mkdir } from "node:fs/promises";
 import http from "node:http";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
 import { Gauge, Registry } from "prom-client";
+import { resolveAsyncTarget } from "../core/async-routing.ts";
 import type { BackpressureLimits } from "../core/autoscaling-settings.ts";
 import { REPLICA_STATES } from "../core/domain.ts";
 import { errorBody } from "../core/errors.ts";
@@ -25,14 +26,20 @@ import {
 } from "../gateway/ingress.ts";
 import { CONTROL_ACCESS_HEADER, ControlAccessVerifier } from "../lib/control-access.ts";
 import { loadOrCreatePlaneKey } from "../lib/keys.ts";
+import { discoverPythons } from "../lib/pythons.ts";
 import { SnapshotWatcher } from "../lib/watch.ts";
 import { PlaneAgent } from "./agent.ts";
 import { ArtifactCache } from "./artifacts.ts";
+import { AsyncService, MAX_SOCKET_PATH_BYTES } from "./async-service.ts";
+import type { WebhookPolicy } from "./async-worker.ts";
 import { recordPlaneKey } from "./key-history.ts";
 import { LoadMeter, wakeDeployment } from "./load.ts";
 import { ProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
+import { PlanePython, VirtualenvCache } from "./python-env.ts";
 import { prepareSandbox } from "./sandbox.ts";
+import { fetchReplicaSecrets } from "./secrets.ts";
 import { TlsStore, wildcardWarning } from "./tls-store.ts";
+import { WebhookSecrets } from "./webhook-secrets.ts";
 
 export interface PlaneConfig {
   name: string;
@@ -53,6 +60,8 @@ export interface PlaneConfig {
   /** CA that signs the other planes' ingress certificates: hops to peers then go over HTTPS. */
   peerCa?: string | null;
   limits?: Partial<IngressLimits>;
+  /** Sign a receipt on every inference response (`--receipts`, default on; docs/evidence.md#receipts). */
+  receipts?: boolean;
   /** Held requests per deployment and the Retry-After of a 429 (`--park-queue`, `--retry-after`). */
   backpressure?: BackpressureLimits;
   /** The ingress's HTTP implementation (default `wire`; see src/gateway/ingress.ts). */
@@ -71,6 +80,13 @@ export interface PlaneConfig {
     /** Host ids of replicas when the plane runs as root. Default 65534:65534. */
     uid?: { uid: number; gid: number };
   };
+  /**
+   * Python for truss packages: interpreters the operator names (preferred, then /usr/local/bin and
+   * /usr/bin), and where pip takes requirements from (default: pip's own configuration).
+   */
+  python?: { interpreters?: readonly string[]; indexArgs?: readonly string[] };
+  /** Async inference (docs/async.md): requests per replica at once, the webhook policy. */
+  async?: { concurrency?: number; webhook?: Partial<WebhookPolicy>; maxLive?: number };
   logger?: Logger;
   /** Driver timings, for tests. */
   driver?: Partial<ProcessDriverOptions>;
@@ -83,6 +99,8 @@ export interface RunningPlane {
   watcher: SnapshotWatcher<PlaneSnapshot>;
   audit: AuditLog;
   driver: ProcessDriver;
+  /** Null when the data directory's path is too long for the service's socket (logged at start). */
+  async: AsyncService | null;
   adminAddress: { host: string; port: number } | null;
   /** Drains in reverse order of start; `brief` stops the replicas fast and writes the audit, nothing else. */
   stop(options?: { brief?: boolean }): Promise<void>;
@@ -97,6 +115,8 @@ export const PLANE_KEY_FILE = "plane.key";
 export const PLANE_KEY_HISTORY_FILE = "plane-keys.json";
 /** The audit chain's directory in the data directory. */
 export const AUDIT_DIR = "audit";
+/** The async queue's directory in the data directory (its journal and the service's socket). */
+export const ASYNC_DIR = "async";
 
 /**
  * Every snapshot, from the control plane or the disk cache, is checked in full before it is served: one
@@ -147,8 +167,18 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     onError: (err) => logger.error({ err }, "audit write failed"),
   });
   await audit.start();
+  const pythons = await discoverPythons({ configured: config.python?.interpreters ?? [] });
+  logger.info(
+    {
+      interpreters: pythons.interpreters.map((i) => ({ path: i.path, version: i.version.join(".") })),
+      skipped: pythons.skipped,
+    },
+    "python interpreters for truss packages",
+  );
   const sandboxMode = config.sandbox?.mode ?? "bwrap";
   const sandbox = await prepareSandbox(sandboxMode, {
+    // Their installations are bound read-only for the replicas that run on them.
+    readOnly: pythons.interpreters.map((i) => i.prefix),
     dataDir: config.dataDir,
     // Only LANG and TZ of it reach replicas (the environment allowlist).
     planeEnv: process.env,
@@ -166,11 +196,28 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
       logger.error({ sandbox: sandbox.report }, "the sandbox failed its self-test; no replica will start");
       break;
   }
+  const venvs = new VirtualenvCache({
+    root: join(config.dataDir, "venvs"),
+    env: process.env,
+    ...(config.python?.indexArgs !== undefined ? { indexArgs: config.python.indexArgs } : {}),
+  });
+  // A build cut short by the plane's death left a work directory, never a virtualenv taken as built.
+  await venvs.sweep();
   const driver = new ProcessDriver({
     dataDir: config.dataDir,
     host: config.replicaHost ?? "127.0.0.1",
     sandbox,
     logger,
+    python: new PlanePython({ interpreters: async () => pythons.interpreters, venvs }),
+    // Only at a replica's start, with the plane's credential; the values go to that replica's directory only.
+    secrets: (replicaId, dir) =>
+      fetchReplicaSecrets({
+        controlUrl: config.controlUrl,
+        planeToken: config.token,
+        plane: config.name,
+        replicaId,
+        dir,
+      }),
     ...config.driver,
   });
   await driver.start();
@@ -215,6 +262,45 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
   };
   watcher.subscribe(accept);
 
+  // Async requests are held here, in this plane's region, and run only by its own replicas.
+  const asyncIngress = {
+    socketPath: join(config.dataDir, ASYNC_DIR, "s.sock"),
+    token: randomBytes(32).toString("base64url"),
+  };
+  const webhookSecrets = new WebhookSecrets({
+    controlUrl: config.controlUrl,
+    planeToken: config.token,
+    plane: config.name,
+  });
+  let asyncService: AsyncService | null = new AsyncService({
+    plane: config.name,
+    dir: join(config.dataDir, ASYNC_DIR),
+    ...asyncIngress,
+    ...(config.async?.maxLive !== undefined ? { maxLive: config.async.maxLive } : {}),
+    worker: {
+      replicas: agent.localReplicas,
+      resolve: (r) => {
+        const res = resolveAsyncTarget(current, config.region, r.model_id, r.target);
+        return res.ok
+          ? res
+          : { ok: false, final: res.final, error: { code: res.code, message: res.message } };
+      },
+      webhookSecrets: webhookSecrets.get,
+      ...(config.async?.concurrency !== undefined ? { concurrency: config.async.concurrency } : {}),
+      ...(config.async?.webhook ? { webhook: config.async.webhook } : {}),
+      ...(config.limits?.predictTimeoutMs ? { predictTimeoutMs: config.limits.predictTimeoutMs } : {}),
+    },
+    logger,
+  });
+
+  if (Buffer.byteLength(asyncIngress.socketPath) > MAX_SOCKET_PATH_BYTES) {
+    logger.error(
+      { socket: asyncIngress.socketPath },
+      "async inference is off: the data directory's path is too long for the async service's socket",
+    );
+    asyncService = null;
+  }
+
   const ingress = createIngress({
     plane: { name: config.name, region: config.region },
     listen: config.ingress,
@@ -234,15 +320,18 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     ...(config.backpressure ? { backpressure: config.backpressure } : {}),
     ...(config.limits ? { limits: config.limits } : {}),
     ...(config.ingressTransport ? { transport: config.ingressTransport } : {}),
+    ...(config.receipts === false ? { receipts: false } : {}),
     logger,
     registry,
     audit,
+    ...(asyncService !== null ? { async: asyncIngress } : {}),
   });
 
   agent.start();
   await watcher.start();
   const cached = watcher.current();
   if (cached) accept(cached);
+  await asyncService?.start();
   await ingress.start();
 
   let adminServer: http.Server | null = null;
@@ -278,6 +367,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     watcher,
     audit,
     driver,
+    async: asyncService,
     adminAddress,
     async stop(options: { brief?: boolean } = {}) {
       if (options.brief) {
@@ -291,6 +381,8 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
       }
       await new Promise<void>((ok) => (adminServer ? adminServer.close(() => ok()) : ok()));
       await ingress.stop();
+      // What is still running is cut off and runs again after a restart (the journal says IN_PROGRESS).
+      await asyncService?.stop();
       await certificates?.stop();
       await watcher.stop();
       // Replicas stop before the last report, so the control plane learns they no longer serve.

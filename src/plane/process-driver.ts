@@ -1,7 +1,10 @@
 // The `process` replica driver: each replica is a child process of this host, inside the plane's sandbox
 // (bubblewrap; see sandbox.ts) unless the operator chose none, listening on a free loopback port or, under
 // egress `deny`, on a Unix socket. Owns spawning, HTTP readiness/liveness probing, crash restarts with
-// capped exponential backoff, per-replica log capture (ring buffer + file) and graceful stops.
+// capped exponential backoff, per-replica log capture (ring buffer + file) and graceful stops. Before a
+// run it provides what the spec declares: a truss package's Python (an interpreter, a virtualenv of its
+// requirements, built with its output in the replica's logs) and the replica's secrets, fetched at every
+// start into a directory only that replica reads.
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { createWriteStream, readFileSync, type WriteStream } from "node:fs";
@@ -22,6 +25,7 @@ import {
   type ReplicaDriver,
   type ReplicaEvent,
   type ReplicaEventListener,
+  type ReplicaPython,
   type ReplicaSpec,
   type ReplicaStatus,
   renderCommand,
@@ -33,6 +37,23 @@ import {
   SandboxRefusal,
   type SpawnPlan,
 } from "./sandbox.ts";
+import { ReplicaSecretsError, removeReplicaSecrets } from "./secrets.ts";
+
+/** What a spec's `python` runs on (src/plane/python-env.ts PlanePython). */
+export interface ReplicaPythonProvider {
+  prepare(
+    wanted: ReplicaPython,
+    onLine: (line: { stream: string; line: string }) => void,
+  ): Promise<
+    { ok: true; python: string; readOnly: string[]; venv: string | null } | { ok: false; message: string }
+  >;
+}
+
+/**
+ * Fetches a replica's secrets into `dir` and returns the names written (src/plane/secrets.ts
+ * fetchReplicaSecrets, with the plane's credential); throws ReplicaSecretsError.
+ */
+export type ReplicaSecretsFetch = (replicaId: string, dir: string) => Promise<string[]>;
 
 /** pino's Logger fits; the driver logs a fixed message plus fields. */
 export interface DriverLogger {
@@ -72,12 +93,27 @@ export interface ProcessDriverOptions {
   logRingSize?: number;
   /** Finds a free port on `host`; replaceable so tests can hand out a taken one. */
   allocatePort?: (host: string) => Promise<number>;
+  /** Provides `python` of a spec; without it such a replica is FAILED (this plane runs no Python). */
+  python?: ReplicaPythonProvider;
+  /** Fetches `secrets` of a spec; without it a replica that names secrets is FAILED. */
+  secrets?: ReplicaSecretsFetch;
   logger?: DriverLogger;
 }
 
-type Settings = Required<Omit<ProcessDriverOptions, "logger">> & {
+type Settings = Required<Omit<ProcessDriverOptions, "logger" | "python" | "secrets">> & {
   logger: DriverLogger | null;
+  python: ReplicaPythonProvider | null;
+  secrets: ReplicaSecretsFetch | null;
 };
+
+/** What a run was given besides its package: filled into its command and its sandbox. */
+interface Provided {
+  python?: string;
+  readOnly: string[];
+  venv?: string;
+  /** Whether its secrets directory is in place (bound at /secrets). */
+  secrets: boolean;
+}
 
 const MAX_LINE_CHARS = 16 * 1024;
 const TAIL_LINES = 12;
@@ -174,6 +210,8 @@ export class ProcessDriver implements ReplicaDriver {
       stopGraceMs: options.stopGraceMs ?? 10_000,
       logRingSize: options.logRingSize ?? 2_000,
       allocatePort: options.allocatePort ?? freeLoopbackPort,
+      python: options.python ?? null,
+      secrets: options.secrets ?? null,
       logger: options.logger ?? null,
     };
   }
@@ -365,6 +403,10 @@ class ProcessReplica {
   #room: ReplicaRoom | null = null;
   /** The launch in progress; close() waits for it, so a half-made run is never left behind. */
   #launching: Promise<void> | null = null;
+  /** Whether a start of this replica had its secrets written (a later start may keep them: see #provide). */
+  #secretsFetched = false;
+  /** Consecutive starts that could not reach the control plane for the secrets. */
+  #secretsRetries = 0;
 
   constructor(spec: ReplicaSpec, specKey: string, settings: Settings, hooks: ReplicaHooks) {
     this.spec = spec;
@@ -454,6 +496,8 @@ class ProcessReplica {
       return;
     }
     const room = this.#room;
+    const provided = await this.#provide(room);
+    if (provided === null || this.#closing) return;
     const egress = this.spec.egress;
     let port: number | null = null;
     let listen: ListenAddress;
@@ -481,7 +525,10 @@ class ProcessReplica {
       release();
       return;
     }
-    const command = renderCommand(this.spec.command, listen);
+    const command = renderCommand(this.spec.command, listen, {
+      ...(provided.python !== undefined ? { python: provided.python } : {}),
+      secrets: room.secrets.inside,
+    });
     let plan: SpawnPlan;
     try {
       plan = await sandbox.plan(room, {
@@ -489,6 +536,9 @@ class ProcessReplica {
         env: command.env,
         packageDir: this.spec.package_dir,
         egress,
+        readOnly: provided.readOnly,
+        secrets: provided.secrets,
+        ...(provided.venv !== undefined ? { venv: provided.venv } : {}),
       });
     } catch (err) {
       release();
@@ -567,6 +617,94 @@ class ProcessReplica {
       started_at: new Date(run.startedAt).toISOString(),
     });
     void this.#probeUntilReady(run);
+  }
+
+  /**
+   * What the spec declares beyond its package, before each run: the Python it runs on (built while the
+   * replica is PENDING, pip's output as `build` lines) and its secrets, fetched from the control plane at
+   * every start. Null when the replica cannot start now: FAILED (nothing fits, pip failed, a secret is
+   * missing) or, when the control plane cannot be reached for secrets it never had, retried later.
+   * Secret values are never logged; the notes name the secrets only.
+   */
+  async #provide(room: ReplicaRoom): Promise<Provided | null> {
+    const provided: Provided = { readOnly: [], secrets: false };
+    const wanted = this.spec.python;
+    if (wanted !== undefined) {
+      const python = this.#settings.python;
+      if (python === null) {
+        this.#failNoted("this plane runs no Python: it cannot start a truss model.py package");
+        return null;
+      }
+      if (wanted.requirements.length > 0) this.#set({ message: "installing the package's requirements" });
+      let prepared: Awaited<ReturnType<ReplicaPythonProvider["prepare"]>>;
+      try {
+        prepared = await python.prepare(wanted, (l) => this.#record("build", l.line));
+      } catch (err) {
+        prepared = { ok: false, message: `preparing Python failed: ${errorText(err)}` };
+      }
+      if (this.#closing) return null;
+      if (!prepared.ok) {
+        this.#failNoted(prepared.message, { tail: false });
+        return null;
+      }
+      const venvDir = this.#settings.sandbox.venvDir;
+      provided.python =
+        prepared.venv !== null && venvDir !== null ? join(venvDir, "bin", "python") : prepared.python;
+      provided.readOnly = prepared.readOnly;
+      if (prepared.venv !== null) provided.venv = prepared.venv;
+    }
+    const names = this.spec.secrets ?? [];
+    if (names.length === 0) return provided;
+    const fetch = this.#settings.secrets;
+    if (fetch === null) {
+      this.#failNoted("this plane cannot fetch secrets: the replica's config.yaml names some");
+      return null;
+    }
+    try {
+      const written = await fetch(this.spec.id, room.secrets.host);
+      await this.#settings.sandbox.sealSecrets(room);
+      this.#secretsFetched = true;
+      this.#secretsRetries = 0;
+      this.#note(`secrets in place: ${written.join(", ")}`);
+    } catch (err) {
+      if (this.#closing) return null;
+      const message = errorText(err);
+      const transient =
+        err instanceof ReplicaSecretsError && (err.reason === "network" || err.reason === "http_status");
+      if (!transient) {
+        this.#failNoted(message, { tail: false });
+        return null;
+      }
+      if (!this.#secretsFetched) {
+        void this.#retrySecrets(message);
+        return null;
+      }
+      // Static stability: a restart while the control plane is away keeps what the last start was given.
+      this.#note(`${message}; starting with the secrets of the previous start`);
+    }
+    provided.secrets = true;
+    return provided;
+  }
+
+  /** The control plane could not be asked for secrets the replica never had: try again after a backoff. */
+  async #retrySecrets(message: string): Promise<void> {
+    this.#secretsRetries++;
+    const delayMs = backoffDelayMs(
+      this.#secretsRetries,
+      this.#settings.backoffBaseMs,
+      this.#settings.backoffMaxMs,
+    );
+    const text = `${message}; retrying in ${delayMs} ms`;
+    this.#note(text);
+    this.#set({ state: "UNHEALTHY", endpoint: null, message: text });
+    const timer = new AbortController();
+    this.#restartTimer = timer;
+    try {
+      await sleep(delayMs, undefined, { signal: timer.signal });
+    } catch {
+      return;
+    }
+    if (!this.#closing) this.#launch();
   }
 
   async #onExit(run: Run, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
@@ -730,9 +868,24 @@ class ProcessReplica {
       .catch((err) => this.#settings.logger?.warn({ err, replica: this.spec.id }, "run file not written"));
   }
 
-  #fail(message: string): void {
-    this.#set({ state: "FAILED", endpoint: null, message: withTail(message, this.#tail()) });
+  #fail(message: string, o: { tail?: boolean } = {}): void {
+    const text = o.tail === false ? message : withTail(message, this.#tail());
+    this.#set({ state: "FAILED", endpoint: null, message: text });
     this.#settings.logger?.warn({ replica: this.spec.id, message }, "replica failed");
+    // A replica that will not run again keeps no secrets on the plane.
+    const room = this.#room;
+    if (room !== null && this.#secretsFetched) {
+      this.#secretsFetched = false;
+      void removeReplicaSecrets(room.secrets.host).catch((err) =>
+        this.#settings.logger?.warn({ err, replica: this.spec.id }, "secrets not removed"),
+      );
+    }
+  }
+
+  /** FAILED, with the reason in the replica's logs too (the logs API shows it beside the build's lines). */
+  #failNoted(message: string, o: { tail?: boolean } = {}): void {
+    this.#note(message);
+    this.#fail(message, o);
   }
 
   #tail(): string[] {

@@ -22,6 +22,7 @@ import path from "node:path";
 import { StringDecoder } from "node:string_decoder";
 import type { TrussPythonConfig } from "../core/model-config.ts";
 import {
+  choosePython,
   formatVersion,
   normalizeRequirements,
   type PythonInterpreter,
@@ -110,6 +111,19 @@ export class VirtualenvCache {
 
   constructor(options: VirtualenvCacheOptions) {
     this.#o = options;
+  }
+
+  /**
+   * Removes what builds of an earlier process left when it died mid-build (`.build-*` work directories,
+   * `.stale-*` ones set aside): never a finished virtualenv, and nothing a running build uses.
+   */
+  async sweep(): Promise<void> {
+    if (this.#inFlight.size > 0) return;
+    for (const name of await readdir(this.#o.root).catch(() => [] as string[])) {
+      if (name.startsWith(".build-") || name.startsWith(".stale-")) {
+        await rm(path.join(this.#o.root, name), { recursive: true, force: true });
+      }
+    }
   }
 
   /** The cache key of a requirement set on an interpreter (sha256, hex). */
@@ -406,4 +420,54 @@ async function removeAside(dir: string): Promise<void> {
   const aside = `${path.dirname(dir)}/.stale-${randomBytes(6).toString("hex")}`;
   await rename(dir, aside).catch(() => undefined);
   await rm(aside, { recursive: true, force: true });
+}
+
+export interface PlanePythonOptions {
+  /** The interpreters of this plane, found once (src/lib/pythons.ts discoverPythons), in order of preference. */
+  interpreters: () => Promise<readonly PythonInterpreter[]>;
+  venvs: VirtualenvCache;
+}
+
+export type PreparedPython =
+  | {
+      ok: true;
+      /** The interpreter itself, or (with requirements) the virtualenv's bin/python. */
+      python: string;
+      /** Host trees the replica reads: the interpreter's installation. */
+      readOnly: string[];
+      /** The virtualenv's directory; null without requirements. */
+      venv: string | null;
+    }
+  | { ok: false; message: string };
+
+/**
+ * What a replica of a truss package runs on, on this plane: the interpreter `python_version` asks for
+ * (choosePython; none fitting names the wanted version and those present) and, with requirements, a
+ * virtualenv of them from the cache, built if need be with its output to `onLine`.
+ */
+export class PlanePython {
+  readonly #o: PlanePythonOptions;
+
+  constructor(options: PlanePythonOptions) {
+    this.#o = options;
+  }
+
+  async prepare(
+    wanted: { python_version: string | null; requirements: readonly string[] },
+    onLine: (line: BuildLogLine) => void,
+  ): Promise<PreparedPython> {
+    const interpreters = await this.#o.interpreters();
+    const choice = choosePython(wanted.python_version, interpreters, {
+      venv: wanted.requirements.length > 0,
+    });
+    if (!choice.ok) return { ok: false, message: choice.message };
+    const interpreter = choice.interpreter;
+    onLine({
+      stream: "build",
+      line: `Python ${formatVersion(interpreter.version)} (${interpreter.path}) for python_version ${wanted.python_version ?? "(any)"}`,
+    });
+    const venv = await this.#o.venvs.ensure(interpreter, wanted.requirements, onLine);
+    if (!venv.ok) return venv;
+    return { ok: true, python: venv.python, readOnly: [interpreter.prefix], venv: venv.dir };
+  }
 }

@@ -18,6 +18,14 @@ export const SANDBOX_UID = 65534;
 export const APP_DIR = "/app";
 /** Where a sandboxed replica sees its private directory: its HOME and TMPDIR (`/tmp` points there too). */
 export const HOME_DIR = "/home/replica";
+/** Where a sandboxed replica sees its secrets, one file per name, as truss provides them. */
+export const SECRETS_DIR = "/secrets";
+/**
+ * Where a sandboxed replica sees the virtualenv it runs on. A fixed path, not the host's: a plane's data
+ * directory may sit under /tmp, which is the private directory's symlink inside. The interpreter finds
+ * the virtualenv's prefix from where its `bin/python` is, so it runs from here unchanged.
+ */
+export const VENV_DIR = "/opt/meridian/venv";
 /** The runtime's Unix socket under egress `deny`, as the replica sees it. */
 export const LISTEN_SOCKET = `${HOME_DIR}/.meridian.sock`;
 /** PATH inside the sandbox: only what exists there (the host's /usr). */
@@ -81,6 +89,12 @@ export interface ReplicaMounts {
   cacheWritable?: boolean;
   /** File descriptor bwrap writes `{"child-pid": N}` to. */
   infoFd?: number;
+  /** More host paths the replica reads, each bound read-only at its own path (an interpreter, a virtualenv). */
+  readOnly?: string[];
+  /** The replica's secrets directory on the host, bound read-only at /secrets. */
+  secretsDir?: string;
+  /** The virtualenv the replica runs on (host path), bound read-only at VENV_DIR. */
+  venv?: string;
 }
 
 /**
@@ -119,8 +133,11 @@ export function bwrapArguments(layout: SandboxLayout, replica: ReplicaMounts): s
   ];
   for (const b of layout.binds) args.push("--ro-bind", b.source, b.dest);
   for (const s of layout.symlinks) args.push("--symlink", s.target, s.path);
+  for (const path of replica.readOnly ?? []) args.push("--ro-bind", path, path);
   args.push("--ro-bind", layout.passwd, "/etc/passwd", "--ro-bind", layout.group, "/etc/group");
   args.push("--ro-bind", replica.packageDir, APP_DIR, "--bind", replica.privateDir, HOME_DIR);
+  if (replica.secretsDir !== undefined) args.push("--ro-bind", replica.secretsDir, SECRETS_DIR);
+  if (replica.venv !== undefined) args.push("--ro-bind", replica.venv, VENV_DIR);
   // tsx keeps compiled files in `${os.tmpdir()}/tsx-${euid}`; TMPDIR is the private directory.
   args.push(
     replica.cacheWritable === true ? "--bind" : "--ro-bind",
@@ -217,6 +234,11 @@ export interface ReplicaRoom {
     /** Where the plane moves it and connects (a directory only the plane can write). */
     host: string;
   };
+  /**
+   * The replica's secrets: a directory the plane writes at each start (src/plane/secrets.ts) and then
+   * seals (sealSecrets), and where the replica sees it (/secrets in a sandbox).
+   */
+  secrets: { host: string; inside: string };
 }
 
 /** Why a replica cannot run here; the driver marks it FAILED with the message. */
@@ -230,16 +252,30 @@ export interface LaunchRequest {
   env: Record<string, string>;
   packageDir: string;
   egress: EgressPolicy;
+  /** Host paths the replica reads besides the runtime's (an interpreter's tree, a virtualenv). */
+  readOnly?: string[];
+  /** Whether the replica's secrets directory (sealed) is bound at /secrets. */
+  secrets?: boolean;
+  /** A virtualenv (host path) the replica runs on. */
+  venv?: string;
 }
 
 /** How the process driver runs replicas; one per plane, chosen at start-up. */
 export interface ReplicaSandbox {
   readonly report: SandboxReport;
+  /** Where a replica sees the virtualenv of LaunchRequest.venv; null: at its host path. */
+  readonly venvDir: string | null;
   /** Creates the replica's private directory; throws SandboxRefusal when replicas cannot run. */
   open(replicaId: string): Promise<ReplicaRoom>;
   /** The spawn of one run; throws SandboxRefusal for a replica this sandbox cannot run as asked. */
   plan(room: ReplicaRoom, request: LaunchRequest): Promise<SpawnPlan>;
-  /** Removes the private directory and socket of a replica that is gone. */
+  /**
+   * Once the plane has written the replica's secrets: the directory (0500) and its files (0400) become
+   * the replica's host uid's, so that only the replica reads them (the plane's data directory, where they
+   * are, is in no other replica's view).
+   */
+  sealSecrets(room: ReplicaRoom): Promise<void>;
+  /** Removes the private directory, secrets and socket of a replica that is gone. */
   close(room: ReplicaRoom): Promise<void>;
 }
 
@@ -253,21 +289,38 @@ export interface SandboxOptions {
   bwrapPath?: string;
   /** Self-test time limit per step. Default 30 s (the warm-up compiles the runtime). */
   selfTestTimeoutMs?: number;
+  /**
+   * Host trees replicas may be given read-only besides the runtime's (the installations of the Python
+   * interpreters the plane found), checked at the self-test like the runtime's: a closed directory above
+   * one makes bwrap run as root, as for the installation.
+   */
+  readOnly?: string[];
 }
 
 interface Dirs {
   root: string;
   replicas: string;
   sockets: string;
+  secrets: string;
 }
 
 function sandboxDirs(dataDir: string): Dirs {
   const root = join(dataDir, "sandbox");
-  return { root, replicas: join(root, "replicas"), sockets: join(root, "sockets") };
+  return {
+    root,
+    replicas: join(root, "replicas"),
+    sockets: join(root, "sockets"),
+    secrets: join(root, "secrets"),
+  };
 }
 
 /** The private directory (mode 0700, owned by the replica's uid) of one replica, and its socket paths. */
-async function makeRoom(dirs: Dirs, replicaId: string, owner: { uid: number; gid: number } | null) {
+async function makeRoom(
+  dirs: Dirs,
+  replicaId: string,
+  owner: { uid: number; gid: number } | null,
+  sandboxed = true,
+) {
   const privateDir = join(dirs.replicas, replicaId);
   await mkdir(privateDir, { recursive: true, mode: 0o700 });
   if (owner !== null) await chown(privateDir, owner.uid, owner.gid);
@@ -280,13 +333,32 @@ async function makeRoom(dirs: Dirs, replicaId: string, owner: { uid: number; gid
       inPrivate: join(privateDir, LISTEN_SOCKET.slice(HOME_DIR.length + 1)),
       host: join(dirs.sockets, socketName(replicaId)),
     },
+    secrets: {
+      host: join(dirs.secrets, replicaId),
+      inside: sandboxed ? SECRETS_DIR : join(dirs.secrets, replicaId),
+    },
   };
   return room;
 }
 
 async function removeRoom(room: ReplicaRoom): Promise<void> {
   await rm(room.socket.host, { force: true });
+  await removeTree(room.secrets.host);
   await removeTree(room.privateDir);
+}
+
+/** The replica's secrets directory (0500) and files (0400), owned by `owner` (null: the plane). */
+async function sealSecretsDir(dir: string, owner: { uid: number; gid: number } | null): Promise<void> {
+  const st = await lstat(dir);
+  if (!st.isDirectory()) throw new Error(`${dir} is not a directory`);
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const file = join(dir, entry.name);
+    if (!entry.isFile()) throw new Error(`${file} is not a regular file`);
+    if (owner !== null) await chown(file, owner.uid, owner.gid);
+    await chmod(file, 0o400);
+  }
+  if (owner !== null) await chown(dir, owner.uid, owner.gid);
+  await chmod(dir, 0o500);
 }
 
 /** rm -rf that also gets through directories a replica made unwritable (a plane not running as root). */
@@ -355,8 +427,9 @@ export async function prepareSandbox(
   options: SandboxOptions,
 ): Promise<ReplicaSandbox> {
   await mkdir(options.dataDir, { recursive: true });
-  // Private directories of a previous run: its replicas are gone (they die with their plane).
+  // Private directories and secrets of a previous run: its replicas are gone (they die with their plane).
   await removeTree(sandboxDirs(options.dataDir).replicas);
+  await removeTree(sandboxDirs(options.dataDir).secrets);
   if (mode === "none") return new Unsandboxed(options);
   const bwrap = new BwrapSandbox(options);
   const failure = await bwrap.selfTest();
@@ -370,6 +443,7 @@ export async function prepareSandbox(
 /** bwrap is missing or failed its self-test: every replica is refused with the reason. */
 export class UnavailableSandbox implements ReplicaSandbox {
   readonly report: SandboxReport;
+  readonly venvDir = null;
 
   constructor(readonly reason: string) {
     this.report = { mode: "unavailable", detail: reason };
@@ -382,6 +456,8 @@ export class UnavailableSandbox implements ReplicaSandbox {
   async plan(): Promise<SpawnPlan> {
     throw new SandboxRefusal(`The plane refuses to start replicas: ${this.reason}`);
   }
+
+  async sealSecrets(): Promise<void> {}
 
   async close(): Promise<void> {}
 }
@@ -397,6 +473,7 @@ export const UNSANDBOXED_WARNING =
  */
 export class Unsandboxed implements ReplicaSandbox {
   readonly report: SandboxReport = { mode: "none", detail: UNSANDBOXED_WARNING };
+  readonly venvDir = null;
   readonly #dirs: Dirs;
   readonly #planeEnv: SandboxOptions["planeEnv"];
 
@@ -407,7 +484,12 @@ export class Unsandboxed implements ReplicaSandbox {
 
   async open(replicaId: string): Promise<ReplicaRoom> {
     await mkdir(this.#dirs.replicas, { recursive: true, mode: 0o700 });
-    return makeRoom(this.#dirs, replicaId, null);
+    await mkdir(this.#dirs.secrets, { recursive: true, mode: 0o700 });
+    return makeRoom(this.#dirs, replicaId, null, false);
+  }
+
+  sealSecrets(room: ReplicaRoom): Promise<void> {
+    return sealSecretsDir(room.secrets.host, null);
   }
 
   async plan(room: ReplicaRoom, request: LaunchRequest): Promise<SpawnPlan> {
@@ -442,6 +524,7 @@ export class Unsandboxed implements ReplicaSandbox {
 /** Replicas inside bubblewrap. */
 export class BwrapSandbox implements ReplicaSandbox {
   #report: SandboxReport = { mode: "bwrap", detail: null };
+  readonly venvDir = VENV_DIR;
   readonly #options: SandboxOptions;
   readonly #dirs: Dirs;
   readonly #bwrap: string;
@@ -483,6 +566,10 @@ export class BwrapSandbox implements ReplicaSandbox {
       if (!existsSync(this.#bwrap)) return `${this.#bwrap} does not exist`;
       const dataDir = await realpath(this.#options.dataDir);
       const binds = runtimeBinds();
+      for (const path of this.#options.readOnly ?? []) {
+        const source = await realpath(path).catch(() => null);
+        if (source !== null && bindHolding(binds, source) === null) binds.push({ source, dest: source });
+      }
       const held = bindHolding(binds, dataDir);
       if (held !== null) {
         return `the plane's data directory ${dataDir} is inside ${held.source}, which replicas see; choose a --data-dir outside it`;
@@ -529,6 +616,10 @@ export class BwrapSandbox implements ReplicaSandbox {
     return makeRoom(this.#dirs, replicaId, this.#ids.drop ? this.#ids : null);
   }
 
+  sealSecrets(room: ReplicaRoom): Promise<void> {
+    return sealSecretsDir(room.secrets.host, this.#ids.drop ? this.#ids : null);
+  }
+
   async plan(room: ReplicaRoom, request: LaunchRequest): Promise<SpawnPlan> {
     const layout = this.layout;
     const packageDir = await realpath(request.packageDir);
@@ -551,11 +642,24 @@ export class BwrapSandbox implements ReplicaSandbox {
         );
       }
     }
+    const readOnly: string[] = [];
+    for (const path of request.readOnly ?? []) {
+      const source = await realpath(path);
+      if (bindHolding(layout.binds, source) !== null || readOnly.includes(source)) continue;
+      if (this.#ids.drop) {
+        const closed = await this.#closedAbove(source);
+        if (closed !== null) throw new SandboxRefusal(closed);
+      }
+      readOnly.push(source);
+    }
     const mounts: ReplicaMounts = {
       packageDir,
       privateDir: room.privateDir,
       egress: request.egress,
       infoFd: 3,
+      readOnly,
+      ...(request.secrets === true ? { secretsDir: room.secrets.host } : {}),
+      ...(request.venv !== undefined ? { venv: await this.#reachable(request.venv) } : {}),
     };
     return {
       file: this.#bwrap,
@@ -577,6 +681,16 @@ export class BwrapSandbox implements ReplicaSandbox {
 
   close(room: ReplicaRoom): Promise<void> {
     return removeRoom(room);
+  }
+
+  /** A host path bwrap is to bind, resolved, refused when the sandbox uid cannot reach it. */
+  async #reachable(path: string): Promise<string> {
+    const source = await realpath(path);
+    if (this.#ids.drop) {
+      const closed = await this.#closedAbove(source);
+      if (closed !== null) throw new SandboxRefusal(closed);
+    }
+    return source;
   }
 
   /**
@@ -638,6 +752,10 @@ export class BwrapSandbox implements ReplicaSandbox {
     await searchOnly(replicas);
     await mkdir(sockets, { recursive: true, mode: 0o700 });
     await chmod(sockets, 0o700);
+    // bwrap (as the sandbox uid) resolves a replica's secrets directory through here; nothing lists it.
+    await mkdir(this.#dirs.secrets, { recursive: true });
+    await searchOnly(this.#dirs.secrets);
+    await chmod(this.#dirs.secrets, 0o711);
     for (const name of await readdir(sockets)) await rm(join(sockets, name), { force: true });
     const etc = join(root, "etc");
     await mkdir(etc, { recursive: true });

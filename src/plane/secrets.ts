@@ -78,6 +78,8 @@ export async function fetchReplicaSecrets(req: ReplicaSecretsRequest): Promise<s
 
 /** Removes a replica's secrets directory (when the replica is removed). */
 export async function removeReplicaSecrets(dir: string): Promise<void> {
+  // Sealed, the directory is 0500: its entries can be removed only once it is writable again.
+  await chmod(dir, 0o700).catch(() => {});
   await rm(dir, { recursive: true, force: true });
 }
 

@@ -398,6 +398,21 @@ function migrations(dialect: Dialect): Record<string, Migration> {
           .execute();
       },
     },
+    "0010_async": {
+      async up(db: Kysely<unknown>) {
+        // Team webhook secrets for async inference, sealed as team secrets are (src/lib/secret-box.ts).
+        // Nothing of an async request itself is ever stored here: requests live on their region's planes.
+        await db.schema
+          .createTable("webhook_secrets")
+          .addColumn("id", "text", (c) => c.primaryKey())
+          .addColumn("team_id", "text", (c) => c.notNull().references("teams.id").onDelete("cascade"))
+          .addColumn("key_id", "text", (c) => c.notNull())
+          .addColumn("sealed", "text", (c) => c.notNull())
+          .addColumn("created_at", "text", (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex("webhook_secrets_team").on("webhook_secrets").column("team_id").execute();
+      },
+    },
   };
 }
 

@@ -249,6 +249,18 @@ export interface SecretTable {
   updated_at: string;
 }
 
+/**
+ * A team's webhook secret (async inference: X-BASETEN-SIGNATURE), sealed like a team secret; the associated
+ * data is the team id and `webhook:{id}`. Shown once, when created; planes fetch a team's to sign with.
+ */
+export interface WebhookSecretTable {
+  id: string;
+  team_id: string;
+  key_id: string;
+  sealed: string;
+  created_at: string;
+}
+
 export interface S3PartTable {
   upload_id: string;
   part_number: number;
@@ -335,6 +347,7 @@ export interface Schema {
   secrets: SecretTable;
   plane_keys: PlaneKeyTable;
   plane_loads: PlaneLoadTable;
+  webhook_secrets: WebhookSecretTable;
 }
 
 export type TeamRow = Selectable<TeamTable>;

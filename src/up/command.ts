@@ -1,7 +1,7 @@
 // `meridian up`: flags into a frozen config, then the embedded installation until Ctrl-C or SIGTERM.
 
 import { CliError } from "../cli/api.ts";
-import { runUp } from "./main.ts";
+import { EXAMPLE_MODELS, runUp } from "./main.ts";
 
 export interface UpFlags {
   dataDir: string;
@@ -10,7 +10,8 @@ export interface UpFlags {
   httpsPort: string;
   adminPort: string;
   dns: string;
-  example: boolean;
+  /** commander: the example's name, or false with --no-example. */
+  example: string | boolean;
 }
 
 function port(flag: string, value: string): number {
@@ -24,6 +25,12 @@ export async function runUpCommand(flags: UpFlags): Promise<void> {
   try {
     const dns = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d+)$/.exec(flags.dns);
     if (!dns) throw new CliError(`--dns takes IPv4:PORT, got '${flags.dns}'`);
+    const example = flags.example === false ? null : flags.example === true ? "hello-js" : flags.example;
+    if (example !== null && !Object.hasOwn(EXAMPLE_MODELS, example)) {
+      throw new CliError(
+        `--example is one of ${Object.keys(EXAMPLE_MODELS).join(", ")}, got '${example}' (push your own with meridian push)`,
+      );
+    }
     const config = Object.freeze({
       dataDir: flags.dataDir,
       domain: flags.domain.toLowerCase().replace(/\.$/, ""),
@@ -31,7 +38,7 @@ export async function runUpCommand(flags: UpFlags): Promise<void> {
       httpsPort: port("--https-port", flags.httpsPort),
       adminPort: port("--admin-port", flags.adminPort),
       dns: { host: dns[1]!, port: port("--dns", dns[2]!) },
-      example: flags.example,
+      example,
       out: (line: string) => process.stdout.write(`${line}\n`),
     });
     const up = await runUp(config);

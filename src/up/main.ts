@@ -32,10 +32,21 @@ export interface UpConfig {
   httpsPort: number;
   adminPort: number;
   dns: { host: string; port: number };
-  /** Push the example model on first start. */
-  example: boolean;
+  /** The example pushed into prod-eu on first start (a key of EXAMPLE_MODELS); null: none. */
+  example: string | null;
   out: (line: string) => void;
 }
+
+/**
+ * The examples `meridian up` can push, by directory under examples/: the model name each is pushed as
+ * and the input its summary's call sends. hello-js and hello-py are both the model 'hello'.
+ */
+export const EXAMPLE_MODELS: Readonly<Record<string, { model: string; input: string; stream: boolean }>> = {
+  "hello-js": { model: "hello", input: '{"prompt": "Hello, world!"}', stream: false },
+  "hello-py": { model: "hello", input: '{"prompt": "Hello, world!"}', stream: false },
+  "stream-js": { model: "stream", input: '{"prompt": "streaming from Meridian"}', stream: true },
+  "stream-py": { model: "stream", input: '{"prompt": "streaming from Meridian"}', stream: true },
+};
 
 export const UP_PLANES = [
   { name: "us-1", region: "us", host: "127.0.1.1", global: true },
@@ -319,29 +330,43 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
     writeFileSync(join(dir, "up.json"), `${JSON.stringify(manifest, null, 2)}\n`);
     void dnsChild;
 
-    let example: { id: string } | null = null;
+    let example: ExampleRecord | null = null;
     const exampleFile = join(dir, "example.json");
-    if (config.example && !existsSync(exampleFile)) {
+    const recorded = existsSync(exampleFile)
+      ? (JSON.parse(readFileSync(exampleFile, "utf8")) as ExampleRecord)
+      : null;
+    // Pushed on first start (not under --no-example, which leaves no example.json); an installation
+    // started with one example and now asked for another gets that one pushed too. An example.json of
+    // an older version names no example: it was hello-js.
+    const wanted = config.example;
+    const known = wanted === null ? undefined : EXAMPLE_MODELS[wanted];
+    if (
+      wanted !== null &&
+      known !== undefined &&
+      (recorded === null || (recorded.example ?? "hello-js") !== wanted)
+    ) {
+      const what = known;
       out(
-        "First start: pushing the example model (examples/hello-js) into prod-eu, restricted to region eu…",
+        `${recorded === null ? "First start: pushing" : "Pushing"} the example model (examples/${wanted}) into prod-eu, restricted to region eu…`,
       );
       await api.patch("/v1/environment_groups/prod-eu", {
         region_restriction: { region: "eu", standard_endpoint_policy: "warn" },
       });
       const pushed = await push(api, config.domain, {
-        dir: join(EXAMPLES, "hello-js"),
+        dir: join(EXAMPLES, wanted),
         environment: "prod-eu",
         promote: false,
         deploymentName: null,
-        modelName: "hello",
+        modelName: what.model,
         wait: true,
         waitTimeoutSeconds: 120,
         progress: false,
         log: (l) => out(`  ${l.trim()}`),
       });
-      writeFileSync(exampleFile, `${JSON.stringify({ id: pushed.model.id }, null, 2)}\n`);
+      const record: ExampleRecord = { id: pushed.model.id, example: wanted! };
+      writeFileSync(exampleFile, `${JSON.stringify(record, null, 2)}\n`);
     }
-    if (existsSync(exampleFile)) example = JSON.parse(readFileSync(exampleFile, "utf8")) as { id: string };
+    if (existsSync(exampleFile)) example = JSON.parse(readFileSync(exampleFile, "utf8")) as ExampleRecord;
 
     // What was pushed has its hostnames' certificates before the summary invites a call.
     await keeping.sync();
@@ -353,11 +378,17 @@ export async function runUp(config: UpConfig): Promise<{ stop(): Promise<void>; 
   }
 }
 
+/** example.json: the example model up pushed (written by versions before --example without `example`). */
+interface ExampleRecord {
+  id: string;
+  example?: string;
+}
+
 function printSummary(
   config: UpConfig,
   m: UpManifest,
   dir: string,
-  example: { id: string } | null,
+  example: ExampleRecord | null,
   out: (line: string) => void,
 ) {
   const rel = (p: string) => {
@@ -385,20 +416,19 @@ function printSummary(
   if (example) {
     const host = `model-${example.id}-prod-eu.${m.domain}`;
     const eu = m.planes.find((p) => p.region === "eu")!;
+    const shown = EXAMPLE_MODELS[example.example ?? "hello-js"] ?? EXAMPLE_MODELS["hello-js"]!;
     out("");
     out(
-      `The example model 'hello' (${example.id}) serves prod-eu, restricted to region eu. Call its regional endpoint:`,
+      `The example model '${shown.model}' (${example.id}, examples/${example.example ?? "hello-js"}) serves prod-eu, restricted to region eu. Call its regional endpoint:`,
     );
-    out(
-      `  npx meridian predict --model ${example.id} --regional prod-eu --data '{"prompt": "Hello, world!"}'`,
-    );
+    out(`  npx meridian predict --model ${example.id} --regional prod-eu --data '${shown.input}'`);
     out(
       "or with curl (resolving the name as Meridian's DNS does: dig @" +
         m.dns.replace(/:(\d+)$/, " -p $1") +
         ` ${host}):`,
     );
     out(
-      `  curl --cacert ${rel(m.ca_file)} --resolve ${host}${port ? port : ":443"}:${eu.ingress.split(":")[0]} \\\n       -H "Authorization: Api-Key $MERIDIAN_API_KEY" -d '{"prompt": "Hello, world!"}' https://${host}${port}/predict -i`,
+      `  curl${shown.stream ? " -N" : ""} --cacert ${rel(m.ca_file)} --resolve ${host}${port ? port : ":443"}:${eu.ingress.split(":")[0]} \\\n       -H "Authorization: Api-Key $MERIDIAN_API_KEY" -d '${shown.input}' https://${host}${port}/predict -i`,
     );
     out("The response headers x-meridian-region and x-meridian-plane say where it was processed.");
   }

@@ -96,7 +96,8 @@ type Need =
   | "pending_upload"
   | "key_target"
   | "scratch_plane"
-  | "secret_target";
+  | "secret_target"
+  | "webhook_secret_target";
 
 /** A model with its deployments (unless the row says `model: false`), and the row's targets. */
 interface Fixture {
@@ -117,6 +118,8 @@ interface Fixture {
   plane?: string;
   /** A secret of the team, named by no deployment (`secret_target`). */
   secretName?: string;
+  /** A webhook secret of the team (`webhook_secret_target`). */
+  webhookSecretId?: string;
 }
 
 interface Side {
@@ -194,6 +197,7 @@ interface Ids {
   sha256: string;
   secret_name: string;
   replica_id: string;
+  webhook_secret_id: string;
 }
 
 const source = (c: Cell, name?: string) => ({
@@ -417,25 +421,24 @@ const ROWS: Record<string, Row> = {
     needs: ["inactive"],
     effect: async (e) => expect(await deploymentStatus(e.db, e.f.E)).not.toBe("INACTIVE"),
   },
-  "POST /v1/models/{model_id}/deployments/{deployment_id}/deactivate": {
-    policy: "manage-environment",
-    notFound: "model_not_found",
-    effect: async (e) => expect(await deploymentStatus(e.db, e.f.E)).toBe("INACTIVE"),
-  },
-  // More (or fewer) replicas of what the environment it serves runs: that environment's manage access.
   "PATCH /v1/models/{model_id}/deployments/{deployment_id}/autoscaling_settings": {
     policy: "manage-environment",
     notFound: "model_not_found",
     body: (c) => ({ max_replica: maxReplica(c) }),
     keepsFixture: true,
     effect: async (e) => {
-      const row = await e.db
+      const d = await e.db
         .selectFrom("deployments")
         .select("autoscaling")
         .where("id", "=", e.f.E)
         .executeTakeFirstOrThrow();
-      expect(JSON.parse(row.autoscaling).max_replica).toBe(maxReplica(e));
+      expect(JSON.parse(d.autoscaling).max_replica).toBe(maxReplica(e));
     },
+  },
+  "POST /v1/models/{model_id}/deployments/{deployment_id}/deactivate": {
+    policy: "manage-environment",
+    notFound: "model_not_found",
+    effect: async (e) => expect(await deploymentStatus(e.db, e.f.E)).toBe("INACTIVE"),
   },
   "POST /v1/models/{model_id}/deployments/{deployment_id}/retry": {
     policy: "manage-environment",
@@ -668,6 +671,40 @@ const ROWS: Record<string, Row> = {
     effect: (e) => secretDeleted(e),
   },
 
+  // —— webhook secrets (async inference): the value only in the create answer, and to planes ——
+  "GET /v1/webhook_secrets": { model: false, policy: "read", scope: "own" },
+  "POST /v1/webhook_secrets": {
+    model: false,
+    policy: "manage",
+    scope: "own",
+    keepsFixture: true,
+    effect: (e) => webhookSecretCreated(e, e.ownTeam),
+  },
+  "DELETE /v1/webhook_secrets/{webhook_secret_id}": {
+    model: false,
+    policy: "manage",
+    notFound: "webhook_secret_not_found",
+    except: { org_admin: ORG_ADMIN_ELSEWHERE("webhook_secret_not_found") },
+    needs: ["webhook_secret_target"],
+    effect: (e) => webhookSecretDeleted(e),
+  },
+  "GET /v1/teams/{team_id}/webhook_secrets": { model: false, policy: "read", notFound: "team_not_found" },
+  "POST /v1/teams/{team_id}/webhook_secrets": {
+    model: false,
+    policy: "manage",
+    notFound: "team_not_found",
+    keepsFixture: true,
+    effect: (e) => webhookSecretCreated(e, e.side.team),
+  },
+  "DELETE /v1/teams/{team_id}/webhook_secrets/{webhook_secret_id}": {
+    model: false,
+    policy: "manage",
+    notFound: "team_not_found",
+    needs: ["webhook_secret_target"],
+    effect: (e) => webhookSecretDeleted(e),
+  },
+  "GET /v1/internal/planes/{name}/webhook_secrets/{team_id}": { model: false, policy: "plane-only" },
+
   // —— the truss CLI's GraphQL endpoint (outside the route table): one row per operation, the CLI's documents ——
   "POST /graphql/ teams": {
     model: false,
@@ -867,6 +904,22 @@ function secretUpserted(e: EffectContext, team: string) {
   expect(entry).toMatchObject({ action: "secret.create", target: `secret:${team}/probe_${e.n}` });
   expect(JSON.stringify(e.diff.added("audit_logs"))).not.toContain("probe-value");
   expect(JSON.stringify(e.diff.added("secrets"))).not.toContain("probe-value");
+}
+
+async function webhookSecretCreated(e: EffectContext, team: string) {
+  const added = e.diff.added("webhook_secrets");
+  expect(added.map((r) => r["team_id"])).toEqual([team]);
+  expect(e.res.body.secret).toMatch(/^whsec_/);
+  // Sealed at rest: the value shown once is nowhere in the row.
+  expect(JSON.stringify(added)).not.toContain(e.res.body.secret);
+  expect(e.diff.added("audit_logs")).toEqual([expect.objectContaining({ action: "webhook_secret.create" })]);
+  // The team may hold only a few at once: the matrix's own creations must not use up the bound.
+  await e.db.deleteFrom("webhook_secrets").where("id", "=", e.res.body.id).execute();
+}
+
+function webhookSecretDeleted(e: EffectContext) {
+  expect(e.diff.removed("webhook_secrets").map((r) => r["id"])).toEqual([e.f.webhookSecretId]);
+  expect(e.diff.added("audit_logs")).toEqual([expect.objectContaining({ action: "webhook_secret.delete" })]);
 }
 
 function secretDeleted(e: EffectContext) {
@@ -1085,6 +1138,11 @@ describe("security matrix: every route of /v1/spec × principal × restricted/un
       f.secretName = `target_${n}`;
       const res = await admin.post(`/v1/teams/${side.team}/secrets`, { name: f.secretName, value: "target" });
       expect(res.status, JSON.stringify(res.body)).toBe(200);
+    }
+    if (needs.includes("webhook_secret_target")) {
+      const res = await admin.post(`/v1/teams/${side.team}/webhook_secrets`, {});
+      expect(res.status, JSON.stringify(res.body)).toBe(200);
+      f.webhookSecretId = res.body.id;
     }
     if (needs.includes("scratch_plane")) {
       f.plane = `scratch-${n}`;
@@ -1313,6 +1371,7 @@ describe("security matrix: every route of /v1/spec × principal × restricted/un
           sha256,
           secret_name: f.secretName ?? "",
           replica_id: "",
+          webhook_secret_id: f.webhookSecretId ?? "",
           ...row.ids?.(cell),
         };
         const client = side.clients[who];

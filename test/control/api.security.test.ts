@@ -49,6 +49,7 @@ function validBodies(ids: Ids): Record<string, unknown> {
       source: { kind: "model_archive", s3_key: ids.key, deployment: { config: {} } },
     },
     "PATCH /v1/models/{model_id}/deployments/{deployment_id}": { name: "renamed" },
+    "PATCH /v1/models/{model_id}/deployments/{deployment_id}/autoscaling_settings": { max_replica: 3 },
     "POST /v1/models/{model_id}/deployments/{deployment_id}/promote": {},
     "POST /v1/models/{model_id}/deployments/{deployment_id}/logs": { limit: 10 },
     "POST /v1/models/{model_id}/environments": { name: "intruder" },
@@ -70,7 +71,6 @@ function validBodies(ids: Ids): Record<string, unknown> {
       deployment_id: ids.deployment_id,
       load: { epoch: "2026-01-01T00:00:00.000Z", at: "2026-01-01T00:00:00.000Z", deployments: [] },
     },
-    "PATCH /v1/models/{model_id}/deployments/{deployment_id}/autoscaling_settings": { max_replica: 2 },
     "POST /v1/secrets": { name: "probe", value: "probe-value" },
     "POST /v1/teams/{team_id}/secrets": { name: "probe", value: "probe-value" },
   };

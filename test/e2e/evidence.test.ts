@@ -23,7 +23,6 @@ import { parseKeyDirectory } from "../../src/core/key-directory.ts";
 import { signControlAccess } from "../../src/lib/control-access.ts";
 import { verifyEvidence } from "../../src/lib/evidence.ts";
 import { loadOrCreatePlaneKey, type SigningKey, signingKeyFromJwk } from "../../src/lib/keys.ts";
-import { contentDigest, signReceipt } from "../../src/lib/receipts.ts";
 import { BIN, type Cluster, DOMAIN, eventually, FOUR_REGIONS, startCluster } from "../support/cluster.ts";
 import { tempDir } from "../support/control.ts";
 
@@ -53,26 +52,12 @@ function saved(s: Seen, extra: string[] = []): string {
   return `HTTP/1.1 ${s.status} OK\r\n${fields.join("\r\n")}\r\n\r\n${s.body}`;
 }
 
-/**
- * The response with its receipt. The ingress signs receipts once the gateway's wiring of them is in; until
- * then the receipt is made here exactly as the ingress makes it (`signReceipt`, the plane's own key file,
- * the response's proof headers, the request as sent), so what is tested is the directory and the verifier.
- */
+/** The response as the client saved it, with the receipt the ingress signed (never one made here). */
 function withReceipt(s: Seen, key: SigningKey): string {
-  if (s.head.some(([n]) => n === "signature-input")) return saved(s);
-  const signed = signReceipt(key, {
-    status: s.status,
-    headers: s.head.flat(),
-    request: {
-      method: s.request.method,
-      authority: s.request.authority,
-      path: s.request.path,
-      contentDigest: contentDigest(s.request.body),
-    },
-    now: s.at,
-  });
-  if (!signed.ok) throw new Error(signed.reason);
-  return saved(s, signed.headers);
+  const input = s.head.find(([n]) => n === "signature-input")?.[1];
+  if (input === undefined) throw new Error(`the response to ${s.requestId} carries no receipt`);
+  expect(input).toContain(`keyid="${key.keyId}"`);
+  return saved(s);
 }
 
 interface Run {

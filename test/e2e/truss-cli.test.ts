@@ -6,9 +6,8 @@
 // Meridian's DNS answers a standard name. A new model goes into prod-eu (restricted to eu) and runs only
 // there; a second push, `--promote --deployment-name v2`, is a multipart upload.
 //
-// The package is examples/custom-python, a truss custom server (`docker_server`): planes run it today.
-// examples/hello-py (a model.py) pushes the same way (test/control/graphql.test.ts), but the planes' driver
-// does not start the Python host for it yet.
+// The package is examples/hello-py, a truss model.py: the planes serve it with Meridian's Python host, in
+// their sandbox (test/e2e/truss-python.test.ts covers secrets, requirements, streaming and bad packages).
 
 import { randomBytes } from "node:crypto";
 import { cpSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -26,10 +25,10 @@ import { type Cluster, DOMAIN, FOUR_REGIONS, startCluster } from "../support/clu
 import { EXAMPLES, tempDir } from "../support/control.ts";
 import { PlacementWatch } from "../support/planes.ts";
 import {
-  CUSTOM_PYTHON_CONFIG,
   createModelMutation,
   createVersionMutation,
   encodeConfig,
+  HELLO_PY_CONFIG,
   modelByIdQuery,
   modelsQuery,
   modelWithVersionsQuery,
@@ -43,7 +42,7 @@ import {
 
 const PLANE_HOSTS = ["127.0.1.1", "127.0.2.1", "127.0.3.1", "127.0.4.1"];
 /** examples/{PACKAGE}, pushed under its config's model_name. */
-const PACKAGE = "custom-python";
+const PACKAGE = "hello-py";
 
 describe("truss push and truss predict, replayed against a control plane and four regions", () => {
   let cluster: Cluster;
@@ -78,7 +77,7 @@ describe("truss push and truss predict, replayed against a control plane and fou
     const inTeam = (await graphql(modelsQuery(team.id))).models as Array<{ id: string; name: string }>;
     expect(inTeam).toEqual(everywhere);
     const existing = inTeam.find((m) => m.name === PACKAGE)?.id ?? null;
-    const config = encodeConfig(CUSTOM_PYTHON_CONFIG);
+    const config = encodeConfig(HELLO_PY_CONFIG);
     const validation = (await graphql(validateTrussQuery(config), { trussUserEnv: TRUSS_USER_ENV }))
       .truss_validation;
     expect(validation.success, validation.details).toBe(true);
@@ -233,9 +232,10 @@ describe("truss push and truss predict, replayed against a control plane and fou
     const { primary, answer } = await predictPublished(model, { prompt: "Hello, world!" });
     expect(primary).toBe(first);
     expect(answer.status, JSON.stringify(answer)).toBe(200);
-    expect(answer.json).toMatchObject({
-      server: "python",
-      message: "Bonjour from prod-eu",
+    expect(answer.json).toEqual({
+      message: "Hello from prod-eu",
+      environment: "prod-eu",
+      model_id: model,
       echo: { prompt: "Hello, world!" },
     });
     // Entered at the global ingress (us-1), processed in eu.
@@ -279,7 +279,7 @@ describe("truss push and truss predict, replayed against a control plane and fou
       current_model_deployment_status: { status: "MODEL_READY" },
     });
     expect(answer.status, JSON.stringify(answer)).toBe(200);
-    expect(answer.json).toMatchObject({ message: "Bonjour from production", echo: { prompt: "v2?" } });
+    expect(answer.json).toMatchObject({ message: "Hello from production", echo: { prompt: "v2?" } });
     // prod-eu still serves the first push, only in eu.
     const prodEu = await cluster.api.get(`/v1/models/${model}/environments/prod-eu`);
     expect(prodEu.body.current_deployment.id).toBe(first);

@@ -89,15 +89,24 @@ export function startProcess(args: string[], env: NodeJS.ProcessEnv = {}): Manag
   };
 }
 
-/** A port that is free on `host` right now. */
-export function freePort(host: string): Promise<number> {
-  return new Promise((ok, fail) => {
+/**
+ * A port that is free on `host` right now, picked below the kernel's ephemeral range (32768–60999 here):
+ * a port the kernel hands out for `listen(0)` or an outgoing connection can be taken again by anyone
+ * between this check and the plane's own listen, which under a loaded test run happens.
+ */
+export async function freePort(host: string): Promise<number> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (await canListen(host, port)) return port;
+  }
+  throw new Error(`no free port on ${host} between 20000 and 32000 after 100 tries`);
+}
+
+function canListen(host: string, port: number): Promise<boolean> {
+  return new Promise((ok) => {
     const server = net.createServer();
-    server.once("error", fail);
-    server.listen(0, host, () => {
-      const port = (server.address() as net.AddressInfo).port;
-      server.close(() => ok(port));
-    });
+    server.once("error", () => ok(false));
+    server.listen(port, host, () => server.close(() => ok(true)));
   });
 }
 

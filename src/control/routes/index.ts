@@ -17,6 +17,7 @@ import { regionsRoutes } from "./regions.ts";
 import type { Route, RouteOptions } from "./route.ts";
 import { secretsRoutes } from "./secrets.ts";
 import { uploadsRoutes } from "./uploads.ts";
+import { webhookSecretRoutes } from "./webhook-secrets.ts";
 
 export function controlRoutes(ctx: ControlContext, options: RouteOptions): Route[] {
   return [
@@ -33,5 +34,6 @@ export function controlRoutes(ctx: ControlContext, options: RouteOptions): Route
     ...auditRoutes(ctx),
     ...adminRoutes(ctx),
     ...internalRoutes(ctx, options),
+    ...webhookSecretRoutes(ctx),
   ];
 }

@@ -50,7 +50,6 @@ const CONTINUE = "HTTP/1.1 100 Continue\r\n\r\n";
 
 interface WireExchange extends Exchange {
   conn: ClientConn;
-  method: string;
   target: string;
   rawHeaders: string[];
   /** The client wants the connection kept (HTTP/1.1 default, or 1.0 with keep-alive). */
@@ -310,8 +309,11 @@ class ClientConn {
       context: null,
       processedBy: null,
       errorCode: null,
-      conn: this,
       method: this.ctx.P.methods[method] ?? "",
+      authority: null,
+      path: null,
+      bodyDigest: null,
+      conn: this,
       target,
       rawHeaders: h,
       keepAlive,
@@ -353,6 +355,7 @@ class ClientConn {
       this.bodyTooLarge(ex);
       return;
     }
+    this.ctx.gw.hashBody(ex, chunk);
     if (ex.streaming) {
       this.sendBody(ex, chunk);
       return;
@@ -532,7 +535,8 @@ class ClientConn {
     const forward = ex.forward!;
     const t = forward.targets[ex.attempt]!;
     const headers = gw.attemptHeaders(ex, forward, t);
-    let head = `POST ${t.path} HTTP/1.1\r\n`;
+    // The client's method: POST for predict; GET and DELETE reach the async service and peer planes.
+    let head = `${ex.method} ${t.path} HTTP/1.1\r\n`;
     if (t.kind === "replica") head += `host: ${t.authority}\r\n`;
     for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
     const known = ex.complete ? ex.bodyBytes : forward.contentLength;
@@ -630,7 +634,8 @@ class ClientConn {
       return;
     }
     if (ex.requestId === "") ex.requestId = randomUUID(); // refused before it was planned
-    const answer = this.ctx.gw.errorResponse(ex, r);
+    // Every body byte went through the digest unless it was discarded (a refusal before the body's end).
+    const answer = this.ctx.gw.errorResponse(ex, r, ex.complete && !ex.discard);
     if ((!ex.complete && ex.bodyDeclared) || ex.upgrade) {
       ex.closeAfter = true;
       ex.discard = true;
@@ -882,7 +887,15 @@ class Sink implements CallSink {
     if (ex.done) return false;
     const gw = conn.ctx.gw;
     const forward = ex.forward!;
-    const headers = gw.responseHeaders(ex, forward.targets[ex.attempt]!, forward.warning, rawHeaders);
+    const t = forward.targets[ex.attempt]!;
+    const headers = gw.responseHeaders(
+      ex,
+      t,
+      forward.warning,
+      rawHeaders,
+      status,
+      ex.complete && !ex.discard,
+    );
     conn.writeHead(ex, status, headers, hasContentLength(headers), true);
     return true;
   }

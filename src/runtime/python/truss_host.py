@@ -30,6 +30,7 @@ import pathlib  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
 import stat  # noqa: E402
+import threading  # noqa: E402
 from typing import Any, Dict, List, Optional  # noqa: E402
 
 from _meridian_host import app as app_module  # noqa: E402
@@ -57,6 +58,8 @@ _MODEL_ID = re.compile(r"^[a-z0-9]{8}$")
 _DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ENVIRONMENT = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 MIN_PYTHON = (3, 8)
+# src/lib/lifeline.ts LIFELINE_ENV
+LIFELINE_ENV = "MERIDIAN_LIFELINE_FD"
 
 
 class UsageError(Exception):
@@ -283,6 +286,35 @@ def _remove_socket(path: str) -> None:
         pass
 
 
+def watch_lifeline(logger: Logger) -> None:
+    """src/lib/lifeline.ts: a plane running replicas without a sandbox passes a pipe it never writes as the
+    descriptor MERIDIAN_LIFELINE_FD names; end-of-file on it means the plane is gone, however it died, and
+    the host exits as `meridian serve-model` does. The variable is taken out of the environment first, so
+    the model and what it starts never see it."""
+    value = os.environ.pop(LIFELINE_ENV, None)
+    if value is None or not value.isdigit() or int(value) < 3:
+        return
+    fd = int(value)
+    # Not inherited by what the model starts: only this process watches the pipe.
+    try:
+        os.set_inheritable(fd, False)
+    except OSError:
+        return
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except OSError:
+            pass
+        logger.error("the plane that started this replica is gone; exiting")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_FAULT)
+
+    threading.Thread(target=watch, name="meridian-lifeline", daemon=True).start()
+
+
 def main(argv: List[str]) -> int:
     env = dict(os.environ)
     try:
@@ -303,6 +335,7 @@ def main(argv: List[str]) -> int:
         return EXIT_FAULT
     line_buffered_stdio()
     route_python_logging(logger)
+    watch_lifeline(logger)
     try:
         package = read_package(args.dir)
     except PackageError as err:

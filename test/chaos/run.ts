@@ -1,0 +1,207 @@
+// `npm run chaos -- [--minutes M] [--write]`: the fault harness end to end. Starts a control plane and five
+// planes in four regions on loopback, keeps steady load on every regional and standard endpoint, injects each
+// fault in turn, and prints the counts from both sides; `--write` puts them in RELIABILITY.md. `--minutes` is
+// how long the control plane and its database stay down (the issue's static-stability run is 10).
+
+import { rmSync, writeFileSync } from "node:fs";
+import { cpus, loadavg } from "node:os";
+import { resolve } from "node:path";
+import { parseArgs } from "node:util";
+import {
+  baseline,
+  controlDown,
+  controlStall,
+  type FaultRun,
+  planeFreeze,
+  planeKill,
+  regionCutoff,
+  replicaKills,
+} from "./faults.ts";
+import {
+  auditOutOfRegion,
+  type Counts,
+  count,
+  duplicateExecutions,
+  Load,
+  recoveryMs,
+  startWorld,
+} from "./harness.ts";
+
+const { values } = parseArgs({
+  options: {
+    minutes: { type: "string", default: "1" },
+    write: { type: "boolean", default: false },
+    concurrency: { type: "string", default: "3" },
+  },
+});
+const minutes = Number(values.minutes);
+if (!Number.isFinite(minutes) || minutes <= 0 || minutes > 60) {
+  console.error("--minutes is a number of minutes, above 0 and at most 60");
+  process.exit(2);
+}
+const concurrency = Number(values.concurrency);
+const command = `npm run chaos -- --minutes ${values.minutes}${values.concurrency !== "3" ? ` --concurrency ${concurrency}` : ""}`;
+
+const log = (msg: string) => console.error(`[chaos ${new Date().toISOString()}] ${msg}`);
+
+log(`starting: ${command}`);
+const world = await startWorld({ timeoutS: 3 });
+const load = new Load(world, { concurrency, pauseMs: 20 });
+const runs: FaultRun[] = [];
+const startedAt = Date.now();
+try {
+  const faults: Array<[string, () => Promise<FaultRun>]> = [
+    ["baseline", () => baseline(world, 20)],
+    ["control plane paused", () => controlStall(world)],
+    ["replica SIGKILL", () => replicaKills(world, 3, 5)],
+    ["plane SIGKILL and restart", () => planeKill(world, 8)],
+    ["plane frozen", () => planeFreeze(world, 8)],
+    ["region cut off", () => regionCutoff(world, 15)],
+    ["control plane and database down", () => controlDown(world, minutes * 60)],
+  ];
+  for (const [name, run] of faults) {
+    log(`fault: ${name}`);
+    runs.push(await run());
+    await new Promise((r) => setTimeout(r, 3_000));
+  }
+} finally {
+  await load.stop();
+  // SIGTERM: the planes flush their audit trails before the counts are read from them.
+  await world.cluster.stop();
+}
+const finishedAt = Date.now();
+const results = load.results;
+const duplicates = duplicateExecutions(world.cluster);
+const audit = auditOutOfRegion(world);
+const base = runs.find((r) => r.name === "baseline")!;
+const baseCounts = count(results, world, base.startedAt, base.endedAt);
+const unaffectedBase = (affected: string[]) =>
+  count(
+    results.filter((r) => !affected.includes(r.target)),
+    world,
+    base.startedAt,
+    base.endedAt,
+  );
+
+const pct = (n: number, of: number) => (of === 0 ? "—" : `${((100 * n) / of).toFixed(2)}%`);
+const row = (c: Counts) =>
+  `${c.sent} | ${c.rate_per_s} | ${c.ok} (${pct(c.ok, c.sent)}) | ${c.typed_error} | ${c.connect_error} | ${c.untyped_error} | ${c.hung} | ${c.out_of_region} | ${c.p50_ms} / ${c.p99_ms}`;
+
+const lines: string[] = [];
+lines.push("# Reliability");
+lines.push("");
+lines.push(
+  "What clients saw and what the planes recorded while faults were injected into a running installation (issue 15). Produced by the fault harness (`test/chaos/run.ts`); every figure below comes from one run of:",
+);
+lines.push("");
+lines.push("```sh");
+lines.push(`${command} --write`);
+lines.push("```");
+lines.push("");
+lines.push(
+  `Run ${new Date(startedAt).toISOString()}, ${Math.round((finishedAt - startedAt) / 1000)} s, on ${cpus().length} cores (load average at the end ${loadavg()
+    .map((l) => l.toFixed(2))
+    .join(
+      " ",
+    )}). One control plane (SQLite) and five planes in four regions (us-1 the global ingress; eu-1, eu-2; uk-1; au-1), each plane's ingress on its own loopback address, \`--plane-timeout 3\`. Steady load: ${concurrency} clients sending in turn to six endpoints — the eu regional endpoint at both eu ingresses, eu's standard endpoint through the global ingress, the uk and au regional endpoints, and an unrestricted model's standard endpoint — each call a JSON predict with a unique id, 20 ms apart per client. A call with no answer after 10 s is counted as hung.`,
+);
+lines.push("");
+lines.push("## Per fault");
+lines.push("");
+lines.push(
+  "Counts are of calls started between the fault's start and the end of its observation window. *typed* = an HTTP error with Meridian's JSON body and `error_code`; *refused* = a connection error at the client (nothing listening: the fail-closed answer of a stopped ingress); *untyped* = an HTTP error without the body (must be 0); *out of region* = a 2xx for a restricted environment whose `x-meridian-region` is not its region (must be 0). Latency in ms over successful calls. *Recovery* = from the fault being lifted (process restarted or resumed) until every endpoint that failed answered 200 again.",
+);
+lines.push("");
+lines.push(
+  "| fault | what was done | calls | calls/s | 2xx | typed | refused | untyped | hung | out of region | p50 / p99 ms | recovery |",
+);
+lines.push("|---|---|---|---|---|---|---|---|---|---|---|---|");
+for (const r of runs) {
+  const c = count(results, world, r.startedAt, r.endedAt);
+  const rec = r.name === "baseline" ? "—" : recoveryMs(results, r.restoredAt, r.endedAt);
+  lines.push(
+    `| ${r.name} | ${r.what} | ${row(c)} | ${rec === null ? "never" : rec === "—" ? rec : `${rec} ms`} |`,
+  );
+}
+lines.push("");
+lines.push("### Errors by code, and the other regions during each fault");
+lines.push("");
+lines.push(
+  "| fault | typed errors and refusals by code | endpoints not affected by the fault: calls, 2xx, p99 ms (baseline p99) | fault figures |",
+);
+lines.push("|---|---|---|---|");
+for (const r of runs) {
+  const c = count(results, world, r.startedAt, r.endedAt);
+  const codes = Object.entries(c.codes)
+    .map(([k, n]) => `${k}: ${n}`)
+    .join("; ");
+  const others = count(
+    results.filter((x) => !r.affected.includes(x.target)),
+    world,
+    r.startedAt,
+    r.endedAt,
+  );
+  const ob = unaffectedBase(r.affected);
+  const extra = Object.entries(r.extra)
+    .map(([k, v]) => `${k}: ${v}`)
+    .join("; ");
+  lines.push(
+    `| ${r.name} | ${codes || "none"} | ${others.sent}, ${others.ok} (${pct(others.ok, others.sent)}), ${others.p99_ms} (${ob.p99_ms}) | ${extra || "—"} |`,
+  );
+}
+lines.push("");
+lines.push("## Static stability");
+lines.push("");
+const down = runs.find((r) => r.name === "control plane and database down")!;
+const dc = count(results, world, down.startedAt, down.restoredAt);
+const ukTarget = "uk regional @uk-1";
+const dcOthers = count(
+  results.filter((r) => r.target !== ukTarget),
+  world,
+  down.startedAt,
+  down.restoredAt,
+);
+const dcUk = count(
+  results.filter((r) => r.target === ukTarget),
+  world,
+  down.startedAt,
+  down.restoredAt,
+);
+const before = baseCounts;
+lines.push(
+  `Control plane and its database down for ${minutes} min under load: ${dc.ok} of ${dc.sent} calls succeeded (${pct(dc.ok, dc.sent)}). Without the uk endpoint, whose plane the harness itself SIGKILLs and restarts halfway through: ${dcOthers.ok} of ${dcOthers.sent} (${pct(dcOthers.ok, dcOthers.sent)}; the issue asks ≥ 99.9%), p99 ${dcOthers.p99_ms} ms against ${before.p99_ms} ms in the baseline (${before.p99_ms > 0 ? `${((dcOthers.p99_ms / before.p99_ms - 1) * 100).toFixed(1)}%` : "—"}; the issue asks within 10%), ${dc.out_of_region} out of region. The uk endpoint: ${dcUk.ok} of ${dcUk.sent}, its failures ${JSON.stringify(dcUk.codes)} while its plane was down and starting. The uk plane restarted during the outage served from its cached snapshot ${down.extra["uk-1 restarted during the outage served after (ms)"]} ms after it was started (the issue asks within 60 s). A key revoked before the outage was tried ${down.extra["revoked key answered during the outage"]} times against every plane during it: ${down.extra["revoked key refused 401"]} answered 401, ${down.extra["revoked key accepted during the outage"]} accepted. With SQLite the database lives in the control process, so SIGKILL of the process is the database down too; the shared PostgreSQL of this machine is not stopped by the harness (other work uses it).`,
+);
+lines.push("");
+lines.push("## From the planes' side");
+lines.push("");
+lines.push(
+  `- Duplicate executions (a request id logged by a replica more than once, over every replica log of every plane): **${duplicates.length}**${duplicates.length ? ` (${duplicates.slice(0, 5).join(", ")})` : ""}.`,
+);
+lines.push(
+  `- Audit records over all planes: ${audit.records}; requests for a restricted environment processed by a plane outside its region (\`processed_by\`): **${audit.outside.length}**.`,
+);
+lines.push(
+  `- Calls in all: ${results.length}; hung: ${results.filter((r) => r.outcome === "hung").length}; answered out of region: ${count(results, world, 0, Number.MAX_SAFE_INTEGER).out_of_region}.`,
+);
+lines.push("");
+lines.push("## Tests that hold these figures in CI");
+lines.push("");
+lines.push(
+  "`test/chaos/control-stall.test.ts`, `test/chaos/replica-kill.test.ts`, `test/chaos/region-cutoff.test.ts` and `test/chaos/static-stability.test.ts` (a 30 s outage) assert the same properties on a smaller scale: `npx vitest run test/chaos/`.",
+);
+lines.push("");
+lines.push("## Not measured yet");
+lines.push("");
+lines.push(
+  "From issue 15, still to do: PostgreSQL stopped under several control replicas and their first-start race; SIGKILL of the control plane mid-promotion, mid-migration and mid-async-job; a snapshot that fails validation; a full audit disk; clock jumps (the control plane's judgement handles them, `src/core/fail-static.ts`, but no harness fault jumps a clock yet); fuzzing; the one-hour soak and its plots.",
+);
+lines.push("");
+
+const text = lines.join("\n");
+process.stdout.write(`${text}\n`);
+if (values.write) {
+  writeFileSync(resolve(import.meta.dirname, "../../RELIABILITY.md"), text);
+  log("wrote RELIABILITY.md");
+}
+rmSync(world.cluster.dir, { recursive: true, force: true });
+process.exit(0);
