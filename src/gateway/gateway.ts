@@ -431,7 +431,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     let parkFor: string | null = null;
     if (decision.kind === "refuse") {
       const id = decision.context.deploymentId;
-      if (decision.code !== "model_unavailable" || id === null || !canPark(ex, id)) {
+      // Async requests are queued on the region's planes instead (src/gateway/async.ts): never held here.
+      if (decision.code !== "model_unavailable" || id === null || asyncMatch !== null || !canPark(ex, id)) {
         return refuse(
           decision.code,
           decision.message,
