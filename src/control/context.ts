@@ -31,7 +31,7 @@ export interface ControlContext {
   /** Seals and opens team secrets; its keys come from a file apart from the database. */
   secrets: SecretBox;
   /** The autoscaler's control loop (src/control/autoscaling.ts), when this process runs one. */
-  autoscaler?: { wake(deploymentId: string): Promise<void> };
+  autoscaler?: { wake(deploymentId: string): Promise<void>; tick(only?: readonly string[]): Promise<void> };
 }
 
 export interface AuditEntry {

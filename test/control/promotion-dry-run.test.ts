@@ -120,6 +120,9 @@ describe.each(STORE_KINDS)("promotion dry run on %s", (kind) => {
 
   /** Runs a dry run and asserts it changed nothing anywhere: no row, no revision, no audit entry. */
   async function unchanged(call: () => Promise<Response>): Promise<Response> {
+    // The autoscaler's first pass over a new deployment records its replica count: let it settle first,
+    // so that what is compared is the dry run's doing alone (a settled pass writes nothing).
+    await t.control.ctx.autoscaler?.tick();
     const before = await dump();
     const revision = await t.control.ctx.store.revision();
     const res = await call();
