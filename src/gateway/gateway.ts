@@ -284,9 +284,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       const forwarded = (options.load?.inFlight(id) ?? 0) - (parking?.parked(id) ?? 0);
       return Math.max(0, local * scale.concurrency_target - forwarded);
     }
-    return route !== undefined && route.ready_planes.some((p) => p !== self.name)
-      ? Number.MAX_SAFE_INTEGER
-      : 0;
+    return route?.ready_planes.some((p) => p !== self.name) ? Number.MAX_SAFE_INTEGER : 0;
   }
   /**
    * Whether this plane may hold the deployment's requests: it can wake it (a plane of its region, or a
@@ -306,7 +304,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
    * `POST …/wake` (the reference: "Returns immediately with 202 Accepted"): decided as a predict is (key,
    * model, environment, region, policy), then a wake when nothing is routable, and no body is forwarded.
    */
-  function wakeAnswer(ex: Exchange, decision: RouteDecision): Refusal {
+  function wakeAnswer(decision: RouteDecision): Refusal {
     const id = decision.context.deploymentId;
     const awake = decision.kind !== "refuse";
     if (!awake) {
@@ -426,7 +424,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       asyncMatch === null ? decideRoute(idx, routeRequest) : decideAsync(idx, routeRequest, asyncMatch);
     ex.context = decision.context;
     // Not async, so decideRoute's decision.
-    if (asyncMatch === null && isWakePath(path)) return wakeAnswer(ex, decision as RouteDecision);
+    if (asyncMatch === null && isWakePath(path)) return wakeAnswer(decision as RouteDecision);
     // Nothing ready where the request may go, for a deployment that wakes: held here, in this region.
     let parkFor: string | null = null;
     if (decision.kind === "refuse") {
@@ -585,6 +583,17 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     metrics,
     scheme,
     plan,
+
+    /** The answer to a held request that is not going on: 503, fail closed, in this region. */
+    parkRefusal(outcome: ParkOutcome): Refusal {
+      return refuse(
+        "model_unavailable",
+        outcome.kind === "unwakeable"
+          ? "No replica is ready in this region and the control plane did not accept a wake."
+          : "No replica became ready in time.",
+        { region: self.region },
+      );
+    },
 
     now,
 

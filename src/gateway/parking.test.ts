@@ -16,8 +16,8 @@ function setup(limit = 3, timeoutMs = 5_000) {
     room: () => room,
     wake: (id) => {
       wakes.push(id);
-      return new Promise<void>((r) => {
-        answerWake = r;
+      return new Promise<boolean>((r) => {
+        answerWake = () => r(true);
       });
     },
     pollMs: 5,
@@ -88,5 +88,33 @@ describe("Parking", () => {
     expect(await first).toEqual({ kind: "timeout" });
     expect(await second).toEqual({ kind: "timeout" });
     expect(parking.parked("dep1")).toBe(0);
+  });
+
+  it("fails held requests closed once no wake has been accepted for wakeGiveUpMs (control plane away)", async () => {
+    let room = 0;
+    const parking = new Parking({
+      limits: { queue_per_environment: 10, retry_after_seconds: 1 },
+      timeoutMs: 60_000,
+      room: () => room,
+      wake: async () => false,
+      wakeGiveUpMs: 50,
+      pollMs: 5,
+    });
+    const started = Date.now();
+    expect(await parking.park({}, "dep1")).toEqual({ kind: "unwakeable" });
+    expect(Date.now() - started).toBeLessThan(5_000);
+    // An accepted wake keeps them waiting for the replica instead.
+    const waiting = new Parking({
+      limits: { queue_per_environment: 10, retry_after_seconds: 1 },
+      timeoutMs: 60_000,
+      room: () => room,
+      wake: async () => true,
+      wakeGiveUpMs: 50,
+      pollMs: 5,
+    });
+    const held = waiting.park({}, "dep1");
+    await new Promise((r) => setTimeout(r, 150));
+    room = 1;
+    expect(await held).toEqual({ kind: "go" });
   });
 });
