@@ -5,7 +5,7 @@
 // receipts on and one with `--receipts off` (bench/ingress-host.ts, composed as `meridian plane` composes
 // it) in front of the minimal upstream, driven by wrk, interleaved, in the same run. Run:
 //   node --expose-gc --import tsx bench/receipts.ts
-// BENCH_RECEIPT_N (micro iterations, default 20000), BENCH_RECEIPT_RUNS (wrk rounds, default 4),
+// BENCH_RECEIPT_N (micro iterations, default 10000), BENCH_RECEIPT_RUNS (wrk rounds, default 4),
 // BENCH_RECEIPT_DURATION (seconds per wrk cell, default 2); BENCH_RECEIPT_HTTP=0 skips part 2.
 
 import { createHash, generateKeyPairSync, sign } from "node:crypto";
@@ -39,7 +39,7 @@ import {
 } from "./lib.ts";
 import { BENCH_DOMAIN, BENCH_KEY, modelId } from "./snapshot.ts";
 
-const N = Number(process.env["BENCH_RECEIPT_N"] ?? 20_000);
+const N = Number(process.env["BENCH_RECEIPT_N"] ?? 10_000);
 const RUNS = 5;
 
 const { privateKey, publicKey } = generateKeyPairSync("ed25519");

@@ -160,7 +160,7 @@ program
   .option("--dns <ip:port>", "DNS responder address", "127.0.0.1:8053")
   .option(
     "--example <name>",
-    "the example pushed into prod-eu on first start: hello-js (default), hello-py, stream-js or stream-py",
+    "the example pushed into prod-eu on first start: hello-js, hello-py, stream-js or stream-py",
     "hello-js",
   )
   .option("--no-example", "do not push the example model on first start")

@@ -132,9 +132,9 @@ export const MERIDIAN_FIELDS: Record<string, Record<string, JsonSchema>> = {
     plane: { type: "string", description: "The workload plane that captured the line." },
     stream: {
       type: "string",
-      enum: ["stdout", "stderr", "driver"],
+      enum: ["stdout", "stderr", "driver", "build"],
       description:
-        "Where the line came from; `driver` lines are the plane's notes on the replica. The `component` filter matches it.",
+        "Where the line came from; `driver` lines are the plane's notes on the replica, `build` lines the output of preparing what it runs on (a truss package's virtualenv). The `component` filter matches it.",
     },
   },
   PrepareModelUploadResponseV1: {

@@ -112,7 +112,7 @@ export interface CapturedLine {
   ts: string;
   replica_id: string;
   plane: string;
-  /** `stdout`, `stderr`, or `driver` (the driver's own notes on the replica). */
+  /** `stdout`, `stderr`, `driver` (the driver's own notes on the replica) or `build` (its virtualenv's). */
   stream: string;
   line: string;
 }

@@ -429,7 +429,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     let parkFor: string | null = null;
     if (decision.kind === "refuse") {
       const id = decision.context.deploymentId;
-      // Async requests are queued on the region's planes instead (src/gateway/async.ts): never held here.
+      // An async call is never held: its queue waits (and wakes the deployment) on the plane that holds it.
       if (decision.code !== "model_unavailable" || id === null || asyncMatch !== null || !canPark(ex, id)) {
         return refuse(
           decision.code,

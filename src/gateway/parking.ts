@@ -27,8 +27,11 @@ export interface ParkingOptions {
    * plane of the region has one (it admits them itself).
    */
   room(deploymentId: string): number;
-  /** Asks the control plane to wake the deployment; resolves true once it accepted, false if it did not. */
-  wake(deploymentId: string): Promise<boolean>;
+  /**
+   * Asks the control plane to wake the deployment; resolves false when it did not accept the wake (anything
+   * else counts as accepted).
+   */
+  wake(deploymentId: string): Promise<unknown>;
   /**
    * Held requests fail closed (503) once wakes have not been accepted for this long with nothing ready:
    * with the control plane unreachable, nothing will start a replica. Default 10 s.
@@ -138,7 +141,7 @@ export class Parking {
     this.#waking.set(id, state);
     this.#lastWake.set(id, Date.now());
     void this.#o.wake(id).then((accepted) => {
-      if (accepted) this.#failingSince.delete(id);
+      if (accepted !== false) this.#failingSince.delete(id);
       else if (!this.#failingSince.has(id)) this.#failingSince.set(id, Date.now());
       this.#waking.delete(id);
       if (state.again && this.parked(id) > 0 && this.#o.room(id) === 0) this.#wake(id);

@@ -2,10 +2,15 @@
 // (us-1 the global ingress; eu-1, eu-2 with eu-2 serving the regional deployment), a real HTTP server as the
 // replica, and the offline verifier and an independent RFC 9421 implementation checking what clients got.
 
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import http from "node:http";
+import https from "node:https";
 import type { AddressInfo } from "node:net";
 import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import fc from "fast-check";
 import { createVerifier, httpbis } from "http-message-signatures";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -562,6 +567,140 @@ describe.each<IngressTransport>(["wire", "http"])("receipts on the %s transport"
       ),
       { numRuns: 40 },
     );
+  });
+
+  it("over HTTPS, and over a hop from an HTTPS entry, binds the authority with https's default port dropped", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "meridian-receipts-tls-"));
+    try {
+      execFileSync(
+        "openssl",
+        [
+          "req",
+          "-x509",
+          "-newkey",
+          "ec",
+          "-pkeyopt",
+          "ec_paramgen_curve:prime256v1",
+          "-nodes",
+          "-days",
+          "1",
+          "-subj",
+          `/CN=*.${DOMAIN}`,
+          "-addext",
+          `subjectAltName=DNS:*.${DOMAIN}`,
+          "-keyout",
+          join(dir, "key.pem"),
+          "-out",
+          join(dir, "cert.pem"),
+        ],
+        { stdio: "ignore" },
+      );
+      const cert = readFileSync(join(dir, "cert.pem"));
+      const tlsPlanes: Array<[PlaneName, Ingress]> = [];
+      for (const name of ["eu-1", "eu-2"] as const) {
+        const p = PLANES.find((x) => x.name === name)!;
+        const ingress = createIngress({
+          plane: { name, region: "eu" },
+          listen: { host: p.ip, port: 0 },
+          tls: { cert, key: readFileSync(join(dir, "key.pem")) },
+          signingKey: keyOf(name),
+          // eu-1 hops to the plain-HTTP eu-2 of the suite: the client's scheme travels as X-Forwarded-Proto.
+          snapshot: () => snapshotFor(name),
+          localReplicas: (id) => (name === "eu-2" && id === "d-eu" ? [replica.endpoint] : []),
+          transport,
+        });
+        await ingress.start();
+        tlsPlanes.push([name, ingress]);
+      }
+      try {
+        for (const [name, ingress] of tlsPlanes) {
+          const g = await new Promise<Got>((resolve, reject) => {
+            const req = https.request(
+              {
+                ...ingress.address!,
+                method: "POST",
+                path: "/predict",
+                servername: REG,
+                ca: cert,
+                agent: false,
+                headers: { host: `${REG}:443`, authorization: `Api-Key ${KEY}`, "content-length": "2" },
+              },
+              (res) => {
+                let body = "";
+                res.on("data", (c) => {
+                  body += c;
+                });
+                res.on("end", () => {
+                  const fields: Array<[string, string]> = [];
+                  for (let i = 0; i < res.rawHeaders.length; i += 2)
+                    fields.push([res.rawHeaders[i]!.toLowerCase(), res.rawHeaders[i + 1]!]);
+                  resolve({
+                    status: res.statusCode ?? 0,
+                    fields,
+                    body,
+                    chunkTimes: [],
+                    header: (n) => fields.find(([x]) => x === n)?.[1],
+                  });
+                });
+              },
+            );
+            req.on("error", reject);
+            req.end("{}");
+          });
+          expect(g.status, name).toBe(200);
+          // What a client computes from https://REG:443/predict (RFC 9421 §2.2.3: the default port is omitted).
+          expect(verify(g, { request: { authority: REG, path: "/predict" } }), name).toMatchObject({
+            ok: true,
+            receipt: { plane: "eu-2", route: name === "eu-1" ? ["eu-1", "eu-2"] : ["eu-2"] },
+          });
+        }
+      } finally {
+        for (const [, i] of tlsPlanes) await i.stop();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("signs a request held while its deployment wakes, binding the body that arrived meanwhile", async () => {
+    let awake = false;
+    const base = snapshotFor("eu-2");
+    const sleeping: PlaneSnapshot = {
+      ...base,
+      models: base.models.map((m) => ({
+        ...m,
+        deployments: m.deployments.map((d) =>
+          d.id === "d-eu" ? { ...d, scale: { wakeable: true, concurrency_target: 4, policy: null } } : d,
+        ),
+      })),
+    };
+    const waking = createIngress({
+      plane: { name: "eu-2", region: "eu" },
+      listen: { host: "127.0.2.2", port: 0 },
+      signingKey: keyOf("eu-2"),
+      snapshot: () => sleeping,
+      localReplicas: (id) => (awake && id === "d-eu" ? [replica.endpoint] : []),
+      wake: async () => {
+        setTimeout(() => {
+          awake = true;
+        }, 300);
+      },
+      transport,
+    });
+    await waking.start();
+    try {
+      const body = Buffer.alloc(100 * 1024, 5);
+      const started = Date.now();
+      const g = await send(waking.address!, { host: REG, path: "/predict", body, chunked: true });
+      expect(g.status).toBe(200);
+      expect(Date.now() - started).toBeGreaterThanOrEqual(250); // it was held
+      expect(verify(g, { request: { contentDigest: contentDigest(body) } })).toMatchObject({
+        ok: true,
+        receipt: { plane: "eu-2", coversBody: true, status: 200 },
+      });
+    } finally {
+      await waking.stop();
+    }
   });
 
   it("signs nothing with receipts off, and hashes no body", async () => {

@@ -4,9 +4,12 @@
 // control plane's secrets route does (its own behaviour is tested in test/control/secrets.test.ts). Covers
 // the secrets' files and modes, a control plane that is away at the first start (retried) and at a restart
 // (the last start's secrets kept), a missing secret and an unfit python_version (FAILED, in the logs), and
-// no value ever in a log line.
+// no value ever in a log line. Then a package on an interpreter the operator names (pyenv's 3.12 under the
+// closed /root: its installation bound read-only, bwrap run as root for it) and one under --sandbox none.
 
-import { chmod, cp, mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
+import { chmod, cp, mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -18,11 +21,57 @@ import { packageRuntime, replicaSpec } from "./agent.ts";
 import type { ReplicaSpec, ReplicaStatus } from "./driver.ts";
 import { ProcessDriver } from "./process-driver.ts";
 import { PlanePython, VirtualenvCache } from "./python-env.ts";
-import { prepareSandbox, type ReplicaSandbox } from "./sandbox.ts";
+import {
+  bwrapArguments,
+  prepareSandbox,
+  type ReplicaSandbox,
+  type SandboxLayout,
+  SECRETS_DIR,
+  Unsandboxed,
+  VENV_DIR,
+} from "./sandbox.ts";
 import { fetchReplicaSecrets } from "./secrets.ts";
 
 const EXAMPLES = resolve(import.meta.dirname, "../../examples");
 const VALUE = "s3cr3t-value-7c1e";
+
+describe("bwrapArguments for a truss replica", () => {
+  const layout: SandboxLayout = {
+    uid: 65534,
+    gid: 65534,
+    binds: [{ source: "/usr", dest: "/usr" }],
+    symlinks: [],
+    passwd: "/d/sandbox/etc/passwd",
+    group: "/d/sandbox/etc/group",
+    compileCache: "/d/sandbox/compile-cache",
+  };
+  const mounts = { packageDir: "/d/pkg", privateDir: "/d/sandbox/replicas/r", egress: "allow" as const };
+
+  function roBinds(args: string[]): string[][] {
+    return args.flatMap((a, i) => (a === "--ro-bind" ? [[args[i + 1]!, args[i + 2]!]] : []));
+  }
+
+  it("binds the secrets read-only at /secrets, the virtualenv at its fixed path, an interpreter at its own, all before the final remount", () => {
+    const args = bwrapArguments(layout, {
+      ...mounts,
+      secretsDir: "/tmp/p/sandbox/secrets/r",
+      venv: "/tmp/p/venvs/abc",
+      readOnly: ["/opt/python3.12"],
+    });
+    const ro = roBinds(args);
+    expect(ro).toContainEqual(["/tmp/p/sandbox/secrets/r", SECRETS_DIR]);
+    expect(ro).toContainEqual(["/tmp/p/venvs/abc", VENV_DIR]);
+    expect(ro).toContainEqual(["/opt/python3.12", "/opt/python3.12"]);
+    // Never writable, and nothing under the sandbox's /tmp (a symlink to the private directory there).
+    expect(args.filter((_, i) => args[i - 1] === "--bind")).toEqual([mounts.privateDir]);
+    expect(ro.every(([, dest]) => !dest!.startsWith("/tmp/"))).toBe(true);
+    expect(args.at(-2)).toBe("--remount-ro");
+    // Without them, none of it.
+    const plain = roBinds(bwrapArguments(layout, mounts)).map(([, dest]) => dest);
+    expect(plain).not.toContain(SECRETS_DIR);
+    expect(plain).not.toContain(VENV_DIR);
+  });
+});
 
 describe("process driver: truss packages on the Python host, with their secrets", () => {
   let root: string;
@@ -184,4 +233,130 @@ describe("process driver: truss packages on the Python host, with their secrets"
       await driver.remove(id);
     }
   }, 60_000);
+});
+
+/** A truss model that says which Python runs it and proves it read its secret (its digest, not its value). */
+const WHICH_PYTHON = {
+  "config.yaml": "python_version: PYVER\nsecrets:\n  tok: null\n",
+  "model/model.py": `import hashlib, sys
+
+class Model:
+    def __init__(self, secrets, **kwargs):
+        self._secrets = secrets
+
+    def load(self):
+        self._digest = hashlib.sha256(self._secrets["tok"].encode()).hexdigest()
+
+    def predict(self, model_input):
+        return {"python": list(sys.version_info[:3]), "prefix": sys.base_prefix, "tok_sha256": self._digest}
+`,
+};
+
+/** pyenv's 3.12 under /root (mode 0700 above it): an interpreter the operator names with --python. */
+const PYENV_312 = "/root/.pyenv/versions/3.12.1/bin/python3";
+
+describe.each([
+  { name: "bwrap, an interpreter under a closed /root (--python)", mode: "bwrap" as const, pyver: "py312" },
+  { name: "--sandbox none, Debian's interpreter", mode: "none" as const, pyver: "py311" },
+])("process driver, $name", ({ mode, pyver }) => {
+  const available = mode === "none" || existsSync(PYENV_312);
+  let root: string;
+  let server: Server;
+  let driver: ProcessDriver;
+  let pkg: string;
+
+  beforeAll(async () => {
+    if (!available) return;
+    root = await mkdtemp(join(tmpdir(), "meridian-pydriver2-"));
+    await chmod(root, 0o711);
+    server = createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ secrets: { tok: VALUE } }));
+    });
+    await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const dataDir = join(root, "plane");
+    const pythons = await discoverPythons(
+      mode === "bwrap" ? { configured: [PYENV_312], searchDirs: [] } : { searchDirs: ["/usr/bin"] },
+    );
+    const sandbox =
+      mode === "bwrap"
+        ? await prepareSandbox("bwrap", {
+            dataDir,
+            planeEnv: {},
+            readOnly: pythons.interpreters.map((i) => i.prefix),
+          })
+        : new Unsandboxed({ dataDir, planeEnv: { PATH: process.env["PATH"] } });
+    if (mode === "bwrap") {
+      // The closed /root above the interpreter makes bwrap run as root, and the report says why.
+      expect(sandbox.report.mode).toBe("bwrap");
+      expect(sandbox.report.detail).toContain("/root (mode 0700, owner 0) does not let uid 65534 through");
+    }
+    driver = new ProcessDriver({
+      dataDir,
+      sandbox,
+      readinessIntervalMs: 50,
+      stopGraceMs: 2_000,
+      python: new PlanePython({
+        interpreters: async () => pythons.interpreters,
+        venvs: new VirtualenvCache({ root: join(dataDir, "venvs"), env: { PATH: process.env["PATH"] } }),
+      }),
+      secrets: (replicaId, dir) =>
+        fetchReplicaSecrets({ controlUrl: url, planeToken: "t", plane: "p", replicaId, dir }),
+    });
+    await driver.start();
+    pkg = join(root, "pkg");
+    for (const [path, content] of Object.entries(WHICH_PYTHON)) {
+      await mkdir(join(pkg, path, ".."), { recursive: true });
+      await writeFile(join(pkg, path), content.replace("PYVER", pyver));
+    }
+    await chmod(pkg, 0o755);
+  }, 120_000);
+
+  afterAll(async () => {
+    if (!available) return;
+    await driver?.stop();
+    await new Promise((ok) => server?.close(ok));
+    await rm(root, { recursive: true, force: true });
+  }, 60_000);
+
+  it.skipIf(!available)(
+    "runs the package on the interpreter for its python_version, with its secret",
+    async () => {
+      const runtime = await packageRuntime(pkg);
+      if (!runtime.ok) throw new Error(runtime.message);
+      const spec = replicaSpec(
+        {
+          id: "which",
+          deployment_id: "d-which",
+          model_id: "abcd1234",
+          environment: null,
+          artifact: { key: "k", sha256: "0".repeat(64), size: 1 },
+          egress: "allow",
+        },
+        pkg,
+        runtime.runtime,
+      );
+      await driver.ensure(spec);
+      const deadline = Date.now() + 30_000;
+      let ready: ReplicaStatus | undefined;
+      while (Date.now() < deadline) {
+        ready = (await driver.list()).find((r) => r.id === "which");
+        if (ready?.state === "READY" || ready?.state === "FAILED") break;
+        await new Promise((x) => setTimeout(x, 50));
+      }
+      expect(ready?.state, JSON.stringify(ready)).toBe("READY");
+      const res = await request(`http://${ready!.endpoint}/v1/models/model:predict`, {
+        method: "POST",
+        body: "{}",
+      });
+      const body = (await res.body.json()) as { python: number[]; prefix: string; tok_sha256: string };
+      expect(body.python.slice(0, 2)).toEqual(pyver === "py312" ? [3, 12] : [3, 11]);
+      expect(body.prefix).toBe(pyver === "py312" ? "/root/.pyenv/versions/3.12.1" : "/usr");
+      expect(body.tok_sha256).toBe(createHash("sha256").update(VALUE).digest("hex"));
+      const lines = (await driver.logs("which")).map((l) => l.line).join("\n");
+      expect(lines).not.toContain(VALUE);
+    },
+    60_000,
+  );
 });

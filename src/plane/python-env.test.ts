@@ -149,6 +149,22 @@ describe("VirtualenvCache", () => {
     );
   });
 
+  it("sweeps what a build cut short left (a .build-* work directory, a .stale-* one), never a finished virtualenv", async () => {
+    const half = path.join(root, ".build-0123456789ab-x1y2z3");
+    await mkdir(path.join(half, "venv", "bin"), { recursive: true });
+    // A half-made virtualenv looks usable to nothing: it has no marker and is not at a key's name.
+    await writeFile(path.join(half, "venv", "bin", "python"), "");
+    await mkdir(path.join(root, ".stale-abcdef"), { recursive: true });
+    await cache(root).sweep();
+    expect(await readdir(root)).toEqual([path.basename(built.ok ? built.dir! : "")]);
+    const { lines, onLine } = collect();
+    expect(await cache(root).ensure(python, ["meridian-greeting==1.0"], onLine)).toMatchObject({
+      ok: true,
+      built: false,
+    });
+    expect(lines).toHaveLength(1);
+  });
+
   it("needs no virtualenv for a package without requirements", async () => {
     expect(await cache(root).ensure(python, [])).toEqual({
       ok: true,

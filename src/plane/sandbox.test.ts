@@ -9,9 +9,11 @@ import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { EgressPolicy } from "../core/domain.ts";
 import type { DesiredReplica } from "../core/snapshot.ts";
-import { replicaSpec } from "./agent.ts";
+import { discoverPythons } from "../lib/pythons.ts";
+import { packageRuntime, replicaSpec } from "./agent.ts";
 import type { ReplicaStatus } from "./driver.ts";
 import { ProcessDriver } from "./process-driver.ts";
+import { PlanePython, VirtualenvCache } from "./python-env.ts";
 import {
   APP_DIR,
   type BwrapSandbox,
@@ -36,6 +38,7 @@ import {
   type HostileTargets,
   hostileModelPackage,
   hostileServerPackage,
+  hostileTrussPackage,
 } from "./testdata/hostile.ts";
 
 const ROOT = process.getuid?.() === 0;
@@ -364,7 +367,17 @@ describe.each([
     });
     if (closedAbove) expect(sandbox.report.detail).toContain(`${root} (mode 0700, owner 0) does not let uid`);
     else expect(sandbox.report, String(sandbox.report.detail)).toEqual({ mode: "bwrap", detail: null });
-    const driver = new ProcessDriver({ dataDir, sandbox, readinessIntervalMs: 20, stopGraceMs: 2_000 });
+    const pythons = await discoverPythons({ searchDirs: ["/usr/bin"] });
+    const driver = new ProcessDriver({
+      dataDir,
+      sandbox,
+      readinessIntervalMs: 20,
+      stopGraceMs: 2_000,
+      python: new PlanePython({
+        interpreters: async () => pythons.interpreters,
+        venvs: new VirtualenvCache({ root: join(dataDir, "venvs"), env: { PATH: process.env.PATH } }),
+      }),
+    });
     await driver.start();
     let tcpConnections = 0;
     const tcp = createServer((s) => {
@@ -420,6 +433,7 @@ describe.each([
         plane.dataDir,
         join(plane.root, "planes"),
         join(plane.dataDir, "sandbox", "replicas", "neighbour"),
+        join(plane.dataDir, "sandbox", "secrets"),
       ],
       tcp: { host: "127.0.0.1", port: (plane.tcp.address() as { port: number }).port },
       planePid: process.pid,
@@ -439,11 +453,16 @@ describe.each([
     "MERIDIAN_ENVIRONMENT",
     "PORT",
     "PWD",
+    // The Python host's own (src/core/python.ts trussHostCommand).
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONUNBUFFERED",
   ]);
 
-  it.each<[string, EgressPolicy, "js" | "server"]>([
+  it.each<[string, EgressPolicy, "js" | "server" | "python"]>([
     ["the JavaScript host, egress allow", "allow", "js"],
     ["the JavaScript host, egress deny", "deny", "js"],
+    ["the Python host (a truss model.py), egress allow", "allow", "python"],
+    ["the Python host (a truss model.py), egress deny", "deny", "python"],
     ["a custom server (python3), egress allow", "allow", "server"],
     ["a custom server (python3), egress deny", "deny", "server"],
   ])(
@@ -452,9 +471,18 @@ describe.each([
       const id = `hostile-${kind}-${egress}`;
       const pkg = join(plane.root, "pkgs", id);
       const t = targets();
-      await writeFiles(pkg, kind === "js" ? hostileModelPackage(t) : hostileServerPackage(t));
+      const files =
+        kind === "js"
+          ? hostileModelPackage(t)
+          : kind === "python"
+            ? hostileTrussPackage(t)
+            : hostileServerPackage(t);
+      await writeFiles(pkg, files);
       const before = plane.tcpConnections;
-      await plane.driver.ensure(replicaSpec(desired(id, egress), pkg));
+      const runtime = await packageRuntime(pkg);
+      if (!runtime.ok) throw new Error(runtime.message);
+      expect(runtime.runtime.kind).toBe(kind === "python" ? "python" : "meridian");
+      await plane.driver.ensure(replicaSpec(desired(id, egress), pkg, runtime.runtime));
       const r = await ready(id);
       expect(r.endpoint).toMatch(egress === "deny" ? /^unix:\// : /^127\.0\.0\.1:\d+$/);
 

@@ -623,7 +623,7 @@ const ROWS: Record<string, Row> = {
     model: false,
     policy: "plane-only",
     body: () => ({
-      deployment_id: "zzzzzzz",
+      deployment_id: "nosuchdeployment",
       load: { epoch: "2026-01-01T00:00:00.000Z", at: "2026-01-01T00:00:00.000Z", deployments: [] },
     }),
   },
@@ -1269,6 +1269,8 @@ describe("security matrix: every route of /v1/spec × principal × restricted/un
       domain: "meridian.test",
       publicUrl: null,
       planeTimeoutMs: 24 * 3600_000,
+      // Nor does the autoscaler pass in the background (a new deployment's first replica count).
+      autoscalerIntervalMs: 24 * 3600_000,
       logger: pino({ level: "silent" }),
     });
     root = new ApiClient(control.url, control.adminKey);

@@ -228,6 +228,7 @@ describe("the truss CLI's GraphQL endpoint", () => {
       domain: "meridian.test",
       publicUrl: null,
       planeTimeoutMs: 24 * 3600_000,
+      autoscalerIntervalMs: 24 * 3600_000,
       logger: pino({ level: "silent" }),
     });
     root = new ApiClient(control.url, control.adminKey);

@@ -112,6 +112,7 @@ async function start(
     ...(options.keyFile ? { secretsKeyFile: options.keyFile } : {}),
     // The test drives plane reports by hand: a silent plane must not be judged down mid-test.
     planeTimeoutMs: 3_600_000,
+    autoscalerIntervalMs: 3_600_000,
     logger: pino({ level: "trace" }, { write: (line: string) => void logs.push(line) }),
   });
   return { db, dataDir, control, logs };

@@ -44,7 +44,10 @@ interface Saved {
   body: string;
 }
 
-function parseSaved(text: string): Saved {
+function parseSaved(saved: string): Saved {
+  let text = saved;
+  // Interim responses (`100 Continue`, RFC 9110 §15.2) come first; `meridian verify` skips them too.
+  while (/^HTTP\/1\.1 1\d\d /.test(text)) text = text.slice(text.indexOf("\r\n\r\n") + 4);
   const at = text.indexOf("\r\n\r\n");
   const [statusLine, ...lines] = text.slice(0, at).split("\r\n");
   return {
@@ -95,7 +98,7 @@ describe("signed receipts end to end", () => {
         "--data-binary",
         o.body,
       ],
-      { encoding: "latin1" },
+      { encoding: "latin1", maxBuffer: 64 * 1024 * 1024 },
     );
     writeFileSync(join(work, o.out), stdout, "latin1");
     return parseSaved(stdout);
@@ -158,6 +161,27 @@ describe("signed receipts end to end", () => {
     expect(mine.code, mine.stderr).toBe(0);
     // The digest the client can compute itself is the one the plane bound.
     expect(field(r, "x-meridian-receipt-request")).toContain(`content-digest="${contentDigest(body)}"`);
+
+    // A large body (curl sends it after `Expect: 100-continue`; the ingress streams it upstream and hashes it
+    // as it passes), checked against the file the client sent.
+    const large = join(work, "large.json");
+    writeFileSync(large, JSON.stringify({ text: "x".repeat(3 * 1024 * 1024) }));
+    const big = await curl("eu-1", {
+      host: regional(),
+      path: "/predict",
+      body: `@${large}`,
+      out: "large.txt",
+    });
+    expect(big.statusLine).toMatch(/^HTTP\/1\.1 200/);
+    const ok = await verify("large.txt", ["--body-file", large]);
+    expect(ok.code, ok.stderr).toBe(0);
+    writeFileSync(
+      join(work, "large-changed.json"),
+      JSON.stringify({ text: `${"x".repeat(3 * 1024 * 1024 - 1)}y` }),
+    );
+    const changed = await verify("large.txt", ["--body-file", join(work, "large-changed.json")]);
+    expect(changed.code).toBe(1);
+    expect(changed.stderr).toContain("(request_mismatch)");
   });
 
   it("fails when a covered header, the status or the body is changed, or another plane's key signed", async () => {
@@ -259,6 +283,26 @@ describe("signed receipts end to end", () => {
     expect(none.code).toBe(1);
     expect(none.stderr).toContain("(no_receipt)");
   }, 120_000);
+
+  it("refuses a --receipts value other than on or off, before starting anything", async () => {
+    const r = await cli(
+      [
+        "plane",
+        "--name",
+        "zz-1",
+        "--region",
+        "eu",
+        "--control-url",
+        cluster.controlUrl,
+        "--receipts",
+        "maybe",
+      ],
+      work,
+      { MERIDIAN_PLANE_TOKEN: "unused" },
+    );
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("--receipts is on or off, got 'maybe'");
+  });
 
   it("a receipt from a retired key still verifies against the directory after a rotation", async () => {
     const eu = cluster.plane("eu-1");

@@ -18,6 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BIN, type Cluster, DOMAIN, eventually, startCluster } from "../support/cluster.ts";
 import { tempDir } from "../support/control.ts";
 import { PlacementWatch, planeReplicas, predict, processAlive, replicaPid } from "../support/planes.ts";
+import { expectReferenceShape } from "../support/reference.ts";
 
 const run = promisify(execFile);
 const DEBIAN_PYTHON = "/usr/bin/python3";
@@ -293,6 +294,8 @@ describe("truss Python packages on planes", () => {
   async function logLines(modelId: string, deploymentId: string): Promise<string[]> {
     const res = await cluster.api.get(`/v1/models/${modelId}/deployments/${deploymentId}/logs`);
     expect(res.status, JSON.stringify(res.body)).toBe(200);
+    // Baseten's shape, with Meridian's documented fields (a `build` stream among them).
+    expectReferenceShape("GetLogsResponseV1", res.body);
     return (res.body.logs as Array<{ message: string }>).map((l) => l.message);
   }
 
@@ -383,6 +386,11 @@ describe("truss Python packages on planes", () => {
       lines.join("\n"),
     ).toBe(true);
     expect(lines).toContain("secrets in place: greeting_token");
+    const build = await cluster.api.get(
+      `/v1/models/${model.id}/deployments/${deployment.id}/logs?component=build`,
+    );
+    expect(build.body.logs.length).toBeGreaterThan(0);
+    expect(build.body.logs.every((l: { stream: string }) => l.stream === "build")).toBe(true);
     expect(lines.join("\n")).not.toContain(GREETING_TOKEN);
     const planeLogs = [...cluster.planes.values()].flatMap((p) => p.process?.output ?? []).join("\n");
     expect(planeLogs).not.toContain(GREETING_TOKEN);

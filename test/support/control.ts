@@ -129,6 +129,10 @@ export async function startTestControl(kind: StoreKind = "sqlite"): Promise<Test
     // Tests here drive plane reports by hand: a plane a loaded machine leaves silent for 15 s must not be
     // judged down (and its replicas moved) halfway through a test. Failover has tests of its own.
     planeTimeoutMs: 3_600_000,
+    // The same for the autoscaler's loop: a pass in the background would change rows (a new deployment's
+    // first replica count) under tests that compare the database before and after a call. Tests that
+    // want a pass call `control.ctx.autoscaler.tick()`; wakes are decided at once as always.
+    autoscalerIntervalMs: 3_600_000,
     logger: pino({ level: "silent" }),
   });
   return {

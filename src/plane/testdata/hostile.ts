@@ -1,5 +1,6 @@
-// Hostile model packages for the sandbox tests: a JavaScript model (`model/model.js`) and a custom server
-// (`docker_server.start_command`, /usr/bin/python3) whose predict() tries to reach what a replica must
+// Hostile model packages for the sandbox tests: a JavaScript model (`model/model.js`), a custom server
+// (`docker_server.start_command`, /usr/bin/python3) and a truss model (`model/model.py`, on the Python
+// host) whose predict() tries to reach what a replica must
 // never reach, and answers with the outcome of each attempt. Written by the tests, never shipped.
 
 /** What the model is told to go after (host paths and addresses, as an attacker would guess them). */
@@ -205,6 +206,15 @@ function config(lines: string[], targets: HostileTargets): string {
 /** The JavaScript model: files of the package, path → content. */
 export function hostileModelPackage(targets: HostileTargets): Record<string, string> {
   return { "config.yaml": config([], targets), "model/model.js": MODEL_JS };
+}
+
+/** A truss model.py whose predict() makes the custom server's attempts, on Meridian's Python host. */
+export function hostileTrussPackage(targets: HostileTargets): Record<string, string> {
+  const attempts = SERVER_PY.slice(0, SERVER_PY.indexOf("class Handler"));
+  return {
+    "config.yaml": config([], targets),
+    "model/model.py": `${attempts}\nclass Model:\n    def predict(self, model_input):\n        return run()\n`,
+  };
 }
 
 /** The custom server (Python's standard library), started by start_command. */

@@ -993,3 +993,33 @@ describe("interpreters", () => {
     }
   }, 120_000);
 });
+
+describe("the lifeline of a plane that runs replicas without a sandbox", () => {
+  it("exits with 1 once the pipe on MERIDIAN_LIFELINE_FD reads end-of-file, and the model never sees the variable", async () => {
+    const { spawn } = await import("node:child_process");
+    const { TRUSS_HOST_SCRIPT } = await import("../python.ts");
+    const dir = await writePackage({
+      "config.yaml": "model_name: lifeline\n",
+      "model/model.py":
+        "import os\n\nclass Model:\n    def predict(self, model_input):\n        return {'lifeline': os.environ.get('MERIDIAN_LIFELINE_FD')}\n",
+    });
+    temps.push(dir);
+    const child = spawn(DEBIAN_PYTHON, ["-B", "-s", TRUSS_HOST_SCRIPT, dir, "--listen", "127.0.0.1:0"], {
+      env: { PATH: process.env["PATH"], MERIDIAN_LIFELINE_FD: "3" },
+      stdio: ["ignore", "pipe", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout!.setEncoding("utf8").on("data", (s: string) => (out += s));
+    child.stderr!.setEncoding("utf8").on("data", (s: string) => (out += s));
+    const exited = new Promise<number | null>((ok) => child.once("exit", (code) => ok(code)));
+    const address = await waitFor(() => /"address":"([^"]+)"/.exec(out)?.[1], "the listening line");
+    const [hostName, port] = address.split(":");
+    const target = { host: hostName!, port: Number(port) };
+    await untilReady(target);
+    expect((await predict(target, {})).json()).toEqual({ lifeline: null });
+    // The plane is gone: the kernel closes its end of the pipe.
+    (child.stdio[3] as net.Socket).destroy();
+    expect(await exited).toBe(EXIT_CODES.fault);
+    expect(out).toContain("the plane that started this replica is gone; exiting");
+  }, 30_000);
+});
