@@ -134,6 +134,19 @@ export async function buildControlApp(
   const spec = openApiDocument(routes);
   app.get("/v1/spec", async () => spec);
   app.get("/healthz", async () => ({ ok: true, revision: ctx.feed.revision() }));
+  // The control plane's own metrics (issue 12; src/control/control-metrics.ts), for the operator's
+  // Prometheus: an org admin's key, as `Authorization: Bearer <key>`. Not in the spec, like /healthz.
+  app.get("/metrics", async (request, reply) => {
+    const key = keyFromAuthorization(request.headers.authorization);
+    const principal = key === null ? null : await resolvePrincipal(ctx.store.db, key);
+    if (principal === null) throw new MeridianError("unauthorized");
+    if (!principal.is_org_admin) {
+      throw new MeridianError("forbidden", "The control plane's /metrics is for org admins.");
+    }
+    if (ctx.metrics === undefined) throw new MeridianError("route_not_found");
+    reply.header("content-type", ctx.metrics.registry.contentType);
+    return ctx.metrics.registry.metrics();
+  });
   // What a client needs to build endpoint URLs; public, like the OpenAPI document.
   app.get("/v1/info", async () => ({ product: "meridian", domain: ctx.domain }));
   // The key directory (issue 14): public keys, planes and regions, read by auditors who hold no API key.

@@ -167,7 +167,11 @@ export class AutoscalingLoop {
     const deployments = await query.execute();
     if (only === undefined) {
       const live = new Set(deployments.map((d) => d.id));
-      for (const id of this.#tracked.keys()) if (!live.has(id)) this.#tracked.delete(id);
+      for (const id of this.#tracked.keys()) {
+        if (live.has(id)) continue;
+        this.#tracked.delete(id);
+        ctx.metrics?.forget(id);
+      }
       // Counters of deleted deployments go, now and then (nothing references them).
       if (++this.#passes % 60 === 1) {
         await db
@@ -218,6 +222,9 @@ export class AutoscalingLoop {
       };
       const own = replicasOf.get(d.id) ?? [];
       const ready = own.filter((r) => r.state === "READY").length;
+      // The control plane's /metrics: how long a wake from nothing ready takes to a ready replica.
+      if (t.wake && ready === 0) ctx.metrics?.wakeStarted(d.id, nowMs);
+      ctx.metrics?.observeReady(d.id, ready, nowMs);
       // Only the region's planes count (each reports its own); a down plane's report is not load.
       const rows = (loadsOf.get(d.id) ?? []).filter((r) => inRegion(r.plane));
       let growth = 0;
@@ -288,6 +295,7 @@ export class AutoscalingLoop {
       }
     });
     for (const c of changes) {
+      ctx.metrics?.scaleDecision(c.decision.reason, c.from, c.to);
       ctx.logger.info(
         {
           deployment: c.id,

@@ -6,6 +6,7 @@ import type { Principal } from "../core/access.ts";
 import type { SecretBox } from "../lib/secret-box.ts";
 import type { Db, Store } from "../store/store.ts";
 import type { ArtifactStore } from "./artifacts.ts";
+import type { ControlMetrics } from "./control-metrics.ts";
 import type { PlaneHealth } from "./plane-health.ts";
 import type { RevisionFeed } from "./revision-feed.ts";
 
@@ -28,6 +29,8 @@ export interface ControlContext {
    * built without one gets one on first use (`planeHealthOf`).
    */
   planeHealth?: PlaneHealth;
+  /** The control plane's own /metrics (src/control/control-metrics.ts), when this process serves one. */
+  metrics?: ControlMetrics;
   /** Seals and opens team secrets; its keys come from a file apart from the database. */
   secrets: SecretBox;
   /** The autoscaler's control loop (src/control/autoscaling.ts), when this process runs one. */

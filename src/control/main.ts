@@ -13,6 +13,7 @@ import { buildControlApp } from "./app.ts";
 import { DatabaseArtifactStore, LocalArtifactStore } from "./artifacts.ts";
 import { AutoscalingLoop } from "./autoscaling.ts";
 import type { ControlContext } from "./context.ts";
+import { ControlMetrics } from "./control-metrics.ts";
 import { ensureControlKey } from "./keys.ts";
 import { PlaneHealth, planeHealthOf } from "./plane-health.ts";
 import { RevisionFeed } from "./revision-feed.ts";
@@ -98,6 +99,7 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
     planeTimeoutMs: config.planeTimeoutMs ?? 15_000,
     secrets,
   };
+  ctx.metrics = new ControlMetrics(() => ctx.store.db);
   ctx.planeHealth = new PlaneHealth({
     timeoutMs: ctx.planeTimeoutMs,
     startedAtMs: ctx.startedAtMs,

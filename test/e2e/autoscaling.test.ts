@@ -6,6 +6,8 @@
 // replica's concurrency_target start exactly one. No replica and no request ever in another region
 // (the planes' own replica lists and audit trails, and the control plane's placements, say so).
 
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Cluster, DOMAIN, eventually, type PlaneHandle, startCluster } from "../support/cluster.ts";
@@ -199,6 +201,24 @@ describe("autoscaling end to end", () => {
     expect(EU).toContain(woken[0]!.plane);
     const p = await placed();
     expect(p["eu-1"]! + p["eu-2"]!).toBe(1);
+
+    // The control plane's own /metrics saw it: the decision that woke it, the wake through to a ready
+    // replica, and the replica ready in eu. An org admin's key only.
+    const url = `${cluster.controlUrl}/metrics`;
+    expect((await request(url)).statusCode).toBe(401);
+    const adminKey = readFileSync(join(cluster.dir, "control", "admin.key"), "utf8").trim();
+    const res = await request(url, { headers: { authorization: `Bearer ${adminKey}` } });
+    expect(res.statusCode).toBe(200);
+    const metrics = await res.body.text();
+    const wakes = /^meridian_control_wake_duration_seconds_count (\d+)$/m.exec(metrics);
+    expect(Number(wakes?.[1] ?? 0)).toBeGreaterThanOrEqual(1);
+    expect(metrics).toMatch(
+      /^meridian_control_scale_decisions_total\{reason="(wake|from_zero)",direction="up"\} [1-9]/m,
+    );
+    expect(metrics).toContain(
+      `meridian_control_ready_replicas{model_id="${modelId}",environment="prod-eu",region="eu"} 1`,
+    );
+    expect(metrics).not.toMatch(/meridian_control_ready_replicas\{[^}]*region="(us|uk|au)"/);
   }, 90_000);
 
   it("answers 429 with Retry-After under REJECT_ON_FULL once the region's replicas are full", async () => {
