@@ -298,6 +298,28 @@ describe("process driver: truss packages on the Python host, with their secrets"
     for (const id of ["py-build", "py-cached"]) await driver.remove(id);
   }, 180_000);
 
+  it("is BUILDING for two replicas of one fresh set at once: one builds, the other waits for that build", async () => {
+    await Promise.all(
+      ["py-twin-a", "py-twin-b"].map(async (id) =>
+        driver.ensure(await specFor(id, { requirements: ["meridian-built"] })),
+      ),
+    );
+    for (const id of ["py-twin-a", "py-twin-b"]) await until(id, (r) => r.state === "READY", 120_000);
+    for (const id of ["py-twin-a", "py-twin-b"]) {
+      expect(states.get(id), id).toEqual(["PENDING", "BUILDING", "STARTING", "READY"]);
+    }
+    const lines = ["py-twin-a", "py-twin-b"].map(async (id) => (await driver.logs(id)).map((l) => l.line));
+    const [a, b] = await Promise.all(lines);
+    const waited = [a!, b!].filter((l) =>
+      l.some((x) => x.startsWith("waiting for the build of the same requirements")),
+    );
+    const built = [a!, b!].filter((l) =>
+      l.some((x) => x.startsWith("Successfully installed meridian-built-1.0")),
+    );
+    expect([waited.length, built.length]).toEqual([1, 1]);
+    for (const id of ["py-twin-a", "py-twin-b"]) await driver.remove(id);
+  }, 180_000);
+
   it("ends BUILD_FAILED with pip's error when a requirement cannot be installed, no process started, nothing cached", async () => {
     const venvs = join(root, "plane", "venvs");
     const before = (await readdir(venvs)).sort();
