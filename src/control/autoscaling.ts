@@ -9,6 +9,7 @@ import {
   type LoadSample,
   type ScaleDecision,
 } from "../core/autoscaler.ts";
+import { scaledReplicas } from "../core/autoscaling-replicas.ts";
 import { RUNNING_STATUSES } from "../core/deployment-status.ts";
 import type { DeploymentStatus } from "../core/domain.ts";
 import { MeridianError } from "../core/errors.ts";
@@ -114,6 +115,7 @@ export class AutoscalingLoop {
   #timer: NodeJS.Timeout | null = null;
   #running: Promise<void> = Promise.resolve();
   #stopped = false;
+  #passes = 0;
 
   constructor(ctx: ControlContext, options: AutoscalingLoopOptions) {
     this.#ctx = ctx;
@@ -166,6 +168,21 @@ export class AutoscalingLoop {
     if (only === undefined) {
       const live = new Set(deployments.map((d) => d.id));
       for (const id of this.#tracked.keys()) if (!live.has(id)) this.#tracked.delete(id);
+      // Counters of deleted deployments go, now and then (nothing references them).
+      if (++this.#passes % 60 === 1) {
+        await db
+          .deleteFrom("plane_loads")
+          .where(({ not, exists, selectFrom }) =>
+            not(
+              exists(
+                selectFrom("deployments")
+                  .select("id")
+                  .whereRef("deployments.id", "=", "plane_loads.deployment_id"),
+              ),
+            ),
+          )
+          .execute();
+      }
     }
     if (deployments.length === 0) return;
     const [serving, replicas, loads, planes] = await Promise.all([
@@ -254,7 +271,12 @@ export class AutoscalingLoop {
       const target = decision.capped_by_capacity
         ? decideScale({ ...input, capacity: settings.max_replica }).desired
         : decision.desired;
-      if (target !== (d.desired_replicas ?? null)) {
+      // A deployment the autoscaler never decided for keeps the scheduler's count until a decision differs
+      // from it: nothing is written (and no revision spent) for what would change nothing.
+      const stored = d.desired_replicas ?? null;
+      const effective = (desired: number | null) =>
+        scaledReplicas({ status, settings: autoscalingOf(d.autoscaling), desired }).want;
+      if (target !== stored && (stored !== null || effective(target) !== effective(null))) {
         changes.push({ id: d.id, from: d.desired_replicas ?? null, to: target, decision });
       }
     }
@@ -284,8 +306,8 @@ export class AutoscalingLoop {
 
 /**
  * A plane's wake (`POST /v1/internal/planes/{name}/wake`): it holds requests for the deployment and nothing
- * is ready in the deployment's region. Only a plane the deployment may run on can wake it (DESIGN.md §2.1:
- * another region's plane has no business with a regional deployment); the plane's counters are kept as a
+ * is ready in the deployment's region. Only a plane the deployment may run on, or a global ingress, can
+ * wake it (DESIGN.md §2.1: another region's plane has no business with a regional deployment); the plane's counters are kept as a
  * report's are, and the deployment is decided at once. Idempotent: concurrent wakes decide once each and
  * start what the requests held ask for, never one replica per wake.
  */
@@ -300,7 +322,9 @@ export async function wakeFromPlane(
     .where("id", "=", body.deployment_id)
     .executeTakeFirst();
   if (!d) throw new MeridianError("deployment_not_found");
-  if (d.region !== null && d.region !== plane.region) {
+  // A global ingress takes standard-endpoint requests for every model, so it may wake any; a replica still
+  // starts only in the deployment's region (placement), and the requests it holds are routed from there.
+  if (d.region !== null && d.region !== plane.region && plane.global_ingress !== 1) {
     throw new MeridianError(
       "forbidden",
       `Plane ${plane.name} is in region ${plane.region}; deployment ${d.id} runs only in region ${d.region}.`,

@@ -141,22 +141,30 @@ type PathMatch = { ok: true; route: PathRoute } | { ok: false; code: ErrorCode; 
 
 const PATH_BASED_PREFIXES = ["/production/", "/development/", "/environments/", "/deployment/"];
 
+/** Whether a matched inference path is a wake (`POST /wake`, `…/{production|development}/wake`, …). */
+export function isWakePath(path: string): boolean {
+  return path.endsWith("/wake");
+}
+
 /** Matches the inference paths of DESIGN.md §3 for the host's form. */
 function matchPath(form: HostnameForm, path: string): PathMatch {
   if (form === "regional") {
-    if (path === "/predict") return { ok: true, route: { kind: "regional" } };
+    // POST /wake (the reference's wakeRegional) is decided as a predict is; the ingress answers it 202.
+    if (path === "/predict" || path === "/wake") return { ok: true, route: { kind: "regional" } };
     if (PATH_BASED_PREFIXES.some((p) => path.startsWith(p) || path === p.slice(0, -1))) {
       return { ok: false, code: "regional_path_not_allowed", message: null };
     }
     return { ok: false, code: "route_not_found", message: null };
   }
-  if (path === "/production/predict") {
+  if (path === "/production/predict" || path === "/production/wake") {
     return { ok: true, route: { kind: "environment", environment: PRODUCTION } };
   }
-  if (path === "/development/predict") return { ok: true, route: { kind: "development" } };
+  if (path === "/development/predict" || path === "/development/wake") {
+    return { ok: true, route: { kind: "development" } };
+  }
   const parts = path.split("/");
-  // ["", "environments", env, "predict"]
-  if (parts.length === 4 && parts[0] === "" && parts[3] === "predict") {
+  // ["", "environments", env, "predict" | "wake"]
+  if (parts.length === 4 && parts[0] === "" && (parts[3] === "predict" || parts[3] === "wake")) {
     const [, first, name] = parts as [string, string, string, string];
     if (first === "environments") return { ok: true, route: { kind: "environment", environment: name } };
     if (first === "deployment") return { ok: true, route: { kind: "deployment", deploymentId: name } };

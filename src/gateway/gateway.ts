@@ -16,7 +16,14 @@ import { parseHost } from "../core/host.ts";
 import { normalizeAuthority, pathOfTarget } from "../core/http-signatures.ts";
 import { decideRealtime, matchRealtimePath } from "../core/realtime-routing.ts";
 import { RECEIPT_REQUEST_HEADER } from "../core/receipt.ts";
-import { decideRoute, indexSnapshot, type RouteContext, type RouteIndex } from "../core/routing.ts";
+import {
+  decideRoute,
+  indexSnapshot,
+  isWakePath,
+  type RouteContext,
+  type RouteDecision,
+  type RouteIndex,
+} from "../core/routing.ts";
 import type { DeploymentRoute, PlaneRef } from "../core/snapshot.ts";
 import { appendReceipt, ContentDigester, EMPTY_CONTENT_DIGEST } from "../lib/receipts.ts";
 import { asyncServiceHeaders, asyncServiceTarget } from "./async.ts";
@@ -88,6 +95,8 @@ export interface Refusal {
   detail: unknown;
   /** Extra response headers (e.g. `allow`), flat. */
   extra: string[];
+  /** Not an error: the ingress's own answer (a wake's 202), sent the way a refusal is. */
+  answer?: { status: number; body: string };
 }
 
 /** A request on its way upstream: the candidates in order and what every attempt sends. */
@@ -282,12 +291,42 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       const forwarded = (options.load?.inFlight(id) ?? 0) - (parking?.parked(id) ?? 0);
       return Math.max(0, local * scale.concurrency_target - forwarded);
     }
-    return route !== undefined && route.ready_planes.some((p) => p !== self.name)
-      ? Number.MAX_SAFE_INTEGER
-      : 0;
+    return route?.ready_planes.some((p) => p !== self.name) ? Number.MAX_SAFE_INTEGER : 0;
+  }
+  /**
+   * Whether this plane may hold the deployment's requests: it can wake it (a plane of its region, or a
+   * global ingress, which takes standard-endpoint requests for every model), and it wakes.
+   */
+  function canWake(id: string): boolean {
+    const route = deploymentRoute(id);
+    if (parking === null || route?.scale?.wakeable !== true) return false;
+    return (
+      route.region === null || route.region === self.region || currentIndex()?.plane.global_ingress === true
+    );
   }
   function canPark(ex: Exchange, id: string): boolean {
-    return parking !== null && !released.has(ex) && deploymentRoute(id)?.scale?.wakeable === true;
+    return !released.has(ex) && canWake(id);
+  }
+  /**
+   * `POST …/wake` (the reference: "Returns immediately with 202 Accepted"): decided as a predict is (key,
+   * model, environment, region, policy), then a wake when nothing is routable, and no body is forwarded.
+   */
+  function wakeAnswer(decision: RouteDecision): Refusal {
+    const id = decision.context.deploymentId;
+    const awake = decision.kind !== "refuse";
+    if (!awake) {
+      if (decision.code !== "model_unavailable" || id === null || !canWake(id)) {
+        return refuse(
+          decision.code,
+          decision.message,
+          decision.detail,
+          decision.allow ? ["allow", decision.allow] : [],
+        );
+      }
+      parking!.wakeNow(id);
+    }
+    const body = JSON.stringify({ deployment_id: id, waking: !awake });
+    return { ...refuse("invalid_request"), answer: { status: 202, body } };
   }
   function park(ex: Exchange, id: string): Park | Refusal {
     const scale = deploymentRoute(id)?.scale;
@@ -398,6 +437,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
           ? decideRealtime(idx, routeRequest, realtime)
           : decideRoute(idx, routeRequest);
     ex.context = decision.context;
+    // Not async, so decideRoute's decision.
+    if (asyncMatch === null && isWakePath(path)) return wakeAnswer(decision as RouteDecision);
     // Nothing ready where the request may go, for a deployment that wakes: held here, in this region.
     let parkFor: string | null = null;
     if (decision.kind === "refuse") {
@@ -583,6 +624,17 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     scheme,
     plan,
 
+    /** The answer to a held request that is not going on: 503, fail closed, in this region. */
+    parkRefusal(outcome: ParkOutcome): Refusal {
+      return refuse(
+        "model_unavailable",
+        outcome.kind === "unwakeable"
+          ? "No replica is ready in this region and the control plane did not accept a wake."
+          : "No replica became ready in time.",
+        { region: self.region },
+      );
+    },
+
     now,
 
     /** Feeds a chunk of the request body to its digest (the receipt's `content-digest;req`), in place. */
@@ -625,9 +677,10 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       r: Refusal,
       bodyRead = false,
     ): { status: number; headers: string[]; body: string } {
-      ex.errorCode = r.code;
-      const body = JSON.stringify(errorBody(r.code, r.message ?? undefined, r.detail));
-      const status = errorStatus(r.code);
+      // A wake's 202 is the ingress's own answer, sent the way a refusal is, and is no error.
+      if (r.answer === undefined) ex.errorCode = r.code;
+      const body = r.answer?.body ?? JSON.stringify(errorBody(r.code, r.message ?? undefined, r.detail));
+      const status = r.answer?.status ?? errorStatus(r.code);
       const deploymentId = ex.context?.deploymentId ?? "-";
       const route = ex.route.join(", ");
       const headers = [

@@ -189,11 +189,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       void plan.wait.then((outcome) => {
         if (ex.clientGone) return;
         if (outcome.kind === "go") route(ex, expectContinue);
-        else
-          fail(
-            ex,
-            refuse("model_unavailable", "No replica became ready in time.", { region: gw.self.region }),
-          );
+        else fail(ex, gw.parkRefusal(outcome));
       });
       return;
     }

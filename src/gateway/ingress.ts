@@ -119,7 +119,7 @@ export interface IngressOptions {
    * Asks the control plane to wake a deployment (POST /v1/internal/planes/{name}/wake). Without it the
    * ingress holds nothing: a deployment with nothing ready is 503 at once.
    */
-  wake?: (deploymentId: string) => Promise<void>;
+  wake?: (deploymentId: string) => Promise<unknown>;
   /** The bound of held requests per deployment and the Retry-After of a 429 (docs/autoscaling.md). */
   backpressure?: BackpressureLimits;
   /** Clock for hop signing and audit times (tests). */

@@ -9,7 +9,7 @@
 import { type Admission, admitRequest, type BackpressureLimits } from "../core/autoscaling-settings.ts";
 import type { DeploymentScale } from "../core/snapshot.ts";
 
-export type ParkOutcome = { kind: "go" } | { kind: "timeout" };
+export type ParkOutcome = { kind: "go" } | { kind: "timeout" } | { kind: "unwakeable" };
 
 interface Parked {
   exchange: object;
@@ -27,8 +27,16 @@ export interface ParkingOptions {
    * plane of the region has one (it admits them itself).
    */
   room(deploymentId: string): number;
-  /** Asks the control plane to wake the deployment; resolves when it answered (or failed). */
-  wake(deploymentId: string): Promise<void>;
+  /**
+   * Asks the control plane to wake the deployment; resolves false when it did not accept the wake (anything
+   * else counts as accepted).
+   */
+  wake(deploymentId: string): Promise<unknown>;
+  /**
+   * Held requests fail closed (503) once wakes have not been accepted for this long with nothing ready:
+   * with the control plane unreachable, nothing will start a replica. Default 10 s.
+   */
+  wakeGiveUpMs?: number;
   /** How often held requests are checked for a ready replica. Default 10 ms. */
   pollMs?: number;
 }
@@ -38,6 +46,8 @@ export class Parking {
   readonly #queues = new Map<string, Parked[]>();
   /** Per deployment: a wake in flight, and whether more requests arrived since it was sent. */
   readonly #waking = new Map<string, { again: boolean }>();
+  /** Since when wakes for a deployment have not been accepted (absent: the last one was). */
+  readonly #failingSince = new Map<string, number>();
   /** When a wake was last sent per deployment, to remind the control plane while nothing is ready. */
   readonly #lastWake = new Map<string, number>();
   #timer: NodeJS.Timeout | null = null;
@@ -80,6 +90,11 @@ export class Parking {
       this.#wake(deploymentId);
       this.#ensurePolling();
     });
+  }
+
+  /** An explicit wake (`POST …/wake`): asks the control plane, coalesced with the wakes in flight. */
+  wakeNow(deploymentId: string): void {
+    this.#wake(deploymentId);
   }
 
   /** The exchange ended while held (its client went away): its place is freed. */
@@ -125,7 +140,9 @@ export class Parking {
     const state = { again: false };
     this.#waking.set(id, state);
     this.#lastWake.set(id, Date.now());
-    void this.#o.wake(id).finally(() => {
+    void this.#o.wake(id).then((accepted) => {
+      if (accepted !== false) this.#failingSince.delete(id);
+      else if (!this.#failingSince.has(id)) this.#failingSince.set(id, Date.now());
       this.#waking.delete(id);
       if (state.again && this.parked(id) > 0 && this.#o.room(id) === 0) this.#wake(id);
     });
@@ -141,6 +158,16 @@ export class Parking {
     const now = Date.now();
     for (const [id, queue] of [...this.#queues]) {
       const room = this.#o.room(id);
+      const failing = this.#failingSince.get(id);
+      if (room <= 0 && failing !== undefined && now - failing >= (this.#o.wakeGiveUpMs ?? 10_000)) {
+        for (const e of queue.splice(0)) {
+          clearTimeout(e.timer);
+          e.resolve({ kind: "unwakeable" });
+        }
+        this.#queues.delete(id);
+        this.#failingSince.delete(id);
+        continue;
+      }
       if (room <= 0) {
         // Nothing ready (or no room yet): remind the control plane every second, for a lost wake.
         if (!this.#waking.has(id) && now - (this.#lastWake.get(id) ?? now) >= 1000) this.#wake(id);

@@ -103,9 +103,10 @@ export interface WakeOptions {
 /**
  * Asks the control plane to wake a deployment this plane holds requests for (POST
  * /v1/internal/planes/{name}/wake, the plane's credential), with this plane's counters for it: the held
- * requests are what the autoscaler sizes the wake by. A failure is logged; the ingress asks again.
+ * requests are what the autoscaler sizes the wake by. A failure is logged and answered false; the ingress
+ * asks again, and fails its held requests closed when no wake has been accepted for a while.
  */
-export function wakeDeployment(o: WakeOptions): (deploymentId: string) => Promise<void> {
+export function wakeDeployment(o: WakeOptions): (deploymentId: string) => Promise<boolean> {
   return async (deploymentId) => {
     const report = o.load.report();
     const load = {
@@ -126,11 +127,13 @@ export function wakeDeployment(o: WakeOptions): (deploymentId: string) => Promis
           { deployment: deploymentId, status: res.statusCode, body: text.slice(0, 200) },
           "wake refused",
         );
-      } else {
-        o.logger.info({ deployment: deploymentId, answer: JSON.parse(text) as unknown }, "wake sent");
+        return false;
       }
+      o.logger.info({ deployment: deploymentId, answer: JSON.parse(text) as unknown }, "wake sent");
+      return true;
     } catch (err) {
       o.logger.warn({ deployment: deploymentId, err: (err as Error).message }, "wake not delivered");
+      return false;
     }
   };
 }

@@ -231,6 +231,14 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
   // Set once the operator listener is bound; the agent reports it from then on.
   let adminAddress: { host: string; port: number } | null = null;
   const load = new LoadMeter();
+  // Asks the control plane to wake a deployment this plane holds requests for (the ingress, the async queue).
+  const waker = wakeDeployment({
+    controlUrl: config.controlUrl,
+    plane: config.name,
+    token: config.token,
+    load,
+    logger,
+  });
   const agent = new PlaneAgent({
     plane: config.name,
     controlUrl: config.controlUrl,
@@ -287,13 +295,9 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
       },
       webhookSecrets: webhookSecrets.get,
       load,
-      wake: wakeDeployment({
-        controlUrl: config.controlUrl,
-        plane: config.name,
-        token: config.token,
-        load,
-        logger,
-      }),
+      wake: async (id: string) => {
+        await waker(id);
+      },
       ...(config.async?.concurrency !== undefined ? { concurrency: config.async.concurrency } : {}),
       ...(config.async?.webhook ? { webhook: config.async.webhook } : {}),
       ...(config.limits?.predictTimeoutMs ? { predictTimeoutMs: config.limits.predictTimeoutMs } : {}),
@@ -318,13 +322,7 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     snapshot: () => current,
     localReplicas: agent.localReplicas,
     load,
-    wake: wakeDeployment({
-      controlUrl: config.controlUrl,
-      plane: config.name,
-      token: config.token,
-      load,
-      logger,
-    }),
+    wake: waker,
     ...(config.backpressure ? { backpressure: config.backpressure } : {}),
     ...(config.limits ? { limits: config.limits } : {}),
     ...(config.ingressTransport ? { transport: config.ingressTransport } : {}),

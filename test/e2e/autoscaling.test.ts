@@ -229,6 +229,49 @@ describe("autoscaling end to end", () => {
     await settings({ min_replica: 0 }, { request_backpressure_settings: {} });
   }, 90_000);
 
+  it("wakes a sleeping environment on POST /wake (202), in its region only, also from the global ingress", async () => {
+    const sleep = async () => {
+      await eventually(async () => (await deployment()).status === "SCALED_TO_ZERO", 60_000);
+      await eventually(async () => Object.values(await placed()).every((n) => n === 0), 30_000);
+    };
+    expect((await settings({ min_replica: 0, max_replica: 1, scale_down_delay: 0 })).status).toBe(200);
+    await sleep();
+    // Another region's ingress knows nothing of the regional environment (its snapshot holds only what its
+    // region needs), and wakes nothing.
+    const misdirected = await predict(cluster, "uk-1", host, "/wake", {});
+    expect(misdirected.status).toBe(404);
+    expect(misdirected.body.error_code).toBe("model_not_found");
+    await new Promise((r) => setTimeout(r, 1500));
+    expect((await deployment()).status).toBe("SCALED_TO_ZERO");
+
+    const woke = await predict(cluster, "eu-2", host, "/wake", {});
+    expect(woke.status, JSON.stringify(woke.body)).toBe(202);
+    expect(woke.body).toEqual({ deployment_id: deploymentId, waking: true });
+    await eventually(async () => (await deployment()).status === "ACTIVE", 30_000);
+    const p = await placed();
+    expect(p["eu-1"]! + p["eu-2"]!).toBe(1);
+    // Awake: accepted, nothing to do.
+    const again = await predict(cluster, "eu-1", host, "/wake", {});
+    expect(again.status).toBe(202);
+    expect(again.body.waking).toBe(false);
+
+    // The standard endpoint at the global ingress (us) wakes it too; the replica still starts in eu.
+    await sleep();
+    const standard = await predict(
+      cluster,
+      "us-1",
+      `model-${modelId}.${DOMAIN}`,
+      "/environments/prod-eu/wake",
+      {},
+    );
+    expect(standard.status, JSON.stringify(standard.body)).toBe(202);
+    expect(standard.body.waking).toBe(true);
+    await eventually(async () => (await deployment()).status === "ACTIVE", 30_000);
+    const q = await placed();
+    expect(q["eu-1"]! + q["eu-2"]!).toBe(1);
+    for (const o of OTHERS) expect(q[o]).toBe(0);
+  }, 150_000);
+
   it("refuses a wake from a plane outside the deployment's region", async () => {
     const uk = cluster.plane("uk-1");
     const res = await request(`${cluster.controlUrl}/v1/internal/planes/uk-1/wake`, {
@@ -258,8 +301,19 @@ describe("autoscaling end to end", () => {
   it("never had a replica or a request of the regional environment outside its region", async () => {
     for (const o of OTHERS) expect(seen.get(o) ?? new Set()).toEqual(new Set());
     expect([...(seen.get("eu-1") ?? []), ...(seen.get("eu-2") ?? [])].length).toBeGreaterThanOrEqual(2);
+    // Outside eu only what this test sent there on purpose: the standard-endpoint wake at the global
+    // ingress (answered there, processed nowhere). uk's refusal named no model (it knows none of eu's).
+    const us = await eventually(async () => {
+      const r = await audit(cluster.plane("us-1"), `model_id=${modelId}`);
+      return r.length >= 1 ? r : null;
+    }, 20_000);
     for (const o of OTHERS) {
-      expect(await audit(cluster.plane(o), `model_id=${modelId}`)).toEqual([]);
+      const records = o === "us-1" ? us : await audit(cluster.plane(o), `model_id=${modelId}`);
+      for (const r of records) {
+        expect(r.processed_by, JSON.stringify(r)).toBeNull();
+        expect(r.hostname_form).toBe("standard");
+        expect(r.status).toBe(202);
+      }
     }
     const inEu = await eventually(async () => {
       const records = (

@@ -522,11 +522,7 @@ class ClientConn {
       void plan.wait.then((outcome) => {
         if (ex.done || this.closed) return;
         if (outcome.kind === "go") this.startExchange(ex);
-        else
-          this.respondError(
-            ex,
-            refuse("model_unavailable", "No replica became ready in time.", { region: gw.self.region }),
-          );
+        else this.respondError(ex, gw.parkRefusal(outcome));
       });
       return;
     }
