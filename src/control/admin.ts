@@ -216,7 +216,7 @@ async function waitingDeployments(trx: Parameters<Parameters<typeof change>[1]>[
   const rows = await trx
     .selectFrom("deployments")
     .select("id")
-    .where("status", "in", ["DEPLOYING", "LOADING_MODEL", "UNHEALTHY", "ACTIVE"])
+    .where("status", "in", ["BUILDING", "DEPLOYING", "LOADING_MODEL", "UNHEALTHY", "ACTIVE"])
     .execute();
   return rows.map((r) => r.id);
 }

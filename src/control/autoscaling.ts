@@ -82,7 +82,7 @@ export async function updateDeploymentAutoscaling(
 /** Statuses the autoscaler decides for: running ones, and asleep ones (which a request wakes). */
 const SCALED_STATUSES: readonly DeploymentStatus[] = [...RUNNING_STATUSES, "SCALED_TO_ZERO"];
 /** Statuses of a deployment coming up: each decision counts as a wake, so it stays up after it is ready. */
-const BOOTING: readonly DeploymentStatus[] = ["DEPLOYING", "LOADING_MODEL", "WAKING_UP"];
+const BOOTING: readonly DeploymentStatus[] = ["BUILDING", "DEPLOYING", "LOADING_MODEL", "WAKING_UP"];
 /** A plane's in-flight count is extrapolated at most this long past its report, then counts for nothing. */
 const STALE_REPORT_MS = 10_000;
 

@@ -103,6 +103,9 @@ export async function placementPlanes(
 async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): Promise<string[]> {
   const d = await trx.selectFrom("deployments").selectAll().where("id", "=", id).executeTakeFirst();
   if (!d) return [];
+  // A failed build places nothing and keeps what it has: a plane's failed build its replica, whose logs
+  // hold pip's output, and the message saying why.
+  if (d.status === "BUILD_FAILED") return [];
   // The autoscaler's count within the settings in effect (the environment's, kept in step on the row).
   const scaled = scaledReplicas({
     status: d.status as DeploymentStatus,
@@ -147,7 +150,7 @@ async function reconcileDeployment(ctx: ControlContext, trx: Trx, id: string): P
     current: scaled.status,
     want,
     replicas: [
-      ...kept.map((r) => ({ state: r.state as ReplicaState, message: r.message })),
+      ...kept.map((r) => ({ state: r.state as ReplicaState, message: r.message, plane: r.plane })),
       ...plan.add.map(() => ({ state: "PENDING" as ReplicaState, message: null })),
     ],
     unplaced: plan.unplaced,
@@ -196,7 +199,7 @@ async function advancePromotions(
   for (const p of promotions) {
     if (status === "ACTIVE") {
       affected.push(...(await completePromotion(ctx, trx, p.id)));
-    } else if (status === "DEPLOY_FAILED" || status === "FAILED") {
+    } else if (status === "DEPLOY_FAILED" || status === "BUILD_FAILED" || status === "FAILED") {
       await trx
         .updateTable("promotions")
         .set({ status: "FAILED", active: 0, error_message: message, updated_at: ctx.now() })

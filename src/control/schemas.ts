@@ -9,6 +9,7 @@ import {
   EGRESS_POLICIES,
   PROMOTION_CLEANUP_STRATEGIES,
   PROMOTION_STATUSES,
+  REPLICA_STATES,
   STANDARD_ENDPOINT_POLICIES,
 } from "../core/domain.ts";
 import {
@@ -336,10 +337,8 @@ export const planeReportBody = {
         properties: {
           id: str,
           deployment_id: str,
-          state: {
-            type: "string",
-            enum: ["PENDING", "STARTING", "READY", "UNHEALTHY", "FAILED", "STOPPING"],
-          },
+          // A superset of what older planes report: their reports still validate.
+          state: { type: "string", enum: REPLICA_STATES },
           message: nullable({ type: "string", maxLength: 8192 }),
           restarts: { type: "integer", minimum: 0 },
         },

@@ -23,6 +23,9 @@ describe("scaledReplicas", () => {
     ["DEPLOYING", {}, 0, "DEPLOYING", 1],
     ["WAKING_UP", {}, 0, "WAKING_UP", 1],
     ["DEPLOY_FAILED", {}, 0, "DEPLOY_FAILED", 1],
+    // A plane building its environment is coming up too: a count of zero does not stop the build.
+    ["BUILDING", { min_replica: 0 }, 0, "BUILDING", 1],
+    ["BUILDING", { min_replica: 0, max_replica: 3 }, 2, "BUILDING", 2],
     // Asleep: wakes only when asked, within max_replica.
     ["SCALED_TO_ZERO", { min_replica: 0 }, null, "SCALED_TO_ZERO", 0],
     ["SCALED_TO_ZERO", {}, 0, "SCALED_TO_ZERO", 0],

@@ -8,7 +8,13 @@ import { runsReplicas } from "./deployment-status.ts";
 import type { DeploymentStatus } from "./domain.ts";
 
 /** Statuses of a deployment on its way up: it runs at least one replica until it is ready. */
-const BOOTING: readonly DeploymentStatus[] = ["DEPLOYING", "LOADING_MODEL", "WAKING_UP", "DEPLOY_FAILED"];
+const BOOTING: readonly DeploymentStatus[] = [
+  "BUILDING",
+  "DEPLOYING",
+  "LOADING_MODEL",
+  "WAKING_UP",
+  "DEPLOY_FAILED",
+];
 /** Statuses from which a count of zero scales the deployment to zero. */
 const SCALABLE_TO_ZERO: readonly DeploymentStatus[] = ["ACTIVE", "UNHEALTHY", "UPDATING"];
 

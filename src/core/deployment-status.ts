@@ -3,8 +3,13 @@
 
 import type { DeploymentStatus, ReplicaState } from "./domain.ts";
 
-/** Statuses in which a deployment runs replicas. */
+/**
+ * Statuses in which a deployment runs replicas. `BUILDING` is one: a truss package's requirements are
+ * installed by the plane that runs the replica (the control plane runs no Python), so the replica exists
+ * while its environment is built.
+ */
 export const RUNNING_STATUSES: readonly DeploymentStatus[] = [
+  "BUILDING",
   "DEPLOYING",
   "LOADING_MODEL",
   "ACTIVE",
@@ -33,6 +38,8 @@ export function wantedReplicas(
 export interface ReplicaFacts {
   state: ReplicaState;
   message: string | null;
+  /** The plane it is placed on, named in the building message; absent for one not placed yet. */
+  plane?: string;
 }
 
 export interface StatusInput {
@@ -54,8 +61,16 @@ export function deriveStatus(input: StatusInput): DerivedStatus {
   if (!runsReplicas(input.current)) return { status: input.current, message: null };
   const ready = input.replicas.filter((r) => r.state === "READY").length;
   if (ready > 0) return { status: "ACTIVE", message: null };
-  const failed = input.replicas.filter((r) => r.state === "FAILED");
+  const failed = input.replicas.filter((r) => r.state === "FAILED" || r.state === "BUILD_FAILED");
   if (failed.length > 0 && failed.length === input.replicas.length && input.unplaced === 0) {
+    // A replica whose environment could not be built says why (pip's error): the build failed, whatever
+    // became of the others. Terminal, as a package the control plane refuses at push is.
+    const build = failed.find((r) => r.state === "BUILD_FAILED");
+    if (build)
+      return {
+        status: "BUILD_FAILED",
+        message: build.message ?? "The replica's environment failed to build.",
+      };
     return { status: "DEPLOY_FAILED", message: failed[0]?.message ?? "The replica failed to start." };
   }
   const unhealthy = input.replicas.find((r) => r.state === "UNHEALTHY");
@@ -68,5 +83,15 @@ export function deriveStatus(input: StatusInput): DerivedStatus {
     };
   }
   if (input.replicas.some((r) => r.state === "STARTING")) return { status: "LOADING_MODEL", message: null };
+  // A cached environment never passes through here: the plane reports BUILDING only while it builds one.
+  const building = input.replicas.filter((r) => r.state === "BUILDING");
+  if (building.length > 0) {
+    const planes = [...new Set(building.flatMap((r) => (r.plane === undefined ? [] : [r.plane])))].sort();
+    return {
+      status: "BUILDING",
+      message:
+        planes.length === 0 ? "Installing requirements." : `Installing requirements on ${planes.join(", ")}.`,
+    };
+  }
   return { status: "DEPLOYING", message: input.unplaced > 0 ? "Waiting for capacity." : null };
 }

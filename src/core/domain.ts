@@ -81,8 +81,21 @@ export interface WorkloadPlane {
   global_ingress: boolean;
 }
 
-/** Replica states a plane reports; `READY` replicas are routable. */
-export const REPLICA_STATES = ["PENDING", "STARTING", "READY", "UNHEALTHY", "FAILED", "STOPPING"] as const;
+/**
+ * Replica states a plane reports; `READY` replicas are routable. `BUILDING`: the plane is building the
+ * replica's environment (a truss package's virtualenv, not cached yet); `BUILD_FAILED`: that build failed
+ * (pip's error, no fitting interpreter), where `FAILED` is a replica that was built but would not run.
+ */
+export const REPLICA_STATES = [
+  "PENDING",
+  "BUILDING",
+  "STARTING",
+  "READY",
+  "UNHEALTHY",
+  "FAILED",
+  "BUILD_FAILED",
+  "STOPPING",
+] as const;
 export type ReplicaState = (typeof REPLICA_STATES)[number];
 
 /** How the inference host named the target (DESIGN.md §3). */

@@ -255,6 +255,7 @@ export function projectPlaneSnapshot(
 
 /** Statuses whose requests an ingress holds while a replica starts: running ones and asleep ones. */
 const WAKEABLE = new Set([
+  "BUILDING",
   "DEPLOYING",
   "LOADING_MODEL",
   "ACTIVE",

@@ -124,6 +124,7 @@ function copyReason(target: PromotionTarget, source: PromotionSource): Promotion
 /** Statuses in which a reused deployment is already up; any other is woken (set `DEPLOYING`) by the promotion. */
 export const AWAKE_STATUSES: readonly DeploymentStatus[] = [
   "ACTIVE",
+  "BUILDING",
   "DEPLOYING",
   "LOADING_MODEL",
   "UNHEALTHY",

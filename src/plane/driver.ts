@@ -70,8 +70,9 @@ export interface ReplicaSpec {
   /**
    * A truss package's Python (`{python}` in the command is its interpreter): `python_version` as
    * config.yaml says (null: any Python 3.8+), and the normalised requirement set to install
-   * (src/core/python.ts normalizeRequirements); built while the replica is PENDING, its output in the
-   * replica's logs (`build` lines). None fitting, or pip failing, makes the replica FAILED with the reason.
+   * (src/core/python.ts normalizeRequirements); a virtualenv not cached yet is built while the replica is
+   * BUILDING, its output in the replica's logs (`build` lines). None fitting, or pip failing, makes the
+   * replica BUILD_FAILED with the reason.
    */
   python?: ReplicaPython;
   /**

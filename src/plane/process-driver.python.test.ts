@@ -3,10 +3,13 @@
 // replica's secrets fetched at every start with fetchReplicaSecrets from an HTTP server that answers as the
 // control plane's secrets route does (its own behaviour is tested in test/control/secrets.test.ts). Covers
 // the secrets' files and modes, a control plane that is away at the first start (retried) and at a restart
-// (the last start's secrets kept), a missing secret and an unfit python_version (FAILED, in the logs), and
-// no value ever in a log line. Then a package on an interpreter the operator names (pyenv's 3.12 under the
+// (the last start's secrets kept), a missing secret (FAILED) and an unfit python_version (BUILD_FAILED), in
+// the logs, and no value ever in a log line; a requirement set built while the replica is BUILDING (from a
+// wheel made here, `--no-index --find-links`), cached for the next replica (never BUILDING), and one pip
+// cannot install (BUILD_FAILED with pip's error). Then a package on an interpreter the operator names (pyenv's 3.12 under the
 // closed /root: its installation bound read-only, bwrap run as root for it) and one under --sandbox none.
 
+import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { chmod, cp, mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
@@ -14,6 +17,7 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { promisify } from "node:util";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { discoverPythons } from "../lib/pythons.ts";
@@ -34,6 +38,24 @@ import { fetchReplicaSecrets } from "./secrets.ts";
 
 const EXAMPLES = resolve(import.meta.dirname, "../../examples");
 const VALUE = "s3cr3t-value-7c1e";
+
+/** A pure-Python wheel `meridian_built-1.0`, made with zipfile (out dir). */
+const WHEEL = `
+import base64, hashlib, os, sys, zipfile
+dist = "meridian_built-1.0.dist-info"
+files = {
+    "meridian_built.py": b"BUILT = True\\n",
+    f"{dist}/METADATA": b"Metadata-Version: 2.1\\nName: meridian_built\\nVersion: 1.0\\n",
+    f"{dist}/WHEEL": b"Wheel-Version: 1.0\\nGenerator: meridian-test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+}
+def digest(data):
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+record = "".join(f"{p},{digest(b)},{len(b)}\\n" for p, b in files.items()) + f"{dist}/RECORD,,\\n"
+with zipfile.ZipFile(os.path.join(sys.argv[1], "meridian_built-1.0-py3-none-any.whl"), "w") as z:
+    for p, b in files.items():
+        z.writestr(p, b)
+    z.writestr(f"{dist}/RECORD", record)
+`;
 
 describe("bwrapArguments for a truss replica", () => {
   const layout: SandboxLayout = {
@@ -82,9 +104,14 @@ describe("process driver: truss packages on the Python host, with their secrets"
   let answer: { down: boolean; status: number; body: unknown } = { down: false, status: 200, body: {} };
   let driver: ProcessDriver;
   let pkg: string;
+  /** Every state each replica passed through, in order, from the driver's events. */
+  const states = new Map<string, string[]>();
 
   beforeAll(async () => {
     root = await mkdtemp(join(tmpdir(), "meridian-pydriver-"));
+    const wheels = join(root, "wheels");
+    await mkdir(wheels);
+    await promisify(execFile)("/usr/bin/python3", ["-c", WHEEL, wheels]);
     await chmod(root, 0o711);
     server = createServer((req, res) => {
       if (answer.down) return req.socket.destroy();
@@ -106,7 +133,12 @@ describe("process driver: truss packages on the Python host, with their secrets"
       stopGraceMs: 2_000,
       python: new PlanePython({
         interpreters: async () => pythons.interpreters,
-        venvs: new VirtualenvCache({ root: join(dataDir, "venvs"), env: { PATH: process.env["PATH"] } }),
+        venvs: new VirtualenvCache({
+          root: join(dataDir, "venvs"),
+          // No package index is reached: the wheel made above is the only source.
+          indexArgs: ["--no-index", "--find-links", wheels],
+          env: { PATH: process.env["PATH"], PIP_CONFIG_FILE: "/dev/null" },
+        }),
       }),
       secrets: (replicaId, dir) =>
         fetchReplicaSecrets({
@@ -117,6 +149,12 @@ describe("process driver: truss packages on the Python host, with their secrets"
           dir,
           timeoutMs: 2_000,
         }),
+    });
+    driver.subscribe((event) => {
+      if (event.type !== "state") return;
+      const seen = states.get(event.replica.id) ?? [];
+      if (seen.at(-1) !== event.replica.state) seen.push(event.replica.state);
+      states.set(event.replica.id, seen);
     });
     await driver.start();
     // examples/hello-py, with a secret its model reads at load().
@@ -131,7 +169,10 @@ describe("process driver: truss packages on the Python host, with their secrets"
     await rm(root, { recursive: true, force: true });
   }, 60_000);
 
-  async function specFor(id: string, o: { secrets?: string[]; python_version?: string | null } = {}) {
+  async function specFor(
+    id: string,
+    o: { secrets?: string[]; python_version?: string | null; requirements?: string[] } = {},
+  ) {
     const runtime = await packageRuntime(pkg);
     if (!runtime.ok || runtime.runtime.kind !== "python") throw new Error("hello-py is a truss package");
     const spec: ReplicaSpec = replicaSpec(
@@ -147,6 +188,7 @@ describe("process driver: truss packages on the Python host, with their secrets"
       { ...runtime.runtime, secrets: o.secrets ?? [] },
     );
     if (o.python_version !== undefined) spec.python = { ...spec.python!, python_version: o.python_version };
+    if (o.requirements !== undefined) spec.python = { ...spec.python!, requirements: o.requirements };
     return spec;
   }
 
@@ -209,7 +251,7 @@ describe("process driver: truss packages on the Python host, with their secrets"
     await driver.remove("py-away");
   }, 60_000);
 
-  it("fails a replica whose secret its team lacks, and one whose python_version no interpreter has", async () => {
+  it("fails a replica whose secret its team lacks (FAILED), and one whose python_version no interpreter has (BUILD_FAILED)", async () => {
     const message =
       "Secret 'hf_token' not found: config.yaml names it under 'secrets', but team 't' has no secret of that name.";
     answer = { down: false, status: 409, body: { error: message, error_code: "secret_missing" } };
@@ -219,7 +261,7 @@ describe("process driver: truss packages on the Python host, with their secrets"
     expect((await driver.logs("py-missing")).map((l) => l.line)).toContain(message);
 
     await driver.ensure(await specFor("py-unfit", { python_version: "py39" }));
-    const unfit = await until("py-unfit", (r) => r.state === "FAILED");
+    const unfit = await until("py-unfit", (r) => r.state === "BUILD_FAILED");
     expect(unfit.message).toMatch(
       /^No interpreter on this plane fits: the package needs Python 3\.9 \(py39\); present: 3\.11\.\d+ \(\/usr\/bin\/python3\)\.$/,
     );
@@ -232,7 +274,70 @@ describe("process driver: truss packages on the Python host, with their secrets"
       ).toBe(false);
       await driver.remove(id);
     }
+    // Neither built anything: a missing secret is no build failure, and no interpreter means no build.
+    expect(states.get("py-missing")).toEqual(["PENDING", "FAILED"]);
+    expect(states.get("py-unfit")).toEqual(["PENDING", "BUILD_FAILED"]);
   }, 60_000);
+
+  it("is BUILDING while it builds a fresh requirement set, then serves; the next replica of the set uses the cache and never builds", async () => {
+    await driver.ensure(await specFor("py-build", { requirements: ["meridian-built==1.0"] }));
+    const ready = await until("py-build", (r) => r.state === "READY", 120_000);
+    expect((await predictOn(ready.endpoint!)).status).toBe(200);
+    expect(states.get("py-build")).toEqual(["PENDING", "BUILDING", "STARTING", "READY"]);
+    const lines = (await driver.logs("py-build")).map((l) => `${l.stream} ${l.line}`);
+    expect(
+      lines.some((l) => l.startsWith("build Successfully installed meridian-built-1.0")),
+      lines.join("\n"),
+    ).toBe(true);
+
+    await driver.ensure(await specFor("py-cached", { requirements: ["meridian-built==1.0"] }));
+    await until("py-cached", (r) => r.state === "READY", 60_000);
+    expect(states.get("py-cached")).toEqual(["PENDING", "STARTING", "READY"]);
+    const cached = (await driver.logs("py-cached")).map((l) => l.line);
+    expect(cached.some((l) => l.startsWith("using the cached virtualenv "))).toBe(true);
+    for (const id of ["py-build", "py-cached"]) await driver.remove(id);
+  }, 180_000);
+
+  it("is BUILDING for two replicas of one fresh set at once: one builds, the other waits for that build", async () => {
+    await Promise.all(
+      ["py-twin-a", "py-twin-b"].map(async (id) =>
+        driver.ensure(await specFor(id, { requirements: ["meridian-built"] })),
+      ),
+    );
+    for (const id of ["py-twin-a", "py-twin-b"]) await until(id, (r) => r.state === "READY", 120_000);
+    for (const id of ["py-twin-a", "py-twin-b"]) {
+      expect(states.get(id), id).toEqual(["PENDING", "BUILDING", "STARTING", "READY"]);
+    }
+    const lines = ["py-twin-a", "py-twin-b"].map(async (id) => (await driver.logs(id)).map((l) => l.line));
+    const [a, b] = await Promise.all(lines);
+    const waited = [a!, b!].filter((l) =>
+      l.some((x) => x.startsWith("waiting for the build of the same requirements")),
+    );
+    const built = [a!, b!].filter((l) =>
+      l.some((x) => x.startsWith("Successfully installed meridian-built-1.0")),
+    );
+    expect([waited.length, built.length]).toEqual([1, 1]);
+    for (const id of ["py-twin-a", "py-twin-b"]) await driver.remove(id);
+  }, 180_000);
+
+  it("ends BUILD_FAILED with pip's error when a requirement cannot be installed, no process started, nothing cached", async () => {
+    const venvs = join(root, "plane", "venvs");
+    const before = (await readdir(venvs)).sort();
+    await driver.ensure(await specFor("py-nopkg", { requirements: ["meridian-absent==9.9"] }));
+    const failed = await until("py-nopkg", (r) => r.state === "BUILD_FAILED", 120_000);
+    expect(failed.message).toMatch(
+      /^pip could not install the requirements \(exit code 1\):\n[\s\S]*ERROR: (Could not find a version that satisfies the requirement meridian-absent==9\.9|No matching distribution found for meridian-absent==9\.9)/,
+    );
+    expect(states.get("py-nopkg")).toEqual(["PENDING", "BUILDING", "BUILD_FAILED"]);
+    const lines = (await driver.logs("py-nopkg")).map((l) => l.line);
+    expect(lines.some((l) => l.startsWith("started pid"))).toBe(false);
+    expect(lines).toContain(failed.message);
+    // Stays failed: the driver does not rebuild it in a loop.
+    await new Promise((x) => setTimeout(x, 1_000));
+    expect((await driver.list()).find((r) => r.id === "py-nopkg")?.state).toBe("BUILD_FAILED");
+    expect((await readdir(venvs)).sort()).toEqual(before);
+    await driver.remove("py-nopkg");
+  }, 180_000);
 });
 
 /** A truss model that says which Python runs it and proves it read its secret (its digest, not its value). */

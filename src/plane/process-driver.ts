@@ -41,9 +41,14 @@ import { ReplicaSecretsError, removeReplicaSecrets } from "./secrets.ts";
 
 /** What a spec's `python` runs on (src/plane/python-env.ts PlanePython). */
 export interface ReplicaPythonProvider {
+  /**
+   * A failure is the build's (pip's error, no fitting interpreter): the replica is BUILD_FAILED. `onBuilding`
+   * is called when an environment must be built (not for a cached one): the replica is BUILDING meanwhile.
+   */
   prepare(
     wanted: ReplicaPython,
     onLine: (line: { stream: string; line: string }) => void,
+    onBuilding: () => void,
   ): Promise<
     { ok: true; python: string; readOnly: string[]; venv: string | null } | { ok: false; message: string }
   >;
@@ -384,6 +389,13 @@ interface Run {
   portReleased: boolean;
 }
 
+interface FailOptions {
+  /** Whether the message ends with the last lines of the replica's output. Default true. */
+  tail?: boolean;
+  /** BUILD_FAILED for a build of the replica's environment that failed. Default FAILED. */
+  state?: "FAILED" | "BUILD_FAILED";
+}
+
 class ProcessReplica {
   readonly spec: ReplicaSpec;
   readonly specKey: string;
@@ -620,10 +632,11 @@ class ProcessReplica {
   }
 
   /**
-   * What the spec declares beyond its package, before each run: the Python it runs on (built while the
-   * replica is PENDING, pip's output as `build` lines) and its secrets, fetched from the control plane at
-   * every start. Null when the replica cannot start now: FAILED (nothing fits, pip failed, a secret is
-   * missing) or, when the control plane cannot be reached for secrets it never had, retried later.
+   * What the spec declares beyond its package, before each run: the Python it runs on (a virtualenv not
+   * cached yet is built while the replica is BUILDING, pip's output as `build` lines) and its secrets,
+   * fetched from the control plane at every start. Null when the replica cannot start now: BUILD_FAILED
+   * (nothing fits, pip failed), FAILED (a secret is missing) or, when the control plane cannot be reached
+   * for secrets it never had, retried later.
    * Secret values are never logged; the notes name the secrets only.
    */
   async #provide(room: ReplicaRoom): Promise<Provided | null> {
@@ -635,16 +648,25 @@ class ProcessReplica {
         this.#failNoted("this plane runs no Python: it cannot start a truss model.py package");
         return null;
       }
-      if (wanted.requirements.length > 0) this.#set({ message: "installing the package's requirements" });
       let prepared: Awaited<ReturnType<ReplicaPythonProvider["prepare"]>>;
       try {
-        prepared = await python.prepare(wanted, (l) => this.#record("build", l.line));
+        prepared = await python.prepare(
+          wanted,
+          (l) => this.#record("build", l.line),
+          () => {
+            if (!this.#closing)
+              this.#set({ state: "BUILDING", message: "installing the package's requirements" });
+          },
+        );
       } catch (err) {
-        prepared = { ok: false, message: `preparing Python failed: ${errorText(err)}` };
+        // A fault of the plane (its disk, its files), not of the package: FAILED, as a start that failed.
+        if (this.#closing) return null;
+        this.#failNoted(`preparing Python failed: ${errorText(err)}`, { tail: false });
+        return null;
       }
       if (this.#closing) return null;
       if (!prepared.ok) {
-        this.#failNoted(prepared.message, { tail: false });
+        this.#failNoted(prepared.message, { tail: false, state: "BUILD_FAILED" });
         return null;
       }
       const venvDir = this.#settings.sandbox.venvDir;
@@ -868,9 +890,9 @@ class ProcessReplica {
       .catch((err) => this.#settings.logger?.warn({ err, replica: this.spec.id }, "run file not written"));
   }
 
-  #fail(message: string, o: { tail?: boolean } = {}): void {
+  #fail(message: string, o: FailOptions = {}): void {
     const text = o.tail === false ? message : withTail(message, this.#tail());
-    this.#set({ state: "FAILED", endpoint: null, message: text });
+    this.#set({ state: o.state ?? "FAILED", endpoint: null, message: text });
     this.#settings.logger?.warn({ replica: this.spec.id, message }, "replica failed");
     // A replica that will not run again keeps no secrets on the plane.
     const room = this.#room;
@@ -883,7 +905,7 @@ class ProcessReplica {
   }
 
   /** FAILED, with the reason in the replica's logs too (the logs API shows it beside the build's lines). */
-  #failNoted(message: string, o: { tail?: boolean } = {}): void {
+  #failNoted(message: string, o: FailOptions = {}): void {
     this.#note(message);
     this.#fail(message, o);
   }

@@ -149,12 +149,15 @@ export class VirtualenvCache {
 
   /**
    * A virtualenv with `requirements` (normalised: see normalizeRequirements) installed for `interpreter`,
-   * built unless cached. `onLine` receives the build's output as it comes.
+   * built unless cached. `onLine` receives the build's output as it comes; `onBuilding` is called once the
+   * set is known not to be cached (this call builds it, or waits for the build already running), never
+   * for a cached one.
    */
   ensure(
     interpreter: PythonInterpreter,
     requirements: readonly string[],
     onLine: (line: BuildLogLine) => void = () => {},
+    onBuilding: () => void = () => {},
   ): Promise<VirtualenvOutcome> {
     if (requirements.length === 0) {
       return Promise.resolve({ ok: true, python: interpreter.path, dir: null, key: null, built: false });
@@ -162,13 +165,14 @@ export class VirtualenvCache {
     const key = this.key(interpreter, requirements);
     const running = this.#inFlight.get(key);
     if (running !== undefined) {
+      onBuilding();
       onLine({
         stream: "build",
         line: `waiting for the build of the same requirements (${key.slice(0, 12)})`,
       });
       return running;
     }
-    const build = this.#ensure(key, interpreter, requirements, onLine).finally(() =>
+    const build = this.#ensure(key, interpreter, requirements, onLine, onBuilding).finally(() =>
       this.#inFlight.delete(key),
     );
     this.#inFlight.set(key, build);
@@ -180,12 +184,14 @@ export class VirtualenvCache {
     interpreter: PythonInterpreter,
     requirements: readonly string[],
     onLine: (line: BuildLogLine) => void,
+    onBuilding: () => void,
   ): Promise<VirtualenvOutcome> {
     const dir = this.dirOf(key);
     if (await usable(dir)) {
       onLine({ stream: "build", line: `using the cached virtualenv ${dir}` });
       return { ok: true, python: path.join(dir, "bin", "python"), dir, key, built: false };
     }
+    onBuilding();
     await this.#slot();
     try {
       if (await usable(dir))
@@ -452,9 +458,11 @@ export class PlanePython {
     this.#o = options;
   }
 
+  /** `onBuilding`: as VirtualenvCache.ensure's, when a virtualenv must be built (none is cached). */
   async prepare(
     wanted: { python_version: string | null; requirements: readonly string[] },
     onLine: (line: BuildLogLine) => void,
+    onBuilding: () => void = () => {},
   ): Promise<PreparedPython> {
     const interpreters = await this.#o.interpreters();
     const choice = choosePython(wanted.python_version, interpreters, {
@@ -466,7 +474,7 @@ export class PlanePython {
       stream: "build",
       line: `Python ${formatVersion(interpreter.version)} (${interpreter.path}) for python_version ${wanted.python_version ?? "(any)"}`,
     });
-    const venv = await this.#o.venvs.ensure(interpreter, wanted.requirements, onLine);
+    const venv = await this.#o.venvs.ensure(interpreter, wanted.requirements, onLine, onBuilding);
     if (!venv.ok) return venv;
     return { ok: true, python: venv.python, readOnly: [interpreter.prefix], venv: venv.dir };
   }

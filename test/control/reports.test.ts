@@ -81,4 +81,62 @@ describe("plane reports", () => {
     expect(foreign.status).toBe(404);
     expect(foreign.body.error_code).toBe("artifact_not_found");
   });
+
+  it("shows BUILDING while the plane builds a replica's environment, and ends BUILD_FAILED with the build's error, its replica kept", async () => {
+    const { model, deployment } = (
+      await t.admin.createModel("built-on-plane", "hello-js", { environment_name: "prod-eu" })
+    ).body;
+    const others = (await snapshot()).replicas
+      .filter((r: { deployment_id: string }) => r.deployment_id !== deployment.id)
+      .map((r: { id: string; deployment_id: string }) => ({
+        id: r.id,
+        deployment_id: r.deployment_id,
+        state: "READY",
+        message: null,
+        restarts: 0,
+      }));
+    const mine = (await snapshot()).replicas.find(
+      (r: { deployment_id: string }) => r.deployment_id === deployment.id,
+    );
+    const replica = { id: mine.id, deployment_id: deployment.id, restarts: 0 };
+    const status = async () =>
+      (await t.admin.get(`/v1/models/${model.id}/deployments/${deployment.id}`)).body as {
+        status: string;
+        status_message: string | null;
+      };
+
+    // A state no plane reports is refused, and changes nothing.
+    const bogus = await report([...others, { ...replica, state: "BUILT", message: null }]);
+    expect(bogus.status).toBe(400);
+    expect((await status()).status).toBe("DEPLOYING");
+
+    const building = await report([
+      ...others,
+      { ...replica, state: "BUILDING", message: "installing the package's requirements" },
+    ]);
+    expect(building.status, JSON.stringify(building.body)).toBe(200);
+    expect(await status()).toMatchObject({
+      status: "BUILDING",
+      status_message: "Installing requirements on eu-1.",
+    });
+    // Still wanted while it builds.
+    expect((await snapshot()).replicas.map((r: { id: string }) => r.id)).toContain(mine.id);
+
+    const pip =
+      "pip could not install the requirements (exit code 1):\nERROR: No matching distribution found for x==9";
+    expect((await report([...others, { ...replica, state: "BUILD_FAILED", message: pip }])).status).toBe(200);
+    expect(await status()).toMatchObject({ status: "BUILD_FAILED", status_message: pip });
+    // The promotion into prod-eu failed with it; nothing serves there.
+    const env = await t.admin.get(`/v1/models/${model.id}/environments/prod-eu`);
+    expect(env.body.current_deployment).toBeNull();
+
+    // Later reports (the replica gone from one) change neither the status nor its message, and the failed
+    // replica stays placed, so the logs API can still read pip's output from the plane.
+    expect((await report(others)).status).toBe(200);
+    expect(await status()).toMatchObject({ status: "BUILD_FAILED", status_message: pip });
+    expect((await snapshot()).replicas.map((r: { id: string }) => r.id)).toContain(mine.id);
+    // A failed build is not activated again.
+    const again = await t.admin.post(`/v1/models/${model.id}/deployments/${deployment.id}/activate`, {});
+    expect(again.status).toBe(409);
+  });
 });

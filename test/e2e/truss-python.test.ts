@@ -4,9 +4,11 @@
 // dir and their environment's name, one installing a requirement (a wheel built here, installed with
 // `--no-index --find-links`: no package index is reached) — are pushed with `meridian push` into prod-eu,
 // restricted to eu: they run only on eu-1 and answer through the regional endpoint, the stream chunk by
-// chunk. Then every bad package (a syntax error, load() raising, a missing secret, no fitting
-// python_version, a requirement that cannot install) ends DEPLOY_FAILED with its reason in status_message
-// and in the logs API, with no process left and no virtualenv half-made.
+// chunk; a fresh requirement set shows the deployment BUILDING while eu-1 installs it. Then every bad
+// package ends with its reason in status_message and in the logs API, with no process left and no
+// virtualenv half-made: DEPLOY_FAILED for a syntax error, load() raising, a missing secret; BUILD_FAILED
+// for no fitting python_version and (passing through BUILDING while pip runs) a requirement that cannot
+// install.
 
 import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -189,8 +191,16 @@ http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_fo
 `,
 };
 
-/** Each bad package: its files, and what status_message and the logs must say. */
-const BAD: Array<{ name: string; files: Record<string, string>; reason: RegExp }> = [
+/**
+ * Each bad package: its files, what status_message and the logs must say, and the status it ends in (its
+ * replica on eu-1 is BUILD_FAILED for a build that failed, FAILED otherwise).
+ */
+const BAD: Array<{
+  name: string;
+  files: Record<string, string>;
+  reason: RegExp;
+  status: "DEPLOY_FAILED" | "BUILD_FAILED";
+}> = [
   {
     name: "bad-syntax",
     files: {
@@ -198,6 +208,7 @@ const BAD: Array<{ name: string; files: Record<string, string>; reason: RegExp }
       "model/model.py": "class Model:\n    def predict(self, model_input)\n        return model_input\n",
     },
     reason: /SyntaxError.*model\.py.*line 2|model\.py.*line 2.*SyntaxError/s,
+    status: "DEPLOY_FAILED",
   },
   {
     name: "bad-load",
@@ -207,6 +218,7 @@ const BAD: Array<{ name: string; files: Record<string, string>; reason: RegExp }
         "class Model:\n    def load(self):\n        raise RuntimeError('the weights are not where they should be')\n\n    def predict(self, model_input):\n        return model_input\n",
     },
     reason: /RuntimeError: the weights are not where they should be/,
+    status: "DEPLOY_FAILED",
   },
   {
     name: "bad-secret",
@@ -215,6 +227,7 @@ const BAD: Array<{ name: string; files: Record<string, string>; reason: RegExp }
       "model/model.py": "class Model:\n    def predict(self, model_input):\n        return model_input\n",
     },
     reason: /Secret 'nowhere_token' not found/,
+    status: "DEPLOY_FAILED",
   },
   {
     name: "bad-python",
@@ -223,6 +236,7 @@ const BAD: Array<{ name: string; files: Record<string, string>; reason: RegExp }
       "model/model.py": "class Model:\n    def predict(self, model_input):\n        return model_input\n",
     },
     reason: /No interpreter on this plane fits: the package needs Python 3\.14 \(py314\); present: 3\.11/,
+    status: "BUILD_FAILED",
   },
   {
     name: "bad-requirement",
@@ -232,6 +246,7 @@ const BAD: Array<{ name: string; files: Record<string, string>; reason: RegExp }
     },
     reason:
       /pip could not install the requirements[\s\S]*ERROR: (Could not find a version that satisfies the requirement meridian-absent==9\.9|No matching distribution found for meridian-absent==9\.9)/,
+    status: "BUILD_FAILED",
   },
 ];
 
@@ -291,6 +306,30 @@ describe("truss Python packages on planes", () => {
     };
   }
 
+  /**
+   * The distinct `STATUS: status_message` lines of model `name`'s deployment, polled through the API as a
+   * user would while `pending` (its push) runs, and once more after it.
+   */
+  async function statusesDuring(name: string, pending: Promise<unknown>): Promise<string[]> {
+    const seen: string[] = [];
+    let done = false;
+    void pending.finally(() => {
+      done = true;
+    });
+    for (let last = false; !last; ) {
+      last = done;
+      const res = await cluster.api.get(`/v1/models?name=${encodeURIComponent(name)}`);
+      const model = (res.body.models as Array<{ id: string; name: string }>).find((m) => m.name === name);
+      const d = model === undefined ? undefined : await deploymentOf(model.id);
+      if (d !== undefined) {
+        const line = `${d.status}${d.status_message ? `: ${d.status_message}` : ""}`;
+        if (seen.at(-1) !== line) seen.push(line);
+      }
+      if (!last) await new Promise((r) => setTimeout(r, 100));
+    }
+    return seen;
+  }
+
   async function logLines(modelId: string, deploymentId: string): Promise<string[]> {
     const res = await cluster.api.get(`/v1/models/${modelId}/deployments/${deploymentId}/logs`);
     expect(res.status, JSON.stringify(res.body)).toBe(200);
@@ -342,11 +381,17 @@ describe("truss Python packages on planes", () => {
   }, 60_000);
 
   it("serves an unmodified truss package from prod-eu, only in eu: preprocess, postprocess, its secret, data dir, environment and requirement", async () => {
-    const pushed = await meridianPush(writePackage(work, RESIDENCY_PY));
+    const push = meridianPush(writePackage(work, RESIDENCY_PY));
+    const statuses = await statusesDuring("residency-py", push);
+    const pushed = await push;
     expect(pushed.code, `${pushed.stdout}\n${pushed.stderr}`).toBe(0);
     const model = await modelNamed("residency-py");
     const deployment = await deploymentOf(model.id);
     expect(deployment.status).toBe("ACTIVE");
+    // Its requirement set is new to eu-1: the deployment is BUILDING while eu-1 installs it, then comes up.
+    const building = statuses.indexOf("BUILDING: Installing requirements on eu-1.");
+    expect(building, statuses.join("\n")).toBeGreaterThanOrEqual(0);
+    expect(statuses.indexOf("ACTIVE"), statuses.join("\n")).toBeGreaterThan(building);
 
     const host = `model-${model.id}-prod-eu.${DOMAIN}`;
     const eu = cluster.plane("eu-1");
@@ -453,7 +498,18 @@ describe("truss Python packages on planes", () => {
   it("fails every bad package with its reason in status_message and the logs, leaving nothing half-made", async () => {
     const eu = cluster.plane("eu-1");
     const venvsBefore = readdirSync(join(eu.dataDir, "venvs")).sort();
-    const results = await Promise.all(BAD.map((bad) => meridianPush(writePackage(work, bad.files))));
+    const pushes = BAD.map((bad) => meridianPush(writePackage(work, bad.files)));
+    const badRequirement = BAD.findIndex((b) => b.name === "bad-requirement");
+    const requirementStatuses = await statusesDuring("bad-requirement", pushes[badRequirement]!);
+    const results = await Promise.all(pushes);
+    // pip ran (BUILDING, naming the plane) and failed: BUILD_FAILED, never DEPLOY_FAILED on the way.
+    expect(requirementStatuses, requirementStatuses.join("\n")).toContain(
+      "BUILDING: Installing requirements on eu-1.",
+    );
+    expect(requirementStatuses.at(-1), requirementStatuses.join("\n")).toMatch(
+      /^BUILD_FAILED: pip could not/,
+    );
+    expect(requirementStatuses.some((l) => l.startsWith("DEPLOY_FAILED"))).toBe(false);
     for (const [i, bad] of BAD.entries()) {
       const pushed = results[i]!;
       // --wait ends with the failure: a non-zero exit that says why.
@@ -463,16 +519,18 @@ describe("truss Python packages on planes", () => {
         const d = await deploymentOf(model.id);
         return d.status === "DEPLOY_FAILED" || d.status === "BUILD_FAILED" ? d : null;
       }, 60_000);
+      expect(deployment.status, bad.name).toBe(bad.status);
       expect(deployment.status_message ?? "", bad.name).toMatch(bad.reason);
       const lines = await logLines(model.id, deployment.id);
       expect(lines.join("\n"), bad.name).toMatch(bad.reason);
 
-      // No replica process is left; the failed replica is FAILED on eu-1 only.
+      // No replica process is left; the failed replica is FAILED (BUILD_FAILED) on eu-1 only, kept there
+      // so the logs API still reads its lines.
       const replicas = (await planeReplicas(eu))!.filter((r) => r.deployment_id === deployment.id);
       expect(
         replicas.map((r) => r.state),
         bad.name,
-      ).toEqual(["FAILED"]);
+      ).toEqual([bad.status === "BUILD_FAILED" ? "BUILD_FAILED" : "FAILED"]);
       const pid = replicaPid(eu, replicas[0]!.id);
       expect(pid === null || !processAlive(pid), bad.name).toBe(true);
       // No secret of a failed replica stays on the plane.
