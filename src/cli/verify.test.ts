@@ -194,6 +194,20 @@ describe("meridian verify (receipts)", () => {
     expect(bad.line).toMatch(
       /^receipt not valid: the receipt covers the response body, .*\(response_body_changed\)$/,
     );
+    // The head alone (`curl -D`): covered, said not checked, not a failure.
+    const headFile = join(dir, "head-only.txt");
+    const full = signedWithBody(answer);
+    await writeFile(
+      headFile,
+      full
+        .slice(0, full.indexOf("\r\n\r\n") + 4)
+        .replace("\r\n\r\n", `\r\ncontent-length: ${answer.length}\r\n\r\n`),
+    );
+    const headOnly = await check(headFile);
+    expect(headOnly.exitCode).toBe(0);
+    expect(headOnly.details).toContain(
+      "response body covered by the receipt, but not checked: the file holds the head only (save it with curl -i)",
+    );
     // And the digest rewritten to fit: the signature does not cover that one.
     const refit = signedWithBody(answer)
       .replace("negative", "positive")

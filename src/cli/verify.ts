@@ -103,7 +103,13 @@ async function receiptOutcome(
   if (!saved.ok) throw new InputError(`the response file is not a saved HTTP response: ${saved.error}`);
   const request = await givenRequest(flags);
   // The body as saved (`curl -i`): checked against the receipt's content-digest when it covers the answer.
-  const r = verifyReceipt(saved.response, directory, { request, body: saved.body });
+  // A head saved alone (`curl -D`: no body where the head declares one) is not a changed body: not checked.
+  const declared = saved.response.fields.find(([n]) => n.toLowerCase() === "content-length")?.[1].trim();
+  const headOnly = saved.body.length === 0 && declared !== undefined && declared !== "0";
+  const r = verifyReceipt(saved.response, directory, {
+    request,
+    ...(headOnly ? {} : { body: saved.body }),
+  });
   if (!r.ok) {
     return { exitCode: 1, line: `receipt not valid: ${r.message} (${r.reason})`, details: [], result: r };
   }
@@ -125,6 +131,10 @@ async function receiptOutcome(
   if (v.responseBody === false) {
     details.push(
       "response body not covered: the receipt signs the head only (the answer was streamed, or larger than the plane holds before signing)",
+    );
+  } else if (v.responseBody === "not_checked") {
+    details.push(
+      "response body covered by the receipt, but not checked: the file holds the head only (save it with curl -i)",
     );
   } else {
     details.push(`response body covered: ${saved.body.length} bytes match the signed content-digest`);
