@@ -39,6 +39,14 @@ program
   .option("--peer-ca <file>", "CA of the other planes' ingress certificates: plane-to-plane hops use HTTPS")
   .option("--predict-timeout <seconds>", "how long a model may take to answer (default 1200)")
   .option(
+    "--websocket-max-frame <bytes>",
+    "largest websocket frame payload relayed either way; a larger one closes both sides with 1009 (default 16777216)",
+  )
+  .option(
+    "--websocket-idle-timeout <seconds>",
+    "a websocket with no byte either way for this long is closed on both sides with 1001 (default 300)",
+  )
+  .option(
     "--park-queue <n>",
     "requests the ingress holds per deployment while it wakes or its replicas are full, 1-100000 (default 64); beyond it 429",
   )

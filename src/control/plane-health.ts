@@ -62,7 +62,7 @@ export class PlaneHealth {
       {
         wallMs,
         monoMs: performance.now(),
-        ...(planes ? { latestReportMs: latestReport(planes) } : {}),
+        ...(planes ? { planes: planes.map(heard) } : {}),
       },
       this.#settings,
     );
@@ -89,16 +89,6 @@ function heard(p: PlaneRowLiveness): PlaneHeard {
     lastSeenMs: p.last_seen_at ? Date.parse(p.last_seen_at) : null,
     createdMs: Date.parse(p.created_at),
   };
-}
-
-function latestReport(planes: readonly PlaneRowLiveness[]): number | null {
-  let latest: number | null = null;
-  for (const p of planes) {
-    if (!p.last_seen_at) continue;
-    const t = Date.parse(p.last_seen_at);
-    if (latest === null || t > latest) latest = t;
-  }
-  return latest;
 }
 
 const lazily = new WeakMap<object, PlaneHealth>();

@@ -346,6 +346,7 @@ describe("resolveAsyncTarget", () => {
     expect(resolveAsyncTarget(snap, "eu", "aaaaaaa1", { kind: "environment", name: "prod-eu" })).toEqual({
       ok: true,
       deploymentId: "d-eu",
+      wakeable: false,
     });
   });
   it("fails, never moves, a request whose target is now restricted to another region", () => {

@@ -259,7 +259,8 @@ function refuse(
 
 /** What an accepted request's target names now, on the plane that holds it (in region `planeRegion`). */
 export type AsyncResolution =
-  | { ok: true; deploymentId: string }
+  /** `wakeable`: the deployment may be woken from zero (it scales to zero and is not stopped). */
+  | { ok: true; deploymentId: string; wakeable: boolean }
   | {
       ok: false;
       final: boolean;
@@ -341,5 +342,6 @@ export function resolveAsyncTarget(
       message: "No deployment is promoted into the target.",
     };
   }
-  return { ok: true, deploymentId };
+  const wakeable = model.deployments.find((d) => d.id === deploymentId)?.scale?.wakeable === true;
+  return { ok: true, deploymentId, wakeable };
 }

@@ -104,6 +104,10 @@ export const ERRORS = {
     status: 421,
     message: "This plane does not serve this hostname's region; call an ingress of the environment's region.",
   },
+  websocket_upgrade_required: {
+    status: 426,
+    message: "This route is a websocket: send GET with Upgrade: websocket (RFC 6455, version 13).",
+  },
   rate_limited: { status: 429, message: "Too many requests." },
   backpressure_full: {
     status: 429,

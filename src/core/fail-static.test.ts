@@ -124,6 +124,23 @@ describe("judgePlanes", () => {
     expect(verdict(planes, since, now)).toEqual(want);
   });
 
+  it("a region coming back together: the first plane back is no witness against the slower one", () => {
+    const planes = [plane("eu-1", "eu", now - 100), plane("eu-2", "eu", now - 25_000)];
+    const judged = (returned: Record<string, number>) =>
+      Object.fromEntries(
+        judgePlanes(planes, { sinceMs: START, returned }, now, S).map((v) => [
+          v.name,
+          v.state === "spared" ? `spared:${v.reason}` : v.state,
+        ]),
+      );
+    // eu-1 came back 2 s ago after being silent itself: eu-2 is spared.
+    expect(judged({ "eu-1": now - 2_000 })).toEqual({ "eu-1": "up", "eu-2": "spared:region_silent" });
+    // eu-1 has been heard for a full timeout since it came back: now it is evidence.
+    expect(judged({ "eu-1": now - T - 1_000 })).toEqual({ "eu-1": "up", "eu-2": "down" });
+    // eu-1 heard throughout (never returned): evidence, as in an ordinary failover.
+    expect(judged({})).toEqual({ "eu-1": "up", "eu-2": "down" });
+  });
+
   it("reports how long a judged plane has been silent", () => {
     const [v] = judgePlanes(
       [plane("eu-1", "eu", START), plane("eu-2", "eu", START + 40_000)],
@@ -143,7 +160,7 @@ describe("observeHearing", () => {
       {
         wallMs: h.lastWallMs + wallDelta,
         monoMs: h.lastMonoMs + monoDelta,
-        ...(latestReportMs !== undefined ? { latestReportMs } : {}),
+        ...(latestReportMs !== undefined ? { planes: [{ name: "p", lastSeenMs: latestReportMs }] } : {}),
       },
       S,
     );
@@ -186,6 +203,29 @@ describe("observeHearing", () => {
     for (let t = tick; t < silenceMs(S); t += tick) h = step(h, tick, tick, lastReport);
     h = step(h, tick, tick, h.lastWallMs);
     expect(h.sinceMs).toBe(START);
+  });
+
+  it("a plane reporting after a silence longer than the timeout has come back, and stays noted as such", () => {
+    let h = startHearing(START, 10);
+    const obs = (planes: Array<{ name: string; lastSeenMs: number | null }>) => {
+      h = observeHearing(h, { wallMs: h.lastWallMs + tick, monoMs: h.lastMonoMs + tick, planes }, S);
+      return h;
+    };
+    obs([
+      { name: "eu-1", lastSeenMs: START },
+      { name: "eu-2", lastSeenMs: START },
+    ]);
+    obs([
+      { name: "eu-1", lastSeenMs: START + 2_000 },
+      { name: "eu-2", lastSeenMs: START + T + 5_000 },
+    ]);
+    expect(h.returned).toEqual({ "eu-2": START + T + 5_000 });
+    obs([
+      { name: "eu-1", lastSeenMs: START + 4_000 },
+      { name: "eu-2", lastSeenMs: START + T + 7_000 },
+    ]);
+    expect(h.returned).toEqual({ "eu-2": START + T + 5_000 });
+    expect(h.lastSeen).toEqual({ "eu-1": START + 4_000, "eu-2": START + T + 7_000 });
   });
 
   it("observations that do not look at the reports keep the deafness as it was", () => {
@@ -242,19 +282,54 @@ describe("fail-static properties", () => {
     );
   });
 
-  it("a down plane was silent for a timeout, and a peer of its region was heard a timeout after it", () => {
+  it("a down plane was silent for a timeout, and a peer of its region was heard a timeout after it and after its own return", () => {
     fc.assert(
-      fc.property(arbPlanes, arbSince, arbNow, arbTimeout, (planes, sinceMs, now, timeoutMs) => {
-        for (const name of downPlanes(judgePlanes(planes, { sinceMs }, now, { timeoutMs }))) {
-          const p = planes.find((x) => x.name === name)!;
-          const heard = Math.max(p.lastSeenMs ?? p.createdMs, p.createdMs, sinceMs);
-          expect(now - heard).toBeGreaterThan(timeoutMs);
-          const witness = planes.some(
-            (q) => q.region === p.region && q.lastSeenMs !== null && q.lastSeenMs - heard > timeoutMs,
+      fc.property(
+        arbPlanes,
+        arbSince,
+        arbNow,
+        arbTimeout,
+        fc.array(fc.integer({ min: 0, max: 200_000 }), { maxLength: 12 }),
+        (planes, sinceMs, now, timeoutMs, backs) => {
+          const returned = Object.fromEntries(
+            backs.slice(0, planes.length).map((t, i) => [planes[i]!.name, t]),
           );
-          expect(witness).toBe(true);
-        }
-      }),
+          for (const name of downPlanes(judgePlanes(planes, { sinceMs, returned }, now, { timeoutMs }))) {
+            const p = planes.find((x) => x.name === name)!;
+            const heard = Math.max(p.lastSeenMs ?? p.createdMs, p.createdMs, sinceMs);
+            expect(now - heard).toBeGreaterThan(timeoutMs);
+            const witness = planes.some(
+              (q) =>
+                q.region === p.region &&
+                q.lastSeenMs !== null &&
+                q.lastSeenMs - heard > timeoutMs &&
+                q.lastSeenMs - (returned[q.name] ?? Number.NEGATIVE_INFINITY) > timeoutMs,
+            );
+            expect(witness).toBe(true);
+          }
+        },
+      ),
+    );
+  });
+
+  it("every region keeps a plane that is not down, whatever planes came back when", () => {
+    fc.assert(
+      fc.property(
+        arbPlanes,
+        arbSince,
+        arbNow,
+        arbTimeout,
+        fc.array(fc.integer({ min: 0, max: 200_000 }), { maxLength: 12 }),
+        (planes, sinceMs, now, timeoutMs, backs) => {
+          const returned = Object.fromEntries(
+            backs.slice(0, planes.length).map((t, i) => [planes[i]!.name, t]),
+          );
+          const down = new Set(downPlanes(judgePlanes(planes, { sinceMs, returned }, now, { timeoutMs })));
+          for (const region of new Set(planes.map((p) => p.region))) {
+            expect(planes.some((p) => p.region === region && !down.has(p.name))).toBe(true);
+          }
+        },
+      ),
     );
   });
 

@@ -22,6 +22,13 @@ export interface Hearing {
   lastMonoMs: number;
   /** Whether, at the last observation that saw the reports, no plane had been heard for `silenceMs`. */
   deaf: boolean;
+  /** Each plane's last report as last observed (ms), to see a plane come back from a silence of its own. */
+  lastSeen: Readonly<Record<string, number>>;
+  /**
+   * When a plane came back after being silent longer than the timeout itself (ms): it witnesses against
+   * its region's other planes only once it has been heard for a full timeout since.
+   */
+  returned: Readonly<Record<string, number>>;
   /** Why `sinceMs` last moved, for the logs. */
   cause: HearingCause;
 }
@@ -55,25 +62,34 @@ export function observeEveryMs(s: HearingSettings): number {
 }
 
 export function startHearing(wallMs: number, monoMs: number): Hearing {
-  return { sinceMs: wallMs, lastWallMs: wallMs, lastMonoMs: monoMs, deaf: false, cause: "started" };
+  return {
+    sinceMs: wallMs,
+    lastWallMs: wallMs,
+    lastMonoMs: monoMs,
+    deaf: false,
+    cause: "started",
+    lastSeen: {},
+    returned: {},
+  };
 }
 
 export interface Observation {
   wallMs: number;
   monoMs: number;
-  /** The latest report from any plane (ms, wall clock); undefined when this observation did not look. */
-  latestReportMs?: number | null;
+  /** Every plane's last report (ms, wall clock); undefined when this observation did not look. */
+  planes?: ReadonlyArray<Pick<PlaneHeard, "name" | "lastSeenMs">>;
 }
 
 /**
  * The hearing after one more observation. A monotonic gap longer than `stallMs` is a stall; wall and
  * monotonic clocks that moved apart by more than that is a clock jump (every silence measured across it is
  * meaningless); the first report after a silence of every plane ends a partition. Each restarts the wait.
+ * A plane whose report comes more than a timeout after its previous one has come back: noted in `returned`.
  */
 export function observeHearing(h: Hearing, o: Observation, s: HearingSettings): Hearing {
   const monoGap = o.monoMs - h.lastMonoMs;
   const wallGap = o.wallMs - h.lastWallMs;
-  let { sinceMs, deaf, cause } = h;
+  let { sinceMs, deaf, cause, lastSeen, returned } = h;
   if (monoGap > stallMs(s)) {
     sinceMs = o.wallMs;
     cause = "stalled";
@@ -81,15 +97,28 @@ export function observeHearing(h: Hearing, o: Observation, s: HearingSettings): 
     sinceMs = o.wallMs;
     cause = "clock_jumped";
   }
-  if (o.latestReportMs !== undefined) {
-    const silent = o.latestReportMs === null || o.wallMs - o.latestReportMs > silenceMs(s);
+  if (o.planes !== undefined) {
+    let latest: number | null = null;
+    const seen: Record<string, number> = {};
+    const back: Record<string, number> = {};
+    for (const p of o.planes) {
+      if (p.lastSeenMs === null) continue;
+      if (latest === null || p.lastSeenMs > latest) latest = p.lastSeenMs;
+      seen[p.name] = p.lastSeenMs;
+      const before = lastSeen[p.name];
+      if (before !== undefined && p.lastSeenMs - before > s.timeoutMs) back[p.name] = p.lastSeenMs;
+      else if (returned[p.name] !== undefined) back[p.name] = returned[p.name]!;
+    }
+    lastSeen = seen;
+    returned = back;
+    const silent = latest === null || o.wallMs - latest > silenceMs(s);
     if (deaf && !silent) {
       sinceMs = Math.max(sinceMs, o.wallMs);
       cause = "heard_again";
     }
     deaf = silent;
   }
-  return { sinceMs, lastWallMs: o.wallMs, lastMonoMs: o.monoMs, deaf, cause };
+  return { sinceMs, lastWallMs: o.wallMs, lastMonoMs: o.monoMs, deaf, cause, lastSeen, returned };
 }
 
 export type PlaneVerdict =
@@ -102,22 +131,24 @@ export type PlaneVerdict =
 /**
  * Judges every plane. A plane is down only when it has been silent for `timeoutMs` counted from when the
  * control plane could last have heard it (its last report, its registration, or the end of the control
- * plane's own stall, whichever is latest), and another plane of its region reported a full timeout after
- * that: the region was reachable while this plane was not. So the plane of a region heard last is never
- * down on silence alone, nor is any plane within `timeoutMs` of the control plane hearing again.
+ * plane's own stall, whichever is latest), and another plane of its region was heard a full timeout after
+ * that — and a full timeout after it came back itself, if it too had been silent: the region was reachable
+ * while this plane was not. So the plane of a region heard last is never down on silence alone, nor is any
+ * plane within `timeoutMs` of the control plane hearing again, nor the slower of two planes of a region
+ * that return together.
  */
 export function judgePlanes(
   planes: readonly PlaneHeard[],
-  hearing: Pick<Hearing, "sinceMs">,
+  hearing: Pick<Hearing, "sinceMs"> & Partial<Pick<Hearing, "returned">>,
   nowMs: number,
   s: HearingSettings,
 ): PlaneVerdict[] {
   const heardAt = (p: PlaneHeard) => Math.max(p.lastSeenMs ?? p.createdMs, p.createdMs, hearing.sinceMs);
-  const latestInRegion = new Map<string, number[]>();
+  const latestInRegion = new Map<string, Array<{ seen: number; returned: number }>>();
   for (const p of planes) {
     if (p.lastSeenMs === null) continue;
     const list = latestInRegion.get(p.region) ?? [];
-    list.push(p.lastSeenMs);
+    list.push({ seen: p.lastSeenMs, returned: hearing.returned?.[p.name] ?? Number.NEGATIVE_INFINITY });
     latestInRegion.set(p.region, list);
   }
   return planes.map((p): PlaneVerdict => {
@@ -128,7 +159,9 @@ export function judgePlanes(
     if (nowMs - from <= s.timeoutMs) {
       return { name: p.name, state: "spared", reason: "waiting_for_reports", silentMs };
     }
-    const witnessed = (latestInRegion.get(p.region) ?? []).some((seen) => seen - from > s.timeoutMs);
+    const witnessed = (latestInRegion.get(p.region) ?? []).some(
+      (q) => q.seen - Math.max(from, q.returned) > s.timeoutMs,
+    );
     return witnessed
       ? { name: p.name, state: "down", silentMs }
       : { name: p.name, state: "spared", reason: "region_silent", silentMs };

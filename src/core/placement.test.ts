@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { type PlaneCapacity, planeIsDown, planPlacement } from "./placement.ts";
+import { type PlaneCapacity, planPlacement } from "./placement.ts";
 
 const plane = (
   name: string,
@@ -132,37 +132,6 @@ describe("planPlacement", () => {
         },
       ),
     );
-  });
-});
-
-describe("planeIsDown", () => {
-  const T = 15_000;
-  const start = 1_000_000;
-  it.each([
-    ["reported just now", { lastSeenMs: start + 99_000, createdMs: 0 }, start + 100_000, false],
-    ["silent longer than the timeout", { lastSeenMs: start + 50_000, createdMs: 0 }, start + 100_000, true],
-    [
-      "never reported, registered just now",
-      { lastSeenMs: null, createdMs: start + 95_000 },
-      start + 100_000,
-      false,
-    ],
-    [
-      "never reported, registered long ago",
-      { lastSeenMs: null, createdMs: start + 10_000 },
-      start + 100_000,
-      true,
-    ],
-    ["control plane just started: nobody is down yet", { lastSeenMs: 0, createdMs: 0 }, start + 5_000, false],
-    [
-      "control plane restarted: silence before its start does not count",
-      { lastSeenMs: 0, createdMs: 0 },
-      start + 16_000,
-      true,
-    ],
-    ["heard since the restart", { lastSeenMs: start + 14_000, createdMs: 0 }, start + 16_000, false],
-  ] as const)("%s", (_name, plane, now, down) => {
-    expect(planeIsDown(plane, now, start, T)).toBe(down);
   });
 });
 

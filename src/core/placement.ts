@@ -113,26 +113,3 @@ export function planPlacement(input: PlacementInput): PlacementPlan {
   }
   return { keep, remove, add, unplaced: missing };
 }
-
-export interface PlaneLiveness {
-  /** When the plane last reported (ms), or null if it never has. */
-  lastSeenMs: number | null;
-  /** When the plane was registered (ms). */
-  createdMs: number;
-}
-
-/**
- * A plane that has not reported for `timeoutMs` is down: its replicas are placed again on the planes its
- * regions allow. Right after the control plane starts nobody has been heard from yet, so no plane is down
- * until the control plane itself has run for `timeoutMs`.
- */
-export function planeIsDown(
-  plane: PlaneLiveness,
-  nowMs: number,
-  controlStartedMs: number,
-  timeoutMs: number,
-): boolean {
-  if (nowMs - controlStartedMs < timeoutMs) return false;
-  const heard = Math.max(plane.lastSeenMs ?? plane.createdMs, plane.createdMs, controlStartedMs);
-  return nowMs - heard > timeoutMs;
-}

@@ -250,6 +250,8 @@ export interface UpConn {
   error: string | null;
   closed: boolean;
   whenClosed: Promise<void>;
+  /** A responder switched protocols (101): bytes after it are recorded, never parsed as HTTP. */
+  upgraded: boolean;
 }
 
 export type Responder = (req: UpRequest, conn: UpConn) => void;
@@ -314,6 +316,7 @@ export class RawUpstream {
       requests: [],
       error: null,
       closed: false,
+      upgraded: false,
       whenClosed: new Promise<void>((r) => {
         closedResolve = r;
       }),
@@ -322,7 +325,7 @@ export class RawUpstream {
     let parsedTo = 0;
     socket.on("data", (chunk: Buffer) => {
       conn.received = Buffer.concat([conn.received, chunk]);
-      while (conn.error === null && parsedTo < conn.received.length) {
+      while (conn.error === null && !conn.upgraded && parsedTo < conn.received.length) {
         const r = parseMessage(conn.received, parsedTo, { kind: "request", closed: false });
         if (r.kind === "incomplete") break;
         if (r.kind === "error") {

@@ -6,6 +6,7 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { PlaneSnapshot } from "../core/snapshot.ts";
 import { generateSigningKey } from "../lib/keys.ts";
+import { acceptKey, encodeFrame } from "../lib/websocket.ts";
 import {
   closedPort,
   type EchoBody,
@@ -338,6 +339,47 @@ const ATTACKS: Attack[] = [
   },
 ];
 
+/** `/sync/{path}` takes the same framing rules: the Transfer-Encoding tricks, on the passthrough route. */
+const SYNC_ATTACKS: Attack[] = ATTACKS.filter((a) =>
+  [
+    "CL+TE",
+    "TE+CL",
+    "TE: chunked, identity",
+    "TE: xchunked",
+    "TE: chunked then a second TE: identity",
+    "'Transfer-Encoding : chunked' (space before the colon)",
+    "TE with a vertical tab",
+    "chunk-size overflow",
+    "chunk data longer than its size",
+  ].includes(a.name),
+).map((a) => ({
+  ...a,
+  name: `/sync: ${a.name}`,
+  bytes: a.bytes.replace("POST /predict HTTP/1.1", "PUT /sync/v1/chat/completions HTTP/1.1"),
+}));
+
+// ---------------------------------------------------------------------------------------------------------
+// Upgrades
+
+const WS_KEY = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/** A websocket upgrade request head for `path` (with `extra` header lines). */
+function upgradeHead(path: string, extra: string[] = [], method = "GET", key: string | null = KEY): string {
+  const lines = [`${method} ${path} HTTP/1.1`, `Host: ${HOST}`];
+  if (key !== null) lines.push(`Authorization: Api-Key ${key}`);
+  lines.push("Connection: Upgrade", "Upgrade: websocket", `Sec-WebSocket-Key: ${WS_KEY}`);
+  lines.push("Sec-WebSocket-Version: 13", ...extra);
+  return `${lines.join("\r\n")}\r\n\r\n`;
+}
+
+/** A replica that accepts the upgrade: 101 with the right accept, then it records frames. */
+const accept101: Responder = (_req, conn) => {
+  conn.upgraded = true;
+  conn.socket.write(
+    `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptKey(WS_KEY)}\r\n\r\n`,
+  );
+};
+
 // ---------------------------------------------------------------------------------------------------------
 
 afterAll(() => {
@@ -404,7 +446,7 @@ describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTran
     // An idle pooled replica socket is waiting, so a transport that writes upstream synchronously is caught.
     beforeEach(warmPool);
 
-    for (const { name, bytes, at } of ATTACKS) {
+    for (const { name, bytes, at } of [...ATTACKS, ...SYNC_ATTACKS]) {
       itBug(`attack: ${name}`)(`${name}: refused (400 or close), nothing smuggled`, async () => {
         const mark = up.mark();
         const c = await open();
@@ -488,6 +530,196 @@ describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTran
   });
 
   // -------------------------------------------------------------------------------------------------------
+  describe("upgrades and /sync", () => {
+    beforeEach(warmPool);
+
+    /** The ingress refused on the head: one error answer, the connection closed, nothing at any replica. */
+    async function expectRefusedAtHead(bytes: string | Buffer, status: number, code: string): Promise<void> {
+      const mark = up.mark();
+      const c = await open();
+      c.write(Buffer.concat([Buffer.from(bytes), SMUGGLED]));
+      expect(await c.waitClosed(PROMPT_MS), "closed after the refusal").toBe(true);
+      c.destroy();
+      const { messages } = c.parsed();
+      expect(messages.length).toBe(1);
+      expectIngressAnswer(messages[0], status, code);
+      await sleep(30);
+      const got = up.since(mark);
+      expect(got.bytes.length, "bytes at the replica").toBe(0);
+    }
+
+    it("an upgrade with a body (Content-Length): 400, its bytes never reach a replica", async () => {
+      await expectRefusedAtHead(
+        `${upgradeHead("/websocket", ["Content-Length: 5"])}hello`,
+        400,
+        "invalid_request",
+      );
+    });
+
+    it("an upgrade with a chunked body: 400, nothing upstream", async () => {
+      await expectRefusedAtHead(
+        `${upgradeHead("/sync/ws", ["Transfer-Encoding: chunked"])}5\r\nhello\r\n0\r\n\r\n`,
+        400,
+        "invalid_request",
+      );
+    });
+
+    it("Upgrade: websocket on a POST /websocket: 405 (Allow: GET), nothing upstream", async () => {
+      await expectRefusedAtHead(
+        upgradeHead("/websocket", ["Content-Length: 0"], "POST"),
+        405,
+        "method_not_allowed",
+      );
+    });
+
+    it("an upgrade with a bad key, then a pipelined request: 401, closed, neither reaches a replica", async () => {
+      await expectRefusedAtHead(upgradeHead("/websocket", [], "GET", "k-wrong"), 401, "unauthorized");
+    });
+
+    it("h2c on /websocket: 426, nothing upstream", async () => {
+      const h2c = upgradeHead("/websocket").replace("Upgrade: websocket", "Upgrade: h2c");
+      await expectRefusedAtHead(h2c, 426, "websocket_upgrade_required");
+    });
+
+    it("h2c on /sync: served as HTTP/1.1 (never 101), the replica gets no Upgrade or HTTP2-Settings", async () => {
+      const mark = up.mark();
+      const c = await open();
+      c.write(
+        `GET /sync/v1/models HTTP/1.1\r\nHost: ${HOST}\r\n${AUTH}\r\nConnection: Upgrade, HTTP2-Settings\r\n` +
+          "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nx-tag: h2c\r\n\r\n",
+      );
+      const m = await c.next(PROMPT_MS);
+      c.destroy();
+      expect(m?.status).toBe(200);
+      const got = up.since(mark).requests;
+      expect(got.length).toBe(1);
+      expect(got[0]!.method).toBe("GET");
+      expect(got[0]!.target).toBe("/v1/models");
+      for (const h of ["upgrade", "http2-settings", "connection"]) {
+        expect(
+          fieldValues(got[0]!.headers, h).filter((v) => v.toLowerCase() !== "keep-alive"),
+          h,
+        ).toEqual([]);
+      }
+    });
+
+    it("the HTTP/2 preface (prior knowledge): 400, nothing upstream", async () => {
+      const mark = up.mark();
+      const c = await open();
+      c.write("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+      expect(await c.waitClosed(PROMPT_MS)).toBe(true);
+      c.destroy();
+      expect(up.since(mark).bytes.length).toBe(0);
+    });
+
+    it("a request pipelined after an accepted upgrade is not a frame: 1002 to the client, never a request upstream", async () => {
+      up.respond = accept101;
+      const mark = up.mark();
+      const c = await open();
+      c.write(Buffer.concat([Buffer.from(upgradeHead("/websocket")), SMUGGLED]));
+      expect(await c.waitClosed(PROMPT_MS)).toBe(true);
+      c.destroy();
+      const text = c.data.toString("latin1");
+      expect(text).toMatch(/^HTTP\/1\.1 101 /);
+      const frames = c.data.subarray(c.data.indexOf("\r\n\r\n") + 4);
+      // The ingress's close frame: opcode 8, status 1002.
+      expect(frames[0]).toBe(0x88);
+      expect(frames.readUInt16BE(2)).toBe(1002);
+      await sleep(30);
+      const got = up.since(mark);
+      expect(got.requests.map((r) => `${r.method} ${r.target}`)).toEqual(["GET /v1/websocket"]);
+      expect(got.bytes.includes("SMUGGLED"), "smuggled bytes at the replica").toBe(false);
+      // Upstream: the upgrade head, then only the ingress's own (masked) close frame.
+      const after = got.bytes.subarray(got.bytes.indexOf("\r\n\r\n") + 4);
+      expect(after.length).toBeLessThanOrEqual(2 + 4 + 125);
+      if (after.length > 0) expect(after[0]).toBe(0x88);
+    });
+
+    it("frames sent with the upgrade, before the 101, pass once it is accepted", async () => {
+      up.respond = accept101;
+      const mark = up.mark();
+      const c = await open();
+      const frame = encodeFrame(1, Buffer.from("early"), true);
+      c.write(Buffer.concat([Buffer.from(upgradeHead("/sync/stream")), frame]));
+      await c.until(() => c.data.includes("\r\n\r\n"), PROMPT_MS);
+      await sleep(50);
+      c.destroy();
+      const got = up.since(mark);
+      expect(got.requests.map((r) => `${r.method} ${r.target}`)).toEqual(["GET /stream"]);
+      const req = got.requests[0]!;
+      expect(fieldValues(req.headers, "upgrade")).toEqual(["websocket"]);
+      expect(fieldValues(req.headers, "authorization")).toEqual([]);
+      expect(got.bytes.subarray(got.bytes.indexOf("\r\n\r\n") + 4).equals(frame)).toBe(true);
+    });
+
+    it("the client going away after the 101: the replica gets a masked close 1001, then the end", async () => {
+      up.respond = accept101;
+      const mark = up.mark();
+      const c = await open();
+      c.write(upgradeHead("/websocket"));
+      await c.until(() => c.data.includes("\r\n\r\n"), PROMPT_MS);
+      c.destroy();
+      const conn = up.since(mark).conns.at(-1)!;
+      expect(await closedWithin(conn, PROMPT_MS)).toBe(true);
+      const frame = conn.received.subarray(conn.received.indexOf("\r\n\r\n") + 4);
+      expect(frame[0]).toBe(0x88);
+      expect(frame[1]! & 0x80).toBe(0x80);
+      const key = frame.subarray(2, 6);
+      const code = ((frame[6]! ^ key[0]!) << 8) | (frame[7]! ^ key[1]!);
+      expect(code).toBe(1001);
+    });
+
+    it("a replica that answers 101 with a wrong accept value: 502, the connection closes", async () => {
+      up.respond = (_req, conn) => {
+        conn.upgraded = true;
+        conn.socket.write(
+          "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bm90IHRoZSByaWdodCBvbmU=\r\n\r\n",
+        );
+      };
+      const c = await open();
+      c.write(upgradeHead("/websocket"));
+      expect(await c.waitClosed(PROMPT_MS)).toBe(true);
+      c.destroy();
+      const { messages } = c.parsed();
+      expect(messages.length).toBe(1);
+      expectIngressAnswer(messages[0], 502, "replica_failed");
+    });
+
+    it("Connection naming Content-Length on a POST upgrade: the body stays a body, nothing smuggled", async () => {
+      const mark = up.mark();
+      const c = await open();
+      const smuggled = SMUGGLED.toString("latin1");
+      c.write(
+        `POST /sync/x HTTP/1.1\r\nHost: ${HOST}\r\n${AUTH}\r\nConnection: Upgrade, Content-Length\r\nUpgrade: websocket\r\n` +
+          `Content-Length: ${smuggled.length}\r\nx-tag: outer\r\n\r\n${smuggled}`,
+      );
+      expect(echoOf(await c.next(PROMPT_MS)).len).toBe(smuggled.length);
+      c.destroy();
+      await sleep(30);
+      const got = up.since(mark).requests;
+      expect(got.map((r) => r.tag)).toEqual(["outer"]);
+      expect(got[0]!.body.toString("latin1")).toBe(smuggled);
+    });
+
+    it("a /sync request is one cleanly framed request upstream, whatever the client's framing", async () => {
+      const mark = up.mark();
+      const c = await open();
+      const body = Buffer.from('{"stream":true}');
+      c.write(
+        `PATCH /sync/v1/x?q=1 HTTP/1.1\r\nHost: ${HOST}\r\n${AUTH}\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\r\n` +
+          `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`,
+      );
+      expect(echoOf(await c.next(PROMPT_MS)).len).toBe(body.length);
+      c.destroy();
+      const got = up.since(mark).requests;
+      expect(got.length).toBe(1);
+      expect(got[0]!.method).toBe("PATCH");
+      expect(got[0]!.target).toBe("/v1/x?q=1");
+      expect(fieldValues(got[0]!.headers, "te")).toEqual([]);
+      expect(sha256(got[0]!.body)).toBe(sha256(body));
+    });
+  });
+
   describe("pipelining", () => {
     it("three requests in one write: answered in order, each one framed request upstream", async () => {
       const bodies = { a: Buffer.from("alpha"), b: Buffer.from("beta-XY"), c: Buffer.alloc(0) };

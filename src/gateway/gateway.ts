@@ -14,6 +14,7 @@ import { type Admission, DEFAULT_BACKPRESSURE_LIMITS } from "../core/autoscaling
 import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
 import { parseHost } from "../core/host.ts";
 import { normalizeAuthority, pathOfTarget } from "../core/http-signatures.ts";
+import { decideRealtime, matchRealtimePath } from "../core/realtime-routing.ts";
 import { RECEIPT_LABEL, RECEIPT_REQUEST_HEADER } from "../core/receipt.ts";
 import { decideRoute, indexSnapshot, type RouteContext, type RouteIndex } from "../core/routing.ts";
 import type { DeploymentRoute, PlaneRef } from "../core/snapshot.ts";
@@ -25,6 +26,7 @@ import { HOP_HEADER, HopVerifier, signHop } from "./hop.ts";
 import type { IngressLimits, IngressOptions } from "./ingress.ts";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics.ts";
 import { Parking, type ParkOutcome } from "./parking.ts";
+import { UPGRADE_REQUIRED_FIELDS, upgradeAsk } from "./upgrade.ts";
 
 /** The metric label of a request whose model (and so environment) did not resolve. */
 const UNRESOLVED = "unknown";
@@ -114,6 +116,11 @@ export interface Forward {
   /** The declared Content-Length, or null (chunked or no body). */
   contentLength: number | null;
   chunked: boolean;
+  /**
+   * A websocket upgrade (src/gateway/upgrade.ts relays it instead of the transport): the client's key and
+   * the path a replica is asked on. Null for every other request.
+   */
+  upgrade: { key: string; replicaPath: string } | null;
 }
 
 /** A request held while its deployment wakes (src/gateway/parking.ts): planned again when `wait` settles. */
@@ -395,14 +402,22 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     // Async paths (src/gateway/async.ts) are routed by the same rules and answered by the plane's queue.
     const asyncMatch = options.async === undefined ? null : matchAsyncPath(parsed.host.form, path);
     if (asyncMatch !== null && "refuse" in asyncMatch) return refuse(asyncMatch.refuse, asyncMatch.message);
+    // `/sync/{path}` and `/websocket` (src/core/realtime-routing.ts): predict's rules, the replica's own path.
+    const realtime =
+      asyncMatch === null ? matchRealtimePath(parsed.host.form, path, q < 0 ? "" : target.slice(q)) : null;
     const decision =
-      asyncMatch === null ? decideRoute(idx, routeRequest) : decideAsync(idx, routeRequest, asyncMatch);
+      asyncMatch !== null
+        ? decideAsync(idx, routeRequest, asyncMatch)
+        : realtime !== null
+          ? decideRealtime(idx, routeRequest, realtime)
+          : decideRoute(idx, routeRequest);
     ex.context = decision.context;
     // Nothing ready where the request may go, for a deployment that wakes: held here, in this region.
     let parkFor: string | null = null;
     if (decision.kind === "refuse") {
       const id = decision.context.deploymentId;
-      if (decision.code !== "model_unavailable" || id === null || !canPark(ex, id)) {
+      // An async call is never held: its queue waits (and wakes the deployment) on the plane that holds it.
+      if (decision.code !== "model_unavailable" || id === null || asyncMatch !== null || !canPark(ex, id)) {
         return refuse(
           decision.code,
           decision.message,
@@ -420,6 +435,26 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     }
     if (scan.expect !== undefined && scan.expect.toLowerCase() !== "100-continue") {
       return refuse("expectation_failed", null, { expect: scan.expect });
+    }
+    // Websockets (RFC 6455 §4): `/websocket` only as an upgrade; `/sync/{path}` upgrades when asked to. Any
+    // other protocol (`h2c`) is never performed: the request is served as HTTP/1.1 (RFC 9110 §7.8).
+    let upgrade: Forward["upgrade"] = null;
+    if (realtime !== null && head.method === "GET") {
+      const ask = upgradeAsk(head.rawHeaders);
+      if (ask.kind === "websocket") {
+        // An upgrade carries no body (RFC 6455 §4.1): bytes after its head are frames, never a body.
+        if ((contentLength !== null && contentLength > 0) || scan.transferEncoding) {
+          return refuse("invalid_request", "A websocket upgrade request has no body.");
+        }
+        upgrade = { key: ask.key, replicaPath: realtime.replicaPath };
+      } else if (realtime.kind === "websocket") {
+        return refuse(
+          "websocket_upgrade_required",
+          ask.kind === "invalid" ? ask.reason : null,
+          ask.kind === "other" ? { upgrade: ask.protocols } : null,
+          UPGRADE_REQUIRED_FIELDS,
+        );
+      }
     }
 
     if (parkFor !== null || decision.kind === "refuse") return park(ex, parkFor!);
@@ -448,6 +483,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       warning: decision.warning,
       contentLength,
       chunked: contentLength === null && scan.transferEncoding,
+      upgrade,
     };
     if (decision.kind === "async") {
       const op = (asyncMatch as Exclude<typeof asyncMatch, null | { refuse: ErrorCode }>).op;
@@ -475,6 +511,11 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       // The autoscaler's load signal counts what this plane serves (src/plane/load.ts).
       options.load?.begin(ex, decision.context.deploymentId);
       forward.targets = orderReplicas(endpoints);
+      // `/sync/{path}` reaches the replica's server at `/{path}` (and query), as the client sent them.
+      if (realtime !== null && upgrade === null) {
+        const replicaPath = realtime.replicaPath;
+        forward.targets = forward.targets.map((t) => ({ ...t, path: replicaPath }));
+      }
       // The API key stops at the ingress: model code never sees it.
       forward.headers = headers;
     } else {

@@ -17,6 +17,7 @@ import {
 } from "./gateway.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "./ingress.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "./tls-options.ts";
+import { type UpgradeContext, upgradeAsk, WebSocketRelay } from "./upgrade.ts";
 
 class ClientGone extends Error {
   override name = "ClientGone";
@@ -242,7 +243,8 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       {
         origin: t.origin,
         path: t.path,
-        // The client's method: POST for predict; GET and DELETE reach the async service and peer planes.
+        // The client's method: POST for predict; GET and DELETE reach the async service and peer planes;
+        // any of `/sync/{path}`'s reaches a replica's own routes.
         method: (ex.req.method ?? "POST") as Dispatcher.HttpMethod,
         headers: gw.attemptHeaders(ex, forward, t),
         body: bodyFor(ex, call.body),
@@ -310,6 +312,80 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
     socket.destroySoon();
   });
 
+  // Upgrades (src/gateway/upgrade.ts): node:http hands every request with `Connection: Upgrade` here.
+  const relays = new Set<WebSocketRelay>();
+  const upgradeContext: UpgradeContext = { gw, limits, peerConnect: options.peerConnect, relays };
+  server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    if (req.method !== "GET" || upgradeAsk(req.rawHeaders).kind !== "websocket") {
+      // Not a websocket: served as plain HTTP/1.1 (RFC 9110 §7.8 lets a server ignore Upgrade), so the head
+      // goes back through node:http's parser without the Upgrade field, its body bytes behind it.
+      socket.unshift(Buffer.concat([Buffer.from(withoutUpgrade(req), "latin1"), head]));
+      server.emit(server instanceof https.Server ? "secureConnection" : "connection", socket);
+      return;
+    }
+    onWebSocket(req, socket, head);
+  });
+
+  function onWebSocket(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    const ex = gw.begin();
+    ex.method = "GET";
+    planWebSocket(ex, req, socket, head);
+  }
+
+  function planWebSocket(ex: Exchange, req: IncomingMessage, socket: Socket, head: Buffer): void {
+    let plan: ReturnType<Gateway["plan"]>;
+    try {
+      plan = gw.plan(ex, {
+        method: "GET",
+        target: req.url ?? "/",
+        rawHeaders: req.rawHeaders,
+        remoteAddress: socket.remoteAddress ?? "",
+      });
+    } catch (err) {
+      log.error({ err, request_id: ex.requestId }, "ingress handler failed");
+      plan = refuse("internal_error");
+    }
+    if (plan.kind === "park") {
+      // Held while the deployment wakes (src/gateway/parking.ts), then planned again; frames the client
+      // sends meanwhile wait in the socket.
+      socket.pause();
+      void plan.wait.then((outcome) => {
+        if (socket.destroyed) {
+          gw.end(ex, 499, true);
+          return;
+        }
+        if (outcome.kind === "go") planWebSocket(ex, req, socket, head);
+        else {
+          answerUpgrade(
+            ex,
+            socket,
+            refuse("model_unavailable", "No replica became ready in time.", { region: self.region }),
+          );
+        }
+      });
+      return;
+    }
+    if (plan.kind === "forward" && plan.upgrade === null) plan = refuse("websocket_upgrade_required");
+    if (plan.kind === "refuse") {
+      answerUpgrade(ex, socket, plan);
+      return;
+    }
+    new WebSocketRelay(upgradeContext, ex, plan, socket, head, (status, aborted) =>
+      gw.end(ex, status, aborted),
+    ).start();
+  }
+
+  /** A refused upgrade: the JSON error answer, then the connection closes. */
+  function answerUpgrade(ex: Exchange, socket: Socket, r: Refusal): void {
+    const answer = gw.errorResponse(ex, r, true);
+    let text = `HTTP/1.1 ${answer.status} ${http.STATUS_CODES[answer.status] ?? ""}\r\n`;
+    for (let i = 0; i < answer.headers.length; i += 2) {
+      text += `${answer.headers[i]}: ${answer.headers[i + 1]}\r\n`;
+    }
+    socket.end(`${text}connection: close\r\n\r\n${answer.body}`);
+    gw.end(ex, answer.status, false);
+  }
+
   let address: { host: string; port: number } | null = null;
 
   return {
@@ -328,6 +404,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
     async stop() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
+      for (const relay of relays) relay.shutdown();
       await gw.drain();
       server.closeAllConnections();
       await closed;
@@ -501,4 +578,31 @@ async function* streamBody(
     yield chunk;
   }
   ex.bodyDone = true;
+}
+
+const KEEP_WHEN_NAMED = new Set(["content-length", "transfer-encoding", "host"]);
+
+/**
+ * The request head again, without `Upgrade`, and with `Connection: close` in place of the client's options:
+ * a connection that asked to switch protocols ends after this answer, as on the wire transport.
+ */
+function withoutUpgrade(req: IncomingMessage): string {
+  let head = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
+  const raw = req.rawHeaders;
+  const named = new Set<string>();
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.toLowerCase() !== "connection") continue;
+    for (const t of raw[i + 1]!.split(",")) named.add(t.trim().toLowerCase());
+  }
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const value = raw[i + 1]!;
+    const lower = name.toLowerCase();
+    if (lower === "upgrade") continue;
+    // The options it named are hop-by-hop fields (RFC 9110 §7.6.1): dropped with it, as the plan would;
+    // never the framing fields or Host, which say where this request ends and what it is for.
+    if (lower === "connection" || (named.has(lower) && !KEEP_WHEN_NAMED.has(lower))) continue;
+    head += `${name}: ${value}\r\n`;
+  }
+  return `${head}connection: close\r\n\r\n`;
 }

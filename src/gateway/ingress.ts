@@ -57,6 +57,13 @@ export interface IngressLimits {
   hopReplayEntries: number;
   /** `stop()` waits this long for in-flight requests before closing their connections. Default 30 s. */
   drainTimeoutMs: number;
+  /**
+   * Largest websocket frame payload relayed either way; a larger frame closes both sides with 1009 before
+   * its payload passes. Default 16 MiB.
+   */
+  websocketMaxFrameBytes: number;
+  /** A websocket with no byte either way for this long is closed on both sides (1001). Default 300 s. */
+  websocketIdleTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: Readonly<IngressLimits> = Object.freeze({
@@ -72,6 +79,8 @@ export const DEFAULT_LIMITS: Readonly<IngressLimits> = Object.freeze({
   hopMaxAgeMs: HOP_MAX_AGE_MS,
   hopReplayEntries: HOP_REPLAY_ENTRIES,
   drainTimeoutMs: 30_000,
+  websocketMaxFrameBytes: 16 * 1024 * 1024,
+  websocketIdleTimeoutMs: 300_000,
 });
 
 export interface IngressOptions {

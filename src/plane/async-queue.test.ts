@@ -151,6 +151,23 @@ describe("AsyncQueue", () => {
     await again.close();
   });
 
+  it("forgets ended requests past retention while running, not only at open", async () => {
+    let now = 10_000;
+    const d = await dir();
+    const q = new AsyncQueue({ dir: d, retentionMs: 1_000, now: () => now });
+    await q.open();
+    await q.add(record("done", { webhook: null }));
+    await q.finish(q.get("done")!, "SUCCEEDED", [], null);
+    now += 5_000;
+    q.maintain(60_000);
+    expect(q.get("done")).toBeDefined(); // rewritten at open, less than a minute ago
+    now += 60_000;
+    q.maintain(60_000);
+    await q.close();
+    expect(q.get("done")).toBeUndefined();
+    expect(readFileSync(join(d, QUEUE_FILE), "utf8")).not.toContain('"done"');
+  });
+
   it("compacts while requests keep arriving, losing none", async () => {
     const d = await dir();
     const q = new AsyncQueue({ dir: d, compactBytes: 4_096 });

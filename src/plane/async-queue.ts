@@ -84,6 +84,7 @@ export class AsyncQueue {
   #compacting: Promise<void> | null = null;
   /** While the journal is being rewritten, entries wait in #pending (replaying them twice is harmless). */
   #paused = false;
+  #rewrittenAt = 0;
   /** Lines dropped on open: a torn tail, or lines whose checksum did not match. */
   dropped = 0;
 
@@ -139,6 +140,19 @@ export class AsyncQueue {
     await this.#compacting;
     await this.#fh?.close();
     this.#fh = null;
+  }
+
+  /**
+   * Rewrites the journal when the last rewrite is older than `everyMs` (default 1 h): ended requests past
+   * retention are forgotten on time even when the journal stays small. Called by the worker's sweep.
+   */
+  maintain(everyMs = 3_600_000): void {
+    if (this.#fh === null || this.#compacting !== null || this.#o.now() - this.#rewrittenAt < everyMs) return;
+    this.#compacting = this.#rewrite()
+      .catch(() => {})
+      .finally(() => {
+        this.#compacting = null;
+      });
   }
 
   get(id: string): AsyncRecord | undefined {
@@ -339,6 +353,7 @@ export class AsyncQueue {
     await this.#fh?.close();
     this.#fh = await open(this.path, "a", 0o600);
     this.#bytes = bytes;
+    this.#rewrittenAt = this.#o.now();
   }
 }
 

@@ -6,11 +6,13 @@
 import { randomBytes } from "node:crypto";
 import { chmod, mkdir, rm } from "node:fs/promises";
 import http from "node:http";
+import { isIP } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
 import {
   ASYNC_MAX_INPUT_BYTES,
   checkAsyncPredictBody,
+  isPrivateAddress,
   newAsyncRequestId,
   parseWebhookUrl,
 } from "../core/async.ts";
@@ -103,6 +105,22 @@ export class AsyncService {
     await rm(this.#o.socketPath, { force: true });
   }
 
+  /**
+   * Requests QUEUED and IN_PROGRESS on this plane, by deployment: counts only (no id, no payload), what the
+   * plane may report for the autoscaler's in-flight count.
+   */
+  counts(): Map<string, { queued: number; in_progress: number }> {
+    const out = new Map<string, { queued: number; in_progress: number }>();
+    for (const r of this.queue.live()) {
+      const key = r.deployment_id ?? "";
+      const c = out.get(key) ?? { queued: 0, in_progress: 0 };
+      if (r.status === "QUEUED") c.queued++;
+      else c.in_progress++;
+      out.set(key, c);
+    }
+    return out;
+  }
+
   async #serve(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const header = req.headers[ASYNC_CONTEXT_HEADER];
     const ctx = readAsyncContext(typeof header === "string" ? header : undefined, this.#o.token);
@@ -144,6 +162,13 @@ export class AsyncService {
       const url = parseWebhookUrl(r.webhook_endpoint);
       if (url.ok && !url.https && !this.#o.worker.webhook?.allowHttp) {
         return fail(res, "invalid_request", "webhook_endpoint must be an https URL.", {
+          field: "webhook_endpoint",
+        });
+      }
+      // A name is checked at delivery (on every address it resolves to); an address literal now.
+      const host = url.ok ? url.url.hostname.replace(/^\[|\]$/g, "") : "";
+      if (isIP(host) !== 0 && isPrivateAddress(host) && !this.#o.worker.webhook?.allowPrivate) {
+        return fail(res, "invalid_request", "webhook_endpoint must not be a private address.", {
           field: "webhook_endpoint",
         });
       }

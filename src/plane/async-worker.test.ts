@@ -241,6 +241,34 @@ describe("AsyncWorker", () => {
     expect(hook.hits).toHaveLength(0);
   });
 
+  it("counts queued and running requests in the load signal, and wakes a deployment with nothing ready", async () => {
+    const held = new Map<object, string>();
+    const wakes: string[] = [];
+    let endpoints: string[] = [];
+    const replica = await serve((_b, _i, res) => setTimeout(() => json(res, 200, {}), 50));
+    cleanups.push(replica.close);
+    const { add, queue } = await setup(null, {
+      replicas: () => endpoints,
+      resolve: () => ({ ok: true, deploymentId: "dep1", wakeable: true }),
+      load: { begin: (t, d) => held.set(t, d), end: (t) => held.delete(t) },
+      wake: async (d) => {
+        wakes.push(d);
+      },
+    });
+    const a = await add();
+    const b = await add();
+    await until(() => held.size === 2 && wakes.length === 1);
+    expect([...held.values()]).toEqual(["dep1", "dep1"]);
+    // Cancelled by the service: it leaves the count.
+    await queue.finish(b, "CANCELED", []);
+    await until(() => held.size === 1);
+    // Woken: a replica is ready, the request runs, and the count is back to zero.
+    endpoints = [replica.hostPort];
+    await until(() => a.status === "SUCCEEDED" && held.size === 0);
+    // One wake while nothing was ready (they are at least 5 s apart).
+    expect(wakes).toEqual(["dep1"]);
+  });
+
   it("holds a webhook while the team's secrets cannot be had, rather than send it unsigned", async () => {
     const replica = await serve((_b, _i, res) => json(res, 200, {}));
     const hook = await serve((_b, _i, res) => res.writeHead(200).end());

@@ -21,7 +21,7 @@ import { type AsyncQueue, type AsyncRecord, isFinal } from "./async-queue.ts";
 
 /** What the request's target resolves to right now. */
 export type Resolution =
-  | { ok: true; deploymentId: string }
+  | { ok: true; deploymentId: string; wakeable?: boolean }
   /** `final`: the target is gone for good (FAILED); otherwise it waits (QUEUED) until it expires. */
   | { ok: false; final: boolean; error: AsyncError };
 
@@ -64,9 +64,19 @@ export interface AsyncWorkerOptions {
   /** A result larger than this fails the request (it must fit in a webhook). Default 16 MiB. */
   maxResultBytes?: number;
   webhook?: Partial<WebhookPolicy>;
+  /**
+   * The autoscaler's load signal (src/plane/load.ts): each request QUEUED or IN_PROGRESS here counts as one
+   * in flight for its deployment, as a held sync request does. Counts only leave the plane.
+   */
+  load?: { begin(exchange: object, deploymentId: string): void; end(exchange: object): void };
+  /** Asks for a wake of a deployment with requests queued here and nothing ready (at most every 5 s). */
+  wake?: (deploymentId: string) => Promise<void>;
   logger: Logger;
   now?: () => number;
 }
+
+/** A deployment with requests waiting is woken again after this, while nothing is ready. */
+const WAKE_INTERVAL_MS = 5_000;
 
 /** A busy replica (429) is asked again after this. */
 const BUSY_RETRY_MS = 100;
@@ -87,6 +97,9 @@ export class AsyncWorker {
   readonly #running = new Set<Promise<void>>();
   readonly #sockets = new Map<string, Agent>();
   readonly #webhookAgent: Agent;
+  /** The load signal's token per request counted, and the deployment it is counted for. */
+  readonly #counted = new Map<string, { token: object; deployment: string }>();
+  readonly #wokenAt = new Map<string, number>();
   #pumpScheduled = false;
   #sweep: NodeJS.Timeout | null = null;
   #stopped = false;
@@ -123,7 +136,10 @@ export class AsyncWorker {
   }
 
   start(): void {
-    this.#sweep = setInterval(() => this.notify(), 500);
+    this.#sweep = setInterval(() => {
+      this.notify();
+      this.#o.queue.maintain();
+    }, 500);
     this.#sweep.unref();
     for (const r of this.#o.queue.webhooksDue()) this.#deliver(r);
     this.notify();
@@ -143,6 +159,8 @@ export class AsyncWorker {
   async stop(graceMs = 5_000): Promise<void> {
     this.#stopped = true;
     if (this.#sweep) clearInterval(this.#sweep);
+    for (const c of this.#counted.values()) this.#o.load?.end(c.token);
+    this.#counted.clear();
     for (const t of this.#timers) clearTimeout(t);
     this.#timers.clear();
     await Promise.race([
@@ -163,7 +181,19 @@ export class AsyncWorker {
     if (this.#stopped) return;
     const now = this.#now();
     const queued: AsyncRecord[] = [];
-    for (const r of this.#o.queue.live()) if (r.status === "QUEUED") queued.push(r);
+    const live = new Set<string>();
+    for (const r of this.#o.queue.live()) {
+      live.add(r.id);
+      if (r.status === "QUEUED") queued.push(r);
+      else if (r.deployment_id !== null) this.#count(r, r.deployment_id);
+    }
+    // Ended (finished, expired, cancelled by the service) since the last pass: no longer in flight.
+    for (const [id, c] of this.#counted) {
+      if (!live.has(id)) {
+        this.#o.load?.end(c.token);
+        this.#counted.delete(id);
+      }
+    }
     queued.sort((a, b) => a.priority - b.priority || a.seq - b.seq);
     /** Deployments found full in this pass: later requests for them wait, earlier ones keep their turn. */
     const full = new Set<string>();
@@ -186,8 +216,10 @@ export class AsyncWorker {
         continue;
       }
       const dep = res.deploymentId;
+      this.#count(r, dep);
       if (full.has(dep)) continue;
       const endpoints = this.#o.replicas(dep);
+      if (endpoints.length === 0 && res.wakeable === true) this.#wakeUp(dep, now);
       const endpoint = this.#pick(endpoints);
       if (endpoint === null || this.inFlight(dep) >= endpoints.length * this.#concurrency) {
         full.add(dep);
@@ -195,6 +227,30 @@ export class AsyncWorker {
       }
       this.#run(r, dep, endpoint);
     }
+  }
+
+  /** Counts a live request in the load signal for `deployment` (moved if its target now names another). */
+  #count(r: AsyncRecord, deployment: string): void {
+    const load = this.#o.load;
+    if (load === undefined) return;
+    const c = this.#counted.get(r.id);
+    if (c !== undefined && c.deployment === deployment) return;
+    if (c !== undefined) load.end(c.token);
+    const token = {};
+    load.begin(token, deployment);
+    this.#counted.set(r.id, { token, deployment });
+  }
+
+  #wakeUp(deployment: string, now: number): void {
+    const wake = this.#o.wake;
+    if (
+      wake === undefined ||
+      now - (this.#wokenAt.get(deployment) ?? Number.NEGATIVE_INFINITY) < WAKE_INTERVAL_MS
+    ) {
+      return;
+    }
+    this.#wokenAt.set(deployment, now);
+    void wake(deployment).catch((err) => this.#o.logger.warn({ err, deployment }, "async wake failed"));
   }
 
   /** The least busy endpoint with a free slot, or null. */
@@ -218,18 +274,30 @@ export class AsyncWorker {
     const input = r.input;
     const started = this.#o.queue.start(r, dep);
     const p = (async () => {
-      try {
-        await started;
-        const outcome = await this.#predict(endpoint, r.id, input);
-        if (this.#stopped) return;
-        await this.#settle(r, outcome);
-      } catch (err) {
-        this.#o.logger.error({ err, request_id: r.id }, "async request bookkeeping failed");
-      } finally {
+      let released = false;
+      const release = () => {
+        if (released) return;
+        released = true;
         bump(this.#byDeployment, dep, -1);
         bump(this.#byEndpoint, endpoint, -1);
         this.completed++;
         this.notify();
+      };
+      try {
+        // The start line is not waited for: were the plane to crash before it is on disk, the request is
+        // QUEUED on replay and runs again, as one that was IN_PROGRESS does (one attempt less counted).
+        const outcome = await this.#predict(endpoint, r.id, input);
+        if (this.#stopped) return;
+        // The outcome changes the record at once (in memory); its line is written after the start line
+        // (one ordered journal), and the replica's slot is free while it is synced.
+        const settled = this.#settle(r, outcome);
+        release();
+        await settled;
+        await started;
+      } catch (err) {
+        this.#o.logger.error({ err, request_id: r.id }, "async request bookkeeping failed");
+      } finally {
+        release();
       }
     })();
     this.#running.add(p);

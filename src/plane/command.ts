@@ -25,6 +25,8 @@ export interface PlaneFlags {
   tlsDir?: string;
   peerCa?: string;
   predictTimeout?: string;
+  websocketMaxFrame?: string;
+  websocketIdleTimeout?: string;
   parkQueue?: string;
   retryAfter?: string;
   ingressTransport?: string;
@@ -61,6 +63,33 @@ function parseHostPort(flag: string, value: string): { host: string; port: numbe
   return { host: (m[1] ?? m[2])!, port: Number(m[3]) };
 }
 
+/** `--websocket-max-frame BYTES` (1 B … 1 GiB) and `--websocket-idle-timeout SECONDS` (≥ 1). */
+export function parseWebSocketLimits(flags: Pick<PlaneFlags, "websocketMaxFrame" | "websocketIdleTimeout">): {
+  websocketMaxFrameBytes?: number;
+  websocketIdleTimeoutMs?: number;
+} {
+  const out: { websocketMaxFrameBytes?: number; websocketIdleTimeoutMs?: number } = {};
+  if (flags.websocketMaxFrame !== undefined) {
+    const n = Number(flags.websocketMaxFrame);
+    if (!/^\d+$/.test(flags.websocketMaxFrame) || n < 1 || n > 2 ** 30) {
+      throw new Error(
+        `--websocket-max-frame is a number of bytes from 1 to 1073741824, got '${flags.websocketMaxFrame}'`,
+      );
+    }
+    out.websocketMaxFrameBytes = n;
+  }
+  if (flags.websocketIdleTimeout !== undefined) {
+    const n = Number(flags.websocketIdleTimeout);
+    if (!/^\d+$/.test(flags.websocketIdleTimeout) || n < 1) {
+      throw new Error(
+        `--websocket-idle-timeout is a whole number of seconds (at least 1), got '${flags.websocketIdleTimeout}'`,
+      );
+    }
+    out.websocketIdleTimeoutMs = n * 1000;
+  }
+  return out;
+}
+
 export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv): Promise<void> {
   const parent = watchParent(env, "plane");
   const token = flags.tokenFile
@@ -78,6 +107,7 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
   if (predictTimeout !== undefined && !(Number.isInteger(predictTimeout) && predictTimeout > 0)) {
     throw new Error("--predict-timeout is a whole number of seconds");
   }
+  const websocket = parseWebSocketLimits(flags);
   let backpressure: BackpressureLimits | null = null;
   if (flags.parkQueue !== undefined || flags.retryAfter !== undefined) {
     const check = checkBackpressureLimits({
@@ -152,14 +182,11 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
         ? { cert: readFileSync(flags.tlsCert, "utf8"), key: readFileSync(flags.tlsKey, "utf8") }
         : null,
     tlsDir: flags.tlsDir ? resolve(flags.tlsDir) : null,
-    ...(predictTimeout || receiptBodyBytes !== undefined
-      ? {
-          limits: {
-            ...(predictTimeout ? { predictTimeoutMs: predictTimeout * 1000 } : {}),
-            ...(receiptBodyBytes !== undefined ? { receiptBodyBytes } : {}),
-          },
-        }
-      : {}),
+    limits: {
+      ...(predictTimeout ? { predictTimeoutMs: predictTimeout * 1000 } : {}),
+      ...(receiptBodyBytes !== undefined ? { receiptBodyBytes } : {}),
+      ...websocket,
+    },
     ...(transport ? { ingressTransport: transport } : {}),
     ...(backpressure !== null ? { backpressure } : {}),
     ...(retention !== null ? { auditRetentionMs: retention.ms } : {}),

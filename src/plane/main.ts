@@ -286,6 +286,14 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
           : { ok: false, final: res.final, error: { code: res.code, message: res.message } };
       },
       webhookSecrets: webhookSecrets.get,
+      load,
+      wake: wakeDeployment({
+        controlUrl: config.controlUrl,
+        plane: config.name,
+        token: config.token,
+        load,
+        logger,
+      }),
       ...(config.async?.concurrency !== undefined ? { concurrency: config.async.concurrency } : {}),
       ...(config.async?.webhook ? { webhook: config.async.webhook } : {}),
       ...(config.limits?.predictTimeoutMs ? { predictTimeoutMs: config.limits.predictTimeoutMs } : {}),

@@ -13,7 +13,20 @@ export interface ModelContext {
 
 export interface HostedModel {
   predict(input: unknown): unknown;
+  /**
+   * The model's optional OpenAI-style methods, by the route they serve (`/v1/chat/completions`, …; reached
+   * through the ingress at `/sync/v1/...`), and its optional websocket handler (src/runtime/realtime.ts).
+   */
+  routes: ReadonlyMap<string, (input: unknown) => unknown>;
+  websocket: ((ws: unknown) => unknown) | null;
 }
+
+/** The OpenAI-compatible routes a JavaScript model may serve, and the method that serves each. */
+export const OPENAI_ROUTES: Readonly<Record<string, string>> = {
+  "/v1/chat/completions": "chatCompletions",
+  "/v1/completions": "completions",
+  "/v1/embeddings": "embeddings",
+};
 
 /** An import or shape fault of model.js, told apart from an error thrown by the model's own load(). */
 export class ModelModuleError extends Error {
@@ -75,7 +88,17 @@ export async function loadJavaScriptModel(modulePath: string, context: ModelCont
   const load = instance["load"];
   // truss treats load() as optional; a model with nothing to load may leave it out.
   if (typeof load === "function") await load.call(instance);
-  return { predict: (input) => predict.call(instance, input) };
+  const routes = new Map<string, (input: unknown) => unknown>();
+  for (const [route, name] of Object.entries(OPENAI_ROUTES)) {
+    const method = instance[name];
+    if (typeof method === "function") routes.set(route, (input) => method.call(instance, input));
+  }
+  const websocket = instance["websocket"];
+  return {
+    predict: (input) => predict.call(instance, input),
+    routes,
+    websocket: typeof websocket === "function" ? (ws) => websocket.call(instance, ws) : null,
+  };
 }
 
 export type Prediction =

@@ -3,6 +3,7 @@
 
 import http, { type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import { CustomServer, freePort } from "./custom-server.ts";
 import { formatAddress, readBody, sendError, sendJson } from "./http.ts";
@@ -17,6 +18,7 @@ import {
 } from "./js-model.ts";
 import { ConcurrencyLimiter } from "./limiter.ts";
 import { childEnvironment, type ModelPackage, modelEnvironment, type ReplicaIdentity } from "./package.ts";
+import { acceptWebSocket, pipeUpgrade, refuseUpgrade, serveOpenAiRoute, WEBSOCKET_PATH } from "./realtime.ts";
 
 /** truss's paths (KServe v1 protocol), which every Meridian replica serves. */
 export const PATHS = {
@@ -106,6 +108,8 @@ class Runtime implements ModelServer {
   #failure: string | null = null;
   #loaded = false;
   #stopping: Promise<void> | null = null;
+  /** Upgraded connections and how each is closed when the runtime stops (node:http no longer tracks them). */
+  readonly #upgraded = new Map<Duplex, () => void>();
 
   constructor(options: ServeModelOptions) {
     this.#options = options;
@@ -121,6 +125,10 @@ class Runtime implements ModelServer {
         sendError(res, "internal_error", errorMessage(err));
       });
     });
+    // Websockets (src/runtime/realtime.ts): a JavaScript model's websocket(ws), or a custom server's own path.
+    this.#server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) =>
+      this.#upgrade(req, socket, head),
+    );
     this.finished = new Promise((resolve) => {
       this.#finish = resolve;
     });
@@ -243,8 +251,60 @@ class Runtime implements ModelServer {
         if (req.method !== "GET" && req.method !== "HEAD") return this.#notAllowed(res, "GET, HEAD");
         return this.#liveness(res);
       default:
-        sendError(res, "route_not_found", `No such route: ${path}`, { path });
+        return this.#passthrough(req, res, path ?? "/");
     }
+  }
+
+  /**
+   * Any other route (the ingress's `/sync/{path}` arrives here as `/{path}`): a custom server's own, as
+   * sent; a JavaScript model's OpenAI-style methods. Both take a predict slot, as predict does.
+   */
+  async #passthrough(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+    const serving = this.#state === "ready" || (this.#state === "stopping" && this.#loaded);
+    if (!serving) {
+      req.resume();
+      const reason = this.#notReadyReason() ?? "The model is not ready.";
+      return sendError(res, "model_unavailable", reason, { state: this.#state });
+    }
+    const custom = this.#custom;
+    const route = custom === null ? this.#model?.routes.get(path) : undefined;
+    if (custom === null && route === undefined) {
+      req.resume();
+      return sendError(res, "route_not_found", `No such route: ${path}`, { path });
+    }
+    const release = await this.#slot(res);
+    if (release === null) {
+      req.resume();
+      return;
+    }
+    try {
+      if (custom !== null) await custom.proxy(req, res, req.url ?? path);
+      else await serveOpenAiRoute(route!, req, res, this.#maxBodyBytes);
+    } finally {
+      release();
+    }
+  }
+
+  #upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on("error", () => socket.destroy());
+    this.#upgraded.set(socket, () => socket.destroy());
+    socket.on("close", () => this.#upgraded.delete(socket));
+    if (this.#state !== "ready") {
+      refuseUpgrade(socket, "model_unavailable", this.#notReadyReason() ?? undefined);
+      return;
+    }
+    if (this.#custom !== null) {
+      pipeUpgrade(req, socket, head, this.#custom.port);
+      return;
+    }
+    const path = (req.url ?? "/").split("?")[0];
+    const handler = this.#model?.websocket ?? null;
+    if (path !== WEBSOCKET_PATH || handler === null || req.method !== "GET") {
+      refuseUpgrade(socket, "route_not_found", `No websocket at ${path}`);
+      return;
+    }
+    const ws = acceptWebSocket(req, socket, head, handler, this.#logger);
+    if (ws !== null) this.#upgraded.set(socket, () => ws.close(1001, "replica stopping"));
   }
 
   #notAllowed(res: ServerResponse, allow: string): void {
@@ -446,6 +506,8 @@ class Runtime implements ModelServer {
     this.#logger.info({ running: this.#limiter.running, queued: this.#limiter.queued }, "draining");
     if (wasListening) {
       const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+      // A websocket is told the replica is going away (1001) and closes; a relayed upgrade is cut.
+      for (const close of this.#upgraded.values()) close();
       this.#server.closeIdleConnections();
       const timer = setTimeout(() => {
         this.#logger.warn({ drain_timeout_ms: this.#drainTimeout() }, "drain timed out; closing connections");

@@ -120,6 +120,34 @@ describe("a control plane paused longer than --plane-timeout", () => {
     expect(await replicaIds()).toEqual(before);
   }, 60_000);
 
+  it("every plane frozen at once (the control plane cut off from all of them): none judged down, nothing moved", async () => {
+    const before = await replicaIds();
+    const mark = cluster.control.output.length;
+    const pids = [...cluster.planes.values()].map((p) => p.process!.child.pid!);
+    for (const pid of pids) process.kill(pid, "SIGSTOP");
+    await new Promise((r) => setTimeout(r, (TIMEOUT_S * 2 + 2) * 1000));
+    for (const pid of pids) process.kill(pid, "SIGCONT");
+    // Planes report again one by one: the first report after the silence restarts the wait for the others.
+    await new Promise((r) => setTimeout(r, TIMEOUT_S * 3 * 1000));
+    const parsed = cluster.control.output
+      .slice(mark)
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(parsed.filter((l) => l["msg"] === "plane health changed")).toEqual([]);
+    expect(
+      parsed.some(
+        (l) => l["msg"] === "plane judgement waits for fresh reports" && l["cause"] === "heard_again",
+      ),
+    ).toBe(true);
+    expect(await replicaIds()).toEqual(before);
+    for (const [plane, host, path] of [
+      ["eu-1", regional(eu.model, "prod-eu"), "/predict"],
+      ["uk-1", regional(uk.model, "prod-uk"), "/predict"],
+    ] as const) {
+      expect((await predict(cluster, plane, host, path)).status).toBe(200);
+    }
+  }, 60_000);
+
   it("a plane really killed after the stall is still judged down and its region's other plane takes over", async () => {
     const first = await euHolder();
     const survivor = first === "eu-1" ? "eu-2" : "eu-1";

@@ -190,6 +190,15 @@ lines.push(
   "`test/chaos/control-stall.test.ts`, `test/chaos/replica-kill.test.ts`, `test/chaos/region-cutoff.test.ts` and `test/chaos/static-stability.test.ts` (a 30 s outage) assert the same properties on a smaller scale: `npx vitest run test/chaos/`.",
 );
 lines.push("");
+lines.push("## What these runs show that is not fixed yet");
+lines.push("");
+lines.push(
+  "- *replica SIGKILL*: the few `503 model_unavailable` are calls that reached an eu plane in the moment its own replica was dead and not yet restarted: the ingress serves a plane's own replicas when the snapshot routes the request to it (`src/gateway/gateway.ts`, `decision.kind === \"serve\"`), and hands it to the region's other plane only once the snapshot says so. They are typed and immediate; none hung and none ran twice.",
+);
+lines.push(
+  "- *plane frozen*: a frozen ingress (SIGSTOP) still completes TCP handshakes in the kernel, so a request handed to it over the plane-to-plane hop waits for the hop's headers timeout, which is the predict timeout plus 1 s (`--predict-timeout`, default 1200 s). The 8 s freeze here stays under the 10 s at which the harness counts a call as hung; a longer freeze would leave such calls waiting until the plane resumes or the timeout ends.",
+);
+lines.push("");
 lines.push("## Not measured yet");
 lines.push("");
 lines.push(

@@ -46,6 +46,7 @@ function filesUnder(dir: string): string[] {
 describe("async inference stays in its region", () => {
   let cluster: Cluster;
   let model: string;
+  let deploymentId: string;
   let secret: string;
   let hook: http.Server;
   let hookUrl: string;
@@ -106,7 +107,10 @@ describe("async inference stays in its region", () => {
     await new Promise<void>((ok) => hook.listen(0, "127.0.0.1", ok));
     hookUrl = `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook`;
 
-    cluster = await startCluster({ planes: FOUR_REGIONS.map((p) => ({ ...p, args: WEBHOOK_FLAGS })) });
+    cluster = await startCluster({
+      planes: FOUR_REGIONS.map((p) => ({ ...p, args: WEBHOOK_FLAGS })),
+      controlArgs: ["--autoscaler-interval-ms", "250"],
+    });
     const api = cluster.api;
     const restricted = await api.patch("/v1/environment_groups/prod-eu", {
       region_restriction: { region: "eu" },
@@ -127,6 +131,7 @@ describe("async inference stays in its region", () => {
     });
     expect(made.status, JSON.stringify(made.body)).toBe(200);
     model = made.body.model.id;
+    deploymentId = made.body.deployment.id;
     await eventually(
       async () => (await call("eu-1", regional(), "POST", "/predict", { tag: "warm" })).status === 200,
       90_000,
@@ -332,6 +337,31 @@ describe("async inference stays in its region", () => {
           return s.webhook_status === "SUCCEEDED" ? s : null;
         }),
       ).toMatchObject({ status: "SUCCEEDED" });
+    }
+  }, 180_000);
+
+  it("wakes its deployment from zero for a queued request, and runs it in eu", async () => {
+    const patched = await cluster.api.patch(`/v1/models/${model}/environments/prod-eu`, {
+      autoscaling_settings: { scale_down_delay: 3, autoscaling_window: 10, concurrency_target: 1 },
+    });
+    expect(patched.status, JSON.stringify(patched.body)).toBe(200);
+    await eventually(async () => {
+      const d = await cluster.api.get(`/v1/models/${model}/deployments/${deploymentId}`);
+      return d.body.status === "SCALED_TO_ZERO";
+    }, 90_000);
+    // Accepted at once with nothing ready; the queue asks for the wake and waits for the replica.
+    const id = await submit({ tag: "from-zero" });
+    expect((await status(id)).status).toBe("QUEUED");
+    const d = await deliveryOf(id);
+    expect([d.json.errors, d.json.data?.tag, d.json.deployment_id]).toEqual([[], "from-zero", deploymentId]);
+    // The replica that ran it was started in eu only.
+    for (const name of ["us-1", "uk-1", "au-1"]) {
+      const p = cluster.plane(name);
+      const res = await request(`http://${p.host}:${p.admin}/v1/replicas`, {
+        headers: { authorization: `Bearer ${p.token}` },
+      });
+      const replicas = ((await res.body.json()) as { replicas: Array<{ deployment_id: string }> }).replicas;
+      expect(replicas.filter((r) => r.deployment_id === deploymentId)).toEqual([]);
     }
   }, 180_000);
 

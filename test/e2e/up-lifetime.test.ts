@@ -217,7 +217,8 @@ describe("nothing outlives meridian up", () => {
     });
     expect(up.output).not.toContain("Meridian is up.");
     expect(tree.some((p) => isRole(p, "control"))).toBe(true);
-    expect(await leftAfter(tree, "SIGKILL")).toEqual([]);
+    const left = await leftAfter(tree, "SIGKILL");
+    expect(left, left.join("\n")).toEqual([]);
   }, 150_000);
 
   it("starts again on the same ports and data directory, and keeps its secrets from other users", async () => {

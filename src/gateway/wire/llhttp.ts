@@ -22,6 +22,8 @@ export interface Parser {
    */
   consume(handle: object): void;
   unconsume(): void;
+  /** The read being parsed, inside a `K_ON_EXECUTE` callback (the bytes after an upgrade's head). */
+  getCurrentBuffer(): Buffer;
   [K_ON_MESSAGE_BEGIN]: (() => void) | null;
   [K_ON_HEADERS]: ((headers: string[], url: string) => void) | null;
   [K_ON_HEADERS_COMPLETE]: OnHeadersComplete | null;
@@ -118,7 +120,15 @@ function tryLoad(): Loaded {
   for (const [name, actual, expected] of slots) {
     if (actual !== expected) return { ok: false, reason: `HTTPParser.${name} is ${actual}, not ${expected}` };
   }
-  for (const method of ["initialize", "execute", "finish", "close", "consume", "unconsume"]) {
+  for (const method of [
+    "initialize",
+    "execute",
+    "finish",
+    "close",
+    "consume",
+    "unconsume",
+    "getCurrentBuffer",
+  ]) {
     if (typeof (P.prototype as unknown as Record<string, unknown>)[method] !== "function") {
       return { ok: false, reason: `HTTPParser has no ${method}()` };
     }

@@ -27,6 +27,7 @@ import {
 } from "../gateway.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "../ingress.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "../tls-options.ts";
+import { type UpgradeContext, WebSocketRelay } from "../upgrade.ts";
 import {
   feedParser,
   K_ON_BODY,
@@ -57,6 +58,8 @@ interface WireExchange extends Exchange {
   http10: boolean;
   expectContinue: boolean;
   upgrade: boolean;
+  /** Bytes the client sent after an upgrade request's head (frames for the relay), once parsed. */
+  upgradeHead: Buffer | null;
   /** The request message was read whole. */
   complete: boolean;
   /** The request declared a body (Content-Length > 0 or chunked). */
@@ -93,7 +96,8 @@ export function createWireIngress(options: IngressOptions, limits: IngressLimits
   const { metrics, log, self } = gw;
   const pool = new UpstreamPool(P, limits.connectTimeoutMs, options.peerConnect);
   const conns = new Set<ClientConn>();
-  const ctx: Context = { gw, limits, P, pool, conns };
+  const upgrade: UpgradeContext = { gw, limits, peerConnect: options.peerConnect, relays: new Set() };
+  const ctx: Context = { gw, limits, P, pool, conns, upgrade };
 
   const onSocket = (socket: net.Socket) => {
     const conn = new ClientConn(socket, ctx);
@@ -146,6 +150,7 @@ export function createWireIngress(options: IngressOptions, limits: IngressLimits
     async stop() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       for (const c of conns) c.stopping();
+      for (const relay of upgrade.relays) relay.shutdown();
       await gw.drain();
       for (const c of conns) c.destroy();
       await closed;
@@ -162,6 +167,8 @@ interface Context {
   P: ParserModule;
   pool: UpstreamPool;
   conns: Set<ClientConn>;
+  /** Websocket relays (../upgrade.ts): connections handed over after an upgrade was planned. */
+  upgrade: UpgradeContext;
 }
 
 /** One client connection: its parser, its queue of pipelined requests, its timeouts. */
@@ -192,6 +199,10 @@ class ClientConn {
   private drainWaiter: WireExchange | null = null;
   /** A request parsed in the current read, to start once the read is parsed whole. */
   private pendingStart: WireExchange | null = null;
+  /** An upgrade request's head was parsed in the current read: the bytes after it are kept for it. */
+  private upgradeSeen: WireExchange | null = null;
+  /** The socket was handed to a websocket relay: nothing here touches it any more. */
+  private detached = false;
 
   constructor(
     readonly socket: net.Socket,
@@ -226,12 +237,14 @@ class ClientConn {
   // —— reading ——
 
   private onData(chunk: Buffer): void {
+    if (this.detached) return;
     // After the last request (an error, `Connection: close`), only its own body is still read.
     if (this.noMore && this.reading === null) return;
     this.socket.cork();
     const r = this.parser.execute(chunk);
     if (typeof r !== "number") this.parseError(r.code);
     else if (r < chunk.length && !this.noMore) this.stopReading(); // an upgrade: the rest is not HTTP/1.1
+    if (typeof r === "number") this.keepUpgradeHead(chunk, r);
     this.noteRead();
     this.startPending();
     this.socket.uncork();
@@ -254,10 +267,25 @@ class ClientConn {
   private afterExecute(r: number | ParseError): void {
     this.socket.cork();
     if (typeof r !== "number") this.parseError(r.code);
+    else if (this.upgradeSeen !== null) this.keepUpgradeHead(this.parser.getCurrentBuffer(), r);
     this.noteRead();
     this.startPending();
     this.socket.uncork();
     this.updateReading();
+  }
+
+  /**
+   * After an upgrade request's head the parser stops (llhttp pauses on upgrade): the rest of the read is not
+   * HTTP/1.1 but whatever the upgraded protocol sends, kept for the relay; reading stops until it takes over.
+   */
+  private keepUpgradeHead(read: Buffer, parsed: number): void {
+    const ex = this.upgradeSeen;
+    if (ex === null) return;
+    this.upgradeSeen = null;
+    if (parsed < read.length) ex.upgradeHead = Buffer.from(read.subarray(parsed));
+    // A websocket's frames wait in the socket until its relay takes over (the request may be parked while
+    // its deployment wakes, or queued behind a pipelined one); an upgrade with a body is still read.
+    if (parsed < read.length || (ex.method === "GET" && !declaredBody(ex.rawHeaders))) this.pause();
   }
 
   /**
@@ -321,6 +349,7 @@ class ClientConn {
       http10: major === 1 && minor === 0,
       expectContinue: false,
       upgrade,
+      upgradeHead: null,
       complete: false,
       bodyDeclared: false,
       bodyBytes: 0,
@@ -342,6 +371,7 @@ class ClientConn {
       done: false,
     };
     if (ex.closeAfter) this.noMore = true;
+    if (upgrade) this.upgradeSeen = ex;
     this.reading = ex;
     this.queue.push(ex);
     if (this.queue.length === 1) this.pendingStart = ex;
@@ -412,6 +442,7 @@ class ClientConn {
    * asked for and is not yet answered is abandoned (499), and the upstream calls are cancelled.
    */
   private onEnd(): void {
+    if (this.detached) return;
     this.noMore = true;
     if (this.queue.length === 0 && this.reading === null) this.endConnection();
     else this.destroy();
@@ -501,6 +532,10 @@ class ClientConn {
       return;
     }
     ex.forward = plan;
+    if (plan.upgrade !== null) {
+      this.handOver(ex, plan);
+      return;
+    }
     ex.expectContinue = hasExpectContinue(ex.rawHeaders);
     if (ex.expectContinue && !ex.complete) this.socket.write(CONTINUE, "latin1");
     const hasBody = plan.contentLength !== null ? plan.contentLength > 0 : plan.chunked;
@@ -516,6 +551,43 @@ class ClientConn {
     }
   }
 
+  /**
+   * A websocket upgrade was planned: the socket goes to its relay (../upgrade.ts), which answers it from
+   * here on. It is the connection's last request (an upgrade ends reading: `noMore`), and carries no body.
+   */
+  private handOver(ex: WireExchange, forward: Forward): void {
+    const { gw, conns, upgrade } = this.ctx;
+    this.queue.shift();
+    this.detached = true;
+    this.closed = true;
+    conns.delete(this);
+    if (this.handle !== null) {
+      this.parser.unconsume();
+    }
+    const parser = this.parser;
+    setImmediate(() => parser.close());
+    const relay = new WebSocketRelay(
+      upgrade,
+      ex,
+      forward,
+      this.socket,
+      ex.upgradeHead ?? Buffer.alloc(0),
+      (status, aborted) => {
+        ex.done = true;
+        gw.end(ex, status, aborted);
+      },
+    );
+    relay.start();
+    if (this.handle !== null) {
+      // Reads now reach the socket's own stream (`data` events to the relay). The stream still counts the
+      // read it asked for before the parser took the handle, so it will not start one: started here
+      // (stopped first: libuv refuses a second start with EALREADY), and marked as the stream marks it.
+      this.handle.readStop();
+      (this.handle as { reading?: boolean }).reading = true;
+      this.handle.readStart();
+    }
+  }
+
   /** Sends the request to `forward.targets[ex.attempt]`. */
   private dispatch(ex: WireExchange): void {
     const { gw, limits, pool } = this.ctx;
@@ -525,6 +597,8 @@ class ClientConn {
     ex.acquired = true;
     const timeout = t.kind === "replica" ? limits.predictTimeoutMs : limits.predictTimeoutMs + 1_000;
     const call = new Call(pool, new Sink(this, ex), this.socket, timeout);
+    // A response to HEAD has no body, whatever its Content-Length says (RFC 9110 §9.3.2).
+    call.skipBody = ex.method === "HEAD";
     ex.call = call;
     pool.open(call, { endpoint: t.endpoint, tls: t.origin.startsWith("https:") }, timeout, () =>
       this.writeRequest(ex, call),
@@ -536,7 +610,8 @@ class ClientConn {
     const forward = ex.forward!;
     const t = forward.targets[ex.attempt]!;
     const headers = gw.attemptHeaders(ex, forward, t);
-    // The client's method: POST for predict; GET and DELETE reach the async service and peer planes.
+    // The client's method: POST for predict; GET and DELETE reach the async service and peer planes;
+    // any of `/sync/{path}`'s reaches a replica's own routes.
     let head = `${ex.method} ${t.path} HTTP/1.1\r\n`;
     if (t.kind === "replica") head += `host: ${t.authority}\r\n`;
     for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
@@ -721,6 +796,7 @@ class ClientConn {
   }
 
   private onDrain(): void {
+    if (this.detached) return;
     const ex = this.drainWaiter;
     this.drainWaiter = null;
     if (ex !== null) ex.call?.resume();
@@ -908,7 +984,7 @@ class Sink implements CallSink {
     // A receipt that covers the body: nothing goes out before the body is whole (a failure meanwhile is
     // still answered 502).
     if (ex.heldAnswer !== null) return true;
-    conn.writeHead(ex, status, headers, hasContentLength(headers), true);
+    conn.writeHead(ex, status, headers, hasContentLength(headers) || ex.method === "HEAD", true);
     return true;
   }
 

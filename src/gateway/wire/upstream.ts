@@ -128,7 +128,8 @@ class Conn {
     }
     if (status >= 200) this.learnKeepAlive(h);
     c.onHead(status, h, keepAlive);
-    return 0;
+    // 1: the message has no body (a response to HEAD), whatever its framing fields say.
+    return c.skipBody && status >= 200 ? 1 : 0;
   }
 
   /** `Keep-Alive: timeout=N` (seconds): how long the upstream keeps an idle connection. */
@@ -264,6 +265,8 @@ export class Call {
   /** Timeout bookkeeping: the deadline of the current wait (headers, or the next body chunk). */
   deadline = 0;
   private corked: net.Socket | null = null;
+  /** The request was HEAD: the response is read without a body. */
+  skipBody = false;
 
   constructor(
     readonly pool: UpstreamPool,
