@@ -673,6 +673,34 @@ describe.each<IngressTransport>(["wire", "http"])("receipts on the %s transport"
     }
   });
 
+  it("covers a replica's answer that declines a websocket upgrade (read whole by the relay)", async () => {
+    const head = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(at("eu-2").port, at("eu-2").host);
+      let got = "";
+      socket.on("data", (d: Buffer) => {
+        got += d.toString("latin1");
+      });
+      socket.on("close", () => resolve(got));
+      socket.on("error", reject);
+      socket.write(
+        `GET /websocket HTTP/1.1\r\nhost: ${REG}\r\nauthorization: Api-Key ${KEY}\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
+      );
+      setTimeout(() => socket.end(), 1_000);
+    });
+    const [top, ...rest] = head.split("\r\n\r\n");
+    const lines = top!.split("\r\n");
+    const fields = lines.slice(1).map((l): [string, string] => {
+      const i = l.indexOf(":");
+      return [l.slice(0, i).toLowerCase(), l.slice(i + 1).trim()];
+    });
+    const status = Number(lines[0]!.split(" ")[1]);
+    const body = rest.join("\r\n\r\n");
+    // The test replica has no websocket: it answers the GET as any request, with a Content-Length.
+    expect(status, head).toBe(200);
+    const r = verify({ status, fields }, { body: Buffer.from(body) });
+    expect(r).toMatchObject({ ok: true, receipt: { plane: "eu-2", responseBody: "checked" } });
+  });
+
   it("property: any body, query and request id through any entry plane gives a receipt that binds exactly them", async () => {
     await fc.assert(
       fc.asyncProperty(
