@@ -1,5 +1,5 @@
 // Benchmark of the evidence work on a plane's hot path (issue 14). Part 1, micro: the request body's
-// Content-Digest (RFC 9530) by body size, a receipt (RFC 9421 signature base and one Ed25519 signature), the
+// Content-Digest (RFC 9530) by body size, the answer's digest with the receipt that covers it, a receipt (RFC 9421 signature base and one Ed25519 signature), the
 // receipt's verification (offline, for reference), and the audit log's cost per record (record() on the hot
 // path; sealing, hashing, signing and fsync per batch in the flush). Part 2, the ingress: one process with
 // receipts on and one with `--receipts off` (bench/ingress-host.ts, composed as `meridian plane` composes
@@ -122,6 +122,26 @@ measure("appendReceipt (the ingress's path)", N, () => {
   const out: string[] = [];
   if (appendReceipt(out, key, 200, proof, request, now++) !== null) throw new Error("unsignable");
 });
+// The answer's body covered (docs/evidence.md#receipts): its digest, then the receipt that covers it. A
+// small answer arrives in one chunk (no copy); a larger one in several is joined once before the digest.
+for (const size of [40, 1024, 64 * 1024]) {
+  const answer = Buffer.alloc(size, 0x62);
+  measure(`appendReceipt + the answer's digest, ${size} B answer`, N, () => {
+    const out: string[] = [];
+    if (appendReceipt(out, key, 200, proof, request, now++, "receipt", contentDigest(answer)) !== null)
+      throw new Error("unsignable");
+  });
+}
+{
+  const answer = Buffer.alloc(1024 * 1024, 0x62);
+  const pieces = Array.from({ length: 64 }, (_, i) => answer.subarray(i * 16384, (i + 1) * 16384));
+  measure("appendReceipt + digest, 1 MiB answer held in 16 KiB chunks", 200, () => {
+    const whole = Buffer.concat(pieces, answer.length);
+    const out: string[] = [];
+    if (appendReceipt(out, key, 200, proof, request, now++, "receipt", contentDigest(whole)) !== null)
+      throw new Error("unsignable");
+  });
+}
 measure("signReceipt (base, Ed25519, headers)", N, () => {
   const r = signReceipt(key, { status: 200, headers, request, now: now++ });
   if (!r.ok) throw new Error(r.reason);

@@ -82,6 +82,10 @@ program
     "--receipts <on|off>",
     "sign a receipt (RFC 9421) on every inference response with the plane's key: on (default) or off",
   )
+  .option(
+    "--receipt-body-limit <bytes>",
+    "answers of known length up to this are held whole so the receipt covers their body (default 1048576; 0: heads only)",
+  )
   .option("--async-concurrency <n>", "async requests each replica runs at once (default 1)")
   .option("--webhook-allow-http", "let async webhooks use http:// (development; https only by default)")
   .option(

@@ -38,7 +38,7 @@ function curlI(status: number, fields: readonly string[], body: string): string 
   return `${head}\r\n${body}`;
 }
 
-function signed(key = eu1, proof: Record<string, string> = {}): string {
+function signed(key = eu1, proof: Record<string, string> = {}, answer = '{"label":"positive"}'): string {
   const headers = Object.entries({
     "content-type": "application/json",
     "x-request-id": "req-7",
@@ -55,7 +55,12 @@ function signed(key = eu1, proof: Record<string, string> = {}): string {
     now: T,
   });
   if (!r.ok) throw new Error(r.reason);
-  return curlI(200, [...headers, ...r.headers], '{"label":"positive"}');
+  return curlI(200, [...headers, ...r.headers], answer);
+}
+
+/** As the plane signs a small answer: its content-digest in the head, covered by the receipt. */
+function signedWithBody(answer: string): string {
+  return signed(eu1, { "content-digest": contentDigest(answer) }, answer);
 }
 
 beforeAll(async () => {
@@ -166,6 +171,49 @@ describe("meridian verify (receipts)", () => {
       exitCode: 1,
       line: expect.stringMatching(/\(wrong_plane\)$/),
     });
+  });
+
+  it("says whether the response body is covered, and fails on a changed body when it is", async () => {
+    const head = await check(responseFile);
+    expect(head.details).toContain(
+      "response body not covered: the receipt signs the head only (the answer was streamed, or larger than the plane holds before signing)",
+    );
+    const answer = '{"label":"negative"}';
+    const covered = join(dir, "covered.txt");
+    await writeFile(covered, signedWithBody(answer));
+    const ok = await check(covered);
+    expect(ok.exitCode).toBe(0);
+    expect(ok.details).toContain(
+      `response body covered: ${answer.length} bytes match the signed content-digest`,
+    );
+    // The body changed after the fact: the receipt says it was not this one.
+    const changed = join(dir, "changed.txt");
+    await writeFile(changed, signedWithBody(answer).replace("negative", "positive"));
+    const bad = await check(changed);
+    expect(bad.exitCode).toBe(1);
+    expect(bad.line).toMatch(
+      /^receipt not valid: the receipt covers the response body, .*\(response_body_changed\)$/,
+    );
+    // The head alone (`curl -D`): covered, said not checked, not a failure.
+    const headFile = join(dir, "head-only.txt");
+    const full = signedWithBody(answer);
+    await writeFile(
+      headFile,
+      full
+        .slice(0, full.indexOf("\r\n\r\n") + 4)
+        .replace("\r\n\r\n", `\r\ncontent-length: ${answer.length}\r\n\r\n`),
+    );
+    const headOnly = await check(headFile);
+    expect(headOnly.exitCode).toBe(0);
+    expect(headOnly.details).toContain(
+      "response body covered by the receipt, but not checked: the file holds the head only (save it with curl -i)",
+    );
+    // And the digest rewritten to fit: the signature does not cover that one.
+    const refit = signedWithBody(answer)
+      .replace("negative", "positive")
+      .replace(contentDigest(answer), contentDigest('{"label":"positive"}'));
+    await writeFile(changed, refit);
+    expect((await check(changed)).line).toMatch(/\(bad_signature\)$/);
   });
 
   it("could not check (exit 2): no such file, a bad key directory, two things at once", async () => {

@@ -102,7 +102,14 @@ async function receiptOutcome(
   const saved = parseSavedResponse(raw);
   if (!saved.ok) throw new InputError(`the response file is not a saved HTTP response: ${saved.error}`);
   const request = await givenRequest(flags);
-  const r = verifyReceipt(saved.response, directory, { request });
+  // The body as saved (`curl -i`): checked against the receipt's content-digest when it covers the answer.
+  // A head saved alone (`curl -D`: no body where the head declares one) is not a changed body: not checked.
+  const declared = saved.response.fields.find(([n]) => n.toLowerCase() === "content-length")?.[1].trim();
+  const headOnly = saved.body.length === 0 && declared !== undefined && declared !== "0";
+  const r = verifyReceipt(saved.response, directory, {
+    request,
+    ...(headOnly ? {} : { body: saved.body }),
+  });
   if (!r.ok) {
     return { exitCode: 1, line: `receipt not valid: ${r.message} (${r.reason})`, details: [], result: r };
   }
@@ -121,7 +128,17 @@ async function receiptOutcome(
   if (!v.coversBody)
     details.push("the receipt does not cover the request body: the plane answered before reading it");
   else details.push(`request body digest: ${v.request.contentDigest}`);
-  details.push("the response body is not covered by the receipt (it streams after the signed head)");
+  if (v.responseBody === false) {
+    details.push(
+      "response body not covered: the receipt signs the head only (the answer was streamed, or larger than the plane holds before signing)",
+    );
+  } else if (v.responseBody === "not_checked") {
+    details.push(
+      "response body covered by the receipt, but not checked: the file holds the head only (save it with curl -i)",
+    );
+  } else {
+    details.push(`response body covered: ${saved.body.length} bytes match the signed content-digest`);
+  }
   for (const o of v.alsoSignedBy)
     details.push(`also signed by plane ${o.plane} (region ${o.region}), key ${o.keyId}`);
   return { exitCode: 0, line, details, result: r };

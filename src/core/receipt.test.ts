@@ -31,14 +31,21 @@ describe("the receipt profile", () => {
           { minLength: 5, maxLength: 5 },
         ),
         fc.record({ method: token, authority: visible, path: visible, contentDigest: fc.option(visible) }),
-        (keyId, created, status, proof, request: ReceiptRequest) => {
-          const fast = receiptBase(keyId, created, status, proof, request);
-          const params = receiptParams(keyId, created, request.contentDigest !== null);
-          const values = componentValues(
-            params,
-            { status, field: (name) => [proof[(PROOF_FIELDS as readonly string[]).indexOf(name)]!] },
-            request,
+        // The response's own content-digest, when the receipt covers the answer's body.
+        fc.option(visible.map((v) => v.replace(/^ +| +$/g, ""))),
+        (keyId, created, status, proof, request: ReceiptRequest, responseDigest) => {
+          const fast = receiptBase(keyId, created, status, proof, request, responseDigest);
+          const params = receiptParams(
+            keyId,
+            created,
+            request.contentDigest !== null,
+            responseDigest !== null,
           );
+          const field = (name: string) =>
+            name === "content-digest"
+              ? [responseDigest!]
+              : [proof[(PROOF_FIELDS as readonly string[]).indexOf(name)]!];
+          const values = componentValues(params, { status, field }, request);
           expect(values.ok).toBe(true);
           if (!values.ok || !fast.ok) return;
           expect(fast.base).toBe(signatureBase(params, values.values));

@@ -40,11 +40,15 @@ export const PROOF_FIELDS = [
 ] as const;
 
 const CONTENT_DIGEST_REQ: Component = { name: "content-digest", req: true };
+/** The response's own `Content-Digest` (RFC 9530), which the ingress computes over the body it sends. */
+const CONTENT_DIGEST_RES: Component = { name: "content-digest", req: false };
 
 /**
  * Covered components, in this order. `"content-digest";req` is left out only when the request's body had
  * not been read when the response head was sent (a refusal before the body): then nothing about the body
- * is claimed, and the verifier says so.
+ * is claimed, and the verifier says so. `"content-digest"` (the response's) is there only when the ingress
+ * held the response body whole before the head (known length up to its bound, docs/evidence.md#receipts):
+ * its presence in the list is how a receipt says the answer's body is covered.
  */
 export const RECEIPT_COMPONENTS: readonly Component[] = [
   { name: "@status", req: false },
@@ -53,7 +57,15 @@ export const RECEIPT_COMPONENTS: readonly Component[] = [
   { name: "@authority", req: true },
   { name: "@path", req: true },
   CONTENT_DIGEST_REQ,
+  CONTENT_DIGEST_RES,
 ];
+
+/** The components of a receipt that covers the request body or not, and the response body or not. */
+function componentsOf(coversBody: boolean, coversResponse: boolean): readonly Component[] {
+  return RECEIPT_COMPONENTS.filter(
+    (c) => (c !== CONTENT_DIGEST_REQ || coversBody) && (c !== CONTENT_DIGEST_RES || coversResponse),
+  );
+}
 
 /** The request components a receipt binds (RFC 9421 §2.4). */
 export interface ReceiptRequest {
@@ -73,12 +85,14 @@ export interface ReceiptResponse {
 }
 
 /** The signature parameters and components of a receipt (RFC 9421 §2.3), as one inner list. */
-export function receiptParams(keyId: string, createdSeconds: number, coversBody: boolean): InnerList {
-  const components = coversBody
-    ? RECEIPT_COMPONENTS
-    : RECEIPT_COMPONENTS.filter((c) => c !== CONTENT_DIGEST_REQ);
+export function receiptParams(
+  keyId: string,
+  createdSeconds: number,
+  coversBody: boolean,
+  coversResponse = false,
+): InnerList {
   return {
-    items: components.map(componentItem),
+    items: componentsOf(coversBody, coversResponse).map(componentItem),
     params: new Map<string, BareItem>([
       ["created", sf.integer(createdSeconds)],
       ["keyid", sf.string(keyId)],
@@ -91,20 +105,21 @@ export function receiptParams(keyId: string, createdSeconds: number, coversBody:
 // The hot path's signature base: the same bytes as `signatureBase(receiptParams(…), componentValues(…))`
 // (a test holds them equal), from parts serialized once.
 const LINE_PREFIXES = RECEIPT_COMPONENTS.map((c) => `${componentId(c)}: `);
-const INNER_WITH_BODY = serializeInnerList({
-  items: RECEIPT_COMPONENTS.map(componentItem),
-  params: new Map(),
-});
-const INNER_WITHOUT_BODY = serializeInnerList({
-  items: RECEIPT_COMPONENTS.filter((c) => c !== CONTENT_DIGEST_REQ).map(componentItem),
-  params: new Map(),
-});
+const REQ_DIGEST_AT = RECEIPT_COMPONENTS.indexOf(CONTENT_DIGEST_REQ);
+const RES_DIGEST_AT = RECEIPT_COMPONENTS.indexOf(CONTENT_DIGEST_RES);
+/** The inner lists without parameters, indexed by `(coversBody ? 1 : 0) + (coversResponse ? 2 : 0)`. */
+const INNER = [false, true].flatMap((res) =>
+  [false, true].map((req) =>
+    serializeInnerList({ items: componentsOf(req, res).map(componentItem), params: new Map() }),
+  ),
+);
 const PARAMS_TAIL = `;alg=${serializeBareItem(sf.string(RECEIPT_ALG))};tag=${serializeBareItem(sf.string(RECEIPT_TAG))}`;
 const keyIdItems = new Map<string, string>();
 
 /**
  * A receipt's signature base and its Signature-Input member value, given the five proof values in
- * PROOF_FIELDS order (each already combined per RFC 9421 §2.1; undefined when absent).
+ * PROOF_FIELDS order (each already combined per RFC 9421 §2.1; undefined when absent), and the response's
+ * Content-Digest when the receipt covers the response body (null: it does not).
  */
 export function receiptBase(
   keyId: string,
@@ -112,24 +127,42 @@ export function receiptBase(
   status: number,
   proof: readonly (string | undefined)[],
   request: ReceiptRequest,
+  responseDigest: string | null = null,
 ): { ok: true; base: string; input: string } | { ok: false; reason: string } {
   const keyItem = keyIdItems.get(keyId) ?? serializeBareItem(sf.string(keyId));
   if (keyIdItems.size < 64) keyIdItems.set(keyId, keyItem);
   const coversBody = request.contentDigest !== null;
-  const values = [String(status), ...proof, request.method, request.authority, request.path];
-  if (coversBody) values.push(request.contentDigest!);
+  const coversResponse = responseDigest !== null;
+  const values: (string | undefined)[] = [
+    String(status),
+    ...proof,
+    request.method,
+    request.authority,
+    request.path,
+  ];
+  const at: number[] = [];
+  for (let i = 0; i < values.length; i++) at.push(i);
+  if (coversBody) {
+    values.push(request.contentDigest!);
+    at.push(REQ_DIGEST_AT);
+  }
+  if (coversResponse) {
+    values.push(responseDigest);
+    at.push(RES_DIGEST_AT);
+  }
   let base = "";
   for (let i = 0; i < values.length; i++) {
     const v = values[i];
-    const c = RECEIPT_COMPONENTS[i]!;
+    const c = RECEIPT_COMPONENTS[at[i]!]!;
     const id = c.req ? `${c.name};req` : c.name;
     if (v === undefined) return { ok: false, reason: `${id}: absent` };
     if (!signableValue(v)) return { ok: false, reason: `${id}: holds characters outside visible ASCII` };
-    base += `${LINE_PREFIXES[i]}${v}\n`;
+    base += `${LINE_PREFIXES[at[i]!]}${v}\n`;
   }
   if (!Number.isSafeInteger(createdSeconds) || createdSeconds < 0)
     return { ok: false, reason: "created: not a time" };
-  const input = `${coversBody ? INNER_WITH_BODY : INNER_WITHOUT_BODY};created=${createdSeconds};keyid=${keyItem}${PARAMS_TAIL}`;
+  const inner = INNER[(coversBody ? 1 : 0) + (coversResponse ? 2 : 0)]!;
+  const input = `${inner};created=${createdSeconds};keyid=${keyItem}${PARAMS_TAIL}`;
   return { ok: true, base: `${base}"@signature-params": ${input}`, input };
 }
 
@@ -183,6 +216,8 @@ export interface ReceiptInput {
   keyId: string;
   created: number;
   coversBody: boolean;
+  /** The response's `content-digest` is covered: the answer's body is bound (docs/evidence.md#receipts). */
+  coversResponse: boolean;
 }
 
 export type ReceiptInputCheck =
@@ -226,9 +261,7 @@ export function receiptInputs(signatureInput: Dictionary): ReceiptInputCheck[] {
       fail("a component is covered twice");
       continue;
     }
-    const missing = RECEIPT_COMPONENTS.filter((c) => c !== CONTENT_DIGEST_REQ).find(
-      (c) => !ids.includes(c.name + (c.req ? ";req" : "")),
-    );
+    const missing = componentsOf(false, false).find((c) => !ids.includes(c.name + (c.req ? ";req" : "")));
     if (missing !== undefined) {
       fail(`does not cover "${missing.name}"${missing.req ? ";req" : ""}`);
       continue;
@@ -241,6 +274,7 @@ export function receiptInputs(signatureInput: Dictionary): ReceiptInputCheck[] {
         keyId: keyid.value,
         created: created.value,
         coversBody: ids.includes("content-digest;req"),
+        coversResponse: ids.includes("content-digest"),
       },
     });
   }

@@ -1106,10 +1106,28 @@ describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTran
       c.destroy();
     });
 
+    it("the replica closing mid-body (Content-Length within the receipt bound): the held answer becomes a 502", async () => {
+      // The ingress holds a small answer of known length whole before its head, so that its receipt covers
+      // the body (docs/evidence.md#receipts): nothing of it went out, and the client gets a clean 502.
+      up.respond = (_req, conn) => {
+        conn.socket.write("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial-");
+        setTimeout(() => conn.socket.destroy(), 80);
+      };
+      const c = await open();
+      c.write(request({ tag: "mid-body" }));
+      await sleep(400);
+      const { messages, rest } = c.parsed();
+      expect(rest, "nothing partial").toBeNull();
+      expect(messages).toHaveLength(1);
+      expectIngressAnswer(messages[0], 502, "replica_failed");
+      expect(c.data.toString("latin1")).not.toContain("partial-");
+      c.destroy();
+    });
+
     it.each([
       {
-        name: "Content-Length",
-        head: "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+        name: "Content-Length past the receipt bound",
+        head: `HTTP/1.1 200 OK\r\nContent-Length: ${2 * 1024 * 1024}\r\n\r\n`,
         part: "partial-",
       },
       {

@@ -15,7 +15,7 @@ import { type ErrorCode, errorBody, errorStatus } from "../core/errors.ts";
 import { parseHost } from "../core/host.ts";
 import { normalizeAuthority, pathOfTarget } from "../core/http-signatures.ts";
 import { decideRealtime, matchRealtimePath } from "../core/realtime-routing.ts";
-import { RECEIPT_REQUEST_HEADER } from "../core/receipt.ts";
+import { RECEIPT_LABEL, RECEIPT_REQUEST_HEADER } from "../core/receipt.ts";
 import {
   decideRoute,
   indexSnapshot,
@@ -25,7 +25,7 @@ import {
   type RouteIndex,
 } from "../core/routing.ts";
 import type { DeploymentRoute, PlaneRef } from "../core/snapshot.ts";
-import { appendReceipt, ContentDigester, EMPTY_CONTENT_DIGEST } from "../lib/receipts.ts";
+import { appendReceipt, ContentDigester, contentDigest, EMPTY_CONTENT_DIGEST } from "../lib/receipts.ts";
 import { asyncServiceHeaders, asyncServiceTarget } from "./async.ts";
 import type { AuditSink } from "./audit.ts";
 import { acceptableRequestId, apiKeyOf, PROOF, scanRequestHeaders, scanResponseHeaders } from "./headers.ts";
@@ -61,6 +61,20 @@ export interface Exchange {
   path: string | null;
   /** The request body's digest so far (`hashBody`), or null while no byte of it was read. */
   bodyDigest: ContentDigester | null;
+  /**
+   * A replica's answer whose receipt will cover its body (`responseHeaders` set it): the transport holds
+   * the body whole, then `sealResponse` adds its Content-Digest and the receipt. Null otherwise.
+   */
+  heldAnswer: HeldResponse | null;
+}
+
+/** A response head waiting for its body before it is signed (docs/evidence.md#receipts). */
+export interface HeldResponse {
+  status: number;
+  headers: string[];
+  proof: (string | undefined)[];
+  /** The body's declared length (Content-Length). */
+  length: number;
 }
 
 /** A request as the transport parsed it. */
@@ -590,7 +604,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
 
   /**
    * Appends the receipt to a response's `headers` (docs/evidence.md#receipts): signed once, over the proof
-   * values this plane set, with the body's digest when the request was read whole (`bodyRead`).
+   * values this plane set, with the body's digest when the request was read whole (`bodyRead`), and the
+   * response's own Content-Digest when its body is covered (`responseDigest`, already in `headers`).
    */
   function sign(
     ex: Exchange,
@@ -598,6 +613,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     headers: string[],
     proof: (string | undefined)[],
     bodyRead: boolean,
+    responseDigest: string | null = null,
   ): void {
     const authority = ex.authority;
     const path = ex.path;
@@ -608,7 +624,16 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         ? EMPTY_CONTENT_DIGEST
         : ex.bodyDigest.digest();
     const request = { method: ex.method, authority, path, contentDigest };
-    const unsigned = appendReceipt(headers, receiptKey, status, proof, request, now());
+    const unsigned = appendReceipt(
+      headers,
+      receiptKey,
+      status,
+      proof,
+      request,
+      now(),
+      RECEIPT_LABEL,
+      responseDigest,
+    );
     if (unsigned !== null) {
       // Nothing a client could be blamed for: a value outside visible ASCII cannot be signed (RFC 9421 §2.5).
       metrics?.unsignedReceipt();
@@ -664,6 +689,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         authority: null,
         path: null,
         bodyDigest: null,
+        heldAnswer: null,
       };
     },
 
@@ -700,7 +726,14 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         route,
         ...r.extra,
       ];
-      sign(ex, status, headers, [ex.requestId, self.region, self.name, deploymentId, route], bodyRead);
+      // The ingress's own answer is whole before its head: its receipt always covers it.
+      let digest: string | null = null;
+      if (receipts && ex.authority !== null && ex.path !== null) {
+        digest = contentDigest(body);
+        headers.push(CONTENT_DIGEST, digest);
+      }
+      const proof = [ex.requestId, self.region, self.name, deploymentId, route];
+      sign(ex, status, headers, proof, bodyRead, digest);
       return { status, headers, body };
     },
 
@@ -757,7 +790,15 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
           route,
         );
         if (warning !== null && !headers.includes("warning")) headers.push("warning", warning);
-        sign(ex, status, headers, [ex.requestId, self.region, self.name, deploymentId, route], bodyRead);
+        const proof = [ex.requestId, self.region, self.name, deploymentId, route];
+        const length =
+          receipts && !noBody(ex.method, status) ? coverableLength(headers, limits.receiptBodyBytes) : -1;
+        if (length >= 0 && ex.authority !== null && ex.path !== null) {
+          // Signed once the body is whole (`sealResponse`): the transport holds the head until then.
+          ex.heldAnswer = { status, headers, proof, length };
+          return headers;
+        }
+        sign(ex, status, headers, proof, bodyRead);
         return headers;
       } else {
         // The peer plane stamped its own proof; the route it returns already includes this plane.
@@ -783,6 +824,22 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       }
       if (warning !== null && !headers.includes("warning")) headers.push("warning", warning);
       return headers;
+    },
+
+    /**
+     * The head of a held answer (`ex.heldAnswer`), now that its body is whole: the replica's Content-Digest, if
+     * any, replaced by the digest of the bytes the client gets, and the receipt covering it. `body` must be
+     * the declared length (the transports' parsers end the message only then).
+     */
+    sealResponse(ex: Exchange, body: Uint8Array, bodyRead: boolean): { status: number; headers: string[] } {
+      const held = ex.heldAnswer!;
+      ex.heldAnswer = null;
+      let headers = held.headers;
+      if (headers.includes(CONTENT_DIGEST)) headers = dropField(headers, CONTENT_DIGEST);
+      const digest = contentDigest(body);
+      headers.push(CONTENT_DIGEST, digest);
+      sign(ex, held.status, headers, held.proof, bodyRead, digest);
+      return { status: held.status, headers };
     },
 
     /**
@@ -863,6 +920,38 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       return bareErrorAnswer(code, self);
     },
   };
+}
+
+const CONTENT_DIGEST = "content-digest";
+
+/** A response that has no body whatever its fields say (RFC 9110 §6.4.1). */
+function noBody(method: string, status: number): boolean {
+  return method === "HEAD" || status === 204 || status === 304 || status < 200;
+}
+
+/**
+ * The Content-Length of a response whose receipt can cover its body (one field, digits, at most
+ * `bound`, the `receiptBodyBytes` limit), else -1: a larger, chunked or close-delimited body keeps a head-only receipt.
+ */
+function coverableLength(headers: readonly string[], bound: number): number {
+  let length = -1;
+  for (let i = 0; i < headers.length; i += 2) {
+    const n = headers[i]!;
+    if (n === "transfer-encoding") return -1;
+    if (n !== "content-length") continue;
+    if (length >= 0) return -1;
+    const v = headers[i + 1]!.trim();
+    if (!/^[0-9]{1,16}$/.test(v)) return -1;
+    length = Number(v);
+  }
+  return length <= bound ? length : -1;
+}
+
+/** `headers` without the fields named `name`. */
+function dropField(headers: readonly string[], name: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < headers.length; i += 2) if (headers[i] !== name) out.push(headers[i]!, headers[i + 1]!);
+  return out;
 }
 
 /** Where an origin-form target's path ends (RFC 3986 §3.3: at `?` or `#`), or its length. */

@@ -150,6 +150,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       authority: null,
       path: null,
       bodyDigest: null,
+      heldAnswer: null,
       req,
       res,
       cancel: null,
@@ -419,6 +420,10 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
   private readonly ex: HttpExchange;
   private released = false;
   private resume: (() => void) | null = null;
+  /** The body of an answer whose receipt covers it (`ex.heldAnswer`): its first chunk, then the others. */
+  private first: Buffer | null = null;
+  private rest: Buffer[] | null = null;
+  private bytes = 0;
 
   constructor(
     private readonly call: Call,
@@ -452,6 +457,14 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
       statusCode,
       ex.bodyDone,
     );
+    // A receipt that covers the body: nothing goes out before the body is whole (a failure meanwhile is
+    // still answered 502).
+    if (ex.heldAnswer !== null) return true;
+    return this.writeHead(statusCode, headers, resume);
+  }
+
+  private writeHead(statusCode: number, headers: string[], resume: (() => void) | null): boolean {
+    const { ex } = this;
     try {
       ex.res.writeHead(statusCode, headers);
     } catch (err) {
@@ -464,6 +477,13 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
   }
 
   onData(chunk: Buffer): boolean {
+    if (this.ex.heldAnswer !== null) {
+      this.bytes += chunk.length;
+      if (this.first === null) this.first = chunk;
+      else if (this.rest === null) this.rest = [chunk];
+      else this.rest.push(chunk);
+      return true;
+    }
     if (this.ex.res.write(chunk)) return true;
     // Backpressure: undici pauses until resumed. Listening only now spares most responses a listener.
     if (this.resume !== null) this.ex.res.once("drain", this.resume);
@@ -472,10 +492,35 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
 
   onComplete(): void {
     this.release();
-    this.ex.res.end();
+    const { ex } = this;
+    if (ex.heldAnswer !== null) {
+      const first = this.first;
+      const body =
+        this.rest === null ? (first ?? Buffer.alloc(0)) : Buffer.concat([first!, ...this.rest], this.bytes);
+      this.first = null;
+      this.rest = null;
+      // undici ends a message of declared length only with that many bytes; anything else is an error.
+      if (body.length !== ex.heldAnswer.length) {
+        this.onError(new Error("the replica's answer is not the length it declared"));
+        return;
+      }
+      const { status, headers } = this.gw.sealResponse(ex, body, ex.bodyDone);
+      if (!this.writeHead(status, headers, null)) {
+        // After the message ended, the cancel in writeHead reaches no one: answer the refusal here.
+        this.failed(this.call, this.attempt, new Error("the replica's answer cannot be relayed"), true);
+        return;
+      }
+      ex.res.end(body);
+      return;
+    }
+    ex.res.end();
   }
 
   onError(err: Error): void {
+    // A held answer cut short: its head never went out, so the client gets the refusal instead.
+    this.first = null;
+    this.rest = null;
+    this.ex.heldAnswer = null;
     this.release();
     this.failed(this.call, this.attempt, err, this.connected);
   }

@@ -42,6 +42,12 @@ export interface IngressLimits {
   connectTimeoutMs: number;
   /** Bodies up to this size (with a Content-Length) are read whole before dispatch. Default 64 KiB. */
   bufferBodyBytes: number;
+  /**
+   * A replica's answer up to this size (with a Content-Length) is held whole before its head so that its
+   * receipt covers the body (a Content-Digest, docs/evidence.md#receipts); larger, chunked and streamed
+   * answers keep a head-only receipt. 0: only the ingress's own answers are covered. Default 1 MiB.
+   */
+  receiptBodyBytes: number;
   /** How old a plane-to-plane hop may be. Default 30 s. */
   hopMaxAgeMs: number;
   /**
@@ -69,6 +75,7 @@ export const DEFAULT_LIMITS: Readonly<IngressLimits> = Object.freeze({
   maxHeaderBytes: 16 * 1024,
   connectTimeoutMs: 5_000,
   bufferBodyBytes: 64 * 1024,
+  receiptBodyBytes: 1024 * 1024,
   hopMaxAgeMs: HOP_MAX_AGE_MS,
   hopReplayEntries: HOP_REPLAY_ENTRIES,
   drainTimeoutMs: 30_000,

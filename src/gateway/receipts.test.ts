@@ -31,6 +31,8 @@ const M1 = "rcpt0001";
 const STD = `model-${M1}.${DOMAIN}`;
 const REG = `model-${M1}-prod-eu.${DOMAIN}`;
 const KEY = "k-receipts";
+/** The ingresses' receipt body bound here (`receiptBodyBytes`), smaller than the default to test past it. */
+const BOUND = 64 * 1024;
 const sha = (k: string) => createHash("sha256").update(k).digest("hex");
 
 const PLANES = [
@@ -78,8 +80,31 @@ async function startReplica(): Promise<{ endpoint: string; close(): Promise<void
         setTimeout(() => res.end("data: c\n\n"), 400);
         return;
       }
+      if (mode === "big" || mode === "pieces") {
+        // A body of declared length written in pieces; "big" is over the ingress's receipt bound.
+        const size = mode === "big" ? BOUND + 1 : BOUND;
+        res.writeHead(200, { "content-type": "application/octet-stream", "content-length": size });
+        const all = Buffer.alloc(size, 0x61);
+        const q = Math.floor(size / 4);
+        res.write(all.subarray(0, q));
+        setTimeout(() => res.write(all.subarray(q, 2 * q)), 20);
+        setTimeout(() => res.end(all.subarray(2 * q)), 40);
+        return;
+      }
+      if (mode === "short") {
+        // Declares more than it sends, then dies.
+        res.writeHead(200, { "content-type": "application/json", "content-length": "100" });
+        res.write('{"partial":');
+        setTimeout(() => res.destroy(), 50);
+        return;
+      }
       const body = JSON.stringify({ bytes });
-      const headers: Record<string, string> = { "content-type": "application/json" };
+      const headers: Record<string, string> = {
+        "content-type": "application/json",
+        "content-length": String(Buffer.byteLength(body)),
+      };
+      // A replica's own digest, wrong: the plane's replaces it.
+      if (mode === "digest") headers["content-digest"] = contentDigest("not the body");
       if (mode === "spoof") {
         headers["signature-input"] =
           'receipt=("@status");created=1;keyid="x";alg="ed25519";tag="meridian-receipt", forged=("@status");created=1;keyid="y";alg="ed25519";tag="meridian-receipt", own=("content-type");created=1;keyid="model"';
@@ -227,7 +252,7 @@ describe.each<IngressTransport>(["wire", "http"])("receipts on the %s transport"
         signingKey: keyOf(p.name),
         snapshot: () => snapshotFor(p.name),
         localReplicas: (id) => (p.name === "eu-2" && id === "d-eu" ? [replica.endpoint] : []),
-        limits: { maxBodyBytes: 1024 * 1024, predictTimeoutMs: 3_000 },
+        limits: { maxBodyBytes: 1024 * 1024, predictTimeoutMs: 3_000, receiptBodyBytes: BOUND },
         transport,
       });
       await ingress.start();
@@ -264,9 +289,10 @@ describe.each<IngressTransport>(["wire", "http"])("receipts on the %s transport"
     expect(g.status).toBe(200);
     expect(g.header("signature-input")).toMatch(
       new RegExp(
-        `^receipt=\\("@status" "x-request-id" "x-meridian-region" "x-meridian-plane" "x-meridian-deployment-id" "x-meridian-route" "@method";req "@authority";req "@path";req "content-digest";req\\);created=\\d+;keyid="${keyOf("eu-2").keyId}";alg="ed25519";tag="meridian-receipt"$`,
+        `^receipt=\\("@status" "x-request-id" "x-meridian-region" "x-meridian-plane" "x-meridian-deployment-id" "x-meridian-route" "@method";req "@authority";req "@path";req "content-digest";req "content-digest"\\);created=\\d+;keyid="${keyOf("eu-2").keyId}";alg="ed25519";tag="meridian-receipt"$`,
       ),
     );
+    expect(g.header("content-digest")).toBe(contentDigest(g.body));
     const created = Number(/created=(\d+)/.exec(g.header("signature-input")!)![1]);
     expect(Math.abs(created - Date.now() / 1000)).toBeLessThan(5);
     const fromEcho = verify(g);
@@ -455,8 +481,12 @@ describe.each<IngressTransport>(["wire", "http"])("receipts on the %s transport"
       setTimeout(() => socket.end(), 500);
     });
     expect(g.status).toBe(413);
-    expect(g.header("signature-input")).not.toContain("content-digest");
-    expect(verify(g)).toMatchObject({ ok: true, receipt: { coversBody: false, status: 413 } });
+    expect(g.header("signature-input")).not.toContain('"content-digest";req');
+    // Its own JSON answer is covered, though: it was whole before the head.
+    expect(verify(g, { body: Buffer.from(g.body) })).toMatchObject({
+      ok: true,
+      receipt: { coversBody: false, responseBody: "checked", status: 413 },
+    });
     // A verifier who gives the body is told it cannot be checked.
     expect(fail(verify(g, { request: { contentDigest: contentDigest("x") } }))).toBe("body_not_covered");
   });
@@ -532,6 +562,145 @@ describe.each<IngressTransport>(["wire", "http"])("receipts on the %s transport"
     expect(verify(g)).toMatchObject({ ok: true, receipt: { plane: "eu-2", alsoSignedBy: [] } });
   });
 
+  it("covers the answer's body: a changed body, or a digest rewritten to match it, fails verification", async () => {
+    for (const [entry, host, path] of [
+      ["eu-2", REG, "/predict"],
+      ["eu-1", REG, "/predict"],
+      ["us-1", STD, "/environments/prod-eu/predict"],
+    ] as const) {
+      const g = await send(at(entry), { host, path, body: '{"q":1}' });
+      expect(g.status, entry).toBe(200);
+      // One receipt, the processing plane's: the entry plane passes it and the digest through unchanged.
+      expect(
+        g.fields.filter(([n]) => n === "signature-input"),
+        entry,
+      ).toHaveLength(1);
+      expect(
+        g.fields.filter(([n]) => n === "content-digest"),
+        entry,
+      ).toEqual([["content-digest", contentDigest(g.body)]]);
+      const body = Buffer.from(g.body);
+      expect(verify(g, { body }), entry).toMatchObject({
+        ok: true,
+        receipt: { plane: "eu-2", responseBody: "checked" },
+      });
+      expect(verify(g), entry).toMatchObject({ ok: true, receipt: { responseBody: "not_checked" } });
+      const changed = Buffer.from(g.body.replace("7", "8"));
+      expect(changed.equals(body)).toBe(false);
+      expect(fail(verify(g, { body: changed })), entry).toBe("response_body_changed");
+      // The attacker rewrites the content-digest to fit the new body: the signature no longer holds.
+      const rewritten = withField(g, "content-digest", contentDigest(changed));
+      expect(fail(verify(rewritten, { body: changed })), entry).toBe("bad_signature");
+      // Or drops the response digest from the covered list: the signature base changes with it.
+      const dropped = withField(
+        g,
+        "signature-input",
+        g.header("signature-input")!.replace(' "content-digest")', ")"),
+      );
+      expect(fail(verify(dropped, { body: changed })), entry).toBe("bad_signature");
+    }
+  });
+
+  it("replaces a replica's own wrong Content-Digest with the digest of the bytes the client gets", async () => {
+    const g = await send(at("eu-2"), {
+      host: REG,
+      path: "/predict",
+      body: "{}",
+      headers: { "x-test-mode": "digest" },
+    });
+    expect(g.status).toBe(200);
+    expect(g.fields.filter(([n]) => n === "content-digest")).toEqual([
+      ["content-digest", contentDigest(g.body)],
+    ]);
+    expect(verify(g, { body: Buffer.from(g.body) })).toMatchObject({
+      ok: true,
+      receipt: { responseBody: "checked" },
+    });
+  });
+
+  it("covers a body of declared length up to the bound that arrives in pieces; past the bound says it does not", async () => {
+    const whole = await send(at("eu-1"), {
+      host: REG,
+      path: "/predict",
+      body: "{}",
+      headers: { "x-test-mode": "pieces" },
+    });
+    expect(whole.status).toBe(200);
+    expect(whole.body).toBe("a".repeat(BOUND));
+    expect(verify(whole, { body: Buffer.from(whole.body) })).toMatchObject({
+      ok: true,
+      receipt: { responseBody: "checked" },
+    });
+    expect(fail(verify(whole, { body: Buffer.from(`${whole.body.slice(1)}b`) }))).toBe(
+      "response_body_changed",
+    );
+    for (const mode of ["big", "stream"]) {
+      const g = await send(at("eu-1"), {
+        host: REG,
+        path: "/predict",
+        body: "{}",
+        headers: { "x-test-mode": mode },
+      });
+      expect(g.status, mode).toBe(200);
+      expect(g.header("signature-input"), mode).not.toMatch(/"content-digest"[ )]/);
+      expect(g.header("content-digest"), mode).toBeUndefined();
+      // Not covered: the verifier says so, and a changed body is not its to judge.
+      const r = verify(g, { body: Buffer.from("anything") });
+      expect(r, mode).toMatchObject({ ok: true, receipt: { plane: "eu-2", responseBody: false } });
+    }
+  });
+
+  it("answers 502 when the replica sends less than it declared, with no receipt for the replica's digest", async () => {
+    for (const entry of ["eu-2", "eu-1"] as const) {
+      const g = await send(at(entry), {
+        host: REG,
+        path: "/predict",
+        body: "{}",
+        headers: { "x-test-mode": "short" },
+      });
+      expect(g.status, entry).toBe(502);
+      expect(JSON.parse(g.body), entry).toMatchObject({ error_code: "replica_failed" });
+      expect(g.body).not.toContain("partial");
+      // The receipt is eu-2's refusal, covering the refusal's own body.
+      expect(
+        g.fields.filter(([n]) => n === "content-digest"),
+        entry,
+      ).toEqual([["content-digest", contentDigest(g.body)]]);
+      expect(verify(g, { body: Buffer.from(g.body) }), entry).toMatchObject({
+        ok: true,
+        receipt: { plane: "eu-2", status: 502, responseBody: "checked" },
+      });
+    }
+  });
+
+  it("covers a replica's answer that declines a websocket upgrade (read whole by the relay)", async () => {
+    const head = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(at("eu-2").port, at("eu-2").host);
+      let got = "";
+      socket.on("data", (d: Buffer) => {
+        got += d.toString("latin1");
+      });
+      socket.on("close", () => resolve(got));
+      socket.on("error", reject);
+      socket.write(
+        `GET /websocket HTTP/1.1\r\nhost: ${REG}\r\nauthorization: Api-Key ${KEY}\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
+      );
+      setTimeout(() => socket.end(), 1_000);
+    });
+    const [top, ...rest] = head.split("\r\n\r\n");
+    const lines = top!.split("\r\n");
+    const fields = lines.slice(1).map((l): [string, string] => {
+      const i = l.indexOf(":");
+      return [l.slice(0, i).toLowerCase(), l.slice(i + 1).trim()];
+    });
+    const status = Number(lines[0]!.split(" ")[1]);
+    const body = rest.join("\r\n\r\n");
+    // The test replica has no websocket: it answers the GET as any request, with a Content-Length.
+    expect(status, head).toBe(200);
+    const r = verify({ status, fields }, { body: Buffer.from(body) });
+    expect(r).toMatchObject({ ok: true, receipt: { plane: "eu-2", responseBody: "checked" } });
+  });
+
   it("property: any body, query and request id through any entry plane gives a receipt that binds exactly them", async () => {
     await fc.assert(
       fc.asyncProperty(
@@ -556,8 +725,15 @@ describe.each<IngressTransport>(["wire", "http"])("receipts on the %s transport"
             path: "/predict",
             contentDigest: contentDigest(body),
           };
-          const r = verify(g, { request });
-          expect(r).toMatchObject({ ok: true, receipt: { plane: "eu-2", coversBody: true } });
+          const answer = Buffer.from(g.body);
+          const r = verify(g, { request, body: answer });
+          expect(r).toMatchObject({
+            ok: true,
+            receipt: { plane: "eu-2", coversBody: true, responseBody: "checked" },
+          });
+          // The answer with one byte more, or one changed: not the one eu-2 signed.
+          const longer = Buffer.concat([answer, Buffer.from(" ")]);
+          expect(fail(verify(g, { request, body: longer }))).toBe("response_body_changed");
           if (r.ok && requestId !== "bad id!") expect(r.receipt.requestId).toBe(requestId);
           const other = Buffer.concat([body, Buffer.from("x")]);
           expect(fail(verify(g, { request: { ...request, contentDigest: contentDigest(other) } }))).toBe(

@@ -280,9 +280,12 @@ export class WebSocketRelay {
       }
       const status = res.statusCode ?? 502;
       const body = Buffer.concat(chunks);
-      const headers = gw
-        .responseHeaders(this.#ex, t, this.#forward.warning, res.rawHeaders, status, true)
-        .filter((_, i, a) => (i % 2 === 0 ? a[i] !== "content-length" : a[i - 1] !== "content-length"));
+      let signed = gw.responseHeaders(this.#ex, t, this.#forward.warning, res.rawHeaders, status, true);
+      // An answer the receipt covers (docs/evidence.md#receipts) is signed once its body is whole: it is.
+      if (this.#ex.heldAnswer !== null) signed = gw.sealResponse(this.#ex, body, true).headers;
+      const headers = signed.filter((_, i, a) =>
+        i % 2 === 0 ? a[i] !== "content-length" : a[i - 1] !== "content-length",
+      );
       headers.push("content-length", String(body.length));
       this.#writeWhole(status, headers, body);
     });

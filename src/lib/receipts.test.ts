@@ -200,7 +200,10 @@ describe("signed receipts", () => {
   });
 
   it("accept a receipt http-message-signatures signed with the same profile (both directions agree)", async () => {
-    const headers = Object.fromEntries(pairs(proofHeaders()));
+    const headers = {
+      ...Object.fromEntries(pairs(proofHeaders())),
+      "content-digest": contentDigest('{"ok":true}'),
+    };
     const created = new Date(T0 + 15 * DAY);
     const signed = await httpbis.signMessage(
       {
@@ -222,6 +225,18 @@ describe("signed receipts", () => {
     );
     const r = verifyAt({ status: 200, fields }, request);
     expect(r).toMatchObject({ ok: true, receipt: { plane: "eu-1", keyId: eu1.keyId } });
+    // Both sides read the response's own content-digest as covered; the body must match it.
+    const at = { request, now: NOW };
+    const same = verifyReceipt({ status: 200, fields }, directory, {
+      ...at,
+      body: Buffer.from('{"ok":true}'),
+    });
+    expect(same).toMatchObject({ ok: true, receipt: { responseBody: "checked" } });
+    const other = verifyReceipt({ status: 200, fields }, directory, {
+      ...at,
+      body: Buffer.from('{"ok":false}'),
+    });
+    expect(other).toMatchObject({ ok: false, reason: "response_body_changed" });
   });
 
   it("fail when any covered header, the status, or the request's method, authority, path or body changes", () => {

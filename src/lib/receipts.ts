@@ -64,6 +64,17 @@ export interface ReceiptSubject {
   label?: string;
 }
 
+/** The response's `content-digest` among flat `[name, value, …]` headers (one field line), or null. */
+function contentDigestField(h: readonly string[]): string | null {
+  let out: string | null = null;
+  for (let i = 0; i < h.length; i += 2) {
+    if (h[i] !== "content-digest") continue;
+    const v = h[i + 1]!.replace(/^[ \t]+|[ \t]+$/g, "");
+    out = out === null ? v : `${out}, ${v}`;
+  }
+  return out;
+}
+
 export type ReceiptSigning = { ok: true; headers: string[] } | { ok: false; reason: string };
 
 /**
@@ -82,14 +93,25 @@ export function signReceipt(key: ReceiptKey, subject: ReceiptSubject): ReceiptSi
     proof[k] = proof[k] === undefined ? v : `${proof[k]}, ${v}`;
   }
   const out: string[] = [];
-  const signed = appendReceipt(out, key, subject.status, proof, subject.request, subject.now, subject.label);
+  // A response that carries a Content-Digest has it covered (the response body is then bound).
+  const signed = appendReceipt(
+    out,
+    key,
+    subject.status,
+    proof,
+    subject.request,
+    subject.now,
+    subject.label,
+    contentDigestField(h),
+  );
   return signed === null ? { ok: true, headers: out } : { ok: false, reason: signed };
 }
 
 /**
  * The ingress's path: appends the receipt's three header fields to `headers` (a flat `[name, value, …]`
  * array) from the proof values it set itself (PROOF_FIELDS order, each one field line), with no pass over
- * the response's fields. Returns null, or the reason no receipt could be signed (nothing is appended).
+ * the response's fields. `responseDigest`: the `content-digest` the response carries (its body is then
+ * covered), or null. Returns null, or the reason no receipt could be signed (nothing is appended).
  */
 export function appendReceipt(
   headers: string[],
@@ -99,8 +121,9 @@ export function appendReceipt(
   request: ReceiptRequest,
   now: number,
   label: string = RECEIPT_LABEL,
+  responseDigest: string | null = null,
 ): string | null {
-  const built = receiptBase(key.keyId, Math.floor(now / 1000), status, proof, request);
+  const built = receiptBase(key.keyId, Math.floor(now / 1000), status, proof, request, responseDigest);
   if (!built.ok) return built.reason;
   const signature = sign(null, Buffer.from(built.base, "latin1"), key.privateKey).toString("base64");
   headers.push(
@@ -129,6 +152,7 @@ export type ReceiptFailure =
   | "request_unknown"
   | "request_mismatch"
   | "body_not_covered"
+  | "response_body_changed"
   | "unknown_key"
   | "key_not_valid"
   | "wrong_plane"
@@ -149,6 +173,11 @@ export interface VerifiedReceipt {
   /** Where the request components came from: the verifier's own knowledge, or the response's echo. */
   requestFrom: "given" | "echo";
   coversBody: boolean;
+  /**
+   * The receipt covers the response body (its `content-digest`): `checked` when the body given matched it,
+   * `not_checked` when no body was given; false when the receipt covers only the head.
+   */
+  responseBody: "checked" | "not_checked" | false;
   /** Other planes' valid receipts on the same response (an entry plane that forwarded it). */
   alsoSignedBy: Array<{ plane: string; region: string; keyId: string }>;
 }
@@ -162,6 +191,8 @@ export interface ReceiptCheckOptions {
   request?: Partial<ReceiptRequest>;
   /** Unix ms "now", to refuse signatures from the future. Default the clock. */
   now?: number;
+  /** The response body as saved: checked against the covered `content-digest` when the receipt covers it. */
+  body?: Uint8Array;
 }
 
 /** A signature created this far after `now` is refused: no plane signs the future. */
@@ -246,6 +277,22 @@ export function verifyReceipt(
       "the receipt does not cover the request body (the plane answered before reading it), so the body given cannot be checked",
     );
   }
+  let responseBody: VerifiedReceipt["responseBody"] = false;
+  if (own.input.coversResponse) {
+    // The signature holds the header; the header must hold the body (RFC 9530 §2).
+    responseBody = "not_checked";
+    if (options.body !== undefined) {
+      const header = joined("content-digest") ?? "";
+      const actual = contentDigest(options.body);
+      if (!sameDigest(header, actual)) {
+        return fail(
+          "response_body_changed",
+          `the receipt covers the response body, and the body given (${options.body.length} bytes, ${actual}) is not the one plane ${plane} signed (${header || "no content-digest"})`,
+        );
+      }
+      responseBody = "checked";
+    }
+  }
   return {
     ok: true,
     receipt: {
@@ -262,6 +309,7 @@ export function verifyReceipt(
       request: own.input.coversBody ? request.value : { ...request.value, contentDigest: null },
       requestFrom: request.from,
       coversBody: own.input.coversBody,
+      responseBody,
       alsoSignedBy: verified
         .filter((v) => v !== own)
         .map((v) => ({ plane: v.key.plane, region: v.key.region, keyId: v.key.key_id })),
@@ -321,7 +369,7 @@ function verifyOne(
   if (!ok) {
     return fail(
       "bad_signature",
-      `the signature does not match: a covered part (the status, a proof header, or the request's method, authority, path or body digest) is not what plane ${found.key.plane} signed with key ${found.key.key_id}`,
+      `the signature does not match: a covered part (the status, a proof header, the response's content-digest, or the request's method, authority, path or body digest) is not what plane ${found.key.plane} signed with key ${found.key.key_id}`,
     );
   }
   return { ok: true, key: found.key };

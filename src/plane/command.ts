@@ -35,6 +35,7 @@ export interface PlaneFlags {
   sandboxBwrap?: string;
   auditRetention?: string;
   receipts?: string;
+  receiptBodyLimit?: string;
   python?: string[];
   pipFindLinks?: string;
   pipIndexUrl?: string;
@@ -138,6 +139,14 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
   if (receipts !== "on" && receipts !== "off") {
     throw new Error(`--receipts is on or off, got '${receipts}'`);
   }
+  // docs/evidence.md#receipts: answers of known length up to this are held whole so the receipt covers them.
+  const receiptBodyBytes = flags.receiptBodyLimit === undefined ? undefined : Number(flags.receiptBodyLimit);
+  if (
+    receiptBodyBytes !== undefined &&
+    !(Number.isInteger(receiptBodyBytes) && receiptBodyBytes >= 0 && receiptBodyBytes <= 64 * 1024 * 1024)
+  ) {
+    throw new Error("--receipt-body-limit is a whole number of bytes from 0 to 67108864 (64 MiB)");
+  }
   if (flags.pipFindLinks !== undefined && flags.pipIndexUrl !== undefined) {
     throw new Error("--pip-find-links and --pip-index-url exclude each other");
   }
@@ -175,6 +184,7 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     tlsDir: flags.tlsDir ? resolve(flags.tlsDir) : null,
     limits: {
       ...(predictTimeout ? { predictTimeoutMs: predictTimeout * 1000 } : {}),
+      ...(receiptBodyBytes !== undefined ? { receiptBodyBytes } : {}),
       ...websocket,
     },
     ...(transport ? { ingressTransport: transport } : {}),

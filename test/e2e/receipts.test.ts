@@ -203,11 +203,24 @@ describe("signed receipts end to end", () => {
       expect(v.code, what).toBe(1);
       expect(v.stderr, what).toMatch(/receipt not valid/);
     }
-    // The response body is not covered (the head is signed before it exists): said, not hidden.
+    // The answer's body is covered (a small JSON answer of known length: the plane holds it and signs its
+    // content-digest): the same head with another body fails, and so does the digest rewritten to fit it.
+    const same = await verify("regional.txt");
+    expect(same.code, same.stderr).toBe(0);
+    expect(same.stderr).toContain("response body covered:");
     writeFileSync(join(work, "other-body.txt"), render({ ...original, body: '{"x":"changed"}' }), "latin1");
     const body = await verify("other-body.txt");
-    expect(body.code).toBe(0);
-    expect(body.stderr).toContain("the response body is not covered by the receipt");
+    expect(body.code, body.stderr).toBe(1);
+    expect(body.stderr).toContain("(response_body_changed)");
+    const refit = setField(
+      { ...original, body: '{"x":"changed"}' },
+      "content-digest",
+      contentDigest('{"x":"changed"}'),
+    );
+    writeFileSync(join(work, "other-body.txt"), render(refit), "latin1");
+    const refitted = await verify("other-body.txt");
+    expect(refitted.code).toBe(1);
+    expect(refitted.stderr).toContain("(bad_signature)");
 
     // us-1's own key (an operator who holds it) signs the same claim that eu-1 processed the request.
     const usKey = (await loadOrCreatePlaneKey(join(cluster.plane("us-1").dataDir, "plane.key"))).key;

@@ -341,6 +341,7 @@ class ClientConn {
       authority: null,
       path: null,
       bodyDigest: null,
+      heldAnswer: null,
       conn: this,
       target,
       rawHeaders: h,
@@ -949,6 +950,14 @@ class ClientConn {
 
 /** Relays one upstream response to the client. */
 class Sink implements CallSink {
+  /**
+   * The body of an answer whose receipt covers it (`ex.heldAnswer`), held until it is whole: its first
+   * chunk (usually the only one, never copied), then the others.
+   */
+  private first: Buffer | null = null;
+  private rest: Buffer[] | null = null;
+  private bytes = 0;
+
   constructor(
     private readonly conn: ClientConn,
     private readonly ex: WireExchange,
@@ -968,6 +977,9 @@ class Sink implements CallSink {
       status,
       ex.complete && !ex.discard,
     );
+    // A receipt that covers the body: nothing goes out before the body is whole (a failure meanwhile is
+    // still answered 502).
+    if (ex.heldAnswer !== null) return true;
     conn.writeHead(ex, status, headers, hasContentLength(headers) || ex.method === "HEAD", true);
     return true;
   }
@@ -975,6 +987,13 @@ class Sink implements CallSink {
   data(chunk: Buffer): boolean {
     const { ex, conn } = this;
     if (ex.done) return true;
+    if (ex.heldAnswer !== null) {
+      this.bytes += chunk.length;
+      if (this.first === null) this.first = chunk;
+      else if (this.rest === null) this.rest = [chunk];
+      else this.rest.push(chunk);
+      return true;
+    }
     if (conn.writeBody(ex, chunk)) return true;
     conn.waitDrain(ex);
     return false;
@@ -983,10 +1002,23 @@ class Sink implements CallSink {
   complete(): void {
     const { ex, conn } = this;
     if (ex.done) return;
+    if (ex.heldAnswer !== null) {
+      const first = this.first;
+      const body = this.rest === null ? (first ?? EMPTY) : Buffer.concat([first!, ...this.rest], this.bytes);
+      this.first = null;
+      this.rest = null;
+      const { status, headers } = conn.ctx.gw.sealResponse(ex, body, ex.complete && !ex.discard);
+      conn.writeHead(ex, status, headers, true, true);
+      if (body.length > 0) conn.writeBody(ex, body);
+    }
     conn.responseDone(ex);
   }
 
   failed(code: string, message: string, touched: boolean): void {
+    // A held answer cut short: its head never went out, so the client gets the refusal instead.
+    this.first = null;
+    this.rest = null;
+    this.ex.heldAnswer = null;
     this.conn.upstreamFailed(this.ex, code, message, touched);
   }
 
@@ -998,6 +1030,8 @@ class Sink implements CallSink {
     if (!this.ex.done) this.conn.flushHead(this.ex);
   }
 }
+
+const EMPTY = Buffer.alloc(0);
 
 /** `head` (latin1: one byte per character) followed by `chunks`, and `spare` bytes left at the end. */
 function joinLatin1(head: string, chunks: readonly Buffer[], bytes: number, spare = 0): Buffer {
