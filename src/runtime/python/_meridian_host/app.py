@@ -16,10 +16,13 @@ from typing import Any, Callable, Deque, Dict, Optional, Tuple
 from .http11 import Connection, Request
 from .log import Logger, describe_exception
 from .truss_model import LoadedModel, Method, ModelDefinitionError
+from .websocket import WebSocket, WebSocketDisconnect, accept_key, is_upgrade, valid_key
 
 PREDICT = "/v1/models/model:predict"
 READINESS = "/v1/models/model"
 LIVENESS = "/"
+# What the ingress's /websocket reaches (docs/realtime.md), as the JavaScript host.
+WEBSOCKET = "/v1/websocket"
 # OpenAI-style routes truss serves when the class has the method.
 OPENAI_ROUTES = {
     "/v1/chat/completions": "chat_completions",
@@ -290,6 +293,8 @@ class Host:
             if method not in ("GET", "HEAD"):
                 return _not_allowed(conn, "GET, HEAD")
             return conn.send(200, b"application/json", b"true")
+        if path == WEBSOCKET:
+            return await self.websocket(request, conn)
         name = OPENAI_ROUTES.get(path)
         if name is not None:
             if method != "POST":
@@ -412,6 +417,44 @@ class Host:
             self.logger.error(f"{name} failed", err=describe_exception(err))
             return conn.send_error("internal_error", USER_ERROR, None, truss_code=600)
         self.answer_value(result, conn)
+
+    async def websocket(self, request: Request, conn: Connection) -> None:
+        """RFC 6455 §4.2.2: the upgrade is answered 101 and the model's `websocket(ws)` runs on the loop. It
+        takes no predict slot (a websocket lives for minutes). Returning closes with 1000, raising with 1011."""
+        if request.method != "GET":
+            return _not_allowed(conn, "GET")
+        key = request.headers.get("sec-websocket-key")
+        if not is_upgrade(request.headers) or not valid_key(key) or request.headers.get("sec-websocket-version") != "13":
+            return conn.send_error(
+                "websocket_upgrade_required",
+                None,
+                None,
+                extra=[("upgrade", "websocket"), ("sec-websocket-version", "13")],
+                close=True,
+            )
+        if self._not_ready(conn):
+            return
+        handler = self.model.method("websocket")
+        if handler is None:
+            conn.close_after = True
+            return conn.send_error("route_not_found", f"No websocket at {request.path}", {"path": request.path})
+        conn.started = True
+        conn.close_after = True
+        conn.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+            b"sec-websocket-accept: %s\r\n\r\n" % accept_key(key).encode("ascii")
+        )
+        ws = WebSocket(conn, request.path, request.headers)
+        conn.websocket = ws
+        failure: Optional[BaseException] = None
+        try:
+            await handler.fn(ws)
+        except WebSocketDisconnect:
+            pass
+        except Exception as err:  # noqa: BLE001 - a failing handler closes its websocket, not the host
+            failure = err
+            self.logger.warn("websocket handler failed", err=describe_exception(err))
+        await ws.finish(failure)
 
     def answer_value(self, value: Any, conn: Connection) -> None:
         if isinstance(value, (bytes, bytearray, memoryview)):

@@ -30,6 +30,11 @@ ERRORS: Dict[str, Tuple[int, str, int]] = {
     "payload_too_large": (413, "The request body is too large.", 700),
     "unsupported_media_type": (415, "The request body's content type is not supported.", 700),
     "expectation_failed": (417, "The request's Expect header names an unsupported expectation.", 700),
+    "websocket_upgrade_required": (
+        426,
+        "This route is a websocket: send GET with Upgrade: websocket (RFC 6455, version 13).",
+        700,
+    ),
     "rate_limited": (429, "Too many requests.", 600),
     "headers_too_large": (431, "The request header fields are too large.", 700),
     "internal_error": (500, "Internal error.", 500),
@@ -198,6 +203,8 @@ class Connection(asyncio.Protocol):
         self._read_paused = False
         self._task: Optional[asyncio.Task] = None
         self._registered = False
+        # A websocket this connection was upgraded to (websocket.py); told to close 1001 on drain.
+        self.websocket: Any = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------------------
 
@@ -601,6 +608,9 @@ class Connection(asyncio.Protocol):
         return ok and not self.gone.done()
 
     def close_if_idle(self) -> None:
+        if self.websocket is not None:
+            self.websocket.going_away()
+            return
         if self.idle and not self.buf and self.transport is not None:
             self.transport.close()
 

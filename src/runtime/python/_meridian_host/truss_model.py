@@ -26,6 +26,7 @@ METHODS = (
     "chat_completions",
     "completions",
     "embeddings",
+    "websocket",
 )
 
 
@@ -207,6 +208,9 @@ def describe_model(instance: Any) -> LoadedModel:
             methods[name] = described
     if "predict" not in methods:
         raise ModelDefinitionError("the model class has no predict method")
+    ws = methods.get("websocket")
+    if ws is not None and (not ws.is_async or ws.is_generator):
+        raise ModelDefinitionError("`websocket` must be an `async def websocket(self, ws)`")
     for name in ("load", "setup_environment", "is_healthy"):
         m = methods.get(name)
         if m is not None and m.is_generator:
