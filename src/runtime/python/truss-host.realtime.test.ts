@@ -270,6 +270,36 @@ class Model:
     expect(conn.received()).not.toContain("prod-eu: hi");
   });
 
+  it("closes 1007 on text that is not UTF-8, and 1002 on a close code a client may not send", async () => {
+    const { target } = await start(path.join(EXAMPLES, "openai-py"));
+    for (const [frame, code] of [
+      [[0x81, 0x82, 0, 0, 0, 0, 0xc3, 0x28], "\x03\xef"],
+      [[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xee], "\x03\xea"],
+    ] as const) {
+      const conn = await raw(target);
+      conn.socket.write(UPGRADE());
+      await conn.until("\r\n\r\n");
+      conn.socket.write(Buffer.from(frame));
+      await conn.closed;
+      expect(conn.received()).toMatch(new RegExp(`\x88[\\s\\S]${code}`));
+    }
+  });
+
+  it("refuses to load a websocket that is not async def (exit code 3)", async () => {
+    const dir = await writePackage({
+      "config.yaml": "model_name: ws\n",
+      "model/model.py":
+        "class Model:\n    def predict(self, x):\n        return x\n\n    def websocket(self, ws):\n        pass\n",
+    });
+    const proc = spawnTrussHost([dir, "--listen", "127.0.0.1:0"]);
+    children.push(proc);
+    expect((await proc.exited).code).toBe(3);
+    expect(proc.stdout.map((l) => l.msg).concat(proc.errors().map((l) => l.msg))).toContain(
+      "model load failed",
+    );
+    expect(proc.stderr()).toContain("must be an `async def websocket(self, ws)`");
+  });
+
   it("sends 1001 to an open websocket when the host drains on SIGTERM", async () => {
     const { proc, target } = await start(path.join(EXAMPLES, "openai-py"));
     const ws = await opened(wsUrl(target));
