@@ -5,10 +5,12 @@ embeddings(body) /v1/embeddings; an async generator of dicts streams them as Ser
 it runs."""
 
 import asyncio
+import base64
 import hashlib
 import os
 import random
 import string
+import struct
 import time
 
 
@@ -90,13 +92,20 @@ class Model:
         }
 
     def embeddings(self, body):
-        """A fake 8-dimensional embedding per input, derived from its SHA-256 (the same text, the same vector)."""
+        """A fake 8-dimensional embedding per input, derived from its SHA-256 (the same text, the same vector).
+        `encoding_format: "base64"` (what the openai package asks for by default) gets little-endian float32s
+        in base64, as OpenAI sends them."""
         inputs = body.get("input") if isinstance(body, dict) else None
+        as_base64 = body.get("encoding_format") == "base64"
         texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs or []]
         data = []
         for index, text in enumerate(texts):
             digest = hashlib.sha256(text.encode("utf-8")).digest()
-            data.append({"object": "embedding", "index": index, "embedding": [b / 255 for b in digest[:8]]})
+            vector = [b / 255 for b in digest[:8]]
+            embedding = vector
+            if as_base64:
+                embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
         return {"object": "list", "data": data, "model": body.get("model") or "openai-py"}
 
     async def websocket(self, ws):

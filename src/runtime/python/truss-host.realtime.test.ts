@@ -7,6 +7,7 @@
 import { once } from "node:events";
 import http from "node:http";
 import path from "node:path";
+import OpenAI from "openai";
 import { WebSocket } from "undici";
 import { afterEach, describe, expect, it } from "vitest";
 import { EXAMPLES, writePackage } from "../testing.ts";
@@ -149,6 +150,45 @@ describe("examples/openai-py: OpenAI-style routes", () => {
     const bad = await call(target, { method: "POST", path: "/v1/chat/completions", body: "{not json" });
     expect(bad.status).toBe(400);
     expect(bad.json().error_code).toBe("invalid_json");
+  });
+});
+
+describe("examples/openai-py with the unmodified openai package", () => {
+  it("streams a chat completion token by token, and answers a plain one and embeddings", async () => {
+    const { target } = await start(path.join(EXAMPLES, "openai-py"));
+    const client = new OpenAI({
+      apiKey: "unused",
+      baseURL: `http://${target.host}:${target.port}/v1`,
+      maxRetries: 0,
+    });
+    const messages = [{ role: "user" as const, content: "where do you run" }];
+    const stream = await client.chat.completions.create({
+      model: "openai-py",
+      stream: true,
+      messages,
+      metadata: { delay_ms: "60" },
+    });
+    const arrivals: number[] = [];
+    let text = "";
+    for await (const chunk of stream) {
+      arrivals.push(Date.now());
+      text += chunk.choices[0]?.delta?.content ?? "";
+    }
+    expect(text).toBe("You said where do you run (from prod-eu)");
+    expect(arrivals.at(-1)! - arrivals[0]!).toBeGreaterThanOrEqual(300);
+    const plain = await client.chat.completions.create({ model: "openai-py", messages, max_tokens: 2 });
+    expect(plain.choices[0]!.message.content).toBe("You said");
+    expect(plain.choices[0]!.finish_reason).toBe("length");
+    // The package asks for base64 float32s and decodes them: the same vector as the JSON floats.
+    const embedded = await client.embeddings.create({ model: "openai-py", input: "hello" });
+    const floats = await client.embeddings.create({
+      model: "openai-py",
+      input: "hello",
+      encoding_format: "float",
+    });
+    expect(embedded.data[0]!.embedding).toHaveLength(8);
+    expect(embedded.data[0]!.embedding.some((x) => x !== 0)).toBe(true);
+    embedded.data[0]!.embedding.forEach((x, i) => expect(x).toBeCloseTo(floats.data[0]!.embedding[i]!, 6));
   });
 });
 
