@@ -3,7 +3,8 @@
 // https://model-{id}-prod-eu.{domain}/sync/v1 with the installation's CA trusted and names resolved by
 // Meridian's own DNS responder, streams a chat completion; the proof headers name eu. A websocket echo
 // through the same regional hostname (undici's WebSocket), the default frame limit refusing a frame over
-// 16 MiB (1009), and an upgrade sent to a plane of another region refused with 421.
+// 16 MiB (1009), and an upgrade sent to a plane of another region refused with 421. examples/openai-py, its
+// Python twin, is pushed beside it: the same SDK stream and a websocket echo closed by the client.
 
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { Resolver } from "node:dns/promises";
@@ -42,6 +43,7 @@ describe("/sync and websockets on `meridian up`", () => {
   let apiKey: string;
   let domain: string;
   let regional: string;
+  let regionalPy: string;
   let dispatcher: Agent;
   let resolved: string[] = [];
 
@@ -86,6 +88,12 @@ describe("/sync and websockets on `meridian up`", () => {
     );
     expect(pushed.deployment.status).toBe("ACTIVE");
     regional = `model-${pushed.model.id}-prod-eu.${domain}`;
+    // The Python twin (truss's chat_completions and websocket on the Python host).
+    const pushedPy = JSON.parse(
+      await meridian("push", join(EXAMPLES, "openai-py"), "--environment", "prod-eu", "--wait", "--json"),
+    );
+    expect(pushedPy.deployment.status).toBe("ACTIVE");
+    regionalPy = `model-${pushedPy.model.id}-prod-eu.${domain}`;
 
     // Names are resolved by Meridian's own DNS responder, as a client told to use it would.
     const resolver = new Resolver();
@@ -177,6 +185,49 @@ describe("/sync and websockets on `meridian up`", () => {
     ws.send(new Uint8Array(16 * 1024 * 1024 + 1));
     const [event] = (await closed) as [{ code: number }];
     expect(event.code).toBe(1009);
+  }, 60_000);
+
+  it("examples/openai-py (the Python host): the openai package streams from it, and its websocket echoes and closes", async () => {
+    const client = new OpenAI({
+      apiKey,
+      baseURL: `https://${regionalPy}:${httpsPort}/sync/v1`,
+      fetch: ((url: string, init: object) => undiciFetch(url, { ...init, dispatcher })) as never,
+      maxRetries: 0,
+    });
+    const { data: stream, response } = await client.chat.completions
+      .create({
+        model: "openai-py",
+        stream: true,
+        messages: [{ role: "user", content: "where do you run" }],
+        metadata: { delay_ms: "100" },
+      })
+      .withResponse();
+    expect(response.headers.get("x-meridian-region")).toBe("eu");
+    const arrivals: number[] = [];
+    let text = "";
+    for await (const chunk of stream) {
+      arrivals.push(Date.now());
+      text += chunk.choices[0]?.delta?.content ?? "";
+    }
+    expect(text).toBe("You said where do you run (from prod-eu)");
+    // Relayed event by event: 7 tokens 100 ms apart did not arrive together.
+    expect(arrivals.at(-1)! - arrivals[0]!).toBeGreaterThanOrEqual(400);
+
+    const ws = new WebSocket(`wss://${regionalPy}:${httpsPort}/websocket`, {
+      dispatcher,
+      headers: { authorization: `Bearer ${apiKey}` },
+    } as ConstructorParameters<typeof WebSocket>[1]);
+    await once(ws as unknown as EventTarget, "open");
+    const reply = new Promise<string>((ok) =>
+      ws.addEventListener("message", (e) => ok(String(e.data)), { once: true }),
+    );
+    ws.send("hallo");
+    expect(await reply).toBe("prod-eu: hallo");
+    const closed = once(ws as unknown as EventTarget, "close");
+    ws.close(4000, "done");
+    const [event] = (await closed) as [{ code: number; wasClean: boolean }];
+    expect(event.code).toBe(4000);
+    expect(event.wasClean).toBe(true);
   }, 60_000);
 
   it("an upgrade sent to a plane of another region is refused with 421", async () => {
