@@ -348,7 +348,15 @@ describe("the Python host's YAML reader and the yaml package", () => {
   });
 
   it("reads every example's config.yaml as the yaml package does", () => {
-    const examples = ["hello-js", "stream-js", "custom-python", "hello-py", "stream-py"];
+    const examples = [
+      "hello-js",
+      "stream-js",
+      "custom-python",
+      "hello-py",
+      "stream-py",
+      "openai-js",
+      "openai-py",
+    ];
     agree(
       examples.map((e) => readFileSync(path.join(EXAMPLES, e, "config.yaml"), "utf8")),
       "examples",
