@@ -188,7 +188,8 @@ describe("examples/openai-py with the unmodified openai package", () => {
     });
     expect(embedded.data[0]!.embedding).toHaveLength(8);
     expect(embedded.data[0]!.embedding.some((x) => x !== 0)).toBe(true);
-    embedded.data[0]!.embedding.forEach((x, i) => expect(x).toBeCloseTo(floats.data[0]!.embedding[i]!, 6));
+    for (const [i, x] of embedded.data[0]!.embedding.entries())
+      expect(x).toBeCloseTo(floats.data[0]!.embedding[i]!, 6);
   });
 });
 
