@@ -15,9 +15,10 @@ import {
   type Refusal,
   refuse,
 } from "./gateway.ts";
-import type { Ingress, IngressLimits, IngressOptions } from "./ingress.ts";
+import type { Ingress, IngressLimits, IngressOptions } from "./options.ts";
+import { upgradeAsk } from "./rules.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "./tls-options.ts";
-import { type UpgradeContext, upgradeAsk, WebSocketRelay } from "./upgrade.ts";
+import { type UpgradeContext, WebSocketRelay } from "./upgrade.ts";
 
 class ClientGone extends Error {
   override name = "ClientGone";

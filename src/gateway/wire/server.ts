@@ -25,7 +25,7 @@ import {
   type Refusal,
   refuse,
 } from "../gateway.ts";
-import type { Ingress, IngressLimits, IngressOptions } from "../ingress.ts";
+import type { Ingress, IngressLimits, IngressOptions } from "../options.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "../tls-options.ts";
 import { type UpgradeContext, WebSocketRelay } from "../upgrade.ts";
 import {
