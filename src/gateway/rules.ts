@@ -1,8 +1,43 @@
 // The rules both ingress transports (`http-transport.ts`, `wire/`) must agree on, stated once so that
-// neither keeps its own copy: which requests ask for a websocket upgrade, and the 426 that answers one
-// that cannot be served.
+// neither keeps its own copy:
+// - timeouts: the limits and their defaults are `options.ts`'s (`DEFAULT_LIMITS`); how long an upstream
+//   attempt may take is `upstreamTimeoutMs`;
+// - body framing: whether a forwarded request carries a body (`declaresBody`) and whether it is read whole
+//   before dispatch (`readsWholeFirst`); the upstream head itself is framed afresh by each transport;
+// - proof headers: the set is `headers.ts`'s `PROOF`, stamped by `gateway.ts` on every answer; neither
+//   transport names one;
+// - websocket upgrades: which requests ask for one (`upgradeAsk`) and the fields of the 426 that refuses
+//   one (`UPGRADE_REQUIRED_FIELDS`).
 
 import { validKey } from "../lib/websocket.ts";
+import type { IngressLimits } from "./options.ts";
+import type { Forward, Target } from "./plan.ts";
+
+/**
+ * How long an upstream attempt may wait for the response head, and then between body chunks: a model's
+ * `predictTimeoutMs`; a hop to a peer plane 1 s more, so that the peer plane's own (equal) timeout on its
+ * replica fires first and its answer comes back.
+ */
+export function upstreamTimeoutMs(target: Target, limits: IngressLimits): number {
+  return target.kind === "replica" ? limits.predictTimeoutMs : limits.predictTimeoutMs + 1_000;
+}
+
+/**
+ * Whether a forwarded request carries a body: a Content-Length over 0, or chunked (`gateway.ts` sets
+ * `chunked` only without a Content-Length).
+ */
+export function declaresBody(forward: Forward): boolean {
+  return forward.contentLength !== null ? forward.contentLength > 0 : forward.chunked;
+}
+
+/**
+ * Whether a forwarded request's body is read whole before the first attempt: a declared Content-Length up to `bufferBodyBytes`. Larger and chunked bodies stream.
+ */
+export function readsWholeFirst(forward: Forward, limits: IngressLimits): boolean {
+  return (
+    declaresBody(forward) && forward.contentLength !== null && forward.contentLength <= limits.bufferBodyBytes
+  );
+}
 
 /** What a request's `Upgrade` and `Connection` fields ask for (RFC 9110 §7.8, RFC 6455 §4.1). */
 export type UpgradeAsk =

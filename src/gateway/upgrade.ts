@@ -1,7 +1,7 @@
 // Websocket upgrades through the ingress (DESIGN.md §3; docs/realtime.md): which requests are upgrades is
-// rules.ts's (`upgradeAsk`); this is the relay of an upgraded connection to the replica (or to the peer plane a standard-endpoint request
-// is handed to). Both transports hand an upgrade here once the gateway planned it, with the raw client
-// socket. The relay owns the bytes from then on:
+// rules.ts's (`upgradeAsk`); this is the relay of an upgraded connection to the replica (or to the peer
+// plane a standard-endpoint request is handed to). Both transports hand an upgrade here once the gateway
+// planned it, with the raw client socket. The relay owns the bytes from then on:
 // - the upstream handshake is a fresh connection (never a pooled one: it will not come back), answered 101
 //   with the proof headers and the receipt, or relayed as the upstream's refusal and closed;
 // - frames are checked both ways as they pass (src/lib/websocket.ts FrameReader: masking, reserved bits,
