@@ -2,6 +2,8 @@
 // the plane's snapshot, the per-request plan (authenticate, route, choose targets, build the upstream
 // headers), the proof headers and the receipt that signs them, the retry rule, and the audit record and
 // metrics. A transport owns only the bytes: reading requests, writing responses, calling upstreams.
+// The plan's types are plan.ts's, the options options.ts's, the rules on bytes both transports apply
+// rules.ts's: none imports a transport (test/architecture.test.ts keeps src/gateway free of import cycles).
 
 import { hash, randomUUID } from "node:crypto";
 import { STATUS_CODES } from "node:http";
