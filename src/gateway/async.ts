@@ -8,7 +8,7 @@ import { timingSafeEqual } from "node:crypto";
 import type { AsyncDecision, AsyncOp, AsyncTarget } from "../core/async-routing.ts";
 import { asyncTargetOf } from "../core/async-routing.ts";
 import type { HostnameForm } from "../core/domain.ts";
-import type { Target } from "./gateway.ts";
+import type { Target } from "./plan.ts";
 
 /** Where this plane's async service listens, and the token that proves a request came from its ingress. */
 export interface AsyncIngress {

@@ -15,9 +15,10 @@ import {
   type Refusal,
   refuse,
 } from "./gateway.ts";
-import type { Ingress, IngressLimits, IngressOptions } from "./ingress.ts";
+import type { Ingress, IngressLimits, IngressOptions } from "./options.ts";
+import { declaresBody, readsWholeFirst, upgradeAsk, upstreamTimeoutMs } from "./rules.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "./tls-options.ts";
-import { type UpgradeContext, upgradeAsk, WebSocketRelay } from "./upgrade.ts";
+import { type UpgradeContext, WebSocketRelay } from "./upgrade.ts";
 
 class ClientGone extends Error {
   override name = "ClientGone";
@@ -194,14 +195,14 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       });
       return;
     }
-    ex.bodyDeclared = (plan.contentLength !== null && plan.contentLength > 0) || plan.chunked;
+    ex.bodyDeclared = declaresBody(plan);
     ex.bodyDone = !ex.bodyDeclared;
     if (plan.contentLength !== null) plan.headers.push("content-length", String(plan.contentLength));
     if (expectContinue) res.writeContinue();
     const call: Call = { ex, forward: plan, body: NO_BODY };
     if (!ex.bodyDeclared) {
       dispatch(call, 0);
-    } else if (plan.contentLength !== null && plan.contentLength <= limits.bufferBodyBytes) {
+    } else if (readsWholeFirst(plan, limits)) {
       // A client that goes away mid-body gets no dispatch; finish() records it.
       readWhole(req, call, dispatchBuffered);
     } else {
@@ -234,7 +235,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
     const { ex, forward } = call;
     const t = forward.targets[i]!;
     gw.acquire(t);
-    const timeout = t.kind === "replica" ? limits.predictTimeoutMs : limits.predictTimeoutMs + 1_000;
+    const timeout = upstreamTimeoutMs(t, limits);
     dispatcherFor(t.socketPath).dispatch(
       {
         origin: t.origin,

@@ -1,7 +1,7 @@
-// Websocket upgrades through the ingress (DESIGN.md §3; docs/realtime.md): which requests are upgrades,
-// and the relay of an upgraded connection to the replica (or to the peer plane a standard-endpoint request
-// is handed to). Both transports hand an upgrade here once the gateway planned it, with the raw client
-// socket. The relay owns the bytes from then on:
+// Websocket upgrades through the ingress (DESIGN.md §3; docs/realtime.md): which requests are upgrades is
+// rules.ts's (`upgradeAsk`); this is the relay of an upgraded connection to the replica (or to the peer
+// plane a standard-endpoint request is handed to). Both transports hand an upgrade here once the gateway
+// planned it, with the raw client socket. The relay owns the bytes from then on:
 // - the upstream handshake is a fresh connection (never a pooled one: it will not come back), answered 101
 //   with the proof headers and the receipt, or relayed as the upstream's refusal and closed;
 // - frames are checked both ways as they pass (src/lib/websocket.ts FrameReader: masking, reserved bits,
@@ -14,62 +14,10 @@ import http, { type IncomingMessage } from "node:http";
 import https from "node:https";
 import type net from "node:net";
 import type { ConnectionOptions } from "node:tls";
-import {
-  acceptKey,
-  CLOSE,
-  closeFrame,
-  type FrameFault,
-  FrameReader,
-  OPCODE,
-  validKey,
-} from "../lib/websocket.ts";
-import type { Exchange, Forward, Gateway, Refusal, Target } from "./gateway.ts";
-import { refuse } from "./gateway.ts";
-import type { IngressLimits } from "./ingress.ts";
-
-/** What a request's `Upgrade` and `Connection` fields ask for (RFC 9110 §7.8, RFC 6455 §4.1). */
-export type UpgradeAsk =
-  | { kind: "none" }
-  /** Another protocol (`h2c`, …): never performed; the request is served as plain HTTP/1.1. */
-  | { kind: "other"; protocols: string }
-  | { kind: "websocket"; key: string }
-  | { kind: "invalid"; reason: string };
-
-function tokens(value: string): string[] {
-  return value
-    .split(",")
-    .map((t) => t.trim().toLowerCase())
-    .filter((t) => t.length > 0);
-}
-
-export function upgradeAsk(raw: readonly string[]): UpgradeAsk {
-  let upgrade: string[] | null = null;
-  let connection: string[] = [] as string[];
-  let key: string | undefined;
-  let keys = 0;
-  let version: string | undefined;
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!.toLowerCase();
-    const value = raw[i + 1]!;
-    if (name === "upgrade") upgrade = [...(upgrade ?? []), ...tokens(value)];
-    else if (name === "connection") connection = [...connection, ...tokens(value)];
-    else if (name === "sec-websocket-key") {
-      key = value.trim();
-      keys++;
-    } else if (name === "sec-websocket-version") version = value.trim();
-  }
-  if (upgrade === null || !connection.includes("upgrade")) return { kind: "none" };
-  // RFC 6455 §4.2.1: Upgrade includes "websocket" (case-insensitive), one key of 16 bytes, version 13.
-  if (!upgrade.some((p) => p === "websocket")) return { kind: "other", protocols: upgrade.join(", ") };
-  if (keys !== 1 || !validKey(key)) {
-    return { kind: "invalid", reason: "Sec-WebSocket-Key must be one base64 value of 16 bytes." };
-  }
-  if (version !== "13") return { kind: "invalid", reason: "Sec-WebSocket-Version must be 13." };
-  return { kind: "websocket", key: key! };
-}
-
-/** Extra fields of a 426 answer: the protocol to upgrade to (RFC 9110 §15.5.22) and the version (§4.4). */
-export const UPGRADE_REQUIRED_FIELDS = ["upgrade", "websocket", "sec-websocket-version", "13"];
+import { acceptKey, CLOSE, closeFrame, type FrameFault, FrameReader, OPCODE } from "../lib/websocket.ts";
+import type { Gateway } from "./gateway.ts";
+import type { IngressLimits } from "./options.ts";
+import { type Exchange, type Forward, type Refusal, refuse, type Target } from "./plan.ts";
 
 /** What the relay needs from the transport that hands it a socket. */
 export interface UpgradeContext {

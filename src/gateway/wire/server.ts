@@ -25,7 +25,8 @@ import {
   type Refusal,
   refuse,
 } from "../gateway.ts";
-import type { Ingress, IngressLimits, IngressOptions } from "../ingress.ts";
+import type { Ingress, IngressLimits, IngressOptions } from "../options.ts";
+import { readsWholeFirst, upstreamTimeoutMs } from "../rules.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "../tls-options.ts";
 import { type UpgradeContext, WebSocketRelay } from "../upgrade.ts";
 import {
@@ -534,13 +535,8 @@ class ClientConn {
     }
     ex.expectContinue = hasExpectContinue(ex.rawHeaders);
     if (ex.expectContinue && !ex.complete) this.socket.write(CONTINUE, "latin1");
-    const hasBody = plan.contentLength !== null ? plan.contentLength > 0 : plan.chunked;
-    if (
-      !hasBody ||
-      ex.complete ||
-      plan.contentLength === null ||
-      plan.contentLength > limits.bufferBodyBytes
-    ) {
+    // A body already complete is as good as read whole: dispatched at once.
+    if (ex.complete || !readsWholeFirst(plan, limits)) {
       this.dispatch(ex);
     } else {
       ex.waitWhole = true;
@@ -591,7 +587,7 @@ class ClientConn {
     const t = forward.targets[ex.attempt]!;
     gw.acquire(t);
     ex.acquired = true;
-    const timeout = t.kind === "replica" ? limits.predictTimeoutMs : limits.predictTimeoutMs + 1_000;
+    const timeout = upstreamTimeoutMs(t, limits);
     const call = new Call(pool, new Sink(this, ex), this.socket, timeout);
     // A response to HEAD has no body, whatever its Content-Length says (RFC 9110 §9.3.2).
     call.skipBody = ex.method === "HEAD";

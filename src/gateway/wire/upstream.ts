@@ -5,7 +5,7 @@
 
 import net from "node:net";
 import tls from "node:tls";
-import type { IngressOptions } from "../ingress.ts";
+import type { IngressOptions } from "../options.ts";
 import {
   feedParser,
   K_ON_BODY,
