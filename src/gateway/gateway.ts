@@ -254,8 +254,10 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     if (admission.action === "reject") return backpressure(admission);
     options.load?.begin(ex, id);
     metrics?.parked(1);
+    const heldAt = performance.now();
     const wait = parking.park(ex, id).then((outcome) => {
       metrics?.parked(-1);
+      metrics?.held((performance.now() - heldAt) / 1000, outcome.kind === "go" ? "released" : "refused");
       if (outcome.kind === "go") released.add(ex);
       return outcome;
     });

@@ -3,7 +3,7 @@
 // counters and handed to prom-client's registry only at scrape time: recording a request is one Map
 // lookup and a few additions, where prom-client's own `observe` validates and hashes labels every call.
 
-import { Counter, Gauge, type Metric, type Registry } from "prom-client";
+import { Counter, Gauge, Histogram, type Metric, type Registry } from "prom-client";
 
 export interface RequestLabels {
   environment: string;
@@ -24,6 +24,8 @@ export interface GatewayMetrics {
   unsignedReceipt(): void;
   /** Requests held while their deployment wakes (src/gateway/parking.ts). */
   parked(delta: number): void;
+  /** A held request left the queue: released to a replica (the cold start it waited) or refused. */
+  held(seconds: number, outcome: "released" | "refused"): void;
 }
 
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1200];
@@ -53,6 +55,14 @@ export function createGatewayMetrics(registry: Registry, region: string): Gatewa
   const unsigned = new Counter({
     name: "meridian_ingress_unsigned_responses_total",
     help: "Responses sent without a receipt because a covered value could not be signed (absent, or outside visible ASCII).",
+    registers: [registry],
+  });
+  // Observed once per held request only (a wake is rare next to requests): prom-client's own histogram.
+  const heldFor = new Histogram({
+    name: "meridian_ingress_held_seconds",
+    help: "How long a request was held at this ingress while its deployment woke or its replicas were full: the cold start a client waited (released) or the wait before a refusal (refused).",
+    labelNames: ["outcome"],
+    buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1200],
     registers: [registry],
   });
   // Counted here and read at scrape time, like the request series.
@@ -116,6 +126,9 @@ export function createGatewayMetrics(registry: Registry, region: string): Gatewa
     },
     parked(delta) {
       parkedNow += delta;
+    },
+    held(seconds, outcome) {
+      heldFor.observe({ outcome }, seconds);
     },
   };
 }

@@ -219,6 +219,16 @@ describe("autoscaling end to end", () => {
       `meridian_control_ready_replicas{model_id="${modelId}",environment="prod-eu",region="eu"} 1`,
     );
     expect(metrics).not.toMatch(/meridian_control_ready_replicas\{[^}]*region="(us|uk|au)"/);
+    // And the eu planes' /metrics: the cold start each held request waited, released to the replica.
+    let released = 0;
+    for (const name of EU) {
+      const plane = cluster.plane(name);
+      const text = await (await request(`http://${plane.host}:${plane.admin}/metrics`)).body.text();
+      released += Number(
+        /^meridian_ingress_held_seconds_count\{outcome="released"\} (\d+)$/m.exec(text)?.[1] ?? 0,
+      );
+    }
+    expect(released).toBeGreaterThanOrEqual(4);
   }, 90_000);
 
   it("answers 429 with Retry-After under REJECT_ON_FULL once the region's replicas are full", async () => {
