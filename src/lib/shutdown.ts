@@ -1,7 +1,7 @@
 // How a role's process ends. The first SIGTERM or SIGINT drains it once, in order; a second signal while it
 // drains exits at once (an impatient operator's second Ctrl-C). When the process that started it is gone
 // (its lifeline, src/lib/lifeline.ts: `meridian up` SIGKILLed, OOM-killed, its terminal closed), it stops
-// briefly instead and is gone within ORPHAN_STOP_LIMIT_MS, however far its start or its drain had got.
+// briefly instead and is gone within ORPHAN_STOP_LIMIT_MS; one that has not finished starting exits at once.
 
 import { watchLifeline } from "./lifeline.ts";
 
@@ -16,6 +16,8 @@ export interface ParentWatch {
   readonly watched: boolean;
   /** Resolves once the parent is gone; never without a lifeline. */
   readonly gone: Promise<void>;
+  /** The role has started (runUntilStopped): from now on a lost parent gets the brief stop. */
+  started(): void;
 }
 
 /** How a started role stops: `drain` on a signal, `brief` (default: `drain`) once its parent is gone. */
@@ -32,10 +34,18 @@ export interface RoleStop {
  */
 export function watchParent(env: NodeJS.ProcessEnv, role: string): ParentWatch {
   let lost: () => void = () => {};
+  let running = false;
   const gone = new Promise<void>((resolve) => {
     lost = resolve;
   });
   const watched = watchLifeline(env, () => {
+    if (!running) {
+      // Still starting (loading its code, a self-test, a first snapshot): nothing of it serves or holds
+      // work yet, and what it started dies with it (lifelines, bwrap's --die-with-parent). A start can
+      // take seconds on a loaded machine; finishing it first would break the 5 s promise.
+      note(`meridian ${role}: the process that started it is gone before it started; exiting\n`);
+      process.exit();
+    }
     note(
       `meridian ${role}: the process that started it is gone; stopping within ${ORPHAN_STOP_LIMIT_MS / 1000} s\n`,
     );
@@ -50,7 +60,13 @@ export function watchParent(env: NodeJS.ProcessEnv, role: string): ParentWatch {
     process.stdout.on("error", () => {});
     process.stderr.on("error", () => {});
   }
-  return { watched, gone };
+  return {
+    watched,
+    gone,
+    started() {
+      running = true;
+    },
+  };
 }
 
 /**
@@ -59,6 +75,7 @@ export function watchParent(env: NodeJS.ProcessEnv, role: string): ParentWatch {
  * counts it as a crash to restart: it ended because it was no longer wanted.
  */
 export function runUntilStopped(parent: ParentWatch, role: RoleStop): void {
+  parent.started();
   drainOnSignal(() => role.drain());
   void parent.gone.then(() => finish(role.brief ? () => role.brief!() : () => role.drain()));
 }
