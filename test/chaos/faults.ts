@@ -2,10 +2,28 @@
 // and the installation has recovered (or the wait for it ran out); the runner counts the load's results in
 // its window. Times are wall-clock ms.
 
+import { spawnSync } from "node:child_process";
+import { cpSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { request } from "undici";
-import { eventually } from "../support/cluster.ts";
-import { planeReplicas } from "../support/planes.ts";
-import { call, Load, type Result, replicaProcess, sleep, type World } from "./harness.ts";
+import { checkAuditDirectory } from "../../src/lib/audit-chain.ts";
+import { DOMAIN, eventually } from "../support/cluster.ts";
+import { createModelFrom, packFiles, planeReplicas, pushPackage } from "../support/planes.ts";
+import {
+  auditRecords,
+  call,
+  HUNG_MS,
+  Load,
+  type Result,
+  replicaProcess,
+  sleep,
+  type Target,
+  type World,
+} from "./harness.ts";
+import { chaosModel, executions } from "./support.ts";
 
 export interface FaultRun {
   name: string;
@@ -272,5 +290,751 @@ export async function controlDown(world: World, outageS: number): Promise<FaultR
       "revoked key refused 401": sideResults.filter((r) => r.status === 401).length,
     },
     sideResults,
+  };
+}
+
+// ——— Faults in the middle of a change, and faults of a plane's own inputs and disk (issue 15 item 1). ———
+
+/** The chaos model with a `load()` that takes `loadMs`: a candidate that is still starting for a while. */
+export function slowChaosModel(name: string, loadMs: number): Record<string, string> {
+  const files = chaosModel(name);
+  files["model/model.js"] = files["model/model.js"]!.replace(
+    "async load() {}",
+    `async load() { await sleep(${loadMs}); }`,
+  );
+  return files;
+}
+
+async function environmentOf(world: World, model: string, env: string): Promise<Record<string, any>> {
+  const r = await world.cluster.api.get(`/v1/models/${model}/environments/${env}`);
+  if (r.status !== 200) throw new Error(`get ${env}: ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
+/** Replicas of `deploymentId` on every plane now: plane → replica ids (any state). */
+async function replicasOf(world: World, deploymentId: string): Promise<Map<string, string[]>> {
+  const out = new Map<string, string[]>();
+  for (const p of world.cluster.planes.values()) {
+    const ids = ((await planeReplicas(p)) ?? []).filter((r) => r.deployment_id === deploymentId).map((r) => r.id);
+    if (ids.length > 0) out.set(p.name, ids);
+  }
+  return out;
+}
+
+/** Samples every plane's replicas of some deployments until stopped: the most seen at once, and where. */
+class ReplicaSampler {
+  readonly most = new Map<string, number>();
+  readonly planes = new Map<string, Set<string>>();
+  #running = true;
+  readonly #loop: Promise<void>;
+  constructor(world: World, ids: () => string[]) {
+    this.#loop = (async () => {
+      while (this.#running) {
+        for (const id of ids()) {
+          const now = await replicasOf(world, id);
+          let n = 0;
+          for (const [plane, rs] of now) {
+            n += rs.length;
+            const set = this.planes.get(id) ?? new Set<string>();
+            set.add(plane);
+            this.planes.set(id, set);
+          }
+          this.most.set(id, Math.max(this.most.get(id) ?? 0, n));
+        }
+        await sleep(150);
+      }
+    })();
+  }
+  async stop(): Promise<void> {
+    this.#running = false;
+    await this.#loop;
+  }
+}
+
+/**
+ * SIGKILL of the control plane in the middle of a promotion: a new deployment of uk's model (its load takes
+ * `loadS`) promoted into prod-uk; once its replica is starting on uk-1 the control plane is killed, and
+ * started again `downS` later. The promotion must end completed or rolled back (never stuck), the candidate
+ * never placed twice nor outside uk, and prod-uk served throughout.
+ */
+export async function promotionKill(world: World, loadS = 6, downS = 3): Promise<FaultRun> {
+  const { cluster } = world;
+  const model = world.models.uk;
+  const previous = (await environmentOf(world, model, "prod-uk")).current_deployment.id as string;
+  const pushed = await pushPackage(cluster, model, await packFiles(slowChaosModel("chaos-uk", loadS * 1000)));
+  if (pushed.status !== 200) throw new Error(`push: ${JSON.stringify(pushed.body)}`);
+  let candidate: string = pushed.body.deployment.id;
+  const sampler = new ReplicaSampler(world, () => [candidate]);
+  const promoted = await cluster.api.post(`/v1/models/${model}/environments/prod-uk/promote`, {
+    deployment_id: candidate,
+  });
+  if (promoted.status !== 200) throw new Error(`promote: ${JSON.stringify(promoted.body)}`);
+  candidate = promoted.body.id as string;
+  // The candidate's replica is starting (not ready yet) on a plane: now.
+  await eventually(async () => (await replicasOf(world, candidate)).size > 0, 30_000);
+  const stateAtKill = (await environmentOf(world, model, "prod-uk")).in_progress_promotion?.status ?? null;
+  const startedAt = Date.now();
+  await cluster.stopControl("SIGKILL");
+  await sleep(downS * 1000);
+  await cluster.startControl();
+  const restoredAt = Date.now();
+  let settled: Record<string, any> = {};
+  const settledMs = await eventually(async () => {
+    settled = await environmentOf(world, model, "prod-uk");
+    return settled.in_progress_promotion === null;
+  }, 60_000).then(
+    () => Date.now() - restoredAt,
+    () => -1,
+  );
+  const current = settled.current_deployment?.id as string | undefined;
+  const outcome = current === candidate ? "completed" : current === previous ? "rolled back" : `other (${current})`;
+  // Serving on the deployment the environment ended on, in place.
+  const uk = world.targets.find((t) => t.plane === "uk-1")!;
+  await eventually(async () => (await call(world, uk, cluster.api.key!, "after-promotion")).outcome === "ok", 30_000);
+  await sleep(2_000);
+  await sampler.stop();
+  const maxReplicas = (settled.autoscaling_settings?.max_replica as number | undefined) ?? 1;
+  return {
+    name: "control plane SIGKILL mid-promotion",
+    what: `a deployment of uk's model (load ${loadS} s) promoted into prod-uk; the control plane SIGKILLed while its replica was starting (promotion ${stateAtKill}), started again ${downS} s later`,
+    startedAt,
+    restoredAt,
+    endedAt: Date.now(),
+    affected: [],
+    extra: {
+      "promotion ended": outcome,
+      "settled after restart (ms)": settledMs,
+      "candidate replicas at once (most)": sampler.most.get(candidate) ?? 0,
+      "max_replica": maxReplicas,
+      "candidate ran on": [...(sampler.planes.get(candidate) ?? [])].join(" ") || "none",
+    },
+  };
+}
+
+/**
+ * SIGKILL of the control plane in the middle of a region-restriction migration: a model served in an
+ * unrestricted environment `chaos-mig` (its replica wherever the scheduler put it), the group restricted
+ * to au (a forced redeploy: a copy started in au, switched to when ready), and the control plane killed
+ * while the copy is starting, started again `downS` later. From the moment the restriction was accepted, no
+ * regional request of the environment may be processed outside au (clients' `x-meridian-region`, planes'
+ * `processed_by`), and after the restart the migration completes.
+ */
+export async function migrationKill(world: World, loadS = 5, downS = 3): Promise<FaultRun> {
+  const { cluster } = world;
+  const env = "chaos-mig";
+  const created = await createModelFrom(
+    cluster,
+    "chaos-mig",
+    await packFiles(slowChaosModel("chaos-mig", loadS * 1000)),
+    { environment_name: "production" },
+  );
+  if (created.status !== 200) throw new Error(`create chaos-mig: ${JSON.stringify(created.body)}`);
+  const model = created.body.model.id as string;
+  const made = await cluster.api.post(`/v1/models/${model}/environments`, { name: env });
+  if (made.status !== 200) throw new Error(`create ${env}: ${JSON.stringify(made.body)}`);
+  const first = await cluster.api.post(`/v1/models/${model}/environments/${env}/promote`, {
+    deployment_id: created.body.deployment.id,
+  });
+  if (first.status !== 200) throw new Error(`promote into ${env}: ${JSON.stringify(first.body)}`);
+  await eventually(async () => {
+    const e = await environmentOf(world, model, env);
+    return e.in_progress_promotion === null && e.current_deployment?.id === first.body.id;
+  }, 60_000);
+  const before = first.body.id as string;
+  const regional = `model-${model}-${env}.${DOMAIN}`;
+  // The regional endpoint at every plane but the global ingress (whose answer for a regional name of a
+  // restricted environment is a refusal), and the standard one through the global ingress.
+  const targets: Target[] = [
+    ...["eu-1", "uk-1", "au-1"].map((plane) => ({
+      name: `mig regional @${plane}`,
+      plane,
+      host: regional,
+      path: "/predict",
+      region: null,
+    })),
+    {
+      name: "mig standard @us-1",
+      plane: "us-1",
+      host: `model-${model}.${DOMAIN}`,
+      path: `/environments/${env}/predict`,
+      region: null,
+    },
+  ];
+  await eventually(async () => (await call(world, targets[3]!, cluster.api.key!, "mig-warm")).outcome === "ok", 60_000);
+  const load = new Load(world, { concurrency: 2, pauseMs: 20, targets, idPrefix: "mig" });
+  await sleep(1_000);
+  const mark = Date.now();
+  const restricted = await cluster.api.patch(`/v1/environment_groups/${env}`, {
+    region_restriction: { region: "au" },
+  });
+  const acceptedAt = Date.now();
+  if (restricted.status !== 200) {
+    await load.stop();
+    throw new Error(`restrict ${env}: ${JSON.stringify(restricted.body)}`);
+  }
+  const promotion = (await environmentOf(world, model, env)).in_progress_promotion;
+  const copy = (promotion?.candidate_deployment_id ?? promotion?.deployment_id ?? null) as string | null;
+  // The copy's replica starting in au: kill now.
+  await eventually(async () => {
+    const e = await environmentOf(world, model, env);
+    const id = e.candidate_deployment?.id as string | undefined;
+    return id !== undefined && (await replicasOf(world, id)).size > 0;
+  }, 30_000).catch(() => undefined);
+  const startedAt = Date.now();
+  await cluster.stopControl("SIGKILL");
+  await sleep(downS * 1000);
+  await cluster.startControl();
+  const restoredAt = Date.now();
+  let settled: Record<string, any> = {};
+  const completedMs = await eventually(async () => {
+    settled = await environmentOf(world, model, env);
+    return settled.in_progress_promotion === null && settled.current_deployment?.region?.slug === "au";
+  }, 60_000).then(
+    () => Date.now() - restoredAt,
+    () => -1,
+  );
+  // Served from au at its regional endpoint once the copy is current.
+  const au = targets.find((t) => t.plane === "au-1")!;
+  const servedMs = await eventually(
+    async () => (await call(world, au, cluster.api.key!, "mig-after")).outcome === "ok",
+    30_000,
+  ).then(
+    () => Date.now() - restoredAt,
+    () => -1,
+  );
+  await sleep(2_000);
+  const results = await load.stop();
+  const after = results.filter((r) => r.startedAt >= acceptedAt);
+  const regionalOutside = after.filter(
+    (r) => r.target.includes("regional") && r.outcome === "ok" && r.region !== "au",
+  );
+  const standardOutside = after.filter((r) => r.target.includes("standard") && r.outcome === "ok" && r.region !== "au");
+  const audit = auditRecords(cluster).filter(
+    (a) =>
+      a.model_id === model &&
+      a.hostname_form === "regional" &&
+      Date.parse(a.time) >= acceptedAt &&
+      a.processed_by !== null &&
+      cluster.plane(a.processed_by).region !== "au",
+  );
+  const c = (rs: Result[]) => ({
+    ok: rs.filter((r) => r.outcome === "ok").length,
+    typed: rs.filter((r) => r.outcome === "typed_error").length,
+    untyped: rs.filter((r) => r.outcome === "untyped_error").length,
+    hung: rs.filter((r) => r.outcome === "hung").length,
+  });
+  const current = settled.current_deployment?.id as string | undefined;
+  return {
+    name: "control plane SIGKILL mid-migration",
+    what: `group ${env} (a model served unrestricted) restricted to au; the control plane SIGKILLed while the au copy was starting, started again ${downS} s later`,
+    startedAt: mark,
+    restoredAt,
+    endedAt: Date.now(),
+    affected: [],
+    extra: {
+      "kill after the restriction was accepted (ms)": startedAt - acceptedAt,
+      "migration completed after restart (ms)": completedMs,
+      "au regional served after restart (ms)": servedMs,
+      "environment moved": current !== undefined && current !== before,
+      "copy": copy ?? "—",
+      "regional 2xx outside au after acceptance (clients)": regionalOutside.length,
+      "regional processed outside au after acceptance (audit)": audit.length,
+      "standard 2xx outside au after acceptance (no guarantee)": standardOutside.length,
+      "migration load calls": results.length,
+      "migration load 2xx / typed / untyped / hung": Object.values(c(results)).join(" / "),
+    },
+    sideResults: results,
+  };
+}
+
+/** A webhook receiver on loopback: every delivery's request id and whether it carried the model's output. */
+export class WebhookReceiver {
+  readonly deliveries: Array<{ request_id: string; ok: boolean; at: number }> = [];
+  readonly #server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      try {
+        const body = JSON.parse(Buffer.concat(chunks).toString("utf8")) as {
+          request_id: string;
+          data: unknown;
+          errors: unknown[];
+        };
+        this.deliveries.push({ request_id: body.request_id, ok: body.errors.length === 0, at: Date.now() });
+      } catch {}
+      res.writeHead(200).end();
+    });
+  });
+  url = "";
+  async start(): Promise<this> {
+    await new Promise<void>((ok) => this.#server.listen(0, "127.0.0.1", ok));
+    const a = this.#server.address() as AddressInfo;
+    this.url = `http://127.0.0.1:${a.port}/hook`;
+    return this;
+  }
+  stop(): Promise<void> {
+    return new Promise((ok) => this.#server.close(() => ok()));
+  }
+}
+
+async function asyncSend(world: World, t: Target, method: "POST" | "GET", path: string, body?: unknown) {
+  const p = world.cluster.plane(t.plane);
+  const res = await request(`http://${p.host}:${p.port}${path}`, {
+    method,
+    headers: {
+      host: t.host,
+      authorization: `Api-Key ${world.cluster.api.key!}`,
+      "content-type": "application/json",
+    },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    headersTimeout: HUNG_MS,
+    bodyTimeout: HUNG_MS,
+  });
+  const text = await res.body.text();
+  let json: any = null;
+  try {
+    json = JSON.parse(text);
+  } catch {}
+  return { status: res.statusCode, body: json };
+}
+
+/**
+ * Async jobs while something dies: `jobs` async requests (each runs `jobMs`) queued at uk's regional
+ * endpoint with a webhook, then the control plane (`who: "control"`) or uk-1's agent and ingress (one
+ * process, `who: "plane"`) SIGKILLed once the first job runs, started again `downS` later. Every job must
+ * end (SUCCEEDED, or FAILED with an error), its webhook delivered, none lost; executions per job come
+ * from the replicas' own logs.
+ */
+export async function asyncKill(
+  world: World,
+  who: "control" | "plane",
+  hooks: WebhookReceiver,
+  jobs = 4,
+  jobMs = 2_000,
+  downS = 3,
+): Promise<FaultRun> {
+  const { cluster } = world;
+  const uk = world.targets.find((t) => t.plane === "uk-1")!;
+  const tag = `async-${who}-${Date.now().toString(36)}`;
+  const ids: Array<{ input: string; request: string }> = [];
+  for (let i = 0; i < jobs; i++) {
+    const input = `${tag}-${i}`;
+    const r = await asyncSend(world, uk, "POST", "/async_predict", {
+      model_input: { id: input, ms: jobMs },
+      webhook_endpoint: hooks.url,
+      inference_retry_config: { max_attempts: 3, initial_delay_ms: 500 },
+    });
+    if (r.status !== 201) throw new Error(`async_predict: ${r.status} ${JSON.stringify(r.body)}`);
+    ids.push({ input, request: r.body.request_id as string });
+  }
+  await eventually(async () => executions(cluster, ids[0]!.input).length > 0, 30_000);
+  const startedAt = Date.now();
+  if (who === "control") {
+    await cluster.stopControl("SIGKILL");
+    await sleep(downS * 1000);
+    await cluster.startControl();
+  } else {
+    const plane = cluster.plane("uk-1");
+    await plane.stop("SIGKILL");
+    await sleep(downS * 1000);
+    await plane.start();
+  }
+  const restoredAt = Date.now();
+  const statuses = new Map<string, string>();
+  const endedMs = await eventually(async () => {
+    for (const { request: id } of ids) {
+      const r = await asyncSend(world, uk, "GET", `/async_request/${id}`).catch(() => null);
+      if (r?.status === 200) statuses.set(id, `${r.body.status}/${r.body.webhook_status}`);
+    }
+    return ids.every(({ request: id }) => {
+      const s = statuses.get(id) ?? "";
+      return /^(SUCCEEDED|FAILED|WEBHOOK_FAILED|EXPIRED)\//.test(s) && !s.endsWith("/PENDING");
+    });
+  }, 90_000).then(
+    () => Date.now() - restoredAt,
+    () => -1,
+  );
+  const execs = ids.map(({ input }) => executions(cluster, input).length);
+  const delivered = ids.map(({ request: id }) => hooks.deliveries.filter((d) => d.request_id === id).length);
+  const byStatus: Record<string, number> = {};
+  for (const { request: id } of ids) {
+    const s = statuses.get(id) ?? "unknown";
+    byStatus[s] = (byStatus[s] ?? 0) + 1;
+  }
+  return {
+    name: who === "control" ? "control plane SIGKILL mid async job" : "plane SIGKILL mid async job",
+    what: `${jobs} async jobs of ${jobMs} ms queued at uk with a webhook; ${who === "control" ? "the control plane" : "uk-1 (agent and ingress)"} SIGKILLed while the first ran, started again ${downS} s later`,
+    startedAt,
+    restoredAt,
+    endedAt: Date.now(),
+    affected: who === "plane" ? ["uk regional @uk-1"] : [],
+    extra: {
+      "jobs ended after restart (ms)": endedMs,
+      "jobs by status/webhook": Object.entries(byStatus)
+        .map(([k, n]) => `${k}: ${n}`)
+        .join(", "),
+      "executions per job": execs.join(" "),
+      "webhooks per job": delivered.join(" "),
+      "jobs lost": ids.filter(({ request: id }) => !statuses.has(id)).length,
+    },
+  };
+}
+
+/**
+ * A proxy between one plane and the control plane that passes everything through, except that, while
+ * `corrupting`, every snapshot it carries is altered so it fails the plane's check (its region is not the
+ * plane's). Loopback only.
+ */
+export class SnapshotCorrupter {
+  corrupting = false;
+  corrupted = 0;
+  passed = 0;
+  url = "";
+  readonly #server;
+  constructor(readonly target: string) {
+    this.#server = createServer((req, res) => {
+      void (async () => {
+        try {
+          const chunks: Buffer[] = [];
+          for await (const c of req) chunks.push(c as Buffer);
+          const headers = { ...req.headers };
+          delete headers.host;
+          delete headers["content-length"];
+          const up = await request(`${this.target}${req.url}`, {
+            method: req.method as "GET",
+            headers,
+            ...(chunks.length ? { body: Buffer.concat(chunks) } : {}),
+            headersTimeout: 60_000,
+            bodyTimeout: 60_000,
+          });
+          let body = Buffer.from(await up.body.arrayBuffer());
+          const out = { ...up.headers } as Record<string, string | string[]>;
+          delete out["content-length"];
+          delete out["transfer-encoding"];
+          delete out.connection;
+          if (req.url?.includes("/snapshot") && up.statusCode === 200) {
+            if (this.corrupting) {
+              const s = JSON.parse(body.toString("utf8")) as { plane: { region: string } };
+              s.plane.region = "nowhere";
+              body = Buffer.from(JSON.stringify(s));
+              this.corrupted++;
+            } else {
+              this.passed++;
+            }
+          }
+          res.writeHead(up.statusCode, { ...out, "content-length": String(body.length) }).end(body);
+        } catch {
+          if (!res.headersSent) res.writeHead(502).end();
+          else res.destroy();
+        }
+      })();
+    });
+  }
+  async start(): Promise<this> {
+    await new Promise<void>((ok) => this.#server.listen(0, "127.0.0.1", ok));
+    this.url = `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;
+    return this;
+  }
+  stop(): Promise<void> {
+    this.#server.closeAllConnections();
+    return new Promise((ok) => this.#server.close(() => ok()));
+  }
+}
+
+/** The plane's operator `/healthz` and `/metrics` text, or null while it does not answer. */
+async function planeHealth(world: World, plane: string): Promise<Record<string, any> | null> {
+  const p = world.cluster.plane(plane);
+  const res = await request(`http://${p.host}:${p.admin}/healthz`).catch(() => null);
+  if (!res) return null;
+  return (await res.body.json().catch(() => null)) as Record<string, any> | null;
+}
+
+/**
+ * A snapshot that fails validation pushed to au-1: its control URL is pointed at a SnapshotCorrupter (au-1
+ * restarted once so it polls through it), then a new API key is made (a new snapshot revision for every
+ * plane) while the proxy corrupts au-1's snapshots for `badS`. au-1 must refuse them, keep serving its
+ * last good snapshot (the old key works, the new one is not known there yet), say so in its log and
+ * health, and take the next good snapshot once the proxy stops corrupting.
+ */
+export async function badSnapshot(
+  world: World,
+  proxy: SnapshotCorrupter,
+  auArgs: string[],
+  badS = 8,
+): Promise<FaultRun> {
+  const { cluster } = world;
+  const au = cluster.plane("au-1");
+  const auTarget = world.targets.find((t) => t.plane === "au-1")!;
+  if (!auArgs.includes(proxy.url)) {
+    auArgs.push("--control-url", proxy.url);
+    await au.stop();
+    await au.start();
+    await eventually(async () => (await call(world, auTarget, cluster.api.key!, "proxy-warm")).outcome === "ok", 60_000);
+    await eventually(async () => (await planeHealth(world, "au-1"))?.control_plane === "connected", 30_000);
+  }
+  const refusals = () => au.process!.output.filter((l) => l.includes("snapshot rejected")).length;
+  const mark = refusals();
+  const startedAt = Date.now();
+  proxy.corrupting = true;
+  const created = await cluster.api.post("/v1/api_keys", { type: "WORKSPACE_INVOKE", name: "after-bad-snapshot" });
+  if (created.status !== 200) throw new Error(`create key: ${JSON.stringify(created.body)}`);
+  const fresh = created.body.api_key as string;
+  // Everyone else knows the new key; au-1, refusing the snapshot that carries it, does not.
+  const uk = world.targets.find((t) => t.plane === "uk-1")!;
+  await eventually(async () => (await call(world, uk, fresh, "fresh")).outcome === "ok", 30_000);
+  await eventually(async () => proxy.corrupted > 0, 30_000);
+  let freshOnAuDuring = 0;
+  let oldOnAuDuring = 0;
+  let tries = 0;
+  const until = startedAt + badS * 1000;
+  let health: Record<string, any> | null = null;
+  while (Date.now() < until) {
+    tries++;
+    if ((await call(world, auTarget, fresh, "fresh-au")).outcome === "ok") freshOnAuDuring++;
+    if ((await call(world, auTarget, cluster.api.key!, "old-au")).outcome === "ok") oldOnAuDuring++;
+    health = (await planeHealth(world, "au-1")) ?? health;
+    await sleep(200);
+  }
+  const refusedLogs = refusals() - mark;
+  const corrupted = proxy.corrupted;
+  proxy.corrupting = false;
+  const restoredAt = Date.now();
+  const tookMs = await eventually(
+    async () => (await call(world, auTarget, fresh, "fresh-au-after")).outcome === "ok",
+    30_000,
+  ).then(
+    () => Date.now() - restoredAt,
+    () => -1,
+  );
+  await sleep(1_000);
+  return {
+    name: "snapshot that fails validation",
+    what: `au-1's snapshots altered in transit for ${badS} s (its region changed) while a new API key made a new revision; then passed through unaltered`,
+    startedAt,
+    restoredAt,
+    endedAt: Date.now(),
+    affected: [],
+    extra: {
+      "bad snapshots sent to au-1": corrupted,
+      "refusals in au-1's log": refusedLogs,
+      "au-1 health during": String(health?.control_plane ?? "—"),
+      "old key served on au-1 during": `${oldOnAuDuring}/${tries}`,
+      "new key accepted on au-1 during": `${freshOnAuDuring}/${tries}`,
+      "next good snapshot taken after (ms)": tookMs,
+    },
+  };
+}
+
+function run(cmd: string, args: string[]): void {
+  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 30_000 });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.status} ${r.stderr}`);
+}
+
+/**
+ * Disk full on eu-2's audit directory: eu-2 stopped, a `sizeKiB` tmpfs mounted at its audit directory (its
+ * files copied in), eu-2 started on it, the tmpfs filled to the last byte for `fullS` under load, then the
+ * filler removed. Afterwards the plane is stopped, the trail copied back to the real directory and the
+ * tmpfs unmounted (always), and the chain checked. Counted: what eu-2's clients got while the disk was
+ * full, the plane's audit write failures, and whether every request it answered during the fault has its
+ * record once space came back.
+ */
+export async function auditDiskFull(world: World, fullS = 8, sizeKiB = 1024): Promise<FaultRun> {
+  const plane = world.cluster.plane("eu-2");
+  const dir = join(plane.dataDir, "audit");
+  const saved = join(world.cluster.dir, "eu-2-audit-saved");
+  const filler = join(dir, "filler");
+  let mounted = false;
+  let startedAt = Date.now();
+  let restoredAt = startedAt;
+  let failures = 0;
+  const target = world.targets.find((t) => t.plane === "eu-2")!;
+  const probe = new Load(world, { concurrency: 1, pauseMs: 50, targets: [target], idPrefix: "diskfull" });
+  let probeResults: Result[] = [];
+  try {
+    await plane.stop();
+    rmSync(saved, { recursive: true, force: true });
+    cpSync(dir, saved, { recursive: true });
+    run("mount", ["-t", "tmpfs", "-o", `size=${sizeKiB}k,mode=0700`, "tmpfs", dir]);
+    mounted = true;
+    cpSync(saved, dir, { recursive: true });
+    await plane.start();
+    await eventually(async () => (await call(world, target, world.cluster.api.key!, "diskfull-warm")).outcome === "ok", 60_000);
+    const mark = plane.process!.output.filter((l) => l.includes("audit write failed")).length;
+    startedAt = Date.now();
+    // Fill to the last byte (dd stops at ENOSPC, which is the point).
+    spawnSync("dd", ["if=/dev/zero", `of=${filler}`, "bs=4k"], { timeout: 30_000 });
+    await sleep(fullS * 1000);
+    failures = plane.process!.output.filter((l) => l.includes("audit write failed")).length - mark;
+    rmSync(filler, { force: true });
+    restoredAt = Date.now();
+    await sleep(2_000);
+    probeResults = await probe.stop();
+    await plane.stop();
+    rmSync(saved, { recursive: true, force: true });
+    cpSync(dir, saved, { recursive: true });
+  } finally {
+    if (!probeResults.length) probeResults = await probe.stop();
+    if (plane.process) await plane.stop();
+    if (mounted) {
+      rmSync(filler, { force: true });
+      spawnSync("umount", [dir], { timeout: 30_000 });
+      rmSync(dir, { recursive: true, force: true });
+      cpSync(saved, dir, { recursive: true });
+    }
+    await plane.start();
+  }
+  const check = await checkAuditDirectory(dir);
+  const during = probeResults.filter((r) => r.startedAt >= startedAt && r.startedAt < restoredAt);
+  const answeredHere = probeResults.filter((r) => r.status !== 0 && r.startedAt >= startedAt);
+  const recorded = new Set(
+    auditRecords(world.cluster)
+      .filter((a) => a.plane === "eu-2")
+      .map((a) => a.request_id),
+  );
+  // The audit's request_id is the client's x-request-id when sent, else its own: match by count instead.
+  const windowRecords = auditRecords(world.cluster).filter(
+    (a) => a.plane === "eu-2" && Date.parse(a.time) >= startedAt && Date.parse(a.time) < restoredAt + 2_000,
+  ).length;
+  await eventually(async () => (await call(world, target, world.cluster.api.key!, "diskfull-after")).outcome === "ok", 60_000);
+  return {
+    name: "audit disk full",
+    what: `eu-2's audit directory on a ${sizeKiB} KiB tmpfs, filled to the last byte for ${fullS} s under load, then freed`,
+    startedAt,
+    restoredAt,
+    endedAt: Date.now(),
+    affected: ["eu regional @eu-2"],
+    extra: {
+      "eu-2 calls while full": during.length,
+      "2xx while full": during.filter((r) => r.outcome === "ok").length,
+      "typed while full": during.filter((r) => r.outcome === "typed_error").length,
+      "audit write failures logged": failures,
+      "eu-2 answers from the start of the fault": answeredHere.length,
+      "eu-2 audit records in the window": windowRecords,
+      "records on eu-2 in all": recorded.size,
+      "audit chain intact after": check.ok,
+      "torn tails": check.torn.length,
+    },
+    sideResults: probeResults,
+  };
+}
+
+const PG_BIN = "/usr/lib/postgresql/15/bin";
+
+/**
+ * A PostgreSQL cluster of the harness's own (never the machine's shared one): initdb as `postgres` in a
+ * temp directory, listening on 127.0.0.1:`port` and a Unix socket in that directory, trust auth. The
+ * harness stops and starts it at will, and removes it after.
+ */
+export class PrivatePostgres {
+  readonly dir: string;
+  readonly data: string;
+  constructor(readonly port: number) {
+    this.dir = mkdtempSync(join(tmpdir(), "meridian-chaos-pg-"));
+    this.data = join(this.dir, "data");
+  }
+  get url(): string {
+    return `postgres://postgres@127.0.0.1:${this.port}/postgres`;
+  }
+  #pg(bin: string, args: string[]): void {
+    run("runuser", ["-u", "postgres", "--", join(PG_BIN, bin), ...args]);
+  }
+  init(): this {
+    run("chown", ["postgres:postgres", this.dir]);
+    this.#pg("initdb", ["-D", this.data, "-A", "trust", "-U", "postgres", "--no-sync"]);
+    return this.start();
+  }
+  start(): this {
+    this.#pg("pg_ctl", [
+      "-D",
+      this.data,
+      "-l",
+      join(this.dir, "log"),
+      "-w",
+      "-o",
+      `-p ${this.port} -k ${this.dir} -c listen_addresses=127.0.0.1 -c fsync=off`,
+      "start",
+    ]);
+    return this;
+  }
+  stop(): void {
+    this.#pg("pg_ctl", ["-D", this.data, "-m", "fast", "-w", "stop"]);
+  }
+  destroy(): void {
+    try {
+      this.stop();
+    } catch {}
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The control plane's database stopped: PostgreSQL (`pg`, the harness's own cluster the control plane runs
+ * on) stopped with `pg_ctl stop -m fast` for `downS` under load, then started. Serving must hold (the
+ * planes' cached snapshots), the management API must answer typed errors meanwhile (never hang or crash),
+ * no plane be judged down, and the API answer again once the database is back.
+ */
+export async function databaseStop(world: World, pg: PrivatePostgres, downS = 10): Promise<FaultRun> {
+  const mark = world.cluster.control.output.length;
+  const api: Array<{ at: number; status: number; code: string | null; ms: number }> = [];
+  let probing = true;
+  const probe = (async () => {
+    while (probing) {
+      const t0 = performance.now();
+      const at = Date.now();
+      try {
+        const r = await request(`${world.cluster.controlUrl}/v1/models`, {
+          headers: { authorization: `Api-Key ${world.cluster.api.key!}` },
+          headersTimeout: HUNG_MS,
+          bodyTimeout: HUNG_MS,
+        });
+        const text = await r.body.text();
+        let code: string | null = null;
+        try {
+          code = (JSON.parse(text) as { error_code?: string }).error_code ?? null;
+        } catch {}
+        api.push({ at, status: r.statusCode, code, ms: performance.now() - t0 });
+      } catch (err) {
+        api.push({ at, status: 0, code: (err as { code?: string }).code ?? String(err), ms: performance.now() - t0 });
+      }
+      await sleep(250);
+    }
+  })();
+  await sleep(1_000);
+  const startedAt = Date.now();
+  pg.stop();
+  await sleep(downS * 1000);
+  pg.start();
+  const restoredAt = Date.now();
+  const recovered = await eventually(
+    async () => api.some((a) => a.at > restoredAt && a.status === 200),
+    60_000,
+  ).then(
+    () => (api.find((a) => a.at > restoredAt && a.status === 200)?.at ?? restoredAt) - restoredAt,
+    () => -1,
+  );
+  await sleep(world.timeoutS * 2 * 1000);
+  probing = false;
+  await probe;
+  const during = api.filter((a) => a.at >= startedAt && a.at < restoredAt);
+  const codes: Record<string, number> = {};
+  for (const a of during) codes[`${a.status} ${a.code ?? ""}`.trim()] = (codes[`${a.status} ${a.code ?? ""}`.trim()] ?? 0) + 1;
+  return {
+    name: "control plane's database stopped",
+    what: `the control plane's PostgreSQL (the harness's own cluster) stopped with pg_ctl stop -m fast for ${downS} s, then started`,
+    startedAt,
+    restoredAt,
+    endedAt: Date.now(),
+    affected: [],
+    extra: {
+      "management API calls during": during.length,
+      "management API answers during": Object.entries(codes)
+        .map(([k, n]) => `${k}: ${n}`)
+        .join("; "),
+      "management API slowest during (ms)": Math.round(Math.max(0, ...during.map((a) => a.ms))),
+      "management API answered 200 again after (ms)": recovered,
+      "control plane still running": world.cluster.control.child.exitCode === null,
+      "planes judged down": judgedDown(world, mark).join(" ") || "none",
+    },
+    sideResults: [],
   };
 }

@@ -47,18 +47,37 @@ export interface World {
   timeoutS: number;
 }
 
+export interface WorldOptions {
+  timeoutS?: number;
+  /**
+   * Extra flags per plane, by name. The arrays are read at every start of the plane, so a fault may add to
+   * one (a second `--control-url`, which wins) before it restarts that plane.
+   */
+  planeArgs?: Record<string, string[]>;
+  /** Flags for every plane (after `planeArgs`'). */
+  allPlaneArgs?: string[];
+  /** The control plane on this PostgreSQL instead of its own SQLite file. */
+  databaseUrl?: string;
+}
+
 /** Control plane and planes in us (the global ingress), eu (two planes), uk and au; a model in each. */
-export async function startWorld(options: { timeoutS?: number } = {}): Promise<World> {
+export async function startWorld(options: WorldOptions = {}): Promise<World> {
   const timeoutS = options.timeoutS ?? 3;
+  const args = (name: string) => {
+    const mine = options.planeArgs?.[name] ?? [];
+    if (options.allPlaneArgs) mine.push(...options.allPlaneArgs);
+    return mine;
+  };
   const cluster = await startCluster({
     planes: [
-      { name: "us-1", region: "us", global: true },
-      { name: "eu-1", region: "eu" },
-      { name: "eu-2", region: "eu" },
-      { name: "uk-1", region: "uk" },
-      { name: "au-1", region: "au" },
+      { name: "us-1", region: "us", global: true, args: args("us-1") },
+      { name: "eu-1", region: "eu", args: args("eu-1") },
+      { name: "eu-2", region: "eu", args: args("eu-2") },
+      { name: "uk-1", region: "uk", args: args("uk-1") },
+      { name: "au-1", region: "au", args: args("au-1") },
     ],
     controlArgs: ["--plane-timeout", String(timeoutS)],
+    ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
   });
   try {
     const api = cluster.api;
@@ -385,3 +404,38 @@ export async function replicaProcess(
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export interface AuditEntry {
+  time: string;
+  request_id: string;
+  model_id: string | null;
+  environment: string | null;
+  hostname_form: string | null;
+  status: number;
+  plane: string;
+  region: string;
+  processed_by: string | null;
+}
+
+/** Every audit record of every plane, read from their trails on disk. */
+export function auditRecords(cluster: Cluster): AuditEntry[] {
+  const out: AuditEntry[] = [];
+  for (const p of cluster.planes.values()) {
+    const dir = join(p.dataDir, "audit");
+    let files: string[] = [];
+    try {
+      files = readdirSync(dir).filter((f) => f.endsWith(".jsonl"));
+    } catch {
+      continue;
+    }
+    for (const f of files) {
+      for (const l of readFileSync(join(dir, f), "utf8").split("\n")) {
+        if (!l.startsWith('{"time"')) continue;
+        try {
+          out.push(JSON.parse(l) as AuditEntry);
+        } catch {}
+      }
+    }
+  }
+  return out;
+}
