@@ -3,7 +3,7 @@
 // its window. Times are wall-clock ms.
 
 import { spawnSync } from "node:child_process";
-import { cpSync, mkdtempSync, rmSync } from "node:fs";
+import { cpSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -826,7 +826,9 @@ export async function badSnapshot(
 }
 
 function run(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 30_000 });
+  const env = { ...process.env };
+  for (const k of Object.keys(env)) if (k === "LD_PRELOAD" || k.startsWith("FAKETIME")) delete env[k];
+  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 30_000, env });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.status} ${r.stderr}`);
 }
 
@@ -1032,9 +1034,118 @@ export async function databaseStop(world: World, pg: PrivatePostgres, downS = 10
         .join("; "),
       "management API slowest during (ms)": Math.round(Math.max(0, ...during.map((a) => a.ms))),
       "management API answered 200 again after (ms)": recovered,
-      "control plane still running": world.cluster.control.child.exitCode === null,
+      "control plane still running": world.cluster.control.child.exitCode === null && world.cluster.control.child.signalCode === null,
       "planes judged down": judgedDown(world, mark).join(" ") || "none",
     },
     sideResults: [],
+  };
+}
+
+export const LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/**
+ * Movable wall clocks (libfaketime, Debian's `faketime`): each process started with `env(name)` reads its
+ * offset from its own file at every clock read (FAKETIME_NO_CACHE), so `set(name, s)` jumps that running
+ * process's wall clock by s seconds from true time. Monotonic clocks (Node's timers, performance.now) are
+ * left alone: a jump of the wall clock is what NTP, a VM resume or an operator does.
+ */
+export class Clocks {
+  readonly dir = mkdtempSync(join(tmpdir(), "meridian-chaos-clock-"));
+  #file(name: string): string {
+    return join(this.dir, `${name}.offset`);
+  }
+  env(name: string): Record<string, string> {
+    writeFileSync(this.#file(name), "+0\n");
+    return {
+      LD_PRELOAD: LIBFAKETIME,
+      FAKETIME_TIMESTAMP_FILE: this.#file(name),
+      FAKETIME_NO_CACHE: "1",
+      FAKETIME_DONT_FAKE_MONOTONIC: "1",
+    };
+  }
+  set(name: string, offsetS: number): void {
+    writeFileSync(this.#file(name), `${offsetS >= 0 ? "+" : ""}${offsetS}\n`);
+  }
+  remove(): void {
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** A process's wall clock as it reads it: the `date` field of an HTTP answer from it, in unix ms. */
+async function clockOf(url: string): Promise<number | null> {
+  const r = await request(url).catch(() => null);
+  if (!r) return null;
+  await r.body.dump();
+  const d = r.headers.date;
+  return typeof d === "string" ? Date.parse(d) : null;
+}
+
+/**
+ * Clock jumps: the control plane's wall clock `jumpS` ahead for `holdS`, then back (a backward jump of the
+ * same size); eu-1's `jumpS` behind, then back; us-1's (the global ingress, which signs the hops to eu)
+ * `jumpS` ahead, then back. Judged by the fail-static rule (`src/core/fail-static.ts`): no plane may be
+ * judged down because a clock moved; the load's answers in each phase are counted by code.
+ */
+export async function clockJumps(
+  world: World,
+  clocks: Clocks,
+  results: readonly Result[],
+  jumpS = 300,
+  holdS = 6,
+): Promise<FaultRun> {
+  const mark = world.cluster.control.output.length;
+  const phases: Array<{ name: string; from: number; to: number; skew: number | null }> = [];
+  const startedAt = Date.now();
+  const phase = async (name: string, proc: string, offset: number, probe: string) => {
+    const from = Date.now();
+    clocks.set(proc, offset);
+    await sleep(500);
+    const seen = await clockOf(probe);
+    const skew = seen === null ? null : Math.round((seen - Date.now()) / 1000);
+    await sleep(holdS * 1000 - 500);
+    phases.push({ name, from, to: Date.now(), skew });
+  };
+  const controlProbe = `${world.cluster.controlUrl}/healthz`;
+  const planeProbe = (n: string) => {
+    const p = world.cluster.plane(n);
+    return `http://${p.host}:${p.admin}/healthz`;
+  };
+  await phase(`control +${jumpS} s`, "control", jumpS, controlProbe);
+  await phase(`control back −${jumpS} s`, "control", 0, controlProbe);
+  await phase(`eu-1 −${jumpS} s`, "eu-1", -jumpS, planeProbe("eu-1"));
+  await phase(`eu-1 back +${jumpS} s`, "eu-1", 0, planeProbe("eu-1"));
+  await phase(`us-1 +${jumpS} s`, "us-1", jumpS, planeProbe("us-1"));
+  await phase(`us-1 back −${jumpS} s`, "us-1", 0, planeProbe("us-1"));
+  const restoredAt = Date.now();
+  await sleep(world.timeoutS * 2 * 1000);
+  const extra: Record<string, string | number | boolean> = {
+    "planes judged down": judgedDown(world, mark).join(" ") || "none",
+    "control plane still running": world.cluster.control.child.exitCode === null && world.cluster.control.child.signalCode === null,
+  };
+  for (const p of phases) {
+    const rs = results.filter((r) => r.startedAt >= p.from && r.startedAt < p.to);
+    const bad: Record<string, number> = {};
+    for (const r of rs) {
+      if (r.outcome === "ok") continue;
+      const k = `${r.target}: ${r.status} ${r.errorCode ?? r.outcome}`;
+      bad[k] = (bad[k] ?? 0) + 1;
+    }
+    extra[`${p.name} (clock read ${p.skew ?? "?"} s off)`] =
+      `${rs.filter((r) => r.outcome === "ok").length}/${rs.length} 2xx${
+        Object.keys(bad).length
+          ? `; ${Object.entries(bad)
+              .map(([k, n]) => `${k} ×${n}`)
+              .join(", ")}`
+          : ""
+      }`;
+  }
+  return {
+    name: "clock jumps",
+    what: `wall clocks moved by libfaketime: the control plane's ${jumpS} s ahead then back, eu-1's ${jumpS} s behind then back, us-1's ${jumpS} s ahead then back, ${holdS} s each`,
+    startedAt,
+    restoredAt,
+    endedAt: Date.now(),
+    affected: ["eu regional @eu-1", "eu standard @us-1", "us standard @us-1"],
+    extra,
   };
 }

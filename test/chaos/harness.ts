@@ -56,6 +56,8 @@ export interface WorldOptions {
   planeArgs?: Record<string, string[]>;
   /** Flags for every plane (after `planeArgs`'). */
   allPlaneArgs?: string[];
+  /** Extra environment per plane, by name (a libfaketime clock file, for one). */
+  planeEnv?: Record<string, Record<string, string>>;
   /** The control plane on this PostgreSQL instead of its own SQLite file. */
   databaseUrl?: string;
 }
@@ -68,13 +70,14 @@ export async function startWorld(options: WorldOptions = {}): Promise<World> {
     if (options.allPlaneArgs) mine.push(...options.allPlaneArgs);
     return mine;
   };
+  const env = (name: string) => options.planeEnv?.[name] ?? {};
   const cluster = await startCluster({
     planes: [
-      { name: "us-1", region: "us", global: true, args: args("us-1") },
-      { name: "eu-1", region: "eu", args: args("eu-1") },
-      { name: "eu-2", region: "eu", args: args("eu-2") },
-      { name: "uk-1", region: "uk", args: args("uk-1") },
-      { name: "au-1", region: "au", args: args("au-1") },
+      { name: "us-1", region: "us", global: true, args: args("us-1"), env: env("us-1") },
+      { name: "eu-1", region: "eu", args: args("eu-1"), env: env("eu-1") },
+      { name: "eu-2", region: "eu", args: args("eu-2"), env: env("eu-2") },
+      { name: "uk-1", region: "uk", args: args("uk-1"), env: env("uk-1") },
+      { name: "au-1", region: "au", args: args("au-1"), env: env("au-1") },
     ],
     controlArgs: ["--plane-timeout", String(timeoutS)],
     ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),

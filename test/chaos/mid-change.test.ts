@@ -44,6 +44,7 @@ describe("faults in the middle of a change", () => {
 
   it("a snapshot that fails validation: refused, the last good one serves, the next good one is taken", async () => {
     const run = await badSnapshot(world, proxy, auArgs, 6);
+    console.log(run.name, JSON.stringify(run.extra, null, 1));
     expect(run.extra["bad snapshots sent to au-1"]).toBeGreaterThan(0);
     expect(run.extra["refusals in au-1's log"]).toBeGreaterThan(0);
     const [oldOk, tries] = String(run.extra["old key served on au-1 during"]).split("/").map(Number);
@@ -58,6 +59,7 @@ describe("faults in the middle of a change", () => {
 
   it("audit disk full: a documented choice, no corrupted trail, recovery once space returns", async () => {
     const run = await auditDiskFull(world, 6);
+    console.log(run.name, JSON.stringify(run.extra, null, 1));
     const e = run.extra;
     expect(e["eu-2 calls while full"]).toBeGreaterThan(10);
     // The choice (docs/evidence.md): the request is served, its record waits in memory and is written
@@ -71,6 +73,7 @@ describe("faults in the middle of a change", () => {
 
   it("control plane SIGKILLed mid-promotion: completed or rolled back, never placed twice, served throughout", async () => {
     const run = await promotionKill(world, 6, 3);
+    console.log(run.name, JSON.stringify(run.extra, null, 1));
     expect(["completed", "rolled back"]).toContain(run.extra["promotion ended"]);
     expect(run.extra["settled after restart (ms)"]).toBeGreaterThanOrEqual(0);
     expect(run.extra["candidate replicas at once (most)"]).toBeLessThanOrEqual(
@@ -89,6 +92,7 @@ describe("faults in the middle of a change", () => {
 
   it("control plane SIGKILLed mid-migration: never processed outside the region, completes after restart", async () => {
     const run = await migrationKill(world, 5, 3);
+    console.log(run.name, JSON.stringify(run.extra, null, 1));
     const e = run.extra;
     expect(e["regional 2xx outside au after acceptance (clients)"]).toBe(0);
     expect(e["regional processed outside au after acceptance (audit)"]).toBe(0);
@@ -100,6 +104,7 @@ describe("faults in the middle of a change", () => {
 
   it("control plane SIGKILLed while async jobs run: each runs once, ends, its webhook delivered", async () => {
     const run = await asyncKill(world, "control", hooks, 3, 2_000, 3);
+    console.log(run.name, JSON.stringify(run.extra, null, 1));
     const e = run.extra;
     expect(e["jobs lost"]).toBe(0);
     expect(e["jobs ended after restart (ms)"]).toBeGreaterThanOrEqual(0);
@@ -110,6 +115,7 @@ describe("faults in the middle of a change", () => {
 
   it("a plane SIGKILLed while async jobs run: none lost, each ends once with one webhook", async () => {
     const run = await asyncKill(world, "plane", hooks, 3, 2_000, 2);
+    console.log(run.name, JSON.stringify(run.extra, null, 1));
     const e = run.extra;
     expect(e["jobs lost"]).toBe(0);
     expect(e["jobs ended after restart (ms)"]).toBeGreaterThanOrEqual(0);

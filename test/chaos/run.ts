@@ -7,15 +7,27 @@ import { rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { freePort } from "../support/cluster.ts";
 import {
+  asyncKill,
+  auditDiskFull,
+  badSnapshot,
   baseline,
+  Clocks,
+  clockJumps,
   controlDown,
   controlStall,
+  databaseStop,
   type FaultRun,
+  migrationKill,
+  PrivatePostgres,
   planeFreeze,
   planeKill,
+  promotionKill,
   regionCutoff,
   replicaKills,
+  SnapshotCorrupter,
+  WebhookReceiver,
 } from "./faults.ts";
 import {
   auditOutOfRegion,
@@ -23,8 +35,10 @@ import {
   count,
   duplicateExecutions,
   Load,
+  type Result,
   recoveryMs,
   startWorld,
+  type World,
 } from "./harness.ts";
 
 const { values } = parseArgs({
@@ -45,7 +59,27 @@ const command = `npm run chaos -- --minutes ${values.minutes}${values.concurrenc
 const log = (msg: string) => console.error(`[chaos ${new Date().toISOString()}] ${msg}`);
 
 log(`starting: ${command}`);
-const world = await startWorld({ timeoutS: 3 });
+const PLANES = ["us-1", "eu-1", "eu-2", "uk-1", "au-1"];
+const clocks = new Clocks();
+const auArgs: string[] = [];
+// Every process of the main world runs under libfaketime with its own clock file (a no-op until a fault
+// moves it); the control plane inherits the runner's environment, so its file is set there for its start.
+const savedEnv = { ...process.env };
+Object.assign(process.env, clocks.env("control"));
+let world: World;
+try {
+  world = await startWorld({
+    timeoutS: 3,
+    planeArgs: { "au-1": auArgs },
+    allPlaneArgs: ["--webhook-allow-http", "--webhook-allow-private"],
+    planeEnv: Object.fromEntries(PLANES.map((n) => [n, clocks.env(n)])),
+  });
+} finally {
+  for (const k of Object.keys(process.env)) if (!(k in savedEnv)) delete process.env[k];
+  Object.assign(process.env, savedEnv);
+}
+const proxy = await new SnapshotCorrupter(world.cluster.controlUrl).start();
+const hooks = await new WebhookReceiver().start();
 const load = new Load(world, { concurrency, pauseMs: 20 });
 const runs: FaultRun[] = [];
 const startedAt = Date.now();
@@ -53,10 +87,18 @@ try {
   const faults: Array<[string, () => Promise<FaultRun>]> = [
     ["baseline", () => baseline(world, 20)],
     ["control plane paused", () => controlStall(world)],
+    // Before any fault restarts the control plane: a restarted one runs without its movable clock.
+    ["clock jumps", () => clockJumps(world, clocks, load.results, 300, 8)],
     ["replica SIGKILL", () => replicaKills(world, 3, 5)],
     ["plane SIGKILL and restart", () => planeKill(world, 8)],
     ["plane frozen", () => planeFreeze(world, 8)],
     ["region cut off", () => regionCutoff(world, 15)],
+    ["control plane SIGKILL mid-promotion", () => promotionKill(world, 6, 3)],
+    ["control plane SIGKILL mid-migration", () => migrationKill(world, 5, 3)],
+    ["control plane SIGKILL mid async job", () => asyncKill(world, "control", hooks, 4, 2_000, 3)],
+    ["plane SIGKILL mid async job", () => asyncKill(world, "plane", hooks, 4, 2_000, 3)],
+    ["snapshot that fails validation", () => badSnapshot(world, proxy, auArgs, 10)],
+    ["audit disk full", () => auditDiskFull(world, 10)],
     ["control plane and database down", () => controlDown(world, minutes * 60)],
   ];
   for (const [name, run] of faults) {
@@ -68,6 +110,30 @@ try {
   await load.stop();
   // SIGTERM: the planes flush their audit trails before the counts are read from them.
   await world.cluster.stop();
+  await proxy.stop();
+  await hooks.stop();
+  clocks.remove();
+}
+
+// The control plane's database stopped: a second installation whose control plane is on a PostgreSQL
+// cluster of the runner's own (never the machine's shared server).
+log("fault: control plane's database stopped (a second installation, on PostgreSQL)");
+const pg = new PrivatePostgres(await freePort("127.0.0.1")).init();
+let pgWorld: World;
+let pgResults: Result[] = [];
+let pgRun: FaultRun;
+try {
+  pgWorld = await startWorld({ timeoutS: 3, databaseUrl: pg.url });
+  const pgLoad = new Load(pgWorld, { concurrency, pauseMs: 20 });
+  try {
+    await new Promise((r) => setTimeout(r, 5_000));
+    pgRun = await databaseStop(pgWorld, pg, Math.min(120, Math.max(10, minutes * 30)));
+  } finally {
+    pgResults = await pgLoad.stop();
+    await pgWorld.cluster.stop();
+  }
+} finally {
+  pg.destroy();
 }
 const finishedAt = Date.now();
 const results = load.results;
@@ -123,6 +189,13 @@ for (const r of runs) {
     `| ${r.name} | ${r.what} | ${row(c)} | ${rec === null ? "never" : rec === "—" ? rec : `${rec} ms`} |`,
   );
 }
+{
+  const c = count(pgResults, pgWorld, pgRun.startedAt, pgRun.endedAt);
+  const rec = recoveryMs(pgResults, pgRun.restoredAt, pgRun.endedAt);
+  lines.push(
+    `| ${pgRun.name} | ${pgRun.what} (a second installation, control plane on PostgreSQL) | ${row(c)} | ${rec === null ? "never" : `${rec} ms`} |`,
+  );
+}
 lines.push("");
 lines.push("### Errors by code, and the other regions during each fault");
 lines.push("");
@@ -148,6 +221,16 @@ for (const r of runs) {
   lines.push(
     `| ${r.name} | ${codes || "none"} | ${others.sent}, ${others.ok} (${pct(others.ok, others.sent)}), ${others.p99_ms} (${ob.p99_ms}) | ${extra || "—"} |`,
   );
+}
+{
+  const c = count(pgResults, pgWorld, pgRun.startedAt, pgRun.endedAt);
+  const codes = Object.entries(c.codes)
+    .map(([k, n]) => `${k}: ${n}`)
+    .join("; ");
+  const extra = Object.entries(pgRun.extra)
+    .map(([k, v]) => `${k}: ${v}`)
+    .join("; ");
+  lines.push(`| ${pgRun.name} | ${codes || "none"} | (every endpoint: ${c.sent}, ${c.ok}) | ${extra} |`);
 }
 lines.push("");
 lines.push("## Static stability");
