@@ -125,6 +125,14 @@ function openPostgres(config: { url: string; poolSize?: number }): Kysely<Schema
   // terminate). The pool drops that client and the next query opens a new one; without a listener the
   // 'error' event would crash the process.
   pool.on("error", () => {});
+  // A client that is checked out (a transaction between two of its queries, say) when its server shuts
+  // down or its backend is terminated gets the error with no query to hand it to, and pg emits it on the
+  // client, where no listener means a crash of the whole control plane (issue 15: `pg_ctl stop` under
+  // load killed it). The client is dead either way: its next query fails, typed, and the pool discards it
+  // when it is released.
+  pool.on("connect", (client) => {
+    client.on("error", () => {});
+  });
   return new Kysely<Schema>({ dialect: new PostgresDialect({ pool }) });
 }
 
