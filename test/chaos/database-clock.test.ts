@@ -46,7 +46,9 @@ describe("the control plane's database stopped, and clock jumps, under load", ()
     const results = await load.stop();
     console.log(JSON.stringify(run.extra, null, 1));
     expect(run.extra["planes judged down"]).toBe("none");
-    expect(run.extra["control plane still running"], world.cluster.control.output.slice(-20).join("\n")).toBe(true);
+    expect(run.extra["control plane still running"], world.cluster.control.output.slice(-20).join("\n")).toBe(
+      true,
+    );
     const c = count(results, world, run.startedAt, run.endedAt);
     expect(c.sent).toBeGreaterThan(100);
     expect(c.hung + c.untyped_error + c.out_of_region).toBe(0);

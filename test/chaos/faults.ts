@@ -315,7 +315,9 @@ async function environmentOf(world: World, model: string, env: string): Promise<
 async function replicasOf(world: World, deploymentId: string): Promise<Map<string, string[]>> {
   const out = new Map<string, string[]>();
   for (const p of world.cluster.planes.values()) {
-    const ids = ((await planeReplicas(p)) ?? []).filter((r) => r.deployment_id === deploymentId).map((r) => r.id);
+    const ids = ((await planeReplicas(p)) ?? [])
+      .filter((r) => r.deployment_id === deploymentId)
+      .map((r) => r.id);
     if (ids.length > 0) out.set(p.name, ids);
   }
   return out;
@@ -387,10 +389,14 @@ export async function promotionKill(world: World, loadS = 6, downS = 3): Promise
     () => -1,
   );
   const current = settled.current_deployment?.id as string | undefined;
-  const outcome = current === candidate ? "completed" : current === previous ? "rolled back" : `other (${current})`;
+  const outcome =
+    current === candidate ? "completed" : current === previous ? "rolled back" : `other (${current})`;
   // Serving on the deployment the environment ended on, in place.
   const uk = world.targets.find((t) => t.plane === "uk-1")!;
-  await eventually(async () => (await call(world, uk, cluster.api.key!, "after-promotion")).outcome === "ok", 30_000);
+  await eventually(
+    async () => (await call(world, uk, cluster.api.key!, "after-promotion")).outcome === "ok",
+    30_000,
+  );
   await sleep(2_000);
   await sampler.stop();
   const maxReplicas = (settled.autoscaling_settings?.max_replica as number | undefined) ?? 1;
@@ -405,7 +411,7 @@ export async function promotionKill(world: World, loadS = 6, downS = 3): Promise
       "promotion ended": outcome,
       "settled after restart (ms)": settledMs,
       "candidate replicas at once (most)": sampler.most.get(candidate) ?? 0,
-      "max_replica": maxReplicas,
+      max_replica: maxReplicas,
       "candidate ran on": [...(sampler.planes.get(candidate) ?? [])].join(" ") || "none",
     },
   };
@@ -460,7 +466,10 @@ export async function migrationKill(world: World, loadS = 5, downS = 3): Promise
       region: null,
     },
   ];
-  await eventually(async () => (await call(world, targets[3]!, cluster.api.key!, "mig-warm")).outcome === "ok", 60_000);
+  await eventually(
+    async () => (await call(world, targets[3]!, cluster.api.key!, "mig-warm")).outcome === "ok",
+    60_000,
+  );
   const load = new Load(world, { concurrency: 2, pauseMs: 20, targets, idPrefix: "mig" });
   await sleep(1_000);
   const mark = Date.now();
@@ -508,7 +517,9 @@ export async function migrationKill(world: World, loadS = 5, downS = 3): Promise
   const regionalOutside = after.filter(
     (r) => r.target.includes("regional") && r.outcome === "ok" && r.region !== "au",
   );
-  const standardOutside = after.filter((r) => r.target.includes("standard") && r.outcome === "ok" && r.region !== "au");
+  const standardOutside = after.filter(
+    (r) => r.target.includes("standard") && r.outcome === "ok" && r.region !== "au",
+  );
   const audit = auditRecords(cluster).filter(
     (a) =>
       a.model_id === model &&
@@ -536,7 +547,7 @@ export async function migrationKill(world: World, loadS = 5, downS = 3): Promise
       "migration completed after restart (ms)": completedMs,
       "au regional served after restart (ms)": servedMs,
       "environment moved": current !== undefined && current !== before,
-      "copy": copy ?? "—",
+      copy: copy ?? "—",
       "regional 2xx outside au after acceptance (clients)": regionalOutside.length,
       "regional processed outside au after acceptance (audit)": audit.length,
       "standard 2xx outside au after acceptance (no guarantee)": standardOutside.length,
@@ -769,14 +780,20 @@ export async function badSnapshot(
     auArgs.push("--control-url", proxy.url);
     await au.stop();
     await au.start();
-    await eventually(async () => (await call(world, auTarget, cluster.api.key!, "proxy-warm")).outcome === "ok", 60_000);
+    await eventually(
+      async () => (await call(world, auTarget, cluster.api.key!, "proxy-warm")).outcome === "ok",
+      60_000,
+    );
     await eventually(async () => (await planeHealth(world, "au-1"))?.control_plane === "connected", 30_000);
   }
   const refusals = () => au.process!.output.filter((l) => l.includes("snapshot rejected")).length;
   const mark = refusals();
   const startedAt = Date.now();
   proxy.corrupting = true;
-  const created = await cluster.api.post("/v1/api_keys", { type: "WORKSPACE_INVOKE", name: "after-bad-snapshot" });
+  const created = await cluster.api.post("/v1/api_keys", {
+    type: "WORKSPACE_INVOKE",
+    name: "after-bad-snapshot",
+  });
   if (created.status !== 200) throw new Error(`create key: ${JSON.stringify(created.body)}`);
   const fresh = created.body.api_key as string;
   // Everyone else knows the new key; au-1, refusing the snapshot that carries it, does not.
@@ -860,7 +877,10 @@ export async function auditDiskFull(world: World, fullS = 8, sizeKiB = 1024): Pr
     mounted = true;
     cpSync(saved, dir, { recursive: true });
     await plane.start();
-    await eventually(async () => (await call(world, target, world.cluster.api.key!, "diskfull-warm")).outcome === "ok", 60_000);
+    await eventually(
+      async () => (await call(world, target, world.cluster.api.key!, "diskfull-warm")).outcome === "ok",
+      60_000,
+    );
     const mark = plane.process!.output.filter((l) => l.includes("audit write failed")).length;
     startedAt = Date.now();
     // Fill to the last byte (dd stops at ENOSPC, which is the point).
@@ -897,7 +917,10 @@ export async function auditDiskFull(world: World, fullS = 8, sizeKiB = 1024): Pr
   const windowRecords = auditRecords(world.cluster).filter(
     (a) => a.plane === "eu-2" && Date.parse(a.time) >= startedAt && Date.parse(a.time) < restoredAt + 2_000,
   ).length;
-  await eventually(async () => (await call(world, target, world.cluster.api.key!, "diskfull-after")).outcome === "ok", 60_000);
+  await eventually(
+    async () => (await call(world, target, world.cluster.api.key!, "diskfull-after")).outcome === "ok",
+    60_000,
+  );
   return {
     name: "audit disk full",
     what: `eu-2's audit directory on a ${sizeKiB} KiB tmpfs, filled to the last byte for ${fullS} s under load, then freed`,
@@ -996,7 +1019,12 @@ export async function databaseStop(world: World, pg: PrivatePostgres, downS = 10
         } catch {}
         api.push({ at, status: r.statusCode, code, ms: performance.now() - t0 });
       } catch (err) {
-        api.push({ at, status: 0, code: (err as { code?: string }).code ?? String(err), ms: performance.now() - t0 });
+        api.push({
+          at,
+          status: 0,
+          code: (err as { code?: string }).code ?? String(err),
+          ms: performance.now() - t0,
+        });
       }
       await sleep(250);
     }
@@ -1019,7 +1047,8 @@ export async function databaseStop(world: World, pg: PrivatePostgres, downS = 10
   await probe;
   const during = api.filter((a) => a.at >= startedAt && a.at < restoredAt);
   const codes: Record<string, number> = {};
-  for (const a of during) codes[`${a.status} ${a.code ?? ""}`.trim()] = (codes[`${a.status} ${a.code ?? ""}`.trim()] ?? 0) + 1;
+  for (const a of during)
+    codes[`${a.status} ${a.code ?? ""}`.trim()] = (codes[`${a.status} ${a.code ?? ""}`.trim()] ?? 0) + 1;
   return {
     name: "control plane's database stopped",
     what: `the control plane's PostgreSQL (the harness's own cluster) stopped with pg_ctl stop -m fast for ${downS} s, then started`,
@@ -1034,7 +1063,8 @@ export async function databaseStop(world: World, pg: PrivatePostgres, downS = 10
         .join("; "),
       "management API slowest during (ms)": Math.round(Math.max(0, ...during.map((a) => a.ms))),
       "management API answered 200 again after (ms)": recovered,
-      "control plane still running": world.cluster.control.child.exitCode === null && world.cluster.control.child.signalCode === null,
+      "control plane still running":
+        world.cluster.control.child.exitCode === null && world.cluster.control.child.signalCode === null,
       "planes judged down": judgedDown(world, mark).join(" ") || "none",
     },
     sideResults: [],
@@ -1127,7 +1157,8 @@ export async function clockJumps(
   await sleep(world.timeoutS * 2 * 1000);
   const extra: Record<string, string | number | boolean> = {
     "planes judged down": judgedDown(world, mark).join(" ") || "none",
-    "control plane still running": world.cluster.control.child.exitCode === null && world.cluster.control.child.signalCode === null,
+    "control plane still running":
+      world.cluster.control.child.exitCode === null && world.cluster.control.child.signalCode === null,
   };
   for (const p of phases) {
     const rs = results.filter((r) => r.startedAt >= p.from && r.startedAt < p.to);

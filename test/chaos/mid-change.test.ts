@@ -15,7 +15,15 @@ import {
   SnapshotCorrupter,
   WebhookReceiver,
 } from "./faults.ts";
-import { auditOutOfRegion, count, duplicateExecutions, Load, sleep, startWorld, type World } from "./harness.ts";
+import {
+  auditOutOfRegion,
+  count,
+  duplicateExecutions,
+  Load,
+  sleep,
+  startWorld,
+  type World,
+} from "./harness.ts";
 
 describe("faults in the middle of a change", () => {
   let world: World;
@@ -120,7 +128,8 @@ describe("faults in the middle of a change", () => {
     expect(e["jobs lost"]).toBe(0);
     expect(e["jobs ended after restart (ms)"]).toBeGreaterThanOrEqual(0);
     // The job cut short by the kill runs again (at-least-once, docs/async.md); every job ends once.
-    for (const n of String(e["executions per job"]).split(" ").map(Number)) expect(n).toBeGreaterThanOrEqual(1);
+    for (const n of String(e["executions per job"]).split(" ").map(Number))
+      expect(n).toBeGreaterThanOrEqual(1);
     expect(String(e["webhooks per job"])).toBe("1 1 1");
     expect(String(e["jobs by status/webhook"])).toBe("SUCCEEDED/SUCCEEDED: 3");
   }, 120_000);
