@@ -6,6 +6,7 @@ import Fastify, { type FastifyInstance, type FastifyRequest } from "fastify";
 import type { Principal } from "../core/access.ts";
 import { errorBody, MeridianError } from "../core/errors.ts";
 import type { PlaneRow } from "../store/schema.ts";
+import { isStoreUnavailable } from "../store/store.ts";
 import type { ControlContext } from "./context.ts";
 import { keyDirectoryDocument } from "./evidence.ts";
 import { registerGraphqlEndpoint } from "./graphql/endpoint.ts";
@@ -59,6 +60,13 @@ export async function buildControlApp(
     }
     if (e instanceof SyntaxError || e.statusCode === 400)
       return reply.status(400).send(errorBody("invalid_json", e.message));
+    if (isStoreUnavailable(err)) {
+      ctx.logger.warn({ err }, "request failed: the database cannot be used");
+      return reply
+        .status(503)
+        .header("retry-after", "5")
+        .send(errorBody("service_unavailable", "The control plane's database cannot be reached; retry."));
+    }
     ctx.logger.error({ err }, "request failed");
     return reply.status(500).send(errorBody("internal_error"));
   });

@@ -136,6 +136,26 @@ function openPostgres(config: { url: string; poolSize?: number }): Kysely<Schema
   return new Kysely<Schema>({ dialect: new PostgresDialect({ pool }) });
 }
 
+/**
+ * True when `err` says the database itself cannot be used right now — PostgreSQL unreachable, shutting
+ * down or starting (57P01–57P03, class 08), the connection ended under a query; SQLite busy, read-only,
+ * full or failing I/O — rather than anything about the request. The management API answers these 503
+ * (`service_unavailable`, retry), not 500.
+ */
+export function isStoreUnavailable(err: unknown): boolean {
+  if (typeof err !== "object" || err === null) return false;
+  const e = err as { code?: unknown; message?: unknown };
+  const code = typeof e.code === "string" ? e.code : "";
+  if (["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "EPIPE"].includes(code))
+    return true;
+  if (/^57P0[123]$/.test(code) || /^08/.test(code)) return true;
+  if (/^SQLITE_(BUSY|LOCKED|READONLY|FULL|IOERR|CANTOPEN)/.test(code)) return true;
+  const message = typeof e.message === "string" ? e.message : "";
+  return /^Connection terminated|^Client has encountered a connection error|timeout exceeded when trying to connect/.test(
+    message,
+  );
+}
+
 /** True when `err` is a unique-constraint violation on either database. */
 export function isUniqueViolation(err: unknown): boolean {
   if (typeof err !== "object" || err === null) return false;

@@ -7,7 +7,7 @@
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../test/support/databases.ts";
-import { Store } from "./store.ts";
+import { isStoreUnavailable, isUniqueViolation, Store } from "./store.ts";
 
 describe("a PostgreSQL backend terminated under a checked-out client", () => {
   let database: TestDatabase;
@@ -45,7 +45,11 @@ describe("a PostgreSQL backend terminated under a checked-out client", () => {
       await new Promise((r) => setTimeout(r, 300));
       expect(backend).toBeGreaterThan(0);
       await admin.query("SELECT pg_terminate_backend($1)", [backend]);
-      expect(await failed).toBeInstanceOf(Error);
+      const err = await failed;
+      expect(err).toBeInstanceOf(Error);
+      // …and the management API answers it 503 service_unavailable, not 500 (src/control/app.ts).
+      expect(isStoreUnavailable(err), String(err)).toBe(true);
+      expect(isUniqueViolation(err)).toBe(false);
       // The error event of the dead client fired while it was checked out: with no listener, a crash.
       await new Promise((r) => setTimeout(r, 200));
       expect(uncaught).toEqual([]);
@@ -55,6 +59,22 @@ describe("a PostgreSQL backend terminated under a checked-out client", () => {
       await admin.end();
     }
   }, 30_000);
+});
+
+describe("isStoreUnavailable", () => {
+  it("tells the database being away from an error of the request", async () => {
+    // Nothing listens on port 1: a refused connection, as a stopped server gives.
+    const away = await Store.open({ kind: "postgres", url: "postgres://postgres@127.0.0.1:1/none" }).then(
+      () => null,
+      (err: unknown) => err,
+    );
+    expect(isStoreUnavailable(away), String(away)).toBe(true);
+    expect(isStoreUnavailable({ code: "57P01" })).toBe(true);
+    expect(isStoreUnavailable({ code: "SQLITE_FULL" })).toBe(true);
+    expect(isStoreUnavailable({ code: "23505" })).toBe(false);
+    expect(isStoreUnavailable(new Error("boom"))).toBe(false);
+    expect(isStoreUnavailable(null)).toBe(false);
+  });
 });
 
 async function sqlPid(trx: Parameters<Parameters<Store["transaction"]>[0]>[0]) {
