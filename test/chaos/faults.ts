@@ -3,7 +3,7 @@
 // its window. Times are wall-clock ms.
 
 import { spawnSync } from "node:child_process";
-import { cpSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -873,7 +873,11 @@ export async function auditDiskFull(world: World, fullS = 8, sizeKiB = 1024): Pr
     await plane.stop();
     rmSync(saved, { recursive: true, force: true });
     cpSync(dir, saved, { recursive: true });
-    run("mount", ["-t", "tmpfs", "-o", `size=${sizeKiB}k,mode=0700`, "tmpfs", dir]);
+    // Room for the trail so far, and `sizeKiB` more: what the filler then takes.
+    const trailKiB = Math.ceil(
+      readdirSync(saved).reduce((n, f) => n + statSync(join(saved, f)).size, 0) / 1024,
+    );
+    run("mount", ["-t", "tmpfs", "-o", `size=${trailKiB + sizeKiB + 64}k,mode=0700`, "tmpfs", dir]);
     mounted = true;
     cpSync(saved, dir, { recursive: true });
     await plane.start();
@@ -899,7 +903,9 @@ export async function auditDiskFull(world: World, fullS = 8, sizeKiB = 1024): Pr
     if (plane.process) await plane.stop();
     if (mounted) {
       rmSync(filler, { force: true });
-      spawnSync("umount", [dir], { timeout: 30_000 });
+      const un = spawnSync("umount", [dir], { timeout: 30_000 });
+      if (un.status !== 0) throw new Error(`umount ${dir}: ${un.stderr}`);
+      // The trail as it was when the plane stopped on the tmpfs (or before it, if the fault failed early).
       rmSync(dir, { recursive: true, force: true });
       cpSync(saved, dir, { recursive: true });
     }
@@ -923,7 +929,7 @@ export async function auditDiskFull(world: World, fullS = 8, sizeKiB = 1024): Pr
   );
   return {
     name: "audit disk full",
-    what: `eu-2's audit directory on a ${sizeKiB} KiB tmpfs, filled to the last byte for ${fullS} s under load, then freed`,
+    what: `eu-2's audit directory on a tmpfs (its trail and ${sizeKiB} KiB more), filled to the last byte for ${fullS} s under load, then freed`,
     startedAt,
     restoredAt,
     endedAt: Date.now(),
