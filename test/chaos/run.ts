@@ -292,6 +292,9 @@ lines.push(
   "- *clock jumps*: a plane whose wall clock is more than 30 s off (the hop window, `HOP_MAX_AGE_MS` in `src/gateway/hop.ts`) refuses the hops handed to it, and its own hops are refused: a standard request for eu entering at us-1 is then answered `403 hop_invalid` — typed and immediate, nothing judged down or served out of region, but the client is told 403 for the planes' clock fault and the entry plane does not try the region's other plane. A fix would treat a peer's refusal of the hop as a failed attempt (the next plane of the region, else 503) and report each plane's clock offset against the control plane's.",
 );
 lines.push(
+  "- *control plane SIGKILL mid async job*: in the 1-minute run on a loaded machine, 2 of 4 jobs that ended while the control plane was down or just restarting ended `WEBHOOK_FAILED` with no delivery (the CI slice, 3 jobs, saw all delivered): a plane fetches the team's webhook secrets from the control plane before it signs (docs/async.md, *Webhook secrets*), and the deliveries gave up within seconds of the restart instead of waiting out the outage. Not fixed yet; to look at in `src/plane/webhook-secrets.ts` and the delivery's retry (an unreachable control plane should not use up the delivery's attempts).",
+);
+lines.push(
   "- *SQLite made unwritable*: not injected. Root (the harness) ignores file modes, and a read-only remount of the data directory is refused while the control plane holds the database open for writing; the database unavailable under the control plane is measured with PostgreSQL stopped instead.",
 );
 lines.push("");
