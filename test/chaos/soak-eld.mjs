@@ -2,17 +2,18 @@
 // NODE_OPTIONS=--import: no /metrics of Meridian registers prom-client's default metrics, so
 // `nodejs_eventloop_lag_*` is measured here with the histogram prom-client itself uses
 // (perf_hooks.monitorEventLoopDelay, 10 ms resolution), written every 5 s to
-// $MERIDIAN_SOAK_ELD_DIR/<pid>.json and reset. Without that variable it does nothing. Replicas never load
+// $MERIDIAN_SOAK_ELD_DIR/<pid>.jsonl (one line per 5 s window, appended, so the sampler misses none) and
+// reset. Without that variable it does nothing. Replicas never load
 // it: the plane passes them only LANG and TZ of its environment.
 
-import { renameSync, writeFileSync } from "node:fs";
+import { appendFileSync } from "node:fs";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 
 const dir = process.env.MERIDIAN_SOAK_ELD_DIR;
 if (dir) {
   const histogram = monitorEventLoopDelay({ resolution: 10 });
   histogram.enable();
-  const file = `${dir}/${process.pid}.json`;
+  const file = `${dir}/${process.pid}.jsonl`;
   const timer = setInterval(() => {
     const record = {
       pid: process.pid,
@@ -25,8 +26,7 @@ if (dir) {
     };
     histogram.reset();
     try {
-      writeFileSync(`${file}.tmp`, JSON.stringify(record));
-      renameSync(`${file}.tmp`, file);
+      appendFileSync(file, `${JSON.stringify(record)}\n`);
     } catch {
       // The soak's directory gone (the run ended): nothing to report to.
     }

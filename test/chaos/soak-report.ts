@@ -188,6 +188,26 @@ export function processFigures(
   });
 }
 
+/** Distinct line colours (labels are many: every plane and every replica). */
+const PALETTE = [
+  "#1f77b4",
+  "#d62728",
+  "#2ca02c",
+  "#ff7f0e",
+  "#9467bd",
+  "#8c564b",
+  "#e377c2",
+  "#7f7f7f",
+  "#bcbd22",
+  "#17becf",
+  "#000000",
+  "#aec7e8",
+  "#98df8a",
+  "#ff9896",
+  "#c5b0d5",
+  "#ffbb78",
+];
+
 const GROUP_ORDER: Sample["group"][] = ["control", "plane", "driver", "replica"];
 
 function safe(label: string): string {
@@ -250,9 +270,12 @@ export function plot(
   const plotLines = (rows: typeof ordered, col: number) =>
     rows.length === 0
       ? 'plot NaN title "none"'
-      : `plot ${rows.map(([label, s]) => `"${s.file}" using 1:${col} with lines lw 1.5 title "${esc(label)}"`).join(", \\\n  ")}`;
+      : `plot ${rows.map(([label, s]) => `"${s.file}" using 1:${col} with lines title "${esc(label)}"`).join(", \\\n  ")}`;
   const head = (title: string) => `set terminal pngcairo size 1400,1000 font "DejaVu Sans,10"
 set output "${join(dir, title)}"
+set termoption noenhanced
+${PALETTE.map((c, i) => `set linetype ${i + 1} lc rgb "${c}" lw 1.5`).join("\n")}
+set linetype cycle ${PALETTE.length}
 set multiplot layout 2,1
 set grid
 set key outside right top
@@ -374,7 +397,7 @@ export function summary(s: SummaryInput): string {
   );
   out.push("### Faults", "");
   out.push(
-    "| # | fault | at (min) | lasted s | sent | 2xx | typed | other | hung | out of region | recovery s (predict) | notes |",
+    "| # | fault | at (min) | lasted s | sent | 2xx | typed | other | hung | out of region | predict recovery after restore s | notes |",
   );
   out.push("|---|---|---|---|---|---|---|---|---|---|---|---|");
   s.faults.forEach((f, i) => {
@@ -382,7 +405,8 @@ export function summary(s: SummaryInput): string {
     const notes = Object.entries(f.extra)
       .map(([k, v]) => `${k}: ${v}`)
       .concat(Object.entries(c.details).map(([k, n]) => `${k} × ${n}`))
-      .join("; ");
+      .join("; ")
+      .replace(/\|/g, "/");
     out.push(
       `| ${i + 1} | ${f.name} | ${((f.startedAt - s.runStart) / 60_000).toFixed(1)} | ${((f.endedAt - f.startedAt) / 1000).toFixed(0)} | ${c.sent} | ${c.ok} | ${c.typed_error} | ${c.other_error} | ${c.hung} | ${c.out_of_region} | ${f.recoveryMs === null ? "not recovered" : (f.recoveryMs / 1000).toFixed(1)} | ${notes || "—"} |`,
     );
@@ -412,6 +436,10 @@ export function summary(s: SummaryInput): string {
     "",
   );
   if (s.pngs) {
+    out.push(
+      "Charts drawn by gnuplot (Debian `gnuplot-nox`: axes, legends and text without writing a font renderer; the soak says how to install it when it is missing) from DIR/plot/*.dat; dashed lines mark the faults.",
+      "",
+    );
     for (const png of s.pngs) {
       const name = png.split("/").pop()!;
       out.push(`![${name.replace(/\.png$/, "")}](${s.pngPrefix}${name})`, "");

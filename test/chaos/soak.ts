@@ -7,7 +7,15 @@
 // in RELIABILITY.md's `## Soak` section.
 
 import { once } from "node:events";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { cpus, totalmem } from "node:os";
@@ -601,17 +609,32 @@ function fdCount(pid: number): number | null {
   }
 }
 
-function eldOf(pid: number, now: number): { p99: number; max: number } | null {
+/** How far each process's event-loop file has been read. */
+const eldRead = new Map<number, number>();
+
+/** The windows a process wrote since the last sample: the worst p99 and max of them, or null if none. */
+function eldOf(pid: number): { p99: number; max: number } | null {
+  let text: string;
   try {
-    const r = JSON.parse(readFileSync(join(eldDir, `${pid}.json`), "utf8")) as {
-      at: number;
-      p99_ms: number;
-      max_ms: number;
-    };
-    return now - r.at <= SAMPLE_MS * 2.5 ? { p99: r.p99_ms, max: r.max_ms } : null;
+    text = readFileSync(join(eldDir, `${pid}.jsonl`), "utf8");
   } catch {
     return null;
   }
+  const from = eldRead.get(pid) ?? 0;
+  const end = text.lastIndexOf("\n") + 1;
+  if (end <= from) return null;
+  eldRead.set(pid, end);
+  let p99 = 0;
+  let max = 0;
+  for (const line of text.slice(from, end).split("\n")) {
+    if (!line) continue;
+    try {
+      const r = JSON.parse(line) as { p99_ms: number; max_ms: number };
+      p99 = Math.max(p99, r.p99_ms);
+      max = Math.max(max, r.max_ms);
+    } catch {}
+  }
+  return { p99, max };
 }
 
 const driverEld = monitorEventLoopDelay({ resolution: 10 });
@@ -657,7 +680,7 @@ async function sampleOnce(sw: SoakWorld): Promise<void> {
   };
   const { cluster } = sw.world;
   const control = cluster.control.child.pid;
-  if (control && processAlive(control)) add("control", "control", [control], eldOf(control, now));
+  if (control && processAlive(control)) add("control", "control", [control], eldOf(control));
   add("soak driver", "driver", [process.pid], {
     p99: driverEld.percentile(99) / 1e6,
     max: driverEld.max / 1e6,
@@ -667,7 +690,7 @@ async function sampleOnce(sw: SoakWorld): Promise<void> {
     [...cluster.planes.values()].map(async (p) => {
       const pid = p.process?.child.pid;
       if (!pid || !processAlive(pid)) return;
-      add(`plane ${p.name}`, "plane", [pid], eldOf(pid, now));
+      add(`plane ${p.name}`, "plane", [pid], eldOf(pid));
       const replicas = (await planeReplicas(p)) ?? [];
       const seen = new Map<string, number>();
       for (const r of replicas.sort((a, b) => a.id.localeCompare(b.id))) {
@@ -712,7 +735,7 @@ async function eldOnMetrics(sw: SoakWorld): Promise<string> {
     `Event-loop delay: the plane's admin /metrics ${has(plane)} and the control plane's /metrics (org admin key) ${has(control)} ` +
     "prom-client's `nodejs_eventloop_lag_*` (no default metrics are registered), so every `meridian` process loads " +
     "test/chaos/soak-eld.mjs (NODE_OPTIONS=--import), which measures it with perf_hooks.monitorEventLoopDelay at 10 ms " +
-    "resolution, the histogram prom-client uses, reset every 5 s. Replica processes are not measured (the plane " +
+    "resolution, the histogram prom-client uses, in 5 s windows (a sample takes the worst window written since the one before); it times the interval between 10 ms ticks, so an idle loop reads about 10 ms (prom-client reports the same raw values). Replica processes are not measured (the plane " +
     "passes them only LANG and TZ of its environment; JS replicas get no preload and Python has no such metric): RSS and fds only."
   );
 }
@@ -792,17 +815,32 @@ try {
     await sleep(Math.max(0, at - Date.now()));
     const [name, run] = cycle[i % cycle.length]!;
     log(`fault ${i + 1}: ${name}`);
-    const f = await run();
-    const all = predict.results;
-    faults.push({
-      name: f.name,
-      startedAt: f.startedAt,
-      restoredAt: f.restoredAt,
-      endedAt: f.endedAt,
-      extra: f.extra,
-      recoveryMs: recoveryMs(all, f.restoredAt, f.endedAt),
-    });
-    log(`fault ${i + 1} over after ${((f.endedAt - f.startedAt) / 1000).toFixed(0)} s`);
+    const startedAt = Date.now();
+    try {
+      const f = await run();
+      faults.push({
+        name: f.name,
+        startedAt: f.startedAt,
+        restoredAt: f.restoredAt,
+        endedAt: f.endedAt,
+        extra: f.extra,
+        recoveryMs: recoveryMs(predict.results, f.restoredAt, f.endedAt),
+      });
+      log(`fault ${i + 1} over after ${((f.endedAt - f.startedAt) / 1000).toFixed(0)} s`);
+    } catch (err) {
+      // A fault whose recovery wait ran out (faults.ts waits 60 s for eu's replicas): recorded, and the
+      // soak goes on, so an hour's samples are not lost to one slow recovery.
+      const endedAt = Date.now();
+      faults.push({
+        name: `${name} (recovery wait ran out)`,
+        startedAt,
+        restoredAt: startedAt,
+        endedAt,
+        extra: { error: String(err).split("\n")[0]!.slice(0, 200) },
+        recoveryMs: null,
+      });
+      log(`fault ${i + 1} failed: ${err}`);
+    }
   }
   await sleep(Math.max(0, runEndAt - Date.now()));
 } finally {
@@ -824,6 +862,8 @@ try {
 const runEnd = runEndAt;
 const duplicates = duplicateExecutions(cluster);
 const audit = auditOutOfRegion(world);
+// The installation's data (replica logs, audit trails) is read; the counts and samples are in DIR.
+rmSync(cluster.dir, { recursive: true, force: true });
 writeFileSync(
   join(outDir, "requests.csv"),
   `kind,target,id,started_ms,latency_ms,outcome,status,detail,region,want\n${requests
