@@ -137,7 +137,8 @@ function slope(points: Array<[number, number]>): number | null {
 }
 
 /**
- * Per process label. The warm-up sample is the first one after `warmUntil` with the final pid; the leak
+ * Per process label. The warm-up sample is the first one of the final pid after `warmUntil` and after that
+ * pid's own warm-up (a process restarted during the run); the leak
  * verdict needs at least 20 minutes in the last 2/3 of the run to call RSS growth, and counts fds growth
  * of 10 or more on the same pid at any length.
  */
@@ -154,7 +155,9 @@ export function processFigures(
     const mine = samples.filter((s) => s.label === label).sort((a, b) => a.t - b.t);
     const last = mine[mine.length - 1]!;
     const finalPid = mine.filter((s) => s.pid === last.pid);
-    const warm = finalPid.find((s) => s.t >= warmUntil) ?? finalPid[0]!;
+    // A process (re)started during the run is given the same warm-up from its own first sample.
+    const warmFrom = Math.max(warmUntil, finalPid[0]!.t + (warmUntil - runStart));
+    const warm = finalPid.find((s) => s.t >= warmFrom) ?? finalPid[finalPid.length - 1]!;
     const tail = finalPid.filter((s) => s.t >= Math.max(tailFrom, warm.t));
     const perH = slope(tail.map((s) => [(s.t - runStart) / 3_600_000, s.rssMb]));
     const p99s = mine.flatMap((s) => (s.eldP99Ms === null ? [] : [s.eldP99Ms]));

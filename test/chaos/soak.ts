@@ -637,6 +637,18 @@ function eldOf(pid: number): { p99: number; max: number } | null {
   return { p99, max };
 }
 
+/** Skips what every process wrote before the load started (its start-up, the world's set-up). */
+function primeEld(): void {
+  for (const name of readdirSync(eldDir)) {
+    const m = /^(\d+)\.jsonl$/.exec(name);
+    if (!m) continue;
+    try {
+      const text = readFileSync(join(eldDir, name), "utf8");
+      eldRead.set(Number(m[1]), text.lastIndexOf("\n") + 1);
+    } catch {}
+  }
+}
+
 const driverEld = monitorEventLoopDelay({ resolution: 10 });
 driverEld.enable();
 
@@ -762,6 +774,8 @@ const eldSource = await eldOnMetrics(sw);
 log(eldSource);
 
 let running = true;
+primeEld();
+driverEld.reset();
 const runStart = Date.now();
 const runEndAt = runStart + minutes * 60_000;
 const warmUntil = runStart + Math.min(5 * 60_000, Math.max(60_000, minutes * 6_000));
