@@ -770,6 +770,28 @@ const dispatcher = new Agent({
     },
   } as object,
 });
+// The control plane's judgements of plane health, kept whole: the process handle keeps only its last 5000
+// output lines, which an hour outgrows, and faults.ts reads "planes judged down" from that window.
+const judgements: Array<{ t: number; down: string[] }> = [];
+for (const stream of [cluster.control.child.stdout!, cluster.control.child.stderr!]) {
+  let buf = "";
+  stream.on("data", (chunk: string | Buffer) => {
+    buf += String(chunk);
+    let i = buf.indexOf("\n");
+    while (i >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      i = buf.indexOf("\n");
+      if (!line.includes('"plane health changed"')) continue;
+      try {
+        judgements.push({ t: Date.now(), down: (JSON.parse(line) as { down?: string[] }).down ?? [] });
+      } catch {}
+    }
+  });
+}
+const judgedDown = (from: number, to: number) =>
+  [...new Set(judgements.filter((j) => j.t >= from && j.t <= to).flatMap((j) => j.down))].sort().join(" ") ||
+  "none";
 const eldSource = await eldOnMetrics(sw);
 log(eldSource);
 
@@ -837,7 +859,10 @@ try {
         startedAt: f.startedAt,
         restoredAt: f.restoredAt,
         endedAt: f.endedAt,
-        extra: f.extra,
+        extra:
+          "planes judged down" in f.extra
+            ? { ...f.extra, "planes judged down": judgedDown(f.startedAt, f.endedAt) }
+            : f.extra,
         recoveryMs: recoveryMs(predict.results, f.restoredAt, f.endedAt),
       });
       log(`fault ${i + 1} over after ${((f.endedAt - f.startedAt) / 1000).toFixed(0)} s`);
