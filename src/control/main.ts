@@ -4,6 +4,7 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
+import { collectDefaultMetrics } from "prom-client";
 import { downPlanes } from "../core/fail-static.ts";
 import { writeSecretFile } from "../lib/files.ts";
 import { loadSecretsKeyFile } from "../lib/secret-box.ts";
@@ -100,6 +101,8 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
     secrets,
   };
   ctx.metrics = new ControlMetrics(() => ctx.store.db);
+  // The process's own health (RSS, open fds, event-loop delay, GC, heap), prom-client's standard names.
+  collectDefaultMetrics({ register: ctx.metrics.registry });
   ctx.planeHealth = new PlaneHealth({
     timeoutMs: ctx.planeTimeoutMs,
     startedAtMs: ctx.startedAtMs,
