@@ -91,9 +91,10 @@ const command = `npm run soak -- --minutes ${values.minutes} --out ${values.out}
 mkdirSync(outDir, { recursive: true });
 const log = (msg: string) => console.error(`[soak ${new Date().toISOString()}] ${msg}`);
 
-// Event-loop delay of the Node processes: prom-client's default metrics are not registered on any of
-// Meridian's /metrics (checked below, on the live processes), so each `meridian` process loads
-// soak-eld.mjs, which measures it with the same perf_hooks histogram and writes it to this directory.
+// Event-loop delay of the Node processes: Meridian's /metrics carry prom-client's `nodejs_eventloop_lag_*`
+// (checked below, on the live processes), but a scrape resets that histogram and cannot reach a stopped
+// process, so its windows follow the sampler's phase. Each `meridian` process loads soak-eld.mjs, which
+// measures with the same perf_hooks histogram in fixed 5 s windows and writes them to this directory.
 const eldDir = join(outDir, "eld");
 mkdirSync(eldDir, { recursive: true });
 process.env["MERIDIAN_SOAK_ELD_DIR"] = eldDir;
@@ -745,7 +746,7 @@ async function eldOnMetrics(sw: SoakWorld): Promise<string> {
   const has = (t: string) => (t.includes("nodejs_eventloop_lag") ? "exposes" : "does not expose");
   return (
     `Event-loop delay: the plane's admin /metrics ${has(plane)} and the control plane's /metrics (org admin key) ${has(control)} ` +
-    "prom-client's `nodejs_eventloop_lag_*` (no default metrics are registered), so every `meridian` process loads " +
+    "prom-client's `nodejs_eventloop_lag_*`; each scrape resets that histogram and a stopped process cannot be scraped, so for fixed windows every `meridian` process also loads " +
     "test/chaos/soak-eld.mjs (NODE_OPTIONS=--import), which measures it with perf_hooks.monitorEventLoopDelay at 10 ms " +
     "resolution, the histogram prom-client uses, in 5 s windows (a sample takes the worst window written since the one before); it times the interval between 10 ms ticks, so an idle loop reads about 10 ms (prom-client reports the same raw values). Replica processes are not measured (the plane " +
     "passes them only LANG and TZ of its environment; JS replicas get no preload and Python has no such metric): RSS and fds only."
