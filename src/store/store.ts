@@ -16,6 +16,18 @@ export type StoreConfig =
 /** A Kysely handle inside or outside a transaction: query functions accept either. */
 export type Db = Kysely<Schema> | Transaction<Schema>;
 
+/**
+ * PostgreSQL advisory locks of the control plane: the two-key form, the first key Meridian's namespace
+ * (ASCII "MERI"), the second what is locked. Kysely's migrator takes its own single-key lock.
+ */
+export const ADVISORY_NAMESPACE = 0x4d455249;
+export const ADVISORY_LOCKS = {
+  /** The first-start bootstrap (src/control/accounts.ts). */
+  bootstrap: 1,
+  /** The leader lease of the background loops (src/control/lease.ts), session-scoped. */
+  leader: 2,
+} as const;
+
 export class Store {
   readonly db: Kysely<Schema>;
   readonly dialect: Dialect;
@@ -72,6 +84,18 @@ export class Store {
         await sql`pragma query_only = off`.execute(trx);
       }
     });
+  }
+
+  /**
+   * On PostgreSQL, takes a transaction-scoped advisory lock (released at commit or rollback, or when the
+   * session dies) that serializes transactions of every control replica doing the same `what`. SQLite
+   * needs none: its transactions on the one connection never interleave.
+   */
+  async lockForTransaction(trx: Transaction<Schema>, what: keyof typeof ADVISORY_LOCKS): Promise<void> {
+    if (this.dialect !== "postgres") return;
+    await sql`select pg_advisory_xact_lock(${sql.lit(ADVISORY_NAMESPACE)}, ${sql.lit(ADVISORY_LOCKS[what])})`.execute(
+      trx,
+    );
   }
 
   /** Increments and returns the installation-wide revision; call inside the transaction that changed state. */
