@@ -20,6 +20,9 @@ export type Db = Kysely<Schema> | Transaction<Schema>;
  * PostgreSQL advisory locks of the control plane: the two-key form, the first key Meridian's namespace
  * (ASCII "MERI"), the second what is locked. Kysely's migrator takes its own single-key lock.
  */
+/** The channel a revision bump notifies on PostgreSQL (src/control/revision-feed.ts listens). */
+export const REVISION_CHANNEL = "meridian_revision";
+
 export const ADVISORY_NAMESPACE = 0x4d455249;
 export const ADVISORY_LOCKS = {
   /** The first-start bootstrap (src/control/accounts.ts). */
@@ -32,9 +35,13 @@ export class Store {
   readonly db: Kysely<Schema>;
   readonly dialect: Dialect;
 
-  private constructor(db: Kysely<Schema>, dialect: Dialect) {
+  /** The PostgreSQL URL, for the connections that are not the pool's (LISTEN); null on SQLite. */
+  private readonly postgresUrl: string | null;
+
+  private constructor(db: Kysely<Schema>, dialect: Dialect, postgresUrl: string | null = null) {
     this.db = db;
     this.dialect = dialect;
+    this.postgresUrl = postgresUrl;
   }
 
   /** Opens the store and brings its schema up to date. */
@@ -42,7 +49,7 @@ export class Store {
     const store =
       config.kind === "sqlite"
         ? new Store(openSqlite(config.file), "sqlite")
-        : new Store(openPostgres(config), "postgres");
+        : new Store(openPostgres(config), "postgres", config.url);
     await store.migrate();
     return store;
   }
@@ -98,7 +105,11 @@ export class Store {
     );
   }
 
-  /** Increments and returns the installation-wide revision; call inside the transaction that changed state. */
+  /**
+   * Increments and returns the installation-wide revision; call inside the transaction that changed state.
+   * On PostgreSQL it also queues a notification on `REVISION_CHANNEL`, which PostgreSQL delivers to every
+   * listening control replica when (and only if) the transaction commits.
+   */
   async bumpRevision(trx: Db): Promise<number> {
     const row = await trx
       .updateTable("revision")
@@ -106,7 +117,46 @@ export class Store {
       .where("id", "=", 1)
       .returning("value")
       .executeTakeFirstOrThrow();
+    if (this.dialect === "postgres") {
+      await sql`select pg_notify(${REVISION_CHANNEL}, ${String(row.value)})`.execute(trx);
+    }
     return Number(row.value);
+  }
+
+  /**
+   * PostgreSQL: calls `onNotify` whenever a transaction of any control replica that bumped the revision
+   * commits (LISTEN on a connection of its own); `onLost` when that connection ends, after which the
+   * caller may listen again. SQLite: null (one process; its writers wake their own feed).
+   */
+  async listenRevisions(onNotify: () => void, onLost: () => void): Promise<{ stop(): Promise<void> } | null> {
+    if (this.postgresUrl === null) return null;
+    const client = new pg.Client({ connectionString: this.postgresUrl, connectionTimeoutMillis: 5_000 });
+    let lost = false;
+    const lose = () => {
+      if (lost) return;
+      lost = true;
+      void client.end().catch(() => {});
+      onLost();
+    };
+    client.on("error", lose);
+    client.on("end", lose);
+    client.on("notification", (n) => {
+      if (n.channel === REVISION_CHANNEL) onNotify();
+    });
+    try {
+      await client.connect();
+      await client.query(`listen ${REVISION_CHANNEL}`);
+    } catch (err) {
+      lost = true;
+      await client.end().catch(() => {});
+      throw err;
+    }
+    return {
+      async stop() {
+        lost = true;
+        await client.end().catch(() => {});
+      },
+    };
   }
 
   async revision(db: Db = this.db): Promise<number> {
