@@ -194,7 +194,13 @@ function openSqlite(file: string): Kysely<Schema> {
 }
 
 function openPostgres(config: { url: string; poolSize?: number }): Kysely<Schema> {
-  const pool = new pg.Pool({ connectionString: config.url, max: config.poolSize ?? 10 });
+  // A database that does not answer a connection within 5 s is unreachable (a typed 503 to the caller,
+  // `isStoreUnavailable`), rather than a request left waiting.
+  const pool = new pg.Pool({
+    connectionString: config.url,
+    max: config.poolSize ?? 10,
+    connectionTimeoutMillis: 5_000,
+  });
   // An idle client's connection can end under it (a server restart, a failover, an administrator's
   // terminate). The pool drops that client and the next query opens a new one; without a listener the
   // 'error' event would crash the process.
@@ -208,5 +214,25 @@ export function isUniqueViolation(err: unknown): boolean {
   const e = err as { code?: unknown; message?: unknown };
   return (
     e.code === "23505" || e.code === "SQLITE_CONSTRAINT_UNIQUE" || e.code === "SQLITE_CONSTRAINT_PRIMARYKEY"
+  );
+}
+
+/**
+ * True when `err` says the database cannot be reached, rather than that a statement failed: the pool's
+ * connection errors, PostgreSQL's connection exceptions (SQLSTATE class 08) and its shutdown and startup
+ * answers (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now).
+ */
+export function isStoreUnavailable(err: unknown): boolean {
+  if (typeof err !== "object" || err === null) return false;
+  const e = err as { code?: unknown; message?: unknown };
+  const code = typeof e.code === "string" ? e.code : "";
+  if (["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH", "ENOTFOUND"].includes(code))
+    return true;
+  if (code.startsWith("08") || code === "57P01" || code === "57P02" || code === "57P03") return true;
+  const message = typeof e.message === "string" ? e.message : "";
+  return (
+    message.startsWith("Connection terminated") ||
+    message.includes("timeout exceeded when trying to connect") ||
+    message === "Client has encountered a connection error and is not queryable"
   );
 }
