@@ -205,6 +205,11 @@ function openPostgres(config: { url: string; poolSize?: number }): Kysely<Schema
   // terminate). The pool drops that client and the next query opens a new one; without a listener the
   // 'error' event would crash the process.
   pool.on("error", () => {});
+  // The pool listens for errors only on idle clients; a client checked out (a query or a transaction in
+  // progress) whose connection ends (PostgreSQL stopped, `pg_ctl stop -m fast`) emits 'error' with no
+  // listener, which would crash the process. Its queries fail instead (`isStoreUnavailable`: a typed 503),
+  // and the pool drops it on release as no longer queryable.
+  pool.on("connect", (client) => client.on("error", () => {}));
   return new Kysely<Schema>({ dialect: new PostgresDialect({ pool }) });
 }
 
