@@ -116,6 +116,7 @@ export class AutoscalingLoop {
   #running: Promise<void> = Promise.resolve();
   #stopped = false;
   #passes = 0;
+  #term = 0;
 
   constructor(ctx: ControlContext, options: AutoscalingLoopOptions) {
     this.#ctx = ctx;
@@ -126,8 +127,15 @@ export class AutoscalingLoop {
     // The periodic pass is the leader's alone (docs/high-availability.md): two replicas each deciding
     // from their own windows would undo each other's counts.
     this.#timer = setInterval(() => {
-      if (this.#leads()) void this.tick();
-      else this.#tracked.clear(); // a replica that takes the lease later starts from what it then sees
+      if (!this.#leads()) return;
+      // Windows kept in an earlier term are stale: a replica that takes the lease again starts from
+      // what it sees now.
+      const term = this.#ctx.lease?.term() ?? 0;
+      if (term !== this.#term) {
+        this.#term = term;
+        this.#tracked.clear();
+      }
+      void this.tick();
     }, this.#o.intervalMs);
     this.#timer.unref();
   }

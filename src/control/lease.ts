@@ -31,8 +31,10 @@ export class ControlStoreInUseError extends Error {
 }
 
 export interface Leadership {
-  /** True while this replica holds the lease and its holding was confirmed within the last heartbeat. */
+  /** True while this replica holds the lease and has confirmed it lately. */
   isLeader(): boolean;
+  /** Grows each time this replica takes the lease: state kept while leading belongs to one term. */
+  term(): number;
   /**
    * Inside a leader-only write's transaction: throws NotLeaderError unless the database itself says this
    * replica's lease session still holds the lock, so a replica that lost the lease (a stall, a cut
@@ -47,6 +49,9 @@ export interface Leadership {
 export class SoleLeadership implements Leadership {
   isLeader(): boolean {
     return true;
+  }
+  term(): number {
+    return 1;
   }
   async fence(): Promise<void> {}
   async start(): Promise<void> {}
@@ -77,6 +82,9 @@ export function holdSqliteControlLock(dataDir: string): { release(): void } {
   return { release: () => lock.close() };
 }
 
+/** A leader that has not confirmed its lease for this many intervals stops acting as leader. */
+const STALE_INTERVALS = 5;
+
 export interface PostgresLeaseOptions {
   url: string;
   /** How often a follower tries to take the lease and the leader confirms it holds it. Default 1 000 ms. */
@@ -90,7 +98,7 @@ export interface PostgresLeaseOptions {
  * The leader lease on PostgreSQL: a session-level advisory lock held by a connection of its own (not the
  * pool's). Whoever holds it leads; when the holder dies its session ends and PostgreSQL frees the lock at
  * once (a SIGKILLed replica's socket is closed by the kernel), so a follower takes over on its next try.
- * A leader whose heartbeat fails, or that has not confirmed its holding for two intervals (a stall),
+ * A leader whose heartbeat fails, or that has not confirmed its holding for five intervals (a stall),
  * stops acting as leader until it confirms again; writes are fenced by the database (`fence`).
  */
 export class PostgresLeadership implements Leadership {
@@ -98,6 +106,7 @@ export class PostgresLeadership implements Leadership {
   #client: pg.Client | null = null;
   #backendPid: number | null = null;
   #leader = false;
+  #term = 0;
   #confirmedAtMs = 0;
   #timer: NodeJS.Timeout | null = null;
   #busy: Promise<void> = Promise.resolve();
@@ -108,7 +117,13 @@ export class PostgresLeadership implements Leadership {
   }
 
   isLeader(): boolean {
-    return this.#leader && Date.now() - this.#confirmedAtMs <= 2 * this.#o.intervalMs;
+    // The database's lock is the guarantee (`fence`); this is the process not acting on a lease it has
+    // not been able to confirm for a while (a stall, a heartbeat that hangs).
+    return this.#leader && Date.now() - this.#confirmedAtMs <= STALE_INTERVALS * this.#o.intervalMs;
+  }
+
+  term(): number {
+    return this.#term;
   }
 
   async fence(trx: Db): Promise<void> {
@@ -194,6 +209,7 @@ export class PostgresLeadership implements Leadership {
   #set(leader: boolean): void {
     if (leader === this.#leader) return;
     this.#leader = leader;
+    if (leader) this.#term++;
     this.#o.logger.info({ leader }, leader ? "leader lease taken" : "leader lease released");
     this.#o.onChange?.(leader);
   }
