@@ -6,6 +6,7 @@ import Fastify, { type FastifyInstance, type FastifyRequest } from "fastify";
 import type { Principal } from "../core/access.ts";
 import { errorBody, MeridianError } from "../core/errors.ts";
 import type { PlaneRow } from "../store/schema.ts";
+import { isStoreUnavailable } from "../store/store.ts";
 import type { ControlContext } from "./context.ts";
 import { keyDirectoryDocument } from "./evidence.ts";
 import { registerGraphqlEndpoint } from "./graphql/endpoint.ts";
@@ -59,6 +60,12 @@ export async function buildControlApp(
     }
     if (e instanceof SyntaxError || e.statusCode === 400)
       return reply.status(400).send(errorBody("invalid_json", e.message));
+    // The database gone (PostgreSQL stopped or cut off) is the installation's fault, not the caller's:
+    // a typed 503 the caller may retry (docs/errors.md says what a write lost at its commit means).
+    if (isStoreUnavailable(err)) {
+      ctx.logger.warn({ err: e.message }, "request failed: database unreachable");
+      return reply.status(503).send(errorBody("store_unavailable"));
+    }
     ctx.logger.error({ err }, "request failed");
     return reply.status(500).send(errorBody("internal_error"));
   });
