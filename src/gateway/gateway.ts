@@ -47,6 +47,7 @@ import {
   UNIX_PREFIX,
   type UpstreamFailure,
 } from "./plan.ts";
+import { RateLimiter } from "./rate-limit.ts";
 import { HOP_CONTINUE_TIMEOUT, UPGRADE_REQUIRED_FIELDS, upgradeAsk } from "./rules.ts";
 
 /** The metric label of a request whose model (and so environment) did not resolve. */
@@ -99,6 +100,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
   // The index follows the snapshot object: rebuilt only when the plane swaps in a new one.
   let lastSnapshot: ReturnType<IngressOptions["snapshot"]> | undefined;
   let index: RouteIndex | null = null;
+  // docs/async.md#rate-limits: status, cancel and queue-status calls per API key, at the entry plane.
+  const asyncStatusLimit = new RateLimiter(limits.asyncStatusPerSecond);
   const hops = new HopVerifier({
     self: self.name,
     maxAgeMs: limits.hopMaxAgeMs,
@@ -375,6 +378,23 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         );
       }
       parkFor = id;
+    }
+
+    // The entry plane counts an async status call once it knows the key is good and the call routable; a
+    // plane it is handed to over a hop does not count it again.
+    if (asyncMatch !== null && !("refuse" in asyncMatch) && asyncMatch.op.kind !== "predict") {
+      if (ex.forwardedFrom === null && routeRequest.keyHash !== null) {
+        const bucket = `${asyncMatch.op.kind}:${head.method}:${routeRequest.keyHash}`;
+        if (!asyncStatusLimit.take(bucket, now())) {
+          const retry = asyncStatusLimit.retryAfterSeconds(bucket);
+          return refuse(
+            "rate_limited",
+            `At most ${asyncStatusLimit.perSecond} of these calls per second per API key; retry after ${retry} s.`,
+            { limit_per_second: asyncStatusLimit.perSecond, retry_after_seconds: retry },
+            ["retry-after", String(retry)],
+          );
+        }
+      }
     }
 
     const cl = scan.contentLength;

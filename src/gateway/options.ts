@@ -44,6 +44,13 @@ export interface IngressLimits {
    * goes with the head, and a frozen peer holds the request for the whole predict timeout). Default 2 s.
    */
   hopContinueTimeoutMs: number;
+  /**
+   * Calls per second per API key to an async request's status and cancel (`GET`/`DELETE
+   * …/async_request/{id}`) and to `async_queue_status`, counted by the plane the client called; beyond,
+   * 429 `rate_limited` with Retry-After. The reference's "Rate limited to 20 requests per second". 0: no
+   * limit. Default 20.
+   */
+  asyncStatusPerSecond: number;
   /** How old a plane-to-plane hop may be. Default 30 s. */
   hopMaxAgeMs: number;
   /**
@@ -73,6 +80,7 @@ export const DEFAULT_LIMITS: Readonly<IngressLimits> = Object.freeze({
   bufferBodyBytes: 64 * 1024,
   receiptBodyBytes: 1024 * 1024,
   hopContinueTimeoutMs: 2_000,
+  asyncStatusPerSecond: 20,
   hopMaxAgeMs: HOP_MAX_AGE_MS,
   hopReplayEntries: HOP_REPLAY_ENTRIES,
   drainTimeoutMs: 30_000,
