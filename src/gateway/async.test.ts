@@ -235,15 +235,16 @@ for (const transport of ["wire", "http"] as IngressTransport[]) {
       // The calls of the test above reached eu-1 over the hop from us-1: counted there, not here.
       const started = Date.now();
       const answers = await Promise.all(
-        Array.from({ length: 30 }, () =>
+        Array.from({ length: 80 }, () =>
           send("eu-1", { host: REG, path: `/async_request/${id}`, method: "GET", body: "" }),
         ),
       );
       const elapsedS = (Date.now() - started) / 1000;
       const passed = answers.filter((a) => a.status === 201).length;
       const limited = answers.filter((a) => a.status === 429);
-      expect(passed + limited.length).toBe(30);
+      expect(passed + limited.length).toBe(80);
       expect(passed).toBeGreaterThanOrEqual(20);
+      // A full bucket, plus what refilled while the calls arrived (a loaded machine spreads them out).
       expect(passed).toBeLessThanOrEqual(20 + Math.ceil(elapsedS * 20) + 1);
       expect(limited.length).toBeGreaterThan(0);
       expect(limited[0]!.json).toMatchObject({

@@ -1726,22 +1726,31 @@ describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTran
     });
 
     const bodyAfterHead = (b: Buffer) => b.subarray(b.indexOf("\r\n\r\n") + 4);
+    /** Polls `cond` every 10 ms, for at most PROMPT_MS (a loaded machine: no fixed sleeps). */
+    const until = async (cond: () => boolean) => {
+      const deadline = Date.now() + PROMPT_MS;
+      while (!cond()) {
+        if (Date.now() > deadline) throw new Error("condition not met in time");
+        await sleep(10);
+      }
+    };
     const OK = 'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}';
 
     it("the head goes alone with expect: 100-continue; the body only after the peer's 100; its 200 relayed", async () => {
-      onPeerHead = (socket) => {
-        setTimeout(() => socket.write("HTTP/1.1 100 Continue\r\n\r\n"), 150);
-      };
       const c = await RawClient.connect(senderPort);
       c.write(request({ tag: "hop-continue", body: "hello" }));
-      await sleep(100);
+      const headIn = () => (peerConns[0]?.received.indexOf("\r\n\r\n") ?? -1) >= 0;
+      await until(headIn);
       const conn = peerConns[0]!;
       const head = conn.received.toString("latin1");
       expect(head).toMatch(/\r\nexpect: 100-continue\r\n/i);
       expect(head).toMatch(/\r\ncontent-length: 5\r\n/i);
       expect(head).toMatch(/\r\nx-meridian-hop: v1;eu-1;eu-2;/);
+      // Without the 100 the body stays with the sender (it went with the head before the change).
+      await sleep(150);
       expect(bodyAfterHead(conn.received).length, "no body byte before the 100").toBe(0);
-      await sleep(200);
+      conn.socket.write("HTTP/1.1 100 Continue\r\n\r\n");
+      await until(() => bodyAfterHead(conn.received).length >= 5);
       expect(bodyAfterHead(conn.received).toString()).toBe("hello");
       conn.socket.write(OK);
       const r = await c.next(PROMPT_MS);
@@ -1754,7 +1763,11 @@ describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTran
       onPeerHead = (socket) => socket.write("HTTP/1.1 100 Continue\r\n\r\n");
       const c = await RawClient.connect(senderPort);
       c.write(request({ tag: "hop-chunked", chunks: ["ab", "cd"] }));
-      await sleep(200);
+      await until(
+        () =>
+          peerConns[0] !== undefined &&
+          parseMessage(peerConns[0].received, 0, { kind: "request", closed: false }).kind === "ok",
+      );
       const conn = peerConns[0]!;
       expect(conn.received.toString("latin1")).toMatch(/\r\nexpect: 100-continue\r\n/i);
       // Framed afresh (Content-Length once the body was whole, chunked otherwise): either way all of it.

@@ -902,6 +902,8 @@ class ClientConn {
     if (next === "retry") {
       ex.attempt++;
       ex.streaming = false;
+      // A hop that waited in vain for its 100 had framed a head: the next attempt frames its own.
+      ex.sentChunked = false;
       this.dispatch(ex);
       return;
     }
