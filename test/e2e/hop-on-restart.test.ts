@@ -217,8 +217,10 @@ describe("a plane whose replica is dead or whose peer is frozen", () => {
     for (const r of results) {
       const where = runs.get(r.id) ?? [];
       for (const w of where) expect(w).toMatch(/^eu-[12]\//);
-      // Answered 200: ran exactly once; a 502 reached a replica, so ran once too.
-      expect(where.length, `${r.id} ${r.status}`).toBe(1);
+      // Answered 200: ran exactly once. A 502 reached a replica that died: it ran there at most once (the
+      // replica may have died before the model started it), and nowhere else.
+      if (r.status === 200) expect(where.length, `${r.id} ${r.status}`).toBe(1);
+      else expect(where.length, `${r.id} ${r.status}`).toBeLessThanOrEqual(1);
     }
     // The hand-over was exercised: eu-1's requests served by eu-2 while its own replica was down.
     const handed = results.filter(
@@ -229,7 +231,10 @@ describe("a plane whose replica is dead or whose peer is frozen", () => {
         kills.some((k) => r.sentAt >= k),
     );
     expect(handed.length, summary).toBeGreaterThan(0);
-    console.info(`hop-on-restart: ${results.length} calls, ${summary}, handed over ${handed.length}`);
+    const failed502 = results.filter((r) => r.status === 502);
+    console.info(
+      `hop-on-restart: ${results.length} calls, ${summary}, handed over ${handed.length}, 502s run: ${failed502.filter((r) => runs.has(r.id)).length}/${failed502.length}`,
+    );
   }, 240_000);
 
   it("the plane holding the region's only replica frozen: hops to it answered 503 within the bound, never run; SIGCONT serves again", async () => {
