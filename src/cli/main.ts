@@ -39,6 +39,10 @@ program
   .option("--peer-ca <file>", "CA of the other planes' ingress certificates: plane-to-plane hops use HTTPS")
   .option("--predict-timeout <seconds>", "how long a model may take to answer (default 1200)")
   .option(
+    "--hop-continue-timeout <ms>",
+    "how long a plane-to-plane hop waits for the peer ingress's 100 Continue before it is taken as frozen, 0-60000 ms; 0 turns the wait off (default 2000)",
+  )
+  .option(
     "--websocket-max-frame <bytes>",
     "largest websocket frame payload relayed either way; a larger one closes both sides with 1009 (default 16777216)",
   )

@@ -36,6 +36,11 @@ export async function bootstrap(
   saveAdminKey: (key: string) => Promise<void>,
 ): Promise<Bootstrap> {
   return store.transaction(async (trx) => {
+    // Control replicas started together on an empty PostgreSQL would each see no organization and each
+    // create one (the second failing on `teams_name_key`). The first to take this lock bootstraps; the
+    // others wait for its commit, then read its organization (READ COMMITTED: each statement sees the
+    // latest commit) and start as a non-first start. SQLite's one writer settles it by itself.
+    await store.lockForTransaction(trx, "bootstrap");
     if (await store.getMeta("organization_id", trx)) return { admin_key: null };
     const orgId = newId(8);
     const teamId = newId(8);

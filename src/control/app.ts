@@ -60,12 +60,11 @@ export async function buildControlApp(
     }
     if (e instanceof SyntaxError || e.statusCode === 400)
       return reply.status(400).send(errorBody("invalid_json", e.message));
+    // The database gone (PostgreSQL stopped or cut off) is the installation's fault, not the caller's:
+    // a typed 503 the caller may retry (docs/errors.md says what a write lost at its commit means).
     if (isStoreUnavailable(err)) {
-      ctx.logger.warn({ err }, "request failed: the database cannot be used");
-      return reply
-        .status(503)
-        .header("retry-after", "5")
-        .send(errorBody("service_unavailable", "The control plane's database cannot be reached; retry."));
+      ctx.logger.warn({ err: e.message }, "request failed: database unreachable");
+      return reply.status(503).send(errorBody("store_unavailable"));
     }
     ctx.logger.error({ err }, "request failed");
     return reply.status(500).send(errorBody("internal_error"));

@@ -116,6 +116,7 @@ export class AutoscalingLoop {
   #running: Promise<void> = Promise.resolve();
   #stopped = false;
   #passes = 0;
+  #term = 0;
 
   constructor(ctx: ControlContext, options: AutoscalingLoopOptions) {
     this.#ctx = ctx;
@@ -123,8 +124,24 @@ export class AutoscalingLoop {
   }
 
   start(): void {
-    this.#timer = setInterval(() => void this.tick(), this.#o.intervalMs);
+    // The periodic pass is the leader's alone (docs/high-availability.md): two replicas each deciding
+    // from their own windows would undo each other's counts.
+    this.#timer = setInterval(() => {
+      if (!this.#leads()) return;
+      // Windows kept in an earlier term are stale: a replica that takes the lease again starts from
+      // what it sees now.
+      const term = this.#ctx.lease?.term() ?? 0;
+      if (term !== this.#term) {
+        this.#term = term;
+        this.#tracked.clear();
+      }
+      void this.tick();
+    }, this.#o.intervalMs);
     this.#timer.unref();
+  }
+
+  #leads(): boolean {
+    return this.#ctx.lease?.isLeader() ?? true;
   }
 
   async stop(): Promise<void> {
@@ -135,8 +152,27 @@ export class AutoscalingLoop {
 
   /** A plane holds requests for a deployment with nothing ready in its region: decide it now. */
   wake(deploymentId: string): Promise<void> {
+    if (!this.#leads()) return this.#followerWake(deploymentId);
     this.#track(deploymentId).wake = true;
     return this.tick([deploymentId]);
+  }
+
+  /**
+   * A wake that reaches a replica that does not lead is decided at once all the same (a cold start must
+   * not wait for the leader's next pass), from nothing but what the planes reported, and may only raise
+   * the count: it never undoes the leader's decisions, and the leader's next pass sees the replicas it
+   * started (and the requests they wait for) before it could scale them down.
+   */
+  #followerWake(deploymentId: string): Promise<void> {
+    const tracked = new Map<string, Tracked>();
+    const fresh = this.#fresh();
+    fresh.wake = true;
+    tracked.set(deploymentId, fresh);
+    const next = this.#running.then(() =>
+      this.#stopped ? undefined : this.#pass([deploymentId], { tracked, raiseOnly: true }),
+    );
+    this.#running = next.catch((err) => this.#ctx.logger.error({ err }, "autoscaler wake failed"));
+    return this.#running;
   }
 
   /** One pass (all deployments, or those named); passes never overlap. */
@@ -146,16 +182,23 @@ export class AutoscalingLoop {
     return this.#running;
   }
 
-  #track(id: string): Tracked {
-    let t = this.#tracked.get(id);
+  #fresh(): Tracked {
+    return { state: null, samples: [], estimates: new Map(), lastTickMs: null, wake: false };
+  }
+
+  #track(id: string, tracked = this.#tracked): Tracked {
+    let t = tracked.get(id);
     if (t === undefined) {
-      t = { state: null, samples: [], estimates: new Map(), lastTickMs: null, wake: false };
-      this.#tracked.set(id, t);
+      t = this.#fresh();
+      tracked.set(id, t);
     }
     return t;
   }
 
-  async #pass(only?: readonly string[]): Promise<void> {
+  async #pass(
+    only?: readonly string[],
+    follower?: { tracked: Map<string, Tracked>; raiseOnly: true },
+  ): Promise<void> {
     const ctx = this.#ctx;
     const db = ctx.store.db;
     const nowMs = Date.now();
@@ -165,7 +208,7 @@ export class AutoscalingLoop {
       .where("status", "in", [...SCALED_STATUSES]);
     if (only !== undefined) query = query.where("id", "in", [...only]);
     const deployments = await query.execute();
-    if (only === undefined) {
+    if (only === undefined && follower === undefined) {
       const live = new Set(deployments.map((d) => d.id));
       for (const id of this.#tracked.keys()) {
         if (live.has(id)) continue;
@@ -211,7 +254,7 @@ export class AutoscalingLoop {
 
     const changes: Array<{ id: string; from: number | null; to: number; decision: ScaleDecision }> = [];
     for (const d of deployments) {
-      const t = this.#track(d.id);
+      const t = this.#track(d.id, follower?.tracked);
       const status = d.status as DeploymentStatus;
       let settings = autoscalingOf(d.autoscaling);
       // A deployment asleep that serves no environment (a promotion's previous) wakes only when asked.
@@ -283,18 +326,35 @@ export class AutoscalingLoop {
       const stored = d.desired_replicas ?? null;
       const effective = (desired: number | null) =>
         scaledReplicas({ status, settings: autoscalingOf(d.autoscaling), desired }).want;
+      if (follower?.raiseOnly && effective(target) <= effective(stored)) continue;
       if (target !== stored && (stored !== null || effective(target) !== effective(null))) {
         changes.push({ id: d.id, from: d.desired_replicas ?? null, to: target, decision });
       }
     }
     if (changes.length === 0) return;
-    await change(ctx, async (trx, scope) => {
+    const applied = await change(ctx, async (trx, scope) => {
+      // The leader's decisions commit only while the database says it still leads; a follower's wake
+      // only raises counts, which is safe from any replica.
+      if (follower === undefined) await ctx.lease?.fence(trx);
+      const done: typeof changes = [];
       for (const c of changes) {
-        await trx.updateTable("deployments").set({ desired_replicas: c.to }).where("id", "=", c.id).execute();
+        // Compare-and-set: a count another replica changed since this pass read it is not overwritten
+        // with a decision made from the old one (the next pass decides again from the new).
+        const res = await trx
+          .updateTable("deployments")
+          .set({ desired_replicas: c.to })
+          .where("id", "=", c.id)
+          .where((eb) =>
+            c.from === null ? eb("desired_replicas", "is", null) : eb("desired_replicas", "=", c.from),
+          )
+          .executeTakeFirst();
+        if (Number(res.numUpdatedRows) === 0) continue;
         scope.touch(c.id);
+        done.push(c);
       }
+      return done;
     });
-    for (const c of changes) {
+    for (const c of applied) {
       ctx.metrics?.scaleDecision(c.decision.reason, c.from, c.to);
       ctx.logger.info(
         {

@@ -7,6 +7,7 @@ import type { SecretBox } from "../lib/secret-box.ts";
 import type { Db, Store } from "../store/store.ts";
 import type { ArtifactStore } from "./artifacts.ts";
 import type { ControlMetrics } from "./control-metrics.ts";
+import type { Leadership } from "./lease.ts";
 import type { PlaneHealth } from "./plane-health.ts";
 import type { RevisionFeed } from "./revision-feed.ts";
 
@@ -33,6 +34,11 @@ export interface ControlContext {
   metrics?: ControlMetrics;
   /** Seals and opens team secrets; its keys come from a file apart from the database. */
   secrets: SecretBox;
+  /**
+   * Whether this replica leads the background loops (src/control/lease.ts). Absent (a context built
+   * in-process by a test) means this process is the only one and leads.
+   */
+  lease?: Leadership;
   /** The autoscaler's control loop (src/control/autoscaling.ts), when this process runs one. */
   autoscaler?: { wake(deploymentId: string): Promise<void>; tick(only?: readonly string[]): Promise<void> };
 }

@@ -4,6 +4,7 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
+import { collectDefaultMetrics } from "prom-client";
 import { downPlanes } from "../core/fail-static.ts";
 import { writeSecretFile } from "../lib/files.ts";
 import { loadSecretsKeyFile } from "../lib/secret-box.ts";
@@ -15,9 +16,10 @@ import { AutoscalingLoop } from "./autoscaling.ts";
 import type { ControlContext } from "./context.ts";
 import { ControlMetrics } from "./control-metrics.ts";
 import { ensureControlKey } from "./keys.ts";
+import { holdSqliteControlLock, type Leadership, PostgresLeadership, SoleLeadership } from "./lease.ts";
 import { PlaneHealth, planeHealthOf } from "./plane-health.ts";
 import { RevisionFeed } from "./revision-feed.ts";
-import { reconcileAll } from "./scheduler.ts";
+import { change, reconcileAll } from "./scheduler.ts";
 import { verifySecretsKey } from "./secrets.ts";
 
 export interface ControlConfig {
@@ -44,6 +46,11 @@ export interface ControlConfig {
   secretsKeyFile?: string;
   /** How often the autoscaler decides every deployment (`--autoscaler-interval-ms`). Default 1 000 ms. */
   autoscalerIntervalMs?: number;
+  /**
+   * On PostgreSQL, how often a follower tries to take the leader lease and the leader confirms it
+   * (src/control/lease.ts). Default 1 000 ms: a killed leader's loops resume on another replica within it.
+   */
+  leaseIntervalMs?: number;
   logger?: Logger;
 }
 
@@ -59,6 +66,21 @@ export interface RunningControl {
 export async function startControl(config: ControlConfig): Promise<RunningControl> {
   const logger = config.logger ?? pino({ name: "control" });
   mkdirSync(config.dataDir, { recursive: true });
+  // SQLite serves one control process; a second one on the same data directory is refused here.
+  const sqliteLock = config.databaseUrl === null ? holdSqliteControlLock(config.dataDir) : null;
+  try {
+    return await startControlHolding(config, logger, sqliteLock);
+  } catch (err) {
+    sqliteLock?.release();
+    throw err;
+  }
+}
+
+async function startControlHolding(
+  config: ControlConfig,
+  logger: Logger,
+  sqliteLock: { release(): void } | null,
+): Promise<RunningControl> {
   // Read before the database is opened: a key file that cannot be used stops the start, naming why.
   const secrets = loadSecretsKeyFile(config.secretsKeyFile ?? join(config.dataDir, "secrets.key"), {
     create: config.secretsKeyFile === undefined,
@@ -87,6 +109,15 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
   await artifacts.start();
   const feed = new RevisionFeed(store);
   await feed.start();
+  const lease: Leadership =
+    config.databaseUrl === null
+      ? new SoleLeadership()
+      : new PostgresLeadership({
+          url: config.databaseUrl,
+          logger,
+          intervalMs: config.leaseIntervalMs ?? 1_000,
+        });
+  await lease.start();
   const ctx: ControlContext = {
     store,
     artifacts,
@@ -98,8 +129,11 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
     startedAtMs: Date.now(),
     planeTimeoutMs: config.planeTimeoutMs ?? 15_000,
     secrets,
+    lease,
   };
   ctx.metrics = new ControlMetrics(() => ctx.store.db);
+  // The process's own health (RSS, open fds, event-loop delay, GC, heap), prom-client's standard names.
+  collectDefaultMetrics({ register: ctx.metrics.registry });
   ctx.planeHealth = new PlaneHealth({
     timeoutMs: ctx.planeTimeoutMs,
     startedAtMs: ctx.startedAtMs,
@@ -130,9 +164,11 @@ export async function startControl(config: ControlConfig): Promise<RunningContro
     async stop() {
       health.stop();
       await autoscaler.stop();
+      await lease.stop();
       feed.stop();
       await app.close();
       await store.close();
+      sqliteLock?.release();
     },
   };
 }
@@ -164,6 +200,13 @@ function watchPlaneHealth(ctx: ControlContext): { stop(): void } {
           .select(["name", "region", "last_seen_at", "created_at"])
           .execute();
         const verdicts = health.judge(planes, Date.parse(ctx.now()));
+        // Only the leader acts on its judgement (docs/high-availability.md); a follower keeps judging so
+        // that its hearing is current the moment it takes the lease.
+        if (!(ctx.lease?.isLeader() ?? true)) {
+          down = "";
+          spared = "";
+          return;
+        }
         const names = downPlanes(verdicts).join(",");
         const silent = verdicts.filter((v) => v.state === "spared");
         const sparedNow = silent.map((v) => `${v.name}:${v.reason}`).join(",");
@@ -176,13 +219,32 @@ function watchPlaneHealth(ctx: ControlContext): { stop(): void } {
             );
           }
         }
-        if (names !== down) {
-          ctx.logger.warn(
-            { down: names === "" ? [] : names.split(","), was: down === "" ? [] : down.split(",") },
-            "plane health changed",
-          );
+        // A follower judges with its own hearing when a write through it places replicas: one that had
+        // not yet heard a plane fall silent may have placed a replica there, which the leader moves.
+        const stranded =
+          names !== "" &&
+          (await ctx.store.db
+            .selectFrom("replicas")
+            .innerJoin("deployments", "deployments.id", "replicas.deployment_id")
+            .select("replicas.id")
+            .where("replicas.plane", "in", names.split(","))
+            // A failed build keeps its replica (and the logs saying why) wherever it is: not stranded.
+            .where("deployments.status", "!=", "BUILD_FAILED")
+            .limit(1)
+            .executeTakeFirst()) !== undefined;
+        if (names !== down || stranded) {
+          if (names !== down) {
+            ctx.logger.warn(
+              { down: names === "" ? [] : names.split(","), was: down === "" ? [] : down.split(",") },
+              "plane health changed",
+            );
+          }
           down = names;
-          await reconcileAll(ctx);
+          await change(ctx, async (trx, scope) => {
+            await ctx.lease?.fence(trx);
+            const rows = await trx.selectFrom("deployments").select("id").execute();
+            for (const r of rows) scope.touch(r.id);
+          });
         }
       } catch (err) {
         ctx.logger.error({ err }, "plane health check failed");

@@ -1,6 +1,7 @@
 // Wakes long-polls when the installation's revision moves past what a watcher has. Writers in this process
-// call `changed()` after commit; a light periodic read catches writes by other control replicas sharing
-// the same PostgreSQL.
+// call `changed()` after commit; on PostgreSQL a LISTEN on the revision channel hears commits of other
+// control replicas at once, and a light periodic read (every 250 ms) catches whatever a lost listening
+// connection missed (docs/high-availability.md).
 
 import type { Store } from "../store/store.ts";
 
@@ -16,13 +17,43 @@ export class RevisionFeed {
     this.pollMs = pollMs;
   }
 
+  private listener: { stop(): Promise<void> } | null = null;
+  private listening = false;
+  private stopped = false;
+  private lastListenTryMs = 0;
+
   async start(): Promise<void> {
     this.current = await this.store.revision();
-    this.timer = setInterval(() => void this.changed(), this.pollMs);
+    await this.listen();
+    this.timer = setInterval(() => {
+      void this.changed();
+      // A listening connection that ended is opened again, at most once a second.
+      if (!this.listening && Date.now() - this.lastListenTryMs >= 1_000) void this.listen();
+    }, this.pollMs);
     this.timer.unref();
   }
 
+  private async listen(): Promise<void> {
+    if (this.stopped || this.store.dialect !== "postgres") return;
+    this.lastListenTryMs = Date.now();
+    this.listening = true;
+    try {
+      this.listener = await this.store.listenRevisions(
+        () => void this.changed(),
+        () => {
+          this.listening = false;
+          this.listener = null;
+        },
+      );
+      if (this.stopped) await this.listener?.stop();
+    } catch {
+      this.listening = false; // the periodic read carries on; the next tick tries again
+    }
+  }
+
   stop(): void {
+    this.stopped = true;
+    void this.listener?.stop();
     clearInterval(this.timer);
     for (const w of this.waiters) w.wake();
     this.waiters.clear();

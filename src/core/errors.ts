@@ -119,6 +119,11 @@ export const ERRORS = {
   replica_failed: { status: 502, message: "The model replica failed while processing the request." },
   model_unavailable: { status: 503, message: "No replica is ready to serve this request." },
   service_unavailable: { status: 503, message: "The service is not available." },
+  store_unavailable: {
+    status: 503,
+    message:
+      "The control plane's database is unreachable; planes keep serving from their last configuration. Retry later.",
+  },
   upstream_timeout: { status: 504, message: "The model did not answer in time." },
 } as const satisfies Record<string, { status: number; message: string }>;
 

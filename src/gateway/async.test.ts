@@ -228,5 +228,45 @@ for (const transport of ["wire", "http"] as IngressTransport[]) {
       expect(answer.match(/HTTP\/1\.1 /g)).toHaveLength(1);
       expect(seen.get("eu-1")).toHaveLength(0);
     });
+
+    it("status calls over 20/s per key get 429 rate_limited with Retry-After; hopped calls count at the entry only", async () => {
+      fresh();
+      const id = newAsyncRequestId("eu-1", new Uint8Array(12).fill(2));
+      // The calls of the test above reached eu-1 over the hop from us-1: counted there, not here.
+      const started = Date.now();
+      const answers = await Promise.all(
+        Array.from({ length: 80 }, () =>
+          send("eu-1", { host: REG, path: `/async_request/${id}`, method: "GET", body: "" }),
+        ),
+      );
+      const elapsedS = (Date.now() - started) / 1000;
+      const passed = answers.filter((a) => a.status === 201).length;
+      const limited = answers.filter((a) => a.status === 429);
+      expect(passed + limited.length).toBe(80);
+      expect(passed).toBeGreaterThanOrEqual(20);
+      // A full bucket, plus what refilled while the calls arrived (a loaded machine spreads them out).
+      expect(passed).toBeLessThanOrEqual(20 + Math.ceil(elapsedS * 20) + 1);
+      expect(limited.length).toBeGreaterThan(0);
+      expect(limited[0]!.json).toMatchObject({
+        error_code: "rate_limited",
+        detail: { limit_per_second: 20, retry_after_seconds: 1 },
+      });
+      expect(limited[0]!.headers["retry-after"]).toBe("1");
+      expect(seen.get("eu-1")).toHaveLength(passed);
+      // Cancel is its own bucket, and async_predict is bounded by the queue, not by a rate.
+      const cancel = await send("eu-1", {
+        host: REG,
+        path: `/async_request/${id}`,
+        method: "DELETE",
+        body: "",
+      });
+      expect(cancel.status).toBe(201);
+      const predict = await send("eu-1", { host: REG, path: "/async_predict", body: '{"model_input":1}' });
+      expect(predict.status).toBe(201);
+      // A second later the bucket has refilled.
+      await new Promise((ok) => setTimeout(ok, 1_100));
+      const again = await send("eu-1", { host: REG, path: `/async_request/${id}`, method: "GET", body: "" });
+      expect(again.status).toBe(201);
+    });
   });
 }

@@ -3,6 +3,7 @@
 // `node:net` servers (framing-peers.ts) that record every byte they receive and answer with crafted bytes,
 // so each case asserts exactly what crossed the wire on both sides of the ingress. The suite runs once per
 // transport; a case either transport gets wrong is a bug in that transport, not in the case.
+import net from "node:net";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { PlaneSnapshot } from "../core/snapshot.ts";
 import { generateSigningKey } from "../lib/keys.ts";
@@ -14,6 +15,7 @@ import {
   field,
   fieldValues,
   type Message,
+  parseMessage,
   RawClient,
   RawUpstream,
   type Responder,
@@ -1656,6 +1658,165 @@ describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTran
       const seen = up.since(mark).requests;
       expect(seen.length).toBe(1);
       expectCleanUpstreamRequest(seen[0]!, Buffer.from("hello"));
+      c.destroy();
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------------------
+  // The sending side of a plane-to-plane hop (rules.ts, HOP_CONTINUE_TIMEOUT): a second ingress, eu-1 with
+  // no replica of its own, hands the request to its peer eu-2, a raw socket server here.
+  describe("plane-to-plane hop: Expect: 100-continue", () => {
+    const CONTINUE_MS = 400;
+    let peer: net.Server;
+    let peerConns: Array<{ socket: net.Socket; received: Buffer }> = [];
+    let sender: Ingress;
+    let senderPort = 0;
+    /** What the peer does with a connection: nothing (frozen), or this. */
+    let onPeerHead: ((socket: net.Socket, head: string) => void) | null = null;
+
+    beforeAll(async () => {
+      peer = net.createServer((socket) => {
+        const conn = { socket, received: Buffer.alloc(0) };
+        peerConns.push(conn);
+        let answered = false;
+        socket.on("data", (chunk: Buffer) => {
+          conn.received = Buffer.concat([conn.received, chunk]);
+          const end = conn.received.indexOf("\r\n\r\n");
+          if (end >= 0 && !answered && onPeerHead !== null) {
+            answered = true;
+            onPeerHead(socket, conn.received.subarray(0, end + 4).toString("latin1"));
+          }
+        });
+        socket.on("error", () => {});
+      });
+      await new Promise<void>((r) => peer.listen(0, "127.0.0.1", r));
+      const peerAddress = `127.0.0.1:${(peer.address() as net.AddressInfo).port}`;
+      const eu2 = { name: "eu-2", region: "eu", ingress: [peerAddress], global_ingress: false };
+      const snapshot: PlaneSnapshot = {
+        ...SNAPSHOT,
+        planes: [...SNAPSHOT.planes, eu2],
+        models: SNAPSHOT.models.map((m) => ({
+          ...m,
+          deployments: [{ id: "d-eu", region: "eu", ready_planes: ["eu-2"] }],
+        })),
+      };
+      sender = createIngress({
+        transport,
+        plane: PLANE,
+        listen: { host: "127.0.0.1", port: 0 },
+        signingKey: generateSigningKey(),
+        snapshot: () => snapshot,
+        localReplicas: () => [],
+        limits: { ...LIMITS, hopContinueTimeoutMs: CONTINUE_MS },
+      });
+      await sender.start();
+      senderPort = sender.address!.port;
+    });
+
+    afterAll(async () => {
+      await sender.stop();
+      for (const c of peerConns) c.socket.destroy();
+      await new Promise<void>((r) => peer.close(() => r()));
+    });
+
+    beforeEach(() => {
+      onPeerHead = null;
+      for (const c of peerConns) c.socket.destroy();
+      peerConns = [];
+    });
+
+    const bodyAfterHead = (b: Buffer) => b.subarray(b.indexOf("\r\n\r\n") + 4);
+    /** Polls `cond` every 10 ms, for at most PROMPT_MS (a loaded machine: no fixed sleeps). */
+    const until = async (cond: () => boolean) => {
+      const deadline = Date.now() + PROMPT_MS;
+      while (!cond()) {
+        if (Date.now() > deadline) throw new Error("condition not met in time");
+        await sleep(10);
+      }
+    };
+    const OK = 'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}';
+
+    it("the head goes alone with expect: 100-continue; the body only after the peer's 100; its 200 relayed", async () => {
+      const c = await RawClient.connect(senderPort);
+      c.write(request({ tag: "hop-continue", body: "hello" }));
+      const headIn = () => (peerConns[0]?.received.indexOf("\r\n\r\n") ?? -1) >= 0;
+      await until(headIn);
+      const conn = peerConns[0]!;
+      const head = conn.received.toString("latin1");
+      expect(head).toMatch(/\r\nexpect: 100-continue\r\n/i);
+      expect(head).toMatch(/\r\ncontent-length: 5\r\n/i);
+      expect(head).toMatch(/\r\nx-meridian-hop: v1;eu-1;eu-2;/);
+      // Without the 100 the body stays with the sender (it went with the head before the change).
+      await sleep(150);
+      expect(bodyAfterHead(conn.received).length, "no body byte before the 100").toBe(0);
+      conn.socket.write("HTTP/1.1 100 Continue\r\n\r\n");
+      await until(() => bodyAfterHead(conn.received).length >= 5);
+      expect(bodyAfterHead(conn.received).toString()).toBe("hello");
+      conn.socket.write(OK);
+      const r = await c.next(PROMPT_MS);
+      expect(r?.status).toBe(200);
+      expect(r?.body.toString()).toBe('{"ok":true}');
+      c.destroy();
+    });
+
+    it("a chunked body waits for the 100 too, and goes whole after it", async () => {
+      onPeerHead = (socket) => socket.write("HTTP/1.1 100 Continue\r\n\r\n");
+      const c = await RawClient.connect(senderPort);
+      c.write(request({ tag: "hop-chunked", chunks: ["ab", "cd"] }));
+      await until(
+        () =>
+          peerConns[0] !== undefined &&
+          parseMessage(peerConns[0].received, 0, { kind: "request", closed: false }).kind === "ok",
+      );
+      const conn = peerConns[0]!;
+      expect(conn.received.toString("latin1")).toMatch(/\r\nexpect: 100-continue\r\n/i);
+      // Framed afresh (Content-Length once the body was whole, chunked otherwise): either way all of it.
+      const parsed = parseMessage(conn.received, 0, { kind: "request", closed: false });
+      expect(parsed.kind).toBe("ok");
+      if (parsed.kind === "ok") expect(parsed.message.body.toString()).toBe("abcd");
+      conn.socket.write(OK);
+      expect((await c.next(PROMPT_MS))?.status).toBe(200);
+      c.destroy();
+    });
+
+    it("a peer that never answers the head (frozen): 503 model_unavailable within the bound, no body sent", async () => {
+      const c = await RawClient.connect(senderPort);
+      const started = Date.now();
+      c.write(request({ tag: "hop-frozen", body: "secret" }));
+      const r = await c.next(PROMPT_MS);
+      const took = Date.now() - started;
+      expectIngressAnswer(r, 503, "model_unavailable");
+      expect(took).toBeGreaterThanOrEqual(CONTINUE_MS - 50);
+      // The bound plus the upstream timer's tick, far below the hop's own timeout (predict + 1 s).
+      expect(took).toBeLessThan(CONTINUE_MS + 1_000);
+      const conn = peerConns[0]!;
+      expect(conn.received.toString("latin1")).toMatch(/\r\nexpect: 100-continue\r\n/i);
+      expect(bodyAfterHead(conn.received).length, "the body never left").toBe(0);
+      // The half-sent request is dropped with its connection: a peer that wakes up finds it cut short.
+      expect(
+        await new Promise<boolean>((ok) => {
+          if (conn.socket.readableEnded || conn.socket.destroyed) ok(true);
+          conn.socket.once("end", () => ok(true));
+          conn.socket.once("close", () => ok(true));
+          setTimeout(() => ok(false), PROMPT_MS);
+        }),
+      ).toBe(true);
+      c.destroy();
+    });
+
+    it("a final answer before the 100 (the peer refused the head): relayed, and the body is never sent", async () => {
+      const refusal = JSON.stringify({ error: "x", error_code: "model_unavailable", detail: null });
+      onPeerHead = (socket) =>
+        socket.write(
+          `HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: ${refusal.length}\r\n\r\n${refusal}`,
+        );
+      const c = await RawClient.connect(senderPort);
+      c.write(request({ tag: "hop-refused", body: "never-sent" }));
+      const r = await c.next(PROMPT_MS);
+      expect(r?.status).toBe(503);
+      expect(JSON.parse(r!.body.toString()).error_code).toBe("model_unavailable");
+      await sleep(100);
+      expect(bodyAfterHead(peerConns[0]!.received).length).toBe(0);
       c.destroy();
     });
   });

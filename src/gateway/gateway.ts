@@ -47,7 +47,8 @@ import {
   UNIX_PREFIX,
   type UpstreamFailure,
 } from "./plan.ts";
-import { UPGRADE_REQUIRED_FIELDS, upgradeAsk } from "./rules.ts";
+import { RateLimiter } from "./rate-limit.ts";
+import { HOP_CONTINUE_TIMEOUT, UPGRADE_REQUIRED_FIELDS, upgradeAsk } from "./rules.ts";
 
 /** The metric label of a request whose model (and so environment) did not resolve. */
 const UNRESOLVED = "unknown";
@@ -76,6 +77,8 @@ const CONNECT_ERRORS = new Set([
   "EADDRNOTAVAIL",
   "ENOTFOUND",
   "CONNECT_TIMEOUT",
+  // A peer plane that sent no 100 Continue (nor anything) within the bound: the body never left (rules.ts).
+  HOP_CONTINUE_TIMEOUT,
 ]);
 
 export type Gateway = ReturnType<typeof createGateway>;
@@ -97,6 +100,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
   // The index follows the snapshot object: rebuilt only when the plane swaps in a new one.
   let lastSnapshot: ReturnType<IngressOptions["snapshot"]> | undefined;
   let index: RouteIndex | null = null;
+  // docs/async.md#rate-limits: status, cancel and queue-status calls per API key, at the entry plane.
+  const asyncStatusLimit = new RateLimiter(limits.asyncStatusPerSecond);
   const hops = new HopVerifier({
     self: self.name,
     maxAgeMs: limits.hopMaxAgeMs,
@@ -375,6 +380,23 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       parkFor = id;
     }
 
+    // The entry plane counts an async status call once it knows the key is good and the call routable; a
+    // plane it is handed to over a hop does not count it again.
+    if (asyncMatch !== null && !("refuse" in asyncMatch) && asyncMatch.op.kind !== "predict") {
+      if (ex.forwardedFrom === null && routeRequest.keyHash !== null) {
+        const bucket = `${asyncMatch.op.kind}:${head.method}:${routeRequest.keyHash}`;
+        if (!asyncStatusLimit.take(bucket, now())) {
+          const retry = asyncStatusLimit.retryAfterSeconds(bucket);
+          return refuse(
+            "rate_limited",
+            `At most ${asyncStatusLimit.perSecond} of these calls per second per API key; retry after ${retry} s.`,
+            { limit_per_second: asyncStatusLimit.perSecond, retry_after_seconds: retry },
+            ["retry-after", String(retry)],
+          );
+        }
+      }
+    }
+
     const cl = scan.contentLength;
     const contentLength = cl === undefined ? null : Number(cl);
     if (contentLength !== null && contentLength > limits.maxBodyBytes) {
@@ -431,6 +453,10 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       contentLength,
       chunked: contentLength === null && scan.transferEncoding,
       upgrade,
+      peerDeployment: null,
+      clientHost: hostValue ?? "",
+      clientAuthorization: scan.authorization ?? null,
+      clientTarget: target,
     };
     if (decision.kind === "async") {
       const op = (asyncMatch as Exclude<typeof asyncMatch, null | { refuse: ErrorCode }>).op;
@@ -465,17 +491,10 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       }
       // The API key stops at the ingress: model code never sees it.
       forward.headers = headers;
+      // A request that came over a hop is never handed on (one hop at most); an upgrade is relayed whole.
+      if (ex.forwardedFrom === null && upgrade === null) forward.peerDeployment = id;
     } else {
-      forward.targets = orderPlanes(decision.planes).map((p) => ({
-        kind: "plane",
-        name: p.name,
-        endpoint: p.ingress[0]!,
-        socketPath: null,
-        authority: p.ingress[0]!,
-        origin: `${peerScheme}://${p.ingress[0]}`,
-        path: target,
-        plane: p,
-      }));
+      forward.targets = orderPlanes(decision.planes).map((p) => planeTarget(p, target));
       // Host and Authorization pass unchanged: the receiving plane routes and authenticates by itself.
       headers.push("host", hostValue ?? "", PROOF.route, self.name);
       if (scan.authorization !== undefined) headers.push("authorization", scan.authorization);
@@ -483,6 +502,52 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       forward.hop = { method: head.method, authority: hostValue ?? "", target };
     }
     return forward;
+  }
+
+  function planeTarget(p: PlaneRef, target: string): Target {
+    return {
+      kind: "plane",
+      name: p.name,
+      endpoint: p.ingress[0]!,
+      socketPath: null,
+      authority: p.ingress[0]!,
+      origin: `${peerScheme}://${p.ingress[0]}`,
+      path: target,
+      plane: p,
+    };
+  }
+
+  /**
+   * No replica of this plane accepted a request planned for them (each attempt an untouched connect failure:
+   * the replica died, or is restarting, before the agent saw it): the request goes on to the planes of this
+   * region that the snapshot names ready for the deployment, over the hop, as a regional decision would
+   * send it. Never to another region, never from a request that came over a hop, once per request. Returns
+   * whether targets were added.
+   */
+  function handToPeers(ex: Exchange, forward: Forward): boolean {
+    const id = forward.peerDeployment;
+    if (id === null) return false;
+    forward.peerDeployment = null;
+    const idx = currentIndex();
+    const route = deploymentRoute(id);
+    if (idx === null || route === undefined) return false;
+    const peers: PlaneRef[] = [];
+    for (const name of route.ready_planes) {
+      if (name === self.name) continue;
+      const p = idx.planes.get(name);
+      if (p !== undefined && p.region === self.region && p.ingress.length > 0) peers.push(p);
+    }
+    if (peers.length === 0) return false;
+    peers.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const p of orderPlanes(peers)) forward.targets.push(planeTarget(p, forward.clientTarget));
+    const extra = ["host", forward.clientHost, PROOF.route, self.name];
+    if (forward.clientAuthorization !== null) extra.push("authorization", forward.clientAuthorization);
+    forward.headers = forward.headers.concat(extra);
+    forward.hop = { method: ex.method, authority: forward.clientHost, target: forward.clientTarget };
+    // The peer serves it: this plane's load signal no longer counts it (src/plane/load.ts).
+    options.load?.end(ex);
+    log.info({ request_id: ex.requestId, deployment: id, peers: peers.length }, "handed to a peer plane");
+    return true;
   }
 
   /**
@@ -758,7 +823,14 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       if (!f.touched && (CONNECT_ERRORS.has(f.code) || f.code === "UND_ERR_CONNECT_TIMEOUT")) {
         metrics?.upstreamFailure(t.kind === "plane" ? "peer_unreachable" : "connect");
         log.warn({ request_id: ex.requestId, target: t.name, code: f.code }, "upstream unreachable");
-        if (attempt + 1 < forward.targets.length) return "retry";
+        if (attempt + 1 < forward.targets.length) {
+          const next = forward.targets[attempt + 1]!;
+          // A peer that let its continue bound pass is frozen or overloaded: only another plane of the same
+          // region takes the request then (docs/gateway.md#plane-to-plane-hops).
+          if (f.code !== HOP_CONTINUE_TIMEOUT || next.plane?.region === t.plane?.region) return "retry";
+        } else if (t.kind === "replica" && handToPeers(ex, forward)) {
+          return "retry";
+        }
         return refuse("model_unavailable", "No replica accepted the request.", {
           region: t.plane?.region ?? self.region,
         });

@@ -15,8 +15,9 @@ import {
   type Refusal,
   refuse,
 } from "./gateway.ts";
+import { HopBeforeBody, HopSender } from "./http-hop.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "./options.ts";
-import { declaresBody, readsWholeFirst, upgradeAsk, upstreamTimeoutMs } from "./rules.ts";
+import { awaitsContinue, declaresBody, readsWholeFirst, upgradeAsk, upstreamTimeoutMs } from "./rules.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "./tls-options.ts";
 import { type UpgradeContext, WebSocketRelay } from "./upgrade.ts";
 
@@ -69,6 +70,8 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
     ...poolOptions,
     connect: { timeout: limits.connectTimeoutMs, ...options.peerConnect },
   });
+  // Hops with a body wait for the peer's 100 Continue: node:http's client (http-hop.ts), not undici's.
+  const hopSender = new HopSender(options.peerConnect);
   // Replicas on Unix sockets (egress deny): one pool per socket with the agent's settings, since an
   // Agent keys its pools by origin and every such replica's origin is http://localhost.
   const socketPools = new Map<string, Pool>();
@@ -187,10 +190,12 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       return;
     }
     if (plan.kind === "park") {
-      // Held while the deployment wakes (src/gateway/parking.ts), then planned again.
+      // Held while the deployment wakes (src/gateway/parking.ts), then planned again. Its 100 goes now: a
+      // hop waits for it (rules.ts, HOP_CONTINUE_TIMEOUT); once, the plan after the wait sends none.
+      if (expectContinue) res.writeContinue();
       void plan.wait.then((outcome) => {
         if (ex.clientGone) return;
-        if (outcome.kind === "go") route(ex, expectContinue);
+        if (outcome.kind === "go") route(ex, false);
         else fail(ex, gw.parkRefusal(outcome));
       });
       return;
@@ -236,6 +241,21 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
     const t = forward.targets[i]!;
     gw.acquire(t);
     const timeout = upstreamTimeoutMs(t, limits);
+    if (t.kind === "plane" && awaitsContinue(t, forward, limits)) {
+      hopSender.send(
+        {
+          origin: t.origin,
+          path: t.path,
+          method: ex.req.method ?? "POST",
+          headers: gw.attemptHeaders(ex, forward, t),
+          body: bodyFor(ex, call.body) as Buffer | AsyncIterable<Buffer>,
+          continueMs: limits.hopContinueTimeoutMs,
+          timeoutMs: timeout,
+        },
+        new UpstreamCall(call, i, gw, onUpstreamError),
+      );
+      return;
+    }
     dispatcherFor(t.socketPath).dispatch(
       {
         origin: t.origin,
@@ -261,8 +281,11 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       message: err.message,
       // No byte reached the upstream: the connection never got to the request, and a streamed body was
       // never read.
-      touched: connected || (body.kind === "stream" && body.state.started),
-      timeout: code === "UND_ERR_HEADERS_TIMEOUT" || code === "UND_ERR_BODY_TIMEOUT",
+      // A hop that failed before its 100 Continue never sent its body (http-hop.ts).
+      touched:
+        !(err instanceof HopBeforeBody) && (connected || (body.kind === "stream" && body.state.started)),
+      timeout:
+        code === "UND_ERR_HEADERS_TIMEOUT" || code === "UND_ERR_BODY_TIMEOUT" || code === "UPSTREAM_TIMEOUT",
       bodyTooLarge: err instanceof BodyTooLarge,
     });
     if (next === "retry") dispatch(call, i + 1);
@@ -406,6 +429,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       server.closeAllConnections();
       await closed;
       await Promise.all([agent.destroy(), ...[...socketPools.values()].map((p) => p.destroy())]);
+      hopSender.close();
       socketPools.clear();
       address = null;
     },
@@ -447,7 +471,7 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
     if (this.ex.clientGone) abort(new ClientGone("client went away"));
   }
 
-  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+  onHeaders(statusCode: number, rawHeaders: (string | Buffer)[], resume: () => void): boolean {
     if (statusCode < 200) return true; // interim responses are not relayed
     const { ex, call } = this;
     const headers = this.gw.responseHeaders(

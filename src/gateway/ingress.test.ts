@@ -24,6 +24,8 @@ const STD = `model-${M1}.${DOMAIN}`;
 const REG = `model-${M1}-prod-eu.${DOMAIN}`;
 const sha = (k: string) => createHash("sha256").update(k).digest("hex");
 const LIMIT = 256 * 1024;
+/** The hop's wait for a peer's 100 Continue in this suite (the hop timeout is predict + 1 s = 1.8 s). */
+const CONTINUE_MS = 300;
 const TRANSPORT: IngressTransport =
   (globalThis as { ingressTransportUnderTest?: IngressTransport }).ingressTransportUnderTest ?? "wire";
 
@@ -187,6 +189,7 @@ beforeAll(async () => {
         keepAliveTimeoutMs: 4_000,
         maxHeaderBytes: 8 * 1024,
         connectTimeoutMs: 1_000,
+        hopContinueTimeoutMs: CONTINUE_MS,
       },
       registry,
       audit,
@@ -281,6 +284,107 @@ describe("regional endpoint", () => {
     expect(r.status).toBe(503);
     expect(r.json).toMatchObject({ error_code: "model_unavailable" });
     expect(proof(r)).toMatchObject({ region: "eu", plane: "eu-2", route: "eu-1, eu-2" });
+  });
+
+  it("a request no local replica accepts (dead, restarting) goes once to the region's other ready plane", async () => {
+    const dead = await startReplica("dead", "127.0.2.1");
+    await dead.close();
+    bump(() => {
+      world.euReady = ["eu-1", "eu-2"];
+    });
+    plane("eu-1").replicas.set("d-eu", [dead.endpoint]);
+    try {
+      for (const chunked of [false, true]) {
+        const before = repEu.seen.length;
+        const id = `handover-${chunked ? "chunked" : "json"}`;
+        const r = await send("eu-1", {
+          host: REG,
+          path: "/predict",
+          body: '{"x":"handed over"}',
+          chunked,
+          headers: { "x-request-id": id },
+        });
+        expect(r.status, r.body).toBe(200);
+        expect(proof(r)).toEqual({ region: "eu", plane: "eu-2", deployment: "d-eu", route: "eu-1, eu-2" });
+        // Executed once, by the peer's replica, with the whole body; the key stopped at the ingress.
+        expect(repEu.seen.length).toBe(before + 1);
+        const seen = repEu.seen[before]!;
+        expect(seen.headers["x-request-id"]).toBe(id);
+        expect(seen.bodyBytes).toBe(Buffer.byteLength('{"x":"handed over"}'));
+        expect(seen.headers.authorization).toBeUndefined();
+        expect(seen.headers.expect).toBeUndefined();
+      }
+    } finally {
+      plane("eu-1").replicas.delete("d-eu");
+    }
+  });
+
+  it("a request that reached a local replica that then died is 502, never handed to a peer", async () => {
+    const dying = await startReplica("dying", "127.0.2.1");
+    bump(() => {
+      world.euReady = ["eu-1", "eu-2"];
+    });
+    plane("eu-1").replicas.set("d-eu", [dying.endpoint]);
+    try {
+      const before = repEu.seen.length;
+      const r = await send("eu-1", { host: REG, path: "/predict", headers: { "x-test-mode": "die-before" } });
+      expect(r.status).toBe(502);
+      expect(r.json).toMatchObject({ error_code: "replica_failed" });
+      expect(dying.seen.length).toBe(1);
+      expect(repEu.seen.length).toBe(before);
+    } finally {
+      plane("eu-1").replicas.delete("d-eu");
+      await dying.close();
+    }
+  });
+
+  it("a peer plane that takes the hop's head and never answers (frozen): 503 within the continue bound, or the next plane of the region", async () => {
+    // A frozen ingress as its peers see it: the kernel completes the handshake and takes the bytes.
+    const frozen = net.createServer((socket) => {
+      socket.on("data", (c: Buffer) => received.push(c));
+      socket.on("error", () => {});
+      held.push(socket);
+    });
+    const received: Buffer[] = [];
+    const held: net.Socket[] = [];
+    await new Promise<void>((r) => frozen.listen(0, "127.0.2.3", r));
+    refs.push({
+      name: "eu-3",
+      region: "eu",
+      ingress: [`127.0.2.3:${(frozen.address() as net.AddressInfo).port}`],
+      global_ingress: false,
+    });
+    try {
+      bump(() => {
+        world.euReady = ["eu-3"];
+      });
+      const started = Date.now();
+      const r = await send("eu-1", { host: REG, path: "/predict", body: '{"x":1}' });
+      const took = Date.now() - started;
+      expect(r.status).toBe(503);
+      expect(r.json).toMatchObject({ error_code: "model_unavailable", detail: { region: "eu" } });
+      expect(took).toBeLessThan(CONTINUE_MS + 1_000); // the hop timeout here is 1.8 s
+      const bytes = Buffer.concat(received).toString("latin1");
+      expect(bytes).toMatch(/expect: 100-continue/i);
+      expect(bytes.endsWith("\r\n\r\n"), "the head alone: the body never left").toBe(true);
+      // With another ready plane in the region, the request goes there (each plane in turn comes first).
+      bump(() => {
+        world.euReady = ["eu-3", "eu-2"];
+      });
+      for (let i = 0; i < 4; i++) {
+        const ok = await send("eu-1", { host: REG, path: "/predict", body: '{"x":1}' });
+        expect(ok.status, ok.body).toBe(200);
+        expect(proof(ok)).toMatchObject({ region: "eu", plane: "eu-2", route: "eu-1, eu-2" });
+      }
+    } finally {
+      refs.splice(
+        refs.findIndex((p) => p.name === "eu-3"),
+        1,
+      );
+      bump(() => {});
+      for (const socket of held) socket.destroy();
+      await new Promise<void>((r) => frozen.close(() => r()));
+    }
   });
 
   it("retries another local replica when the first refuses the connection", async () => {

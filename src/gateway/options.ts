@@ -37,6 +37,20 @@ export interface IngressLimits {
    * answers keep a head-only receipt. 0: only the ingress's own answers are covered. Default 1 MiB.
    */
   receiptBodyBytes: number;
+  /**
+   * How long a hop with a body waits for the peer ingress's `100 Continue` (or any answer) before the body
+   * is sent; a peer silent that long is taken as frozen, and the request goes to another plane of the same
+   * region or is answered 503 `model_unavailable` (rules.ts, HOP_CONTINUE_TIMEOUT). 0: no wait (the body
+   * goes with the head, and a frozen peer holds the request for the whole predict timeout). Default 2 s.
+   */
+  hopContinueTimeoutMs: number;
+  /**
+   * Calls per second per API key to an async request's status and cancel (`GET`/`DELETE
+   * …/async_request/{id}`) and to `async_queue_status`, counted by the plane the client called; beyond,
+   * 429 `rate_limited` with Retry-After. The reference's "Rate limited to 20 requests per second". 0: no
+   * limit. Default 20.
+   */
+  asyncStatusPerSecond: number;
   /** How old a plane-to-plane hop may be. Default 30 s. */
   hopMaxAgeMs: number;
   /**
@@ -65,6 +79,8 @@ export const DEFAULT_LIMITS: Readonly<IngressLimits> = Object.freeze({
   connectTimeoutMs: 5_000,
   bufferBodyBytes: 64 * 1024,
   receiptBodyBytes: 1024 * 1024,
+  hopContinueTimeoutMs: 2_000,
+  asyncStatusPerSecond: 20,
   hopMaxAgeMs: HOP_MAX_AGE_MS,
   hopReplayEntries: HOP_REPLAY_ENTRIES,
   drainTimeoutMs: 30_000,

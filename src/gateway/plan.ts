@@ -100,6 +100,17 @@ export interface Forward {
    * the path a replica is asked on. Null for every other request.
    */
   upgrade: { key: string; replicaPath: string } | null;
+  /**
+   * A request planned for this plane's own replicas that may still go to a peer plane of this region when
+   * none of them accepts it (every attempt an untouched connect failure: the replica died or is restarting):
+   * the deployment, and the Host, Authorization and origin-form target the hop forwards as the client sent
+   * them. Null: no such hand-over (a hop received, an upgrade, a peer or async target). Flat fields, so that
+   * the local path allocates nothing for it.
+   */
+  peerDeployment: string | null;
+  clientHost: string;
+  clientAuthorization: string | null;
+  clientTarget: string;
 }
 
 /** A request held while its deployment wakes (src/gateway/parking.ts): planned again when `wait` settles. */
@@ -115,7 +126,10 @@ export interface UpstreamFailure {
   /** A Node or undici error code (`ECONNREFUSED`, `UND_ERR_HEADERS_TIMEOUT`, …), or a wire-transport code. */
   code: string;
   message: string;
-  /** Whether any byte may have reached the upstream (then the call is never retried). */
+  /**
+   * Whether the upstream may have acted on the request (then the call is never retried): any byte reached a
+   * replica; a peer plane's hop is untouched until its `100 Continue` let the body go (rules.ts).
+   */
   touched: boolean;
   timeout: boolean;
   bodyTooLarge: boolean;

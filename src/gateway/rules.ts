@@ -6,6 +6,8 @@
 //   before dispatch (`readsWholeFirst`); the upstream head itself is framed afresh by each transport;
 // - proof headers: the set is `headers.ts`'s `PROOF`, stamped by `gateway.ts` on every answer; neither
 //   transport names one;
+// - the hop's liveness check: a hop with a body waits for `100 Continue` before its body
+//   (`HOP_CONTINUE_TIMEOUT`, `awaitsContinue`);
 // - websocket upgrades: which requests ask for one (`upgradeAsk`) and the fields of the 426 that refuses
 //   one (`UPGRADE_REQUIRED_FIELDS`).
 
@@ -20,6 +22,23 @@ import type { Forward, Target } from "./plan.ts";
  */
 export function upstreamTimeoutMs(target: Target, limits: IngressLimits): number {
   return target.kind === "replica" ? limits.predictTimeoutMs : limits.predictTimeoutMs + 1_000;
+}
+
+/**
+ * The plane-to-plane hop's liveness check (RFC 9110 §10.1.1): a hop that carries a body is sent with
+ * `Expect: 100-continue` and its head alone; the receiving ingress answers `100 Continue` as soon as it has
+ * planned the head (both transports), and only then does the body go. A peer that answers nothing within
+ * `hopContinueTimeoutMs` (a frozen process: its kernel still completes handshakes and takes the head) fails
+ * the attempt with this code, untouched: without its body the peer can never act on the request, so
+ * another plane of the region may take it. Once the 100 (or any response) came, the attempt has the whole
+ * `upstreamTimeoutMs`. A hop without a body cannot carry the expectation (RFC 9110 §10.1.1: a client MUST
+ * NOT send it without content) and waits as before.
+ */
+export const HOP_CONTINUE_TIMEOUT = "HOP_CONTINUE_TIMEOUT";
+
+/** Whether an attempt at `t` is sent head first, waiting for `100 Continue` (see HOP_CONTINUE_TIMEOUT). */
+export function awaitsContinue(t: Target, forward: Forward, limits: IngressLimits): boolean {
+  return t.kind === "plane" && limits.hopContinueTimeoutMs > 0 && declaresBody(forward);
 }
 
 /**

@@ -25,6 +25,7 @@ export interface PlaneFlags {
   tlsDir?: string;
   peerCa?: string;
   predictTimeout?: string;
+  hopContinueTimeout?: string;
   websocketMaxFrame?: string;
   websocketIdleTimeout?: string;
   parkQueue?: string;
@@ -107,6 +108,13 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
   if (predictTimeout !== undefined && !(Number.isInteger(predictTimeout) && predictTimeout > 0)) {
     throw new Error("--predict-timeout is a whole number of seconds");
   }
+  const hopContinue = flags.hopContinueTimeout === undefined ? undefined : Number(flags.hopContinueTimeout);
+  if (
+    hopContinue !== undefined &&
+    !(Number.isInteger(hopContinue) && hopContinue >= 0 && hopContinue <= 60_000)
+  ) {
+    throw new Error("--hop-continue-timeout is a whole number of milliseconds from 0 to 60000");
+  }
   const websocket = parseWebSocketLimits(flags);
   let backpressure: BackpressureLimits | null = null;
   if (flags.parkQueue !== undefined || flags.retryAfter !== undefined) {
@@ -185,6 +193,7 @@ export async function runPlaneCommand(flags: PlaneFlags, env: NodeJS.ProcessEnv)
     limits: {
       ...(predictTimeout ? { predictTimeoutMs: predictTimeout * 1000 } : {}),
       ...(receiptBodyBytes !== undefined ? { receiptBodyBytes } : {}),
+      ...(hopContinue !== undefined ? { hopContinueTimeoutMs: hopContinue } : {}),
       ...websocket,
     },
     ...(transport ? { ingressTransport: transport } : {}),

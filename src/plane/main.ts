@@ -9,7 +9,7 @@ import { chmod, mkdir } from "node:fs/promises";
 import http from "node:http";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
-import { Gauge, Registry } from "prom-client";
+import { collectDefaultMetrics, Gauge, Registry } from "prom-client";
 import { resolveAsyncTarget } from "../core/async-routing.ts";
 import type { BackpressureLimits } from "../core/autoscaling-settings.ts";
 import { REPLICA_STATES } from "../core/domain.ts";
@@ -152,6 +152,9 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
   );
   const certificates = await startCertificates(config, logger);
   const registry = new Registry();
+  // The process's own health (RSS, open fds, event-loop delay, GC, heap) beside the plane's metrics: what an
+  // operator watches first, and what the soak reads (prom-client's standard names, no request labels).
+  collectDefaultMetrics({ register: registry });
   // Audit records name models, environments and request ids: the directory is the plane's alone (its
   // files are created 0600), whatever an older version or the umask left.
   const auditDir = join(config.dataDir, AUDIT_DIR);

@@ -732,6 +732,9 @@ class ProcessReplica {
   async #onExit(run: Run, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
     if (this.#run !== run || this.#closing) return;
     run.abort.abort();
+    // Not READY from this moment: the ingress stops sending to the dead endpoint now, not once the pipes
+    // are drained (up to 500 ms), and hands such requests to a peer plane of the region instead.
+    this.#set({ state: "UNHEALTHY", endpoint: null, message: describeExit(code, signal) });
     // Whatever the crashed process forked would hold its port and pipes: clear the group (and, sandboxed,
     // the sandbox's PID namespace: it ends with its PID 1).
     killGroup(run.child, "SIGKILL");

@@ -16,13 +16,32 @@ export type StoreConfig =
 /** A Kysely handle inside or outside a transaction: query functions accept either. */
 export type Db = Kysely<Schema> | Transaction<Schema>;
 
+/**
+ * PostgreSQL advisory locks of the control plane: the two-key form, the first key Meridian's namespace
+ * (ASCII "MERI"), the second what is locked. Kysely's migrator takes its own single-key lock.
+ */
+/** The channel a revision bump notifies on PostgreSQL (src/control/revision-feed.ts listens). */
+export const REVISION_CHANNEL = "meridian_revision";
+
+export const ADVISORY_NAMESPACE = 0x4d455249;
+export const ADVISORY_LOCKS = {
+  /** The first-start bootstrap (src/control/accounts.ts). */
+  bootstrap: 1,
+  /** The leader lease of the background loops (src/control/lease.ts), session-scoped. */
+  leader: 2,
+} as const;
+
 export class Store {
   readonly db: Kysely<Schema>;
   readonly dialect: Dialect;
 
-  private constructor(db: Kysely<Schema>, dialect: Dialect) {
+  /** The PostgreSQL URL, for the connections that are not the pool's (LISTEN); null on SQLite. */
+  private readonly postgresUrl: string | null;
+
+  private constructor(db: Kysely<Schema>, dialect: Dialect, postgresUrl: string | null = null) {
     this.db = db;
     this.dialect = dialect;
+    this.postgresUrl = postgresUrl;
   }
 
   /** Opens the store and brings its schema up to date. */
@@ -30,7 +49,7 @@ export class Store {
     const store =
       config.kind === "sqlite"
         ? new Store(openSqlite(config.file), "sqlite")
-        : new Store(openPostgres(config), "postgres");
+        : new Store(openPostgres(config), "postgres", config.url);
     await store.migrate();
     return store;
   }
@@ -74,7 +93,23 @@ export class Store {
     });
   }
 
-  /** Increments and returns the installation-wide revision; call inside the transaction that changed state. */
+  /**
+   * On PostgreSQL, takes a transaction-scoped advisory lock (released at commit or rollback, or when the
+   * session dies) that serializes transactions of every control replica doing the same `what`. SQLite
+   * needs none: its transactions on the one connection never interleave.
+   */
+  async lockForTransaction(trx: Transaction<Schema>, what: keyof typeof ADVISORY_LOCKS): Promise<void> {
+    if (this.dialect !== "postgres") return;
+    await sql`select pg_advisory_xact_lock(${sql.lit(ADVISORY_NAMESPACE)}, ${sql.lit(ADVISORY_LOCKS[what])})`.execute(
+      trx,
+    );
+  }
+
+  /**
+   * Increments and returns the installation-wide revision; call inside the transaction that changed state.
+   * On PostgreSQL it also queues a notification on `REVISION_CHANNEL`, which PostgreSQL delivers to every
+   * listening control replica when (and only if) the transaction commits.
+   */
   async bumpRevision(trx: Db): Promise<number> {
     const row = await trx
       .updateTable("revision")
@@ -82,7 +117,46 @@ export class Store {
       .where("id", "=", 1)
       .returning("value")
       .executeTakeFirstOrThrow();
+    if (this.dialect === "postgres") {
+      await sql`select pg_notify(${REVISION_CHANNEL}, ${String(row.value)})`.execute(trx);
+    }
     return Number(row.value);
+  }
+
+  /**
+   * PostgreSQL: calls `onNotify` whenever a transaction of any control replica that bumped the revision
+   * commits (LISTEN on a connection of its own); `onLost` when that connection ends, after which the
+   * caller may listen again. SQLite: null (one process; its writers wake their own feed).
+   */
+  async listenRevisions(onNotify: () => void, onLost: () => void): Promise<{ stop(): Promise<void> } | null> {
+    if (this.postgresUrl === null) return null;
+    const client = new pg.Client({ connectionString: this.postgresUrl, connectionTimeoutMillis: 5_000 });
+    let lost = false;
+    const lose = () => {
+      if (lost) return;
+      lost = true;
+      void client.end().catch(() => {});
+      onLost();
+    };
+    client.on("error", lose);
+    client.on("end", lose);
+    client.on("notification", (n) => {
+      if (n.channel === REVISION_CHANNEL) onNotify();
+    });
+    try {
+      await client.connect();
+      await client.query(`listen ${REVISION_CHANNEL}`);
+    } catch (err) {
+      lost = true;
+      await client.end().catch(() => {});
+      throw err;
+    }
+    return {
+      async stop() {
+        lost = true;
+        await client.end().catch(() => {});
+      },
+    };
   }
 
   async revision(db: Db = this.db): Promise<number> {
@@ -120,40 +194,23 @@ function openSqlite(file: string): Kysely<Schema> {
 }
 
 function openPostgres(config: { url: string; poolSize?: number }): Kysely<Schema> {
-  const pool = new pg.Pool({ connectionString: config.url, max: config.poolSize ?? 10 });
+  // A database that does not answer a connection within 5 s is unreachable (a typed 503 to the caller,
+  // `isStoreUnavailable`), rather than a request left waiting.
+  const pool = new pg.Pool({
+    connectionString: config.url,
+    max: config.poolSize ?? 10,
+    connectionTimeoutMillis: 5_000,
+  });
   // An idle client's connection can end under it (a server restart, a failover, an administrator's
   // terminate). The pool drops that client and the next query opens a new one; without a listener the
   // 'error' event would crash the process.
   pool.on("error", () => {});
-  // A client that is checked out (a transaction between two of its queries, say) when its server shuts
-  // down or its backend is terminated gets the error with no query to hand it to, and pg emits it on the
-  // client, where no listener means a crash of the whole control plane (issue 15: `pg_ctl stop` under
-  // load killed it). The client is dead either way: its next query fails, typed, and the pool discards it
-  // when it is released.
-  pool.on("connect", (client) => {
-    client.on("error", () => {});
-  });
+  // The pool listens for errors only on idle clients; a client checked out (a query or a transaction in
+  // progress) whose connection ends (PostgreSQL stopped, `pg_ctl stop -m fast`) emits 'error' with no
+  // listener, which would crash the process. Its queries fail instead (`isStoreUnavailable`: a typed 503),
+  // and the pool drops it on release as no longer queryable.
+  pool.on("connect", (client) => client.on("error", () => {}));
   return new Kysely<Schema>({ dialect: new PostgresDialect({ pool }) });
-}
-
-/**
- * True when `err` says the database itself cannot be used right now — PostgreSQL unreachable, shutting
- * down or starting (57P01–57P03, class 08), the connection ended under a query; SQLite busy, read-only,
- * full or failing I/O — rather than anything about the request. The management API answers these 503
- * (`service_unavailable`, retry), not 500.
- */
-export function isStoreUnavailable(err: unknown): boolean {
-  if (typeof err !== "object" || err === null) return false;
-  const e = err as { code?: unknown; message?: unknown };
-  const code = typeof e.code === "string" ? e.code : "";
-  if (["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "EPIPE"].includes(code))
-    return true;
-  if (/^57P0[123]$/.test(code) || /^08/.test(code)) return true;
-  if (/^SQLITE_(BUSY|LOCKED|READONLY|FULL|IOERR|CANTOPEN)/.test(code)) return true;
-  const message = typeof e.message === "string" ? e.message : "";
-  return /^Connection terminated|^Client has encountered a connection error|timeout exceeded when trying to connect/.test(
-    message,
-  );
 }
 
 /** True when `err` is a unique-constraint violation on either database. */
@@ -162,5 +219,25 @@ export function isUniqueViolation(err: unknown): boolean {
   const e = err as { code?: unknown; message?: unknown };
   return (
     e.code === "23505" || e.code === "SQLITE_CONSTRAINT_UNIQUE" || e.code === "SQLITE_CONSTRAINT_PRIMARYKEY"
+  );
+}
+
+/**
+ * True when `err` says the database cannot be reached, rather than that a statement failed: the pool's
+ * connection errors, PostgreSQL's connection exceptions (SQLSTATE class 08) and its shutdown and startup
+ * answers (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now).
+ */
+export function isStoreUnavailable(err: unknown): boolean {
+  if (typeof err !== "object" || err === null) return false;
+  const e = err as { code?: unknown; message?: unknown };
+  const code = typeof e.code === "string" ? e.code : "";
+  if (["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH", "ENOTFOUND"].includes(code))
+    return true;
+  if (code.startsWith("08") || code === "57P01" || code === "57P02" || code === "57P03") return true;
+  const message = typeof e.message === "string" ? e.message : "";
+  return (
+    message.startsWith("Connection terminated") ||
+    message.includes("timeout exceeded when trying to connect") ||
+    message === "Client has encountered a connection error and is not queryable"
   );
 }

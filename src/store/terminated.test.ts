@@ -47,7 +47,7 @@ describe("a PostgreSQL backend terminated under a checked-out client", () => {
       await admin.query("SELECT pg_terminate_backend($1)", [backend]);
       const err = await failed;
       expect(err).toBeInstanceOf(Error);
-      // …and the management API answers it 503 service_unavailable, not 500 (src/control/app.ts).
+      // …and the management API answers it 503 store_unavailable, not 500 (src/control/app.ts).
       expect(isStoreUnavailable(err), String(err)).toBe(true);
       expect(isUniqueViolation(err)).toBe(false);
       // The error event of the dead client fired while it was checked out: with no listener, a crash.
@@ -70,7 +70,6 @@ describe("isStoreUnavailable", () => {
     );
     expect(isStoreUnavailable(away), String(away)).toBe(true);
     expect(isStoreUnavailable({ code: "57P01" })).toBe(true);
-    expect(isStoreUnavailable({ code: "SQLITE_FULL" })).toBe(true);
     expect(isStoreUnavailable({ code: "23505" })).toBe(false);
     expect(isStoreUnavailable(new Error("boom"))).toBe(false);
     expect(isStoreUnavailable(null)).toBe(false);

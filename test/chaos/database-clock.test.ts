@@ -74,10 +74,10 @@ describe("the control plane's database stopped, and clock jumps, under load", ()
     expect(e["control plane still running"], world.cluster.control.output.slice(-20).join("\n")).toBe(true);
     expect(e["planes judged down"]).toBe("none");
     expect(e["management API calls during"]).toBeGreaterThan(5);
-    // Every answer while the database was down: 503 service_unavailable (before the fix: 500, and at
+    // Every answer while the database was down: 503 store_unavailable (before the fix: 500, and at
     // first a crash of the control plane), or a 200 served before the stop reached the pool.
     for (const answer of String(e["management API answers during"]).split("; ")) {
-      expect(answer).toMatch(/^(200|503 service_unavailable): \d+$/);
+      expect(answer).toMatch(/^(200|503 store_unavailable): \d+$/);
     }
     expect(e["management API slowest during (ms)"]).toBeLessThan(10_000);
     expect(e["management API answered 200 again after (ms)"]).toBeGreaterThanOrEqual(0);

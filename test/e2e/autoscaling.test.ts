@@ -219,11 +219,16 @@ describe("autoscaling end to end", () => {
       `meridian_control_ready_replicas{model_id="${modelId}",environment="prod-eu",region="eu"} 1`,
     );
     expect(metrics).not.toMatch(/meridian_control_ready_replicas\{[^}]*region="(us|uk|au)"/);
+    // Beside them, the control process's own health, as prom-client names it.
+    expect(metrics).toMatch(/^process_resident_memory_bytes [1-9]/m);
+    expect(metrics).toMatch(/^nodejs_eventloop_lag_p99_seconds \d/m);
     // And the eu planes' /metrics: the cold start each held request waited, released to the replica.
     let released = 0;
     for (const name of EU) {
       const plane = cluster.plane(name);
       const text = await (await request(`http://${plane.host}:${plane.admin}/metrics`)).body.text();
+      expect(text).toMatch(/^process_open_fds [1-9]/m);
+      expect(text).toMatch(/^nodejs_eventloop_lag_p99_seconds \d/m);
       released += Number(
         /^meridian_ingress_held_seconds_count\{outcome="released"\} (\d+)$/m.exec(text)?.[1] ?? 0,
       );

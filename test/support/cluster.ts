@@ -3,9 +3,10 @@
 // starts them, and stopped (SIGTERM, then SIGKILL) when the test is done.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { join, resolve } from "node:path";
+import { loadSecretsKeyFile } from "../../src/lib/secret-box.ts";
 import { ApiClient, tempDir } from "./control.ts";
 
 export const BIN = resolve(import.meta.dirname, "../../bin/meridian.js");
@@ -125,8 +126,15 @@ export interface PlaneHandle {
 
 export interface Cluster {
   dir: string;
+  /** The first control replica (the only one unless `controlReplicas` asked for more). */
   control: ManagedProcess;
   controlUrl: string;
+  /** Every control replica, by index (`controls[0]` is `control`); all share one PostgreSQL. */
+  controls: ManagedProcess[];
+  controlUrls: string[];
+  /** Starts control replica `i` again (after a stop) and waits until it listens. */
+  startControlReplica(i: number): Promise<void>;
+  stopControlReplica(i: number, signal?: NodeJS.Signals): Promise<void>;
   api: ApiClient;
   planes: Map<string, PlaneHandle>;
   plane(name: string): PlaneHandle;
@@ -152,33 +160,59 @@ export interface ClusterOptions {
     global?: boolean;
     args?: string[];
     env?: Record<string, string>;
+    /** Which control replica the plane watches and reports to (an index into `controlUrls`). Default 0. */
+    control?: number;
   }>;
   databaseUrl?: string;
   /** Extra flags for `meridian control`. */
   controlArgs?: string[];
+  /**
+   * How many `meridian control` replicas to run on `databaseUrl` (PostgreSQL), all started at the same
+   * moment on their own data directories with one shared secrets key file. Default 1.
+   */
+  controlReplicas?: number;
 }
 
 export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   const dir = tempDir();
-  const controlPort = await freePort("127.0.0.1");
-  const controlUrl = `http://127.0.0.1:${controlPort}`;
-  const controlDir = join(dir, "control");
-  const controlArgs = [
-    "control",
-    "--data-dir",
-    controlDir,
-    "--listen",
-    `127.0.0.1:${controlPort}`,
-    "--domain",
-    DOMAIN,
-  ];
-  if (options.databaseUrl) controlArgs.push("--database-url", options.databaseUrl);
-  controlArgs.push(...(options.controlArgs ?? []));
+  const replicas = options.controlReplicas ?? 1;
+  if (replicas > 1 && !options.databaseUrl) throw new Error("several control replicas need a databaseUrl");
+  // One key file for every replica: they seal and open the same team secrets.
+  const secretsKeyFile = join(dir, "secrets.key");
+  if (replicas > 1) loadSecretsKeyFile(secretsKeyFile, { create: true });
+  const argsOf: string[][] = [];
+  const controlUrls: string[] = [];
+  const controlDirs: string[] = [];
+  for (let i = 0; i < replicas; i++) {
+    const controlPort = await freePort("127.0.0.1");
+    controlUrls.push(`http://127.0.0.1:${controlPort}`);
+    const controlDir = join(dir, i === 0 ? "control" : `control-${i}`);
+    controlDirs.push(controlDir);
+    const args = [
+      "control",
+      "--data-dir",
+      controlDir,
+      "--listen",
+      `127.0.0.1:${controlPort}`,
+      "--domain",
+      DOMAIN,
+    ];
+    if (options.databaseUrl) args.push("--database-url", options.databaseUrl);
+    if (replicas > 1) args.push("--secrets-key-file", secretsKeyFile);
+    args.push(...(options.controlArgs ?? []));
+    argsOf.push(args);
+  }
+  const controlUrl = controlUrls[0]!;
+  const controlArgs = argsOf[0]!;
+  // Every replica at the same moment: on an empty database their first starts race (the bootstrap's lock).
+  const controls = argsOf.map((args) => startProcess(args));
 
   const cluster: Cluster = {
     dir,
-    control: startProcess(controlArgs),
+    control: controls[0]!,
     controlUrl,
+    controls,
+    controlUrls,
     api: new ApiClient(controlUrl, null),
     planes: new Map(),
     plane(name) {
@@ -188,18 +222,30 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     },
     async startControl() {
       this.control = startProcess(controlArgs);
+      this.controls[0] = this.control;
       await this.control.waitForLog("control plane listening", 60_000);
     },
     async stopControl(signal = "SIGTERM") {
       await this.control.stop(signal);
     },
+    async startControlReplica(i) {
+      if (i === 0) return this.startControl();
+      this.controls[i] = startProcess(argsOf[i]!);
+      await this.controls[i]!.waitForLog("control plane listening", 60_000);
+    },
+    async stopControlReplica(i, signal = "SIGTERM") {
+      await this.controls[i]!.stop(signal);
+    },
     async stop() {
       await Promise.all([...this.planes.values()].map((p) => p.stop()));
-      await this.control.stop();
+      await Promise.all(this.controls.map((c) => c.stop()));
     },
   };
-  await cluster.control.waitForLog("control plane listening", 60_000);
-  const adminKey = readFileSync(join(controlDir, "admin.key"), "utf8").trim();
+  await Promise.all(controls.map((c) => c.waitForLog("control plane listening", 60_000)));
+  // Exactly one replica made the first start; it saved the admin key under its data directory.
+  const keyFiles = controlDirs.filter((d) => existsSync(join(d, "admin.key")));
+  if (keyFiles.length !== 1) throw new Error(`expected one admin.key, found ${keyFiles.length}`);
+  const adminKey = readFileSync(join(keyFiles[0]!, "admin.key"), "utf8").trim();
   cluster.api = new ApiClient(controlUrl, adminKey);
 
   let octet = 1;
@@ -238,7 +284,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
             "--region",
             spec.region,
             "--control-url",
-            controlUrl,
+            controlUrls[spec.control ?? 0] ?? controlUrl,
             "--token-file",
             tokenFile,
             "--data-dir",

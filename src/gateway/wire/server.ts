@@ -26,7 +26,7 @@ import {
   refuse,
 } from "../gateway.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "../options.ts";
-import { readsWholeFirst, upstreamTimeoutMs } from "../rules.ts";
+import { awaitsContinue, readsWholeFirst, upstreamTimeoutMs } from "../rules.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "../tls-options.ts";
 import { type UpgradeContext, WebSocketRelay } from "../upgrade.ts";
 import {
@@ -58,6 +58,8 @@ interface WireExchange extends Exchange {
   keepAlive: boolean;
   http10: boolean;
   expectContinue: boolean;
+  /** `100 Continue` went to the client (once, whether the request was forwarded or held first). */
+  continueSent: boolean;
   upgrade: boolean;
   /** Bytes the client sent after an upgrade request's head (frames for the relay), once parsed. */
   upgradeHead: Buffer | null;
@@ -349,6 +351,7 @@ class ClientConn {
       keepAlive,
       http10: major === 1 && minor === 0,
       expectContinue: false,
+      continueSent: false,
       upgrade,
       upgradeHead: null,
       complete: false,
@@ -520,7 +523,8 @@ class ClientConn {
     }
     if (plan.kind === "park") {
       // Held while the deployment wakes (src/gateway/parking.ts); its body is held meanwhile, as for any
-      // request not yet dispatched. Then planned again.
+      // request not yet dispatched. Then planned again. Its 100 goes now: a hop waits for it (rules.ts).
+      this.sendContinue(ex);
       void plan.wait.then((outcome) => {
         if (ex.done || this.closed) return;
         if (outcome.kind === "go") this.startExchange(ex);
@@ -533,14 +537,24 @@ class ClientConn {
       this.handOver(ex, plan);
       return;
     }
-    ex.expectContinue = hasExpectContinue(ex.rawHeaders);
-    if (ex.expectContinue && !ex.complete) this.socket.write(CONTINUE, "latin1");
+    this.sendContinue(ex);
     // A body already complete is as good as read whole: dispatched at once.
     if (ex.complete || !readsWholeFirst(plan, limits)) {
       this.dispatch(ex);
     } else {
       ex.waitWhole = true;
     }
+  }
+
+  /**
+   * `100 Continue` (RFC 9110 §15.2.1) once the head is planned and not refused, for a client that asked
+   * and whose body has not all arrived: a hop's sender waits for it before its body (rules.ts).
+   */
+  private sendContinue(ex: WireExchange): void {
+    if (ex.continueSent || ex.complete || !hasExpectContinue(ex.rawHeaders)) return;
+    ex.continueSent = true;
+    ex.expectContinue = true;
+    this.socket.write(CONTINUE, "latin1");
   }
 
   /**
@@ -608,12 +622,35 @@ class ClientConn {
     if (t.kind === "replica") head += `host: ${t.authority}\r\n`;
     for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
     const known = ex.complete ? ex.bodyBytes : forward.contentLength;
+    // A hop with a body goes head first and waits for the peer's 100 Continue (rules.ts, HOP_CONTINUE_TIMEOUT).
+    if (t.kind === "plane" && (known === null || known > 0) && awaitsContinue(t, forward, this.ctx.limits)) {
+      head += "expect: 100-continue\r\n";
+      if (known !== null) head += `content-length: ${known}\r\n\r\n`;
+      else {
+        head += "transfer-encoding: chunked\r\n\r\n";
+        ex.sentChunked = true;
+      }
+      call.write(head);
+      call.awaitContinue(this.ctx.limits.hopContinueTimeoutMs);
+      return;
+    }
     if (known !== null) {
       head += `content-length: ${known}\r\n\r\n`;
     } else {
       head += "transfer-encoding: chunked\r\n\r\n";
       ex.sentChunked = true;
     }
+    this.writeBodyOut(ex, call, head);
+  }
+
+  /** The peer plane's 100 Continue (or its answer) came for a hop sent head first: the body goes now. */
+  continued(ex: WireExchange, call: Call): void {
+    if (ex.done || ex.call !== call) return;
+    this.writeBodyOut(ex, call, "");
+  }
+
+  /** The request body after its head: what is held, then (`streaming`) what arrives. */
+  private writeBodyOut(ex: WireExchange, call: Call, head: string): void {
     ex.streaming = true;
     const held = ex.held;
     const heldBytes = ex.heldBytes;
@@ -626,7 +663,7 @@ class ClientConn {
       return;
     }
     call.corkUpstream();
-    call.write(head);
+    if (head !== "") call.write(head);
     for (const chunk of held) this.sendBody(ex, chunk);
     if (ex.complete) this.endBody(ex);
     call.uncorkUpstream();
@@ -865,6 +902,8 @@ class ClientConn {
     if (next === "retry") {
       ex.attempt++;
       ex.streaming = false;
+      // A hop that waited in vain for its 100 had framed a head: the next attempt frames its own.
+      ex.sentChunked = false;
       this.dispatch(ex);
       return;
     }
@@ -1020,6 +1059,10 @@ class Sink implements CallSink {
 
   drained(): void {
     this.conn.updateReading();
+  }
+
+  continued(call: Call): void {
+    this.conn.continued(this.ex, call);
   }
 
   flush(): void {

@@ -6,6 +6,7 @@
 import net from "node:net";
 import tls from "node:tls";
 import type { IngressOptions } from "../options.ts";
+import { HOP_CONTINUE_TIMEOUT } from "../rules.ts";
 import {
   feedParser,
   K_ON_BODY,
@@ -40,6 +41,8 @@ export interface CallSink {
   failed(code: string, message: string, touched: boolean, afterHead: boolean): void;
   /** The upstream socket can take more request body. */
   drained(): void;
+  /** A call sent head first (`awaitContinue`) got its 100 Continue, or its final answer: send the body. */
+  continued(call: Call): void;
 }
 
 export interface UpstreamTarget {
@@ -204,7 +207,7 @@ class Conn {
       this.parsing = false;
       if (r !== undefined && !call.completed)
         call.fail("UPSTREAM_PARSE_ERROR", `${r.code}: ${r.reason}`, true);
-      if (!call.completed) call.fail("ECONNRESET", "the upstream closed the connection", true);
+      if (!call.completed) call.fail("ECONNRESET", "the upstream closed the connection", call.mayHaveActed());
     }
     this.destroy();
     this.afterParse();
@@ -213,7 +216,7 @@ class Conn {
   private onClose(code: string, message: string): void {
     if (this.dead && this.call === null) return;
     const call = this.call;
-    if (call !== null && !call.completed) call.fail(code, message, call.touched);
+    if (call !== null && !call.completed) call.fail(code, message, call.mayHaveActed());
     this.destroy();
   }
 
@@ -242,7 +245,8 @@ class Conn {
     this.dead = true;
     if (this.parsing) return; // destroyed by afterParse/onData once execute() returns
     const call = this.call;
-    if (call !== null && !call.completed) call.fail("ECONNRESET", "the upstream connection was closed", true);
+    if (call !== null && !call.completed)
+      call.fail("ECONNRESET", "the upstream connection was closed", call.mayHaveActed());
     this.pool.forget(this);
     if (!this.socket.destroyed) this.socket.destroy();
     this.socket.removeAllListeners("data");
@@ -267,6 +271,11 @@ export class Call {
   private corked: net.Socket | null = null;
   /** The request was HEAD: the response is read without a body. */
   skipBody = false;
+  /**
+   * The head went out alone and the body waits for the upstream's 100 Continue (a hop, ../rules.ts): until
+   * then the deadline is the continue bound, and missing it fails the call untouched.
+   */
+  awaitingContinue = false;
 
   constructor(
     readonly pool: UpstreamPool,
@@ -305,6 +314,26 @@ export class Call {
     this.conn?.socket.uncork();
   }
 
+  /** Whether the upstream may have acted on the request: bytes reached it, and not a head alone that waits. */
+  mayHaveActed(): boolean {
+    return this.touched && !this.awaitingContinue;
+  }
+
+  /** The head is written; the body waits for a 100 Continue (or any answer) within `ms`. */
+  awaitContinue(ms: number): void {
+    this.awaitingContinue = true;
+    this.deadline = Date.now() + ms;
+  }
+
+  /** The deadline passed: a call still waiting for its 100 never sent its body, so it is untouched. */
+  expire(): void {
+    if (this.awaitingContinue) {
+      this.fail(HOP_CONTINUE_TIMEOUT, "the peer plane did not answer the request head in time", false);
+    } else {
+      this.fail("UPSTREAM_TIMEOUT", "the upstream did not answer in time", true);
+    }
+  }
+
   /** The whole request is written. */
   end(): void {
     this.requestDone = true;
@@ -312,6 +341,16 @@ export class Call {
   }
 
   onHead(status: number, headers: string[], keepAlive: boolean): void {
+    if (this.awaitingContinue) {
+      // The peer is alive and took the head: the attempt now has the whole timeout. A final answer before
+      // the 100 (a refusal) means the body is not wanted (RFC 9110 §10.1.1): it is not sent.
+      this.awaitingContinue = false;
+      this.deadline = Date.now() + this.timeoutMs;
+      if (status < 200) {
+        this.sink.continued(this);
+        return;
+      }
+    }
     if (status < 200) return; // 100 Continue, 103 Early Hints: not relayed
     this.headSeen = true;
     this.upstreamKeepAlive = keepAlive;
@@ -474,7 +513,7 @@ export class UpstreamPool {
   private tick(): void {
     const now = Date.now();
     for (const call of this.active) {
-      if (call.deadline < now) call.fail("UPSTREAM_TIMEOUT", "the upstream did not answer in time", true);
+      if (call.deadline < now) call.expire();
     }
     for (const list of this.idle.values()) {
       for (const conn of [...list]) if (conn.idleUntil < now) conn.destroy();
