@@ -49,7 +49,9 @@ export async function buildControlApp(
       if (err.code === "FST_ERR_BAD_URL") {
         return reply
           .status(400)
-          .send(errorBody("invalid_request", "The request's path is not valid percent-encoding (RFC 3986 §2.1)."));
+          .send(
+            errorBody("invalid_request", "The request's path is not valid percent-encoding (RFC 3986 §2.1)."),
+          );
       }
       ctx.logger.error({ err }, "request failed before routing");
       return reply.status(500).send(errorBody("internal_error"));
