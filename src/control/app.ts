@@ -40,9 +40,10 @@ export async function buildControlApp(
       customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false },
     },
     return503OnClosing: true,
-    // Errors fastify raises before any route runs get the JSON error body too: a path whose
-    // percent-encoding does not decode (`/v1/teams/%zz`, found by the api fuzz target) was answered with
-    // fastify's own body (`FST_ERR_BAD_URL`), which has no `error_code`.
+    // Errors fastify raises before any route runs get the JSON error body too (both found by the api fuzz
+    // target, answered with fastify's own bodies, which have no `error_code`): a path whose percent-encoding
+    // does not decode (`/v1/teams/%zz`, FST_ERR_BAD_URL) and a path parameter over the router's 100
+    // characters (FST_ERR_MAX_PARAM_LENGTH; no id or name of the API is that long).
     frameworkErrors: (err, _request, raw) => {
       // fastify types this reply by the route generics, which no route has here.
       const reply = raw as unknown as FastifyReply;
@@ -52,6 +53,11 @@ export async function buildControlApp(
           .send(
             errorBody("invalid_request", "The request's path is not valid percent-encoding (RFC 3986 §2.1)."),
           );
+      }
+      if (err.code === "FST_ERR_MAX_PARAM_LENGTH") {
+        return reply
+          .status(400)
+          .send(errorBody("invalid_request", "A path segment of the request is longer than 100 characters."));
       }
       ctx.logger.error({ err }, "request failed before routing");
       return reply.status(500).send(errorBody("internal_error"));
