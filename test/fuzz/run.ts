@@ -24,6 +24,12 @@ if (!Number.isSafeInteger(cases) || cases < 1) {
   console.error("--cases is a positive integer");
   process.exit(2);
 }
+/** What a failure report needs: the error fast-check caught and the start of the counterexample. */
+function summary(failure: string): string {
+  const error = /Got (?:error|\w*Error): .*/.exec(failure)?.[0] ?? "";
+  const example = /Counterexample: .*/.exec(failure)?.[0] ?? failure;
+  return `${error.slice(0, 400)} | ${example.slice(0, 400)}`;
+}
 const log = (msg: string) => console.error(`[fuzz ${new Date().toISOString()}] ${msg}`);
 let failed = false;
 for (const name of names) {
@@ -56,7 +62,7 @@ for (const name of names) {
     onBatch: (b, n) => {
       ran += b.cases;
       lastSeed = Math.max(lastSeed, b.seed);
-      if (b.failure !== null) log(`${name}: batch seed ${b.seed} FAILED: ${b.failure.slice(0, 1500)} … ${b.failure.slice(-1500)}`);
+      if (b.failure !== null) log(`${name}: batch seed ${b.seed} FAILED: ${summary(b.failure)}`);
       if (n % 5 === 0) {
         log(`${name}: ${ran} cases (${n} batches)`);
         record({ at: started, command, seeds: [seed, lastSeed], cases: ran, failures: [], partial: true });
@@ -70,7 +76,7 @@ for (const name of names) {
     cases: report.cases,
     seconds: Math.round(report.seconds),
     rate: Math.round(report.rate),
-    failures: report.failures.map((f) => ({ seed: f.seed, cases: f.cases, failure: f.failure!.slice(0, 600) })),
+    failures: report.failures.map((f) => ({ seed: f.seed, cases: f.cases, failure: summary(f.failure!) })),
     server: { warm: report.warm, end: report.end },
     tally: report.tally,
   };

@@ -154,21 +154,49 @@ function checkAnswer(query: Buffer, answer: Buffer, transport: "udp" | "tcp", ta
 class UdpLane {
   private waiting: ((b: Buffer) => void) | null = null;
   private stray: Buffer[] = [];
-  constructor(readonly socket: UdpSocket, readonly port: number) {
+  constructor(readonly socket: UdpSocket, readonly port: number, readonly tally: Map<string, number>) {
     socket.on("message", (b) => {
       const w = this.waiting;
       if (w) { this.waiting = null; w(b); } else this.stray.push(b);
     });
   }
-  static async open(port: number): Promise<UdpLane> {
+  static async open(port: number, tally: Map<string, number>): Promise<UdpLane> {
     const s = createSocket("udp4");
     await new Promise<void>((r) => s.bind(0, "127.0.0.1", r));
-    return new UdpLane(s, port);
+    return new UdpLane(s, port, tally);
   }
-  next(ms: number, what: string): Promise<Buffer> {
-    const early = this.stray.shift();
-    if (early) return Promise.resolve(early);
-    return within(ms, what, new Promise<Buffer>((r) => { this.waiting = r; })).finally(() => { this.waiting = null; });
+  /** The next datagram with `id`; a late answer to an earlier case is skipped, one with `forbidden` fails. */
+  async next(ms: number, what: string, id: number, forbidden: number | null = null): Promise<Buffer> {
+    const deadline = performance.now() + ms;
+    for (;;) {
+      const b =
+        this.stray.shift() ??
+        (await within(Math.max(1, deadline - performance.now()), what, new Promise<Buffer>((r) => {
+          this.waiting = r;
+        })).finally(() => {
+          this.waiting = null;
+        }));
+      const got = b.length >= 2 ? b.readUInt16BE(0) : -1;
+      if (got === id) return b;
+      if (forbidden !== null && got === forbidden) throw new Error("the server answered a message it must drop");
+      bump(this.tally, "udp late answer skipped");
+    }
+  }
+  /**
+   * Sends a query and waits for its answer, resending it once after 3 s as a UDP client does (RFC 1035
+   * §4.2.1: UDP may lose a datagram); no answer to either within 10 s in all is a hang.
+   */
+  async ask(b: Buffer, what: string, forbidden: number | null = null): Promise<Buffer> {
+    const id = b.readUInt16BE(0);
+    await this.send(b);
+    try {
+      return await this.next(3_000, what, id, forbidden);
+    } catch (err) {
+      if (!String(err).includes("hang")) throw err;
+      bump(this.tally, "udp resent");
+      await this.send(b);
+      return this.next(7_000, `${what} (sent twice)`, id, forbidden);
+    }
   }
   send(b: Buffer): Promise<void> {
     return new Promise((r, f) => this.socket.send(b, this.port, "127.0.0.1", (err) => (err ? f(err) : r())));
@@ -211,7 +239,7 @@ async function tcpCase(port: number, c: Extract<Case, { transport: "tcp" }>, tal
     return out;
   };
   try {
-    await within(4_000, "TCP answers", new Promise<void>((r) => {
+    await within(10_000, "TCP answers", new Promise<void>((r) => {
       const test = () => { if (closed || answers().length >= expected.length) r(); };
       wake = test;
       test();
@@ -238,23 +266,22 @@ export const dnsTarget: FuzzTarget<Case> = {
   async open(server) {
     const port = server!.info["port"] as number;
     const tally = new Map<string, number>();
-    const free: UdpLane[] = await Promise.all(Array.from({ length: 8 }, () => UdpLane.open(port)));
+    const free: UdpLane[] = await Promise.all(Array.from({ length: 8 }, () => UdpLane.open(port, tally)));
     return {
       tally,
       arbitrary: caseArb,
       async check(c) {
         if (c.transport === "tcp") return tcpCase(port, c, tally);
-        const lane = free.pop() ?? (await UdpLane.open(port));
+        const lane = free.pop() ?? (await UdpLane.open(port, tally));
         try {
-          await lane.send(c.message);
           if (owed(c.message)) {
-            checkAnswer(c.message, await lane.next(2_000, "UDP query"), "udp", tally);
+            checkAnswer(c.message, await lane.ask(c.message, "UDP query"), "udp", tally);
           } else {
             bump(tally, "udp dropped");
+            await lane.send(c.message);
             const s = sentinel();
-            await lane.send(s);
-            const first = await lane.next(2_000, "sentinel after a message the server must drop");
-            if (first.readUInt16BE(0) !== s.readUInt16BE(0)) throw new Error("the server answered a message it must drop");
+            // Its answer must come, and no answer to the dropped message before or with it.
+            await lane.ask(s, "sentinel after a message the server must drop", c.message.length >= 2 ? c.message.readUInt16BE(0) : null);
           }
           free.push(lane);
         } catch (err) {

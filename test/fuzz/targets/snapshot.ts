@@ -13,7 +13,7 @@ import { decideRoute, indexSnapshot } from "../../../src/core/routing.ts";
 import { checkPlaneSnapshot } from "../../../src/core/snapshot-check.ts";
 import type { PlaneSnapshot } from "../../../src/core/snapshot.ts";
 import { DNS_FIXTURE, ingressSnapshot, OWNER } from "../fixtures.ts";
-import { bump, type FuzzTarget, type Mutation, mutate, mutation } from "../lib.ts";
+import { bump, fastestOf, type FuzzTarget, type Mutation, mutate, mutation } from "../lib.ts";
 
 const CONTROL = { keyId: "00112233aabbccdd", publicKey: `${"A".repeat(42)}Q` };
 const BASE = ingressSnapshot(CONTROL);
@@ -130,7 +130,7 @@ export const snapshotTarget: FuzzTarget<Case> = {
       ),
       check(c) {
         let value: unknown;
-        if (c.kind === "plane" || c.kind === "dns") value = applyEdits(c.kind === "plane" ? BASE : DNS_FIXTURE, c.edits);
+        if ("edits" in c) value = applyEdits(c.kind === "plane" ? BASE : DNS_FIXTURE, c.edits);
         else {
           // The watcher parses the body as JSON first; text that is not JSON never reaches the check.
           try {
@@ -141,7 +141,6 @@ export const snapshotTarget: FuzzTarget<Case> = {
           }
         }
         const plane = c.kind === "plane" || c.kind === "plane-text";
-        const started = performance.now();
         if (plane) {
           const out = checkPlaneSnapshot(value, OWNER);
           if (out.ok) {
@@ -164,8 +163,9 @@ export const snapshotTarget: FuzzTarget<Case> = {
             }
           } else bump(tally, "dns: refused");
         }
-        const ms = performance.now() - started;
-        if (ms > 200) throw new Error(`check took ${ms.toFixed(0)} ms`);
+        // A slow check is slow every time; a pause of a loaded machine is not.
+        const ms = fastestOf(3, () => (plane ? checkPlaneSnapshot(value, OWNER) : checkDnsSnapshot(value)));
+        if (ms > 100) throw new Error(`check took ${ms.toFixed(0)} ms at best of 3`);
       },
       async close() {},
     };
