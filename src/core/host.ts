@@ -27,7 +27,7 @@ const MODEL_PREFIX = "model-";
  */
 const REG_NAME = /^(?:[a-z0-9\-._~!$&'()*+,;=]|%[0-9a-f]{2})*$/;
 const PORT = /^[0-9]*$/;
-const NON_ASCII = /[^\x00-\x7f]/;
+const NON_ASCII = /[\u0080-\uffff]/;
 /** RFC 1035 §2.3.1 label syntax as relaxed by RFC 1123 §2.1 (a label may start with a digit). */
 const DNS_LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 const IPV4 = /^\d{1,3}(?:\.\d{1,3}){3}$/;

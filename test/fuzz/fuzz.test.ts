@@ -38,7 +38,9 @@ describe("fuzz slice (fixed seed)", () => {
       expect(report.end.rssKiB - report.warm.rssKiB).toBeLessThan(RSS_BOUND_KIB);
       // Every connection a case opened is closed again: the server holds what it held after the warm-up.
       expect(report.end.fds).toBeLessThanOrEqual(report.warm.fds + 2);
-      console.info(`${name}: ${report.cases} cases in ${report.seconds.toFixed(1)} s; rss ${report.warm.rssKiB} → ${report.end.rssKiB} KiB, fds ${report.warm.fds} → ${report.end.fds}`);
+      console.info(
+        `${name}: ${report.cases} cases in ${report.seconds.toFixed(1)} s; rss ${report.warm.rssKiB} → ${report.end.rssKiB} KiB, fds ${report.warm.fds} → ${report.end.fds}`,
+      );
     });
   }
 });

@@ -1,7 +1,7 @@
 // The committed ledger of fuzz cases run (test/fuzz/ledger.json): per target, every run's seed range,
 // count, failures and the server's RSS/fds, so the million per target accumulates over runs.
 
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { resolve } from "node:path";
 import type { ProcessStats } from "./lib.ts";
 
@@ -31,7 +31,10 @@ export function readLedger(): Ledger {
 
 export function writeLedger(ledger: Ledger): void {
   for (const t of Object.values(ledger.targets)) t.cases = t.runs.reduce((s, r) => s + r.cases, 0);
-  writeFileSync(LEDGER, `${JSON.stringify(ledger, null, 2)}\n`);
+  // Runs of different targets share the file: write whole, then rename, so no reader sees half of it.
+  const tmp = `${LEDGER}.${process.pid}.tmp`;
+  writeFileSync(tmp, `${JSON.stringify(ledger, null, 2)}\n`);
+  renameSync(tmp, LEDGER);
 }
 
 /** The first seed after every seed a target's runs used. */
@@ -41,10 +44,18 @@ export function nextSeed(ledger: Ledger, target: string): number {
 }
 
 /** Appends `run`, replacing the checkpoint of the same run written earlier. */
-export function appendRun(ledger: Ledger, target: string, run: LedgerRun, checkpoint: LedgerRun | null): void {
-  const t = (ledger.targets[target] ??= { cases: 0, runs: [] });
+export function appendRun(
+  ledger: Ledger,
+  target: string,
+  run: LedgerRun,
+  checkpoint: LedgerRun | null,
+): void {
+  const t = ledger.targets[target] ?? { cases: 0, runs: [] };
+  ledger.targets[target] = t;
   if (checkpoint !== null) {
-    const i = t.runs.findIndex((r) => r.at === checkpoint.at && r.command === checkpoint.command && r.partial);
+    const i = t.runs.findIndex(
+      (r) => r.at === checkpoint.at && r.command === checkpoint.command && r.partial,
+    );
     if (i >= 0) t.runs.splice(i, 1);
   }
   t.runs.push(run);

@@ -263,8 +263,16 @@ export type Mutation =
 
 /** Positions are fractions of the length, so a mutation applies to any input. */
 export const mutation: fc.Arbitrary<Mutation> = fc.oneof(
-  fc.record({ kind: fc.constant("flip" as const), at: fc.double({ min: 0, max: 1, noNaN: true }), bit: fc.nat(7) }),
-  fc.record({ kind: fc.constant("set" as const), at: fc.double({ min: 0, max: 1, noNaN: true }), byte: fc.nat(255) }),
+  fc.record({
+    kind: fc.constant("flip" as const),
+    at: fc.double({ min: 0, max: 1, noNaN: true }),
+    bit: fc.nat(7),
+  }),
+  fc.record({
+    kind: fc.constant("set" as const),
+    at: fc.double({ min: 0, max: 1, noNaN: true }),
+    byte: fc.nat(255),
+  }),
   fc.record({
     kind: fc.constant("insert" as const),
     at: fc.double({ min: 0, max: 1, noNaN: true }),
