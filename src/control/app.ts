@@ -2,7 +2,7 @@
 // route table from which the OpenAPI document at /v1/spec is generated. Building is separate from
 // listening so tests can call the app in-process.
 
-import Fastify, { type FastifyInstance, type FastifyRequest } from "fastify";
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { Principal } from "../core/access.ts";
 import { errorBody, MeridianError } from "../core/errors.ts";
 import type { PlaneRow } from "../store/schema.ts";
@@ -41,6 +41,28 @@ export async function buildControlApp(
       customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false },
     },
     return503OnClosing: true,
+    // Errors fastify raises before any route runs get the JSON error body too (both found by the api fuzz
+    // target, answered with fastify's own bodies, which have no `error_code`): a path whose percent-encoding
+    // does not decode (`/v1/teams/%zz`, FST_ERR_BAD_URL) and a path parameter over the router's 100
+    // characters (FST_ERR_MAX_PARAM_LENGTH; no id or name of the API is that long).
+    frameworkErrors: (err, _request, raw) => {
+      // fastify types this reply by the route generics, which no route has here.
+      const reply = raw as unknown as FastifyReply;
+      if (err.code === "FST_ERR_BAD_URL") {
+        return reply
+          .status(400)
+          .send(
+            errorBody("invalid_request", "The request's path is not valid percent-encoding (RFC 3986 §2.1)."),
+          );
+      }
+      if (err.code === "FST_ERR_MAX_PARAM_LENGTH") {
+        return reply
+          .status(400)
+          .send(errorBody("invalid_request", "A path segment of the request is longer than 100 characters."));
+      }
+      ctx.logger.error({ err }, "request failed before routing");
+      return reply.status(500).send(errorBody("internal_error"));
+    },
   });
 
   app.setErrorHandler((err, _request, reply) => {

@@ -41,6 +41,9 @@ describe("parseHost", () => {
     ["model-abcd1234 .meridian.localhost", "invalid_host"],
     ["model-abcd1234.meridian.localhost\r\n", "invalid_host"],
     ["model-abcd1234.meridian%zz.localhost", "invalid_host"],
+    // Found by the fuzzer (test/fuzz/targets/host.ts): KELVIN SIGN lowercases to `k`.
+    ["model-abcd123\u212a.meridian.localhost", "invalid_host"],
+    ["model-abcd1234-prod-\u212au.meridian.localhost", "invalid_host"],
     ["[::1", "invalid_host"],
     ["[::1]x", "invalid_host"],
     ["[zz]", "invalid_host"],

@@ -27,6 +27,7 @@ const MODEL_PREFIX = "model-";
  */
 const REG_NAME = /^(?:[a-z0-9\-._~!$&'()*+,;=]|%[0-9a-f]{2})*$/;
 const PORT = /^[0-9]*$/;
+const NON_ASCII = /[\u0080-\uffff]/;
 /** RFC 1035 §2.3.1 label syntax as relaxed by RFC 1123 §2.1 (a label may start with a digit). */
 const DNS_LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 const IPV4 = /^\d{1,3}(?:\.\d{1,3}){3}$/;
@@ -45,6 +46,10 @@ export function normalizeDomain(domain: string): string {
 export function parseHost(value: string | undefined, domain: string): HostParse {
   if (value === undefined || value.length === 0) return refuse("invalid_host", "The Host header is empty.");
   if (value.length > HOST_MAX_LENGTH) return refuse("invalid_host", "The Host header is too long.");
+  // RFC 3986 §3.2.2 hosts are ASCII, checked before lowercasing: Unicode case mapping turns some non-ASCII
+  // characters into ASCII ones (U+212A KELVIN SIGN → `k`, U+0130 → `i̇`), which would name a model that the
+  // client's bytes do not.
+  if (NON_ASCII.test(value)) return refuse("invalid_host", "The Host header is not ASCII.");
   const lower = value.toLowerCase();
 
   let name: string;

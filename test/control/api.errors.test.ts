@@ -285,6 +285,21 @@ describe.each(STORE_KINDS)("bad input on %s", (kind) => {
     expectRefused(await admin.as(null).get("/v1/nothing"), 404, "route_not_found");
   });
 
+  it("refuses a path that does not decode or whose parameter is over 100 characters (400 invalid_request, found by the api fuzz target)", async () => {
+    for (const path of ["/v1/teams/%zz", "/v1/teams/%", "/v1/models/x/deployments/%E2%82", "/v1/nothing/%"]) {
+      expectRefused(await admin.get(path), 400, "invalid_request");
+      expectRefused(await admin.as(null).get(path), 400, "invalid_request");
+    }
+    // A parameter over the router's 100 characters (FST_ERR_MAX_PARAM_LENGTH) was answered 500.
+    for (const path of [
+      `/v1/models/${"x".repeat(101)}`,
+      `/v1/models/production/deployments/${"x".repeat(2000)}`,
+      `/v1/environment_groups/${"x".repeat(2000)}`,
+    ]) {
+      expectRefused(await admin.patch(path, {}), 400, "invalid_request");
+    }
+  });
+
   it("accepts and refuses environment names by the DNS-label rules, naming the rule", async () => {
     const accepted = ["a", "1", "staging", "prod-eu", "a--b", "x1-y2", "z".repeat(ENVIRONMENT_NAME_MAX)];
     const refusedNames: Array<[string, string]> = [
