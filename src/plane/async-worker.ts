@@ -102,6 +102,8 @@ export class AsyncWorker {
   readonly #notBefore = new Map<string, number>();
   /** Requests whose webhook is being delivered (or waits for its next attempt). */
   readonly #delivering = new Set<string>();
+  /** Deliveries waiting for their team's secrets: run again at once by `secretsMayBeBack`. */
+  readonly #awaitingSecrets = new Map<string, { timer: NodeJS.Timeout; run: () => void }>();
   readonly #timers = new Set<NodeJS.Timeout>();
   readonly #running = new Set<Promise<void>>();
   readonly #sockets = new Map<string, Agent>();
@@ -464,7 +466,18 @@ export class AsyncWorker {
           },
           "webhook waits for the team's webhook secrets",
         );
-        this.#later(delay, () => this.#attempt(r, attempt, { since: w.since, times: w.times + 1 }));
+        const run = () => {
+          const a = this.#awaitingSecrets.get(r.id);
+          if (a === undefined) return;
+          this.#awaitingSecrets.delete(r.id);
+          clearTimeout(a.timer);
+          this.#timers.delete(a.timer);
+          this.#attempt(r, attempt, { since: w.since, times: w.times + 1 });
+        };
+        if (this.#stopped) return;
+        const timer = setTimeout(run, delay);
+        this.#timers.add(timer);
+        this.#awaitingSecrets.set(r.id, { timer, run });
         return;
       }
       this.#o.logger.warn({ request_id: r.id, attempt, reason: outcome.reason }, "webhook delivery failed");
@@ -478,6 +491,11 @@ export class AsyncWorker {
     })().catch((err) => this.#o.logger.error({ err, request_id: r.id }, "webhook bookkeeping failed"));
     this.#running.add(p);
     void p.finally(() => this.#running.delete(p));
+  }
+
+  /** The control plane answers again: deliveries waiting for secrets try at once, not after their backoff. */
+  secretsMayBeBack(): void {
+    for (const a of [...this.#awaitingSecrets.values()]) a.run();
   }
 
   /**
