@@ -210,6 +210,8 @@ export class AsyncService {
     };
     const added = await this.queue.add(record);
     if (!added.ok) return fail(res, "service_unavailable", "The plane is stopping.");
+    // Its secrets are asked for now, so the result can be signed even if the control plane is down by then.
+    if (record.webhook !== null) this.worker.prepare(record.team_id);
     this.worker.notify();
     send(res, 201, { request_id: id });
   }

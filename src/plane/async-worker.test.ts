@@ -286,4 +286,53 @@ describe("AsyncWorker", () => {
     const d = hook.hits[0]!;
     expect(verifyWebhookSignature(String(d.headers["x-baseten-signature"]), "whsec_late", d.body)).toBe(true);
   });
+
+  it("waits out a control-plane outage longer than all its attempts: delivered once, signed, never unsigned", async () => {
+    const replica = await serve((_b, _i, res) => json(res, 200, { ok: true }));
+    const hook = await serve((_b, _i, res) => res.writeHead(200).end());
+    cleanups.push(replica.close, hook.close);
+    // Three attempts 10–40 ms apart used to give up within ~50 ms; the secrets come back after 600 ms.
+    const back = Date.now() + 600;
+    let asked = 0;
+    const { add } = await setup(replica, {
+      webhookSecrets: async () => {
+        asked++;
+        if (Date.now() < back) throw new Error("connect ECONNREFUSED (the control plane is down)");
+        return ["whsec_back"];
+      },
+    });
+    const r = await add({ webhook: hook.url, webhook_status: "PENDING" });
+    await until(() => r.status === "SUCCEEDED");
+    expect(r.webhook_status, "the result waits for its delivery").toBe("PENDING");
+    expect(r.output, "the output is kept until delivered").toEqual({ ok: true });
+    expect(hook.hits, "nothing goes out while no secret is known").toHaveLength(0);
+    await until(() => r.webhook_status === "SUCCEEDED");
+    expect(r.status).toBe("SUCCEEDED");
+    expect(asked).toBeGreaterThan(3);
+    expect(hook.hits).toHaveLength(1);
+    const d = hook.hits[0]!;
+    expect(verifyWebhookSignature(String(d.headers["x-baseten-signature"]), "whsec_back", d.body)).toBe(true);
+  });
+
+  it("gives a webhook up once the secrets stayed unavailable for secretsWaitMs: WEBHOOK_FAILED, nothing sent", async () => {
+    const replica = await serve((_b, _i, res) => json(res, 200, {}));
+    const hook = await serve((_b, _i, res) => res.writeHead(200).end());
+    cleanups.push(replica.close, hook.close);
+    const { add } = await setup(replica, {
+      webhookSecrets: async () => {
+        throw new Error("the control plane answered 503");
+      },
+      webhook: {
+        allowHttp: true,
+        allowPrivate: true,
+        initialDelayMs: 10,
+        maxDelayMs: 40,
+        secretsWaitMs: 300,
+      },
+    });
+    const r = await add({ webhook: hook.url, webhook_status: "PENDING" });
+    await until(() => r.webhook_status === "FAILED");
+    expect(r.status).toBe("WEBHOOK_FAILED");
+    expect(hook.hits).toHaveLength(0);
+  });
 });

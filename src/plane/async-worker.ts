@@ -2,7 +2,9 @@
 // runs only where it is stored, in its region: priority order (0 first), first in first out within one,
 // at most `concurrency` requests per replica, the request's retry policy on replica faults, EXPIRED once it
 // waited `max_time_in_queue_seconds` without a first run. Then the webhook: Baseten's payload and signature,
-// sent from this plane, retried with backoff a bounded number of times; the outcome is in the status.
+// sent from this plane, retried with backoff a bounded number of times; the outcome is in the status. A
+// delivery whose signing secrets cannot be had (the control plane is down) waits for them without using up
+// its attempts: a control-plane outage never fails a webhook, and nothing goes out unsigned.
 
 import { lookup as dnsLookup, type LookupAddress } from "node:dns";
 import { isIP } from "node:net";
@@ -37,6 +39,12 @@ export interface WebhookPolicy {
   maxDelayMs: number;
   /** Per attempt, to the response's end. Default 10 s. */
   timeoutMs: number;
+  /**
+   * How long a delivery may wait for the team's webhook secrets (the control plane unreachable) before it is
+   * given up. Waiting uses none of `maxAttempts`; it is asked again `initialDelayMs` later, doubling up to
+   * `maxDelayMs`. Default 24 h, the time an ended request stays readable.
+   */
+  secretsWaitMs: number;
   /** CA certificates to trust for https webhooks besides the system's (tests, private CAs). */
   ca?: string;
 }
@@ -48,6 +56,7 @@ export const DEFAULT_WEBHOOK_POLICY: WebhookPolicy = Object.freeze({
   initialDelayMs: 1_000,
   maxDelayMs: 30_000,
   timeoutMs: 10_000,
+  secretsWaitMs: 24 * 3_600_000,
 });
 
 export interface AsyncWorkerOptions {
@@ -93,6 +102,8 @@ export class AsyncWorker {
   readonly #notBefore = new Map<string, number>();
   /** Requests whose webhook is being delivered (or waits for its next attempt). */
   readonly #delivering = new Set<string>();
+  /** Deliveries waiting for their team's secrets: run again at once by `secretsMayBeBack`. */
+  readonly #awaitingSecrets = new Map<string, { timer: NodeJS.Timeout; run: () => void }>();
   readonly #timers = new Set<NodeJS.Timeout>();
   readonly #running = new Set<Promise<void>>();
   readonly #sockets = new Map<string, Agent>();
@@ -141,6 +152,9 @@ export class AsyncWorker {
       this.#o.queue.maintain();
     }, 500);
     this.#sweep.unref();
+    const teams = new Set<string>();
+    for (const r of this.#o.queue.live()) if (r.webhook !== null) teams.add(r.team_id);
+    for (const t of teams) this.prepare(t);
     for (const r of this.#o.queue.webhooksDue()) this.#deliver(r);
     this.notify();
   }
@@ -272,6 +286,7 @@ export class AsyncWorker {
     bump(this.#byEndpoint, endpoint, 1);
     this.#notBefore.delete(r.id);
     const input = r.input;
+    if (r.webhook !== null) this.prepare(r.team_id);
     const started = this.#o.queue.start(r, dep);
     const p = (async () => {
       let released = false;
@@ -406,46 +421,112 @@ export class AsyncWorker {
     return a;
   }
 
-  #deliver(r: AsyncRecord, attempt = 1): void {
-    if (this.#stopped || (attempt === 1 && this.#delivering.has(r.id))) return;
+  #deliver(r: AsyncRecord): void {
+    if (this.#stopped || this.#delivering.has(r.id)) return;
     this.#delivering.add(r.id);
+    this.#attempt(r, 1, null);
+  }
+
+  /**
+   * Delivery attempt `attempt` of `r`'s webhook. `waiting`: since when (and how many times) this attempt has
+   * waited for the team's secrets; a wait is not an attempt (the receiver was not tried).
+   */
+  #attempt(r: AsyncRecord, attempt: number, waiting: { since: number; times: number } | null): void {
+    if (this.#stopped) return;
     const p = (async () => {
-      const failure = await this.#sendWebhook(r);
+      const outcome = await this.#sendWebhook(r);
       if (this.#stopped) return;
-      if (failure === null) {
+      if (outcome === null) {
         this.#delivering.delete(r.id);
         await this.#o.queue.webhookDone(r, "SUCCEEDED");
         return;
       }
-      this.#o.logger.warn({ request_id: r.id, attempt, reason: failure }, "webhook delivery failed");
-      if (attempt >= this.#hook.maxAttempts || failure.startsWith("refused:")) {
+      if (outcome.kind === "secrets") {
+        // The control plane cannot be asked and this plane holds no answer yet (a plane started while the
+        // control plane is down): wait for it, for as long as `secretsWaitMs`, rather than fail a webhook
+        // over a dependency's outage or send it unsigned.
+        const w = waiting ?? { since: this.#now(), times: 0 };
+        if (this.#now() - w.since >= this.#hook.secretsWaitMs) {
+          this.#o.logger.error(
+            { request_id: r.id, waited_ms: this.#now() - w.since, reason: outcome.reason },
+            "webhook given up: the team's webhook secrets stayed unavailable",
+          );
+          this.#delivering.delete(r.id);
+          await this.#o.queue.webhookDone(r, "FAILED");
+          return;
+        }
+        const delay = Math.min(this.#hook.initialDelayMs * 2 ** w.times, this.#hook.maxDelayMs);
+        this.#o.logger.warn(
+          {
+            request_id: r.id,
+            attempt,
+            waited_ms: this.#now() - w.since,
+            retry_in_ms: delay,
+            reason: outcome.reason,
+          },
+          "webhook waits for the team's webhook secrets",
+        );
+        const run = () => {
+          const a = this.#awaitingSecrets.get(r.id);
+          if (a === undefined) return;
+          this.#awaitingSecrets.delete(r.id);
+          clearTimeout(a.timer);
+          this.#timers.delete(a.timer);
+          this.#attempt(r, attempt, { since: w.since, times: w.times + 1 });
+        };
+        if (this.#stopped) return;
+        const timer = setTimeout(run, delay);
+        this.#timers.add(timer);
+        this.#awaitingSecrets.set(r.id, { timer, run });
+        return;
+      }
+      this.#o.logger.warn({ request_id: r.id, attempt, reason: outcome.reason }, "webhook delivery failed");
+      if (attempt >= this.#hook.maxAttempts || outcome.kind === "refused") {
         this.#delivering.delete(r.id);
         await this.#o.queue.webhookDone(r, "FAILED");
         return;
       }
       const delay = Math.min(this.#hook.initialDelayMs * 2 ** (attempt - 1), this.#hook.maxDelayMs);
-      this.#later(delay, () => this.#deliver(r, attempt + 1));
+      this.#later(delay, () => this.#attempt(r, attempt + 1, null));
     })().catch((err) => this.#o.logger.error({ err, request_id: r.id }, "webhook bookkeeping failed"));
     this.#running.add(p);
     void p.finally(() => this.#running.delete(p));
   }
 
-  /** One delivery attempt: null when the receiver answered 2xx, else why not (`refused:` never retried). */
-  async #sendWebhook(r: AsyncRecord): Promise<string | null> {
+  /** The control plane answers again: deliveries waiting for secrets try at once, not after their backoff. */
+  secretsMayBeBack(): void {
+    for (const a of [...this.#awaitingSecrets.values()]) a.run();
+  }
+
+  /**
+   * Asks for a team's webhook secrets ahead of its first delivery (a request with a webhook was accepted or
+   * starts here), so this plane holds an answer should the control plane be down when the result is ready.
+   */
+  prepare(teamId: string): void {
+    if (this.#stopped) return;
+    void this.#o.webhookSecrets(teamId).catch(() => {});
+  }
+
+  /** One delivery attempt: null when the receiver answered 2xx, else why not. */
+  async #sendWebhook(r: AsyncRecord): Promise<DeliveryFailure | null> {
     const url = r.webhook!;
     const parsed = parseWebhookUrl(url);
-    if (!parsed.ok) return `refused: ${parsed.message}`;
-    if (!parsed.https && !this.#hook.allowHttp) return "refused: webhooks must use https on this plane";
+    if (!parsed.ok) return { kind: "refused", reason: parsed.message };
+    if (!parsed.https && !this.#hook.allowHttp)
+      return { kind: "refused", reason: "webhooks must use https on this plane" };
     const host = parsed.url.hostname.replace(/^\[|\]$/g, "");
     if (isIP(host) !== 0 && !this.#hook.allowPrivate && isPrivateAddress(host)) {
-      return `refused: ${host} is a private address`;
+      return { kind: "refused", reason: `${host} is a private address` };
     }
     let secrets: string[];
     try {
       secrets = await this.#o.webhookSecrets(r.team_id);
     } catch (err) {
       // Unsigned would be accepted by a receiver that does not check: wait for the secrets instead.
-      return `the team's webhook secrets are not available: ${(err as Error).message}`;
+      return {
+        kind: "secrets",
+        reason: `the team's webhook secrets are not available: ${(err as Error).message}`,
+      };
     }
     const payload: WebhookPayload = {
       request_id: r.id,
@@ -475,11 +556,11 @@ export class AsyncWorker {
       });
       await readLimited(res.body, 64 * 1024).catch(() => "");
       if (res.statusCode >= 200 && res.statusCode < 300) return null;
-      return `the receiver answered ${res.statusCode}`;
+      return { kind: "failed", reason: `the receiver answered ${res.statusCode}` };
     } catch (err) {
       const code = (err as { code?: string }).code;
-      if (code === "EWEBHOOKPRIVATE") return `refused: ${(err as Error).message}`;
-      return `${code ?? "error"}: ${(err as Error).message}`;
+      if (code === "EWEBHOOKPRIVATE") return { kind: "refused", reason: (err as Error).message };
+      return { kind: "failed", reason: `${code ?? "error"}: ${(err as Error).message}` };
     }
   }
 
@@ -497,6 +578,12 @@ export class AsyncWorker {
     return isFinal(r.status);
   }
 }
+
+/**
+ * Why a delivery attempt did not succeed: `refused` (the destination is not allowed: never retried),
+ * `failed` (the receiver was tried: one attempt used), `secrets` (the receiver was not tried: no secrets).
+ */
+type DeliveryFailure = { kind: "refused" | "failed" | "secrets"; reason: string };
 
 type PredictOutcome =
   | { kind: "ok"; output: unknown }

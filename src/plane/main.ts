@@ -264,7 +264,11 @@ export async function startPlane(config: PlaneConfig): Promise<RunningPlane> {
     parse: snapshotParser({ plane: config.name, region: config.region }),
     cacheFile: join(config.dataDir, "snapshot.json"),
     logger,
-    onStateChange: (state, err) => logger.info({ state, err: err?.message }, "control plane connection"),
+    onStateChange: (state, err) => {
+      logger.info({ state, err: err?.message }, "control plane connection");
+      // Webhooks held for want of their team's secrets go out as soon as the control plane is back.
+      if (state === "connected") asyncService?.worker.secretsMayBeBack();
+    },
   });
   // The watcher hands over only snapshots that passed the check (this plane's, whole and consistent).
   const accept = (s: PlaneSnapshot) => {
