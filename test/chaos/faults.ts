@@ -400,6 +400,7 @@ export async function promotionKill(world: World, loadS = 6, downS = 3): Promise
   await sleep(2_000);
   await sampler.stop();
   const maxReplicas = (settled.autoscaling_settings?.max_replica as number | undefined) ?? 1;
+  const restoredFastMs = await restoreFastModel(world, model, "prod-uk", "chaos-uk");
   return {
     name: "control plane SIGKILL mid-promotion",
     what: `a deployment of uk's model (load ${loadS} s) promoted into prod-uk; the control plane SIGKILLed while its replica was starting (promotion ${stateAtKill}), started again ${downS} s later`,
@@ -413,8 +414,38 @@ export async function promotionKill(world: World, loadS = 6, downS = 3): Promise
       "candidate replicas at once (most)": sampler.most.get(candidate) ?? 0,
       max_replica: maxReplicas,
       "candidate ran on": [...(sampler.planes.get(candidate) ?? [])].join(" ") || "none",
+      "fast model back in prod-uk after (ms)": restoredFastMs,
     },
   };
+}
+
+/**
+ * Puts `env` back on the world's own model (`chaosModel`, whose load() returns at once) after a fault that
+ * promoted a slow-loading one, and waits until it serves: the faults after it start from the same world.
+ * Without it every later cold start in uk (the plane SIGKILL's: its replicas die with it) includes that
+ * model's 6 s load on top of the sandbox's start, and a request held through the wake can pass HUNG_MS on
+ * a loaded machine while the plane does nothing wrong (RELIABILITY.md, "Hung calls that were wakes").
+ * Returns the ms from the push until the environment serves on it, or -1.
+ */
+async function restoreFastModel(world: World, model: string, env: string, name: string): Promise<number> {
+  const { cluster } = world;
+  const startedAt = Date.now();
+  const pushed = await pushPackage(cluster, model, await packFiles(chaosModel(name)));
+  if (pushed.status !== 200) throw new Error(`push ${name}: ${JSON.stringify(pushed.body)}`);
+  const promoted = await cluster.api.post(`/v1/models/${model}/environments/${env}/promote`, {
+    deployment_id: pushed.body.deployment.id,
+  });
+  if (promoted.status !== 200) throw new Error(`promote ${name}: ${JSON.stringify(promoted.body)}`);
+  const id = promoted.body.id as string;
+  const settled = await eventually(async () => {
+    const e = await environmentOf(world, model, env);
+    return e.in_progress_promotion === null && e.current_deployment?.id === id;
+  }, 60_000).then(
+    () => true,
+    () => false,
+  );
+  if (!settled) return -1;
+  return Date.now() - startedAt;
 }
 
 /**

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { request } from "undici";
 import { type Cluster, DOMAIN, eventually, startCluster } from "../support/cluster.ts";
 import { createModelFrom, packFiles, planeReplicas, replicaPid } from "../support/planes.ts";
-import { chaosModel, EXEC } from "./support.ts";
+import { chaosModel, EXEC, executions } from "./support.ts";
 
 /** A client that has no answer this long after sending counts the request as hung. */
 export const HUNG_MS = 10_000;
@@ -178,7 +178,14 @@ export async function call(world: World, t: Target, key: string, idPrefix = "req
   try {
     const res = await request(`http://${p.host}:${p.port}${t.path}`, {
       method: "POST",
-      headers: { host: t.host, authorization: `Api-Key ${key}`, "content-type": "application/json" },
+      // The call's id is the request's id too (the planes take a client's X-Request-ID): their audit
+      // records of it can be found, for a call that hung (`explainHung`).
+      headers: {
+        host: t.host,
+        authorization: `Api-Key ${key}`,
+        "content-type": "application/json",
+        "x-request-id": id,
+      },
       body: JSON.stringify({ id }),
       headersTimeout: HUNG_MS,
       bodyTimeout: HUNG_MS,
@@ -418,6 +425,9 @@ export interface AuditEntry {
   plane: string;
   region: string;
   processed_by: string | null;
+  latency_ms?: number;
+  aborted?: boolean;
+  forwarded_from?: string | null;
 }
 
 /** Every audit record of every plane, read from their trails on disk. */
@@ -441,4 +451,34 @@ export function auditRecords(cluster: Cluster): AuditEntry[] {
     }
   }
   return out;
+}
+
+/**
+ * What the planes recorded of calls that hung, one line each: the endpoint and the time, then every audit
+ * record of its request id (plane, status, latency, whether the client had gone: 499 aborted) and the
+ * replicas that executed it. A wake the client gave up on reads "499 after 10000 ms (client gone)" with no
+ * execution; a call no plane ever recorded has no record at all. Read the trails after the planes stopped
+ * (their audit buffers are written then).
+ */
+export function explainHung(world: World, results: readonly Result[]): string[] {
+  const hung = results.filter((r) => r.outcome === "hung");
+  if (hung.length === 0) return [];
+  const byId = new Map<string, AuditEntry[]>();
+  for (const a of auditRecords(world.cluster)) {
+    const list = byId.get(a.request_id);
+    if (list) list.push(a);
+    else byId.set(a.request_id, [a]);
+  }
+  return hung.map((r) => {
+    const records = (byId.get(r.id) ?? []).map(
+      (a) =>
+        `${a.plane} ${a.status} after ${Math.round(a.latency_ms ?? -1)} ms` +
+        `${a.aborted ? " (client gone)" : ""}${a.forwarded_from ? ` from ${a.forwarded_from}` : ""}`,
+    );
+    const ran = executions(world.cluster, r.id);
+    return (
+      `${r.target} at ${new Date(r.startedAt).toISOString()} (${r.id}): ` +
+      `${records.length > 0 ? records.join("; ") : "no audit record"}; executed ${ran.length > 0 ? ran.join(" ") : "nowhere"}`
+    );
+  });
 }

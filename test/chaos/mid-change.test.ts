@@ -19,6 +19,8 @@ import {
   auditOutOfRegion,
   count,
   duplicateExecutions,
+  explainHung,
+  HUNG_MS,
   Load,
   sleep,
   startWorld,
@@ -139,13 +141,17 @@ describe("faults in the middle of a change", () => {
     const results = await load.stop();
     const all = count(results, world, 0, Number.MAX_SAFE_INTEGER);
     expect(all.sent).toBeGreaterThan(500);
-    const hung = results
-      .filter((r) => r.outcome === "hung")
-      .map((r) => `${r.target} at ${new Date(r.startedAt).toISOString()}`);
-    expect(hung, "calls with no answer in 10 s").toEqual([]);
+    // The slowest answers, for the record: a wake held through a cold start is the usual one (RELIABILITY.md).
+    const slow = results.filter((r) => r.outcome !== "hung" && r.latencyMs > HUNG_MS / 2);
+    console.log(
+      "calls answered after more than half of HUNG_MS:",
+      slow.map((r) => `${r.target} at ${new Date(r.startedAt).toISOString()}: ${Math.round(r.latencyMs)} ms`),
+    );
     expect(all.untyped_error).toBe(0);
     expect(all.out_of_region).toBe(0);
     await world.cluster.stop();
+    // Each hung call with what the planes recorded of it (their trails are whole once they stopped).
+    expect(explainHung(world, results), "calls with no answer in 10 s").toEqual([]);
     // The async job a plane's kill cut short is the one id allowed twice (its first run never answered).
     expect(duplicateExecutions(world.cluster).filter((id) => !id.startsWith("async-plane-"))).toEqual([]);
     expect(auditOutOfRegion(world).outside).toEqual([]);

@@ -284,6 +284,12 @@ lines.push(
   "`test/chaos/control-stall.test.ts`, `test/chaos/replica-kill.test.ts`, `test/chaos/region-cutoff.test.ts` and `test/chaos/static-stability.test.ts` (a 30 s outage) assert the same properties on a smaller scale; `test/chaos/mid-change.test.ts` (snapshot that fails validation, audit disk full, the control plane SIGKILLed mid-promotion, mid-migration and mid async job, a plane SIGKILLed mid async job) and `test/chaos/database-clock.test.ts` (clock jumps, the control plane's PostgreSQL stopped for 10 s) assert each fault's properties above: `npx vitest run test/chaos/`.",
 );
 lines.push("");
+lines.push("## Hung calls that were wakes");
+lines.push("");
+lines.push(
+  "`test/chaos/mid-change.test.ts` once counted 2 calls with no answer within 10 s (`HUNG_MS`) on a heavily loaded machine. Two reruns (`npx vitest run test/chaos/mid-change.test.ts`, planes' output kept) found them: both load clients' calls to `uk regional @uk-1` that came in just after the *plane SIGKILL mid async job* had restarted uk-1. Its replicas die with it (`--die-with-parent`), so uk-1 holds those requests (parked, docs/autoscaling.md *Wake from zero*) while prod-uk cold-starts, and prod-uk was then on the deployment that the *mid-promotion* fault before it had promoted, whose `load()` takes 6 s. The plane did nothing wrong and every such call got its answer, executed once: in run 1 the replica started 08:03:24.900, the sandboxed runtime began loading 4.7 s later, the model was ready after 6.1 s more (08:03:35.819), the two held calls executed 9 ms after that and were answered 200 after 10.46 s and 10.16 s at the plane (10.60 s and 10.55 s at the client: under undici's coarse timer, so counted answered); in run 2, 3.1 s + 6.0 s and 9.2 s / 8.9 s. With a sandbox start of up to 5.3 s measured on this machine, such a wake passes 10 s, and the client gives up on an answer that is coming. `HUNG_MS` stays 10 s; instead `promotionKill` puts prod-uk back on the world's own model (`load()` returns at once) once its checks are done, so the faults after it start from the same world. A hung call is now reported with what the planes recorded of it (the harness sends its call id as `X-Request-ID`; `explainHung` in `test/chaos/harness.ts`: each audit record's plane, status, latency, whether the client had gone, and the replicas that executed it), and the test prints every call answered after more than 5 s.",
+);
+lines.push("");
 lines.push("## What these runs show that is not fixed yet");
 lines.push("");
 lines.push(
