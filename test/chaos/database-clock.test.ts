@@ -9,7 +9,8 @@
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { freePort } from "../support/cluster.ts";
-import { Clocks, clockJumps, databaseStop, PrivatePostgres } from "./faults.ts";
+import { PrivatePostgres } from "../support/private-postgres.ts";
+import { Clocks, clockJumps, databaseStop } from "./faults.ts";
 import { auditOutOfRegion, count, Load, sleep, startWorld, type World } from "./harness.ts";
 
 describe("the control plane's database stopped, and clock jumps, under load", () => {

@@ -12,6 +12,7 @@ import { request } from "undici";
 import { checkAuditDirectory } from "../../src/lib/audit-chain.ts";
 import { DOMAIN, eventually } from "../support/cluster.ts";
 import { createModelFrom, packFiles, planeReplicas, pushPackage } from "../support/planes.ts";
+import { type PrivatePostgres, run } from "../support/private-postgres.ts";
 import {
   auditRecords,
   call,
@@ -873,13 +874,6 @@ export async function badSnapshot(
   };
 }
 
-function run(cmd: string, args: string[]): void {
-  const env = { ...process.env };
-  for (const k of Object.keys(env)) if (k === "LD_PRELOAD" || k.startsWith("FAKETIME")) delete env[k];
-  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 30_000, env });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.status} ${r.stderr}`);
-}
-
 /**
  * Disk full on eu-2's audit directory: eu-2 stopped, a `sizeKiB` tmpfs mounted at its audit directory (its
  * files copied in), eu-2 started on it, the tmpfs filled to the last byte for `fullS` under load, then the
@@ -980,55 +974,6 @@ export async function auditDiskFull(world: World, fullS = 8, sizeKiB = 1024): Pr
     },
     sideResults: probeResults,
   };
-}
-
-const PG_BIN = "/usr/lib/postgresql/15/bin";
-
-/**
- * A PostgreSQL cluster of the harness's own (never the machine's shared one): initdb as `postgres` in a
- * temp directory, listening on 127.0.0.1:`port` and a Unix socket in that directory, trust auth. The
- * harness stops and starts it at will, and removes it after.
- */
-export class PrivatePostgres {
-  readonly dir: string;
-  readonly data: string;
-  constructor(readonly port: number) {
-    this.dir = mkdtempSync(join(tmpdir(), "meridian-chaos-pg-"));
-    this.data = join(this.dir, "data");
-  }
-  get url(): string {
-    return `postgres://postgres@127.0.0.1:${this.port}/postgres`;
-  }
-  #pg(bin: string, args: string[]): void {
-    run("runuser", ["-u", "postgres", "--", join(PG_BIN, bin), ...args]);
-  }
-  init(): this {
-    run("chown", ["postgres:postgres", this.dir]);
-    this.#pg("initdb", ["-D", this.data, "-A", "trust", "-U", "postgres", "--no-sync"]);
-    return this.start();
-  }
-  start(): this {
-    this.#pg("pg_ctl", [
-      "-D",
-      this.data,
-      "-l",
-      join(this.dir, "log"),
-      "-w",
-      "-o",
-      `-p ${this.port} -k ${this.dir} -c listen_addresses=127.0.0.1 -c fsync=off`,
-      "start",
-    ]);
-    return this;
-  }
-  stop(): void {
-    this.#pg("pg_ctl", ["-D", this.data, "-m", "fast", "-w", "stop"]);
-  }
-  destroy(): void {
-    try {
-      this.stop();
-    } catch {}
-    rmSync(this.dir, { recursive: true, force: true });
-  }
 }
 
 /**

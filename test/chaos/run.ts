@@ -8,6 +8,7 @@ import { cpus, loadavg } from "node:os";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { freePort } from "../support/cluster.ts";
+import { PrivatePostgres } from "../support/private-postgres.ts";
 import {
   asyncKill,
   auditDiskFull,
@@ -20,7 +21,6 @@ import {
   databaseStop,
   type FaultRun,
   migrationKill,
-  PrivatePostgres,
   planeFreeze,
   planeKill,
   promotionKill,

@@ -4,60 +4,14 @@
 // PRIVATE cluster this test starts (initdb as user postgres, its own port, its socket in a temp dir) and
 // removes: the machine's shared server is never stopped.
 
-import { execFileSync } from "node:child_process";
-import { chmodSync, chownSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Cluster, DOMAIN, eventually, freePort, startCluster } from "../support/cluster.ts";
 import { ApiClient } from "../support/control.ts";
 import { predict } from "../support/planes.ts";
+import { PrivatePostgres } from "../support/private-postgres.ts";
 import { expectError } from "../support/reference.ts";
 
-const PG_BIN = "/usr/lib/postgresql/15/bin";
 const OUTAGE_MS = Number(process.env["MERIDIAN_PG_OUTAGE_MS"] ?? 15_000);
-
-class PrivatePostgres {
-  readonly dir = mkdtempSync(join(tmpdir(), "meridian-pg-"));
-  readonly data = join(this.dir, "data");
-  constructor(readonly port: number) {
-    chmodSync(this.dir, 0o755);
-    const pg = Number(execFileSync("id", ["-u", "postgres"]).toString().trim());
-    const group = Number(execFileSync("id", ["-g", "postgres"]).toString().trim());
-    chownSync(this.dir, pg, group);
-  }
-  #as(args: string[]) {
-    return execFileSync("runuser", ["-u", "postgres", "--", ...args], { stdio: "pipe", timeout: 60_000 });
-  }
-  init() {
-    this.#as([`${PG_BIN}/initdb`, "-D", this.data, "-A", "trust", "-U", "postgres", "--no-sync"]);
-  }
-  start() {
-    this.#as([
-      `${PG_BIN}/pg_ctl`,
-      "-D",
-      this.data,
-      "-l",
-      join(this.dir, "log"),
-      "-w",
-      "-o",
-      `-p ${this.port} -k ${this.dir} -c listen_addresses=127.0.0.1 -c fsync=off`,
-      "start",
-    ]);
-  }
-  stop() {
-    this.#as([`${PG_BIN}/pg_ctl`, "-D", this.data, "-m", "fast", "-w", "stop"]);
-  }
-  createDatabase(name: string) {
-    this.#as([`${PG_BIN}/createdb`, "-h", "127.0.0.1", "-p", String(this.port), "-U", "postgres", name]);
-  }
-  remove() {
-    try {
-      this.stop();
-    } catch {}
-    rmSync(this.dir, { recursive: true, force: true });
-  }
-}
 
 describe("PostgreSQL stopped under two control replicas", () => {
   let pg: PrivatePostgres;
@@ -69,7 +23,6 @@ describe("PostgreSQL stopped under two control replicas", () => {
   beforeAll(async () => {
     pg = new PrivatePostgres(await freePort("127.0.0.1"));
     pg.init();
-    pg.start();
     pg.createDatabase("meridian");
     cluster = await startCluster({
       databaseUrl: `postgres://postgres@127.0.0.1:${pg.port}/meridian`,
@@ -101,7 +54,7 @@ describe("PostgreSQL stopped under two control replicas", () => {
 
   afterAll(async () => {
     await cluster?.stop();
-    pg?.remove();
+    pg?.destroy();
   }, 60_000);
 
   it("planes keep serving, writes answer 503 store_unavailable, and all recovers when it is back", async () => {
