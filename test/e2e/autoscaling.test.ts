@@ -197,7 +197,14 @@ describe("autoscaling end to end", () => {
     const woken = [...seen.entries()].flatMap(([plane, ids]) =>
       [...ids].filter((id) => !before.has(id)).map((id) => ({ plane, id })),
     );
-    expect(woken).toHaveLength(1);
+    // On a failure, what the control plane decided and placed, and what the eu planes did with replicas.
+    const story = () =>
+      [cluster.control, ...EU.map((n) => cluster.plane(n).process)]
+        .flatMap((p) => p?.output ?? [])
+        .filter((l) => /scale decision|replicas placed|replica|plane (down|up)|moved/i.test(l))
+        .slice(-40)
+        .join("\n");
+    expect(woken, story()).toHaveLength(1);
     expect(EU).toContain(woken[0]!.plane);
     const p = await placed();
     expect(p["eu-1"]! + p["eu-2"]!).toBe(1);
