@@ -30,7 +30,7 @@ import { appendReceipt, ContentDigester, contentDigest, EMPTY_CONTENT_DIGEST } f
 import { asyncServiceHeaders, asyncServiceTarget } from "./async.ts";
 import type { AuditSink } from "./audit.ts";
 import { acceptableRequestId, apiKeyOf, PROOF, scanRequestHeaders, scanResponseHeaders } from "./headers.ts";
-import { HOP_HEADER, HopVerifier, signHop } from "./hop.ts";
+import { HOP_HEADER, HOP_REFUSED_HEADER, HOP_REFUSED_TIME, HopVerifier, signHop } from "./hop.ts";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics.ts";
 import type { IngressLimits, IngressOptions } from "./options.ts";
 import { Parking, type ParkOutcome } from "./parking.ts";
@@ -48,7 +48,7 @@ import {
   type UpstreamFailure,
 } from "./plan.ts";
 import { RateLimiter } from "./rate-limit.ts";
-import { HOP_CONTINUE_TIMEOUT, UPGRADE_REQUIRED_FIELDS, upgradeAsk } from "./rules.ts";
+import { HOP_CONTINUE_TIMEOUT, HOP_REFUSED, UPGRADE_REQUIRED_FIELDS, upgradeAsk } from "./rules.ts";
 
 /** The metric label of a request whose model (and so environment) did not resolve. */
 const UNRESOLVED = "unknown";
@@ -324,9 +324,15 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       const check = hops.verify(scan.hop, hop, idx, now());
       // Refusals are in the audit record (error_code), not the log: anyone can send a bad hop header.
       if (!check.ok) {
+        // The sender reads why, and this plane's clock, from the fields (rules.ts, HOP_REFUSED).
         return check.reason === "replayed"
           ? refuse("hop_replayed")
-          : refuse("hop_invalid", null, { reason: check.reason });
+          : refuse("hop_invalid", null, { reason: check.reason }, [
+              HOP_REFUSED_HEADER,
+              check.reason,
+              HOP_REFUSED_TIME,
+              String(now()),
+            ]);
       }
       ex.forwardedFrom = check.from;
       ex.route = [check.from, self.name];
@@ -718,6 +724,31 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       return forward.headers.concat([HOP_HEADER, signHop(options.signingKey, claims)]);
     },
 
+    /**
+     * A peer plane's answer that is its refusal of the hop itself (rules.ts, HOP_REFUSED): the failure's
+     * message, with the peer's reason and how far its clock is from this plane's, or null for any other answer.
+     */
+    hopRefused(t: Target, status: number, raw: readonly (string | Buffer)[]): string | null {
+      if (t.kind !== "plane" || status !== 403) return null;
+      let reason: string | null = null;
+      let peerMs = Number.NaN;
+      for (let i = 0; i < raw.length; i += 2) {
+        const n = raw[i]!;
+        if (n.length !== HOP_REFUSED_HEADER.length && n.length !== HOP_REFUSED_TIME.length) continue;
+        const name = (typeof n === "string" ? n : n.toString("latin1")).toLowerCase();
+        const value = String(raw[i + 1]);
+        if (name === HOP_REFUSED_HEADER) reason = value;
+        else if (name === HOP_REFUSED_TIME) peerMs = Number(value);
+      }
+      if (reason === null) return null;
+      const offset = Number.isFinite(peerMs) ? Math.round(peerMs - now()) : null;
+      const clock =
+        offset === null
+          ? ""
+          : `; its clock is ${Math.abs(offset)} ms ${offset >= 0 ? "ahead of" : "behind"} this plane's`;
+      return `peer plane ${t.name} refused the hop (${reason.slice(0, 40)})${clock}`;
+    },
+
     acquire(t: Target): void {
       if (t.kind === "replica") busy.set(t.name, (busy.get(t.name) ?? 0) + 1);
     },
@@ -820,6 +851,17 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     afterFailure(ex: Exchange, forward: Forward, attempt: number, f: UpstreamFailure): "retry" | Refusal {
       const t = forward.targets[attempt]!;
       if (f.bodyTooLarge) return refuse("payload_too_large", null, { limit_bytes: limits.maxBodyBytes });
+      if (f.code === HOP_REFUSED) {
+        // The peer never acted on it (rules.ts): the next target takes it when the body can still go there.
+        metrics?.upstreamFailure("hop_refused");
+        log.warn({ request_id: ex.requestId, target: t.name, err: f.message }, "hop refused by peer plane");
+        if (!f.touched && attempt + 1 < forward.targets.length) return "retry";
+        return refuse(
+          "model_unavailable",
+          "The region's planes refused this plane's hand-over (their clocks or keys disagree with its own).",
+          { region: t.plane?.region ?? self.region },
+        );
+      }
       if (!f.touched && (CONNECT_ERRORS.has(f.code) || f.code === "UND_ERR_CONNECT_TIMEOUT")) {
         metrics?.upstreamFailure(t.kind === "plane" ? "peer_unreachable" : "connect");
         log.warn({ request_id: ex.requestId, target: t.name, code: f.code }, "upstream unreachable");

@@ -13,6 +13,14 @@ import { publicKeyObject, type SigningKey, signMessage, verifyMessage } from "..
 import { ReplayCache } from "../lib/replay-cache.ts";
 
 export const HOP_HEADER = "x-meridian-hop";
+/**
+ * On a `403 hop_invalid` to a hop, the receiving plane names why (`expired`, `bad_signature`, …) in this
+ * response field and its own clock (unix ms) in `HOP_REFUSED_TIME`: the sender takes it for a failed attempt,
+ * not an answer (gateway.ts `hopRefused`), and logs the clock offset. Never relayed to a client
+ * (headers.ts: a peer's `x-meridian-*` fields are read as proof, not passed on).
+ */
+export const HOP_REFUSED_HEADER = "x-meridian-hop-refused";
+export const HOP_REFUSED_TIME = "x-meridian-time";
 /** A hop older (or further in the future) than this is refused: it bounds replays and clock skew. */
 export const HOP_MAX_AGE_MS = HOP_WINDOW_MS;
 /**

@@ -11,7 +11,14 @@ import { HOP_CONTINUE_TIMEOUT } from "./rules.ts";
 /** What the hop reports, the subset of undici's dispatch handler that the transport's UpstreamCall is. */
 export interface HopHandler {
   onConnect(abort: (err?: Error) => void): void;
-  onHeaders(statusCode: number, rawHeaders: string[], resume: () => void): boolean;
+  /** `beforeBody`: a final answer that came before the 100, so none of the body left (undici passes no such). */
+  onHeaders(
+    statusCode: number,
+    rawHeaders: string[],
+    resume: () => void,
+    statusText: string,
+    beforeBody: boolean,
+  ): boolean;
   onData(chunk: Buffer): boolean;
   onComplete(): void;
   onError(err: Error): void;
@@ -101,7 +108,7 @@ export class HopSender {
       bodySent = true;
       if (early) req.setTimeout(call.timeoutMs, () => fail(new Error("the peer plane stalled")));
       const resume = () => res.resume();
-      if (!handler.onHeaders(res.statusCode ?? 502, res.rawHeaders, resume)) {
+      if (!handler.onHeaders(res.statusCode ?? 502, res.rawHeaders, resume, res.statusMessage ?? "", early)) {
         fail(new Error("the peer plane's answer cannot be relayed"));
         return;
       }

@@ -17,7 +17,14 @@ import {
 } from "./gateway.ts";
 import { HopBeforeBody, HopSender } from "./http-hop.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "./options.ts";
-import { awaitsContinue, declaresBody, readsWholeFirst, upgradeAsk, upstreamTimeoutMs } from "./rules.ts";
+import {
+  awaitsContinue,
+  declaresBody,
+  HOP_REFUSED,
+  readsWholeFirst,
+  upgradeAsk,
+  upstreamTimeoutMs,
+} from "./rules.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "./tls-options.ts";
 import { type UpgradeContext, WebSocketRelay } from "./upgrade.ts";
 
@@ -471,9 +478,25 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
     if (this.ex.clientGone) abort(new ClientGone("client went away"));
   }
 
-  onHeaders(statusCode: number, rawHeaders: (string | Buffer)[], resume: () => void): boolean {
+  onHeaders(
+    statusCode: number,
+    rawHeaders: (string | Buffer)[],
+    resume: () => void,
+    _statusText?: string,
+    beforeBody = false,
+  ): boolean {
     if (statusCode < 200) return true; // interim responses are not relayed
     const { ex, call } = this;
+    const refused = this.gw.hopRefused(call.forward.targets[this.attempt]!, statusCode, rawHeaders);
+    if (refused !== null) {
+      // A failed attempt, not an answer (rules.ts, HOP_REFUSED): untouched when none of the body left.
+      const err = Object.assign(
+        beforeBody || !ex.bodyDeclared ? new HopBeforeBody(refused, HOP_REFUSED) : new Error(refused),
+        { code: HOP_REFUSED },
+      );
+      ex.cancel?.(err);
+      return false;
+    }
     const headers = this.gw.responseHeaders(
       ex,
       call.forward.targets[this.attempt]!,

@@ -387,6 +387,62 @@ describe("regional endpoint", () => {
     }
   });
 
+  it("a peer plane whose clock is outside the hop window refuses the hop: the next plane of the region takes the request, or 503, never the peer's 403", async () => {
+    // eu-3, an ingress of its own whose clock runs 60 s ahead (past the hop window of 30 s).
+    const skewed = createIngress({
+      plane: { name: "eu-3", region: "eu" },
+      listen: { host: "127.0.2.3", port: 0 },
+      signingKey: generateSigningKey(),
+      snapshot: () => snapshotFor("eu-3" as PlaneName),
+      localReplicas: (id) => (id === "d-eu" ? [repEu.endpoint] : []),
+      limits: { predictTimeoutMs: 800, connectTimeoutMs: 1_000, hopContinueTimeoutMs: CONTINUE_MS },
+      transport: TRANSPORT,
+      now: () => Date.now() + 60_000,
+    });
+    await skewed.start();
+    refs.push({
+      name: "eu-3",
+      region: "eu",
+      ingress: [`127.0.2.3:${skewed.address!.port}`],
+      global_ingress: false,
+    });
+    try {
+      bump(() => {
+        world.euReady = ["eu-3"];
+      });
+      // With a body (sent head first, waiting for the 100 the refusal replaces) and without one.
+      for (const body of ['{"x":1}', ""]) {
+        const before = repEu.seen.length;
+        const r = await send("eu-1", { host: REG, path: "/predict", body });
+        expect(r.status, r.body).toBe(503);
+        expect(r.json).toMatchObject({ error_code: "model_unavailable", detail: { region: "eu" } });
+        expect(r.headers["x-meridian-hop-refused"]).toBeUndefined();
+        expect(proof(r)).toMatchObject({ region: "eu", plane: "eu-1" });
+        expect(repEu.seen.length, "the skewed plane never ran it").toBe(before);
+      }
+      // With another ready plane in the region, every request is answered there, once.
+      bump(() => {
+        world.euReady = ["eu-3", "eu-2"];
+      });
+      for (let i = 0; i < 4; i++) {
+        const before = repEu.seen.length;
+        const ok = await send("eu-1", { host: REG, path: "/predict", body: i % 2 ? "" : '{"x":1}' });
+        expect(ok.status, ok.body).toBe(200);
+        expect(proof(ok)).toMatchObject({ region: "eu", plane: "eu-2", route: "eu-1, eu-2" });
+        expect(repEu.seen.length).toBe(before + 1);
+      }
+      const text = await plane("eu-1").registry.metrics();
+      expect(text).toMatch(/kind="hop_refused"[^\n]* [1-9]/);
+    } finally {
+      refs.splice(
+        refs.findIndex((p) => p.name === "eu-3"),
+        1,
+      );
+      bump(() => {});
+      await skewed.stop();
+    }
+  });
+
   it("retries another local replica when the first refuses the connection", async () => {
     const dead = await startReplica("dead", "127.0.2.2");
     await dead.close();

@@ -36,6 +36,15 @@ export function upstreamTimeoutMs(target: Target, limits: IngressLimits): number
  */
 export const HOP_CONTINUE_TIMEOUT = "HOP_CONTINUE_TIMEOUT";
 
+/**
+ * A peer plane refused the hop itself (`403 hop_invalid`, with `x-meridian-hop-refused`): its clock is
+ * outside the hop window of this plane's, or it does not know this plane's key yet. The refusal comes from
+ * the peer's verification, before it plans the request, so the peer never acted on it: the attempt failed
+ * untouched when its body had not left (a hop sent head first, or one without a body), and another plane
+ * takes it, or the client gets 503 `model_unavailable`. Never the peer's 403: the client did nothing wrong.
+ */
+export const HOP_REFUSED = "HOP_REFUSED";
+
 /** Whether an attempt at `t` is sent head first, waiting for `100 Continue` (see HOP_CONTINUE_TIMEOUT). */
 export function awaitsContinue(t: Target, forward: Forward, limits: IngressLimits): boolean {
   return t.kind === "plane" && limits.hopContinueTimeoutMs > 0 && declaresBody(forward);

@@ -4,7 +4,17 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import SQLite from "better-sqlite3";
-import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql, type Transaction } from "kysely";
+import {
+  type DatabaseConnection,
+  type Driver,
+  Kysely,
+  Migrator,
+  PostgresDialect,
+  SqliteDialect,
+  SqliteDriver,
+  sql,
+  type Transaction,
+} from "kysely";
 import pg from "pg";
 import { type Dialect, migrationProvider } from "./migrations.ts";
 import type { Schema } from "./schema.ts";
@@ -190,7 +200,29 @@ function openSqlite(file: string): Kysely<Schema> {
   database.pragma("synchronous = NORMAL");
   database.pragma("foreign_keys = ON");
   database.pragma("busy_timeout = 5000");
-  return new Kysely<Schema>({ dialect: new SqliteDialect({ database }) });
+  return new Kysely<Schema>({ dialect: new SqliteRollbackDialect(database) });
+}
+
+/**
+ * Kysely's SQLite dialect, but a rollback of a transaction SQLite has already rolled back is a no-op. A
+ * commit that fails on I/O (the file refused the write: immutable, disk failing) makes SQLite roll the
+ * transaction back itself; Kysely's ROLLBACK then fails with "cannot rollback - no transaction is active",
+ * and that error would replace the one that says what happened (`isStoreUnavailable`: a typed 503).
+ */
+class SqliteRollbackDialect extends SqliteDialect {
+  readonly #database: SQLite.Database;
+  constructor(database: SQLite.Database) {
+    super({ database });
+    this.#database = database;
+  }
+  override createDriver(): Driver {
+    const database = this.#database;
+    return new (class extends SqliteDriver {
+      override async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
+        if (database.inTransaction) await super.rollbackTransaction(connection);
+      }
+    })({ database });
+  }
 }
 
 function openPostgres(config: { url: string; poolSize?: number }): Kysely<Schema> {
@@ -225,7 +257,10 @@ export function isUniqueViolation(err: unknown): boolean {
 /**
  * True when `err` says the database cannot be reached, rather than that a statement failed: the pool's
  * connection errors, PostgreSQL's connection exceptions (SQLSTATE class 08) and its shutdown and startup
- * answers (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now).
+ * answers (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now), and a database that
+ * cannot be written: PostgreSQL's disk full (53100), SQLite's I/O errors (`SQLITE_IOERR_*`: the file or its
+ * WAL refused a write, e.g. made immutable, or its disk failing), a read-only or full database file, one it
+ * cannot open. Such a statement changed nothing (SQLite rolls the transaction back), and reads go on.
  */
 export function isStoreUnavailable(err: unknown): boolean {
   if (typeof err !== "object" || err === null) return false;
@@ -234,6 +269,8 @@ export function isStoreUnavailable(err: unknown): boolean {
   if (["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH", "ENOTFOUND"].includes(code))
     return true;
   if (code.startsWith("08") || code === "57P01" || code === "57P02" || code === "57P03") return true;
+  if (code === "53100") return true;
+  if (/^SQLITE_(IOERR|READONLY|FULL|CANTOPEN)(_|$)/.test(code)) return true;
   const message = typeof e.message === "string" ? e.message : "";
   return (
     message.startsWith("Connection terminated") ||

@@ -4,6 +4,12 @@
 // no query to hand it to), the transaction fails with an error, and the store answers the next query on a
 // new connection. Uses the machine's PostgreSQL through a database of its own (test/support/databases.ts).
 
+import { execFileSync } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { sql } from "kysely";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../test/support/databases.ts";
@@ -61,6 +67,67 @@ describe("a PostgreSQL backend terminated under a checked-out client", () => {
   }, 30_000);
 });
 
+describe("an SQLite database file that refuses writes under a running store", () => {
+  it("fails the write whole and typed (store_unavailable), reads on, and writes again once it may", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "meridian-immutable-"));
+    const file = join(dir, "meridian.db");
+    const store = await Store.open({ kind: "sqlite", file });
+    // The database file and its WAL made immutable (chattr +i: refused even to root, even through the
+    // descriptors already open). Not the -shm file: SQLite maps it, and a write to a mapped page of an
+    // immutable file is a SIGBUS, not an error.
+    const files = [file, `${file}-wal`].filter((f) => existsSync(f));
+    const team = () =>
+      store.db
+        .insertInto("teams")
+        .values({
+          id: randomUUID(),
+          name: `t-${randomUUID()}`,
+          is_default: 0,
+          created_at: new Date().toISOString(),
+        })
+        .execute();
+    const count = async () =>
+      Number(
+        (await store.db.selectFrom("teams").select(sql<number>`count(*)`.as("n")).executeTakeFirstOrThrow())
+          .n,
+      );
+    try {
+      const before = await count();
+      execFileSync("chattr", ["+i", ...files]);
+      const failed = await store
+        .transaction(async (trx) => {
+          await trx
+            .insertInto("teams")
+            .values({ id: randomUUID(), name: "half", is_default: 0, created_at: new Date().toISOString() })
+            .execute();
+          await trx
+            .insertInto("teams")
+            .values({
+              id: randomUUID(),
+              name: "written",
+              is_default: 0,
+              created_at: new Date().toISOString(),
+            })
+            .execute();
+        })
+        .then(
+          () => null,
+          (err: unknown) => err,
+        );
+      expect(failed, "the write went through an immutable file").toBeInstanceOf(Error);
+      expect(isStoreUnavailable(failed), String(failed)).toBe(true);
+      expect(await count()).toBe(before);
+      execFileSync("chattr", ["-i", ...files]);
+      await team();
+      expect(await count()).toBe(before + 1);
+    } finally {
+      execFileSync("chattr", ["-i", ...files]);
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("isStoreUnavailable", () => {
   it("tells the database being away from an error of the request", async () => {
     // Nothing listens on port 1: a refused connection, as a stopped server gives.
@@ -70,6 +137,9 @@ describe("isStoreUnavailable", () => {
     );
     expect(isStoreUnavailable(away), String(away)).toBe(true);
     expect(isStoreUnavailable({ code: "57P01" })).toBe(true);
+    expect(isStoreUnavailable({ code: "SQLITE_IOERR_WRITE" })).toBe(true);
+    expect(isStoreUnavailable({ code: "SQLITE_READONLY" })).toBe(true);
+    expect(isStoreUnavailable({ code: "SQLITE_CONSTRAINT_UNIQUE" })).toBe(false);
     expect(isStoreUnavailable({ code: "23505" })).toBe(false);
     expect(isStoreUnavailable(new Error("boom"))).toBe(false);
     expect(isStoreUnavailable(null)).toBe(false);
@@ -77,6 +147,5 @@ describe("isStoreUnavailable", () => {
 });
 
 async function sqlPid(trx: Parameters<Parameters<Store["transaction"]>[0]>[0]) {
-  const { sql } = await import("kysely");
   return sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`.execute(trx);
 }

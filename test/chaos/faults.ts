@@ -3,7 +3,16 @@
 // its window. Times are wall-clock ms.
 
 import { spawnSync } from "node:child_process";
-import { cpSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  cpSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -1049,6 +1058,139 @@ export async function databaseStop(world: World, pg: PrivatePostgres, downS = 10
       "management API answered 200 again after (ms)": recovered,
       "control plane still running":
         world.cluster.control.child.exitCode === null && world.cluster.control.child.signalCode === null,
+      "planes judged down": judgedDown(world, mark).join(" ") || "none",
+    },
+    sideResults: [],
+  };
+}
+
+/**
+ * The control plane's SQLite database made unwritable under it: its file and WAL made immutable
+ * (`chattr +i`, which binds root and the descriptors already open; file modes do not, and a read-only
+ * remount is refused while the file is open for writing) for `downS` under load, then writable again. Not
+ * the `-shm` file: SQLite maps it, and a write to a mapped page of an immutable file is a SIGBUS. Serving
+ * must hold (the planes' snapshots), the management API must go on reading and answer every write 503
+ * `store_unavailable` meanwhile, no write may be half done (each refused write's key absent afterwards,
+ * each accepted one present), no plane be judged down, and writes succeed again once the file is writable.
+ */
+export async function sqliteUnwritable(world: World, downS = 10): Promise<FaultRun> {
+  const { cluster } = world;
+  const mark = cluster.control.output.length;
+  const db = join(cluster.dir, "control", "meridian.db");
+  const files = [db, `${db}-wal`].filter((f) => existsSync(f));
+  if (!files.includes(db)) throw new Error(`no SQLite database at ${db}`);
+  const headers = { authorization: `Api-Key ${cluster.api.key!}`, "content-type": "application/json" };
+  const answers: Array<{
+    at: number;
+    kind: "read" | "write";
+    status: number;
+    code: string | null;
+    ms: number;
+    name?: string;
+  }> = [];
+  let probing = true;
+  let n = 0;
+  const probe = (async () => {
+    while (probing) {
+      for (const kind of ["read", "write"] as const) {
+        const name = `chaos-sqlite-${++n}`;
+        const t0 = performance.now();
+        const at = Date.now();
+        try {
+          const r =
+            kind === "read"
+              ? await request(`${cluster.controlUrl}/v1/models`, {
+                  headers,
+                  headersTimeout: HUNG_MS,
+                  bodyTimeout: HUNG_MS,
+                })
+              : await request(`${cluster.controlUrl}/v1/api_keys`, {
+                  method: "POST",
+                  headers,
+                  body: JSON.stringify({ type: "WORKSPACE_INVOKE", name }),
+                  headersTimeout: HUNG_MS,
+                  bodyTimeout: HUNG_MS,
+                });
+          const text = await r.body.text();
+          let code: string | null = null;
+          try {
+            code = (JSON.parse(text) as { error_code?: string }).error_code ?? null;
+          } catch {}
+          answers.push({ at, kind, status: r.statusCode, code, ms: performance.now() - t0, name });
+        } catch (err) {
+          answers.push({
+            at,
+            kind,
+            status: 0,
+            code: (err as { code?: string }).code ?? String(err),
+            ms: performance.now() - t0,
+            name,
+          });
+        }
+      }
+      await sleep(250);
+    }
+  })();
+  await sleep(1_000);
+  const startedAt = Date.now();
+  const chattr = (flag: "+i" | "-i") => {
+    const r = spawnSync("chattr", [flag, ...files], { encoding: "utf8" });
+    if (r.status !== 0) throw new Error(`chattr ${flag}: ${r.stderr || r.error}`);
+  };
+  let restoredAt: number;
+  chattr("+i");
+  try {
+    await sleep(downS * 1000);
+  } finally {
+    chattr("-i");
+    restoredAt = Date.now();
+  }
+  const recovered = await eventually(
+    async () => answers.some((a) => a.at > restoredAt && a.kind === "write" && a.status === 200),
+    60_000,
+  ).then(
+    () =>
+      (answers.find((a) => a.at > restoredAt && a.kind === "write" && a.status === 200)?.at ?? restoredAt) -
+      restoredAt,
+    () => -1,
+  );
+  await sleep(world.timeoutS * 2 * 1000);
+  probing = false;
+  await probe;
+  // Nothing half done: the keys of refused writes are not there, those of accepted ones are.
+  const listed = await cluster.api.get("/v1/api_keys");
+  if (listed.status !== 200) throw new Error(`list keys: ${JSON.stringify(listed.body)}`);
+  const names = new Set((listed.body.keys as Array<{ name: string }>).map((k) => k.name));
+  const writes = answers.filter((a) => a.kind === "write");
+  const lost = writes.filter((a) => a.status === 200 && !names.has(a.name!)).length;
+  const halfDone = writes.filter((a) => a.status !== 200 && names.has(a.name!)).length;
+  const during = answers.filter((a) => a.at >= startedAt && a.at < restoredAt);
+  const tally = (kind: "read" | "write") => {
+    const codes: Record<string, number> = {};
+    for (const a of during.filter((x) => x.kind === kind)) {
+      const k = `${a.status} ${a.code ?? ""}`.trim();
+      codes[k] = (codes[k] ?? 0) + 1;
+    }
+    return Object.entries(codes)
+      .map(([k, v]) => `${k}: ${v}`)
+      .join("; ");
+  };
+  return {
+    name: "control plane's SQLite made unwritable",
+    what: `the control plane's SQLite file and WAL made immutable (chattr +i) for ${downS} s, then writable again`,
+    startedAt,
+    restoredAt,
+    endedAt: Date.now(),
+    affected: [],
+    extra: {
+      "management API reads during": tally("read"),
+      "management API writes during": tally("write"),
+      "management API slowest during (ms)": Math.round(Math.max(0, ...during.map((a) => a.ms))),
+      "writes answered 200 but lost": lost,
+      "writes refused but applied": halfDone,
+      "management API write answered 200 again after (ms)": recovered,
+      "control plane still running":
+        cluster.control.child.exitCode === null && cluster.control.child.signalCode === null,
       "planes judged down": judgedDown(world, mark).join(" ") || "none",
     },
     sideResults: [],

@@ -2,11 +2,12 @@
 // database (SQLite, inside the control process) down for 30 s under steady load on every endpoint of four
 // regions. Requests keep succeeding from the planes' cached snapshots, none is answered out of region, a
 // plane SIGKILLed and started again during the outage serves from its cached snapshot within 60 s, and a
-// key revoked before the outage stays refused on every plane throughout. The 10-minute run is
+// key revoked before the outage stays refused on every plane throughout. Before it, the SQLite file made
+// unwritable under the running control plane (chattr +i) for 10 s. The 10-minute run is
 // `npm run chaos -- --minutes 10` (RELIABILITY.md).
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { controlDown } from "./faults.ts";
+import { controlDown, sqliteUnwritable } from "./faults.ts";
 import {
   auditOutOfRegion,
   count,
@@ -28,6 +29,28 @@ describe("control plane and its database down under load", () => {
   afterAll(async () => {
     await world?.cluster.stop();
   }, 60_000);
+
+  it("serves on while the control plane's SQLite file refuses writes: reads go on, writes 503 store_unavailable and none half done, then writes again", async () => {
+    const load = new Load(world, { concurrency: 2, pauseMs: 30 });
+    const run = await sqliteUnwritable(world, 10);
+    const results = await load.stop();
+    console.log(JSON.stringify(run.extra, null, 1));
+    const c = count(results, world, run.startedAt, run.endedAt);
+    expect(c.sent).toBeGreaterThan(100);
+    expect(c.hung + c.untyped_error + c.out_of_region).toBe(0);
+    expect(c.ok, JSON.stringify(c.codes)).toBe(c.sent);
+    const e = run.extra;
+    expect(e["control plane still running"], world.cluster.control.output.slice(-20).join("\n")).toBe(true);
+    expect(e["planes judged down"]).toBe("none");
+    // Reads answer from the file as it is; every write is refused whole and typed.
+    expect(String(e["management API reads during"])).toMatch(/^200: \d+$/);
+    expect(String(e["management API writes during"])).toMatch(/^503 store_unavailable: \d+$/);
+    expect(e["management API slowest during (ms)"]).toBeLessThan(10_000);
+    expect(e["writes answered 200 but lost"]).toBe(0);
+    expect(e["writes refused but applied"]).toBe(0);
+    expect(e["management API write answered 200 again after (ms)"]).toBeGreaterThanOrEqual(0);
+    expect(e["management API write answered 200 again after (ms)"]).toBeLessThan(30_000);
+  }, 120_000);
 
   it(`serves on for ${OUTAGE_S} s from cached snapshots, restarts a plane from its cache, keeps a revocation`, async () => {
     const load = new Load(world, { concurrency: 2, pauseMs: 30 });

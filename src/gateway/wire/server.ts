@@ -26,7 +26,7 @@ import {
   refuse,
 } from "../gateway.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "../options.ts";
-import { awaitsContinue, readsWholeFirst, upstreamTimeoutMs } from "../rules.ts";
+import { awaitsContinue, declaresBody, HOP_REFUSED, readsWholeFirst, upstreamTimeoutMs } from "../rules.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "../tls-options.ts";
 import { type UpgradeContext, WebSocketRelay } from "../upgrade.ts";
 import {
@@ -40,7 +40,7 @@ import {
   type ParserModule,
   type StreamHandle,
 } from "./llhttp.ts";
-import { Call, type CallSink, UpstreamPool } from "./upstream.ts";
+import { Call, type CallSink, type HeadFailure, UpstreamPool } from "./upstream.ts";
 
 /** Up to this many body bytes go out in one write together with the head. */
 const SINGLE_WRITE_BYTES = 64 * 1024;
@@ -998,12 +998,22 @@ class Sink implements CallSink {
     private readonly ex: WireExchange,
   ) {}
 
-  head(status: number, rawHeaders: string[]): boolean {
+  head(
+    status: number,
+    rawHeaders: string[],
+    _keepAlive: boolean,
+    beforeBody: boolean,
+  ): boolean | HeadFailure {
     const { ex, conn } = this;
     if (ex.done) return false;
     const gw = conn.ctx.gw;
     const forward = ex.forward!;
     const t = forward.targets[ex.attempt]!;
+    const refused = gw.hopRefused(t, status, rawHeaders);
+    if (refused !== null) {
+      // Untouched when none of the body left: held for a 100 that never came, or there is none.
+      return { code: HOP_REFUSED, message: refused, touched: !beforeBody && declaresBody(forward) };
+    }
     const headers = gw.responseHeaders(
       ex,
       t,

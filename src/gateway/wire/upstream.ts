@@ -29,8 +29,12 @@ const IDLE_MARGIN_MS = 1_000;
 
 /** What the call reports to the request it serves. */
 export interface CallSink {
-  /** Interim (1xx) responses are not relayed. Returns false when the response cannot be relayed. */
-  head(status: number, rawHeaders: string[], keepAlive: boolean): boolean;
+  /**
+   * Interim (1xx) responses are not relayed. `beforeBody`: it came while the body waited for a 100 Continue
+   * (so none of it left). Returns false when the response cannot be relayed, or the failure it is instead
+   * (a peer plane's refusal of the hop, ../rules.ts HOP_REFUSED).
+   */
+  head(status: number, rawHeaders: string[], keepAlive: boolean, beforeBody: boolean): boolean | HeadFailure;
   /** A body chunk; returns false when the client pushes back (the upstream is paused until `resume`). */
   data(chunk: Buffer): boolean;
   /** The response was read whole. */
@@ -43,6 +47,13 @@ export interface CallSink {
   drained(): void;
   /** A call sent head first (`awaitContinue`) got its 100 Continue, or its final answer: send the body. */
   continued(call: Call): void;
+}
+
+/** A response head that fails the call rather than going to the client. */
+export interface HeadFailure {
+  code: string;
+  message: string;
+  touched: boolean;
 }
 
 export interface UpstreamTarget {
@@ -341,6 +352,7 @@ export class Call {
   }
 
   onHead(status: number, headers: string[], keepAlive: boolean): void {
+    const beforeBody = this.awaitingContinue;
     if (this.awaitingContinue) {
       // The peer is alive and took the head: the attempt now has the whole timeout. A final answer before
       // the 100 (a refusal) means the body is not wanted (RFC 9110 §10.1.1): it is not sent.
@@ -355,7 +367,9 @@ export class Call {
     this.headSeen = true;
     this.upstreamKeepAlive = keepAlive;
     this.deadline = Date.now() + this.timeoutMs;
-    if (!this.sink.head(status, headers, keepAlive)) this.fail("UPSTREAM_HEADERS", "unrelayable", true);
+    const relayed = this.sink.head(status, headers, keepAlive, beforeBody);
+    if (relayed === false) this.fail("UPSTREAM_HEADERS", "unrelayable", true);
+    else if (relayed !== true) this.fail(relayed.code, relayed.message, relayed.touched);
   }
 
   onBody(chunk: Buffer): void {
