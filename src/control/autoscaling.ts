@@ -257,8 +257,14 @@ export class AutoscalingLoop {
       const t = this.#track(d.id, follower?.tracked);
       const status = d.status as DeploymentStatus;
       let settings = autoscalingOf(d.autoscaling);
-      // A deployment asleep that serves no environment (a promotion's previous) wakes only when asked.
-      if (status === "SCALED_TO_ZERO" && !serves.has(d.id)) settings = { ...settings, min_replica: 0 };
+      // A deployment asleep that serves no environment (a promotion's previous) wakes only when asked: a
+      // request held for it at a plane (its deployment endpoint) asks with a wake. The planes' counters are
+      // no such ask: a report sent just before a promotion switched its environment still counts requests
+      // in flight for it, and they must not wake what the promotion just put to sleep.
+      if (status === "SCALED_TO_ZERO" && !serves.has(d.id)) {
+        if (!t.wake) continue;
+        settings = { ...settings, min_replica: 0 };
+      }
       const inRegion = (plane: string) => {
         const region = planeRegion.get(plane);
         return region !== undefined && (d.region === null || region === d.region);

@@ -257,4 +257,61 @@ describe.each(STORE_KINDS)("autoscaling settings on %s", (kind) => {
       expectError(await report(bad), 400, "invalid_request");
     }
   });
+
+  it("leaves a promotion's previous deployment asleep when a late report still counts requests in flight for it; a wake still wakes it", async () => {
+    const db = t.control.ctx.store.db;
+    const previous = deploymentId;
+    const pushed = await admin.createDeployment(modelId, "hello-js", { environment_name: "production" });
+    expect(pushed.status, JSON.stringify(pushed.body)).toBe(200);
+    const candidate = pushed.body.deployment.id as string;
+    const snap = await admin
+      .as(null)
+      .call("GET", "/v1/internal/planes/us-1/snapshot?wait=0", undefined, planeAuth);
+    const ready = snap.body.replicas
+      .filter((r: { deployment_id: string }) => r.deployment_id === candidate)
+      .map((r: { id: string }) => ({
+        id: r.id,
+        deployment_id: candidate,
+        state: "READY",
+        message: null,
+        restarts: 0,
+      }));
+    expect(ready.length).toBeGreaterThanOrEqual(1);
+    // The plane's report as it left it just before the switch: requests of the previous deployment in flight.
+    const load = {
+      epoch: "2026-12-02T00:00:00.000Z",
+      at: new Date().toISOString(),
+      deployments: [
+        { deployment_id: previous, in_flight: 3, request_ms: 500, last_request_at: new Date().toISOString() },
+      ],
+    };
+    const sent = await admin
+      .as(null)
+      .call(
+        "POST",
+        "/v1/internal/planes/us-1/report",
+        { revision: 1, replicas: ready, request_counts: [], load },
+        planeAuth,
+      );
+    expect(sent.status).toBe(200);
+    const prod = await admin.get(`/v1/models/${modelId}/environments/production`);
+    expect(prod.body.current_deployment?.id).toBe(candidate);
+    const status = async () =>
+      db
+        .selectFrom("deployments")
+        .select(["status", "desired_replicas"])
+        .where("id", "=", previous)
+        .executeTakeFirstOrThrow();
+    expect(await status()).toEqual({ status: "SCALED_TO_ZERO", desired_replicas: 0 });
+    // The autoscaler's passes see the counted requests: they are no request for it to wake.
+    for (let i = 0; i < 3; i++) await t.control.ctx.autoscaler!.tick();
+    expect(await status()).toEqual({ status: "SCALED_TO_ZERO", desired_replicas: 0 });
+    // A request held for it at a plane (its deployment endpoint) asks for a wake: that one wakes it.
+    const woke = await admin
+      .as(null)
+      .call("POST", "/v1/internal/planes/us-1/wake", { deployment_id: previous, load }, planeAuth);
+    expect(woke.status, JSON.stringify(woke.body)).toBe(202);
+    expect((await status()).desired_replicas).toBeGreaterThanOrEqual(1);
+    expect((await status()).status).toBe("WAKING_UP");
+  });
 });
