@@ -173,7 +173,8 @@ describe.each(STORE_KINDS)("every answer validates against Baseten's full spec (
     served = spec.body;
     conformance = new Conformance(served);
     api = new CheckedClient(cluster.controlUrl, cluster.api.key, conformance);
-  }, 60_000);
+    // A cluster of real processes on PostgreSQL, started while the rest of the suite loads both cores.
+  }, 150_000);
 
   afterAll(async () => {
     await cluster?.stop();
