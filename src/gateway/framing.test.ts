@@ -774,6 +774,45 @@ describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTran
       c.destroy();
     });
 
+    it.each([
+      ["CONNECT", `CONNECT ${HOST}:443 HTTP/1.1\r\nHost: ${HOST}:443\r\n${AUTH}\r\n\r\n`],
+      [
+        "an h2c upgrade",
+        `${PRE}x-tag: p-up\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n`,
+      ],
+    ])(
+      "a slow request, then a pipelined %s: the first is answered first and whole, the second answered or closed after it",
+      async (_n, second) => {
+        const base = echo("up-a");
+        up.respond = (req, conn) => {
+          if (req.tag === "p-slow") setTimeout(() => base(req, conn), 300);
+          else base(req, conn);
+        };
+        const mark = up.mark();
+        const c = await open();
+        c.write(Buffer.concat([request({ tag: "p-slow", body: "{}" }), Buffer.from(second, "latin1")]));
+        const first = await c.next(PROMPT_MS);
+        expect(echoOf(first).tag, "the first request's answer, before anything for the second").toBe(
+          "p-slow",
+        );
+        const next = await c.next(PROMPT_MS).catch(() => null);
+        if (next !== null) {
+          if (second.startsWith("CONNECT")) expect(next.startLine).toMatch(/^HTTP\/1\.1 4\d\d /);
+          else expect(echoOf(next).tag).toBe("p-up");
+        } else {
+          expect(second.startsWith("CONNECT"), "only a CONNECT may be closed without an answer").toBe(true);
+        }
+        // A CONNECT never reaches a replica.
+        expect(
+          up
+            .since(mark)
+            .requests.map((r) => r.tag)
+            .filter((t) => t !== "p-up"),
+        ).toEqual(["p-slow"]);
+        c.destroy();
+      },
+    );
+
     /** A refused request declaring a body that holds a complete request, then a pipelined legitimate one. */
     async function refusedThenSecond() {
       const mark = up.mark();

@@ -7,6 +7,7 @@ import type { Socket } from "node:net";
 import type { Readable } from "node:stream";
 import { Agent, type Dispatcher, Pool } from "undici";
 import {
+  bareErrorAnswer,
   createGateway,
   type Exchange,
   type Forward,
@@ -342,16 +343,40 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
   // Upgrades (src/gateway/upgrade.ts): node:http hands every request with `Connection: Upgrade` here.
   const relays = new Set<WebSocketRelay>();
   const upgradeContext: UpgradeContext = { gw, limits, peerConnect: options.peerConnect, relays };
-  server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    if (req.method !== "GET" || upgradeAsk(req.rawHeaders).kind !== "websocket") {
-      // Not a websocket: served as plain HTTP/1.1 (RFC 9110 §7.8 lets a server ignore Upgrade), so the head
-      // goes back through node:http's parser without the Upgrade field, its body bytes behind it.
-      socket.unshift(Buffer.concat([Buffer.from(withoutUpgrade(req), "latin1"), head]));
-      server.emit(server instanceof https.Server ? "secureConnection" : "connection", socket);
-      return;
-    }
-    onWebSocket(req, socket, head);
-  });
+  server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) =>
+    afterAnswers(socket, () => {
+      if (req.method !== "GET" || upgradeAsk(req.rawHeaders).kind !== "websocket") {
+        // Not a websocket: served as plain HTTP/1.1 (RFC 9110 §7.8 lets a server ignore Upgrade), so the head
+        // goes back through node:http's parser without the Upgrade field, its body bytes behind it.
+        socket.unshift(Buffer.concat([Buffer.from(withoutUpgrade(req), "latin1"), head]));
+        server.emit(server instanceof https.Server ? "secureConnection" : "connection", socket);
+        return;
+      }
+      onWebSocket(req, socket, head);
+    }),
+  );
+  // CONNECT asks for a tunnel, which the ingress never opens (the `wire` transport refuses it alike). Without
+  // a listener node:http destroys the connection, and with it the answers still owed to requests before it.
+  server.on("connect", (_req: IncomingMessage, socket: Socket) =>
+    afterAnswers(socket, () => {
+      metrics?.malformed("CONNECT");
+      socket.end(bareErrorAnswer("method_not_allowed", gw.self));
+      socket.destroySoon();
+    }),
+  );
+
+  /**
+   * Runs `then` once the answers owed on `socket` to requests pipelined before an upgrade or a CONNECT are
+   * out (RFC 9112 §9.3.2: responses in the order of the requests). node:http hands the socket over as soon
+   * as it parses such a head; the response it is writing (`_httpMessage`, the queue's next one once it is
+   * done) still goes out through the socket, and must go first, whole.
+   */
+  function afterAnswers(socket: Socket, then: () => void): void {
+    if (socket.destroyed) return;
+    const owed = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (owed === null || owed === undefined) then();
+    else owed.once("close", () => afterAnswers(socket, then));
+  }
 
   function onWebSocket(req: IncomingMessage, socket: Socket, head: Buffer): void {
     const ex = gw.begin();
