@@ -240,9 +240,10 @@ class Model:
     const child = spawn(
       "bwrap",
       [
+        // /tmp first: the binds below may lie under it (a checkout or a cache in /tmp).
+        ...["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"],
         ...["/usr", "/bin", "/lib", "/lib64", "/etc"].flatMap((p) => ["--ro-bind-try", p, p]),
         ...["--ro-bind", path.dirname(TRUSS_HOST_SCRIPT), path.dirname(TRUSS_HOST_SCRIPT)],
-        ...["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"],
         ...["--ro-bind", outcome.dir!, outcome.dir!],
         ...["--ro-bind", dir, "/app"],
         ...["--bind", sockets, sockets],

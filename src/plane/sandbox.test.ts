@@ -98,6 +98,27 @@ describe("bwrap command line", () => {
     expect(args.slice(-2)).toEqual(["--remount-ro", "/"]);
   });
 
+  it("points /tmp at the private directory, or, for an installation under /tmp, makes it a tmpfs before the binds", () => {
+    const args = bwrapArguments(LAYOUT, { ...mounts, egress: "allow" });
+    expect(pairs(args, "--symlink")).toContainEqual([HOME_DIR.slice(1), "/tmp"]);
+    expect(pairs(args, "--tmpfs")).toEqual([["/dev/shm", "--ro-bind"]]);
+    // A checkout in /tmp (a user trying Meridian out): its binds would make /tmp a directory, and bwrap then
+    // refused the symlink ("Can't make symlink at /tmp: File exists"): no replica could start.
+    const inTmp = {
+      ...LAYOUT,
+      binds: [...LAYOUT.binds, { source: "/tmp/meridian/src", dest: "/tmp/meridian/src" }],
+    };
+    const tmp = bwrapArguments(inTmp, { ...mounts, egress: "allow" });
+    expect(pairs(tmp, "--symlink").map(([, path]) => path)).not.toContain("/tmp");
+    const at = tmp.findIndex((a, i) => a === "--tmpfs" && tmp[i + 1] === "/tmp");
+    expect(at).toBeGreaterThan(0);
+    expect(tmp.slice(at - 4, at)).toEqual(["--perms", "1777", "--size", String(256 * 1024 * 1024)]);
+    expect(tmp.indexOf("/tmp/meridian/src")).toBeGreaterThan(at);
+    // The same for a path only this replica reads (an interpreter under /tmp).
+    const ro = bwrapArguments(LAYOUT, { ...mounts, egress: "allow", readOnly: ["/tmp/py/bin/python3"] });
+    expect(ro.findIndex((a, i) => a === "--tmpfs" && ro[i + 1] === "/tmp")).toBeGreaterThan(0);
+  });
+
   it("binds the compile cache read-only, except for the self-test's warm-up", () => {
     const cache = [LAYOUT.compileCache, `${HOME_DIR}/tsx-65534`];
     expect(pairs(bwrapArguments(LAYOUT, { ...mounts, egress: "allow" }), "--ro-bind")).toContainEqual(cache);

@@ -16,7 +16,10 @@ export const BWRAP_PATH = "/usr/bin/bwrap";
 export const SANDBOX_UID = 65534;
 /** Where a sandboxed replica sees its package (as in truss and Baseten containers) and runs. */
 export const APP_DIR = "/app";
-/** Where a sandboxed replica sees its private directory: its HOME and TMPDIR (`/tmp` points there too). */
+/**
+ * Where a sandboxed replica sees its private directory: its HOME and TMPDIR (`/tmp` points there too, unless
+ * Meridian is installed under /tmp: then /tmp is a tmpfs of the sandbox's own).
+ */
 export const HOME_DIR = "/home/replica";
 /** Where a sandboxed replica sees its secrets, one file per name, as truss provides them. */
 export const SECRETS_DIR = "/secrets";
@@ -34,6 +37,8 @@ export const SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 export const MAX_SOCKET_PATH_BYTES = 107;
 /** /dev/shm of a replica: a tmpfs of this size (Docker's default), for Python's multiprocessing and the like. */
 const SHM_BYTES = 64 * 1024 * 1024;
+/** /tmp of a replica when the installation itself sits under /tmp (see bwrapArguments): a tmpfs this size. */
+const TMP_BYTES = 256 * 1024 * 1024;
 
 /** The installation the runtime is loaded from: `bin/meridian.js` and what it imports. */
 export const INSTALL_ROOT = resolve(import.meta.dirname, "../..");
@@ -131,6 +136,13 @@ export function bwrapArguments(layout: SandboxLayout, replica: ReplicaMounts): s
     "--tmpfs",
     "/dev/shm",
   ];
+  // An installation (or the Node.js it runs on, an interpreter) under /tmp is bound at its own path there,
+  // so /tmp cannot be the symlink to the private directory: it is a tmpfs of its own, made first so the
+  // binds land in it, and TMPDIR still names the private directory.
+  const tmpBound = [...layout.binds.map((b) => b.dest), ...(replica.readOnly ?? [])].some(
+    (d) => d === "/tmp" || d.startsWith("/tmp/"),
+  );
+  if (tmpBound) args.push("--perms", "1777", "--size", String(TMP_BYTES), "--tmpfs", "/tmp");
   for (const b of layout.binds) args.push("--ro-bind", b.source, b.dest);
   for (const s of layout.symlinks) args.push("--symlink", s.target, s.path);
   for (const path of replica.readOnly ?? []) args.push("--ro-bind", path, path);
@@ -144,7 +156,8 @@ export function bwrapArguments(layout: SandboxLayout, replica: ReplicaMounts): s
     layout.compileCache,
     `${HOME_DIR}/tsx-${layout.uid}`,
   );
-  args.push("--symlink", HOME_DIR.slice(1), "/tmp", "--chdir", APP_DIR);
+  if (!tmpBound) args.push("--symlink", HOME_DIR.slice(1), "/tmp");
+  args.push("--chdir", APP_DIR);
   if (replica.infoFd !== undefined) args.push("--info-fd", String(replica.infoFd));
   args.push("--remount-ro", "/");
   return args;

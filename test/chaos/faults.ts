@@ -985,6 +985,80 @@ export async function auditDiskFull(world: World, fullS = 8, sizeKiB = 1024): Pr
   };
 }
 
+interface ApiAnswer {
+  at: number;
+  kind: "read" | "write";
+  status: number;
+  code: string | null;
+  ms: number;
+  /** A write's key name: present afterwards only if the write was applied. */
+  name: string;
+}
+
+/**
+ * Calls the management API every 250 ms until stopped, each of `kinds` in turn: a read (`GET /v1/models`)
+ * and a write (`POST /v1/api_keys`, a key named after the call). Every answer is kept with its status and
+ * `error_code`; a call with no answer within HUNG_MS is kept with the client's error code.
+ */
+function probeApi(
+  world: World,
+  kinds: ReadonlyArray<"read" | "write">,
+): { answers: ApiAnswer[]; stop(): Promise<void> } {
+  const { cluster } = world;
+  const headers = { authorization: `Api-Key ${cluster.api.key!}`, "content-type": "application/json" };
+  const answers: ApiAnswer[] = [];
+  let probing = true;
+  let n = 0;
+  const running = (async () => {
+    while (probing) {
+      for (const kind of kinds) {
+        const name = `chaos-probe-${++n}`;
+        const t0 = performance.now();
+        const at = Date.now();
+        try {
+          const r = await request(`${cluster.controlUrl}/v1/${kind === "read" ? "models" : "api_keys"}`, {
+            headers,
+            headersTimeout: HUNG_MS,
+            bodyTimeout: HUNG_MS,
+            ...(kind === "write"
+              ? { method: "POST", body: JSON.stringify({ type: "WORKSPACE_INVOKE", name }) }
+              : {}),
+          });
+          const text = await r.body.text();
+          let code: string | null = null;
+          try {
+            code = (JSON.parse(text) as { error_code?: string }).error_code ?? null;
+          } catch {}
+          answers.push({ at, kind, status: r.statusCode, code, ms: performance.now() - t0, name });
+        } catch (err) {
+          const code = (err as { code?: string }).code ?? String(err);
+          answers.push({ at, kind, status: 0, code, ms: performance.now() - t0, name });
+        }
+      }
+      await sleep(250);
+    }
+  })();
+  return {
+    answers,
+    async stop() {
+      probing = false;
+      await running;
+    },
+  };
+}
+
+/** `200: 12; 503 store_unavailable: 40`: the answers by status and error code. */
+function tallyAnswers(answers: readonly ApiAnswer[]): string {
+  const codes: Record<string, number> = {};
+  for (const a of answers) {
+    const k = `${a.status} ${a.code ?? ""}`.trim();
+    codes[k] = (codes[k] ?? 0) + 1;
+  }
+  return Object.entries(codes)
+    .map(([k, v]) => `${k}: ${v}`)
+    .join("; ");
+}
+
 /**
  * The control plane's database stopped: PostgreSQL (`pg`, the harness's own cluster the control plane runs
  * on) stopped with `pg_ctl stop -m fast` for `downS` under load, then started. Serving must hold (the
@@ -993,35 +1067,8 @@ export async function auditDiskFull(world: World, fullS = 8, sizeKiB = 1024): Pr
  */
 export async function databaseStop(world: World, pg: PrivatePostgres, downS = 10): Promise<FaultRun> {
   const mark = world.cluster.control.output.length;
-  const api: Array<{ at: number; status: number; code: string | null; ms: number }> = [];
-  let probing = true;
-  const probe = (async () => {
-    while (probing) {
-      const t0 = performance.now();
-      const at = Date.now();
-      try {
-        const r = await request(`${world.cluster.controlUrl}/v1/models`, {
-          headers: { authorization: `Api-Key ${world.cluster.api.key!}` },
-          headersTimeout: HUNG_MS,
-          bodyTimeout: HUNG_MS,
-        });
-        const text = await r.body.text();
-        let code: string | null = null;
-        try {
-          code = (JSON.parse(text) as { error_code?: string }).error_code ?? null;
-        } catch {}
-        api.push({ at, status: r.statusCode, code, ms: performance.now() - t0 });
-      } catch (err) {
-        api.push({
-          at,
-          status: 0,
-          code: (err as { code?: string }).code ?? String(err),
-          ms: performance.now() - t0,
-        });
-      }
-      await sleep(250);
-    }
-  })();
+  const probe = probeApi(world, ["read"]);
+  const api = probe.answers;
   await sleep(1_000);
   const startedAt = Date.now();
   pg.stop();
@@ -1036,12 +1083,8 @@ export async function databaseStop(world: World, pg: PrivatePostgres, downS = 10
     () => -1,
   );
   await sleep(world.timeoutS * 2 * 1000);
-  probing = false;
-  await probe;
+  await probe.stop();
   const during = api.filter((a) => a.at >= startedAt && a.at < restoredAt);
-  const codes: Record<string, number> = {};
-  for (const a of during)
-    codes[`${a.status} ${a.code ?? ""}`.trim()] = (codes[`${a.status} ${a.code ?? ""}`.trim()] ?? 0) + 1;
   return {
     name: "control plane's database stopped",
     what: `the control plane's PostgreSQL (the harness's own cluster) stopped with pg_ctl stop -m fast for ${downS} s, then started`,
@@ -1051,9 +1094,7 @@ export async function databaseStop(world: World, pg: PrivatePostgres, downS = 10
     affected: [],
     extra: {
       "management API calls during": during.length,
-      "management API answers during": Object.entries(codes)
-        .map(([k, n]) => `${k}: ${n}`)
-        .join("; "),
+      "management API answers during": tallyAnswers(during),
       "management API slowest during (ms)": Math.round(Math.max(0, ...during.map((a) => a.ms))),
       "management API answered 200 again after (ms)": recovered,
       "control plane still running":
@@ -1079,58 +1120,8 @@ export async function sqliteUnwritable(world: World, downS = 10): Promise<FaultR
   const db = join(cluster.dir, "control", "meridian.db");
   const files = [db, `${db}-wal`].filter((f) => existsSync(f));
   if (!files.includes(db)) throw new Error(`no SQLite database at ${db}`);
-  const headers = { authorization: `Api-Key ${cluster.api.key!}`, "content-type": "application/json" };
-  const answers: Array<{
-    at: number;
-    kind: "read" | "write";
-    status: number;
-    code: string | null;
-    ms: number;
-    name?: string;
-  }> = [];
-  let probing = true;
-  let n = 0;
-  const probe = (async () => {
-    while (probing) {
-      for (const kind of ["read", "write"] as const) {
-        const name = `chaos-sqlite-${++n}`;
-        const t0 = performance.now();
-        const at = Date.now();
-        try {
-          const r =
-            kind === "read"
-              ? await request(`${cluster.controlUrl}/v1/models`, {
-                  headers,
-                  headersTimeout: HUNG_MS,
-                  bodyTimeout: HUNG_MS,
-                })
-              : await request(`${cluster.controlUrl}/v1/api_keys`, {
-                  method: "POST",
-                  headers,
-                  body: JSON.stringify({ type: "WORKSPACE_INVOKE", name }),
-                  headersTimeout: HUNG_MS,
-                  bodyTimeout: HUNG_MS,
-                });
-          const text = await r.body.text();
-          let code: string | null = null;
-          try {
-            code = (JSON.parse(text) as { error_code?: string }).error_code ?? null;
-          } catch {}
-          answers.push({ at, kind, status: r.statusCode, code, ms: performance.now() - t0, name });
-        } catch (err) {
-          answers.push({
-            at,
-            kind,
-            status: 0,
-            code: (err as { code?: string }).code ?? String(err),
-            ms: performance.now() - t0,
-            name,
-          });
-        }
-      }
-      await sleep(250);
-    }
-  })();
+  const probe = probeApi(world, ["read", "write"]);
+  const answers = probe.answers;
   await sleep(1_000);
   const startedAt = Date.now();
   const chattr = (flag: "+i" | "-i") => {
@@ -1155,26 +1146,16 @@ export async function sqliteUnwritable(world: World, downS = 10): Promise<FaultR
     () => -1,
   );
   await sleep(world.timeoutS * 2 * 1000);
-  probing = false;
-  await probe;
+  await probe.stop();
   // Nothing half done: the keys of refused writes are not there, those of accepted ones are.
   const listed = await cluster.api.get("/v1/api_keys");
   if (listed.status !== 200) throw new Error(`list keys: ${JSON.stringify(listed.body)}`);
   const names = new Set((listed.body.keys as Array<{ name: string }>).map((k) => k.name));
   const writes = answers.filter((a) => a.kind === "write");
-  const lost = writes.filter((a) => a.status === 200 && !names.has(a.name!)).length;
-  const halfDone = writes.filter((a) => a.status !== 200 && names.has(a.name!)).length;
+  const lost = writes.filter((a) => a.status === 200 && !names.has(a.name)).length;
+  const halfDone = writes.filter((a) => a.status !== 200 && names.has(a.name)).length;
   const during = answers.filter((a) => a.at >= startedAt && a.at < restoredAt);
-  const tally = (kind: "read" | "write") => {
-    const codes: Record<string, number> = {};
-    for (const a of during.filter((x) => x.kind === kind)) {
-      const k = `${a.status} ${a.code ?? ""}`.trim();
-      codes[k] = (codes[k] ?? 0) + 1;
-    }
-    return Object.entries(codes)
-      .map(([k, v]) => `${k}: ${v}`)
-      .join("; ");
-  };
+  const tally = (kind: "read" | "write") => tallyAnswers(during.filter((x) => x.kind === kind));
   return {
     name: "control plane's SQLite made unwritable",
     what: `the control plane's SQLite file and WAL made immutable (chattr +i) for ${downS} s, then writable again`,
