@@ -719,7 +719,9 @@ export async function asyncKill(
     startedAt,
     restoredAt,
     endedAt: Date.now(),
-    affected: who === "plane" ? ["uk regional @uk-1"] : [],
+    // uk's regional endpoint either way: its predicts share uk's replica with the 2 s jobs (they queue behind
+    // them at predict_concurrency 1, truss's default), so their latency meanwhile is the jobs', not the fault's.
+    affected: ["uk regional @uk-1"],
     extra: {
       "jobs ended after restart (ms)": endedMs,
       "jobs by status/webhook": Object.entries(byStatus)
@@ -963,6 +965,9 @@ export async function auditDiskFull(world: World, fullS = 8, sizeKiB = 1024): Pr
     async () => (await call(world, target, world.cluster.api.key!, "diskfull-after")).outcome === "ok",
     60_000,
   );
+  // The cleanup restarted eu-2: the steady load's clients, which call every endpoint in turn, reach it again
+  // inside the window, so its recovery is measured rather than cut off.
+  await sleep(3_000);
   return {
     name: "audit disk full",
     what: `eu-2's audit directory on a tmpfs (its trail and ${sizeKiB} KiB more), filled to the last byte for ${fullS} s under load, then freed`,
