@@ -5,6 +5,7 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { Principal } from "../core/access.ts";
 import { errorBody, MeridianError } from "../core/errors.ts";
+import { firstIllFormedString } from "../lib/unicode.ts";
 import type { PlaneRow } from "../store/schema.ts";
 import { isStoreUnavailable } from "../store/store.ts";
 import type { ControlContext } from "./context.ts";
@@ -128,6 +129,19 @@ export async function buildControlApp(
         } else {
           const name = (request.params as { name: string }).name;
           callers.set(request, { plane: await internal.authenticatePlaneNamed(ctx, token, name) });
+        }
+      },
+      // After the caller is known, before the schema: a string that is not well-formed Unicode (JSON can
+      // spell a lone surrogate, `"\ud800"`) would be stored other than sent (src/lib/unicode.ts).
+      preValidation: async (request) => {
+        if (route.raw) return;
+        const at = firstIllFormedString(request.body) ?? firstIllFormedString(request.query);
+        if (at !== null) {
+          throw new MeridianError(
+            "invalid_request",
+            `The string at ${at} is not well-formed Unicode (a lone surrogate such as \\ud800); send UTF-8 text.`,
+            { field: at },
+          );
         }
       },
       handler: async (request, reply) => {

@@ -285,6 +285,29 @@ describe.each(STORE_KINDS)("bad input on %s", (kind) => {
     expectRefused(await admin.as(null).get("/v1/nothing"), 404, "route_not_found");
   });
 
+  it("refuses a string that is not well-formed Unicode (a lone surrogate), naming it, storing nothing (found by the api fuzz target)", async () => {
+    // JSON can spell one; SQLite then stored bytes that read back as U+FFFD: a key named other than sent.
+    const cases: Array<[string, string, string]> = [
+      ["/v1/api_keys", '{"type":"WORKSPACE_INVOKE","name":"k\\ud800x"}', "name"],
+      [`/v1/models/${modelId}/environments`, '{"name":"ok","labels":{"\\udc00":"v"}}', "labels (a key)"],
+      ["/v1/secrets", '{"name":"s","value":"\\ud83d"}', "value"],
+    ];
+    for (const [path, body, field] of cases) {
+      const res = await refused(() => raw("POST", path, body, "application/json"), 400, "invalid_request");
+      expect(res.body.detail, body).toEqual({ field });
+    }
+    // A well-formed pair (an emoji) is text like any other.
+    const ok = await raw(
+      "POST",
+      "/v1/api_keys",
+      '{"type":"WORKSPACE_INVOKE","name":"k\\ud83d\\ude00"}',
+      "application/json",
+    );
+    expect(ok.status, JSON.stringify(ok.body)).toBe(200);
+    const names = (await admin.get("/v1/api_keys")).body.keys.map((k: { name: string }) => k.name);
+    expect(names).toContain("k\u{1F600}");
+  });
+
   it("refuses a path that does not decode or whose parameter is over 100 characters (400 invalid_request, found by the api fuzz target)", async () => {
     for (const path of ["/v1/teams/%zz", "/v1/teams/%", "/v1/models/x/deployments/%E2%82", "/v1/nothing/%"]) {
       expectRefused(await admin.get(path), 400, "invalid_request");
