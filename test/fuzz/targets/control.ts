@@ -199,7 +199,8 @@ function breakBody(
         contentType: json,
       };
     case "not-json":
-      return { body: `{"a": ${String(junk).slice(0, 50)}`, contentType: json };
+      // JSON.stringify, not String(): junk may be an object whose own `toString` is not a function.
+      return { body: `{"a": ${(JSON.stringify(junk) ?? "undefined").slice(0, 50)}`, contentType: json };
     case "text-mutation":
       return { body: JSON.stringify(value)?.slice(0, Math.floor(pick * 200)) ?? "", contentType: json };
     case "wrong-content-type":
