@@ -20,11 +20,23 @@ export interface ManagedProcess {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
+/**
+ * Every process started here and still running: killed when the test process exits, so a test that gave up
+ * on its cluster (a hook that timed out before `cluster` was assigned, so its afterAll stopped nothing)
+ * leaves no control plane or plane running for hours after the suite (seen: one from 08:42 at 10:58).
+ */
+const running = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+
 export function startProcess(args: string[], env: NodeJS.ProcessEnv = {}): ManagedProcess {
   const child = spawn(process.execPath, [BIN, ...args], {
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  running.add(child);
+  child.once("exit", () => running.delete(child));
   const output: string[] = [];
   const waiters: Array<{ msg: string; resolve: (v: Record<string, unknown>) => void }> = [];
   const onLine = (line: string) => {
