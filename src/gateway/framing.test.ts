@@ -813,6 +813,56 @@ describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTran
       },
     );
 
+    it.each([
+      ["CONNECT", `CONNECT ${HOST}:443 HTTP/1.1\r\nHost: ${HOST}:443\r\n${AUTH}\r\n\r\n`],
+      [
+        "an h2c upgrade",
+        `${PRE}x-tag: p-up\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n`,
+      ],
+    ])(
+      "a request with connection: close, then a pipelined %s: the first answered and the connection closed, the ingress still up",
+      async (_n, second) => {
+        up.respond = echo("close-a");
+        const mark = up.mark();
+        const c = await open();
+        c.write(
+          Buffer.concat([
+            request({ tag: "p-close", body: "{}", headers: ["Connection: close"] }),
+            Buffer.from(second, "latin1"),
+          ]),
+        );
+        const first = await c.next(PROMPT_MS);
+        expect(echoOf(first).tag).toBe("p-close");
+        await c.waitClosed(PROMPT_MS);
+        expect(up.since(mark).requests.map((r) => r.tag)).toEqual(["p-close"]);
+        // The ingress is still there (found by the http-node fuzz target: a write after the end of the
+        // connection was an uncaught error that ended the process).
+        const again = await open();
+        again.write(request({ tag: "after", body: "{}" }));
+        expect(echoOf(await again.next(PROMPT_MS)).tag).toBe("after");
+        again.destroy();
+      },
+    );
+
+    it("a slow request, then a pipelined CONNECT, then a reset before the first answer: the ingress still up", async () => {
+      const base = echo("reset-a");
+      up.respond = (req, conn) => setTimeout(() => base(req, conn), 200);
+      const c = await open();
+      c.write(
+        Buffer.concat([
+          request({ tag: "p-reset", body: "{}" }),
+          Buffer.from(`CONNECT ${HOST}:443 HTTP/1.1\r\nHost: ${HOST}:443\r\n${AUTH}\r\n\r\n`, "latin1"),
+        ]),
+      );
+      await sleep(50);
+      c.socket.resetAndDestroy();
+      await sleep(400);
+      const again = await open();
+      again.write(request({ tag: "after-reset", body: "{}" }));
+      expect(echoOf(await again.next(PROMPT_MS)).tag).toBe("after-reset");
+      again.destroy();
+    });
+
     /** A refused request declaring a body that holds a complete request, then a pipelined legitimate one. */
     async function refusedThenSecond() {
       const mark = up.mark();

@@ -332,6 +332,12 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
   server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
     metrics?.malformed(err.code ?? "unknown");
     const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (err.code === "HPE_CLOSED_CONNECTION" && pending !== null && pending !== undefined) {
+      // Bytes after a request that said `Connection: close`: that request is still being answered, and its
+      // answer ends the connection; what came after it is neither read nor answered (RFC 9112 §9.6).
+      socket.pause();
+      return;
+    }
     if (err.code === "ECONNRESET" || !socket.writable || pending?.headersSent === true) {
       socket.destroy();
       return;
@@ -372,10 +378,22 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
    * done) still goes out through the socket, and must go first, whole.
    */
   function afterAnswers(socket: Socket, then: () => void): void {
+    // node:http took its error listener off the socket when it handed it over: without one, a reset while
+    // the answers are owed would be an uncaught 'error' event, the end of the ingress.
+    if (socket.listenerCount("error") === 0) socket.on("error", () => socket.destroy());
     if (socket.destroyed) return;
     const owed = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
-    if (owed === null || owed === undefined) then();
-    else owed.once("close", () => afterAnswers(socket, then));
+    if (owed !== null && owed !== undefined) {
+      owed.once("close", () => afterAnswers(socket, then));
+      return;
+    }
+    // An answer before it carried `Connection: close` and ended the connection: nothing after it is read
+    // or answered (RFC 9112 §9.6), and writing to the ended socket would throw.
+    if (socket.writableEnded || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    then();
   }
 
   function onWebSocket(req: IncomingMessage, socket: Socket, head: Buffer): void {

@@ -56,10 +56,14 @@ export function bump(tally: Map<string, number>, key: string): void {
   tally.set(key, (tally.get(key) ?? 0) + 1);
 }
 
+/** RSS and open descriptors of a process; zeros once it has gone (a crash is reported on its own). */
 export function procStats(pid: number): ProcessStats {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const rss = /VmRSS:\s+(\d+) kB/.exec(status);
-  return { rssKiB: rss ? Number(rss[1]) : 0, fds: readdirSync(`/proc/${pid}/fd`).length };
+  try {
+    const rss = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return { rssKiB: rss ? Number(rss[1]) : 0, fds: readdirSync(`/proc/${pid}/fd`).length };
+  } catch {
+    return { rssKiB: 0, fds: 0 };
+  }
 }
 
 const SERVE = resolve(import.meta.dirname, "serve.ts");
@@ -186,8 +190,11 @@ export async function runTarget(target: FuzzTarget, o: RunOptions): Promise<RunR
       }
       const exit = server?.exited() ?? null;
       if (exit !== null && crashed === null) {
+        // The first batch to see the exit carries the crash report, whatever its own error was (a
+        // refused connection says only that the server has gone).
         crashed = `server exited (${exit.code ?? exit.signal}): ${server!.stderrTail().slice(-2_000)}`;
-        failure ??= crashed;
+        failure = failure === null ? crashed : `${crashed}\n${failure}`;
+        log(crashed);
       }
       // A failing batch ran only up to its failing case.
       const ran = failure === null ? n : Number(/failed after (\d+) tests/.exec(failure)?.[1] ?? n);

@@ -28,7 +28,11 @@ if (!Number.isSafeInteger(cases) || cases < 1) {
 function summary(failure: string): string {
   const error = /Got (?:error|\w*Error): .*/.exec(failure)?.[0] ?? "";
   const example = /Counterexample: .*/.exec(failure)?.[0] ?? failure;
-  return `${error.slice(0, 400)} | ${example.slice(0, 400)}`;
+  // A crash report (lib.ts puts it first) is the one thing a refused connection cannot explain.
+  const crash = failure.startsWith("server exited")
+    ? `${failure.split("\nProperty failed")[0]!.slice(0, 2_000)} | `
+    : "";
+  return `${crash}${error.slice(0, 400)} | ${example.slice(0, 400)}`;
 }
 const log = (msg: string) => console.error(`[fuzz ${new Date().toISOString()}] ${msg}`);
 let failed = false;
@@ -46,6 +50,7 @@ for (const name of names) {
   let ran = 0;
   let lastSeed = seed - 1;
   let checkpoint: LedgerRun | null = null;
+  const failures: LedgerRun["failures"] = [];
   const record = (done: LedgerRun) => {
     if (values["no-ledger"]) return;
     const ledger = readLedger();
@@ -62,10 +67,20 @@ for (const name of names) {
     onBatch: (b, n) => {
       ran += b.cases;
       lastSeed = Math.max(lastSeed, b.seed);
-      if (b.failure !== null) log(`${name}: batch seed ${b.seed} FAILED: ${summary(b.failure)}`);
+      if (b.failure !== null) {
+        log(`${name}: batch seed ${b.seed} FAILED: ${summary(b.failure)}`);
+        failures.push({ seed: b.seed, cases: b.cases, failure: summary(b.failure) });
+      }
       if (n % 5 === 0) {
         log(`${name}: ${ran} cases (${n} batches)`);
-        record({ at: started, command, seeds: [seed, lastSeed], cases: ran, failures: [], partial: true });
+        record({
+          at: started,
+          command,
+          seeds: [seed, lastSeed],
+          cases: ran,
+          failures: [...failures],
+          partial: true,
+        });
       }
     },
   });
