@@ -42,6 +42,12 @@ export interface FaultRun {
   startedAt: number;
   /** When the fault was lifted (the process restarted, resumed): recovery is counted from here. */
   restoredAt: number;
+  /**
+   * When the harness began lifting the fault, if that is work of its own before `restoredAt` (a stopped
+   * plane being started again: it compiles and starts its replicas on the same cores). The other
+   * endpoints' figures are split here: the fault itself, then its repair.
+   */
+  liftingAt?: number;
   endedAt: number;
   /** Targets the fault is meant to affect; the others must be unaffected. */
   affected: string[];
@@ -163,6 +169,7 @@ export async function planeKill(world: World, downS: number): Promise<FaultRun> 
   const startedAt = Date.now();
   await plane.stop("SIGKILL");
   await sleep(downS * 1000);
+  const liftingAt = Date.now();
   await plane.start();
   const restoredAt = Date.now();
   await euReplicasReady(world);
@@ -171,6 +178,7 @@ export async function planeKill(world: World, downS: number): Promise<FaultRun> 
     name: "plane SIGKILL and restart",
     what: `eu-1 (agent and ingress) SIGKILLed, started again ${downS} s later; eu-2 stays up`,
     startedAt,
+    liftingAt,
     restoredAt,
     endedAt: Date.now(),
     affected: ["eu regional @eu-1", "eu regional @eu-2", "eu standard @us-1"],
@@ -207,6 +215,7 @@ export async function regionCutoff(world: World, downS: number): Promise<FaultRu
   const startedAt = Date.now();
   await Promise.all(planes.map((p) => p.stop("SIGKILL")));
   await sleep(downS * 1000);
+  const liftingAt = Date.now();
   await Promise.all(planes.map((p) => p.start()));
   const restoredAt = Date.now();
   await euReplicasReady(world);
@@ -215,6 +224,7 @@ export async function regionCutoff(world: World, downS: number): Promise<FaultRu
     name: "region cut off",
     what: `both eu planes SIGKILLed for ${downS} s (--plane-timeout ${world.timeoutS} s), then started again`,
     startedAt,
+    liftingAt,
     restoredAt,
     endedAt: Date.now(),
     affected: ["eu regional @eu-1", "eu regional @eu-2", "eu standard @us-1"],

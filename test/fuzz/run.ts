@@ -32,7 +32,7 @@ function summary(failure: string): string {
   const crash = failure.startsWith("server exited")
     ? `${failure.split("\nProperty failed")[0]!.slice(0, 2_000)} | `
     : "";
-  return `${crash}${error.slice(0, 400)} | ${example.slice(0, 400)}`;
+  return `${crash}${error.slice(0, 1_200)} | ${example.slice(0, 400)}`;
 }
 const log = (msg: string) => console.error(`[fuzz ${new Date().toISOString()}] ${msg}`);
 let failed = false;

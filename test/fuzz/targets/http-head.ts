@@ -389,8 +389,10 @@ async function runCase(port: number, c: Case, tally: Map<string, number>): Promi
   }
   const { messages, rest } = parseAll(data, { kind: "response", closed: true });
   if (rest !== null) {
+    // What came after the complete answers is the part worth reading.
+    const after = messages.at(-1)?.end ?? 0;
     throw new Error(
-      `malformed answer (${rest.kind === "error" ? rest.error : "incomplete"}): ${JSON.stringify(data.toString("latin1").slice(0, 300))}`,
+      `malformed answer (${rest.kind === "error" ? rest.error : "incomplete"}) after ${messages.length} complete (${messages.map((m) => m.status).join(",")}), ${data.length - after} of ${data.length} bytes: ${JSON.stringify(data.subarray(after).toString("latin1").slice(0, 600))}`,
     );
   }
   if (mustAnswer && messages.filter((m) => m.status >= 200).length === 0)
