@@ -5,7 +5,7 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { Principal } from "../core/access.ts";
 import { errorBody, MeridianError } from "../core/errors.ts";
-import { firstIllFormedString } from "../lib/unicode.ts";
+import { illFormedInput } from "../lib/unicode.ts";
 import type { PlaneRow } from "../store/schema.ts";
 import { isStoreUnavailable } from "../store/store.ts";
 import type { ControlContext } from "./context.ts";
@@ -135,14 +135,8 @@ export async function buildControlApp(
       // spell a lone surrogate, `"\ud800"`) would be stored other than sent (src/lib/unicode.ts).
       preValidation: async (request) => {
         if (route.raw) return;
-        const at = firstIllFormedString(request.body) ?? firstIllFormedString(request.query);
-        if (at !== null) {
-          throw new MeridianError(
-            "invalid_request",
-            `The string at ${at} is not well-formed Unicode (a lone surrogate such as \\ud800); send UTF-8 text.`,
-            { field: at },
-          );
-        }
+        const bad = illFormedInput(request.body, request.query);
+        if (bad !== null) throw new MeridianError("invalid_request", bad.message, { field: bad.field });
       },
       handler: async (request, reply) => {
         const call: ErasedCall = {

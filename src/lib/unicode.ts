@@ -32,3 +32,19 @@ export function firstIllFormedString(value: unknown): string | null {
   }
   return null;
 }
+
+/**
+ * The refusal owed to a request whose body or query holds a string that is not well-formed, or null: the
+ * management API and the GraphQL endpoint answer it 400 `invalid_request` with `detail.field`.
+ */
+export function illFormedInput(...values: unknown[]): { field: string; message: string } | null {
+  for (const v of values) {
+    const field = firstIllFormedString(v);
+    if (field !== null)
+      return {
+        field,
+        message: `The string at ${field} is not well-formed Unicode (a lone surrogate such as \\ud800); send UTF-8 text.`,
+      };
+  }
+  return null;
+}

@@ -909,6 +909,15 @@ describe("the truss CLI's GraphQL endpoint", () => {
         [post(JSON.stringify({ query: "{ teams { id } }", sneaky: 1 })), 400, "invalid_request"],
         [post(JSON.stringify({ query: { teams: 1 } })), 400, "invalid_request"],
         [post("{ teams { id } }", "application/graphql"), 415, "unsupported_media_type"],
+        // A lone surrogate, in a variable or in the query: refused before anything runs (issue 15's fuzzing).
+        [
+          post(
+            '{"query":"mutation($n: String!) { x: deploy_draft_truss(name: $n, s3_key: \\"k\\", config: \\"e30=\\") { id } }","variables":{"n":"m\\ud800"}}',
+          ),
+          400,
+          "invalid_request",
+        ],
+        [post('{"query":"{ teams { id } } # \\udc00"}'), 400, "invalid_request"],
         [
           post(JSON.stringify({ query: `{ teams { id } } # ${"x".repeat(1024 * 1024)}` })),
           413,
@@ -920,6 +929,8 @@ describe("the truss CLI's GraphQL endpoint", () => {
         expect(res.statusCode).toBe(status);
         expect(await res.body.json()).toMatchObject({ error_code: code });
       }
+      const lone = await post('{"query":"query($n: String) { teams { id } }","variables":{"n":"\\ud83d"}}');
+      expect(await lone.body.json()).toMatchObject({ detail: { field: "variables.n" } });
       const get = await request(`${url}/graphql/?query=${encodeURIComponent("{ teams { id } }")}`, {
         headers: { authorization: `Api-Key ${keys.member}` },
       });

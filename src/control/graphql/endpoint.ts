@@ -18,6 +18,7 @@ import {
 } from "graphql";
 import type { Principal } from "../../core/access.ts";
 import { ERRORS, type ErrorCode, MeridianError } from "../../core/errors.ts";
+import { illFormedInput } from "../../lib/unicode.ts";
 import type { ControlContext } from "../context.ts";
 import { keyFromAuthorization, resolvePrincipal } from "../identity.ts";
 import { checkDocument, checkTokens, DEFAULT_LIMITS } from "./limits.ts";
@@ -131,6 +132,11 @@ export async function registerGraphqlEndpoint(app: FastifyInstance, ctx: Control
         const principal = await resolvePrincipal(ctx.store.db, token);
         if (!principal) throw new MeridianError("unauthorized", "Unknown API key.");
         callers.set(request, principal);
+      },
+      // A lone surrogate in the query or the variables (src/lib/unicode.ts): refused as on every route.
+      preValidation: async (request) => {
+        const bad = illFormedInput(request.body);
+        if (bad !== null) throw new MeridianError("invalid_request", bad.message, { field: bad.field });
       },
       handler: async (request) => answer(callers.get(request)!, request.body),
     });

@@ -8,7 +8,10 @@
 // sent whole and well formed gets at least one answer; every error answer carries the JSON body with an
 // `error_code`; nothing answers 500; the ingress never exits.
 
+import { writeFileSync } from "node:fs";
 import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import fc from "fast-check";
 import { parseAll } from "../../../src/gateway/framing-peers.ts";
 import { DOMAIN, INGRESS_KEY, MODEL, OTHER_MODEL } from "../fixtures.ts";
@@ -389,10 +392,16 @@ async function runCase(port: number, c: Case, tally: Map<string, number>): Promi
   }
   const { messages, rest } = parseAll(data, { kind: "response", closed: true });
   if (rest !== null) {
-    // What came after the complete answers is the part worth reading.
+    // What came after the complete answers is the part worth reading; the whole exchange is kept in a file,
+    // since a failure that depends on timing may not replay.
     const after = messages.at(-1)?.end ?? 0;
+    const saved = join(tmpdir(), `meridian-fuzz-http-${process.pid}-${Date.now()}.json`);
+    writeFileSync(
+      saved,
+      JSON.stringify({ sent: bytes.toString("latin1"), received: data.toString("latin1"), case: c }, null, 1),
+    );
     throw new Error(
-      `malformed answer (${rest.kind === "error" ? rest.error : "incomplete"}) after ${messages.length} complete (${messages.map((m) => m.status).join(",")}), ${data.length - after} of ${data.length} bytes: ${JSON.stringify(data.subarray(after).toString("latin1").slice(0, 600))}`,
+      `malformed answer (${rest.kind === "error" ? rest.error : "incomplete"}) after ${messages.length} complete (${messages.map((m) => m.status).join(",")}), ${data.length - after} of ${data.length} bytes: ${JSON.stringify(data.subarray(after).toString("latin1").slice(0, 600))} (exchange saved in ${saved})`,
     );
   }
   if (mustAnswer && messages.filter((m) => m.status >= 200).length === 0)
