@@ -133,6 +133,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
     // An unread body would have to be drained to reuse the connection; closing is cheaper and safer.
     if (hasUnreadBody(ex)) answer.headers.push("connection", "close");
     res.writeHead(answer.status, answer.headers);
+    headAfterContinue(res);
     res.end(answer.body);
   }
 
@@ -558,6 +559,7 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
     const { ex } = this;
     try {
       ex.res.writeHead(statusCode, headers);
+      headAfterContinue(ex.res);
     } catch (err) {
       // An upstream header Node refuses to send (invalid characters): the response cannot be relayed.
       ex.cancel?.(err as Error);
@@ -639,6 +641,22 @@ function readWhole<T>(req: IncomingMessage, arg: T, done: (arg: T, data: Buffer)
   );
   // "error" and "close" before "end" mean the client went away: finish() records it.
   req.once("error", noop);
+}
+
+/**
+ * Keeps a response's head after the `100 Continue` it already holds. The response to a pipelined request
+ * is buffered until the ones before it are done, and node:http puts its head at the front of that buffer
+ * when the first body chunk is a Buffer (OutgoingMessage#_send unshifts it): the client read the final
+ * head, then `100 Continue`, then the body, which it took for the start of the next answer (found by the
+ * http-node fuzz target). Sent on its own as a string, the head stays in order.
+ */
+function headAfterContinue(res: ServerResponse): void {
+  const r = res as ServerResponse & { _sent100?: boolean };
+  if (r._sent100 === true && (res.socket === null || socketMessage(res.socket) !== res)) res.flushHeaders();
+}
+
+function socketMessage(socket: Socket): ServerResponse | null | undefined {
+  return (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
 }
 
 function noop(): void {}
