@@ -333,9 +333,23 @@ lines.push(
 lines.push(
   '- *clock jumps*: found by an earlier run and fixed since (docs/gateway.md, "A peer that refuses the hop"): a plane whose wall clock is more than 30 s off (the hop window, `HOP_MAX_AGE_MS` in `src/gateway/hop.ts`) refuses the hops handed to it, and a standard request for eu entering at us-1 was answered `403 hop_invalid`, the client told 403 for the planes\' clock fault. The entry plane now takes the peer\'s refusal for a failed attempt that never ran: the next plane of the region takes the request, else it is answered `503 model_unavailable`; the refusal is counted (`meridian_ingress_upstream_failures_total{kind="hop_refused"}`) and logged with how far the peer\'s clock is from the entry plane\'s (`ingress.test.ts`, "a peer plane whose clock is outside the hop window", both transports).',
 );
-lines.push(
-  "- *replica SIGKILL* and *plane SIGKILL and restart* still give a few calls `503 model_unavailable` (5 of 2101 and 1 of 2127 in the run of 2026-12-03): typed, immediate, never out of region, but not yet attributed to an endpoint. One path known to give it: a request that reached the dying replica's plane over a hop (eu's standard endpoint through the global ingress) is not handed on a second time (one hop at most), and the entry plane cannot send it to the region's other plane once its body has left (it keeps no copy). A fix would keep a small body at the entry plane while another plane of the region remains, and take the peer's untouched 503 for a failed attempt as it takes a refused hop.",
-);
+{
+  // The 503s of the two eu kill faults, by endpoint: what is left of the path fixed since the run of
+  // 2026-12-03 09:53 (5 of 2101 and 1 of 2127 then).
+  const unavailable = ["replica SIGKILL", "plane SIGKILL and restart"].map((name) => {
+    const r = runs.find((x) => x.name === name)!;
+    const rs = results.filter(
+      (x) => x.startedAt >= r.startedAt && x.startedAt < r.endedAt && x.errorCode === "model_unavailable",
+    );
+    const by = new Map<string, number>();
+    for (const x of rs) by.set(x.target, (by.get(x.target) ?? 0) + 1);
+    const where = [...by].map(([t, n]) => `${n} at ${t}`).join(", ");
+    return `*${name}*: ${rs.length} × \`503 model_unavailable\`${rs.length > 0 ? ` (${where})` : ""}`;
+  });
+  lines.push(
+    `- Found by earlier runs and fixed since (docs/gateway.md, "A local replica that is gone"): *replica SIGKILL* and *plane SIGKILL and restart* gave a few calls \`503 model_unavailable\` (5 of 2101 and 1 of 2127 in the run of 2026-12-03 09:53). The known path: a request that reached the dying replica's plane over a hop (eu's standard endpoint through the global ingress) was not handed on a second time (one hop at most), and the entry plane kept no copy of a body that had left. Now the peer says that nothing ran (\`x-meridian-hop-refused: no_replica\`) and the entry plane sends the request to the region's other plane, with the body it kept. In this run: ${unavailable.join("; ")}.`,
+  );
+}
 lines.push(
   "- *control plane SIGKILL mid async job*: found by the 1-minute run (2 of 4 jobs ending while the control plane was down ended `WEBHOOK_FAILED`) and fixed since: a plane holds the team's webhook secrets from the moment it accepts a request with a webhook, a delivery waiting for secrets no longer spends its attempts (it waits up to 24 h, retried at once when the control plane is back), and nothing is sent unsigned (`test/chaos/webhook-outage.test.ts`, docs/async.md).",
 );
