@@ -890,6 +890,31 @@ describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTran
       c.destroy();
     });
 
+    it.each([
+      ["HTTP/2's preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"],
+      ["a PRI request line without a version", `PRI /predict\r\nHost: ${HOST}\r\n\r\n`],
+      ["a PRI request of HTTP/1.1", `PRI /predict HTTP/1.1\r\nHost: ${HOST}\r\n${AUTH}\r\n\r\n`],
+    ])(
+      "a request, then a pipelined %s: the first is answered whole, the PRI refused or the connection closed after it",
+      async (_n, second) => {
+        up.respond = echo("pri-a");
+        const mark = up.mark();
+        const c = await open();
+        c.write(Buffer.concat([request({ tag: "p-before-pri", body: "{}" }), Buffer.from(second, "latin1")]));
+        // node:http destroyed the connection on parsing the PRI, the answer owed before it lost.
+        const first = await c.next(PROMPT_MS);
+        expect(echoOf(first).tag).toBe("p-before-pri");
+        const next = await c.next(PROMPT_MS).catch(() => null);
+        if (next !== null) {
+          expect(next.status).toBeGreaterThanOrEqual(400);
+          expectIngressAnswer(next, next.status);
+          expect(typeof JSON.parse(next.body.toString("utf8")).error_code).toBe("string");
+        }
+        expect(up.since(mark).requests.map((r) => r.tag)).toEqual(["p-before-pri"]);
+        c.destroy();
+      },
+    );
+
     /** A refused request declaring a body that holds a complete request, then a pipelined legitimate one. */
     async function refusedThenSecond() {
       const mark = up.mark();

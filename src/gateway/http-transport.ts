@@ -165,6 +165,11 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       bodyDone: false,
     };
     res.once("close", () => finish(ex));
+    // node:http destroys the connection once it has parsed a request whose method is PRI (HTTP/2's
+    // preface), and with it the answers owed to the requests pipelined before it. It reads the name after
+    // this handler: given another, the request is answered in its turn as on the wire transport (found by
+    // the http-node fuzz target). The exchange keeps the method the client sent.
+    if (req.method === "PRI") req.method = "pri";
     try {
       route(ex, expectContinue);
     } catch (err) {
@@ -182,7 +187,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
       return;
     }
     const plan = gw.plan(ex, {
-      method: req.method ?? "",
+      method: ex.method,
       target: req.url ?? "/",
       rawHeaders: req.rawHeaders,
       remoteAddress: req.socket.remoteAddress ?? "",
@@ -248,7 +253,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
         {
           origin: t.origin,
           path: t.path,
-          method: ex.req.method ?? "POST",
+          method: ex.method || "POST",
           headers: gw.attemptHeaders(ex, forward, t),
           body: bodyFor(ex, call.body) as Buffer | AsyncIterable<Buffer>,
           continueMs: limits.hopContinueTimeoutMs,
@@ -264,7 +269,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
         path: t.path,
         // The client's method: POST for predict; GET and DELETE reach the async service and peer planes;
         // any of `/sync/{path}`'s reaches a replica's own routes.
-        method: (ex.req.method ?? "POST") as Dispatcher.HttpMethod,
+        method: (ex.method || "POST") as Dispatcher.HttpMethod,
         headers: gw.attemptHeaders(ex, forward, t),
         body: bodyFor(ex, call.body),
         headersTimeout: timeout,
@@ -325,19 +330,30 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
   server.on("checkExpectation", handler);
   server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
     metrics?.malformed(err.code ?? "unknown");
-    const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
-    if (err.code === "HPE_CLOSED_CONNECTION" && pending !== null && pending !== undefined) {
-      // Bytes after a request that said `Connection: close`: that request is still being answered, and its
-      // answer ends the connection; what came after it is neither read nor answered (RFC 9112 §9.6).
-      socket.pause();
-      return;
-    }
-    if (err.code === "ECONNRESET" || !socket.writable || pending?.headersSent === true) {
+    if (err.code === "ECONNRESET" || !socket.writable) {
       socket.destroy();
       return;
     }
-    socket.end(gw.parseErrorAnswer(err.code));
-    socket.destroySoon();
+    const pending = socketMessage(socket);
+    if (pending?.req !== undefined && !pending.req.complete) {
+      // The bad bytes (or the timeout) are the current request's own: it will not be answered otherwise.
+      if (pending.headersSent) socket.destroy();
+      else {
+        socket.end(gw.parseErrorAnswer(err.code));
+        socket.destroySoon();
+      }
+      return;
+    }
+    // Bad bytes after whole requests: the answers owed to those go first, whole and in order (RFC 9112
+    // §9.3.2), then the refusal, and the connection closes; nothing after the bad bytes is read. After a
+    // request that said `Connection: close`, its answer ends the connection and nothing more is said
+    // (§9.6). Before, the refusal was written at once, ahead of (or into) the answers owed.
+    socket.pause();
+    const closing = err.code === "HPE_CLOSED_CONNECTION";
+    afterAnswers(socket, () => {
+      if (!closing) socket.end(gw.parseErrorAnswer(err.code));
+      socket.destroySoon();
+    });
   });
 
   // Upgrades (src/gateway/upgrade.ts): node:http hands every request with `Connection: Upgrade` here.
@@ -376,7 +392,7 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
     // the answers are owed would be an uncaught 'error' event, the end of the ingress.
     if (socket.listenerCount("error") === 0) socket.on("error", () => socket.destroy());
     if (socket.destroyed) return;
-    const owed = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+    const owed = socketMessage(socket);
     if (owed !== null && owed !== undefined) {
       owed.once("close", () => afterAnswers(socket, then));
       return;
@@ -384,7 +400,8 @@ export function createHttpIngress(options: IngressOptions, limits: IngressLimits
     // An answer before it carried `Connection: close` and ended the connection: nothing after it is read
     // or answered (RFC 9112 §9.6), and writing to the ended socket would throw.
     if (socket.writableEnded || !socket.writable) {
-      socket.destroy();
+      // Not destroy(): that would drop what of the last answer is still queued for the socket.
+      socket.destroySoon();
       return;
     }
     then();

@@ -390,26 +390,29 @@ async function runCase(port: number, c: Case, tally: Map<string, number>): Promi
     bump(tally, "HEAD");
     return;
   }
-  const { messages, rest } = parseAll(data, { kind: "response", closed: true });
-  if (rest !== null) {
-    // What came after the complete answers is the part worth reading; the whole exchange is kept in a file,
-    // since a failure that depends on timing may not replay.
-    const after = messages.at(-1)?.end ?? 0;
+  // The whole exchange of a failing case is kept in a file: a failure that depends on timing may not replay.
+  const failed = (what: string) => {
     const saved = join(tmpdir(), `meridian-fuzz-http-${process.pid}-${Date.now()}.json`);
     writeFileSync(
       saved,
       JSON.stringify({ sent: bytes.toString("latin1"), received: data.toString("latin1"), case: c }, null, 1),
     );
-    throw new Error(
-      `malformed answer (${rest.kind === "error" ? rest.error : "incomplete"}) after ${messages.length} complete (${messages.map((m) => m.status).join(",")}), ${data.length - after} of ${data.length} bytes: ${JSON.stringify(data.subarray(after).toString("latin1").slice(0, 600))} (exchange saved in ${saved})`,
+    return new Error(`${what} (exchange saved in ${saved})`);
+  };
+  const { messages, rest } = parseAll(data, { kind: "response", closed: true });
+  if (rest !== null) {
+    // What came after the complete answers is the part worth reading.
+    const after = messages.at(-1)?.end ?? 0;
+    throw failed(
+      `malformed answer (${rest.kind === "error" ? rest.error : "incomplete"}) after ${messages.length} complete (${messages.map((m) => m.status).join(",")}), ${data.length - after} of ${data.length} bytes: ${JSON.stringify(data.subarray(after).toString("latin1").slice(0, 600))}`,
     );
   }
   if (mustAnswer && messages.filter((m) => m.status >= 200).length === 0)
-    throw new Error("a well-formed request got no answer");
+    throw failed(`a well-formed request got no answer (${data.length} bytes received)`);
   if (messages.length === 0) bump(tally, "closed without an answer");
   for (const m of messages) {
     bump(tally, String(m.status));
-    if (m.status === 500) throw new Error(`500: ${m.body.toString().slice(0, 300)}`);
+    if (m.status === 500) throw failed(`500: ${m.body.toString().slice(0, 300)}`);
     if (m.status >= 400) {
       let code: unknown;
       try {
@@ -418,7 +421,7 @@ async function runCase(port: number, c: Case, tally: Map<string, number>): Promi
         code = undefined;
       }
       if (typeof code !== "string")
-        throw new Error(
+        throw failed(
           `${m.status} without a JSON error_code: ${JSON.stringify(m.rawHead + m.body.toString("latin1").slice(0, 200))}`,
         );
       bump(tally, `${m.status} ${code}`);
