@@ -49,6 +49,8 @@ export interface FaultRun {
    */
   liftingAt?: number;
   endedAt: number;
+  /** A window of the same load right before the fault, to compare the fault's figures with. */
+  before?: [number, number];
   /** Targets the fault is meant to affect; the others must be unaffected. */
   affected: string[];
   /** Fault-specific figures (recovery of a restarted plane, planes judged down, …). */
@@ -238,7 +240,7 @@ export async function regionCutoff(world: World, downS: number): Promise<FaultRu
  * During: that key is tried against every plane (it must stay refused), and uk-1 is SIGKILLed and started
  * again, to serve from its cached snapshot alone. After: the control plane starts again.
  */
-export async function controlDown(world: World, outageS: number): Promise<FaultRun> {
+export async function controlDown(world: World, outageS: number, beforeS = 0): Promise<FaultRun> {
   const { cluster } = world;
   const created = await cluster.api.post("/v1/api_keys", {
     type: "WORKSPACE_INVOKE",
@@ -260,6 +262,9 @@ export async function controlDown(world: World, outageS: number): Promise<FaultR
   const revocationMs = Date.now() - revokedAt;
 
   const sideLoad = new Load(world, { concurrency: 1, pauseMs: 200, key: revoked, idPrefix: "revoked" });
+  // "The run before the outage" (issue 15): `beforeS` of the same load, side load included, right before.
+  const beforeFrom = Date.now();
+  await sleep(beforeS * 1000);
   const startedAt = Date.now();
   await cluster.stopControl("SIGKILL");
   // The planes notice, and serve on.
@@ -301,6 +306,7 @@ export async function controlDown(world: World, outageS: number): Promise<FaultR
     restoredAt,
     endedAt: Date.now(),
     affected: ["uk regional @uk-1"],
+    ...(beforeS > 0 ? { before: [beforeFrom, startedAt] as [number, number] } : {}),
     extra: {
       "revocation reached every plane (ms)": revocationMs,
       "planes saw the control plane gone (ms)": planesDisconnected,
