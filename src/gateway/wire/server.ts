@@ -1029,11 +1029,6 @@ class Sink implements CallSink {
       const resendable = beforeBody || !declaresBody(forward) || conn.bodyHeld(ex);
       return { code: refused.code, message: refused.message, touched: !resendable };
     }
-    // An answer: a body kept to be sent again (writeBodyOut) is not needed any more.
-    if (ex.streaming && ex.heldBytes > 0) {
-      ex.held = [];
-      ex.heldBytes = 0;
-    }
     const headers = gw.responseHeaders(
       ex,
       t,
