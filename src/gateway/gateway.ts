@@ -48,13 +48,7 @@ import {
   type UpstreamFailure,
 } from "./plan.ts";
 import { RateLimiter } from "./rate-limit.ts";
-import {
-  HOP_CONTINUE_TIMEOUT,
-  HOP_NO_REPLICA,
-  HOP_REFUSED,
-  UPGRADE_REQUIRED_FIELDS,
-  upgradeAsk,
-} from "./rules.ts";
+import { HOP_CONTINUE_TIMEOUT, HOP_REFUSED, UPGRADE_REQUIRED_FIELDS, upgradeAsk } from "./rules.ts";
 
 /** The metric label of a request whose model (and so environment) did not resolve. */
 const UNRESOLVED = "unknown";
@@ -483,7 +477,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       const endpoints = options.localReplicas(id);
       if (endpoints.length === 0) {
         if (canPark(ex, id)) return park(ex, id);
-        return refuse("model_unavailable", null, { region: self.region }, unservedHop(ex));
+        return refuse("model_unavailable", null, { region: self.region });
       }
       // Backpressure with ready replicas (request_backpressure_settings.policy), once per request.
       const scale = parking === null ? undefined : deploymentRoute(id)?.scale;
@@ -536,15 +530,6 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
    * send it. Never to another region, never from a request that came over a hop, once per request. Returns
    * whether targets were added.
    */
-  /**
-   * The fields by which a plane that took a hop tells its sender that no replica of its own took the
-   * request, so nothing ran (rules.ts, HOP_NO_REPLICA); none for a request that did not come over a hop.
-   */
-  function unservedHop(ex: Exchange): string[] {
-    if (ex.forwardedFrom === null) return [];
-    return [HOP_REFUSED_HEADER, "no_replica", HOP_REFUSED_TIME, String(now())];
-  }
-
   function handToPeers(ex: Exchange, forward: Forward): boolean {
     const id = forward.peerDeployment;
     if (id === null) return false;
@@ -743,12 +728,8 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
      * A peer plane's answer that is its refusal of the hop itself (rules.ts, HOP_REFUSED): the failure's
      * message, with the peer's reason and how far its clock is from this plane's, or null for any other answer.
      */
-    hopRefused(
-      t: Target,
-      status: number,
-      raw: readonly (string | Buffer)[],
-    ): { code: typeof HOP_REFUSED | typeof HOP_NO_REPLICA; message: string } | null {
-      if (t.kind !== "plane" || (status !== 403 && status !== 503)) return null;
+    hopRefused(t: Target, status: number, raw: readonly (string | Buffer)[]): string | null {
+      if (t.kind !== "plane" || status !== 403) return null;
       let reason: string | null = null;
       let peerMs = Number.NaN;
       for (let i = 0; i < raw.length; i += 2) {
@@ -760,19 +741,12 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         else if (name === HOP_REFUSED_TIME) peerMs = Number(value);
       }
       if (reason === null) return null;
-      if (status === 503) {
-        if (reason !== "no_replica") return null;
-        return { code: HOP_NO_REPLICA, message: `peer plane ${t.name} had no replica take the request` };
-      }
       const offset = Number.isFinite(peerMs) ? Math.round(peerMs - now()) : null;
       const clock =
         offset === null
           ? ""
           : `; its clock is ${Math.abs(offset)} ms ${offset >= 0 ? "ahead of" : "behind"} this plane's`;
-      return {
-        code: HOP_REFUSED,
-        message: `peer plane ${t.name} refused the hop (${reason.slice(0, 40)})${clock}`,
-      };
+      return `peer plane ${t.name} refused the hop (${reason.slice(0, 40)})${clock}`;
     },
 
     acquire(t: Target): void {
@@ -877,16 +851,14 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     afterFailure(ex: Exchange, forward: Forward, attempt: number, f: UpstreamFailure): "retry" | Refusal {
       const t = forward.targets[attempt]!;
       if (f.bodyTooLarge) return refuse("payload_too_large", null, { limit_bytes: limits.maxBodyBytes });
-      if (f.code === HOP_REFUSED || f.code === HOP_NO_REPLICA) {
+      if (f.code === HOP_REFUSED) {
         // The peer never acted on it (rules.ts): the next target takes it when the body can still go there.
-        metrics?.upstreamFailure(f.code === HOP_REFUSED ? "hop_refused" : "hop_no_replica");
+        metrics?.upstreamFailure("hop_refused");
         log.warn({ request_id: ex.requestId, target: t.name, err: f.message }, "hop refused by peer plane");
         if (!f.touched && attempt + 1 < forward.targets.length) return "retry";
         return refuse(
           "model_unavailable",
-          f.code === HOP_REFUSED
-            ? "The region's planes refused this plane's hand-over (their clocks or keys disagree with its own)."
-            : "No replica accepted the request.",
+          "The region's planes refused this plane's hand-over (their clocks or keys disagree with its own).",
           { region: t.plane?.region ?? self.region },
         );
       }
@@ -901,12 +873,9 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         } else if (t.kind === "replica" && handToPeers(ex, forward)) {
           return "retry";
         }
-        return refuse(
-          "model_unavailable",
-          "No replica accepted the request.",
-          { region: t.plane?.region ?? self.region },
-          t.kind === "replica" ? unservedHop(ex) : [],
-        );
+        return refuse("model_unavailable", "No replica accepted the request.", {
+          region: t.plane?.region ?? self.region,
+        });
       }
       if (f.timeout) {
         metrics?.upstreamFailure("timeout");

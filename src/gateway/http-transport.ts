@@ -18,7 +18,14 @@ import {
 } from "./gateway.ts";
 import { HopBeforeBody, HopSender } from "./http-hop.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "./options.ts";
-import { awaitsContinue, declaresBody, readsWholeFirst, upgradeAsk, upstreamTimeoutMs } from "./rules.ts";
+import {
+  awaitsContinue,
+  declaresBody,
+  HOP_REFUSED,
+  readsWholeFirst,
+  upgradeAsk,
+  upstreamTimeoutMs,
+} from "./rules.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "./tls-options.ts";
 import { type UpgradeContext, WebSocketRelay } from "./upgrade.ts";
 
@@ -543,12 +550,10 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
     const { ex, call } = this;
     const refused = this.gw.hopRefused(call.forward.targets[this.attempt]!, statusCode, rawHeaders);
     if (refused !== null) {
-      // A failed attempt, not an answer (rules.ts, HOP_REFUSED and HOP_NO_REPLICA): untouched when none of
-      // the body left, or when it is still here to send again (read whole).
-      const resendable = beforeBody || !ex.bodyDeclared || call.body.kind === "buffer";
+      // A failed attempt, not an answer (rules.ts, HOP_REFUSED): untouched when none of the body left.
       const err = Object.assign(
-        resendable ? new HopBeforeBody(refused.message, refused.code) : new Error(refused.message),
-        { code: refused.code },
+        beforeBody || !ex.bodyDeclared ? new HopBeforeBody(refused, HOP_REFUSED) : new Error(refused),
+        { code: HOP_REFUSED },
       );
       ex.cancel?.(err);
       return false;

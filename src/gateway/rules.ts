@@ -45,16 +45,6 @@ export const HOP_CONTINUE_TIMEOUT = "HOP_CONTINUE_TIMEOUT";
  */
 export const HOP_REFUSED = "HOP_REFUSED";
 
-/**
- * A peer plane took the hop but no replica of its own took the request (`503 model_unavailable`, with
- * `x-meridian-hop-refused: no_replica`): its replica was gone, or refused the connection, before any byte
- * reached it, and a request handed over once is not handed on again. The peer vouches that nothing ran, so
- * like HOP_REFUSED it is a failed attempt the next plane of the region takes, when this plane can still
- * send the body: none, read whole (and kept for this), or held for a 100 that never came. A replica cannot
- * claim it: a peer relays no `x-meridian-*` field of a replica's answer (headers.ts).
- */
-export const HOP_NO_REPLICA = "HOP_NO_REPLICA";
-
 /** Whether an attempt at `t` is sent head first, waiting for `100 Continue` (see HOP_CONTINUE_TIMEOUT). */
 export function awaitsContinue(t: Target, forward: Forward, limits: IngressLimits): boolean {
   return t.kind === "plane" && limits.hopContinueTimeoutMs > 0 && declaresBody(forward);

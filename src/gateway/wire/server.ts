@@ -26,7 +26,7 @@ import {
   refuse,
 } from "../gateway.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "../options.ts";
-import { awaitsContinue, declaresBody, readsWholeFirst, upstreamTimeoutMs } from "../rules.ts";
+import { awaitsContinue, declaresBody, HOP_REFUSED, readsWholeFirst, upstreamTimeoutMs } from "../rules.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "../tls-options.ts";
 import { type UpgradeContext, WebSocketRelay } from "../upgrade.ts";
 import {
@@ -643,11 +643,6 @@ class ClientConn {
     this.writeBodyOut(ex, call, head);
   }
 
-  /** Whether the whole body of `ex` is still held, to be sent again (writeBodyOut). */
-  bodyHeld(ex: WireExchange): boolean {
-    return ex.complete && ex.heldBytes === ex.bodyBytes;
-  }
-
   /** The peer plane's 100 Continue (or its answer) came for a hop sent head first: the body goes now. */
   continued(ex: WireExchange, call: Call): void {
     if (ex.done || ex.call !== call) return;
@@ -659,16 +654,8 @@ class ClientConn {
     ex.streaming = true;
     const held = ex.held;
     const heldBytes = ex.heldBytes;
-    // A body read whole stays held while a plane is the target and another could take the request after
-    // it: a peer that had no replica take it says so, and the next plane gets the same body (rules.ts,
-    // HOP_NO_REPLICA). Otherwise what has left is let go.
-    const forward = ex.forward!;
-    const keep =
-      ex.complete && forward.targets[ex.attempt]!.kind === "plane" && ex.attempt + 1 < forward.targets.length;
-    if (!keep) {
-      ex.held = [];
-      ex.heldBytes = 0;
-    }
+    ex.held = [];
+    ex.heldBytes = 0;
     if (ex.complete && !ex.sentChunked && heldBytes <= SINGLE_WRITE_BYTES) {
       // The common case, a small body read whole: head and body leave in one write.
       call.write(joinLatin1(head, held, heldBytes));
@@ -1024,10 +1011,8 @@ class Sink implements CallSink {
     const t = forward.targets[ex.attempt]!;
     const refused = gw.hopRefused(t, status, rawHeaders);
     if (refused !== null) {
-      // Untouched when none of the body left (held for a 100 that never came, or there is none), or when
-      // it is still held to send again (writeBodyOut keeps a body read whole while another plane remains).
-      const resendable = beforeBody || !declaresBody(forward) || conn.bodyHeld(ex);
-      return { code: refused.code, message: refused.message, touched: !resendable };
+      // Untouched when none of the body left: held for a 100 that never came, or there is none.
+      return { code: HOP_REFUSED, message: refused, touched: !beforeBody && declaresBody(forward) };
     }
     const headers = gw.responseHeaders(
       ex,
