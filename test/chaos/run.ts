@@ -361,7 +361,7 @@ lines.push(
     return `*${name}*: ${rs.length} × \`503 model_unavailable\`${rs.length > 0 ? ` (${where})` : ""}`;
   });
   lines.push(
-    `- *replica SIGKILL* and *plane SIGKILL and restart* gave a few calls \`503 model_unavailable\` (5 of 2101 and 1 of 2127 in the run of 2026-12-03 09:53). One path to it is fixed since (docs/gateway.md, "A local replica that is gone"): a request that reached the dying replica's plane over a hop (eu's standard endpoint through the global ingress) was not handed on a second time (one hop at most), and the entry plane kept no copy of a body that had left; now the peer says that nothing ran (\`x-meridian-hop-refused: no_replica\`) and the entry plane sends the request to the region's other plane, with the body it kept. In this run: ${unavailable.join("; ")}.${unavailable.some((u) => !u.includes(": 0 ×")) ? " What remains is typed, immediate and never out of region, but is not attributed yet: the harness does not yet keep which plane answered a 503, nor that plane's audit record of it." : ""}`,
+    `- *replica SIGKILL* and *plane SIGKILL and restart* gave a few calls \`503 model_unavailable\` (5 of 2101 and 1 of 2127 in the run of 2026-12-03 09:53). One path known to give it: a request that reached the dying replica's plane over a hop (eu's standard endpoint through the global ingress) is not handed on a second time (one hop at most), and the entry plane keeps no copy of a body that has left. In this run: ${unavailable.join("; ")}. Typed, immediate and never out of region, but not attributed yet: the harness does not yet keep which plane answered a 503, nor that plane's audit record of it.`,
   );
 }
 lines.push(
