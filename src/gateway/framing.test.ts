@@ -117,6 +117,12 @@ const SMUGGLED = request({ tag: "SMUGGLED", headers: ["x-smuggled: SMUGGLED"] })
 const AUTH = `Authorization: Api-Key ${KEY}`;
 const PRE = `POST /predict HTTP/1.1\r\nHost: ${HOST}\r\n${AUTH}\r\n`;
 
+/** Heads node:http hands the socket over for (a CONNECT, an upgrade other than a websocket), pipelined. */
+const HANDOVER_HEADS: Array<[string, string]> = [
+  ["CONNECT", `CONNECT ${HOST}:443 HTTP/1.1\r\nHost: ${HOST}:443\r\n${AUTH}\r\n\r\n`],
+  ["an h2c upgrade", `${PRE}x-tag: p-up\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n`],
+];
+
 const HOP_BY_HOP = [
   "keep-alive",
   "proxy-connection",
@@ -774,13 +780,7 @@ describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTran
       c.destroy();
     });
 
-    it.each([
-      ["CONNECT", `CONNECT ${HOST}:443 HTTP/1.1\r\nHost: ${HOST}:443\r\n${AUTH}\r\n\r\n`],
-      [
-        "an h2c upgrade",
-        `${PRE}x-tag: p-up\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n`,
-      ],
-    ])(
+    it.each(HANDOVER_HEADS)(
       "a slow request, then a pipelined %s: the first is answered first and whole, the second answered or closed after it",
       async (_n, second) => {
         const base = echo("up-a");
@@ -813,13 +813,7 @@ describe.each(["http", "wire"] as const)("%s transport", (transport: IngressTran
       },
     );
 
-    it.each([
-      ["CONNECT", `CONNECT ${HOST}:443 HTTP/1.1\r\nHost: ${HOST}:443\r\n${AUTH}\r\n\r\n`],
-      [
-        "an h2c upgrade",
-        `${PRE}x-tag: p-up\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n`,
-      ],
-    ])(
+    it.each(HANDOVER_HEADS)(
       "a request with connection: close, then a pipelined %s: the first answered and the connection closed, the ingress still up",
       async (_n, second) => {
         up.respond = echo("close-a");
