@@ -48,7 +48,13 @@ import {
   type UpstreamFailure,
 } from "./plan.ts";
 import { RateLimiter } from "./rate-limit.ts";
-import { HOP_CONTINUE_TIMEOUT, HOP_REFUSED, UPGRADE_REQUIRED_FIELDS, upgradeAsk } from "./rules.ts";
+import {
+  HOP_CONTINUE_TIMEOUT,
+  HOP_NO_REPLICA,
+  HOP_REFUSED,
+  UPGRADE_REQUIRED_FIELDS,
+  upgradeAsk,
+} from "./rules.ts";
 
 /** The metric label of a request whose model (and so environment) did not resolve. */
 const UNRESOLVED = "unknown";
@@ -380,7 +386,11 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
           decision.code,
           decision.message,
           decision.detail,
-          decision.allow ? ["allow", decision.allow] : [],
+          decision.allow
+            ? ["allow", decision.allow]
+            : decision.code === "model_unavailable"
+              ? unservedHop(ex)
+              : [],
         );
       }
       parkFor = id;
@@ -477,7 +487,7 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
       const endpoints = options.localReplicas(id);
       if (endpoints.length === 0) {
         if (canPark(ex, id)) return park(ex, id);
-        return refuse("model_unavailable", null, { region: self.region });
+        return refuse("model_unavailable", null, { region: self.region }, unservedHop(ex));
       }
       // Backpressure with ready replicas (request_backpressure_settings.policy), once per request.
       const scale = parking === null ? undefined : deploymentRoute(id)?.scale;
@@ -530,6 +540,15 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
    * send it. Never to another region, never from a request that came over a hop, once per request. Returns
    * whether targets were added.
    */
+  /**
+   * The fields by which a plane that took a hop tells its sender, while planning it, that no replica of its
+   * own is ready for it, so nothing ran (rules.ts, HOP_NO_REPLICA); none for a request that came directly.
+   */
+  function unservedHop(ex: Exchange): string[] {
+    if (ex.forwardedFrom === null) return [];
+    return [HOP_REFUSED_HEADER, "no_replica", HOP_REFUSED_TIME, String(now())];
+  }
+
   function handToPeers(ex: Exchange, forward: Forward): boolean {
     const id = forward.peerDeployment;
     if (id === null) return false;
@@ -725,11 +744,16 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     },
 
     /**
-     * A peer plane's answer that is its refusal of the hop itself (rules.ts, HOP_REFUSED): the failure's
-     * message, with the peer's reason and how far its clock is from this plane's, or null for any other answer.
+     * A peer plane's answer that is its refusal of the hop itself (rules.ts, HOP_REFUSED), or its word that
+     * no replica of its own was ready for it (HOP_NO_REPLICA): the failure's code and message, with the
+     * peer's reason and how far its clock is from this plane's, or null for any other answer.
      */
-    hopRefused(t: Target, status: number, raw: readonly (string | Buffer)[]): string | null {
-      if (t.kind !== "plane" || status !== 403) return null;
+    hopRefused(
+      t: Target,
+      status: number,
+      raw: readonly (string | Buffer)[],
+    ): { code: typeof HOP_REFUSED | typeof HOP_NO_REPLICA; message: string } | null {
+      if (t.kind !== "plane" || (status !== 403 && status !== 503)) return null;
       let reason: string | null = null;
       let peerMs = Number.NaN;
       for (let i = 0; i < raw.length; i += 2) {
@@ -741,12 +765,19 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         else if (name === HOP_REFUSED_TIME) peerMs = Number(value);
       }
       if (reason === null) return null;
+      if (status === 503) {
+        if (reason !== "no_replica") return null;
+        return { code: HOP_NO_REPLICA, message: `peer plane ${t.name} had no replica ready for the request` };
+      }
       const offset = Number.isFinite(peerMs) ? Math.round(peerMs - now()) : null;
       const clock =
         offset === null
           ? ""
           : `; its clock is ${Math.abs(offset)} ms ${offset >= 0 ? "ahead of" : "behind"} this plane's`;
-      return `peer plane ${t.name} refused the hop (${reason.slice(0, 40)})${clock}`;
+      return {
+        code: HOP_REFUSED,
+        message: `peer plane ${t.name} refused the hop (${reason.slice(0, 40)})${clock}`,
+      };
     },
 
     acquire(t: Target): void {
@@ -851,14 +882,20 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     afterFailure(ex: Exchange, forward: Forward, attempt: number, f: UpstreamFailure): "retry" | Refusal {
       const t = forward.targets[attempt]!;
       if (f.bodyTooLarge) return refuse("payload_too_large", null, { limit_bytes: limits.maxBodyBytes });
-      if (f.code === HOP_REFUSED) {
+      if (f.code === HOP_REFUSED || f.code === HOP_NO_REPLICA) {
         // The peer never acted on it (rules.ts): the next target takes it when the body can still go there.
-        metrics?.upstreamFailure("hop_refused");
-        log.warn({ request_id: ex.requestId, target: t.name, err: f.message }, "hop refused by peer plane");
+        const refused = f.code === HOP_REFUSED;
+        metrics?.upstreamFailure(refused ? "hop_refused" : "hop_no_replica");
+        log.warn(
+          { request_id: ex.requestId, target: t.name, err: f.message },
+          refused ? "hop refused by peer plane" : "peer plane had no replica ready",
+        );
         if (!f.touched && attempt + 1 < forward.targets.length) return "retry";
         return refuse(
           "model_unavailable",
-          "The region's planes refused this plane's hand-over (their clocks or keys disagree with its own).",
+          refused
+            ? "The region's planes refused this plane's hand-over (their clocks or keys disagree with its own)."
+            : `No replica of this deployment is ready in region ${t.plane?.region ?? self.region}.`,
           { region: t.plane?.region ?? self.region },
         );
       }

@@ -18,14 +18,7 @@ import {
 } from "./gateway.ts";
 import { HopBeforeBody, HopSender } from "./http-hop.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "./options.ts";
-import {
-  awaitsContinue,
-  declaresBody,
-  HOP_REFUSED,
-  readsWholeFirst,
-  upgradeAsk,
-  upstreamTimeoutMs,
-} from "./rules.ts";
+import { awaitsContinue, declaresBody, readsWholeFirst, upgradeAsk, upstreamTimeoutMs } from "./rules.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "./tls-options.ts";
 import { type UpgradeContext, WebSocketRelay } from "./upgrade.ts";
 
@@ -550,10 +543,13 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
     const { ex, call } = this;
     const refused = this.gw.hopRefused(call.forward.targets[this.attempt]!, statusCode, rawHeaders);
     if (refused !== null) {
-      // A failed attempt, not an answer (rules.ts, HOP_REFUSED): untouched when none of the body left.
+      // A failed attempt, not an answer (rules.ts, HOP_REFUSED, HOP_NO_REPLICA): untouched when none of the
+      // body left.
       const err = Object.assign(
-        beforeBody || !ex.bodyDeclared ? new HopBeforeBody(refused, HOP_REFUSED) : new Error(refused),
-        { code: HOP_REFUSED },
+        beforeBody || !ex.bodyDeclared
+          ? new HopBeforeBody(refused.message, refused.code)
+          : new Error(refused.message),
+        { code: refused.code },
       );
       ex.cancel?.(err);
       return false;

@@ -443,6 +443,78 @@ describe("regional endpoint", () => {
     }
   });
 
+  it("a peer plane that takes the hop with no replica of its own ready runs nothing: the next plane of the region takes the request, or 503 from the sender", async () => {
+    // eu-3: the snapshot names it ready for d-eu, but its replica is gone (died since its last report).
+    const emptied = createIngress({
+      plane: { name: "eu-3", region: "eu" },
+      listen: { host: "127.0.2.3", port: 0 },
+      signingKey: generateSigningKey(),
+      snapshot: () => snapshotFor("eu-3" as PlaneName),
+      localReplicas: () => [],
+      limits: { predictTimeoutMs: 800, connectTimeoutMs: 1_000, hopContinueTimeoutMs: CONTINUE_MS },
+      transport: TRANSPORT,
+    });
+    await emptied.start();
+    refs.push({
+      name: "eu-3",
+      region: "eu",
+      ingress: [`127.0.2.3:${emptied.address!.port}`],
+      global_ingress: false,
+    });
+    const unserved = async () =>
+      Number(/kind="hop_no_replica"[^\n]* (\d+)/.exec(await plane("eu-1").registry.metrics())?.[1] ?? 0);
+    try {
+      bump(() => {
+        world.euReady = ["eu-3"];
+      });
+      // Alone in the region: the sender's own 503, never the peer's fields.
+      for (const body of ['{"x":1}', ""]) {
+        const before = repEu.seen.length;
+        const r = await send("eu-1", { host: REG, path: "/predict", body });
+        expect(r.status, r.body).toBe(503);
+        expect(r.json).toMatchObject({ error_code: "model_unavailable", detail: { region: "eu" } });
+        expect(r.headers["x-meridian-hop-refused"]).toBeUndefined();
+        expect(proof(r)).toMatchObject({ region: "eu", plane: "eu-1" });
+        expect(repEu.seen.length).toBe(before);
+      }
+      const first = await unserved();
+      expect(first, "eu-3's answers counted as hops it could not serve").toBe(2);
+      // With another ready plane in the region, every request is answered there, once, its body whole.
+      bump(() => {
+        world.euReady = ["eu-3", "eu-2"];
+      });
+      for (let i = 0; i < 8; i++) {
+        const before = repEu.seen.length;
+        const body = i % 4 < 2 ? `{"x":${i}}` : "";
+        const ok = await send("eu-1", { host: REG, path: "/predict", body });
+        expect(ok.status, ok.body).toBe(200);
+        expect(proof(ok)).toMatchObject({ region: "eu", plane: "eu-2", route: "eu-1, eu-2" });
+        expect(repEu.seen.length).toBe(before + 1);
+        expect(repEu.seen.at(-1)!.bodyBytes).toBe(body.length);
+      }
+      // The planes are tried in turn: some of the eight met eu-3 first.
+      expect(await unserved()).toBeGreaterThan(first);
+    } finally {
+      refs.splice(
+        refs.findIndex((p) => p.name === "eu-3"),
+        1,
+      );
+      bump(() => {});
+      await emptied.stop();
+    }
+  });
+
+  it("a plane with no replica ready says no_replica only to a hop: a client's own call gets a 503 without the field", async () => {
+    plane("eu-2").replicas.set("d-eu", []);
+    try {
+      const r = await send("eu-2", { host: REG, path: "/predict", body: '{"x":1}' });
+      expect(r.status).toBe(503);
+      expect(r.headers["x-meridian-hop-refused"]).toBeUndefined();
+    } finally {
+      plane("eu-2").replicas.set("d-eu", [repEu.endpoint]);
+    }
+  });
+
   it("retries another local replica when the first refuses the connection", async () => {
     const dead = await startReplica("dead", "127.0.2.2");
     await dead.close();

@@ -12,7 +12,13 @@ export interface RequestLabels {
   status_code: string;
 }
 
-export type UpstreamFailure = "connect" | "reset" | "timeout" | "peer_unreachable" | "hop_refused";
+export type UpstreamFailure =
+  | "connect"
+  | "reset"
+  | "timeout"
+  | "peer_unreachable"
+  | "hop_refused"
+  | "hop_no_replica";
 
 export interface GatewayMetrics {
   /** One request answered (its environment, hostname form and status), and how long it took. */

@@ -45,6 +45,15 @@ export const HOP_CONTINUE_TIMEOUT = "HOP_CONTINUE_TIMEOUT";
  */
 export const HOP_REFUSED = "HOP_REFUSED";
 
+/**
+ * A peer plane took the hop and found no replica of its own ready for it (`503 model_unavailable` with
+ * `x-meridian-hop-refused: no_replica`): its replica died after the snapshot named it ready, and a request
+ * that came over a hop is not handed on again (one hop at most). It says so while planning the request,
+ * before any of the body is read, so nothing ran: the sender takes it as it takes HOP_REFUSED, and the next
+ * plane of the region gets the request, or the client gets the sender's 503.
+ */
+export const HOP_NO_REPLICA = "HOP_NO_REPLICA";
+
 /** Whether an attempt at `t` is sent head first, waiting for `100 Continue` (see HOP_CONTINUE_TIMEOUT). */
 export function awaitsContinue(t: Target, forward: Forward, limits: IngressLimits): boolean {
   return t.kind === "plane" && limits.hopContinueTimeoutMs > 0 && declaresBody(forward);

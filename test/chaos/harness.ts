@@ -35,7 +35,12 @@ export interface Result {
   status: number;
   errorCode: string | null;
   region: string | null;
+  /** The plane that answered (its proof header, x-meridian-plane): for a refusal, the plane that refused. */
   plane: string | null;
+  /** The planes the request went through (x-meridian-route, as the answering plane wrote it). */
+  route: string | null;
+  /** A typed error's message (the body's `error`). */
+  message: string | null;
   key: "valid" | "revoked";
 }
 
@@ -192,9 +197,12 @@ export async function call(world: World, t: Target, key: string, idPrefix = "req
     });
     const text = await res.body.text();
     let errorCode: string | null = null;
+    let message: string | null = null;
     if (res.statusCode >= 400) {
       try {
-        errorCode = (JSON.parse(text) as { error_code?: string }).error_code ?? null;
+        const body = JSON.parse(text) as { error_code?: string; error?: string };
+        errorCode = body.error_code ?? null;
+        message = body.error ?? null;
       } catch {}
     }
     const header = (name: string) => {
@@ -209,6 +217,8 @@ export async function call(world: World, t: Target, key: string, idPrefix = "req
       errorCode,
       region: header("x-meridian-region"),
       plane: header("x-meridian-plane"),
+      route: header("x-meridian-route"),
+      message,
     };
   } catch (err) {
     const code = (err as { code?: string }).code ?? "";
@@ -221,6 +231,8 @@ export async function call(world: World, t: Target, key: string, idPrefix = "req
       errorCode: code || String(err),
       region: null,
       plane: null,
+      route: null,
+      message: null,
     };
   }
 }
@@ -422,6 +434,7 @@ export interface AuditEntry {
   environment: string | null;
   hostname_form: string | null;
   status: number;
+  error_code?: string | null;
   plane: string;
   region: string;
   processed_by: string | null;
@@ -454,30 +467,45 @@ export function auditRecords(cluster: Cluster): AuditEntry[] {
 }
 
 /**
- * What the planes recorded of calls that hung, one line each: the endpoint and the time, then every audit
- * record of its request id (plane, status, latency, whether the client had gone: 499 aborted) and the
- * replicas that executed it. A wake the client gave up on reads "499 after 10000 ms (client gone)" with no
- * execution; a call no plane ever recorded has no record at all. Read the trails after the planes stopped
- * (their audit buffers are written then).
+ * What the planes recorded of calls that hung, one line each (`explainCalls`). A wake the client gave up on
+ * reads "499 after 10000 ms (client gone)" with no execution; a call no plane ever recorded has no record at
+ * all. Read the trails after the planes stopped (their audit buffers are written then).
  */
 export function explainHung(world: World, results: readonly Result[]): string[] {
-  const hung = results.filter((r) => r.outcome === "hung");
-  if (hung.length === 0) return [];
+  return explainCalls(
+    world,
+    results.filter((r) => r.outcome === "hung"),
+  );
+}
+
+/**
+ * What the client saw of each call and what the planes recorded of it, one line each: the endpoint and the
+ * time, the answer (status, code, the answering plane and route, the message), then every audit record of
+ * its request id (plane, status, latency, whether the client had gone: 499 aborted, the plane it was handed
+ * from) and the replicas that executed it.
+ */
+export function explainCalls(world: World, calls: readonly Result[]): string[] {
+  if (calls.length === 0) return [];
   const byId = new Map<string, AuditEntry[]>();
   for (const a of auditRecords(world.cluster)) {
     const list = byId.get(a.request_id);
     if (list) list.push(a);
     else byId.set(a.request_id, [a]);
   }
-  return hung.map((r) => {
+  return calls.map((r) => {
     const records = (byId.get(r.id) ?? []).map(
       (a) =>
-        `${a.plane} ${a.status} after ${Math.round(a.latency_ms ?? -1)} ms` +
+        `${a.plane} ${a.status}${a.error_code ? ` ${a.error_code}` : ""} after ${Math.round(a.latency_ms ?? -1)} ms` +
         `${a.aborted ? " (client gone)" : ""}${a.forwarded_from ? ` from ${a.forwarded_from}` : ""}`,
     );
+    const answer =
+      r.outcome === "hung"
+        ? "no answer"
+        : `${r.status} ${r.errorCode ?? ""}${r.plane ? ` by ${r.plane}` : ""}${r.route ? ` (route ${r.route})` : ""}` +
+          `${r.message ? `: "${r.message}"` : ""}`;
     const ran = executions(world.cluster, r.id);
     return (
-      `${r.target} at ${new Date(r.startedAt).toISOString()} (${r.id}): ` +
+      `${r.target} at ${new Date(r.startedAt).toISOString()} (${r.id}), ${answer}; ` +
       `${records.length > 0 ? records.join("; ") : "no audit record"}; executed ${ran.length > 0 ? ran.join(" ") : "nowhere"}`
     );
   });

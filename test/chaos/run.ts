@@ -2,6 +2,9 @@
 // planes in four regions on loopback, keeps steady load on every regional and standard endpoint, injects each
 // fault in turn, and prints the counts from both sides; `--write` puts them in RELIABILITY.md. `--minutes` is
 // how long the control plane and its database stay down (the issue's static-stability run is 10).
+// `--only "replica SIGKILL,plane frozen"` runs the baseline and the faults named (the names of the report's
+// rows) and prints, for each, its counts and every call not answered 2xx with what the planes recorded of it;
+// it writes nothing.
 
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
@@ -35,6 +38,7 @@ import {
   type Counts,
   count,
   duplicateExecutions,
+  explainCalls,
   Load,
   type Result,
   recoveryMs,
@@ -51,8 +55,16 @@ const { values } = parseArgs({
     minutes: { type: "string", default: "1" },
     write: { type: "boolean", default: false },
     concurrency: { type: "string", default: "3" },
+    only: { type: "string" },
   },
 });
+const only = values.only === undefined ? null : values.only.split(",").map((n) => n.trim());
+if (only !== null && values.write) {
+  console.error(
+    "--only runs some faults and writes nothing: RELIABILITY.md is written from a run of all of them",
+  );
+  process.exit(2);
+}
 const minutes = Number(values.minutes);
 if (!Number.isFinite(minutes) || minutes <= 0 || minutes > 60) {
   console.error("--minutes is a number of minutes, above 0 and at most 60");
@@ -111,7 +123,16 @@ try {
     ["control plane's SQLite made unwritable", () => sqliteUnwritable(world, 10)],
     ["control plane and database down", () => controlDown(world, minutes * 60, 60)],
   ];
+  if (only !== null) {
+    const unknown = only.filter((n) => !faults.some(([name]) => name === n));
+    if (unknown.length > 0) {
+      throw new Error(
+        `--only: no fault named ${unknown.join(", ")} (faults: ${faults.map(([n]) => n).join(", ")})`,
+      );
+    }
+  }
   for (const [name, run] of faults) {
+    if (only !== null && name !== "baseline" && !only.includes(name)) continue;
     log(`fault: ${name}`);
     runs.push(await run());
     await new Promise((r) => setTimeout(r, 3_000));
@@ -123,6 +144,19 @@ try {
   await proxy.stop();
   await hooks.stop();
   clocks.remove();
+}
+
+if (only !== null) {
+  for (const r of runs) {
+    const c = count(load.results, world, r.startedAt, r.endedAt);
+    console.log(`## ${r.name}: ${r.what}`);
+    console.log(JSON.stringify({ ...c, extra: r.extra ?? {} }));
+    const failed = load.results.filter(
+      (x) => x.startedAt >= r.startedAt && x.startedAt < r.endedAt && x.outcome !== "ok",
+    );
+    for (const line of explainCalls(world, failed)) console.log(`- ${line}`);
+  }
+  process.exit(0);
 }
 
 // The control plane's database stopped: a second installation whose control plane is on a PostgreSQL

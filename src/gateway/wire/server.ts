@@ -26,7 +26,7 @@ import {
   refuse,
 } from "../gateway.ts";
 import type { Ingress, IngressLimits, IngressOptions } from "../options.ts";
-import { awaitsContinue, declaresBody, HOP_REFUSED, readsWholeFirst, upstreamTimeoutMs } from "../rules.ts";
+import { awaitsContinue, declaresBody, readsWholeFirst, upstreamTimeoutMs } from "../rules.ts";
 import { sniServerOptions, withdrawSessionsOnChange } from "../tls-options.ts";
 import { type UpgradeContext, WebSocketRelay } from "../upgrade.ts";
 import {
@@ -1012,7 +1012,7 @@ class Sink implements CallSink {
     const refused = gw.hopRefused(t, status, rawHeaders);
     if (refused !== null) {
       // Untouched when none of the body left: held for a 100 that never came, or there is none.
-      return { code: HOP_REFUSED, message: refused, touched: !beforeBody && declaresBody(forward) };
+      return { ...refused, touched: !beforeBody && declaresBody(forward) };
     }
     const headers = gw.responseHeaders(
       ex,
