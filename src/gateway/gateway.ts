@@ -234,7 +234,14 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     );
   }
   function canPark(ex: Exchange, id: string): boolean {
-    return !released.has(ex) && canWake(id);
+    if (released.has(ex) || !canWake(id)) return false;
+    // A request that came over a hop is not handed on again (one hop at most). With another plane of the
+    // deployment ready, holding it here would release it at once (roomFor) into a refusal, after its 100
+    // Continue let the body go; refused now, before the body, its sender can still send it to that plane
+    // (unservedHop, rules.ts HOP_NO_REPLICA).
+    if (ex.forwardedFrom !== null && deploymentRoute(id)?.ready_planes.some((p) => p !== self.name))
+      return false;
+    return true;
   }
   /**
    * `POST …/wake` (the reference: "Returns immediately with 202 Accepted"): decided as a predict is (key,
@@ -887,7 +894,13 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
         const refused = f.code === HOP_REFUSED;
         metrics?.upstreamFailure(refused ? "hop_refused" : "hop_no_replica");
         log.warn(
-          { request_id: ex.requestId, target: t.name, err: f.message },
+          {
+            request_id: ex.requestId,
+            target: t.name,
+            err: f.message,
+            body_sent: f.touched,
+            planes_left: forward.targets.length - attempt - 1,
+          },
           refused ? "hop refused by peer plane" : "peer plane had no replica ready",
         );
         if (!f.touched && attempt + 1 < forward.targets.length) return "retry";

@@ -492,6 +492,16 @@ describe("regional endpoint", () => {
         expect(repEu.seen.length).toBe(before + 1);
         expect(repEu.seen.at(-1)!.bodyBytes).toBe(body.length);
       }
+      // The same through the global ingress, on the environment's standard endpoint.
+      for (let i = 0; i < 4; i++) {
+        const before = repEu.seen.length;
+        const body = i < 2 ? `{"x":${i}}` : "";
+        const ok = await send("us-1", { host: STD, path: "/environments/prod-eu/predict", body });
+        expect(ok.status, ok.body).toBe(200);
+        expect(proof(ok)).toMatchObject({ region: "eu", plane: "eu-2", route: "us-1, eu-2" });
+        expect(repEu.seen.length).toBe(before + 1);
+        expect(repEu.seen.at(-1)!.bodyBytes).toBe(body.length);
+      }
       // The planes are tried in turn: some of the eight met eu-3 first.
       expect(await unserved()).toBeGreaterThan(first);
     } finally {
@@ -501,6 +511,76 @@ describe("regional endpoint", () => {
       );
       bump(() => {});
       await emptied.stop();
+    }
+  });
+
+  it("a peer plane that could hold the hop while its deployment wakes does not when another plane of the region is ready: the sender sends it there", async () => {
+    // eu-3 as a real plane is: it wakes deployments (parking), and d-eu is wakeable. Before this, it held
+    // the hop, let its body come (100 Continue), released it at once (eu-2 ready) and refused it, too late
+    // for the sender to send the body elsewhere: 503 where eu-2 could have served.
+    const woken: string[] = [];
+    const wakeable = new WeakMap<PlaneSnapshot, PlaneSnapshot>();
+    const withScale = (base: PlaneSnapshot): PlaneSnapshot => {
+      let snap = wakeable.get(base);
+      if (snap === undefined) {
+        snap = {
+          ...base,
+          models: base.models.map((m) => ({
+            ...m,
+            deployments: m.deployments.map((d) =>
+              d.id === "d-eu" ? { ...d, scale: { wakeable: true, concurrency_target: 4, policy: null } } : d,
+            ),
+          })),
+        };
+        wakeable.set(base, snap);
+      }
+      return snap;
+    };
+    const holding = createIngress({
+      plane: { name: "eu-3", region: "eu" },
+      listen: { host: "127.0.2.3", port: 0 },
+      signingKey: generateSigningKey(),
+      snapshot: () => withScale(snapshotFor("eu-3" as PlaneName)),
+      localReplicas: () => [],
+      wake: async (id) => {
+        woken.push(id);
+      },
+      limits: { predictTimeoutMs: 800, connectTimeoutMs: 1_000, hopContinueTimeoutMs: CONTINUE_MS },
+      transport: TRANSPORT,
+    });
+    await holding.start();
+    refs.push({
+      name: "eu-3",
+      region: "eu",
+      ingress: [`127.0.2.3:${holding.address!.port}`],
+      global_ingress: false,
+    });
+    try {
+      bump(() => {
+        world.euReady = ["eu-3", "eu-2"];
+      });
+      for (let i = 0; i < 8; i++) {
+        const before = repEu.seen.length;
+        const body = i % 4 < 2 ? `{"x":${i}}` : "";
+        const entry = i < 4 ? "eu-1" : "us-1";
+        const ok = await send(entry, {
+          host: entry === "eu-1" ? REG : STD,
+          path: entry === "eu-1" ? "/predict" : "/environments/prod-eu/predict",
+          body,
+        });
+        expect(ok.status, ok.body).toBe(200);
+        expect(proof(ok)).toMatchObject({ region: "eu", plane: "eu-2", route: `${entry}, eu-2` });
+        expect(repEu.seen.length).toBe(before + 1);
+        expect(repEu.seen.at(-1)!.bodyBytes).toBe(body.length);
+      }
+      expect(woken, "nothing held at eu-3, so nothing woken there").toEqual([]);
+    } finally {
+      refs.splice(
+        refs.findIndex((p) => p.name === "eu-3"),
+        1,
+      );
+      bump(() => {});
+      await holding.stop();
     }
   });
 

@@ -125,8 +125,17 @@ export async function replicaKills(world: World, times: number, everyS: number):
   const startedAt = Date.now();
   let killed = 0;
   let restoredAt = startedAt;
+  /** The READY eu replicas on each eu plane when each kill was made, as the planes' agents list them. */
+  const layouts: string[] = [];
   for (let i = 0; i < times; i++) {
     const order = i % 2 === 0 ? ["eu-1", "eu-2"] : ["eu-2", "eu-1"];
+    const ready: string[] = [];
+    for (const plane of ["eu-1", "eu-2"]) {
+      const rs = (await planeReplicas(world.cluster.plane(plane))) ?? [];
+      ready.push(
+        `${plane} ${rs.filter((r) => r.deployment_id === world.deployments.eu && r.state === "READY").length}`,
+      );
+    }
     let pid: number | null = null;
     for (const plane of order) {
       pid = await replicaProcess(world, plane, world.deployments.eu);
@@ -136,6 +145,7 @@ export async function replicaKills(world: World, times: number, everyS: number):
       process.kill(pid, "SIGKILL");
       killed++;
       restoredAt = Date.now();
+      layouts.push(`${new Date(restoredAt).toISOString().slice(11, 23)} (${ready.join(", ")})`);
     }
     await sleep(everyS * 1000);
   }
@@ -148,7 +158,7 @@ export async function replicaKills(world: World, times: number, everyS: number):
     restoredAt,
     endedAt: Date.now(),
     affected: ["eu regional @eu-1", "eu regional @eu-2", "eu standard @us-1"],
-    extra: { kills: killed },
+    extra: { kills: killed, "kills at (ready eu replicas per plane before)": layouts.join("; ") },
   };
 }
 

@@ -103,6 +103,8 @@ const proxy = await new SnapshotCorrupter(world.cluster.controlUrl).start();
 const hooks = await new WebhookReceiver().start();
 const load = new Load(world, { concurrency, pauseMs: 20 });
 const runs: FaultRun[] = [];
+/** Each plane's last log lines, kept when the planes stop (`--only` prints those of the calls it explains). */
+const planeLogs = new Map<string, string[]>();
 const startedAt = Date.now();
 try {
   const faults: Array<[string, () => Promise<FaultRun>]> = [
@@ -139,6 +141,7 @@ try {
   }
 } finally {
   await load.stop();
+  for (const p of world.cluster.planes.values()) planeLogs.set(p.name, p.process?.output ?? []);
   // SIGTERM: the planes flush their audit trails before the counts are read from them.
   await world.cluster.stop();
   await proxy.stop();
@@ -154,7 +157,14 @@ if (only !== null) {
     const failed = load.results.filter(
       (x) => x.startedAt >= r.startedAt && x.startedAt < r.endedAt && x.outcome !== "ok",
     );
-    for (const line of explainCalls(world, failed)) console.log(`- ${line}`);
+    const lines = explainCalls(world, failed);
+    for (const [i, line] of lines.entries()) {
+      console.log(`- ${line}`);
+      // What the planes' current processes logged of it (their last lines only).
+      for (const [name, output] of planeLogs) {
+        for (const l of output) if (l.includes(failed[i]!.id)) console.log(`    ${name}: ${l.slice(0, 400)}`);
+      }
+    }
   }
   process.exit(0);
 }

@@ -31,10 +31,25 @@ describe("placement of a regional environment", () => {
   }
 
   async function activeIn(model: string, env: string, timeoutMs = 30_000) {
-    return eventually(async () => {
-      const e = await environment(model, env);
-      return e.current_deployment?.status === "ACTIVE" && e.in_progress_promotion === null ? e : null;
-    }, timeoutMs);
+    let last: unknown = null;
+    try {
+      return await eventually(async () => {
+        const e = await environment(model, env);
+        last = e;
+        return e.current_deployment?.status === "ACTIVE" && e.in_progress_promotion === null ? e : null;
+      }, timeoutMs);
+    } catch (err) {
+      // Say what the control plane had of the environment, the model's deployments and its last words.
+      const deployments = (await api().get(`/v1/models/${model}/deployments`)).body.deployments as Array<{
+        id: string;
+        status: string;
+      }>;
+      throw new Error(
+        `${(err as Error).message}\nenvironment: ${JSON.stringify(last)}\ndeployments: ${deployments
+          .map((d) => `${d.id} ${d.status}`)
+          .join(", ")}\ncontrol plane:\n${cluster.control.output.slice(-60).join("\n")}`,
+      );
+    }
   }
 
   /** Every deployment the control plane holds to `eu` ran only on eu planes, as the planes saw it. */
