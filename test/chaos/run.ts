@@ -392,21 +392,24 @@ lines.push(
   '- *clock jumps*: found by an earlier run and fixed since (docs/gateway.md, "A peer that refuses the hop"): a plane whose wall clock is more than 30 s off (the hop window, `HOP_MAX_AGE_MS` in `src/gateway/hop.ts`) refuses the hops handed to it, and a standard request for eu entering at us-1 was answered `403 hop_invalid`, the client told 403 for the planes\' clock fault. The entry plane now takes the peer\'s refusal for a failed attempt that never ran: the next plane of the region takes the request, else it is answered `503 model_unavailable`; the refusal is counted (`meridian_ingress_upstream_failures_total{kind="hop_refused"}`) and logged with how far the peer\'s clock is from the entry plane\'s (`ingress.test.ts`, "a peer plane whose clock is outside the hop window", both transports).',
 );
 {
-  // The 503s of the two eu kill faults, by endpoint: what is left of the path fixed since the run of
-  // 2026-12-03 09:53 (5 of 2101 and 1 of 2127 then).
+  // The 503s of the two eu kill faults, by endpoint, each with what the planes recorded of it: the path
+  // attributed and fixed on 2026-12-03 (docs/gateway.md, "A peer with no replica ready for the hop").
+  const left: Result[] = [];
   const unavailable = ["replica SIGKILL", "plane SIGKILL and restart"].map((name) => {
     const r = runs.find((x) => x.name === name)!;
     const rs = results.filter(
       (x) => x.startedAt >= r.startedAt && x.startedAt < r.endedAt && x.errorCode === "model_unavailable",
     );
+    left.push(...rs);
     const by = new Map<string, number>();
     for (const x of rs) by.set(x.target, (by.get(x.target) ?? 0) + 1);
     const where = [...by].map(([t, n]) => `${n} at ${t}`).join(", ");
     return `*${name}*: ${rs.length} × \`503 model_unavailable\`${rs.length > 0 ? ` (${where})` : ""}`;
   });
   lines.push(
-    `- *replica SIGKILL* and *plane SIGKILL and restart* gave a few calls \`503 model_unavailable\` (5 of 2101 and 1 of 2127 in the run of 2026-12-03 09:53). One path known to give it: a request that reached the dying replica's plane over a hop (eu's standard endpoint through the global ingress) is not handed on a second time (one hop at most), and the entry plane keeps no copy of a body that has left. In this run: ${unavailable.join("; ")}. Typed, immediate and never out of region, but not attributed yet: the harness does not yet keep which plane answered a 503, nor that plane's audit record of it.`,
+    `- *replica SIGKILL* and *plane SIGKILL and restart*: found by earlier runs (3 and 2 × \`503 model_unavailable\`, all at eu's standard endpoint through us-1, in the run of 2026-12-03 16:17), attributed and fixed since (docs/gateway.md, "A peer with no replica ready for the hop"): each was a hop from us-1 to the eu plane whose replica had died milliseconds before, while the other eu plane had a ready one; that plane held the hop for a wake, let its body come, and refused it once the body could no longer go elsewhere. \`npm run chaos -- --only "replica SIGKILL,plane SIGKILL and restart"\` prints every call of those faults not answered 2xx with its answering plane, route, message, audit records and log lines. In this run: ${unavailable.join("; ")}.`,
   );
+  for (const line of explainCalls(world, left)) lines.push(`  - ${line}`);
 }
 lines.push(
   "- *control plane SIGKILL mid async job*: found by the 1-minute run (2 of 4 jobs ending while the control plane was down ended `WEBHOOK_FAILED`) and fixed since: a plane holds the team's webhook secrets from the moment it accepts a request with a webhook, a delivery waiting for secrets no longer spends its attempts (it waits up to 24 h, retried at once when the control plane is back), and nothing is sent unsigned (`test/chaos/webhook-outage.test.ts`, docs/async.md).",
