@@ -541,13 +541,6 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
   }
 
   /**
-   * No replica of this plane accepted a request planned for them (each attempt an untouched connect failure:
-   * the replica died, or is restarting, before the agent saw it): the request goes on to the planes of this
-   * region that the snapshot names ready for the deployment, over the hop, as a regional decision would
-   * send it. Never to another region, never from a request that came over a hop, once per request. Returns
-   * whether targets were added.
-   */
-  /**
    * The fields by which a plane that took a hop tells its sender, while planning it, that no replica of its
    * own is ready for it, so nothing ran (rules.ts, HOP_NO_REPLICA); none for a request that came directly.
    */
@@ -556,6 +549,13 @@ export function createGateway(options: IngressOptions, limits: IngressLimits) {
     return [HOP_REFUSED_HEADER, "no_replica", HOP_REFUSED_TIME, String(now())];
   }
 
+  /**
+   * No replica of this plane accepted a request planned for them (each attempt an untouched connect failure:
+   * the replica died, or is restarting, before the agent saw it): the request goes on to the planes of this
+   * region that the snapshot names ready for the deployment, over the hop, as a regional decision would
+   * send it. Never to another region, never from a request that came over a hop, once per request. Returns
+   * whether targets were added.
+   */
   function handToPeers(ex: Exchange, forward: Forward): boolean {
     const id = forward.peerDeployment;
     if (id === null) return false;
