@@ -15,6 +15,7 @@ import { generateSigningKey, type SigningKey } from "../lib/keys.ts";
 import { AuditLog } from "./audit.ts";
 import { type HopClaims, signHop } from "./hop.ts";
 import { createIngress, type Ingress, type IngressTransport } from "./ingress.ts";
+import type { IngressOptions } from "./options.ts";
 import { type CallOptions, call, startReplica, type TestReplica } from "./testing.ts";
 
 const DOMAIN = "meridian.test";
@@ -387,9 +388,9 @@ describe("regional endpoint", () => {
     }
   });
 
-  it("a peer plane whose clock is outside the hop window refuses the hop: the next plane of the region takes the request, or 503, never the peer's 403", async () => {
-    // eu-3, an ingress of its own whose clock runs 60 s ahead (past the hop window of 30 s).
-    const skewed = createIngress({
+  /** eu-3, a third eu plane of the test's own on 127.0.2.3 (by default serving d-eu), while `run` runs. */
+  async function withEu3(overrides: Partial<IngressOptions>, run: () => Promise<void>): Promise<void> {
+    const eu3 = createIngress({
       plane: { name: "eu-3", region: "eu" },
       listen: { host: "127.0.2.3", port: 0 },
       signingKey: generateSigningKey(),
@@ -397,121 +398,93 @@ describe("regional endpoint", () => {
       localReplicas: (id) => (id === "d-eu" ? [repEu.endpoint] : []),
       limits: { predictTimeoutMs: 800, connectTimeoutMs: 1_000, hopContinueTimeoutMs: CONTINUE_MS },
       transport: TRANSPORT,
-      now: () => Date.now() + 60_000,
+      ...overrides,
     });
-    await skewed.start();
+    await eu3.start();
     refs.push({
       name: "eu-3",
       region: "eu",
-      ingress: [`127.0.2.3:${skewed.address!.port}`],
+      ingress: [`127.0.2.3:${eu3.address!.port}`],
       global_ingress: false,
     });
     try {
-      bump(() => {
-        world.euReady = ["eu-3"];
-      });
-      // With a body (sent head first, waiting for the 100 the refusal replaces) and without one.
-      for (const body of ['{"x":1}', ""]) {
-        const before = repEu.seen.length;
-        const r = await send("eu-1", { host: REG, path: "/predict", body });
-        expect(r.status, r.body).toBe(503);
-        expect(r.json).toMatchObject({ error_code: "model_unavailable", detail: { region: "eu" } });
-        expect(r.headers["x-meridian-hop-refused"]).toBeUndefined();
-        expect(proof(r)).toMatchObject({ region: "eu", plane: "eu-1" });
-        expect(repEu.seen.length, "the skewed plane never ran it").toBe(before);
-      }
-      // With another ready plane in the region, every request is answered there, once.
-      bump(() => {
-        world.euReady = ["eu-3", "eu-2"];
-      });
-      for (let i = 0; i < 4; i++) {
-        const before = repEu.seen.length;
-        const ok = await send("eu-1", { host: REG, path: "/predict", body: i % 2 ? "" : '{"x":1}' });
-        expect(ok.status, ok.body).toBe(200);
-        expect(proof(ok)).toMatchObject({ region: "eu", plane: "eu-2", route: "eu-1, eu-2" });
-        expect(repEu.seen.length).toBe(before + 1);
-      }
-      const text = await plane("eu-1").registry.metrics();
-      expect(text).toMatch(/kind="hop_refused"[^\n]* [1-9]/);
+      await run();
     } finally {
       refs.splice(
         refs.findIndex((p) => p.name === "eu-3"),
         1,
       );
       bump(() => {});
-      await skewed.stop();
+      await eu3.stop();
     }
+  }
+
+  /**
+   * eu-3 alone named ready: a request at eu-1, with a body (sent head first, waiting for the 100 the refusal
+   * replaces) and without one, gets eu-1's own 503, never eu-3's fields, and eu-3 ran nothing.
+   */
+  async function expectSenders503(): Promise<void> {
+    bump(() => {
+      world.euReady = ["eu-3"];
+    });
+    for (const body of ['{"x":1}', ""]) {
+      const before = repEu.seen.length;
+      const r = await send("eu-1", { host: REG, path: "/predict", body });
+      expect(r.status, r.body).toBe(503);
+      expect(r.json).toMatchObject({ error_code: "model_unavailable", detail: { region: "eu" } });
+      expect(r.headers["x-meridian-hop-refused"]).toBeUndefined();
+      expect(proof(r)).toMatchObject({ region: "eu", plane: "eu-1" });
+      expect(repEu.seen.length, "eu-3 never ran it").toBe(before);
+    }
+  }
+
+  /**
+   * eu-3 and eu-2 named ready: `n` requests, entering at eu-1's regional endpoint, or at us-1's standard
+   * endpoint from `globalFrom` on, with bodies and without, each answered 200 by eu-2, once, its body whole.
+   */
+  async function expectServedByEu2(n: number, globalFrom = n): Promise<void> {
+    bump(() => {
+      world.euReady = ["eu-3", "eu-2"];
+    });
+    for (let i = 0; i < n; i++) {
+      const before = repEu.seen.length;
+      const body = i % 4 < 2 ? `{"x":${i}}` : "";
+      const entry = i < globalFrom ? "eu-1" : "us-1";
+      const ok = await send(entry, {
+        host: entry === "eu-1" ? REG : STD,
+        path: entry === "eu-1" ? "/predict" : "/environments/prod-eu/predict",
+        body,
+      });
+      expect(ok.status, ok.body).toBe(200);
+      expect(proof(ok)).toMatchObject({ region: "eu", plane: "eu-2", route: `${entry}, eu-2` });
+      expect(repEu.seen.length).toBe(before + 1);
+      expect(repEu.seen.at(-1)!.bodyBytes).toBe(body.length);
+    }
+  }
+
+  const upstreamFailures = async (kind: string) =>
+    Number(new RegExp(`kind="${kind}"[^\\n]* (\\d+)`).exec(await plane("eu-1").registry.metrics())?.[1] ?? 0);
+
+  it("a peer plane whose clock is outside the hop window refuses the hop: the next plane of the region takes the request, or 503, never the peer's 403", async () => {
+    // eu-3's clock runs 60 s ahead (past the hop window of 30 s).
+    await withEu3({ now: () => Date.now() + 60_000 }, async () => {
+      await expectSenders503();
+      // The planes are tried in turn: some of the eight met eu-3 first.
+      await expectServedByEu2(8);
+      expect(await upstreamFailures("hop_refused")).toBeGreaterThan(0);
+    });
   });
 
   it("a peer plane that takes the hop with no replica of its own ready runs nothing: the next plane of the region takes the request, or 503 from the sender", async () => {
     // eu-3: the snapshot names it ready for d-eu, but its replica is gone (died since its last report).
-    const emptied = createIngress({
-      plane: { name: "eu-3", region: "eu" },
-      listen: { host: "127.0.2.3", port: 0 },
-      signingKey: generateSigningKey(),
-      snapshot: () => snapshotFor("eu-3" as PlaneName),
-      localReplicas: () => [],
-      limits: { predictTimeoutMs: 800, connectTimeoutMs: 1_000, hopContinueTimeoutMs: CONTINUE_MS },
-      transport: TRANSPORT,
-    });
-    await emptied.start();
-    refs.push({
-      name: "eu-3",
-      region: "eu",
-      ingress: [`127.0.2.3:${emptied.address!.port}`],
-      global_ingress: false,
-    });
-    const unserved = async () =>
-      Number(/kind="hop_no_replica"[^\n]* (\d+)/.exec(await plane("eu-1").registry.metrics())?.[1] ?? 0);
-    try {
-      bump(() => {
-        world.euReady = ["eu-3"];
-      });
-      // Alone in the region: the sender's own 503, never the peer's fields.
-      for (const body of ['{"x":1}', ""]) {
-        const before = repEu.seen.length;
-        const r = await send("eu-1", { host: REG, path: "/predict", body });
-        expect(r.status, r.body).toBe(503);
-        expect(r.json).toMatchObject({ error_code: "model_unavailable", detail: { region: "eu" } });
-        expect(r.headers["x-meridian-hop-refused"]).toBeUndefined();
-        expect(proof(r)).toMatchObject({ region: "eu", plane: "eu-1" });
-        expect(repEu.seen.length).toBe(before);
-      }
-      const first = await unserved();
+    await withEu3({ localReplicas: () => [] }, async () => {
+      await expectSenders503();
+      const first = await upstreamFailures("hop_no_replica");
       expect(first, "eu-3's answers counted as hops it could not serve").toBe(2);
-      // With another ready plane in the region, every request is answered there, once, its body whole.
-      bump(() => {
-        world.euReady = ["eu-3", "eu-2"];
-      });
-      for (let i = 0; i < 8; i++) {
-        const before = repEu.seen.length;
-        const body = i % 4 < 2 ? `{"x":${i}}` : "";
-        const ok = await send("eu-1", { host: REG, path: "/predict", body });
-        expect(ok.status, ok.body).toBe(200);
-        expect(proof(ok)).toMatchObject({ region: "eu", plane: "eu-2", route: "eu-1, eu-2" });
-        expect(repEu.seen.length).toBe(before + 1);
-        expect(repEu.seen.at(-1)!.bodyBytes).toBe(body.length);
-      }
-      // The same through the global ingress, on the environment's standard endpoint.
-      for (let i = 0; i < 4; i++) {
-        const before = repEu.seen.length;
-        const body = i < 2 ? `{"x":${i}}` : "";
-        const ok = await send("us-1", { host: STD, path: "/environments/prod-eu/predict", body });
-        expect(ok.status, ok.body).toBe(200);
-        expect(proof(ok)).toMatchObject({ region: "eu", plane: "eu-2", route: "us-1, eu-2" });
-        expect(repEu.seen.length).toBe(before + 1);
-        expect(repEu.seen.at(-1)!.bodyBytes).toBe(body.length);
-      }
-      // The planes are tried in turn: some of the eight met eu-3 first.
-      expect(await unserved()).toBeGreaterThan(first);
-    } finally {
-      refs.splice(
-        refs.findIndex((p) => p.name === "eu-3"),
-        1,
-      );
-      bump(() => {});
-      await emptied.stop();
-    }
+      // Through eu-1's regional endpoint, then the global ingress's standard endpoint.
+      await expectServedByEu2(12, 8);
+      expect(await upstreamFailures("hop_no_replica")).toBeGreaterThan(first);
+    });
   });
 
   it("a peer plane that could hold the hop while its deployment wakes does not when another plane of the region is ready: the sender sends it there", async () => {
@@ -536,52 +509,17 @@ describe("regional endpoint", () => {
       }
       return snap;
     };
-    const holding = createIngress({
-      plane: { name: "eu-3", region: "eu" },
-      listen: { host: "127.0.2.3", port: 0 },
-      signingKey: generateSigningKey(),
+    const overrides: Partial<IngressOptions> = {
       snapshot: () => withScale(snapshotFor("eu-3" as PlaneName)),
       localReplicas: () => [],
       wake: async (id) => {
         woken.push(id);
       },
-      limits: { predictTimeoutMs: 800, connectTimeoutMs: 1_000, hopContinueTimeoutMs: CONTINUE_MS },
-      transport: TRANSPORT,
-    });
-    await holding.start();
-    refs.push({
-      name: "eu-3",
-      region: "eu",
-      ingress: [`127.0.2.3:${holding.address!.port}`],
-      global_ingress: false,
-    });
-    try {
-      bump(() => {
-        world.euReady = ["eu-3", "eu-2"];
-      });
-      for (let i = 0; i < 8; i++) {
-        const before = repEu.seen.length;
-        const body = i % 4 < 2 ? `{"x":${i}}` : "";
-        const entry = i < 4 ? "eu-1" : "us-1";
-        const ok = await send(entry, {
-          host: entry === "eu-1" ? REG : STD,
-          path: entry === "eu-1" ? "/predict" : "/environments/prod-eu/predict",
-          body,
-        });
-        expect(ok.status, ok.body).toBe(200);
-        expect(proof(ok)).toMatchObject({ region: "eu", plane: "eu-2", route: `${entry}, eu-2` });
-        expect(repEu.seen.length).toBe(before + 1);
-        expect(repEu.seen.at(-1)!.bodyBytes).toBe(body.length);
-      }
+    };
+    await withEu3(overrides, async () => {
+      await expectServedByEu2(8, 4);
       expect(woken, "nothing held at eu-3, so nothing woken there").toEqual([]);
-    } finally {
-      refs.splice(
-        refs.findIndex((p) => p.name === "eu-3"),
-        1,
-      );
-      bump(() => {});
-      await holding.stop();
-    }
+    });
   });
 
   it("a plane with no replica ready says no_replica only to a hop: a client's own call gets a 503 without the field", async () => {
