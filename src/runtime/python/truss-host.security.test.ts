@@ -363,10 +363,11 @@ class Model:
       "bwrap",
       [
         // Only what the host needs: the interpreter's tree, the host's own directory, the package at
-        // /app and the directory of its socket; the rest of the root is bubblewrap's empty tmpfs.
+        // /app and the directory of its socket; the rest of the root is bubblewrap's empty tmpfs. /tmp's
+        // tmpfs first: a checkout under /tmp is bound over it, not hidden by it.
+        ...["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"],
         ...["/usr", "/bin", "/lib", "/lib64", "/etc"].flatMap((p) => ["--ro-bind-try", p, p]),
         ...["--ro-bind", path.dirname(TRUSS_HOST_SCRIPT), path.dirname(TRUSS_HOST_SCRIPT)],
-        ...["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"],
         ...["--ro-bind", dir, "/app"],
         ...["--bind", sockets, sockets],
         ...["--unshare-all", "--die-with-parent", "--clearenv", "--setenv", "HOME", "/tmp", "--chdir", "/"],
