@@ -4,7 +4,7 @@
 // and the control plane — fail-static — does not judge the silent region down, so when eu's planes start
 // again they serve their replicas where they were.
 
-import { request } from "undici";
+import { Agent, request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Cluster, DOMAIN, eventually, startCluster } from "../support/cluster.ts";
 import { PlacementWatch, planeReplicas, predict, Traffic } from "../support/planes.ts";
@@ -86,15 +86,21 @@ describe("a region cut off", () => {
     for (const n of ["eu-1", "eu-2"]) {
       const p = cluster.plane(n);
       const started = Date.now();
+      // A connection of its own: one kept alive from before the kill would fail as closed (UND_ERR_SOCKET),
+      // which says nothing of whether anything still listens.
+      const fresh = new Agent();
       const err = await request(`http://${p.host}:${p.port}/predict`, {
         method: "POST",
         headers: { host: regional(eu.model, "prod-eu") },
         body: "{}",
         headersTimeout: 10_000,
-      }).then(
-        () => null,
-        (e: NodeJS.ErrnoException) => e.code ?? String(e),
-      );
+        dispatcher: fresh,
+      })
+        .then(
+          () => null,
+          (e: NodeJS.ErrnoException) => e.code ?? String(e),
+        )
+        .finally(() => fresh.close());
       expect(err).toBe("ECONNREFUSED");
       expect(Date.now() - started).toBeLessThan(1_000);
     }
