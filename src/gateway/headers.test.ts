@@ -56,6 +56,9 @@ describe("a replica's signatures", () => {
 
   it("a replica's x-meridian-receipt-request is dropped with the other x-meridian-* fields", () => {
     expect(fromReplica(["x-meridian-receipt-request", 'method="GET"', "x-a", "1"])).toEqual(["x-a", "1"]);
+    // A replica cannot pass for its plane saying nothing ran (rules.ts, HOP_NO_REPLICA): a request that did
+    // run would be sent to another plane again.
+    expect(fromReplica(["x-meridian-hop-refused", "no_replica", "x-meridian-time", "1"])).toEqual([]);
   });
 
   it("a peer plane's receipt passes unchanged, its echo kept aside with the proof", () => {

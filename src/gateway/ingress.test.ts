@@ -487,6 +487,31 @@ describe("regional endpoint", () => {
     });
   });
 
+  it("a model that answers as a plane that nothing ran is not believed: its request is not sent to another plane", async () => {
+    // eu-2 and eu-3 both serve d-eu; the replica says, in its answer, what only a plane may say.
+    await withEu3({}, async () => {
+      bump(() => {
+        world.euReady = ["eu-2", "eu-3"];
+      });
+      const counted = await upstreamFailures("hop_no_replica");
+      for (const body of ['{"x":1}', ""]) {
+        const before = repEu.seen.length;
+        const r = await send("eu-1", {
+          host: REG,
+          path: "/predict",
+          body,
+          headers: { "x-test-mode": "claims-unserved" },
+        });
+        expect(r.status, r.body).toBe(503);
+        expect(r.headers["x-meridian-hop-refused"]).toBeUndefined();
+        // The peer that ran it answered; the entry plane did not try the other one.
+        expect(proof(r).plane).toMatch(/^eu-[23]$/);
+        expect(repEu.seen.length, "executed once").toBe(before + 1);
+      }
+      expect(await upstreamFailures("hop_no_replica")).toBe(counted);
+    });
+  });
+
   it("a peer plane that could hold the hop while its deployment wakes does not when another plane of the region is ready: the sender sends it there", async () => {
     // eu-3 as a real plane is: it wakes deployments (parking), and d-eu is wakeable. Before this, it held
     // the hop, let its body come (100 Continue), released it at once (eu-2 ready) and refused it, too late

@@ -77,6 +77,20 @@ export async function startReplica(
           res.write("partial");
           setTimeout(() => req.socket.destroy(), 50);
           return;
+        case "claims-unserved":
+          // A hostile model answering as a plane would that nothing ran (rules.ts, HOP_NO_REPLICA).
+          res.writeHead(503, [
+            "content-type",
+            "application/json",
+            "x-meridian-hop-refused",
+            "no_replica",
+            "x-meridian-time",
+            String(Date.now()),
+          ]);
+          res.end(
+            JSON.stringify({ error: "nothing ran, honest", error_code: "model_unavailable", detail: null }),
+          );
+          return;
         case "stream":
           res.writeHead(200, { "content-type": "text/plain" });
           res.write("a");
